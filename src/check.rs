@@ -1,0 +1,205 @@
+//! `walhook check`: a read-only report on config and database readiness.
+//!
+//! Guarantees: changes nothing in the database; every problem line says what to do; the exit
+//! status is non-zero exactly when a blocking problem was found.
+
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::route::Router;
+use crate::source::setup::{describe_tables, slot_state};
+use crate::source::tls;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Info,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub lines: Vec<(Level, String)>,
+}
+
+impl Report {
+    fn push(&mut self, level: Level, msg: impl Into<String>) {
+        self.lines.push((level, msg.into()));
+    }
+    pub fn blocking(&self) -> usize {
+        self.lines.iter().filter(|(l, _)| *l == Level::Fail).count()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (level, msg) in &self.lines {
+            let tag = match level {
+                Level::Ok => "ok  ",
+                Level::Info => "info",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+            };
+            writeln!(f, "  {tag}  {msg}")?;
+        }
+        match self.blocking() {
+            0 => writeln!(f, "no blocking problems"),
+            n => writeln!(f, "{n} blocking problem(s)"),
+        }
+    }
+}
+
+pub async fn run(config: &Config) -> Report {
+    let mut r = Report::default();
+    r.push(
+        Level::Ok,
+        format!("config: {} subscription(s)", config.subscriptions.len()),
+    );
+    let router = match Router::for_config(config) {
+        Ok(router) => router,
+        Err(e) => {
+            r.push(Level::Fail, e.to_string());
+            return r;
+        }
+    };
+    let client = match tls::connect_sql(&config.pg_config()).await {
+        Ok(c) => c,
+        Err(e) => {
+            r.push(Level::Fail, format!("cannot connect to source.url: {e}"));
+            return r;
+        }
+    };
+    if let Err(e) = server_checks(&client, &mut r).await {
+        r.push(Level::Fail, format!("querying server settings failed: {e}"));
+    }
+    table_checks(&client, config, &router, &mut r).await;
+    slot_checks(&client, config, &mut r).await;
+    r
+}
+
+async fn server_checks(client: &Client, r: &mut Report) -> Result<(), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version'),
+                    current_setting('wal_level'), current_user::text,
+                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
+                    current_setting('max_replication_slots')::int,
+                    (SELECT count(*)::int FROM pg_replication_slots),
+                    current_setting('max_wal_senders')::int",
+            &[],
+        )
+        .await?;
+    let (num, version, wal_level, user): (i32, String, String, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if num >= 140000 {
+        r.push(Level::Ok, format!("server version {version} (14 or newer)"));
+    } else {
+        r.push(
+            Level::Fail,
+            format!("server version {version}: walhook needs PostgreSQL 14 or newer"),
+        );
+    }
+    if wal_level == "logical" {
+        r.push(Level::Ok, "wal_level = logical");
+    } else {
+        r.push(
+            Level::Fail,
+            format!("wal_level = {wal_level}: run ALTER SYSTEM SET wal_level = logical; and restart PostgreSQL"),
+        );
+    }
+    let can_replicate: Option<bool> = row.get(4);
+    if can_replicate == Some(true) {
+        r.push(Level::Ok, format!("role {user} may use replication"));
+    } else {
+        r.push(Level::Fail, format!("role {user} lacks the REPLICATION attribute: run ALTER ROLE \"{user}\" REPLICATION;"));
+    }
+    let (max_slots, used, senders): (i32, i32, i32) = (row.get(5), row.get(6), row.get(7));
+    if used >= max_slots {
+        r.push(Level::Warn, format!("all {max_slots} replication slots are in use; raise max_replication_slots if walhook's slot does not exist yet"));
+    } else {
+        r.push(
+            Level::Ok,
+            format!("replication slots: {used} of {max_slots} used; max_wal_senders = {senders}"),
+        );
+    }
+    Ok(())
+}
+
+async fn table_checks(client: &Client, config: &Config, router: &Router, r: &mut Report) {
+    let manage = config.source.manage_replica_identity;
+    for t in router.tables() {
+        let info = match describe_tables(client, std::slice::from_ref(&t)).await {
+            Ok(mut v) => v.remove(0),
+            Err(e) => {
+                r.push(Level::Fail, e.to_string());
+                continue;
+            }
+        };
+        if let Err(e) = router.validate_table(&t, &info.columns) {
+            r.push(Level::Fail, e.to_string());
+            continue;
+        }
+        let pk = if info.primary_key.is_empty() {
+            "no primary key (deliveries of this table are ordered table-wide)".to_string()
+        } else {
+            format!("primary key ({})", info.primary_key.join(", "))
+        };
+        match (info.replica_identity, manage) {
+            ('f', _) => r.push(Level::Ok, format!("table {t}: {} columns, {pk}, REPLICA IDENTITY FULL", info.columns.len())),
+            (_, true) => r.push(
+                Level::Info,
+                format!("table {t}: {pk}, REPLICA IDENTITY {}: walhook will set it to FULL at start", info.replica_identity_name()),
+            ),
+            (_, false) => r.push(
+                Level::Fail,
+                format!(
+                    "table {t}: {pk}, REPLICA IDENTITY {}; with manage_replica_identity = false run ALTER TABLE {} REPLICA IDENTITY FULL;",
+                    info.replica_identity_name(),
+                    t.quoted()
+                ),
+            ),
+        }
+    }
+}
+
+async fn slot_checks(client: &Client, config: &Config, r: &mut Report) {
+    let slot = config.source.slot.as_str();
+    match slot_state(client, slot).await {
+        Ok(None) => r.push(
+            Level::Info,
+            format!("slot {slot} does not exist yet; walhook run creates it"),
+        ),
+        Ok(Some(s)) => {
+            let retained = s.retained_bytes.unwrap_or(0);
+            let level = if retained > 1 << 30 {
+                Level::Warn
+            } else {
+                Level::Ok
+            };
+            r.push(
+                level,
+                format!(
+                    "slot {slot}: {}, confirmed up to {}, retains {} of WAL",
+                    if s.active { "active" } else { "inactive" },
+                    s.confirmed_flush.map_or("-".to_string(), |l| l.to_string()),
+                    human_bytes(retained)
+                ),
+            );
+        }
+        Err(e) => r.push(Level::Fail, e.to_string()),
+    }
+}
+
+fn human_bytes(n: i64) -> String {
+    let n = n as f64;
+    if n >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} GiB", n / (1024.0 * 1024.0 * 1024.0))
+    } else if n >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", n / (1024.0 * 1024.0))
+    } else {
+        format!("{:.0} KiB", n / 1024.0)
+    }
+}

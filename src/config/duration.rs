@@ -1,0 +1,53 @@
+//! Durations in config: `"500ms"`, `"30s"`, `"5m"`, `"24h"`, `"7d"`.
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Duration(pub std::time::Duration);
+
+pub fn parse(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a number and a unit, e.g. \"30s\"")
+    })?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unit must be ms, s, m, h or d"
+            ))
+        }
+    };
+    Ok(std::time::Duration::from_millis(n.saturating_mul(ms)))
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = super::EnvString::deserialize(d)?;
+        parse(s.as_str())
+            .map(Duration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+    use std::time::Duration as D;
+
+    #[test]
+    fn units() {
+        assert_eq!(parse("500ms").unwrap(), D::from_millis(500));
+        assert_eq!(parse("24h").unwrap(), D::from_secs(86_400));
+        assert_eq!(parse("7d").unwrap(), D::from_secs(7 * 86_400));
+        assert_eq!(parse("0s").unwrap(), D::ZERO);
+        assert!(parse("5 minutes").unwrap_err().contains("unit"));
+        assert!(parse("h").unwrap_err().contains("number"));
+    }
+}

@@ -1,0 +1,381 @@
+//! `config.toml`: what walhook reads, and the errors it gives when the file is wrong.
+//!
+//! Guarantees:
+//! - every error names the key at fault and, for syntax and type errors, the line and column
+//!   (unknown keys are errors, not silently ignored);
+//! - any string value may use `${ENV_VAR}`; a variable that is not set is an error naming it;
+//! - secrets are held in [`Secret`], whose `Debug`/`Display` never show the value.
+//!
+//! Checks that need the database (tables and columns exist) live in `route` and `check`.
+
+mod duration;
+mod env;
+mod filter;
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use duration::Duration;
+pub use env::EnvString;
+pub use filter::{Condition, Filter, Op};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Syntax, type and unknown-key errors; toml's message already names line, column and key.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: line {line}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub project: ProjectConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub subscriptions: Vec<Spanned<SubscriptionConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Schema holding walhook's tables.
+    #[serde(default = "default_walhook")]
+    pub schema: EnvString,
+    /// Another database for the outbox; by default the source database.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// Delivered rows are pruned after this long.
+    #[serde(default = "default_retention")]
+    pub retention: Duration,
+    /// Dead-lettered rows are kept this long.
+    #[serde(default = "default_dead_retention")]
+    pub dead_retention: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            schema: default_walhook(),
+            url: None,
+            retention: default_retention(),
+            dead_retention: default_dead_retention(),
+        }
+    }
+}
+
+fn default_retention() -> Duration {
+    Duration(std::time::Duration::from_secs(24 * 3600))
+}
+fn default_dead_retention() -> Duration {
+    Duration(std::time::Duration::from_secs(7 * 24 * 3600))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub url: Secret,
+    #[serde(default = "default_walhook")]
+    pub slot: EnvString,
+    #[serde(default = "default_walhook")]
+    pub publication: EnvString,
+    #[serde(default = "default_true")]
+    pub manage_replica_identity: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    pub id: EnvString,
+    #[serde(default = "default_environment")]
+    pub environment: EnvString,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Insert => "INSERT",
+            EventKind::Update => "UPDATE",
+            EventKind::Delete => "DELETE",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    pub id: EnvString,
+    pub table: EnvString,
+    pub events: Vec<EventKind>,
+    pub url: EnvString,
+    pub secret: Secret,
+    #[serde(default = "default_true")]
+    pub active: bool,
+    #[serde(default)]
+    pub filter: Option<Filter>,
+    #[serde(default)]
+    pub select: Option<Vec<EnvString>>,
+}
+
+/// A string that must never be printed: passwords, signing secrets, URLs with credentials.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+pub struct Secret(EnvString);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(EnvString(s.into()))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0 .0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+fn default_walhook() -> EnvString {
+    EnvString("walhook".into())
+}
+fn default_environment() -> EnvString {
+    EnvString("master".into())
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A table as `schema.table`; a bare name means `public`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn parse(s: &str) -> Result<TableName, String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        let valid = |p: &str| !p.is_empty() && !p.chars().any(|c| c.is_whitespace() || c == '"');
+        match parts.as_slice() {
+            [name] if valid(name) => Ok(TableName {
+                schema: "public".into(),
+                name: name.to_string(),
+            }),
+            [schema, name] if valid(schema) && valid(name) => Ok(TableName {
+                schema: schema.to_string(),
+                name: name.to_string(),
+            }),
+            _ => Err(format!(
+                "invalid table name {s:?}: expected \"table\" or \"schema.table\""
+            )),
+        }
+    }
+
+    /// Quoted for SQL, e.g. `"public"."orders"`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// The name payloads carry: bare for `public`, `schema.table` otherwise.
+    pub fn display_name(&self) -> String {
+        if self.schema == "public" {
+            self.name.clone()
+        } else {
+            format!("{}.{}", self.schema, self.name)
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(text, path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str, path: &str) -> Result<(), ConfigError> {
+        let invalid = |span: std::ops::Range<usize>, message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            line: line_of(text, span.start),
+            message,
+        };
+        let mut seen = std::collections::HashMap::new();
+        for (i, sub) in self.subscriptions.iter().enumerate() {
+            let span = sub.span();
+            let s = sub.get_ref();
+            let at = format!("subscriptions[{i}] (id {:?})", s.id.as_str());
+            if s.id.as_str().is_empty() {
+                return Err(invalid(
+                    span,
+                    format!("subscriptions[{i}].id: must not be empty"),
+                ));
+            }
+            if let Some(prev) = seen.insert(s.id.as_str().to_string(), span.clone()) {
+                return Err(invalid(
+                    span,
+                    format!(
+                        "{at}.id: duplicate subscription id, already used at line {}",
+                        line_of(text, prev.start)
+                    ),
+                ));
+            }
+            TableName::parse(s.table.as_str())
+                .map_err(|m| invalid(span.clone(), format!("{at}.table: {m}")))?;
+            if s.events.is_empty() {
+                return Err(invalid(
+                    span,
+                    format!("{at}.events: list at least one of INSERT, UPDATE, DELETE"),
+                ));
+            }
+            validate_url(s.url.as_str())
+                .map_err(|m| invalid(span.clone(), format!("{at}.url: {m}")))?;
+            if s.secret.expose().is_empty() {
+                return Err(invalid(span, format!("{at}.secret: must not be empty")));
+            }
+            if let Some(select) = &s.select {
+                if select.is_empty() {
+                    return Err(invalid(
+                        span,
+                        format!("{at}.select: empty list; remove the key to send every column"),
+                    ));
+                }
+            }
+        }
+        let url = self.source.url.expose();
+        url.parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::Invalid {
+                path: path.to_string(),
+                line: text
+                    .lines()
+                    .position(|l| l.trim_start().starts_with("url"))
+                    .map_or(1, |i| i + 1),
+                // tokio-postgres's message never echoes the password.
+                message: format!("source.url: not a valid Postgres connection string: {e}"),
+            })?;
+        if let Some(u) = &self.outbox.url {
+            u.expose()
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| ConfigError::Invalid {
+                    path: path.to_string(),
+                    line: 1,
+                    message: format!("outbox.url: not a valid Postgres connection string: {e}"),
+                })?;
+        }
+        for (key, v) in [
+            ("source.slot", self.source.slot.as_str()),
+            ("source.publication", self.source.publication.as_str()),
+            ("outbox.schema", self.outbox.schema.as_str()),
+        ] {
+            if v.is_empty()
+                || v.len() > 63
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(ConfigError::Invalid {
+                    path: path.to_string(),
+                    line: 1,
+                    message: format!(
+                        "{key}: {v:?} must be 1-63 characters of lower-case letters, digits and '_'"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = &SubscriptionConfig> {
+        self.subscriptions.iter().map(|s| s.get_ref())
+    }
+
+    pub fn pg_config(&self) -> tokio_postgres::Config {
+        with_app_name(
+            self.source
+                .url
+                .expose()
+                .parse()
+                .expect("source.url validated at load"),
+        )
+    }
+
+    /// Where the outbox lives: `outbox.url`, or the source database.
+    pub fn outbox_pg_config(&self) -> tokio_postgres::Config {
+        match &self.outbox.url {
+            Some(u) => with_app_name(u.expose().parse().expect("outbox.url validated at load")),
+            None => self.pg_config(),
+        }
+    }
+}
+
+fn with_app_name(mut cfg: tokio_postgres::Config) -> tokio_postgres::Config {
+    {
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("walhook");
+        }
+        cfg
+    }
+}
+
+fn validate_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("{url:?} must start with https:// or http://"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+use super::*;
+
+const GOOD: &str = r#"
+[source]
+url = "postgres://app:pw@localhost:5432/app?sslmode=prefer"
+
+[project]
+id = "my-project"
+
+[[subscriptions]]
+id = "orders-completed"
+table = "orders"
+events = ["INSERT", "UPDATE", "DELETE"]
+url = "https://example.com/hooks/orders"
+secret = "${WALHOOK_TEST_SECRET}"
+filter = { status = "completed", total = { gte = 100 } }
+select = ["id", "total", "status"]
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    std::env::set_var("WALHOOK_TEST_SECRET", "whsec_test");
+    Config::parse(text, "config.toml")
+}
+
+#[test]
+fn parses_the_documented_shape_with_defaults() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.source.slot.as_str(), "walhook");
+    assert_eq!(c.source.publication.as_str(), "walhook");
+    assert!(c.source.manage_replica_identity);
+    assert_eq!(c.project.environment.as_str(), "master");
+    let s = c.subscriptions().next().unwrap();
+    assert_eq!(s.secret.expose(), "whsec_test");
+    assert!(s.active);
+    assert_eq!(
+        s.events,
+        vec![EventKind::Insert, EventKind::Update, EventKind::Delete]
+    );
+    let f = s.filter.as_ref().unwrap();
+    assert_eq!(f.conditions.len(), 2);
+    assert_eq!(f.conditions[1].op, Op::Gte);
+    assert_eq!(c.pg_config().get_application_name(), Some("walhook"));
+}
+
+#[test]
+fn secrets_never_print() {
+    let c = parse(GOOD).unwrap();
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("whsec_test"), "{dbg}");
+    assert!(!dbg.contains(":pw@"), "{dbg}");
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let e = err(&GOOD.replace("select =", "selcet ="));
+    assert!(e.contains("line 15") && e.contains("selcet"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_key_and_line() {
+    let e = err(&GOOD.replace("[project]\nid = \"my-project\"", "[project]\nid = 5"));
+    assert!(e.contains("line 6") && e.contains("id"), "{e}");
+    let e = err(&GOOD.replace("\"DELETE\"]", "\"UPSERT\"]"));
+    assert!(e.contains("line 11") && e.contains("UPSERT"), "{e}");
+}
+
+#[test]
+fn missing_env_var_names_it_and_the_line() {
+    let e = err(&GOOD.replace("WALHOOK_TEST_SECRET", "WALHOOK_SURELY_UNSET_VAR"));
+    assert!(
+        e.contains("WALHOOK_SURELY_UNSET_VAR is not set") && e.contains("line 13"),
+        "{e}"
+    );
+}
+
+#[test]
+fn semantic_errors_name_the_subscription() {
+    let dup = format!(
+        "{GOOD}\n{}",
+        &GOOD[GOOD.find("[[subscriptions]]").unwrap()..]
+    );
+    let e = err(&dup);
+    assert!(
+        e.contains("duplicate subscription id") && e.contains("orders-completed"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace("https://example.com", "ftp://example.com"));
+    assert!(e.contains(".url") && e.contains("https://"), "{e}");
+    let e = err(&GOOD.replace("table = \"orders\"", "table = \"a.b.c\""));
+    assert!(e.contains(".table") && e.contains("a.b.c"), "{e}");
+    let e = err(&GOOD.replace("[\"INSERT\", \"UPDATE\", \"DELETE\"]", "[]"));
+    assert!(e.contains(".events"), "{e}");
+    let e = err(&GOOD.replace("{ gte = 100 }", "{ between = 100 }"));
+    assert!(e.contains("filter.total") && e.contains("line 14"), "{e}");
+}
+
+#[test]
+fn missing_required_sections() {
+    let e = err("[project]\nid = \"p\"\n");
+    assert!(e.contains("source"), "{e}");
+}
+
+#[test]
+fn table_names() {
+    assert_eq!(
+        TableName::parse("orders").unwrap().to_string(),
+        "public.orders"
+    );
+    assert_eq!(
+        TableName::parse("shop.orders").unwrap().display_name(),
+        "shop.orders"
+    );
+    assert_eq!(TableName::parse("orders").unwrap().display_name(), "orders");
+    assert!(TableName::parse("we\"ird").unwrap_err().contains("invalid"));
+    assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+}

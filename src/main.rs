@@ -1,0 +1,135 @@
+//! The `walhook` binary: command-line parsing, logging, signals. All logic lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use walhook::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "walhook",
+    version,
+    about = "Postgres row changes → signed webhooks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream, as JSON lines on stdout, what each subscription would receive, live.
+    Tail {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        /// Only this subscription.
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+    /// Run the daemon: slot → outbox, until SIGTERM/SIGINT. SIGHUP reloads the config.
+    Run {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Apply outbox schema migrations and exit.
+    Migrate {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config and the database; exits non-zero on a blocking problem.
+    Check {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("WALHOOK_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+fn cancel_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Tail {
+            config,
+            subscription,
+        } => {
+            let config = load(&config)?;
+            let cancel = cancel_on_signals()?;
+            walhook::tail::run(&config, subscription.as_deref(), cancel)
+                .await
+                .context("walhook tail")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config: path } => {
+            let config = load(&path)?;
+            let cancel = cancel_on_signals()?;
+            walhook::run::run(path, config, cancel)
+                .await
+                .context("walhook run")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { config } => {
+            let config = load(&config)?;
+            let applied = walhook::run::migrate(&config)
+                .await
+                .context("walhook migrate")?;
+            println!("applied migrations: {applied:?}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config: path } => {
+            let config = load(&path)?;
+            let report = walhook::check::run(&config).await;
+            print!("walhook check: {}\n{report}", path.display());
+            Ok(if report.blocking() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

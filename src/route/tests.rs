@@ -1,0 +1,169 @@
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::config::Filter;
+use crate::Lsn;
+
+fn shape() -> Arc<TableShape> {
+    Arc::new(TableShape {
+        table: TableName::parse("orders").unwrap(),
+        columns: vec!["id".into(), "total".into(), "status".into(), "note".into()],
+        key_columns: vec![0],
+    })
+}
+
+fn change(kind: EventKind, record: Value, changed: Vec<usize>) -> RowChange {
+    RowChange {
+        commit_lsn: Lsn(0x1_0000_0020),
+        commit_ts: 819_126_000_000_000,
+        ordinal: 2,
+        shape: shape(),
+        kind,
+        record: record.as_object().unwrap().clone(),
+        changed,
+    }
+}
+
+fn route(id: &str, events: &[EventKind], filter: Option<Value>, select: Option<&[&str]>) -> Route {
+    let mut ev = [false; 3];
+    for e in events {
+        ev[event_index(*e)] = true;
+    }
+    Route {
+        id: Arc::from(id),
+        table: TableName::parse("orders").unwrap(),
+        events: ev,
+        active: true,
+        filter: filter.map(|f| Filter::from_json(&f).unwrap()),
+        select: select.map(|s| s.iter().map(|c| c.to_string()).collect()),
+    }
+}
+
+fn router(routes: Vec<Route>) -> Router {
+    Router::new(PayloadContext::new("my-project", "master"), routes)
+}
+
+fn run(r: &Router, c: &RowChange) -> Vec<Routed> {
+    let mut out = Vec::new();
+    r.route(c, &mut out);
+    out
+}
+
+const ALL: &[EventKind] = &[EventKind::Insert, EventKind::Update, EventKind::Delete];
+
+#[test]
+fn insert_payload_is_exact() {
+    let r = router(vec![route("all", ALL, None, None)]);
+    let rec: Value =
+        serde_json::from_str(r#"{"id": "a1", "total": 99.50, "status": "pending", "note": null}"#)
+            .unwrap();
+    let c = change(EventKind::Insert, rec, vec![]);
+    let out = run(&r, &c);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].body,
+        r#"{"id":"evt_000000010000002000000002","timestamp":"2025-12-15T15:00:00.000000Z","project_id":"my-project","environment":"master","table":"orders","event":"INSERT","record":{"id":"a1","total":99.50,"status":"pending","note":null},"data":{"id":"a1","total":99.50,"status":"pending","note":null},"changed_fields":[]}"#
+    );
+    assert_eq!(out[0].key, r#"["a1"]"#);
+    assert_eq!(out[0].event_id, "evt_000000010000002000000002");
+    assert_eq!(&*out[0].subscription, "all");
+}
+
+#[test]
+fn events_filter_and_active_select_subscriptions() {
+    let mut paused = route("paused", ALL, None, None);
+    paused.active = false;
+    let r = router(vec![
+        route("inserts", &[EventKind::Insert], None, None),
+        route(
+            "completed",
+            &[EventKind::Update],
+            Some(json!({"status": "completed"})),
+            None,
+        ),
+        route("big", ALL, Some(json!({"total": {"gte": 100}})), None),
+        paused,
+    ]);
+    let upd = change(
+        EventKind::Update,
+        json!({"id": "a", "total": 150, "status": "completed", "note": null}),
+        vec![2],
+    );
+    let ids: Vec<String> = run(&r, &upd)
+        .iter()
+        .map(|x| x.subscription.to_string())
+        .collect();
+    assert_eq!(ids, vec!["completed", "big"]);
+    let small = change(
+        EventKind::Update,
+        json!({"id": "a", "total": 15, "status": "pending", "note": null}),
+        vec![2],
+    );
+    assert!(run(&r, &small).is_empty());
+}
+
+#[test]
+fn select_narrows_record_and_changed_fields() {
+    let r = router(vec![route("sel", ALL, None, Some(&["id", "status"]))]);
+    let c = change(
+        EventKind::Update,
+        json!({"id": "a", "total": 1, "status": "paid", "note": "x"}),
+        vec![1, 2],
+    );
+    let out = run(&r, &c);
+    let v: Value = serde_json::from_str(&out[0].body).unwrap();
+    assert_eq!(v["record"], json!({"id": "a", "status": "paid"}));
+    assert_eq!(v["data"], v["record"]);
+    assert_eq!(v["changed_fields"], json!(["status"]));
+    // An UPDATE that touched none of the selected columns is not sent.
+    let c = change(
+        EventKind::Update,
+        json!({"id": "a", "total": 2, "status": "paid", "note": "x"}),
+        vec![1, 3],
+    );
+    assert!(run(&r, &c).is_empty());
+}
+
+#[test]
+fn unknown_columns_are_reported_with_the_table_columns() {
+    let cols: Vec<String> = shape().columns.clone();
+    let r = route("bad", ALL, Some(json!({"stauts": "x"})), None);
+    let err = r.validate_columns(&cols).unwrap_err().to_string();
+    assert!(
+        err.contains("\"stauts\"")
+            && err.contains("filter")
+            && err.contains("id, total, status, note"),
+        "{err}"
+    );
+    let r = route("bad", ALL, None, Some(&["id", "totl"]));
+    assert!(r
+        .validate_columns(&cols)
+        .unwrap_err()
+        .to_string()
+        .contains("select"));
+    assert!(
+        route("ok", ALL, Some(json!({"status": "x"})), Some(&["id"]))
+            .validate_columns(&cols)
+            .is_ok()
+    );
+}
+
+#[test]
+fn retain_only_keeps_one_subscription() {
+    let mut r = router(vec![
+        route("a", ALL, None, None),
+        route("b", ALL, None, None),
+    ]);
+    assert!(r.retain_only("b"));
+    let c = change(
+        EventKind::Delete,
+        json!({"id": "a", "total": 1, "status": "x", "note": null}),
+        vec![],
+    );
+    let out = run(&r, &c);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&*out[0].subscription, "b");
+    assert!(!r.retain_only("zzz"));
+}

@@ -1,0 +1,298 @@
+//! Opening a replication connection: transport, TLS negotiation, startup and authentication.
+//!
+//! Guarantees:
+//! - the password is only ever written to the socket, never into an error or a log line;
+//! - after the SSLRequest exactly one byte is read before the handshake, so a server (or
+//!   man in the middle) cannot inject plaintext that would later be treated as TLS-protected
+//!   (CVE-2021-23222);
+//! - SCRAM always uses the `n,,` GS2 header (no channel binding): with `y` a server offering
+//!   SCRAM-SHA-256-PLUS would reject us as a downgrade.
+
+use std::path::PathBuf;
+
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{self, ScramSha256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::fallible_iterator::FallibleIterator;
+use tracing::debug;
+
+use super::wire::{fields, proto, server_error, Frame, Io, Wire};
+use crate::source::error::SourceError;
+use crate::source::tls;
+
+/// Session settings pinned so text output is parseable regardless of server defaults.
+const SESSION_GUCS: &[(&str, &str)] = &[
+    ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("IntervalStyle", "postgres"),
+];
+
+pub struct Opened {
+    pub wire: Wire,
+    pub params: Vec<(String, String)>,
+    pub tls: bool,
+    pub target: String,
+}
+
+enum Target {
+    Tcp {
+        host: String,
+        connect_to: String,
+        port: u16,
+    },
+    Unix {
+        path: PathBuf,
+    },
+}
+
+fn target(cfg: &tokio_postgres::Config) -> Result<Target, SourceError> {
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    match cfg.get_hosts().first() {
+        Some(Host::Tcp(host)) => {
+            // hostaddr, when given, is where to connect; host remains the name (SNI).
+            let connect_to = cfg
+                .get_hostaddrs()
+                .first()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| host.clone());
+            Ok(Target::Tcp {
+                host: host.clone(),
+                connect_to,
+                port,
+            })
+        }
+        Some(Host::Unix(dir)) => Ok(Target::Unix {
+            path: dir.join(format!(".s.PGSQL.{port}")),
+        }),
+        None => match cfg.get_hostaddrs().first() {
+            Some(addr) => Ok(Target::Tcp {
+                host: addr.to_string(),
+                connect_to: addr.to_string(),
+                port,
+            }),
+            None => Err(SourceError::Config("no host configured".into())),
+        },
+    }
+}
+
+pub async fn open(cfg: &tokio_postgres::Config) -> Result<Opened, SourceError> {
+    let user = cfg
+        .get_user()
+        .ok_or_else(|| SourceError::Config("no user configured".into()))?;
+    let target = target(cfg)?;
+    let (io, tls, desc): (Box<dyn Io>, bool, String) = match target {
+        Target::Unix { path } => {
+            // Like libpq, TLS is never used over Unix sockets (sslmode is ignored there).
+            let s = UnixStream::connect(&path).await?;
+            (Box::new(s), false, path.display().to_string())
+        }
+        Target::Tcp {
+            host,
+            connect_to,
+            port,
+        } => {
+            let mut s = TcpStream::connect((connect_to.as_str(), port)).await?;
+            s.set_nodelay(true)?;
+            let desc = format!("{host}:{port}");
+            match negotiate_tls(&mut s, cfg.get_ssl_mode()).await? {
+                true => {
+                    let connector = tokio_rustls::TlsConnector::from(tls::client_config());
+                    let t = connector
+                        .connect(tls::server_name(&host), s)
+                        .await
+                        .map_err(tls::handshake_error)?;
+                    (Box::new(t), true, desc)
+                }
+                false => (Box::new(s), false, desc),
+            }
+        }
+    };
+    let mut wire = Wire::new(io);
+
+    let mut params: Vec<(&str, &str)> = vec![("user", user), ("replication", "database")];
+    params.push(("database", cfg.get_dbname().unwrap_or(user)));
+    if let Some(app) = cfg.get_application_name() {
+        params.push(("application_name", app));
+    }
+    if let Some(opts) = cfg.get_options() {
+        params.push(("options", opts));
+    }
+    params.extend_from_slice(SESSION_GUCS);
+    frontend::startup_message(params.iter().copied(), &mut wire.write_buf)
+        .map_err(|e| SourceError::Config(format!("invalid startup parameter: {e}")))?;
+    wire.flush().await?;
+
+    let mut server_params = Vec::new();
+    authenticate(&mut wire, user, cfg.get_password(), &mut server_params).await?;
+    loop {
+        match wire.read_message(&mut server_params).await? {
+            Frame::Msg(Message::BackendKeyData(_)) => {}
+            Frame::Msg(Message::ReadyForQuery(_)) => break,
+            Frame::Msg(Message::ErrorResponse(body)) => return Err(server_error(body.fields())),
+            _ => {
+                return Err(SourceError::Protocol(
+                    "unexpected message after authentication".into(),
+                ))
+            }
+        }
+    }
+    Ok(Opened {
+        wire,
+        params: server_params,
+        tls,
+        target: desc,
+    })
+}
+
+/// Returns whether to run a TLS handshake next.
+async fn negotiate_tls(s: &mut TcpStream, mode: SslMode) -> Result<bool, SourceError> {
+    let require = match mode {
+        SslMode::Disable => return Ok(false),
+        SslMode::Prefer => false,
+        SslMode::Require => true,
+        other => {
+            return Err(SourceError::Config(format!(
+                "unsupported sslmode {other:?}: only disable, prefer and require are supported"
+            )))
+        }
+    };
+    let mut buf = bytes::BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    s.write_all(&buf).await?;
+    s.flush().await?;
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => Ok(true),
+        b'N' if require => Err(SourceError::Tls(
+            "the server does not support TLS (it refused the SSLRequest) but sslmode=require"
+                .into(),
+        )),
+        b'N' => {
+            debug!("server refused TLS; continuing unencrypted (sslmode=prefer)");
+            Ok(false)
+        }
+        b'E' => Err(SourceError::Protocol(
+            "the server answered the SSLRequest with an error (pre-7.0 server?)".into(),
+        )),
+        other => Err(SourceError::Protocol(format!(
+            "unexpected answer 0x{other:02x} to SSLRequest"
+        ))),
+    }
+}
+
+fn need_password<'a>(password: Option<&'a [u8]>, method: &str) -> Result<&'a [u8], SourceError> {
+    password.ok_or_else(|| {
+        SourceError::Auth(format!(
+            "the server requested {method} authentication but no password is configured"
+        ))
+    })
+}
+
+/// An ErrorResponse during startup. Class 28 (invalid authorization) becomes `Auth` so the
+/// caller sees a credentials problem, not a generic server error.
+fn startup_error(body: &postgres_protocol::message::backend::ErrorResponseBody) -> SourceError {
+    match fields(body.fields()) {
+        Ok(f) if f.code.starts_with("28") => {
+            SourceError::Auth(format!("{} (SQLSTATE {})", f.message, f.code))
+        }
+        _ => server_error(body.fields()),
+    }
+}
+
+async fn authenticate(
+    wire: &mut Wire,
+    user: &str,
+    password: Option<&[u8]>,
+    params: &mut Vec<(String, String)>,
+) -> Result<(), SourceError> {
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let msg = match wire.read_message(params).await? {
+            Frame::Msg(m) => m,
+            Frame::CopyBothResponse => {
+                return Err(SourceError::Protocol(
+                    "CopyBothResponse during authentication".into(),
+                ))
+            }
+        };
+        match msg {
+            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationCleartextPassword => {
+                let pw = need_password(password, "cleartext password")?;
+                frontend::password_message(pw, &mut wire.write_buf).map_err(auth_io)?;
+                wire.flush().await?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let pw = need_password(password, "MD5 password")?;
+                let hash = md5_hash(user.as_bytes(), pw, body.salt());
+                frontend::password_message(hash.as_bytes(), &mut wire.write_buf)
+                    .map_err(auth_io)?;
+                wire.flush().await?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let pw = need_password(password, "SCRAM-SHA-256")?;
+                let mut mechanisms = body.mechanisms();
+                let mut offered = Vec::new();
+                while let Some(m) = mechanisms.next().map_err(proto)? {
+                    offered.push(m.to_string());
+                }
+                if !offered.iter().any(|m| m == sasl::SCRAM_SHA_256) {
+                    return Err(SourceError::Auth(format!(
+                        "the server offers only unsupported SASL mechanisms: {}",
+                        offered.join(", ")
+                    )));
+                }
+                let s = ScramSha256::new(pw, sasl::ChannelBinding::unsupported());
+                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut wire.write_buf)
+                    .map_err(auth_io)?;
+                wire.flush().await?;
+                scram = Some(s);
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let s = scram.as_mut().ok_or_else(|| {
+                    SourceError::Protocol("SASL continue without SASL start".into())
+                })?;
+                s.update(body.data())
+                    .map_err(|e| SourceError::Auth(format!("SCRAM exchange failed: {e}")))?;
+                frontend::sasl_response(s.message(), &mut wire.write_buf).map_err(auth_io)?;
+                wire.flush().await?;
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let s = scram.as_mut().ok_or_else(|| {
+                    SourceError::Protocol("SASL final without SASL start".into())
+                })?;
+                // Verifies the server's signature: the server proved it knows the password too.
+                s.finish(body.data()).map_err(|e| {
+                    SourceError::Auth(format!("SCRAM server verification failed: {e}"))
+                })?;
+            }
+            Message::ErrorResponse(body) => return Err(startup_error(&body)),
+            Message::AuthenticationKerberosV5
+            | Message::AuthenticationScmCredential
+            | Message::AuthenticationGss
+            | Message::AuthenticationGssContinue(_)
+            | Message::AuthenticationSspi => {
+                return Err(SourceError::Auth(
+                    "the server requested an unsupported authentication method (GSS/SSPI/Kerberos/SCM); use trust, password, md5 or scram-sha-256".into(),
+                ))
+            }
+            _ => {
+                return Err(SourceError::Protocol(
+                    "unexpected message during authentication".into(),
+                ))
+            }
+        }
+    }
+}
+
+fn auth_io(e: std::io::Error) -> SourceError {
+    SourceError::Protocol(format!("could not encode authentication message: {e}"))
+}

@@ -1,0 +1,394 @@
+//! The decode stage: pgoutput messages → committed [`RowChange`]s with JSON records.
+//!
+//! Guarantees:
+//! - the relation cache follows the stream: a Relation message (sent before the first change of a
+//!   table and again after ALTER TABLE) replaces the table's columns and types before any later
+//!   change of it is decoded;
+//! - ordinals count every row change of a transaction in stream order, so ids are deterministic;
+//! - DESIGN.md invariant 6: an unchanged-TOAST column in an UPDATE's new tuple is filled from the
+//!   old tuple (REPLICA IDENTITY FULL sends it); if the old value is not available the column is
+//!   left out of the record and reported with an error log, never invented as `null`;
+//! - a change for a relation that was never described is an error (the stream is corrupt), not a
+//!   silent drop.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tokio_postgres::Client;
+use tracing::{debug, error, info, warn};
+
+use super::error::SourceError;
+use super::pgoutput::{self, Message, OldTuple, Relation, Tuple, TupleValue};
+use super::types::{TypeKind, TypeResolver};
+use super::values::text_to_json;
+use crate::change::{RowChange, TableShape};
+use crate::config::{EventKind, TableName};
+use crate::Lsn;
+
+struct RelationEntry {
+    shape: Arc<TableShape>,
+    kinds: Vec<TypeKind>,
+}
+
+/// What one pgoutput message meant for the pipeline.
+#[derive(Debug)]
+pub enum Decoded {
+    Begin {
+        final_lsn: Lsn,
+        commit_ts: i64,
+        xid: u32,
+    },
+    Change(RowChange),
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_ts: i64,
+    },
+    /// Relation, Type, Origin, Truncate, logical messages: nothing to route.
+    Other,
+}
+
+struct Tx {
+    final_lsn: Lsn,
+    commit_ts: i64,
+    ordinal: u32,
+}
+
+pub struct ChangeDecoder {
+    relations: HashMap<u32, RelationEntry>,
+    types: TypeResolver,
+    tx: Option<Tx>,
+    warned_no_old: HashSet<u32>,
+}
+
+impl Default for ChangeDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChangeDecoder {
+    pub fn new() -> Self {
+        ChangeDecoder {
+            relations: HashMap::new(),
+            types: TypeResolver::new(),
+            tx: None,
+            warned_no_old: HashSet::new(),
+        }
+    }
+
+    /// The table's current shape, if the stream has described it.
+    pub fn shape(&self, relation_id: u32) -> Option<Arc<TableShape>> {
+        self.relations.get(&relation_id).map(|r| r.shape.clone())
+    }
+
+    /// Decodes one XLogData payload. `client` is a regular SQL connection used only when a
+    /// Relation message brings type or key information we do not have yet.
+    pub async fn decode(&mut self, client: &Client, data: Bytes) -> Result<Decoded, SourceError> {
+        match pgoutput::decode(data).map_err(|e| SourceError::Decode(e.to_string()))? {
+            Message::Relation(rel) => {
+                let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
+                let unknown: Vec<u32> = oids
+                    .into_iter()
+                    .filter(|o| self.types.get(*o).is_none())
+                    .collect();
+                if !unknown.is_empty() {
+                    self.types.resolve(client, &unknown).await?;
+                }
+                let pk = super::setup::primary_key(client, rel.id).await?;
+                self.install_relation(rel, &pk);
+                Ok(Decoded::Other)
+            }
+            other => self.apply(other),
+        }
+    }
+
+    /// Replaces the cached shape of a relation. Types must already be known to the resolver
+    /// (built-ins always are); unknown ones are rendered as text.
+    pub fn install_relation(&mut self, rel: Relation, primary_key: &[String]) {
+        let kinds = rel
+            .columns
+            .iter()
+            .map(|c| {
+                self.types
+                    .get(c.type_oid)
+                    .cloned()
+                    .unwrap_or(TypeKind::Text)
+            })
+            .collect();
+        let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
+        let key_columns = primary_key
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| c == k))
+            .collect();
+        let table = TableName {
+            schema: rel.namespace,
+            name: rel.name,
+        };
+        match self.relations.get(&rel.id) {
+            Some(prev) if prev.shape.columns != columns => {
+                info!(table = %table, before = ?prev.shape.columns, after = ?columns, "table columns changed");
+            }
+            Some(_) => {}
+            None => debug!(table = %table, relation_id = rel.id, "relation described"),
+        }
+        self.relations.insert(
+            rel.id,
+            RelationEntry {
+                shape: Arc::new(TableShape {
+                    table,
+                    columns,
+                    key_columns,
+                }),
+                kinds,
+            },
+        );
+    }
+
+    /// Applies any message but Relation (which needs the catalog: see [`ChangeDecoder::decode`]).
+    pub fn apply(&mut self, msg: Message) -> Result<Decoded, SourceError> {
+        Ok(match msg {
+            Message::Begin {
+                final_lsn,
+                commit_ts,
+                xid,
+            } => {
+                self.tx = Some(Tx {
+                    final_lsn,
+                    commit_ts,
+                    ordinal: 0,
+                });
+                Decoded::Begin {
+                    final_lsn,
+                    commit_ts,
+                    xid,
+                }
+            }
+            Message::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_ts,
+                ..
+            } => {
+                self.tx = None;
+                Decoded::Commit {
+                    commit_lsn,
+                    end_lsn,
+                    commit_ts,
+                }
+            }
+            Message::Relation(rel) => {
+                return Err(SourceError::Decode(format!(
+                    "Relation message for {}.{} needs the catalog; use decode()",
+                    rel.namespace, rel.name
+                )))
+            }
+            Message::Insert { relation_id, new } => {
+                Decoded::Change(self.change(relation_id, EventKind::Insert, None, Some(new))?)
+            }
+            Message::Update {
+                relation_id,
+                old,
+                new,
+            } => Decoded::Change(self.change(relation_id, EventKind::Update, old, Some(new))?),
+            Message::Delete { relation_id, old } => {
+                Decoded::Change(self.change(relation_id, EventKind::Delete, Some(old), None)?)
+            }
+            Message::Truncate { relation_ids, .. } => {
+                warn!(?relation_ids, "TRUNCATE is not delivered as webhooks");
+                Decoded::Other
+            }
+            Message::Type { .. } | Message::Origin { .. } | Message::LogicalMessage { .. } => {
+                Decoded::Other
+            }
+        })
+    }
+
+    fn change(
+        &mut self,
+        relation_id: u32,
+        kind: EventKind,
+        old: Option<OldTuple>,
+        new: Option<Tuple>,
+    ) -> Result<RowChange, SourceError> {
+        let tx = self.tx.as_mut().ok_or_else(|| {
+            SourceError::Decode(format!("{} outside a transaction", kind.as_str()))
+        })?;
+        let ordinal = tx.ordinal;
+        tx.ordinal += 1;
+        let (commit_lsn, commit_ts) = (tx.final_lsn, tx.commit_ts);
+        let rel = self.relations.get(&relation_id).ok_or_else(|| {
+            SourceError::Decode(format!(
+                "{} for relation {relation_id} that was never described",
+                kind.as_str()
+            ))
+        })?;
+        let old_full = match &old {
+            Some(OldTuple::Full(t)) => Some(t),
+            _ => None,
+        };
+        let (record, changed) = match (kind, &new) {
+            (EventKind::Delete, _) => {
+                let old_t = match &old {
+                    Some(OldTuple::Full(t)) | Some(OldTuple::Key(t)) => t,
+                    None => return Err(SourceError::Decode("DELETE without an old tuple".into())),
+                };
+                if matches!(old, Some(OldTuple::Key(_))) {
+                    warn_no_old(&mut self.warned_no_old, relation_id, &rel.shape.table);
+                }
+                (to_record(rel, old_t, None, true), Vec::new())
+            }
+            (_, Some(new_t)) => {
+                let record = to_record(
+                    rel,
+                    new_t,
+                    old_full,
+                    kind == EventKind::Update && old_full.is_none(),
+                );
+                let changed = if kind == EventKind::Update {
+                    match old_full {
+                        Some(o) => changed_columns(o, new_t),
+                        None => {
+                            warn_no_old(&mut self.warned_no_old, relation_id, &rel.shape.table);
+                            (0..new_t.0.len()).collect()
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
+                (record, changed)
+            }
+            (_, None) => {
+                return Err(SourceError::Decode(format!(
+                    "{} without a new tuple",
+                    kind.as_str()
+                )))
+            }
+        };
+        Ok(RowChange {
+            commit_lsn,
+            commit_ts,
+            ordinal,
+            shape: rel.shape.clone(),
+            kind,
+            record,
+            changed,
+        })
+    }
+}
+
+fn warn_no_old(warned: &mut HashSet<u32>, relation_id: u32, table: &TableName) {
+    if warned.insert(relation_id) {
+        warn!(table = %table, "no full old row in the stream (REPLICA IDENTITY is not FULL): \
+               DELETE records hold only key columns and UPDATE changed_fields lists every column");
+    }
+}
+
+fn to_record(
+    rel: &RelationEntry,
+    t: &Tuple,
+    old: Option<&Tuple>,
+    toast_unknown_expected: bool,
+) -> Map<String, Value> {
+    let mut m = Map::with_capacity(t.0.len());
+    for (i, v) in t.0.iter().enumerate() {
+        let (Some(name), Some(kind)) = (rel.shape.columns.get(i), rel.kinds.get(i)) else {
+            break;
+        };
+        let v = match v {
+            TupleValue::UnchangedToast => match old.and_then(|o| o.0.get(i)) {
+                Some(ov) if !matches!(ov, TupleValue::UnchangedToast) => ov,
+                _ => {
+                    error!(table = %rel.shape.table, column = %name, expected = toast_unknown_expected,
+                           "unchanged TOAST value not available from the old row; column left out of the record");
+                    continue;
+                }
+            },
+            other => other,
+        };
+        m.insert(name.clone(), value_json(kind, v));
+    }
+    m
+}
+
+fn value_json(kind: &TypeKind, v: &TupleValue) -> Value {
+    match v {
+        TupleValue::Null => Value::Null,
+        TupleValue::Text(b) => match std::str::from_utf8(b) {
+            Ok(s) => text_to_json(kind, s),
+            Err(_) => Value::String(String::from_utf8_lossy(b).into_owned()),
+        },
+        // We never ask for binary; should a server send it, keep the bytes visible, not lost.
+        TupleValue::Binary(b) => Value::String(format!("\\x{}", hex::encode(b))),
+        TupleValue::UnchangedToast => Value::Null,
+    }
+}
+
+fn changed_columns(old: &Tuple, new: &Tuple) -> Vec<usize> {
+    new.0
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| match (old.0.get(*i), n) {
+            (_, TupleValue::UnchangedToast) => false,
+            (Some(o), n) => o != *n,
+            (None, _) => true,
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(vals: &[Option<&str>]) -> Tuple {
+        Tuple(
+            vals.iter()
+                .map(|v| match v {
+                    None => TupleValue::Null,
+                    Some("<toast>") => TupleValue::UnchangedToast,
+                    Some(s) => TupleValue::Text(Bytes::copy_from_slice(s.as_bytes())),
+                })
+                .collect(),
+        )
+    }
+
+    fn entry() -> RelationEntry {
+        RelationEntry {
+            shape: Arc::new(TableShape {
+                table: TableName::parse("docs").unwrap(),
+                columns: vec!["id".into(), "body".into(), "n".into()],
+                key_columns: vec![0],
+            }),
+            kinds: vec![TypeKind::Integer, TypeKind::Text, TypeKind::Integer],
+        }
+    }
+
+    #[test]
+    fn unchanged_toast_is_filled_from_old_row_and_not_changed() {
+        let old = t(&[Some("1"), Some("big text"), Some("1")]);
+        let new = t(&[Some("1"), Some("<toast>"), Some("2")]);
+        let rec = to_record(&entry(), &new, Some(&old), false);
+        assert_eq!(
+            serde_json::to_string(&rec).unwrap(),
+            r#"{"id":1,"body":"big text","n":2}"#
+        );
+        assert_eq!(changed_columns(&old, &new), vec![2]);
+    }
+
+    #[test]
+    fn unchanged_toast_without_old_row_is_left_out_not_null() {
+        let new = t(&[Some("1"), Some("<toast>"), None]);
+        let rec = to_record(&entry(), &new, None, true);
+        assert_eq!(serde_json::to_string(&rec).unwrap(), r#"{"id":1,"n":null}"#);
+    }
+
+    #[test]
+    fn null_to_value_and_back_counts_as_changed() {
+        let old = t(&[Some("1"), None, Some("1")]);
+        let new = t(&[Some("1"), Some(""), Some("1")]);
+        assert_eq!(changed_columns(&old, &new), vec![1]);
+    }
+}

@@ -1,0 +1,137 @@
+//! The source loop: replication stream → decode → a [`Sink`], with standby status feedback.
+//!
+//! Guarantees (DESIGN.md invariant 2):
+//! - the flush position reported to Postgres is what the sink says is durable, never more, and
+//!   it never moves backwards;
+//! - when no transaction is open and the sink has nothing in flight, the position follows the
+//!   keepalives' `wal_end`, so churn in unpublished tables does not pin WAL;
+//! - status updates go out when the server asks and at least every `status_interval`, well inside
+//!   `wal_sender_timeout`;
+//! - cancellation is checked first in the loop; on it the loop sends a final status and ends the
+//!   copy stream cleanly.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::conn::{ReplicationEvent, ReplicationStream};
+use super::decode::{ChangeDecoder, Decoded};
+use super::error::SourceError;
+use crate::change::RowChange;
+use crate::Lsn;
+
+/// Where decoded changes go. `commit` returns the LSN up to which everything is durable.
+#[allow(async_fn_in_trait)]
+pub trait Sink {
+    /// The sink's own layer error; source errors convert into it.
+    type Error: From<SourceError>;
+    async fn begin(&mut self, final_lsn: Lsn, commit_ts: i64) -> Result<(), Self::Error>;
+    async fn change(&mut self, change: RowChange) -> Result<(), Self::Error>;
+    async fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn) -> Result<Lsn, Self::Error>;
+    /// Durable position now (a sink that stores in the background moves it later than commit).
+    fn durable(&self) -> Lsn {
+        Lsn::ZERO
+    }
+    /// True when every committed transaction handed over is durable.
+    fn idle(&self) -> bool {
+        true
+    }
+    /// Stops accepting work, finishes what is complete, and returns the final durable position.
+    async fn close(&mut self) -> Result<Lsn, Self::Error> {
+        Ok(self.durable())
+    }
+}
+
+pub struct SourceLoop {
+    pub stream: ReplicationStream,
+    pub decoder: ChangeDecoder,
+    /// Regular SQL connection, used by the decoder for catalog lookups.
+    pub client: Client,
+    pub status_interval: Duration,
+    /// Last position reported as flushed.
+    pub flushed: Lsn,
+}
+
+impl SourceLoop {
+    pub async fn run<S: Sink>(
+        mut self,
+        sink: &mut S,
+        cancel: &CancellationToken,
+    ) -> Result<Lsn, S::Error> {
+        let mut tick = tokio::time::interval(self.status_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut in_tx = false;
+        let mut durable = self.flushed;
+        let result = loop {
+            tokio::select! {
+                biased;
+                // 1. Stopping wins over everything: the open source transaction is simply not
+                //    confirmed, so it is streamed again next time.
+                _ = cancel.cancelled() => break Ok(()),
+                // 2. The stream; decoding happens here and may query the catalog.
+                ev = self.stream.next() => {
+                    match ev {
+                        Err(e) => break Err(e.into()),
+                        Ok(None) => break Err(SourceError::StreamEnded("the server closed the copy stream".into()).into()),
+                        Ok(Some(ReplicationEvent::XLogData { data, .. })) => {
+                            match self.decoder.decode(&self.client, data).await {
+                                Err(e) => break Err(e.into()),
+                                Ok(Decoded::Begin { final_lsn, commit_ts, .. }) => {
+                                    in_tx = true;
+                                    if let Err(e) = sink.begin(final_lsn, commit_ts).await { break Err(e) }
+                                }
+                                Ok(Decoded::Change(c)) => {
+                                    if let Err(e) = sink.change(c).await { break Err(e) }
+                                }
+                                Ok(Decoded::Commit { commit_lsn, end_lsn, .. }) => {
+                                    in_tx = false;
+                                    match sink.commit(commit_lsn, end_lsn).await {
+                                        Ok(lsn) => durable = durable.max(lsn),
+                                        Err(e) => break Err(e),
+                                    }
+                                }
+                                Ok(Decoded::Other) => {}
+                            }
+                        }
+                        Ok(Some(ReplicationEvent::Keepalive { wal_end, reply_requested, .. })) => {
+                            durable = durable.max(sink.durable());
+                            if !in_tx && sink.idle() {
+                                durable = durable.max(wal_end);
+                            }
+                            if reply_requested {
+                                if let Err(e) = self.report(durable, false).await { break Err(e.into()) }
+                            }
+                        }
+                    }
+                }
+                // 3. Periodic feedback so the server neither times us out nor keeps WAL for us.
+                //    When idle, ask for a keepalive: its wal_end lets an idle slot move on.
+                _ = tick.tick() => {
+                    durable = durable.max(sink.durable());
+                    if let Err(e) = self.report(durable, !in_tx).await { break Err(e.into()) }
+                }
+            }
+        };
+        if result.is_ok() {
+            durable = durable.max(sink.close().await?);
+            self.report(durable, false).await?;
+            info!(flushed = %self.flushed, "replication stream stopped");
+            self.stream.finish().await?;
+        }
+        result.map(|_| self.flushed)
+    }
+
+    async fn report(&mut self, durable: Lsn, request_reply: bool) -> Result<(), SourceError> {
+        let flush = durable.max(self.flushed);
+        self.stream
+            .send_status(flush, flush, flush, request_reply)
+            .await?;
+        if flush != self.flushed {
+            debug!(flushed = %flush, "confirmed flush position");
+        }
+        self.flushed = flush;
+        Ok(())
+    }
+}

@@ -1,0 +1,120 @@
+//! `walhook tail`: print, as JSON lines, what each subscription would receive, live.
+//!
+//! Guarantees: uses a temporary slot (dropped by Postgres when the connection ends), so the
+//! daemon's slot is untouched; only adds tables to the publication, never removes any; each
+//! transaction's lines are flushed to stdout as soon as its commit is decoded.
+
+use std::io::Write;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::change::RowChange;
+use crate::config::Config;
+use crate::route::{Routed, Router};
+use crate::source::conn::ReplicationClient;
+use crate::source::decode::ChangeDecoder;
+use crate::source::error::SourceError;
+use crate::source::stream::{Sink, SourceLoop};
+use crate::source::{prepare, tls};
+use crate::Lsn;
+
+struct TailSink<W: Write> {
+    router: Router,
+    out: W,
+    buf: Vec<Routed>,
+}
+
+impl<W: Write> Sink for TailSink<W> {
+    type Error = SourceError;
+
+    async fn begin(&mut self, _: Lsn, _: i64) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    async fn change(&mut self, change: RowChange) -> Result<(), SourceError> {
+        self.buf.clear();
+        self.router.route(&change, &mut self.buf);
+        for r in &self.buf {
+            let sub = serde_json::to_string(&*r.subscription).expect("strings serialize");
+            writeln!(
+                self.out,
+                "{{\"subscription\":{sub},\"payload\":{}}}",
+                r.body
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, _: Lsn, end_lsn: Lsn) -> Result<Lsn, SourceError> {
+        self.out.flush()?;
+        Ok(end_lsn)
+    }
+}
+
+/// Builds the router for `config`, keeping only subscription `only` when given.
+pub fn router(config: &Config, only: Option<&str>) -> Result<Router, SourceError> {
+    let mut router = Router::for_config(config).map_err(|e| SourceError::Config(e.to_string()))?;
+    if let Some(id) = only {
+        if !router.retain_only(id) {
+            return Err(SourceError::Config(format!(
+                "no subscription with id {id:?} in the config"
+            )));
+        }
+    }
+    Ok(router)
+}
+
+/// Prepares the database for `router` (adding tables to the publication, never removing) and
+/// starts streaming from a new temporary slot. The slot exists from the returned LSN on, so
+/// every change committed after this returns is streamed.
+pub async fn start_temporary(config: &Config, router: &Router) -> Result<SourceLoop, SourceError> {
+    let pg = config.pg_config();
+    let client = tls::connect_sql(&pg).await?;
+    let publication = config.source.publication.as_str();
+    prepare(
+        &client,
+        router,
+        publication,
+        config.source.manage_replica_identity,
+        false,
+    )
+    .await?;
+
+    let mut repl = ReplicationClient::connect(&pg).await?;
+    let slot = format!("walhook_tail_{}", uuid::Uuid::new_v4().simple());
+    let start = repl.create_temporary_slot(&slot).await?;
+    let pub_names = format!("\"{publication}\"");
+    let stream = repl
+        .start_logical(
+            &slot,
+            start,
+            &[("proto_version", "1"), ("publication_names", &pub_names)],
+        )
+        .await?;
+    info!(slot = %slot, lsn = %start, tables = ?router.tables().iter().map(|t| t.to_string()).collect::<Vec<_>>(), "tailing");
+    Ok(SourceLoop {
+        stream,
+        decoder: ChangeDecoder::new(),
+        client,
+        status_interval: Duration::from_secs(10),
+        flushed: start,
+    })
+}
+
+pub async fn run(
+    config: &Config,
+    only: Option<&str>,
+    cancel: CancellationToken,
+) -> Result<(), SourceError> {
+    let router = router(config, only)?;
+    let source = start_temporary(config, &router).await?;
+    let mut sink = TailSink {
+        router,
+        out: std::io::BufWriter::new(std::io::stdout()),
+        buf: Vec::new(),
+    };
+    source.run(&mut sink, &cancel).await?;
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! The `walhook` binary as an operator runs it: `tail` and `check`.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn write_config(db: &TestDb, extra_source: &str, subs: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let text = format!(
+        "[source]\nurl = \"{}\"\n{extra_source}\n[project]\nid = \"cli\"\n{subs}",
+        db.url()
+    );
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+const ORDERS_SUB: &str = "[[subscriptions]]\nid = \"orders\"\ntable = \"orders\"\n\
+    events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"https://example.com/h\"\nsecret = \"${CLI_TEST_SECRET}\"\n";
+
+#[tokio::test]
+async fn tail_prints_committed_changes_and_stops_cleanly_on_sigterm() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE orders(id int PRIMARY KEY, status text)");
+    let cfg = write_config(&db, "", ORDERS_SUB);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .args(["tail", "--config"])
+        .arg(cfg.path())
+        .env("CLI_TEST_SECRET", "whsec_x")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("tailing") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(started, Ok(true), "tail did not start");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let client = db.client().await;
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let t0 = Instant::now();
+        client
+            .execute("INSERT INTO orders VALUES ($1, 'new')", &[&i])
+            .await
+            .unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(10), stdout.next_line())
+            .await
+            .expect("a line within 10 s")
+            .unwrap()
+            .unwrap();
+        latencies.push(t0.elapsed());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["subscription"], "orders");
+        assert_eq!(v["payload"]["event"], "INSERT");
+        assert_eq!(v["payload"]["record"]["id"].to_string(), i.to_string());
+        assert_eq!(v["payload"]["project_id"], "cli");
+    }
+    // A figure, not an assertion: timing belongs to benchmarks (see the note / README).
+    eprintln!("tail latency commit -> line: {latencies:?}");
+
+    // SIGTERM: clean exit, and the temporary slot disappears with the connection.
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits within 10 s")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let slots = db.sql(&format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE database = '{}'",
+        db.name
+    ));
+    assert_eq!(slots, "0");
+}
+
+#[tokio::test]
+async fn tail_with_unknown_subscription_fails_naming_it() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE orders(id int PRIMARY KEY)");
+    let cfg = write_config(&db, "", ORDERS_SUB);
+    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .args(["tail", "--subscription", "nope", "--config"])
+        .arg(cfg.path())
+        .env("CLI_TEST_SECRET", "whsec_x")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no subscription with id \"nope\""), "{err}");
+}
+
+#[tokio::test]
+async fn config_errors_name_the_variable() {
+    let db = TestDb::new();
+    let cfg = write_config(&db, "", ORDERS_SUB);
+    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .args(["check", "--config"])
+        .arg(cfg.path())
+        .env_remove("CLI_TEST_SECRET")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CLI_TEST_SECRET is not set") && err.contains("line 11"),
+        "{err}"
+    );
+}
+
+async fn check(db: &TestDb, extra_source: &str) -> (bool, String) {
+    check_with(db, extra_source, ORDERS_SUB).await
+}
+
+async fn check_with(db: &TestDb, extra_source: &str, subs: &str) -> (bool, String) {
+    let cfg = write_config(db, extra_source, subs);
+    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .args(["check", "--config"])
+        .arg(cfg.path())
+        .env("CLI_TEST_SECRET", "whsec_x")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_reports_readiness_and_changes_nothing() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE orders(id int PRIMARY KEY, status text)");
+    let (ok, out) = check(&db, "").await;
+    assert!(ok, "{out}");
+    assert!(out.contains("ok    wal_level = logical"), "{out}");
+    assert!(out.contains("ok    server version"), "{out}");
+    assert!(
+        out.contains("REPLICA IDENTITY DEFAULT: walhook will set it to FULL"),
+        "{out}"
+    );
+    assert!(out.contains("slot walhook does not exist yet"), "{out}");
+    assert!(out.contains("no blocking problems"), "{out}");
+
+    let (ok, out) = check(&db, "manage_replica_identity = false").await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAIL  table public.orders") && out.contains("REPLICA IDENTITY FULL;"),
+        "{out}"
+    );
+    assert!(out.contains("1 blocking problem(s)"), "{out}");
+
+    // Read-only: nothing was created or altered.
+    assert_eq!(
+        db.sql("SELECT relreplident FROM pg_class WHERE relname = 'orders'"),
+        "d"
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM pg_publication"), "0");
+
+    db.sql("DROP TABLE orders; CREATE TABLE orders(id int PRIMARY KEY)");
+    let cfg_sub = ORDERS_SUB.to_string() + "select = [\"id\", \"status\"]\n";
+    let (ok, stdout) = check_with(&db, "", &cfg_sub).await;
+    assert!(!ok);
+    assert!(stdout.contains("no column \"status\""), "{stdout}");
+}

@@ -1,0 +1,551 @@
+//! Durability acceptance tests for `walhook run`: SIGKILL at random moments, Postgres restarts
+//! (fast and immediate) under a running daemon, idle slots under unpublished WAL churn, and one
+//! huge source transaction in bounded memory.
+//!
+//! Every test runs the real binary with its stderr in a log file whose path is printed; the log
+//! is dumped when an assertion fails.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{sub, TestDb};
+use rand::Rng;
+use tokio::process::{Child, Command};
+use walhook::config::Config;
+use walhook::embedded_pg::{PgServer, StopMode};
+
+const ALL: &str = r#"["INSERT", "UPDATE", "DELETE"]"#;
+
+fn config_text(url: &str, slot: &str, subs: &str) -> String {
+    format!("[source]\nurl = \"{url}\"\nslot = \"{slot}\"\n[project]\nid = \"p\"\n{subs}")
+}
+
+struct Daemon {
+    cfg: tempfile::NamedTempFile,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn new(name: &str, text: &str) -> Daemon {
+        let cfg = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(cfg.path(), text).unwrap();
+        let log = std::env::temp_dir().join(format!("walhook-durability-{name}.log"));
+        let _ = std::fs::remove_file(&log);
+        eprintln!("[{name}] walhook log: {}", log.display());
+        Daemon { cfg, log }
+    }
+
+    fn spawn(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_walhook"))
+            .args(["run", "--config"])
+            .arg(self.cfg.path())
+            .env("WALHOOK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    fn streaming_starts(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("streaming")
+            .count()
+    }
+
+    /// Waits (10 s at most) until the log shows at least `n` instances that began streaming.
+    async fn wait_streaming(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.streaming_starts() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+async fn sigkill(child: &mut Child) {
+    child.start_kill().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("killed child exits")
+        .unwrap();
+}
+
+async fn stop(mut child: Child) -> std::process::ExitStatus {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits")
+        .unwrap()
+}
+
+/// Polls `sql` on `db` of `pg` until it returns `want` (errors count as "not yet").
+async fn wait_value(pg: &PgServer, db: &str, sql: &str, want: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if pg.psql(db, sql).map(|v| v == want).unwrap_or(false) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_slot_active(pg: &PgServer, db: &str, daemon: &Daemon) {
+    let ok = wait_value(
+        pg,
+        db,
+        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{db}' AND active"),
+        "1",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        ok,
+        "slot never became active; log:\n{}",
+        daemon.log_tail(40)
+    );
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. SIGKILL at random moments during a W1-shaped load: the outbox equals an uninterrupted
+//    reference run, id for id and byte for byte.
+// ---------------------------------------------------------------------------------------------
+
+const W1_TXNS: usize = 50;
+const W1_ROWS: usize = 1000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    let started = Instant::now();
+    let db = TestDb::new();
+    db.sql(
+        "CREATE TABLE orders(id uuid PRIMARY KEY DEFAULT gen_random_uuid(), total numeric(12,2), \
+         status text, customer_id text, created_at timestamptz DEFAULT now(), meta jsonb)",
+    );
+    let subs = [
+        sub("all", "orders", ALL, ""),
+        sub(
+            "paid",
+            "orders",
+            r#"["UPDATE"]"#,
+            r#"filter = { status = "paid" }"#,
+        ),
+    ]
+    .concat();
+    let text = config_text(&db.url(), &db.name, &subs);
+    let daemon = Daemon::new(&db.name, &text);
+    let mut child = daemon.spawn();
+    wait_slot_active(db.pg, &db.name, &daemon).await;
+
+    // The reference: an uninterrupted in-process pipeline over the same WAL.
+    let config = Config::parse(&text, "durability.toml").unwrap();
+    let mut reference = common::start(&config).await.expect("reference pipeline");
+
+    let client = db.client().await;
+    let load = tokio::spawn(async move {
+        for _ in 0..W1_TXNS {
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO orders(total, status, customer_id, meta) \
+                     SELECT (g % 500) + 0.99, 'new', 'c' || (g % 50), \
+                            jsonb_build_object('n', g, 'tags', jsonb_build_array('a', g % 7)) \
+                     FROM generate_series(1, {W1_ROWS}) g"
+                ))
+                .await
+                .unwrap();
+        }
+        for _ in 0..W1_TXNS {
+            // Half become 'paid' (matches the filtered subscription), half 'shipped'.
+            client
+                .batch_execute(&format!(
+                    "UPDATE orders SET status = CASE WHEN total::int % 2 = 0 THEN 'paid' ELSE 'shipped' END \
+                     WHERE id IN (SELECT id FROM orders WHERE status = 'new' LIMIT {W1_ROWS})"
+                ))
+                .await
+                .unwrap();
+        }
+        for _ in 0..W1_TXNS {
+            client
+                .batch_execute(&format!(
+                    "DELETE FROM orders WHERE id IN (SELECT id FROM orders LIMIT {W1_ROWS})"
+                ))
+                .await
+                .unwrap();
+        }
+    });
+
+    let mut rng = rand::thread_rng();
+    let mut kills = 0;
+    while kills < 10 || !load.is_finished() {
+        // Every other kill lands while streaming (mid-COPY most likely), the rest anywhere,
+        // including during startup (migrations, slot setup).
+        if kills % 2 == 1 {
+            daemon.wait_streaming(kills / 2 + 1).await;
+        }
+        let delay = rng.gen_range(100..=800);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        sigkill(&mut child).await;
+        kills += 1;
+        child = daemon.spawn();
+    }
+    load.await.unwrap();
+    let load_done = started.elapsed();
+    eprintln!("[kill9] load finished after {load_done:?}, {kills} SIGKILLs during it");
+    // walhook is still behind: a few more kills while it catches up.
+    for _ in 0..5 {
+        let delay = rng.gen_range(100..=800);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        sigkill(&mut child).await;
+        kills += 1;
+        child = daemon.spawn();
+    }
+
+    // Drain the reference: every change of the load has been decoded once `changes` has all.
+    let total_changes = 3 * W1_TXNS * W1_ROWS;
+    let mut seen_changes = 0;
+    while seen_changes < total_changes {
+        match tokio::time::timeout(Duration::from_secs(60), reference.changes.recv()).await {
+            Ok(Some(_)) => seen_changes += 1,
+            _ => panic!("reference saw only {seen_changes} of {total_changes} changes"),
+        }
+    }
+    let mut expected: HashMap<(String, String), String> = HashMap::new();
+    while let Ok(r) = reference.rx.try_recv() {
+        let prev = expected.insert((r.subscription.to_string(), r.event_id.clone()), r.body);
+        assert!(prev.is_none(), "reference routed {} twice", r.event_id);
+    }
+    reference.stop().await;
+    let paid = expected.keys().filter(|(s, _)| s == "paid").count();
+    assert_eq!(expected.len() - paid, total_changes);
+    assert!(paid > 0 && paid < W1_TXNS * W1_ROWS, "paid = {paid}");
+
+    let want = expected.len().to_string();
+    let caught_up = wait_value(
+        db.pg,
+        &db.name,
+        "SELECT count(*) FROM walhook.deliveries",
+        &want,
+        Duration::from_secs(120),
+    )
+    .await;
+    // Let a late duplicate show itself, then look while the daemon still runs.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let count = db.sql("SELECT count(*) FROM walhook.deliveries");
+    let distinct = db.sql(
+        "SELECT count(*) FROM (SELECT DISTINCT subscription_id, event_id FROM walhook.deliveries) d",
+    );
+    eprintln!(
+        "[kill9] reference {} deliveries ({paid} paid); outbox {count} rows, {distinct} distinct; caught up: {caught_up}; {:?} total",
+        expected.len(),
+        started.elapsed()
+    );
+    let log = daemon.log_tail(60);
+    let starts = daemon.streaming_starts();
+    eprintln!("[kill9] {kills} SIGKILLs in all; {starts} instances reached streaming");
+    assert!(stop(child).await.success());
+    assert_eq!(count, distinct, "duplicates in the outbox; log:\n{log}");
+
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT subscription_id, event_id, payload FROM walhook.deliveries",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut got: HashMap<(String, String), String> = HashMap::new();
+    for r in rows {
+        got.insert((r.get(0), r.get(1)), r.get(2));
+    }
+    let want_keys: HashSet<_> = expected.keys().collect();
+    let got_keys: HashSet<_> = got.keys().collect();
+    let missing: Vec<_> = want_keys.difference(&got_keys).take(5).collect();
+    let extra: Vec<_> = got_keys.difference(&want_keys).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "outbox differs from the reference: {} missing (e.g. {missing:?}), {} extra (e.g. {extra:?}); log:\n{log}",
+        want_keys.difference(&got_keys).count(),
+        got_keys.difference(&want_keys).count(),
+    );
+    let mut differing = 0;
+    for (k, body) in &expected {
+        if got[k] != *body {
+            if differing == 0 {
+                eprintln!(
+                    "[kill9] payload differs for {k:?}:\n want {body}\n  got {}",
+                    got[k]
+                );
+            }
+            differing += 1;
+        }
+    }
+    assert_eq!(differing, 0, "payloads differing from the reference");
+    assert_eq!(count, want);
+    eprintln!("[kill9] done in {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Postgres stops (fast, then immediate) while walhook streams; walhook resumes by itself.
+// ---------------------------------------------------------------------------------------------
+
+const RESTART_BATCHES: i64 = 30;
+const RESTART_BATCH_ROWS: i64 = 2000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_fast_and_immediate_restarts_lose_and_duplicate_nothing() {
+    let started = Instant::now();
+    let mut pg = PgServer::start(&[]).expect("own server");
+    let db = pg.create_database().unwrap();
+    pg.psql(&db, "CREATE TABLE t(id int PRIMARY KEY, v text)")
+        .unwrap();
+    let subs = [sub("a", "t", ALL, ""), sub("ins", "t", r#"["INSERT"]"#, "")].concat();
+    let daemon = Daemon::new(&db, &config_text(&pg.url(&db), &db, &subs));
+    let child = daemon.spawn();
+    wait_slot_active(&pg, &db, &daemon).await;
+
+    for b in 0..RESTART_BATCHES {
+        let (lo, hi) = (b * RESTART_BATCH_ROWS + 1, (b + 1) * RESTART_BATCH_ROWS);
+        pg.psql(
+            &db,
+            &format!("INSERT INTO t SELECT g, repeat('v', 100) FROM generate_series({lo}, {hi}) g"),
+        )
+        .unwrap_or_else(|e| panic!("batch {b}: {e}"));
+        let mode = match b {
+            9 => Some(StopMode::Fast),
+            19 => Some(StopMode::Immediate),
+            _ => None,
+        };
+        if let Some(mode) = mode {
+            let stored = pg
+                .psql(&db, "SELECT count(*) FROM walhook.deliveries")
+                .unwrap_or_default();
+            pg.stop(mode).unwrap();
+            eprintln!(
+                "[restart] {mode:?} stop after {} rows inserted ({stored} deliveries stored)",
+                hi
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            pg.restart().unwrap();
+        }
+    }
+    let n = RESTART_BATCHES * RESTART_BATCH_ROWS;
+    let caught_up = wait_value(
+        &pg,
+        &db,
+        "SELECT count(*) FROM walhook.deliveries",
+        &(2 * n).to_string(),
+        Duration::from_secs(90),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per_sub = pg
+        .psql(
+            &db,
+            "SELECT string_agg(s, ' ' ORDER BY s) FROM (SELECT format('%s:%s/%s/%s/%s/%s', subscription_id, \
+             count(*), count(DISTINCT event_id), count(DISTINCT payload::jsonb->'record'->>'id'), \
+             min((payload::jsonb->'record'->>'id')::int), max((payload::jsonb->'record'->>'id')::int)) AS s \
+             FROM walhook.deliveries GROUP BY subscription_id) g",
+        )
+        .unwrap_or_else(|e| e.to_string());
+    eprintln!(
+        "[restart] caught up: {caught_up}; per subscription count/distinct events/distinct ids/min/max: {per_sub}; {:?}",
+        started.elapsed()
+    );
+    let log = daemon.log_tail(40);
+    let alive = pg.psql(
+        &db,
+        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{db}' AND active"),
+    );
+    assert!(
+        stop(child).await.success(),
+        "walhook did not stop cleanly; log:\n{log}"
+    );
+    let want = format!("a:{n}/{n}/{n}/1/{n} ins:{n}/{n}/{n}/1/{n}");
+    assert_eq!(
+        per_sub, want,
+        "slot active at the end: {alive:?}; log:\n{log}"
+    );
+    assert!(
+        daemon.log_tail(10_000).contains("reconnecting"),
+        "walhook never noticed a restart?"
+    );
+    eprintln!("[restart] done in {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Unpublished WAL churn must not pin WAL behind an idle slot.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_in_unsubscribed_tables_does_not_pin_wal() {
+    let started = Instant::now();
+    // Own server: WAL from other tests' databases would count against the slot here.
+    let pg = PgServer::start(&[]).expect("own server");
+    let db = pg.create_database().unwrap();
+    pg.psql(
+        &db,
+        "CREATE TABLE a(id int PRIMARY KEY); CREATE TABLE noise(id int, v text)",
+    )
+    .unwrap();
+    let daemon = Daemon::new(
+        &db,
+        &config_text(&pg.url(&db), &db, &sub("a", "a", ALL, "")),
+    );
+    let child = daemon.spawn();
+    wait_slot_active(&pg, &db, &daemon).await;
+    pg.psql(&db, "INSERT INTO a VALUES (1)").unwrap();
+    assert!(
+        wait_value(
+            &pg,
+            &db,
+            "SELECT count(*) FROM walhook.deliveries",
+            "1",
+            Duration::from_secs(20)
+        )
+        .await
+    );
+
+    let before = pg.psql(&db, "SELECT pg_current_wal_lsn()").unwrap();
+    for i in 0..5 {
+        pg.psql(
+            &db,
+            &format!(
+                "INSERT INTO noise SELECT g, repeat('x', 1000) FROM generate_series({}, {}) g",
+                i * 10_000 + 1,
+                (i + 1) * 10_000
+            ),
+        )
+        .unwrap();
+    }
+    let written = pg
+        .psql(
+            &db,
+            &format!("SELECT pg_current_wal_lsn() - '{before}'::pg_lsn"),
+        )
+        .unwrap();
+    let lag_sql = format!(
+        "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = '{db}'"
+    );
+    let noise_done = Instant::now();
+    let limit: i64 = 16 * 1024 * 1024;
+    let mut lag: i64;
+    loop {
+        lag = pg.psql(&db, &lag_sql).unwrap().parse().unwrap();
+        if lag < limit || noise_done.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = noise_done.elapsed();
+    eprintln!(
+        "[idle-wal] wrote {written} bytes of unpublished WAL; slot lag {lag} bytes ({:.1} MB) after {waited:?}",
+        lag as f64 / 1048576.0
+    );
+    let log = daemon.log_tail(30);
+    assert!(stop(child).await.success());
+    assert!(
+        lag < limit,
+        "slot still {lag} bytes behind after {waited:?}; log:\n{log}"
+    );
+    eprintln!("[idle-wal] done in {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. One huge source transaction goes through in bounded memory.
+// ---------------------------------------------------------------------------------------------
+
+/// Rows in the big transaction; `WALHOOK_BIG_TX_ROWS` overrides (used to choose the default).
+fn big_tx_rows() -> i64 {
+    std::env::var("WALHOOK_BIG_TX_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BIG_TX_ROWS)
+}
+
+const BIG_TX_ROWS: i64 = 1_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_huge_transaction_is_ingested_in_bounded_memory() {
+    let started = Instant::now();
+    let n = big_tx_rows();
+    eprintln!("[big-tx] N = {n}");
+    let pg = PgServer::start(&[]).expect("own server");
+    let db = pg.create_database().unwrap();
+    pg.psql(
+        &db,
+        "CREATE TABLE big(id int PRIMARY KEY, total numeric(12,2), note text)",
+    )
+    .unwrap();
+    let daemon = Daemon::new(
+        &db,
+        &config_text(&pg.url(&db), &db, &sub("big", "big", r#"["INSERT"]"#, "")),
+    );
+    let child = daemon.spawn();
+    wait_slot_active(&pg, &db, &daemon).await;
+    let pid = child.id().unwrap();
+    let rss_before = peak_rss_kib(pid);
+
+    pg.psql(
+        &db,
+        &format!("INSERT INTO big SELECT g, g * 1.25, 'note ' || g FROM generate_series(1, {n}) g"),
+    )
+    .unwrap();
+    let inserted = started.elapsed();
+    let stored = wait_value(
+        &pg,
+        &db,
+        "SELECT count(*) FROM walhook.checkpoint",
+        "1",
+        Duration::from_secs(240),
+    )
+    .await;
+    let ingest = started.elapsed() - inserted;
+    let peak = peak_rss_kib(pid);
+    let count = pg
+        .psql(&db, "SELECT count(*) FROM walhook.deliveries")
+        .unwrap();
+    eprintln!(
+        "[big-tx] N = {n}: stored {count} rows in {ingest:?} after the insert; walhook VmHWM {peak} kB ({:.1} MB; {rss_before} kB before the transaction)",
+        peak as f64 / 1024.0
+    );
+    let log = daemon.log_tail(30);
+    assert!(stop(child).await.success());
+    assert!(
+        stored,
+        "the transaction never reached the outbox; log:\n{log}"
+    );
+    assert_eq!(count, n.to_string());
+    assert!(
+        peak <= 100 * 1024,
+        "walhook's peak RSS {peak} kB exceeds 100 MB"
+    );
+    eprintln!("[big-tx] done in {:?}", started.elapsed());
+}

@@ -1,0 +1,209 @@
+//! `walhook run`: WAL → outbox, exactly once, across clean restarts and config reloads.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{sub, TestDb};
+use tokio::process::{Child, Command};
+
+pub fn write_config(db: &TestDb, subs: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    rewrite_config(f.path(), db, subs);
+    f
+}
+
+fn rewrite_config(path: &std::path::Path, db: &TestDb, subs: &str) {
+    let text = format!(
+        "[source]\nurl = \"{}\"\nslot = \"{}\"\n[project]\nid = \"p\"\n[outbox]\nretention = \"2s\"\n{subs}",
+        db.url(),
+        db.name
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+fn spawn_run(cfg: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("WALHOOK_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn stop(mut child: Child, signal: i32) -> std::process::ExitStatus {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, signal) };
+    tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits")
+        .unwrap()
+}
+
+/// Waits until `sql` (a count) returns `want`, for up to 20 s.
+async fn wait_count(db: &TestDb, sql: &str, want: i64) {
+    let mut last = String::new();
+    for _ in 0..400 {
+        last = db.pg.psql(&db.name, sql).unwrap_or_default();
+        if last == want.to_string() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{sql}: expected {want}, last saw {last}");
+}
+
+const ALL: &str = r#"["INSERT", "UPDATE", "DELETE"]"#;
+
+/// Starts `walhook run` and waits until its slot is streaming.
+async fn run_streaming(db: &TestDb, cfg: &std::path::Path) -> Child {
+    let child = spawn_run(cfg);
+    wait_count(
+        db,
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = current_database() AND active",
+        1,
+    )
+    .await;
+    child
+}
+
+#[tokio::test]
+async fn changes_land_in_the_outbox_exactly_once_across_restarts() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE orders(id int PRIMARY KEY, status text)");
+    let subs = [
+        sub("a", "orders", ALL, ""),
+        sub("b", "orders", r#"["UPDATE"]"#, ""),
+    ]
+    .concat();
+    let cfg = write_config(&db, &subs);
+    let child = run_streaming(&db, cfg.path()).await;
+    db.sql("INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 100) g");
+    db.sql("UPDATE orders SET status = 'paid' WHERE id <= 10");
+    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 120).await;
+    assert!(stop(child, libc::SIGTERM).await.success());
+
+    // While stopped: more changes; they are picked up after restart, nothing twice.
+    db.sql("DELETE FROM orders WHERE id > 95");
+    let child = spawn_run(cfg.path());
+    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 125).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.deliveries"), "125");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM (SELECT DISTINCT subscription_id, event_id FROM walhook.deliveries) d"),
+        "125"
+    );
+    assert_eq!(
+        db.sql("SELECT string_agg(DISTINCT subscription_id || ':' || event, ',' ORDER BY subscription_id || ':' || event) FROM walhook.deliveries"),
+        "a:DELETE,a:INSERT,a:UPDATE,b:UPDATE"
+    );
+    // The stored payload is the exact body: parse one and check its fields.
+    let body =
+        db.sql("SELECT payload FROM walhook.deliveries WHERE event = 'DELETE' ORDER BY id LIMIT 1");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["record"]["id"].to_string(), "96");
+    assert_eq!(db.sql("SELECT ordering_key FROM walhook.deliveries WHERE event = 'DELETE' ORDER BY id LIMIT 1"), "[96]");
+    // Checkpoint equals the newest stored commit LSN; the slot confirmed at least that far.
+    assert_eq!(
+        db.sql("SELECT (SELECT commit_lsn FROM walhook.checkpoint) = (SELECT max(commit_lsn) FROM walhook.deliveries)"),
+        "t"
+    );
+    assert!(stop(child, libc::SIGINT).await.success());
+    let behind = db.sql(
+        "SELECT (SELECT commit_lsn FROM walhook.checkpoint) <= \
+         (SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = current_database())",
+    );
+    assert_eq!(behind, "t");
+    // Config subscriptions are stored for the API.
+    assert_eq!(
+        db.sql(
+            "SELECT string_agg(id || ':' || source, ',' ORDER BY id) FROM walhook.subscriptions"
+        ),
+        "a:config,b:config"
+    );
+}
+
+#[tokio::test]
+async fn sighup_adds_a_table_without_restart_and_without_loss() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE a(id int PRIMARY KEY); CREATE TABLE b(id int PRIMARY KEY)");
+    let cfg = write_config(&db, &sub("a", "a", ALL, ""));
+    let child = run_streaming(&db, cfg.path()).await;
+    db.sql("INSERT INTO a VALUES (1)");
+    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 1).await;
+
+    rewrite_config(
+        cfg.path(),
+        &db,
+        &[sub("a", "a", ALL, ""), sub("b", "b", ALL, "")].concat(),
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGHUP) };
+    wait_count(
+        &db,
+        "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'walhook' AND tablename = 'b'",
+        1,
+    )
+    .await;
+    db.sql("INSERT INTO b VALUES (1); INSERT INTO a VALUES (2)");
+    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 3).await;
+    assert_eq!(
+        db.sql("SELECT relreplident FROM pg_class WHERE relname = 'b'"),
+        "f"
+    );
+
+    // A broken reload changes nothing.
+    std::fs::write(cfg.path(), "[source]\nurl = 5\n").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGHUP) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    db.sql("INSERT INTO b VALUES (2)");
+    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 4).await;
+    assert!(stop(child, libc::SIGTERM).await.success());
+}
+
+#[tokio::test]
+async fn delivered_rows_are_pruned_after_retention_pending_rows_are_kept() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE a(id int PRIMARY KEY)");
+    let cfg = write_config(&db, &sub("a", "a", ALL, ""));
+    let child = run_streaming(&db, cfg.path()).await;
+    db.sql("INSERT INTO a SELECT generate_series(1, 30)");
+    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 30).await;
+    // Mark 20 delivered (the delivery engine's job), 10 stay pending.
+    db.sql("UPDATE walhook.deliveries SET status = 'delivered', finished_at = now() - interval '1 hour' WHERE id IN (SELECT id FROM walhook.deliveries ORDER BY id LIMIT 20)");
+    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 10).await;
+    assert_eq!(
+        db.sql("SELECT count(*) FROM walhook.deliveries WHERE status = 'pending'"),
+        "10"
+    );
+    assert!(stop(child, libc::SIGTERM).await.success());
+}
+
+#[tokio::test]
+async fn migrate_command_creates_the_schema_once() {
+    let db = TestDb::new();
+    let cfg = write_config(&db, "");
+    for expected in ["applied migrations: [1]", "applied migrations: []"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
+            .args(["migrate", "--config"])
+            .arg(cfg.path())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
+    }
+    assert_eq!(
+        db.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'walhook'"),
+        "attempts,checkpoint,deliveries,schema_migrations,subscriptions"
+    );
+}
