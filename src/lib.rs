@@ -6,8 +6,10 @@
 pub mod change;
 pub mod check;
 pub mod config;
+pub mod deliver;
 pub mod embedded_pg;
 pub mod lsn;
+pub mod metrics;
 pub mod route;
 pub mod source;
 pub mod tail;

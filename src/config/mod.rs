@@ -8,6 +8,7 @@
 //!
 //! Checks that need the database (tables and columns exist) live in `route` and `check`.
 
+mod delivery;
 mod duration;
 mod env;
 mod filter;
@@ -18,6 +19,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use delivery::{check_standard_secret, ApiConfig, DeliveryConfig, Format, SignatureScheme};
 pub use duration::Duration;
 pub use env::EnvString;
 pub use filter::{Condition, Filter, Op};
@@ -47,6 +49,10 @@ pub struct Config {
     pub project: ProjectConfig,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
     #[serde(default)]
     pub subscriptions: Vec<Spanned<SubscriptionConfig>>,
 }
@@ -138,6 +144,16 @@ pub struct SubscriptionConfig {
     pub filter: Option<Filter>,
     #[serde(default)]
     pub select: Option<Vec<EnvString>>,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub signature: SignatureScheme,
+    /// The secret being rotated out; Standard signatures carry both until it expires.
+    #[serde(default)]
+    pub previous_secret: Option<Secret>,
+    /// RFC 3339; required with `previous_secret`.
+    #[serde(default)]
+    pub previous_secret_expires_at: Option<EnvString>,
 }
 
 /// A string that must never be printed: passwords, signing secrets, URLs with credentials.
@@ -278,8 +294,45 @@ impl Config {
             }
             validate_url(s.url.as_str())
                 .map_err(|m| invalid(span.clone(), format!("{at}.url: {m}")))?;
+            if s.url.as_str().starts_with("http://") && !self.delivery.allow_http {
+                return Err(invalid(
+                    span,
+                    format!(
+                        "{at}.url: {:?} is plain HTTP; use https:// or set [delivery] allow_http = true",
+                        s.url.as_str()
+                    ),
+                ));
+            }
             if s.secret.expose().is_empty() {
                 return Err(invalid(span, format!("{at}.secret: must not be empty")));
+            }
+            if s.signature == SignatureScheme::Standard {
+                check_standard_secret(s.secret.expose())
+                    .map_err(|m| invalid(span.clone(), format!("{at}.secret: {m}")))?;
+                if let Some(prev) = &s.previous_secret {
+                    check_standard_secret(prev.expose())
+                        .map_err(|m| invalid(span.clone(), format!("{at}.previous_secret: {m}")))?;
+                }
+            }
+            match (&s.previous_secret, &s.previous_secret_expires_at) {
+                (Some(_), None) => {
+                    return Err(invalid(
+                        span,
+                        format!("{at}.previous_secret_expires_at: required with previous_secret (RFC 3339, e.g. \"2026-12-01T00:00:00Z\")"),
+                    ))
+                }
+                (_, Some(t)) => {
+                    chrono::DateTime::parse_from_rfc3339(t.as_str()).map_err(|_| {
+                        invalid(
+                            span.clone(),
+                            format!(
+                                "{at}.previous_secret_expires_at: {:?} is not an RFC 3339 time like \"2026-12-01T00:00:00Z\"",
+                                t.as_str()
+                            ),
+                        )
+                    })?;
+                }
+                (None, None) => {}
             }
             if let Some(select) = &s.select {
                 if select.is_empty() {
@@ -290,6 +343,22 @@ impl Config {
                 }
             }
         }
+        let whole_file = |message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            line: 1,
+            message,
+        };
+        self.delivery.validate().map_err(whole_file)?;
+        self.api
+            .listen
+            .as_str()
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| {
+                whole_file(format!(
+                    "api.listen: {:?} is not an address like \"127.0.0.1:8080\"",
+                    self.api.listen.as_str()
+                ))
+            })?;
         let url = self.source.url.expose();
         url.parse::<tokio_postgres::Config>()
             .map_err(|e| ConfigError::Invalid {

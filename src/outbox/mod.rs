@@ -7,6 +7,7 @@
 
 pub mod enqueue;
 pub mod retention;
+pub mod subscriptions;
 
 use tokio_postgres::Client;
 use tracing::info;
@@ -14,7 +15,10 @@ use tracing::info;
 use crate::config::{quote_ident, SubscriptionConfig};
 use crate::Lsn;
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../sql/001_outbox.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../sql/001_outbox.sql")),
+    (2, include_str!("../../sql/002_delivery.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -27,6 +31,12 @@ pub enum OutboxError {
     },
     #[error("cannot connect to the outbox database: {0}")]
     Connect(String),
+    #[error("stored subscription {id:?}: field {field}: {detail}")]
+    BadSubscription {
+        id: String,
+        field: String,
+        detail: String,
+    },
 }
 
 impl OutboxError {
@@ -41,7 +51,7 @@ impl OutboxError {
                     })
             }
             OutboxError::Connect(_) => true,
-            OutboxError::Migration { .. } => false,
+            OutboxError::Migration { .. } | OutboxError::BadSubscription { .. } => false,
         }
     }
 }
@@ -144,10 +154,19 @@ pub async fn sync_config_subscriptions(
     .await?;
     let upsert = tx
         .prepare(&format!(
-            "INSERT INTO {t} (id, source, table_name, events, url, secret, active, filter, select_columns)
-             VALUES ($1, 'config', $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO {t} (id, source, table_name, events, url, secret, active, filter, select_columns,
+                              format, signature, previous_secret, previous_secret_expires_at)
+             VALUES ($1, 'config', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::timestamptz)
              ON CONFLICT (id) DO UPDATE SET source = 'config', table_name = $2, events = $3, url = $4,
-                 secret = $5, active = $6, filter = $7, select_columns = $8, updated_at = now()"
+                 secret = $5, filter = $7, select_columns = $8, format = $9,
+                 signature = $10, previous_secret = $11,
+                 previous_secret_expires_at = $12::text::timestamptz,
+                 -- A receiver's 410 Gone sticks until the config gives another URL.
+                 active = CASE WHEN {t}.deactivated_at IS NOT NULL AND {t}.url = $4
+                               THEN false ELSE $6 END,
+                 deactivated_at = CASE WHEN {t}.url = $4 THEN {t}.deactivated_at END,
+                 deactivated_reason = CASE WHEN {t}.url = $4 THEN {t}.deactivated_reason END,
+                 updated_at = now()"
         ))
         .await?;
     for s in subs {
@@ -168,6 +187,10 @@ pub async fn sync_config_subscriptions(
                 &s.active,
                 &filter,
                 &select,
+                &s.format.as_str(),
+                &s.signature.as_str(),
+                &s.previous_secret.as_ref().map(|p| p.expose()),
+                &s.previous_secret_expires_at.as_ref().map(|t| t.as_str()),
             ],
         )
         .await?;

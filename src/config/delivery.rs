@@ -1,0 +1,237 @@
+//! `[delivery]` and `[api]` sections, and the per-subscription delivery options (`format`,
+//! `signature`, secret rotation).
+//!
+//! Defaults are the safe ones: HTTPS only, private networks refused, redirects never followed,
+//! the Archie retry schedule (5 attempts over about 5½ minutes) and circuit breaker (5 failures,
+//! 2 minutes).
+
+use serde::Deserialize;
+
+use super::{Duration, EnvString, Secret};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Run delivery workers in this process (`walhook run`).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Delay before each attempt; its length is the number of attempts.
+    #[serde(default = "default_schedule")]
+    pub retry_schedule: Vec<Duration>,
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown: Duration,
+    /// Requests in flight per subscription.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default)]
+    pub allow_http: bool,
+    #[serde(default)]
+    pub allow_private_networks: bool,
+    /// Networks allowed even though private, e.g. `["10.1.2.0/24"]`.
+    #[serde(default)]
+    pub allow_cidrs: Vec<EnvString>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    /// How long a claimed delivery stays leased to this process; renewed while it works.
+    #[serde(default = "default_lease")]
+    pub lease: Duration,
+    /// How often to look for due work that no in-process wake-up announced (other instances,
+    /// retries coming due).
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            enabled: true,
+            retry_schedule: default_schedule(),
+            breaker_failures: default_breaker_failures(),
+            breaker_cooldown: default_breaker_cooldown(),
+            max_in_flight: default_max_in_flight(),
+            allow_http: false,
+            allow_private_networks: false,
+            allow_cidrs: Vec::new(),
+            connect_timeout: default_connect_timeout(),
+            timeout: default_timeout(),
+            lease: default_lease(),
+            poll_interval: default_poll_interval(),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.retry_schedule.is_empty() {
+            return Err(
+                "delivery.retry_schedule: list at least one delay (\"0s\" = one attempt)".into(),
+            );
+        }
+        if self.breaker_failures == 0 {
+            return Err("delivery.breaker_failures: must be at least 1".into());
+        }
+        if self.max_in_flight == 0 {
+            return Err("delivery.max_in_flight: must be at least 1".into());
+        }
+        for (key, d) in [
+            ("delivery.connect_timeout", self.connect_timeout),
+            ("delivery.timeout", self.timeout),
+            ("delivery.poll_interval", self.poll_interval),
+        ] {
+            if d.0.is_zero() {
+                return Err(format!("{key}: must be more than 0s"));
+            }
+        }
+        if self.lease.0 < self.timeout.0 * 2 {
+            return Err(format!(
+                "delivery.lease: {}s must be at least twice delivery.timeout ({}s)",
+                self.lease.0.as_secs_f64(),
+                self.timeout.0.as_secs_f64()
+            ));
+        }
+        for c in &self.allow_cidrs {
+            c.as_str().parse::<ipnet::IpNet>().map_err(|_| {
+                format!(
+                    "delivery.allow_cidrs: {:?} is not a network like \"10.0.0.0/8\"",
+                    c.as_str()
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn allow_cidrs(&self) -> Vec<ipnet::IpNet> {
+        self.allow_cidrs
+            .iter()
+            .filter_map(|c| c.as_str().parse().ok())
+            .collect()
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn secs(s: u64) -> Duration {
+    Duration(std::time::Duration::from_secs(s))
+}
+fn default_schedule() -> Vec<Duration> {
+    [0, 1, 5, 30, 300].into_iter().map(secs).collect()
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> Duration {
+    secs(120)
+}
+fn default_max_in_flight() -> usize {
+    16
+}
+fn default_connect_timeout() -> Duration {
+    secs(5)
+}
+fn default_timeout() -> Duration {
+    secs(10)
+}
+fn default_lease() -> Duration {
+    secs(60)
+}
+fn default_poll_interval() -> Duration {
+    secs(1)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_listen")]
+    pub listen: EnvString,
+    /// The management token; the API is off without one.
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_listen() -> EnvString {
+    EnvString("127.0.0.1:8080".into())
+}
+
+/// The body a subscription receives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The Archie payload, signed.
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message (unsigned).
+    Slack,
+    /// A Discord webhook message (unsigned).
+    Discord,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Slack => "slack",
+            Format::Discord => "discord",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "json" => Some(Format::Json),
+            "slack" => Some(Format::Slack),
+            "discord" => Some(Format::Discord),
+            _ => None,
+        }
+    }
+}
+
+/// How a JSON body is signed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureScheme {
+    /// `X-Archie-Signature: sha256=<hex>` and `X-Webhook-Signature: <hex>`.
+    #[default]
+    Archie,
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`.
+    Standard,
+}
+
+impl SignatureScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureScheme::Archie => "archie",
+            SignatureScheme::Standard => "standard",
+        }
+    }
+    pub fn parse(s: &str) -> Option<SignatureScheme> {
+        match s {
+            "archie" => Some(SignatureScheme::Archie),
+            "standard" => Some(SignatureScheme::Standard),
+            _ => None,
+        }
+    }
+}
+
+/// A Standard Webhooks secret must be `whsec_` followed by base64 of the key bytes.
+pub fn check_standard_secret(secret: &str) -> Result<(), String> {
+    use base64::Engine;
+    let b64 = secret
+        .strip_prefix("whsec_")
+        .ok_or("must start with \"whsec_\" when signature = \"standard\"")?;
+    match base64::engine::general_purpose::STANDARD.decode(b64) {
+        Ok(key) if !key.is_empty() => Ok(()),
+        _ => Err("the part after \"whsec_\" must be base64 (signature = \"standard\")".into()),
+    }
+}

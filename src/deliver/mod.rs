@@ -1,0 +1,15 @@
+//! Delivery: claim due outbox rows, sign, POST, record the attempt, retry or dead-letter.
+//!
+//! Guarantees (DESIGN.md invariant 4):
+//! - at-least-once: a delivery is finished only after a 2xx was received or its last attempt
+//!   failed (dead letter); a worker that dies loses only its lease, and the row comes back;
+//! - the same delivery is never in flight twice: a claim takes a lease, and a result is recorded
+//!   only by the lease holder;
+//! - per (subscription, primary key), deliveries go out in commit order: only the oldest
+//!   unfinished delivery of a key can be claimed;
+//! - a slow or dead endpoint costs only its own subscription's in-flight slots.
+
+pub mod egress;
+pub mod format;
+pub mod http;
+pub mod sign;
