@@ -10,6 +10,8 @@ use tracing_subscriber::EnvFilter;
 
 use walhook::config::Config;
 
+mod demo;
+
 #[derive(Parser)]
 #[command(
     name = "walhook",
@@ -46,12 +48,19 @@ enum Command {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// No config needed: a throw-away Postgres, a verifying receiver, a few changes, and the
+    /// signed deliveries they produce, printed. Cleans up after itself.
+    Demo {
+        /// Seconds to wait for every delivery.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("WALHOOK_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("WALHOOK_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -80,8 +89,12 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    // The demo's own output tells the story; the pipeline's info lines would bury it.
+    init_logging(match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    });
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -129,6 +142,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            })
+        }
+        Command::Demo { timeout } => {
+            let cancel = cancel_on_signals()?;
+            let opts = demo::Options {
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            // One clean line on failure (e.g. which package to install), not a log record.
+            Ok(match demo::run(opts, cancel).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("walhook demo: error: {e:#}");
+                    ExitCode::FAILURE
+                }
             })
         }
     }
