@@ -28,7 +28,7 @@ use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
 use super::store::{self, Claimed, NewStatus, Queue, Recorded};
 use super::{format, sign};
 use crate::config::DeliveryConfig;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{BreakerState, Metrics, Outcome};
 use crate::outbox::subscriptions::{self, StoredSubscription};
 use crate::outbox::Schema;
 
@@ -361,7 +361,9 @@ impl Pump {
             )
             .await
             .map_err(|e| e.to_string())?;
-        self.more_due = rows.len() == want && want > 1;
+        // A full claim suggests more is due; a probe claims one row and waits for its result.
+        self.more_due =
+            rows.len() == want && !matches!(self.breaker.state(), BreakerState::HalfOpen);
         for c in rows {
             self.held.insert(c.id);
             self.queue.push_back(c);
@@ -450,6 +452,8 @@ impl Pump {
             self.held.remove(&r.id);
         }
         self.done.clear();
+        // A finished delivery may unblock the next one of its key.
+        self.more_due = true;
         if gone {
             let reason = "receiver answered 410 Gone";
             if store::deactivate(client, &engine.schema, &sub_id, reason)
