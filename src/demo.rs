@@ -16,6 +16,7 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use walhook::config::Config;
 use walhook::embedded_pg::PgServer;
+use walhook::run::Handles;
 
 /// The demo subscription's signing secret (printed: it protects nothing).
 pub const SECRET: &str = "whsec_walhook_demo";
@@ -103,19 +105,16 @@ pub async fn run(opts: Options, cancel: CancellationToken) -> anyhow::Result<()>
         ),
     );
 
-    let dir = tempfile::Builder::new()
-        .prefix("walhook-demo-")
-        .tempdir()
-        .context("creating a temporary directory")?;
-    let config_text = config_toml(&pg.url(DATABASE), receiver_addr);
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, &config_text).context("writing the demo config")?;
-    let config = Config::parse(&config_text, &path.display().to_string())?;
-
+    let config = Config::parse(
+        &config_toml(&pg.url(DATABASE), receiver_addr),
+        "demo config",
+    )?;
     let pipeline_cancel = cancel.child_token();
-    let pipeline = walhook::run::run(path.clone(), config, pipeline_cancel.clone());
+    let handles = Handles::default();
+    let streaming = handles.streaming.clone();
+    let pipeline = walhook::run::run_with(None, config, pipeline_cancel.clone(), handles);
     tokio::pin!(pipeline);
-    let script = script(&pg, &mut out, rx, &opts, &cancel);
+    let script = script(&pg, &mut out, rx, &opts, &cancel, &streaming);
     let result = tokio::select! {
         r = &mut pipeline => match r {
             Ok(()) if cancel.is_cancelled() => Err(anyhow::anyhow!("interrupted")),
@@ -139,7 +138,6 @@ pub async fn run(opts: Options, cancel: CancellationToken) -> anyhow::Result<()>
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Stop the server and remove its directory before returning (also on error).
     tokio::task::spawn_blocking(move || drop(pg)).await.ok();
-    drop(dir);
     if result.is_ok() {
         say(
             &mut out,
@@ -188,6 +186,7 @@ async fn script(
     mut rx: mpsc::UnboundedReceiver<Received>,
     opts: &Options,
     cancel: &CancellationToken,
+    streaming: &AtomicBool,
 ) -> anyhow::Result<()> {
     let url = pg.url(DATABASE);
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -197,22 +196,13 @@ async fn script(
 
     // The slot must exist before the changes, or they would not be streamed.
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let row = client
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = 'walhook'",
-                &[],
-            )
-            .await?;
-        if row.is_some_and(|r| r.get::<_, bool>(0)) {
-            break;
-        }
+    while !streaming.load(Ordering::Relaxed) {
         if Instant::now() > deadline {
             bail!("the pipeline did not start streaming within 30 s (run with WALHOOK_LOG=info to see why)");
         }
         tokio::select! {
             _ = cancel.cancelled() => bail!("interrupted"),
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
     say(
@@ -227,7 +217,10 @@ async fn script(
         client.batch_execute(sql).await.context(sql)?;
         let _ = writeln!(out, "  {sql};");
     }
-    let _ = out.flush();
+    say(
+        out,
+        "what the receiver got, in arrival order (walhook keeps commit order per row, not across rows):",
+    );
 
     let mut seen = HashSet::new();
     let mut bad = 0usize;
@@ -269,10 +262,14 @@ async fn script(
     say(
         out,
         &format!(
-            "{} changes → {} signed deliveries received, all signatures valid, in {:.1} s",
+            "{} changes → {} signed deliveries received, all signatures valid, in {}",
             CHANGES.len(),
             seen.len(),
-            last.as_secs_f64()
+            if last < Duration::from_secs(1) {
+                format!("{} ms", last.as_millis())
+            } else {
+                format!("{:.1} s", last.as_secs_f64())
+            }
         ),
     );
     Ok(())

@@ -300,7 +300,10 @@ secret = "${{RECEIVER_TEST_SECRET}}"
             got.push(line);
         }
     }
-    let mut kinds: Vec<&str> = got.iter().map(|l| l.split(' ').nth(2).unwrap()).collect();
+    let mut kinds: Vec<&str> = got
+        .iter()
+        .map(|l| l.split_whitespace().nth(2).unwrap())
+        .collect();
     kinds.sort();
     assert_eq!(kinds, ["DELETE", "INSERT", "INSERT", "UPDATE"], "{got:?}");
     // SAFETY: signalling our own child.
