@@ -92,7 +92,11 @@ fn run(program: &str, script: &str, cases: &[Case]) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect();
-    assert_eq!(lines.len(), cases.len(), "one answer per case from {script}");
+    assert_eq!(
+        lines.len(),
+        cases.len(),
+        "one answer per case from {script}"
+    );
     lines
 }
 
@@ -185,8 +189,11 @@ fn node_stringify_handler_accepts_js_canonical_bodies() {
         .map(|body| Case {
             mode: "stringify",
             body: body.as_bytes().to_vec(),
-            signature: header(&archie_headers(body.as_bytes(), SECRETS[0]), "X-Archie-Signature")
-                .to_string(),
+            signature: header(
+                &archie_headers(body.as_bytes(), SECRETS[0]),
+                "X-Archie-Signature",
+            )
+            .to_string(),
             secret: SECRETS[0],
         })
         .collect();
@@ -205,8 +212,11 @@ fn node_stringify_handler_fails_when_json_stringify_rewrites_numbers() {
         .map(|body| Case {
             mode: "stringify",
             body: body.as_bytes().to_vec(),
-            signature: header(&archie_headers(body.as_bytes(), SECRETS[0]), "X-Archie-Signature")
-                .to_string(),
+            signature: header(
+                &archie_headers(body.as_bytes(), SECRETS[0]),
+                "X-Archie-Signature",
+            )
+            .to_string(),
             secret: SECRETS[0],
         })
         .collect();
@@ -220,7 +230,10 @@ fn node_stringify_handler_fails_when_json_stringify_rewrites_numbers() {
         .into_iter()
         .map(|c| Case { mode: "raw", ..c })
         .collect();
-    assert_eq!(run("node", "archie_verify.js", &raw), vec!["true"; raw.len()]);
+    assert_eq!(
+        run("node", "archie_verify.js", &raw),
+        vec!["true"; raw.len()]
+    );
 }
 
 /// The signature is exactly the document's HMAC: hex of HMAC-SHA256(secret bytes, body).
@@ -230,7 +243,9 @@ fn archie_header_values_have_the_documented_shape() {
     let h = archie_headers(body, SECRETS[1]);
     let hex = archie_hex(SECRETS[1].as_bytes(), body);
     assert_eq!(hex.len(), 64);
-    assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert!(hex
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
     assert_eq!(header(&h, "x-archie-signature"), format!("sha256={hex}"));
     assert_eq!(header(&h, "x-webhook-signature"), hex);
     assert_eq!(header(&h, "content-type"), "application/json");

@@ -199,7 +199,6 @@ impl HttpSender {
                 return AttemptOutcome::failed(start, kind, e.to_string());
             }
         };
-        let host = host_label(&parsed).unwrap_or_default();
         let map = match header_map(headers) {
             Ok(m) => m,
             Err(e) => return AttemptOutcome::failed(start, ErrorKind::Other, e),
@@ -215,7 +214,7 @@ impl HttpSender {
         {
             Ok(r) => r,
             Err(e) => {
-                let (kind, msg) = self.classify(&e, &host, url);
+                let (kind, msg) = self.classify(&e, url);
                 return AttemptOutcome::failed(start, kind, msg);
             }
         };
@@ -228,7 +227,7 @@ impl HttpSender {
         let (response_body, body_err) = read_capped(resp).await;
 
         let (error_kind, error) = if let Some(e) = body_err {
-            let (kind, msg) = self.classify(&e, &host, url);
+            let (kind, msg) = self.classify(&e, url);
             let kind = if kind == ErrorKind::Timeout {
                 kind
             } else {
@@ -246,7 +245,7 @@ impl HttpSender {
             } else {
                 ErrorKind::Status
             };
-            let mut msg = format!("{host} answered HTTP {}", status.as_u16());
+            let mut msg = format!("{} answered HTTP {}", host_of(url), status.as_u16());
             if let Some(reason) = status.canonical_reason() {
                 msg.push(' ');
                 msg.push_str(reason);
@@ -266,7 +265,8 @@ impl HttpSender {
         }
     }
 
-    fn classify(&self, e: &reqwest::Error, host: &str, url: &str) -> (ErrorKind, String) {
+    fn classify(&self, e: &reqwest::Error, url: &str) -> (ErrorKind, String) {
+        let host = host_of(url);
         let mut source: Option<&(dyn StdError + 'static)> = e.source();
         while let Some(err) = source {
             if let Some(eg) = err.downcast_ref::<EgressError>() {
@@ -294,7 +294,7 @@ impl HttpSender {
             };
             return (ErrorKind::Timeout, msg);
         }
-        let detail = error_chain(e).replace(url, host);
+        let detail = error_chain(e).replace(url, &host);
         let kind = if is_reset(e) {
             ErrorKind::Reset
         } else if e.is_connect() {
@@ -311,6 +311,15 @@ impl HttpSender {
         };
         (kind, format!("{verb} {host}: {detail}"))
     }
+}
+
+/// `host[:port]` for messages; parsed again only on the failure path, to keep the
+/// success path free of it.
+fn host_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| host_label(&u))
+        .unwrap_or_else(|| "the endpoint".to_string())
 }
 
 /// A reset, a broken pipe, or a connection closed before the response was complete.
@@ -342,7 +351,8 @@ fn error_chain(e: &reqwest::Error) -> String {
     let mut source: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(err) = source {
         let msg = err.to_string();
-        if !parts.iter().any(|p| p == &msg) {
+        // hyper-util's "client error (Connect)" wrapper adds nothing the kind does not say.
+        if !msg.starts_with("client error (") && !parts.iter().any(|p| p == &msg) {
             parts.push(msg);
         }
         source = err.source();
