@@ -136,7 +136,10 @@ async fn bench() -> anyhow::Result<()> {
     );
     let recv = time_recvlogical(&pg, &db, "recv", &end)?;
     let recv_rate = W1_CHANGES as f64 / recv.as_secs_f64();
-    println!("pg_recvlogical: {:.2} s, {recv_rate:.0} changes/s", recv.as_secs_f64());
+    println!(
+        "pg_recvlogical: {:.2} s, {recv_rate:.0} changes/s",
+        recv.as_secs_f64()
+    );
     pg.psql(&db, "SELECT pg_drop_replication_slot('recv')")?;
 
     let cfg = config(&pg, &db, "walhook", &url)?;
@@ -245,8 +248,14 @@ async fn bench() -> anyhow::Result<()> {
         "| W1 end to end (WAL → 2xx → marked delivered), max_in_flight {MAX_IN_FLIGHT} | {e2e_rate:.0} changes/s ({:.2} s) |",
         e2e.as_secs_f64()
     );
-    println!("| ratio end to end / pg_recvlogical | {:.2} |", e2e_rate / recv_rate);
-    println!("| walhook peak RSS during W1 e2e (VmHWM) | {:.1} MiB |", hwm as f64 / 1024.0);
+    println!(
+        "| ratio end to end / pg_recvlogical | {:.2} |",
+        e2e_rate / recv_rate
+    );
+    println!(
+        "| walhook peak RSS during W1 e2e (VmHWM) | {:.1} MiB |",
+        hwm as f64 / 1024.0
+    );
     println!(
         "| commit → receiver latency at {:.0} changes/s: p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |",
         sent as f64 / gen_secs,
@@ -254,7 +263,10 @@ async fn bench() -> anyhow::Result<()> {
         percentile(&lat, 0.99),
         percentile(&lat, 1.0)
     );
-    println!("| walhook peak RSS during the latency run | {:.1} MiB |", hwm2 as f64 / 1024.0);
+    println!(
+        "| walhook peak RSS during the latency run | {:.1} MiB |",
+        hwm2 as f64 / 1024.0
+    );
     drop(pg);
     Ok(())
 }

@@ -9,7 +9,6 @@
 //!
 //! Needs the release binary: run through `bash bench/w1.sh` (builds it, then this).
 
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -141,7 +141,12 @@ pub fn noise_secs(
 }
 
 /// Times pg_recvlogical draining `slot` up to `end`.
-pub fn time_recvlogical(pg: &PgServer, db: &str, slot: &str, end: &str) -> anyhow::Result<Duration> {
+pub fn time_recvlogical(
+    pg: &PgServer,
+    db: &str,
+    slot: &str,
+    end: &str,
+) -> anyhow::Result<Duration> {
     let postmaster = postmaster_pid(pg)?;
     let before = cpu_snapshot();
     let start = Instant::now();
@@ -218,4 +223,3 @@ pub fn cpu_snapshot() -> HashMap<u32, (u64, u32, String)> {
     }
     map
 }
-
