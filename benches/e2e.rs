@@ -143,6 +143,7 @@ async fn bench() -> anyhow::Result<()> {
     pg.psql(&db, "SELECT pg_drop_replication_slot('recv')")?;
 
     let cfg = config(&pg, &db, "walhook", &url)?;
+    let cpu_before = cpu_snapshot();
     let start = Instant::now();
     let child = spawn_walhook(&cfg, "w1")?;
     let pid = child.id();
@@ -170,6 +171,7 @@ async fn bench() -> anyhow::Result<()> {
         );
     }
     let e2e = start.elapsed();
+    let cpu_lines = cpu_top(&cpu_before, &cpu_snapshot(), 8);
     let delivered = pg.psql(&db, "SELECT count(*) FROM walhook.deliveries")?;
     let attempts = pg.psql(&db, "SELECT count(*) FROM walhook.attempts")?;
     let hwm = stop(child)?.max(peak_rss);
@@ -181,6 +183,11 @@ async fn bench() -> anyhow::Result<()> {
         received_all.unwrap_or_default().as_secs_f64(),
         state.count.load(Ordering::Relaxed)
     );
+
+    println!("CPU time during the e2e run (utime+stime, top processes):");
+    for l in &cpu_lines {
+        println!("  {l}");
+    }
 
     // 2. Latency at a steady 5k changes/s.
     let db2 = pg.create_database()?;

@@ -223,3 +223,31 @@ pub fn cpu_snapshot() -> HashMap<u32, (u64, u32, String)> {
     }
     map
 }
+
+/// The processes that used the most CPU between two snapshots, as "seconds  command" lines.
+pub fn cpu_top(
+    before: &HashMap<u32, (u64, u32, String)>,
+    after: &HashMap<u32, (u64, u32, String)>,
+    n: usize,
+) -> Vec<String> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut used: Vec<(f64, String)> = after
+        .iter()
+        .map(|(p, (t, _, cmd))| {
+            let b = before.get(p).map(|(b, _, _)| *b).unwrap_or(0);
+            let who = if *p == std::process::id() {
+                "bench process (receiver, generator)".to_string()
+            } else {
+                cmd.chars().take(90).collect()
+            };
+            (t.saturating_sub(b) as f64 / ticks, who)
+        })
+        .filter(|(s, _)| *s >= 0.05)
+        .collect();
+    used.sort_by(|a, b| b.0.total_cmp(&a.0));
+    used.into_iter()
+        .take(n)
+        .map(|(s, who)| format!("{s:7.2} s  {who}"))
+        .collect()
+}

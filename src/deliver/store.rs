@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Client;
+use deadpool_postgres::Client;
 use uuid::Uuid;
 
 use crate::outbox::{OutboxError, Schema};
@@ -119,9 +119,10 @@ impl Queue {
         lease: Duration,
         worker: Uuid,
     ) -> Result<Vec<Claimed>, OutboxError> {
+        let stmt = client.prepare_cached(&self.claim).await?;
         let rows = client
             .query(
-                &self.claim,
+                &stmt,
                 &[&subscription, &limit, &(lease.as_millis() as f64), &worker],
             )
             .await?;
@@ -163,7 +164,8 @@ impl Queue {
         if ids.is_empty() {
             return Ok(0);
         }
-        Ok(client.execute(&self.release, &[&ids, &worker]).await?)
+        let stmt = client.prepare_cached(&self.release).await?;
+        Ok(client.execute(&stmt, &[&ids, &worker]).await?)
     }
 
     /// Records a batch of results; returns how many were still held by `worker`.
@@ -198,9 +200,10 @@ impl Queue {
         let kind: Vec<Option<&str>> = batch.iter().map(|r| r.error_kind).collect();
         let err: Vec<Option<&str>> = batch.iter().map(|r| r.error.as_deref()).collect();
         let body: Vec<&str> = batch.iter().map(|r| r.response_body.as_str()).collect();
+        let stmt = client.prepare_cached(&self.record).await?;
         Ok(client
             .execute(
-                &self.record,
+                &stmt,
                 &[
                     &ids, &status, &retry_in, &at, &dur, &http, &kind, &err, &body, &worker,
                 ],
