@@ -71,11 +71,17 @@ impl Queue {
                      WHERE c.subscription_id = $1 AND c.status IN ('pending', 'failed')
                        AND c.next_attempt_at <= now()
                        AND (c.lease_until IS NULL OR c.lease_until < now())
-                       AND (c.ordering_key = '' OR NOT EXISTS (
-                           SELECT 1 FROM {d} o
+                       -- The head of its key. Written as ORDER BY ... LIMIT 1 in the key
+                       -- index's order so that the planner takes that index even before the
+                       -- table has statistics; a NOT EXISTS (... o.id < c.id) was planned on
+                       -- deliveries_sub_due and scanned the whole backlog per candidate.
+                       AND (c.ordering_key = '' OR c.id = (
+                           SELECT o.id FROM {d} o
                            WHERE o.subscription_id = c.subscription_id
                              AND o.ordering_key = c.ordering_key
-                             AND o.status IN ('pending', 'failed') AND o.id < c.id))
+                             AND o.status IN ('pending', 'failed')
+                           ORDER BY o.subscription_id, o.ordering_key, o.id
+                           LIMIT 1))
                      ORDER BY c.next_attempt_at, c.id
                      LIMIT $2
                      FOR UPDATE SKIP LOCKED)
