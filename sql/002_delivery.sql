@@ -21,3 +21,10 @@ CREATE INDEX deliveries_sub_due ON {schema}.deliveries (subscription_id, next_at
 -- The API lists a subscription's deliveries newest first.
 CREATE INDEX deliveries_sub_id ON {schema}.deliveries (subscription_id, id DESC);
 DROP INDEX {schema}.deliveries_due;
+
+-- Recording an attempt must be cheap (one per delivery at tens of thousands a second): no
+-- foreign-key check per attempt; retention deletes a delivery's attempts with it.
+ALTER TABLE {schema}.attempts DROP CONSTRAINT attempts_delivery_id_fkey;
+-- Room on each page so that taking and renewing a lease (columns no index uses) is a HOT update
+-- that touches no index.
+ALTER TABLE {schema}.deliveries SET (fillfactor = 70);

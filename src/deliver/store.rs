@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Client;
+use deadpool_postgres::Client;
 use uuid::Uuid;
 
 use crate::outbox::{OutboxError, Schema};
@@ -71,11 +71,17 @@ impl Queue {
                      WHERE c.subscription_id = $1 AND c.status IN ('pending', 'failed')
                        AND c.next_attempt_at <= now()
                        AND (c.lease_until IS NULL OR c.lease_until < now())
-                       AND (c.ordering_key = '' OR NOT EXISTS (
-                           SELECT 1 FROM {d} o
+                       -- The head of its key. Written as ORDER BY ... LIMIT 1 in the key
+                       -- index's order so that the planner takes that index even before the
+                       -- table has statistics; a NOT EXISTS (... o.id < c.id) was planned on
+                       -- deliveries_sub_due and scanned the whole backlog per candidate.
+                       AND (c.ordering_key = '' OR c.id = (
+                           SELECT o.id FROM {d} o
                            WHERE o.subscription_id = c.subscription_id
                              AND o.ordering_key = c.ordering_key
-                             AND o.status IN ('pending', 'failed') AND o.id < c.id))
+                             AND o.status IN ('pending', 'failed')
+                           ORDER BY o.subscription_id, o.ordering_key, o.id
+                           LIMIT 1))
                      ORDER BY c.next_attempt_at, c.id
                      LIMIT $2
                      FOR UPDATE SKIP LOCKED)
@@ -119,9 +125,10 @@ impl Queue {
         lease: Duration,
         worker: Uuid,
     ) -> Result<Vec<Claimed>, OutboxError> {
+        let stmt = client.prepare_cached(&self.claim).await?;
         let rows = client
             .query(
-                &self.claim,
+                &stmt,
                 &[&subscription, &limit, &(lease.as_millis() as f64), &worker],
             )
             .await?;
@@ -163,7 +170,8 @@ impl Queue {
         if ids.is_empty() {
             return Ok(0);
         }
-        Ok(client.execute(&self.release, &[&ids, &worker]).await?)
+        let stmt = client.prepare_cached(&self.release).await?;
+        Ok(client.execute(&stmt, &[&ids, &worker]).await?)
     }
 
     /// Records a batch of results; returns how many were still held by `worker`.
@@ -198,9 +206,10 @@ impl Queue {
         let kind: Vec<Option<&str>> = batch.iter().map(|r| r.error_kind).collect();
         let err: Vec<Option<&str>> = batch.iter().map(|r| r.error.as_deref()).collect();
         let body: Vec<&str> = batch.iter().map(|r| r.response_body.as_str()).collect();
+        let stmt = client.prepare_cached(&self.record).await?;
         Ok(client
             .execute(
-                &self.record,
+                &stmt,
                 &[
                     &ids, &status, &retry_in, &at, &dur, &http, &kind, &err, &body, &worker,
                 ],

@@ -74,6 +74,12 @@ impl Engine {
     }
 }
 
+/// Rows leased per in-flight slot: enough that a claim (one round trip) feeds many sends.
+const PREFETCH: usize = 4;
+
+/// A finished attempt waits at most this long for others to be recorded with it.
+const RECORD_DELAY: Duration = Duration::from_millis(2);
+
 /// How often the supervisor re-reads the subscriptions table when nobody told it to.
 const RESCAN: Duration = Duration::from_secs(5);
 
@@ -235,6 +241,10 @@ impl Pump {
         let poll = engine.config.poll_interval.0;
         let lease = engine.config.lease.0;
         let mut renew_at = Instant::now() + lease / 3;
+        let max = engine.config.max_in_flight;
+        // Results are recorded in batches: one statement per batch, not per delivery.
+        let record_batch = (max / 2).max(1);
+        let mut first_done_at: Option<Instant> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
@@ -242,14 +252,18 @@ impl Pump {
             if self.sub_rx.has_changed().unwrap_or(false) {
                 self.sub = self.sub_rx.borrow_and_update().clone();
             }
-            let gone = self.record(&client).await?;
-            if gone {
-                return Ok(());
+            let record_due = first_done_at.is_some_and(|t| t.elapsed() >= RECORD_DELAY);
+            if self.done.len() >= record_batch || self.in_flight.is_empty() || record_due {
+                first_done_at = None;
+                if self.record(&client).await? {
+                    return Ok(());
+                }
             }
             let wait_until = self.start_sends(&client).await?;
-            if self.more_due && wait_until.is_none() {
+            // Refill before the queue runs dry, so sends never wait for a claim.
+            if self.more_due && wait_until.is_none() && self.queue.len() < max {
                 self.claim(&client).await?;
-                if !self.queue.is_empty() {
+                if !self.queue.is_empty() && self.in_flight.len() < max {
                     continue;
                 }
             }
@@ -264,22 +278,27 @@ impl Pump {
                 }
                 renew_at = Instant::now() + lease / 3;
             }
-            let sleep_until = wait_until
+            let mut sleep_until = wait_until
                 .unwrap_or_else(|| Instant::now() + poll)
                 .min(renew_at);
+            if let Some(t) = first_done_at {
+                sleep_until = sleep_until.min(t + RECORD_DELAY);
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     self.finished(joined);
-                    // Take everything else that is ready, to record it in one statement.
                     while let Some(joined) = self.in_flight.try_join_next() {
                         self.finished(joined);
                     }
+                    first_done_at.get_or_insert_with(Instant::now);
                 }
                 r = wake.changed() => {
                     if r.is_ok() { self.more_due = true; }
                 }
-                _ = tokio::time::sleep_until(sleep_until.into()) => { self.more_due = true; }
+                _ = tokio::time::sleep_until(sleep_until.into()) => {
+                    if first_done_at.is_none() { self.more_due = true; }
+                }
             }
         }
     }
@@ -297,7 +316,7 @@ impl Pump {
     /// if the breaker holds us back.
     async fn start_sends(
         &mut self,
-        client: &tokio_postgres::Client,
+        client: &deadpool_postgres::Client,
     ) -> Result<Option<Instant>, String> {
         let max = self.engine.config.max_in_flight;
         while self.in_flight.len() < max {
@@ -337,12 +356,12 @@ impl Pump {
         Ok(None)
     }
 
-    async fn claim(&mut self, client: &tokio_postgres::Client) -> Result<(), String> {
+    async fn claim(&mut self, client: &deadpool_postgres::Client) -> Result<(), String> {
         let max = self.engine.config.max_in_flight;
-        // Keep about two rounds of work at hand; a half-open breaker needs one row only.
+        // A half-open breaker needs one row only.
         let want = match self.breaker.permit(Instant::now()) {
             Permit::Probe if self.in_flight.is_empty() && self.queue.is_empty() => 1,
-            Permit::Open => (2 * max).saturating_sub(self.queue.len() + self.in_flight.len()),
+            Permit::Open => (PREFETCH * max).saturating_sub(self.held.len()),
             _ => 0,
         };
         self.more_due = false;
@@ -386,7 +405,7 @@ impl Pump {
     }
 
     /// Decides and records every finished attempt; returns true when the subscription is gone.
-    async fn record(&mut self, client: &tokio_postgres::Client) -> Result<bool, String> {
+    async fn record(&mut self, client: &deadpool_postgres::Client) -> Result<bool, String> {
         if self.done.is_empty() {
             return Ok(false);
         }

@@ -21,19 +21,26 @@ async fn prune_batch(
     older_than: Duration,
 ) -> Result<u64, OutboxError> {
     let t = schema.table("deliveries");
+    // attempts has no foreign key (it would cost a check per recorded attempt): delete by hand.
+    let a = schema.table("attempts");
     let secs = older_than.as_secs_f64();
     let n = client
-        .execute(
+        .query_one(
             &format!(
-                "DELETE FROM {t} WHERE id IN (
-                   SELECT id FROM {t} WHERE status = $1
-                     AND finished_at < now() - make_interval(secs => $2)
-                   LIMIT $3 FOR UPDATE SKIP LOCKED)"
+                "WITH gone AS (
+                   DELETE FROM {t} WHERE id IN (
+                     SELECT id FROM {t} WHERE status = $1
+                       AND finished_at < now() - make_interval(secs => $2)
+                     LIMIT $3 FOR UPDATE SKIP LOCKED)
+                   RETURNING id),
+                 attempts AS (DELETE FROM {a} WHERE delivery_id IN (SELECT id FROM gone))
+                 SELECT count(*) FROM gone"
             ),
             &[&status, &secs, &BATCH],
         )
-        .await?;
-    Ok(n)
+        .await?
+        .get::<_, i64>(0);
+    Ok(n as u64)
 }
 
 /// Prunes until nothing expired is left; returns the number of rows removed.
