@@ -120,7 +120,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 async fn bench() -> anyhow::Result<()> {
-    let pg = PgServer::start(&[])?;
+    // pg_stat_statements shows where the database's share of each delivery goes.
+    let pg = PgServer::start(&[("shared_preload_libraries", "pg_stat_statements")])?;
     let state = Arc::new(Received::default());
     let url = receiver(state.clone()).await?;
     println!("postgres on port {}, receiver {url}", pg.port());
@@ -142,6 +143,10 @@ async fn bench() -> anyhow::Result<()> {
     );
     pg.psql(&db, "SELECT pg_drop_replication_slot('recv')")?;
 
+    pg.psql(
+        &db,
+        "CREATE EXTENSION pg_stat_statements; SELECT pg_stat_statements_reset()",
+    )?;
     let cfg = config(&pg, &db, "walhook", &url)?;
     let cpu_before = cpu_snapshot();
     let start = Instant::now();
@@ -188,6 +193,17 @@ async fn bench() -> anyhow::Result<()> {
     for l in &cpu_lines {
         println!("  {l}");
     }
+    println!("statements by server time (pg_stat_statements):");
+    println!(
+        "{}",
+        pg.psql(
+            &db,
+            "SELECT format('  %8s ms %8s calls %8s rows %7s us/row  %s', round(total_exec_time), calls,
+                    rows, round((1000 * total_exec_time / greatest(rows, 1))::numeric, 1),
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 70))
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 6"
+        )?
+    );
 
     // 2. Latency at a steady 5k changes/s.
     let db2 = pg.create_database()?;

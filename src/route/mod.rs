@@ -57,44 +57,53 @@ pub struct Route {
 
 impl Route {
     pub fn from_config(s: &SubscriptionConfig) -> Result<Route, RouteError> {
-        let table = TableName::parse(s.table.as_str()).map_err(|message| RouteError::Invalid {
-            subscription: s.id.to_string(),
-            message,
-        })?;
-        let mut events = [false; 3];
-        for e in &s.events {
-            events[event_index(*e)] = true;
-        }
-        Ok(Route {
-            id: Arc::from(s.id.as_str()),
-            table,
-            events,
-            active: s.active,
-            filter: s.filter.clone(),
-            select: s
-                .select
+        Route::build(
+            s.id.as_str(),
+            s.table.as_str(),
+            &s.events,
+            s.active,
+            s.filter.clone(),
+            s.select
                 .as_ref()
                 .map(|v| v.iter().map(|c| c.as_str().to_string()).collect()),
-        })
+        )
     }
 
     /// A subscription as stored in the outbox (config.toml's and the API's alike).
     pub fn from_stored(s: &StoredSubscription) -> Result<Route, RouteError> {
-        let table = TableName::parse(&s.table).map_err(|message| RouteError::Invalid {
-            subscription: s.id.clone(),
+        Route::build(
+            &s.id,
+            &s.table,
+            &s.events,
+            s.active,
+            s.filter.clone(),
+            s.select.clone(),
+        )
+    }
+
+    fn build(
+        id: &str,
+        table: &str,
+        event_kinds: &[EventKind],
+        active: bool,
+        filter: Option<Filter>,
+        select: Option<Vec<String>>,
+    ) -> Result<Route, RouteError> {
+        let table = TableName::parse(table).map_err(|message| RouteError::Invalid {
+            subscription: id.to_string(),
             message,
         })?;
         let mut events = [false; 3];
-        for e in &s.events {
+        for e in event_kinds {
             events[event_index(*e)] = true;
         }
         Ok(Route {
-            id: Arc::from(s.id.as_str()),
+            id: Arc::from(id),
             table,
             events,
-            active: s.active,
-            filter: s.filter.clone(),
-            select: s.select.clone(),
+            active,
+            filter,
+            select,
         })
     }
 
