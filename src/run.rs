@@ -63,7 +63,10 @@ fn check_own_schema(config: &Config, router: &Router) -> Result<(), SourceError>
 pub async fn connect_outbox(config: &Config) -> Result<tokio_postgres::Client, OutboxError> {
     tls::connect_sql(&config.outbox_pg_config())
         .await
-        .map_err(|e| OutboxError::Connect(e.to_string()))
+        .map_err(|e| OutboxError::Connect {
+            message: e.to_string(),
+            retryable: e.is_retryable(),
+        })
 }
 
 /// `walhook migrate`: applies outbox migrations and returns the versions applied.

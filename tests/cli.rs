@@ -178,3 +178,36 @@ async fn check_reports_readiness_and_changes_nothing() {
     assert!(!ok);
     assert!(stdout.contains("no column \"status\""), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_wrong_password_stops_run_with_the_servers_message() {
+    use walhook::embedded_pg::{SCRAM_USER, TEST_PASSWORD};
+    let db = TestDb::new();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let wrong = format!("{TEST_PASSWORD}-wrong");
+    std::fs::write(
+        f.path(),
+        format!(
+            "[source]\nurl = \"{}\"\n[project]\nid = \"cli\"\n",
+            db.pg.url_as(SCRAM_USER, &wrong, &db.name)
+        ),
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(env!("CARGO_BIN_EXE_walhook"))
+            .args(["run", "--config"])
+            .arg(f.path())
+            .output(),
+    )
+    .await
+    .expect("a wrong password is not retried forever")
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("password authentication failed") && err.contains("28P01"),
+        "{err}"
+    );
+    assert!(!err.contains(&wrong), "the password is never printed: {err}");
+}

@@ -144,7 +144,10 @@ impl OutboxSink {
         }
         // The writer stopped: its own error says why.
         Err(self.join_writer().await.err().unwrap_or_else(|| {
-            IngestError::Outbox(OutboxError::Connect("outbox writer stopped".into()))
+            IngestError::Outbox(OutboxError::Connect {
+                message: "outbox writer stopped".into(),
+                retryable: true,
+            })
         }))
     }
 
@@ -152,7 +155,11 @@ impl OutboxSink {
         self.tx = None;
         match self.writer.take() {
             Some(h) => h.await.unwrap_or_else(|e| {
-                Err(OutboxError::Connect(format!("outbox writer panicked: {e}")).into())
+                Err(OutboxError::Connect {
+                    message: format!("outbox writer panicked: {e}"),
+                    retryable: true,
+                }
+                .into())
             }),
             None => Ok(()),
         }

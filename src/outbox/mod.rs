@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use crate::config::{quote_ident, SubscriptionConfig};
+use crate::source::error::pg_error_text;
 use crate::Lsn;
 
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -22,15 +23,15 @@ const MIGRATIONS: &[(i32, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("outbox database: {0}")]
+    #[error("outbox database: {}", pg_error_text(.0))]
     Sql(#[from] tokio_postgres::Error),
-    #[error("outbox migration {version} failed: {source}")]
+    #[error("outbox migration {version} failed: {}", pg_error_text(.source))]
     Migration {
         version: i32,
         source: tokio_postgres::Error,
     },
-    #[error("cannot connect to the outbox database: {0}")]
-    Connect(String),
+    #[error("cannot connect to the outbox database: {message}")]
+    Connect { message: String, retryable: bool },
     #[error("stored subscription {id:?}: field {field}: {detail}")]
     BadSubscription {
         id: String,
@@ -50,7 +51,8 @@ impl OutboxError {
                         c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
                     })
             }
-            OutboxError::Connect(_) => true,
+            // A wrong password or a missing database does not fix itself.
+            OutboxError::Connect { retryable, .. } => *retryable,
             OutboxError::Migration { .. } | OutboxError::BadSubscription { .. } => false,
         }
     }
