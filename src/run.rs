@@ -13,13 +13,20 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::outbox::enqueue::{IngestError, OutboxSink};
+use crate::deliver::http::HttpSender;
+use crate::deliver::worker::{self, Engine};
+use crate::metrics::Metrics;
+use crate::outbox::enqueue::{Hooks, IngestError, OutboxSink};
+use crate::outbox::subscriptions::{self, StoredSubscription};
 use crate::outbox::{self, OutboxError, Schema};
 use crate::route::Router;
 use crate::source::conn::ReplicationClient;
@@ -34,6 +41,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Builds the router from the config, refusing subscriptions to walhook's own tables.
 pub fn build_router(config: &Config) -> Result<Router, SourceError> {
     let router = Router::for_config(config).map_err(|e| SourceError::Config(e.to_string()))?;
+    check_own_schema(config, &router)?;
+    Ok(router)
+}
+
+fn check_own_schema(config: &Config, router: &Router) -> Result<(), SourceError> {
     if config.outbox.url.is_none() {
         if let Some(t) = router
             .tables()
@@ -45,7 +57,7 @@ pub fn build_router(config: &Config) -> Result<Router, SourceError> {
             )));
         }
     }
-    Ok(router)
+    Ok(())
 }
 
 pub async fn connect_outbox(config: &Config) -> Result<tokio_postgres::Client, OutboxError> {
@@ -60,12 +72,49 @@ pub async fn migrate(config: &Config) -> Result<Vec<i32>, OutboxError> {
     outbox::migrate(&mut client, &Schema::new(config.outbox.schema.as_str())).await
 }
 
+/// Handles shared by the tasks of `walhook run`, and visible to whoever starts it (tests, demo).
+#[derive(Clone)]
+pub struct Handles {
+    pub metrics: Arc<Metrics>,
+    /// True while the replication stream is up.
+    pub streaming: Arc<AtomicBool>,
+    /// Notify after changing the subscriptions table; routing and the publication follow.
+    pub changed: Arc<Notify>,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            metrics: Arc::new(Metrics::new()),
+            streaming: Arc::new(AtomicBool::new(false)),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+}
+
 pub async fn run(
     path: PathBuf,
     config: Config,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
-    let (router_tx, router_rx) = watch::channel(build_router(&config)?);
+    run_with(Some(path), config, cancel, Handles::default()).await
+}
+
+/// Ingest, delivery, config reload and retention until `cancel`. Without a `path`, SIGHUP
+/// reloads nothing.
+pub async fn run_with(
+    path: Option<PathBuf>,
+    config: Config,
+    cancel: CancellationToken,
+    handles: Handles,
+) -> Result<(), IngestError> {
+    let router = match initial_router(&config, &cancel).await? {
+        Some(r) => r,
+        None => return Ok(()),
+    };
+    let (router_tx, router_rx) = watch::channel(router);
+    let (subs_tx, subs_rx) = watch::channel(0u64);
+    let (wake_tx, wake_rx) = watch::channel(0u64);
     let mut tasks = JoinSet::new();
     tasks.spawn(retention_loop(
         config.outbox_pg_config(),
@@ -74,8 +123,40 @@ pub async fn run(
         config.outbox.dead_retention.0,
         cancel.clone(),
     ));
-    tasks.spawn(reload_loop(path, router_tx, cancel.clone()));
-    let result = ingest_loop(&config, router_rx, &cancel).await;
+    let reloader = Arc::new(Reloader {
+        router_tx,
+        subs_tx,
+        current: Mutex::new(config.clone()),
+    });
+    if let Some(path) = path {
+        tasks.spawn(reload_loop(path, reloader.clone(), cancel.clone()));
+    }
+    tasks.spawn(changes_loop(
+        reloader.clone(),
+        handles.changed.clone(),
+        cancel.clone(),
+    ));
+    if config.delivery.enabled {
+        let sender = HttpSender::new(&config.delivery)
+            .map_err(|e| SourceError::Config(format!("delivery: {e}")))?;
+        let engine = Arc::new(Engine::new(
+            Schema::new(config.outbox.schema.as_str()),
+            tls::pool(&config.outbox_pg_config(), 64),
+            config.delivery.clone(),
+            sender,
+            handles.metrics.clone(),
+            wake_rx,
+            handles.changed.clone(),
+        ));
+        tasks.spawn(worker::run(engine, subs_rx, cancel.clone()));
+    } else {
+        info!("delivery is off ([delivery] enabled = false); deliveries stay in the outbox");
+    }
+    let hooks = Hooks {
+        wake: Some(wake_tx),
+        metrics: Some(handles.metrics.clone()),
+    };
+    let result = ingest_loop(&config, router_rx, hooks, &handles.streaming, &cancel).await;
     cancel.cancel();
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = joined {
@@ -85,15 +166,65 @@ pub async fn run(
     result
 }
 
+/// Migrates, stores config.toml's subscriptions and builds the first router from the
+/// subscriptions table; waits for the database if it is not up yet. None when cancelled.
+async fn initial_router(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> Result<Option<Router>, IngestError> {
+    // Config errors (bad table names, the outbox schema) fail before touching the database.
+    build_router(config)?;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let attempt = async {
+            let mut client = connect_outbox(config).await?;
+            let schema = Schema::new(config.outbox.schema.as_str());
+            outbox::migrate(&mut client, &schema).await?;
+            let subs: Vec<_> = config.subscriptions().collect();
+            outbox::sync_config_subscriptions(&mut client, &schema, &subs).await?;
+            let stored = subscriptions::load_all(&client, &schema).await?;
+            Ok::<_, IngestError>(stored)
+        };
+        match attempt.await {
+            Ok(stored) => return Ok(Some(router_for_stored(config, &stored)?)),
+            Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox database not reachable yet");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(_) if cancel.is_cancelled() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The router for the stored subscriptions, refusing walhook's own tables.
+fn router_for_stored(
+    config: &Config,
+    stored: &[StoredSubscription],
+) -> Result<Router, SourceError> {
+    let router =
+        Router::for_stored(config, stored).map_err(|e| SourceError::Config(e.to_string()))?;
+    check_own_schema(config, &router)?;
+    Ok(router)
+}
+
 async fn ingest_loop(
     config: &Config,
     router: watch::Receiver<Router>,
+    hooks: Hooks,
+    streaming: &AtomicBool,
     cancel: &CancellationToken,
 ) -> Result<(), IngestError> {
     let mut backoff = Duration::from_millis(250);
     loop {
         let started = Instant::now();
-        match ingest_once(config, router.clone(), cancel).await {
+        let result = ingest_once(config, router.clone(), hooks.clone(), streaming, cancel).await;
+        streaming.store(false, Ordering::Relaxed);
+        match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
                 if started.elapsed() > Duration::from_secs(60) {
@@ -115,6 +246,8 @@ async fn ingest_loop(
 async fn ingest_once(
     config: &Config,
     router_rx: watch::Receiver<Router>,
+    hooks: Hooks,
+    streaming: &AtomicBool,
     cancel: &CancellationToken,
 ) -> Result<(), IngestError> {
     let slot = config.source.slot.as_str();
@@ -123,8 +256,6 @@ async fn ingest_once(
 
     let mut outbox_client = connect_outbox(config).await?;
     outbox::migrate(&mut outbox_client, &schema).await?;
-    let subs: Vec<_> = config.subscriptions().collect();
-    outbox::sync_config_subscriptions(&mut outbox_client, &schema, &subs).await?;
     let checkpoint = outbox::load_checkpoint(&outbox_client, &schema, slot)
         .await?
         .unwrap_or(Lsn::ZERO);
@@ -158,6 +289,7 @@ async fn ingest_once(
         )
         .await?;
     info!(slot, checkpoint = %checkpoint, confirmed_flush = %confirmed, "streaming");
+    streaming.store(true, Ordering::Relaxed);
     let mut sink = OutboxSink::new(
         outbox_client,
         schema,
@@ -165,6 +297,7 @@ async fn ingest_once(
         router_rx,
         checkpoint,
         confirmed,
+        hooks,
     );
     let source = SourceLoop {
         stream,
@@ -184,7 +317,59 @@ async fn ingest_once(
     Ok(())
 }
 
-async fn reload_loop(path: PathBuf, router_tx: watch::Sender<Router>, cancel: CancellationToken) {
+/// Applies the subscriptions table to routing and the publication; one at a time.
+struct Reloader {
+    router_tx: watch::Sender<Router>,
+    /// Bumped after each applied change, so delivery re-reads the subscriptions.
+    subs_tx: watch::Sender<u64>,
+    /// The config in force (replaced by a successful SIGHUP reload).
+    current: Mutex<Config>,
+}
+
+impl Reloader {
+    /// Reads the subscriptions table, validates every subscription against its table, then
+    /// switches routing and only then adds tables to the publication, so no change of a newly
+    /// subscribed table is dropped. On error nothing changes.
+    async fn apply(&self, config: &Config) -> Result<usize, String> {
+        let outbox_client = connect_outbox(config).await.map_err(|e| e.to_string())?;
+        let schema = Schema::new(config.outbox.schema.as_str());
+        let stored = subscriptions::load_all(&outbox_client, &schema)
+            .await
+            .map_err(|e| e.to_string())?;
+        let router = router_for_stored(config, &stored).map_err(|e| e.to_string())?;
+        let client = tls::connect_sql(&config.pg_config())
+            .await
+            .map_err(|e| e.to_string())?;
+        validate_columns(&client, &router).await?;
+        self.router_tx.send_replace(router.clone());
+        prepare(
+            &client,
+            &router,
+            config.source.publication.as_str(),
+            config.source.manage_replica_identity,
+            true,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        self.subs_tx.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(stored.len())
+    }
+}
+
+/// Every table exists and has the columns that filters and selects name.
+async fn validate_columns(client: &tokio_postgres::Client, router: &Router) -> Result<(), String> {
+    for info in describe_tables(client, &router.tables())
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        router
+            .validate_table(&info.table, &info.columns)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn reload_loop(path: PathBuf, reloader: Arc<Reloader>, cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -199,7 +384,7 @@ async fn reload_loop(path: PathBuf, router_tx: watch::Sender<Router>, cancel: Ca
             _ = hup.recv() => {}
         }
         info!(path = %path.display(), "SIGHUP: reloading config");
-        match reload(&path, &router_tx).await {
+        match reload(&path, &reloader).await {
             Ok(n) => info!(subscriptions = n, "config reloaded"),
             Err(e) => {
                 error!(error = %e, "config reload failed; keeping the previous subscriptions")
@@ -208,35 +393,14 @@ async fn reload_loop(path: PathBuf, router_tx: watch::Sender<Router>, cancel: Ca
     }
 }
 
-async fn reload(
-    path: &std::path::Path,
-    router_tx: &watch::Sender<Router>,
-) -> Result<usize, String> {
+async fn reload(path: &std::path::Path, reloader: &Reloader) -> Result<usize, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
+    // Validate before the table is touched: names, filters, the outbox schema rule, columns.
     let router = build_router(&config).map_err(|e| e.to_string())?;
     let client = tls::connect_sql(&config.pg_config())
         .await
         .map_err(|e| e.to_string())?;
-    // Validate before anything changes: tables exist, filter/select columns exist.
-    for info in describe_tables(&client, &router.tables())
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        router
-            .validate_table(&info.table, &info.columns)
-            .map_err(|e| e.to_string())?;
-    }
-    // Router first, so changes of a table added next are routed, not dropped.
-    router_tx.send_replace(router.clone());
-    prepare(
-        &client,
-        &router,
-        config.source.publication.as_str(),
-        config.source.manage_replica_identity,
-        true,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    validate_columns(&client, &router).await?;
     let mut outbox_client = connect_outbox(&config).await.map_err(|e| e.to_string())?;
     let subs: Vec<_> = config.subscriptions().collect();
     outbox::sync_config_subscriptions(
@@ -246,7 +410,26 @@ async fn reload(
     )
     .await
     .map_err(|e| e.to_string())?;
-    Ok(subs.len())
+    let n = reloader.apply(&config).await?;
+    *reloader.current.lock().await = config;
+    Ok(n)
+}
+
+/// Follows changes made through the API (or by delivery, on 410 Gone).
+async fn changes_loop(reloader: Arc<Reloader>, changed: Arc<Notify>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = changed.notified() => {}
+        }
+        let config = reloader.current.lock().await;
+        match reloader.apply(&config).await {
+            Ok(n) => info!(subscriptions = n, "subscriptions changed; routing updated"),
+            Err(e) => {
+                error!(error = %e, "subscriptions changed but could not be applied; keeping the previous routing")
+            }
+        }
+    }
 }
 
 async fn retention_loop(

@@ -42,7 +42,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub source: SourceConfig,
@@ -57,7 +57,7 @@ pub struct Config {
     pub subscriptions: Vec<Spanned<SubscriptionConfig>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
     /// Schema holding walhook's tables.
@@ -92,7 +92,7 @@ fn default_dead_retention() -> Duration {
     Duration(std::time::Duration::from_secs(7 * 24 * 3600))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub url: Secret,
@@ -104,7 +104,7 @@ pub struct SourceConfig {
     pub manage_replica_identity: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectConfig {
     pub id: EnvString,
@@ -130,7 +130,7 @@ impl EventKind {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
     pub id: EnvString,

@@ -1,1 +1,1 @@
-//! Signing (placeholder; implemented by the signing work).
+//! Egress (temporary stub).

@@ -12,4 +12,7 @@
 pub mod egress;
 pub mod format;
 pub mod http;
+pub mod policy;
 pub mod sign;
+pub mod store;
+pub mod worker;

@@ -67,7 +67,15 @@ const CHANNEL: usize = 8192;
 /// A group commit ends at the first source commit after this many rows.
 const GROUP_ROWS: u64 = 50_000;
 
+/// Who hears about progress: delivery workers (woken after each commit) and metrics.
+#[derive(Default, Clone)]
+pub struct Hooks {
+    pub wake: Option<watch::Sender<u64>>,
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+}
+
 pub struct OutboxSink {
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     router: Router,
     reload: watch::Receiver<Router>,
     checkpoint: Lsn,
@@ -89,6 +97,7 @@ impl OutboxSink {
         mut reload: watch::Receiver<Router>,
         checkpoint: Lsn,
         confirmed: Lsn,
+        hooks: Hooks,
     ) -> Self {
         let router = reload.borrow_and_update().clone();
         let (tx, rx) = mpsc::channel(CHANNEL);
@@ -108,8 +117,10 @@ impl OutboxSink {
             last_log: Instant::now(),
             rows_at_last_log: 0,
             checkpoint,
+            hooks: hooks.clone(),
         };
         OutboxSink {
+            metrics: hooks.metrics,
             router,
             reload,
             checkpoint,
@@ -171,6 +182,9 @@ impl Sink for OutboxSink {
         if self.skipping {
             return Ok(());
         }
+        if let Some(m) = &self.metrics {
+            m.add_changes(1);
+        }
         self.buf.clear();
         self.router.route(&change, &mut self.buf);
         let lsn = self.commit_lsn;
@@ -225,6 +239,7 @@ struct Writer {
     last_log: Instant,
     rows_at_last_log: u64,
     checkpoint: Lsn,
+    hooks: Hooks,
 }
 
 impl Writer {
@@ -313,6 +328,12 @@ impl Writer {
         self.checkpoint = commit_lsn;
         self.durable.send_if_modified(|d| bump(d, end_lsn));
         self.total_rows += self.rows_in_group;
+        if let Some(m) = &self.hooks.metrics {
+            m.add_enqueued(self.rows_in_group);
+        }
+        if let Some(w) = &self.hooks.wake {
+            w.send_modify(|n| *n = n.wrapping_add(1));
+        }
         debug!(commit_lsn = %commit_lsn, rows = self.rows_in_group, "stored");
         self.rows_in_group = 0;
         self.log_progress();

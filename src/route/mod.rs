@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::change::{RowChange, TableShape};
 use crate::config::{EventKind, Filter, SubscriptionConfig, TableName};
+use crate::outbox::subscriptions::StoredSubscription;
 
 pub use payload::{build_payload, PayloadContext};
 
@@ -74,6 +75,26 @@ impl Route {
                 .select
                 .as_ref()
                 .map(|v| v.iter().map(|c| c.as_str().to_string()).collect()),
+        })
+    }
+
+    /// A subscription as stored in the outbox (config.toml's and the API's alike).
+    pub fn from_stored(s: &StoredSubscription) -> Result<Route, RouteError> {
+        let table = TableName::parse(&s.table).map_err(|message| RouteError::Invalid {
+            subscription: s.id.clone(),
+            message,
+        })?;
+        let mut events = [false; 3];
+        for e in &s.events {
+            events[event_index(*e)] = true;
+        }
+        Ok(Route {
+            id: Arc::from(s.id.as_str()),
+            table,
+            events,
+            active: s.active,
+            filter: s.filter.clone(),
+            select: s.select.clone(),
         })
     }
 
@@ -145,6 +166,24 @@ impl Router {
             .map(Route::from_config)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Router::new(ctx, routes))
+    }
+
+    /// The router for the stored subscriptions, with the config's project fields.
+    pub fn for_stored(
+        config: &crate::config::Config,
+        subs: &[StoredSubscription],
+    ) -> Result<Router, RouteError> {
+        let routes = subs
+            .iter()
+            .map(Route::from_stored)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Router::new(
+            PayloadContext::new(
+                config.project.id.as_str(),
+                config.project.environment.as_str(),
+            ),
+            routes,
+        ))
     }
 
     /// The router for the config file's subscriptions, with its project fields.

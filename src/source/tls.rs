@@ -245,3 +245,18 @@ pub async fn connect_sql(
         ))),
     }
 }
+
+/// A connection pool for regular SQL clients (outbox workers, the API), with cfg's sslmode.
+pub fn pool(cfg: &tokio_postgres::Config, max_size: usize) -> deadpool_postgres::Pool {
+    let manager = deadpool_postgres::Manager::from_config(
+        cfg.clone(),
+        MakeRustlsConnect::default(),
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(max_size)
+        .build()
+        .expect("no runtime-specific options are set")
+}

@@ -2,6 +2,9 @@
 //! an in-process pipeline whose routed payloads arrive on a channel.
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod receiver;
+
 use std::time::Duration;
 
 use serde_json::Value;

@@ -1,0 +1,551 @@
+//! Delivery workers: one supervisor that follows the subscriptions table, and one pump per active
+//! subscription that claims, sends, and records.
+//!
+//! Guarantees (on top of [`super::store`]'s):
+//! - isolation: each subscription has its own pump, in-flight cap (`max_in_flight`), breaker and
+//!   database connection, so a slow or dead endpoint never delays another subscription;
+//! - an open breaker sends nothing and gives its queued leases back without consuming attempts;
+//! - leases are renewed while rows wait in the pump, so a long queue behind a slow endpoint is
+//!   not claimed by another instance; a pump that dies simply stops renewing;
+//! - on shutdown, requests in flight finish (bounded by `timeout`) and are recorded, queued rows
+//!   are released; nothing is marked delivered without a 2xx.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use rand::Rng;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use super::http::{AttemptOutcome, ErrorKind, HttpSender};
+use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
+use super::store::{self, Claimed, NewStatus, Queue, Recorded};
+use super::{format, sign};
+use crate::config::DeliveryConfig;
+use crate::metrics::{BreakerState, Metrics, Outcome};
+use crate::outbox::subscriptions::{self, StoredSubscription};
+use crate::outbox::Schema;
+
+/// What every pump shares.
+pub struct Engine {
+    pub schema: Schema,
+    pub queue: Queue,
+    pub pool: deadpool_postgres::Pool,
+    pub config: DeliveryConfig,
+    pub retry: RetryPolicy,
+    pub sender: HttpSender,
+    pub metrics: Arc<Metrics>,
+    /// Bumped by ingest after each outbox commit.
+    pub wake: watch::Receiver<u64>,
+    /// Notified when a subscription changed here (410 Gone), so routing is reloaded.
+    pub changed: Arc<Notify>,
+    /// This process's lease identity.
+    pub worker: Uuid,
+}
+
+impl Engine {
+    pub fn new(
+        schema: Schema,
+        pool: deadpool_postgres::Pool,
+        config: DeliveryConfig,
+        sender: HttpSender,
+        metrics: Arc<Metrics>,
+        wake: watch::Receiver<u64>,
+        changed: Arc<Notify>,
+    ) -> Engine {
+        Engine {
+            queue: Queue::new(&schema),
+            schema,
+            pool,
+            retry: RetryPolicy::new(config.retry_schedule.iter().map(|d| d.0).collect()),
+            config,
+            sender,
+            metrics,
+            wake,
+            changed,
+            worker: Uuid::new_v4(),
+        }
+    }
+}
+
+/// How often the supervisor re-reads the subscriptions table when nobody told it to.
+const RESCAN: Duration = Duration::from_secs(5);
+
+/// Runs pumps for the active subscriptions until `cancel`; `subs_changed` is bumped whenever the
+/// subscriptions table was changed by this process.
+pub async fn run(
+    engine: Arc<Engine>,
+    mut subs_changed: watch::Receiver<u64>,
+    cancel: CancellationToken,
+) {
+    let mut pumps: HashMap<String, (watch::Sender<Arc<StoredSubscription>>, CancellationToken)> =
+        HashMap::new();
+    let mut tasks = JoinSet::new();
+    info!(worker = %engine.worker, "delivery started");
+    loop {
+        match load_active(&engine).await {
+            Ok(subs) => {
+                let ids: HashSet<String> = subs.iter().map(|s| s.id.clone()).collect();
+                pumps.retain(|id, (_, token)| {
+                    let keep = ids.contains(id) && !token.is_cancelled();
+                    if !keep {
+                        token.cancel();
+                        info!(subscription = %id, "delivery stopped for subscription");
+                    }
+                    keep
+                });
+                for sub in subs {
+                    let sub = Arc::new(sub);
+                    match pumps.get(&sub.id) {
+                        Some((tx, _)) => {
+                            tx.send_if_modified(|old| {
+                                let changed = old.updated_at != sub.updated_at;
+                                if changed {
+                                    *old = sub.clone();
+                                }
+                                changed
+                            });
+                        }
+                        None => {
+                            let (tx, rx) = watch::channel(sub.clone());
+                            let token = cancel.child_token();
+                            pumps.insert(sub.id.clone(), (tx, token.clone()));
+                            let pump = Pump::new(engine.clone(), rx);
+                            tasks.spawn(pump.run(token));
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read subscriptions; delivery keeps its pumps"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = subs_changed.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(RESCAN) => {}
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = joined {
+                    error!(error = %e, "a delivery pump panicked; it restarts at the next rescan");
+                }
+                // A pump that ended by itself (410 Gone) is forgotten; the rescan decides.
+                pumps.retain(|_, (_, token)| !token.is_cancelled());
+            }
+        }
+    }
+    cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    info!("delivery stopped");
+}
+
+async fn load_active(engine: &Engine) -> Result<Vec<StoredSubscription>, String> {
+    let client = engine.pool.get().await.map_err(|e| e.to_string())?;
+    let all = subscriptions::load_all(&client, &engine.schema)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(all.into_iter().filter(|s| s.active).collect())
+}
+
+/// A finished request, waiting to be recorded.
+struct Done {
+    claimed: Claimed,
+    outcome: AttemptOutcome,
+    attempted_at: chrono::DateTime<Utc>,
+}
+
+struct Pump {
+    engine: Arc<Engine>,
+    sub_rx: watch::Receiver<Arc<StoredSubscription>>,
+    sub: Arc<StoredSubscription>,
+    breaker: Breaker,
+    /// Claimed, not yet sent.
+    queue: VecDeque<Claimed>,
+    /// Claimed and not yet recorded (queued, in flight or finished): the leases we hold.
+    held: HashSet<i64>,
+    in_flight: JoinSet<Done>,
+    done: Vec<Done>,
+    /// The last claim filled its limit: there is probably more due right now.
+    more_due: bool,
+}
+
+impl Pump {
+    fn new(engine: Arc<Engine>, mut sub_rx: watch::Receiver<Arc<StoredSubscription>>) -> Pump {
+        let sub = sub_rx.borrow_and_update().clone();
+        Pump {
+            breaker: Breaker::new(
+                engine.config.breaker_failures,
+                engine.config.breaker_cooldown.0,
+            ),
+            engine,
+            sub_rx,
+            sub,
+            queue: VecDeque::new(),
+            held: HashSet::new(),
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+            more_due: true,
+        }
+    }
+
+    async fn run(mut self, cancel: CancellationToken) {
+        let id = self.sub.id.clone();
+        info!(subscription = %id, url_host = %host_of(&self.sub.url), "delivery running for subscription");
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.run_connected(&cancel).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(subscription = %id, error = %e, retry_in_ms = backoff.as_millis() as u64, "delivery pump lost the outbox; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        // Let requests in flight finish and record them; give back what was never sent.
+        while let Some(joined) = self.in_flight.join_next().await {
+            if let Ok(done) = joined {
+                self.done.push(done);
+            }
+        }
+        if let Ok(client) = self.engine.pool.get().await {
+            if let Err(e) = self.record(&client).await {
+                warn!(subscription = %id, error = %e, "could not record the last results; their leases will expire and they will be sent again");
+            }
+            let queued: Vec<i64> = self.queue.drain(..).map(|c| c.id).collect();
+            let _ = self
+                .engine
+                .queue
+                .release(&client, &queued, self.engine.worker)
+                .await;
+        }
+    }
+
+    /// Returns Ok on cancel or when the subscription was deactivated; Err on a database error.
+    async fn run_connected(&mut self, cancel: &CancellationToken) -> Result<(), String> {
+        let engine = self.engine.clone();
+        let client = engine.pool.get().await.map_err(|e| e.to_string())?;
+        let mut wake = engine.wake.clone();
+        let poll = engine.config.poll_interval.0;
+        let lease = engine.config.lease.0;
+        let mut renew_at = Instant::now() + lease / 3;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            if self.sub_rx.has_changed().unwrap_or(false) {
+                self.sub = self.sub_rx.borrow_and_update().clone();
+            }
+            let gone = self.record(&client).await?;
+            if gone {
+                return Ok(());
+            }
+            let wait_until = self.start_sends(&client).await?;
+            if self.more_due && wait_until.is_none() {
+                self.claim(&client).await?;
+                if !self.queue.is_empty() {
+                    continue;
+                }
+            }
+            if Instant::now() >= renew_at {
+                let ids: Vec<i64> = self.held.iter().copied().collect();
+                if !ids.is_empty() {
+                    engine
+                        .queue
+                        .renew(&client, &ids, engine.worker, lease)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                renew_at = Instant::now() + lease / 3;
+            }
+            let sleep_until = wait_until
+                .unwrap_or_else(|| Instant::now() + poll)
+                .min(renew_at);
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    self.finished(joined);
+                    // Take everything else that is ready, to record it in one statement.
+                    while let Some(joined) = self.in_flight.try_join_next() {
+                        self.finished(joined);
+                    }
+                }
+                r = wake.changed() => {
+                    if r.is_ok() { self.more_due = true; }
+                }
+                _ = tokio::time::sleep_until(sleep_until.into()) => { self.more_due = true; }
+            }
+        }
+    }
+
+    fn finished(&mut self, joined: Result<Done, tokio::task::JoinError>) {
+        match joined {
+            Ok(done) => self.done.push(done),
+            Err(e) => {
+                error!(subscription = %self.sub.id, error = %e, "a delivery request panicked; its lease will expire and it will be sent again")
+            }
+        }
+    }
+
+    /// Starts queued sends within the in-flight cap and the breaker; returns when to look again
+    /// if the breaker holds us back.
+    async fn start_sends(
+        &mut self,
+        client: &tokio_postgres::Client,
+    ) -> Result<Option<Instant>, String> {
+        let max = self.engine.config.max_in_flight;
+        while self.in_flight.len() < max {
+            match self.breaker.permit(Instant::now()) {
+                Permit::Open => {}
+                Permit::Probe if self.in_flight.is_empty() => {}
+                Permit::Probe => return Ok(None),
+                Permit::Wait(until) => {
+                    // Nothing goes out while the breaker is open: give the leases back so the
+                    // rows neither burn attempts nor sit claimed.
+                    if !self.queue.is_empty() {
+                        let ids: Vec<i64> = self.queue.drain(..).map(|c| c.id).collect();
+                        for id in &ids {
+                            self.held.remove(id);
+                        }
+                        self.engine
+                            .queue
+                            .release(client, &ids, self.engine.worker)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    self.more_due = false;
+                    return Ok(Some(until.unwrap_or_else(|| {
+                        Instant::now() + self.engine.config.poll_interval.0
+                    })));
+                }
+            }
+            let Some(claimed) = self.queue.pop_front() else {
+                break;
+            };
+            if matches!(self.breaker.permit(Instant::now()), Permit::Probe) {
+                self.breaker.probe_sent();
+                info!(subscription = %self.sub.id, delivery = claimed.id, "circuit breaker half-open: sending one probe");
+            }
+            self.spawn_send(claimed);
+        }
+        Ok(None)
+    }
+
+    async fn claim(&mut self, client: &tokio_postgres::Client) -> Result<(), String> {
+        let max = self.engine.config.max_in_flight;
+        // Keep about two rounds of work at hand; a half-open breaker needs one row only.
+        let want = match self.breaker.permit(Instant::now()) {
+            Permit::Probe if self.in_flight.is_empty() && self.queue.is_empty() => 1,
+            Permit::Open => (2 * max).saturating_sub(self.queue.len() + self.in_flight.len()),
+            _ => 0,
+        };
+        self.more_due = false;
+        if want == 0 {
+            return Ok(());
+        }
+        let rows = self
+            .engine
+            .queue
+            .claim(
+                client,
+                &self.sub.id,
+                want as i64,
+                self.engine.config.lease.0,
+                self.engine.worker,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        // A full claim suggests more is due; a probe claims one row and waits for its result.
+        self.more_due =
+            rows.len() == want && !matches!(self.breaker.state(), BreakerState::HalfOpen);
+        for c in rows {
+            self.held.insert(c.id);
+            self.queue.push_back(c);
+        }
+        Ok(())
+    }
+
+    fn spawn_send(&mut self, claimed: Claimed) {
+        let sub = self.sub.clone();
+        let sender = self.engine.sender.clone();
+        self.in_flight.spawn(async move {
+            let attempted_at = Utc::now();
+            let outcome = send(&sender, &sub, &claimed, attempted_at).await;
+            Done {
+                claimed,
+                outcome,
+                attempted_at,
+            }
+        });
+    }
+
+    /// Decides and records every finished attempt; returns true when the subscription is gone.
+    async fn record(&mut self, client: &tokio_postgres::Client) -> Result<bool, String> {
+        if self.done.is_empty() {
+            return Ok(false);
+        }
+        let engine = self.engine.clone();
+        let sub_id = self.sub.id.clone();
+        let mut batch = Vec::with_capacity(self.done.len());
+        let mut gone = false;
+        for done in &self.done {
+            let o = &done.outcome;
+            let attempts_made = done.claimed.attempts as u32 + 1;
+            let decision = engine.retry.decide(
+                attempts_made,
+                AttemptResult {
+                    success: o.is_success(),
+                    http_status: o.http_status,
+                    retry_after: o.retry_after,
+                },
+                rand::thread_rng().gen_range(-1.0..=1.0),
+            );
+            if self.breaker.record(o.is_success(), Instant::now()) {
+                let state = self.breaker.state();
+                engine.metrics.breaker(&sub_id, state);
+                warn!(subscription = %sub_id, state = ?state, "circuit breaker changed state");
+            }
+            let (status, outcome) = match decision {
+                Decision::Delivered => {
+                    if let Some(lat) = commit_latency(&done.claimed.payload) {
+                        engine.metrics.delivered_latency(lat);
+                    }
+                    (NewStatus::Delivered, Outcome::Delivered)
+                }
+                Decision::Retry { after } => {
+                    debug!(subscription = %sub_id, delivery = done.claimed.id, event_id = %done.claimed.event_id, attempt = attempts_made, retry_in_ms = after.as_millis() as u64, error = o.error.as_deref().unwrap_or(""), "delivery attempt failed; retrying");
+                    (NewStatus::Failed { retry_in: after }, Outcome::Retrying)
+                }
+                Decision::Dead => {
+                    warn!(subscription = %sub_id, delivery = done.claimed.id, event_id = %done.claimed.event_id, attempts = attempts_made, http_status = o.http_status, error = o.error.as_deref().unwrap_or(""), "delivery dead-lettered after its last attempt");
+                    (NewStatus::Dead, Outcome::Dead)
+                }
+                Decision::Gone => {
+                    gone = true;
+                    (NewStatus::Dead, Outcome::Dead)
+                }
+            };
+            engine.metrics.attempt(&sub_id, outcome);
+            batch.push(Recorded {
+                id: done.claimed.id,
+                status,
+                attempted_at: done.attempted_at,
+                duration_ms: o.duration.as_millis().min(i32::MAX as u128) as i32,
+                http_status: o.http_status.map(i32::from),
+                error_kind: o.error_kind.map(ErrorKind::as_str),
+                error: o.error.as_deref().map(clean_text),
+                response_body: clean_text(&o.response_body),
+            });
+        }
+        engine
+            .queue
+            .record(client, &batch, engine.worker)
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in &batch {
+            self.held.remove(&r.id);
+        }
+        self.done.clear();
+        // A finished delivery may unblock the next one of its key.
+        self.more_due = true;
+        if gone {
+            let reason = "receiver answered 410 Gone";
+            if store::deactivate(client, &engine.schema, &sub_id, reason)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                warn!(subscription = %sub_id, "receiver answered 410 Gone: subscription deactivated; reactivate it through the API or config.toml");
+            }
+            engine.changed.notify_one();
+            self.more_due = false;
+        }
+        Ok(gone)
+    }
+}
+
+/// One HTTP attempt: body in the subscription's format, headers signed with its secret.
+async fn send(
+    sender: &HttpSender,
+    sub: &StoredSubscription,
+    c: &Claimed,
+    now: chrono::DateTime<Utc>,
+) -> AttemptOutcome {
+    let failed = |kind: ErrorKind, error: String| AttemptOutcome {
+        http_status: None,
+        error_kind: Some(kind),
+        error: Some(error),
+        response_body: String::new(),
+        retry_after: None,
+        duration: Duration::ZERO,
+    };
+    let body = match format::render(sub.format, &c.payload, &c.ordering_key) {
+        Ok(b) => b,
+        Err(e) => return failed(ErrorKind::Other, format!("formatting the body: {e}")),
+    };
+    let headers = match sign::delivery_headers(&sign::SignInput {
+        format: sub.format,
+        scheme: sub.signature,
+        secret: sub.secret.expose(),
+        previous_secret: sub.previous_secret_at(now).map(|s| s.expose()),
+        event_id: &c.event_id,
+        event: &c.event,
+        body: &body,
+        now_unix: now.timestamp(),
+    }) {
+        Ok(h) => h,
+        Err(e) => return failed(ErrorKind::Other, format!("signing: {e}")),
+    };
+    sender.post(&sub.url, &headers, Bytes::from(body)).await
+}
+
+/// Postgres text cannot hold NUL; a receiver's body may.
+fn clean_text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+/// Source commit → now, from the payload's `timestamp` (the commit time).
+fn commit_latency(payload: &str) -> Option<Duration> {
+    const KEY: &str = "\"timestamp\":\"";
+    let start = payload.find(KEY)? + KEY.len();
+    let end = start + payload[start..].find('"')?;
+    let ts = chrono::DateTime::parse_from_rfc3339(&payload[start..end]).ok()?;
+    (Utc::now() - ts.with_timezone(&Utc)).to_std().ok()
+}
+
+/// The URL's host, for logs (never the path, query or credentials).
+fn host_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_comes_from_the_payload_timestamp() {
+        let ts = (Utc::now() - chrono::Duration::milliseconds(1500)).to_rfc3339();
+        let payload = format!("{{\"id\":\"evt_1\",\"timestamp\":\"{ts}\",\"table\":\"t\"}}");
+        let lat = commit_latency(&payload).unwrap();
+        assert!(lat >= Duration::from_millis(1500) && lat < Duration::from_secs(5));
+        assert_eq!(commit_latency("{\"id\":1}"), None);
+        assert_eq!(commit_latency("{\"timestamp\":\"nope\"}"), None);
+    }
+
+    #[test]
+    fn nul_bytes_are_replaced_and_hosts_hide_credentials() {
+        assert_eq!(clean_text("a\0b"), "a\u{FFFD}b");
+        assert_eq!(
+            host_of("https://user:pw@hooks.example.com/x?token=1"),
+            "hooks.example.com"
+        );
+    }
+}

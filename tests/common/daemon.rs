@@ -1,0 +1,83 @@
+//! `walhook run` in-process against a test database, with handles to its metrics and state.
+#![allow(dead_code)]
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use walhook::config::Config;
+use walhook::run::Handles;
+
+use super::TestDb;
+
+/// Delivery settings for tests: loopback HTTP allowed, a compressed schedule, short timeouts.
+pub fn fast_delivery(extra: &str) -> String {
+    format!(
+        "[delivery]\nallow_http = true\nallow_private_networks = true\n\
+         connect_timeout = \"1s\"\ntimeout = \"1s\"\nlease = \"3s\"\npoll_interval = \"100ms\"\n{extra}\n"
+    )
+}
+
+pub struct Daemon {
+    pub handles: Handles,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), walhook::outbox::enqueue::IngestError>>,
+}
+
+pub fn config_text(db: &TestDb, delivery: &str, subs: &str) -> String {
+    format!(
+        "[source]\nurl = \"{}\"\nslot = \"{}\"\n[project]\nid = \"test-project\"\n{delivery}\n{subs}",
+        db.url(),
+        db.name
+    )
+}
+
+impl Daemon {
+    /// Starts the pipeline and waits until the slot streams (changes from then on are seen).
+    pub async fn start(db: &TestDb, delivery: &str, subs: &str) -> Daemon {
+        let text = config_text(db, delivery, subs);
+        let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        let handles = Handles::default();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(walhook::run::run_with(
+            None,
+            config,
+            cancel.clone(),
+            handles.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !handles.streaming.load(Ordering::Relaxed) {
+            assert!(!task.is_finished(), "walhook run ended before streaming");
+            assert!(Instant::now() < deadline, "not streaming after 20 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Daemon {
+            handles,
+            cancel,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("walhook run stops within 20 s")
+            .expect("no panic")
+            .expect("clean exit");
+    }
+}
+
+/// Polls `sql` (a single value) until it equals `want`, for up to `secs` seconds.
+pub async fn wait_value(db: &TestDb, sql: &str, want: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        last = db.pg.psql(&db.name, sql).unwrap_or_default();
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{sql}: expected {want:?}, last saw {last:?}");
+}

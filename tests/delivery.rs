@@ -1,0 +1,428 @@
+//! Delivery against real receivers (in-process, port 0): signatures, retries on every kind of
+//! failure, Retry-After, 410, the circuit breaker, per-key order and isolation.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::daemon::{fast_delivery, wait_value, Daemon};
+use common::receiver::{hmac_hex, Answer, Receiver, Request, Resetter};
+use common::TestDb;
+
+const SECRET: &str = "whsec_delivery_test";
+
+fn subscription(id: &str, table: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[subscriptions]]\nid = \"{id}\"\ntable = \"{table}\"\n\
+         events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n{extra}\n"
+    )
+}
+
+fn orders(db: &TestDb) {
+    db.sql(
+        "CREATE TABLE orders (id int PRIMARY KEY, total numeric(12,2), status text);
+         ALTER TABLE orders REPLICA IDENTITY FULL",
+    );
+}
+
+fn attempts_of(db: &TestDb, event_id: &str) -> String {
+    db.sql(&format!(
+        "SELECT string_agg(coalesce(a.http_status::text, a.error_kind), ',' ORDER BY a.id)
+         FROM walhook.attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
+         WHERE d.event_id = '{event_id}'"
+    ))
+}
+
+fn gaps_ms(reqs: &[Request]) -> Vec<u128> {
+    reqs.windows(2)
+        .map(|w| (w[1].at - w[0].at).as_millis())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_arrives_signed_with_exact_headers_in_row_order() {
+    let db = TestDb::new();
+    orders(&db);
+    let rx = Receiver::ok().await;
+    let d = Daemon::start(
+        &db,
+        &fast_delivery(""),
+        &subscription("orders", "orders", &format!("{}/hooks/orders", rx.url), ""),
+    )
+    .await;
+    // W1 in miniature: 10 × 100 INSERT, then UPDATE of status, then DELETE.
+    for phase in [
+        "INSERT INTO orders SELECT g, g * 1.5, 'pending' FROM generate_series({a}, {b}) g",
+        "UPDATE orders SET status = 'paid' WHERE id BETWEEN {a} AND {b}",
+        "DELETE FROM orders WHERE id BETWEEN {a} AND {b}",
+    ] {
+        for t in 0..10 {
+            let (a, b) = (t * 100 + 1, t * 100 + 100);
+            db.sql(
+                &phase
+                    .replace("{a}", &a.to_string())
+                    .replace("{b}", &b.to_string()),
+            );
+        }
+    }
+    let reqs = rx.wait_for(3000, Duration::from_secs(60)).await;
+    let mut ids = HashSet::new();
+    let mut per_row: HashMap<i64, Vec<String>> = HashMap::new();
+    for r in &reqs {
+        assert_eq!(r.path, "/hooks/orders");
+        let hex = hmac_hex(SECRET, &r.body);
+        assert_eq!(r.header("x-archie-signature"), format!("sha256={hex}"));
+        assert_eq!(r.header("x-webhook-signature"), hex);
+        assert_eq!(r.header("content-type"), "application/json");
+        assert_eq!(
+            r.header("user-agent"),
+            concat!("walhook/", env!("CARGO_PKG_VERSION"))
+        );
+        let body = r.json();
+        assert_eq!(r.header("x-archie-delivery"), body["id"].as_str().unwrap());
+        assert_eq!(r.header("x-archie-event"), body["event"].as_str().unwrap());
+        assert!(
+            ids.insert(body["id"].as_str().unwrap().to_string()),
+            "duplicate {}",
+            body["id"]
+        );
+        if body["event"] == "UPDATE" {
+            assert_eq!(body["changed_fields"], serde_json::json!(["status"]));
+        }
+        let row = body["record"]["id"].as_i64().unwrap();
+        per_row
+            .entry(row)
+            .or_default()
+            .push(body["event"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 3000);
+    assert_eq!(per_row.len(), 1000);
+    for (row, events) in &per_row {
+        assert_eq!(events, &["INSERT", "UPDATE", "DELETE"], "row {row}");
+    }
+    wait_value(
+        &db,
+        "SELECT count(*) FILTER (WHERE status = 'delivered' AND attempts = 1) || '/' || count(*)
+         FROM walhook.deliveries",
+        "3000/3000",
+        20,
+    )
+    .await;
+    assert_eq!(
+        db.sql("SELECT count(*) || ' ' || min(http_status) || ' ' || max(http_status) FROM walhook.attempts"),
+        "3000 200 200"
+    );
+    let metrics = d.handles.metrics.render(&Default::default());
+    assert!(
+        metrics.contains(
+            "walhook_deliveries_total{subscription=\"orders\",outcome=\"delivered\"} 3000\n"
+        ),
+        "{metrics}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_is_retried_on_schedule_then_dead_lettered() {
+    let db = TestDb::new();
+    orders(&db);
+    let rx = Receiver::scripted(|_, _| Answer::Status(500)).await;
+    let d = Daemon::start(
+        &db,
+        &fast_delivery("retry_schedule = [\"0s\", \"300ms\", \"600ms\"]\nbreaker_failures = 100"),
+        &subscription("s", "orders", &rx.url, ""),
+    )
+    .await;
+    db.sql("INSERT INTO orders VALUES (1, 10, 'new')");
+    let reqs = rx.wait_for(3, Duration::from_secs(10)).await;
+    wait_value(
+        &db,
+        "SELECT status || ' ' || attempts FROM walhook.deliveries",
+        "dead 3",
+        10,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.count(), 3, "no attempt after the last one");
+    let event_id = reqs[0].header("x-archie-delivery").to_string();
+    assert!(reqs
+        .iter()
+        .all(|r| r.header("x-archie-delivery") == event_id));
+    let gaps = gaps_ms(&reqs);
+    // 300 ms and 600 ms, ±20 % jitter, plus a little processing time.
+    assert!((240..=500).contains(&gaps[0]), "gaps {gaps:?}");
+    assert!((480..=850).contains(&gaps[1]), "gaps {gaps:?}");
+    assert_eq!(attempts_of(&db, &event_id), "500,500,500");
+    assert_eq!(
+        db.sql("SELECT DISTINCT response_body || '|' || error_kind FROM walhook.attempts"),
+        "answer body|status"
+    );
+    assert_eq!(
+        db.sql(
+            "SELECT last_http_status || ' ' || (finished_at IS NOT NULL) FROM walhook.deliveries"
+        ),
+        "500 true"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangs_resets_and_slow_answers() {
+    let db = TestDb::new();
+    orders(&db);
+    // First request hangs past the 1 s timeout, the second is slow but in time.
+    let hang = Receiver::scripted(|_, i| {
+        if i == 0 {
+            Answer::Hang
+        } else {
+            Answer::Slow(Duration::from_millis(400))
+        }
+    })
+    .await;
+    let reset = Resetter::start().await;
+    let d = Daemon::start(
+        &db,
+        &fast_delivery("retry_schedule = [\"0s\", \"100ms\", \"100ms\"]\nbreaker_failures = 100"),
+        &format!(
+            "{}{}",
+            subscription("hang", "orders", &hang.url, ""),
+            subscription("reset", "orders", &reset.url, "")
+        ),
+    )
+    .await;
+    db.sql("INSERT INTO orders VALUES (1, 10, 'new')");
+    let reqs = hang.wait_for(2, Duration::from_secs(10)).await;
+    assert!(gaps_ms(&reqs)[0] >= 1000, "retried only after the timeout");
+    wait_value(
+        &db,
+        "SELECT status || ' ' || attempts FROM walhook.deliveries WHERE subscription_id = 'hang'",
+        "delivered 2",
+        10,
+    )
+    .await;
+    assert_eq!(
+        db.sql(
+            "SELECT string_agg(coalesce(http_status::text, error_kind) || ':' || (duration_ms >= 950)::text, ',' ORDER BY a.id)
+             FROM walhook.attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
+             WHERE d.subscription_id = 'hang'"
+        ),
+        "timeout:true,200:false"
+    );
+    wait_value(
+        &db,
+        "SELECT status || ' ' || attempts FROM walhook.deliveries WHERE subscription_id = 'reset'",
+        "dead 3",
+        10,
+    )
+    .await;
+    assert_eq!(
+        reset.connections.load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+    let kinds = db.sql(
+        "SELECT string_agg(DISTINCT error_kind, ',') FROM walhook.attempts a
+         JOIN walhook.deliveries d ON d.id = a.delivery_id WHERE d.subscription_id = 'reset'",
+    );
+    assert!(
+        ["reset", "connect", "other"].contains(&kinds.as_str()),
+        "a reset is a retryable network error, got {kinds}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_429_is_honoured_and_410_deactivates() {
+    let db = TestDb::new();
+    orders(&db);
+    let busy = Receiver::scripted(|_, i| {
+        if i == 0 {
+            Answer::RetryAfter(429, 1)
+        } else {
+            Answer::Status(204)
+        }
+    })
+    .await;
+    let gone = Receiver::scripted(|_, _| Answer::Status(410)).await;
+    let d = Daemon::start(
+        &db,
+        &fast_delivery("retry_schedule = [\"0s\", \"600ms\", \"600ms\"]"),
+        &format!(
+            "{}{}",
+            subscription("busy", "orders", &busy.url, ""),
+            subscription("gone", "orders", &gone.url, "")
+        ),
+    )
+    .await;
+    db.sql("INSERT INTO orders VALUES (1, 10, 'new')");
+    let reqs = busy.wait_for(2, Duration::from_secs(10)).await;
+    // Scheduled 600 ms ± 20 %; Retry-After 1 s is honoured (capped at 2 × scheduled).
+    let gap = gaps_ms(&reqs)[0];
+    assert!((950..=1500).contains(&gap), "gap {gap} ms");
+    wait_value(
+        &db,
+        "SELECT active || ' ' || deactivated_reason FROM walhook.subscriptions WHERE id = 'gone'",
+        "false receiver answered 410 Gone",
+        10,
+    )
+    .await;
+    assert_eq!(
+        db.sql("SELECT status || ' ' || attempts FROM walhook.deliveries WHERE subscription_id = 'gone'"),
+        "dead 1"
+    );
+    assert_eq!(gone.count(), 1);
+    // Routing follows: a later change is not even enqueued for the gone subscription.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    db.sql("INSERT INTO orders VALUES (2, 20, 'new')");
+    busy.wait_for(3, Duration::from_secs(10)).await;
+    wait_value(
+        &db,
+        "SELECT count(*) FROM walhook.deliveries WHERE subscription_id = 'gone'",
+        "1",
+        5,
+    )
+    .await;
+    assert_eq!(gone.count(), 1);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_waits_probes_and_closes_without_burning_attempts() {
+    let db = TestDb::new();
+    orders(&db);
+    // The first 4 requests fail; everything after succeeds.
+    let rx = Receiver::scripted(|_, i| {
+        if i < 4 {
+            Answer::Status(503)
+        } else {
+            Answer::Status(200)
+        }
+    })
+    .await;
+    let d = Daemon::start(
+        &db,
+        &fast_delivery(
+            "retry_schedule = [\"0s\", \"50ms\", \"50ms\"]\nbreaker_failures = 3\n\
+             breaker_cooldown = \"1500ms\"\nmax_in_flight = 1",
+        ),
+        &subscription("s", "orders", &rx.url, ""),
+    )
+    .await;
+    db.sql("INSERT INTO orders SELECT g, g, 'new' FROM generate_series(1, 6) g");
+    let reqs = rx.wait_for(4 + 6, Duration::from_secs(15)).await;
+    let gaps = gaps_ms(&reqs);
+    // Three failures open the breaker: 1.5 s of silence, one probe (fails: open again),
+    // 1.5 s more, a probe that succeeds, then the rest.
+    assert!(gaps[0] < 500 && gaps[1] < 500, "gaps {gaps:?}");
+    assert!(gaps[2] >= 1400, "open after 3 failures: gaps {gaps:?}");
+    assert!(
+        gaps[3] >= 1400,
+        "re-opened after a failed probe: gaps {gaps:?}"
+    );
+    assert!(
+        gaps[4..].iter().all(|g| *g < 500),
+        "closed again: gaps {gaps:?}"
+    );
+    wait_value(
+        &db,
+        "SELECT count(*) FILTER (WHERE status = 'delivered') || ' ' || sum(attempts) FROM walhook.deliveries",
+        "6 10",
+        10,
+    )
+    .await;
+    // Waiting while open consumed nothing: at most 2 attempts on any delivery (limit is 3).
+    assert_eq!(db.sql("SELECT max(attempts) FROM walhook.deliveries"), "2");
+    let m = d.handles.metrics.render(&Default::default());
+    assert!(
+        m.contains("walhook_breaker_state{subscription=\"s\"} 0\n"),
+        "{m}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_row_blocks_only_its_own_key() {
+    let db = TestDb::new();
+    orders(&db);
+    // Row 1's INSERT fails twice; everything else succeeds at once.
+    let rx = Receiver::scripted(|r, _| {
+        let b = r.json();
+        let row1_insert = b["record"]["id"] == 1 && b["event"] == "INSERT";
+        if row1_insert {
+            Answer::Status(500)
+        } else {
+            Answer::Status(200)
+        }
+    })
+    .await;
+    let d = Daemon::start(
+        &db,
+        &fast_delivery("retry_schedule = [\"0s\", \"500ms\", \"500ms\"]\nbreaker_failures = 100"),
+        &subscription("s", "orders", &rx.url, ""),
+    )
+    .await;
+    db.sql("INSERT INTO orders VALUES (1, 1, 'new'), (2, 2, 'new')");
+    db.sql("UPDATE orders SET status = 'paid'");
+    wait_value(
+        &db,
+        "SELECT string_agg(event || (payload::jsonb->'record'->>'id') || ':' || status, ',' ORDER BY id)
+         FROM walhook.deliveries",
+        "INSERT1:dead,INSERT2:delivered,UPDATE1:delivered,UPDATE2:delivered",
+        10,
+    )
+    .await;
+    let seen: Vec<String> = rx
+        .snapshot()
+        .iter()
+        .map(|r| {
+            let b = r.json();
+            format!("{}{}", b["event"].as_str().unwrap(), b["record"]["id"])
+        })
+        .collect();
+    let nth_insert1 = |n: usize| {
+        seen.iter()
+            .enumerate()
+            .filter(|(_, x)| *x == "INSERT1")
+            .nth(n)
+            .map(|(i, _)| i)
+            .unwrap()
+    };
+    let pos = |s: &str| seen.iter().position(|x| x == s).unwrap();
+    // Row 2 went ahead while row 1 waited for its retries ...
+    assert!(pos("UPDATE2") < nth_insert1(1), "{seen:?}");
+    // ... and row 1's UPDATE came only after its INSERT's third and last attempt.
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_eq!(nth_insert1(2), 4, "{seen:?}");
+    assert_eq!(seen[5], "UPDATE1", "{seen:?}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_does_not_delay_a_healthy_subscription() {
+    let db = TestDb::new();
+    orders(&db);
+    let dead = Receiver::scripted(|_, _| Answer::Hang).await;
+    let healthy = Receiver::ok().await;
+    let d = Daemon::start(
+        &db,
+        &fast_delivery("max_in_flight = 2\nretry_schedule = [\"0s\", \"100ms\"]"),
+        &format!(
+            "{}{}",
+            subscription("dead", "orders", &dead.url, ""),
+            subscription("healthy", "orders", &healthy.url, "")
+        ),
+    )
+    .await;
+    let start = std::time::Instant::now();
+    db.sql("INSERT INTO orders SELECT g, g, 'new' FROM generate_series(1, 200) g");
+    healthy.wait_for(200, Duration::from_secs(10)).await;
+    let took = start.elapsed();
+    // The dead endpoint holds 2 requests for 1 s each; 200 of them would take 100 s.
+    assert!(took < Duration::from_secs(3), "healthy took {took:?}");
+    assert!(
+        dead.count() <= 4,
+        "dead endpoint capped at max_in_flight: {}",
+        dead.count()
+    );
+    d.stop().await;
+}
