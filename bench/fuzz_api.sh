@@ -17,7 +17,7 @@ SECS=${WALHOOK_FUZZ_SECS:-1800}
 
 # Run the test binary itself (not through cargo), so that stopping it stops the server; its
 # Postgres is cleaned up by the harness's guardian.
-BIN=$(cargo test --test api --no-run 2>&1 | sed -n 's/.*Executable tests\/api.rs (\(.*\))/\1/p' | tail -1)
+BIN=$(cargo test --test api --no-run 2>&1 | sed -n 's/.*Executable tests\/api\/main.rs (\(.*\))/\1/p' | tail -1)
 WALHOOK_FUZZ_ADDR=$ADDR WALHOOK_FUZZ_SECS=$SECS "$BIN" serve_for_fuzzing --ignored --nocapture &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
@@ -27,7 +27,11 @@ for _ in $(seq 1 120); do
     sleep 0.5
 done
 
-st run openapi.yaml \
+# Schemathesis keeps its cache and reports in the working directory: keep them out of the tree.
+SPEC=$PWD/openapi.yaml
+CONF=$PWD/bench/schemathesis.toml
+mkdir -p target/schemathesis && cd target/schemathesis
+st --config-file "$CONF" run "$SPEC" \
     --url "http://$ADDR" \
     -H "Authorization: Bearer your-management-token" \
     -H "X-Project-ID: your-project-id" \

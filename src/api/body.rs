@@ -61,7 +61,11 @@ const WEBHOOK_FIELDS: &[&str] = &[
 ];
 
 /// Parses a body that must be a JSON object; `allow_empty` treats an empty body as `{}`.
-pub fn object(bytes: &[u8], allow_empty: bool, known: &[&str]) -> Result<Map<String, Value>, ApiError> {
+pub fn object(
+    bytes: &[u8],
+    allow_empty: bool,
+    known: &[&str],
+) -> Result<Map<String, Value>, ApiError> {
     if allow_empty && bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -98,7 +102,10 @@ fn nullable_string(map: &Map<String, Value>, key: &str) -> Result<Nullable<Strin
         None => Ok(None),
         Some(Value::Null) => Ok(Some(None)),
         Some(Value::String(s)) => Ok(Some(Some(s.clone()))),
-        Some(_) => Err(ApiError::bad(key, format!("{key}: expected a string or null"))),
+        Some(_) => Err(ApiError::bad(
+            key,
+            format!("{key}: expected a string or null"),
+        )),
     }
 }
 
@@ -126,7 +133,12 @@ pub fn parse_webhook(bytes: &[u8]) -> Result<WebhookFields, ApiError> {
         None => None,
         Some(Value::Null) => Some(None),
         Some(v @ Value::Object(_)) => Some(Some(v.clone())),
-        Some(_) => return Err(ApiError::bad("filter", "filter: expected an object or null")),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "filter",
+                "filter: expected an object or null",
+            ))
+        }
     };
     let select = match map.get("select") {
         None => None,
@@ -189,7 +201,10 @@ pub struct Spec {
 
 fn no_nul(field: &str, s: &str) -> Result<(), ApiError> {
     if s.contains('\0') {
-        return Err(ApiError::invalid(field, format!("{field}: must not contain NUL characters")));
+        return Err(ApiError::invalid(
+            field,
+            format!("{field}: must not contain NUL characters"),
+        ));
     }
     Ok(())
 }
@@ -212,7 +227,10 @@ pub fn events(list: &[String]) -> Result<Vec<EventKind>, ApiError> {
             _ => {
                 return Err(ApiError::invalid(
                     "events",
-                    format!("events: unknown event {:?}; use INSERT, UPDATE or DELETE", truncate(e)),
+                    format!(
+                        "events: unknown event {:?}; use INSERT, UPDATE or DELETE",
+                        truncate(e)
+                    ),
                 ))
             }
         };
@@ -230,13 +248,20 @@ pub fn events(list: &[String]) -> Result<Vec<EventKind>, ApiError> {
 }
 
 pub fn format(s: &str) -> Result<Format, ApiError> {
-    Format::parse(s)
-        .ok_or_else(|| ApiError::invalid("format", "format: expected \"json\", \"slack\" or \"discord\""))
+    Format::parse(s).ok_or_else(|| {
+        ApiError::invalid(
+            "format",
+            "format: expected \"json\", \"slack\" or \"discord\"",
+        )
+    })
 }
 
 pub fn signature(s: &str) -> Result<SignatureScheme, ApiError> {
     SignatureScheme::parse(s).ok_or_else(|| {
-        ApiError::invalid("signature", "signature: expected \"archie\" or \"standard\"")
+        ApiError::invalid(
+            "signature",
+            "signature: expected \"archie\" or \"standard\"",
+        )
     })
 }
 
@@ -282,7 +307,11 @@ pub fn select(list: &[String]) -> Result<Vec<String>, ApiError> {
 }
 
 /// Checks that need no database: URL rules of `[delivery]`, secrets, rotation.
-pub fn check_spec(spec: &Spec, delivery: &DeliveryConfig, outbox_schema: &str) -> Result<(), ApiError> {
+pub fn check_spec(
+    spec: &Spec,
+    delivery: &DeliveryConfig,
+    outbox_schema: &str,
+) -> Result<(), ApiError> {
     if spec.table_name.schema == outbox_schema {
         return Err(ApiError::invalid(
             "table",
@@ -309,15 +338,22 @@ pub fn check_spec(spec: &Spec, delivery: &DeliveryConfig, outbox_schema: &str) -
 
 fn check_secret(field: &str, secret: &str, scheme: SignatureScheme) -> Result<(), ApiError> {
     if secret.is_empty() {
-        return Err(ApiError::invalid(field, format!("{field}: must not be empty")));
+        return Err(ApiError::invalid(
+            field,
+            format!("{field}: must not be empty"),
+        ));
     }
     if secret.len() > MAX_SECRET {
-        return Err(ApiError::invalid(field, format!("{field}: longer than {MAX_SECRET} bytes")));
+        return Err(ApiError::invalid(
+            field,
+            format!("{field}: longer than {MAX_SECRET} bytes"),
+        ));
     }
     no_nul(field, secret)?;
     if scheme == SignatureScheme::Standard {
         // check_standard_secret's messages describe the expected shape, never the value.
-        check_standard_secret(secret).map_err(|m| ApiError::invalid(field, format!("{field}: {m}")))?;
+        check_standard_secret(secret)
+            .map_err(|m| ApiError::invalid(field, format!("{field}: {m}")))?;
     }
     Ok(())
 }
@@ -330,7 +366,9 @@ pub fn check_url(url: &str, delivery: &DeliveryConfig) -> Result<(), ApiError> {
         return Err(bad(format!("longer than {MAX_URL} bytes")));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("must not contain whitespace or control characters".into()));
+        return Err(bad(
+            "must not contain whitespace or control characters".into()
+        ));
     }
     let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("not a valid URL: {e}")))?;
     match parsed.scheme() {
@@ -423,7 +461,10 @@ mod tests {
     fn values_are_checked() {
         assert_eq!(events(&[]).unwrap_err().status(), 422);
         assert_eq!(events(&["UPSERT".into()]).unwrap_err().status(), 422);
-        assert_eq!(events(&["INSERT".into(), "INSERT".into()]).unwrap(), vec![EventKind::Insert]);
+        assert_eq!(
+            events(&["INSERT".into(), "INSERT".into()]).unwrap(),
+            vec![EventKind::Insert]
+        );
         assert!(table("a.b.c").is_err());
         assert!(table("or\0ders").is_err());
         let env: Value = serde_json::json!({"status": "${HOME}"});
@@ -431,8 +472,15 @@ mod tests {
         let ok: Value = serde_json::json!({"status": "completed", "total": {"gte": 100}});
         assert_eq!(filter(&ok).unwrap().conditions.len(), 2);
         assert!(parse_replay(b"").unwrap().is_none());
-        assert!(parse_replay(br#"{"since": "2026-01-01T00:00:00Z"}"#).unwrap().is_some());
-        assert_eq!(parse_replay(br#"{"since": "yesterday"}"#).unwrap_err().status(), 422);
+        assert!(parse_replay(br#"{"since": "2026-01-01T00:00:00Z"}"#)
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            parse_replay(br#"{"since": "yesterday"}"#)
+                .unwrap_err()
+                .status(),
+            422
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ use crate::outbox::{OutboxError, Schema};
 pub enum CliError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-    #[error("no subscription with id {0:?} in the outbox (has `walhook run` or `walhook migrate` run?)")]
+    #[error(
+        "no subscription with id {0:?} in the outbox (has `walhook run` or `walhook migrate` run?)"
+    )]
     NoSubscription(String),
     #[error("no delivery {0} for this subscription")]
     NoDelivery(String),
@@ -44,7 +46,10 @@ pub enum ReplayTarget {
     Dead { since: Option<String> },
 }
 
-async fn connect(config: &Config, subscription: &str) -> Result<(tokio_postgres::Client, Schema), CliError> {
+async fn connect(
+    config: &Config,
+    subscription: &str,
+) -> Result<(tokio_postgres::Client, Schema), CliError> {
     let client = crate::run::connect_outbox(config).await?;
     let schema = Schema::new(config.outbox.schema.as_str());
     if load_one(&client, &schema, subscription).await?.is_none() {
@@ -150,7 +155,11 @@ pub async fn deliveries_replay(
 }
 
 /// `walhook send-test`: sends a signed ping; returns whether the receiver answered 2xx.
-pub async fn send_test(config: &Config, subscription: &str, out: &mut impl Write) -> Result<bool, CliError> {
+pub async fn send_test(
+    config: &Config,
+    subscription: &str,
+    out: &mut impl Write,
+) -> Result<bool, CliError> {
     let client = crate::run::connect_outbox(config).await?;
     let schema = Schema::new(config.outbox.schema.as_str());
     let sub = load_one(&client, &schema, subscription)
@@ -164,7 +173,11 @@ pub async fn send_test(config: &Config, subscription: &str, out: &mut impl Write
     )
     .await?;
     let status = r.http_status.map_or("-".to_string(), |s| s.to_string());
-    write!(out, "{subscription} http={status} duration_ms={}", r.duration_ms)?;
+    write!(
+        out,
+        "{subscription} http={status} duration_ms={}",
+        r.duration_ms
+    )?;
     if let Some(e) = &r.error {
         write!(out, " error={}", e.replace(['\n', '\r'], " "))?;
     }

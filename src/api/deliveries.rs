@@ -238,7 +238,10 @@ pub fn parse_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErr
             .ok()
             .filter(|n| (1..=MAX_LIMIT).contains(n))
             .ok_or_else(|| {
-                ApiError::bad("limit", format!("limit: expected an integer from 1 to {MAX_LIMIT}"))
+                ApiError::bad(
+                    "limit",
+                    format!("limit: expected an integer from 1 to {MAX_LIMIT}"),
+                )
             })?;
     }
     if let Some(c) = params.get("cursor") {
@@ -326,13 +329,20 @@ mod tests {
         assert_eq!(parse_id("del_99999999999999999999"), None);
         assert_eq!(parse_id("42"), None);
         let p = |kv: &[(&str, &str)]| {
-            parse_query(&kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            parse_query(
+                &kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
         };
         assert_eq!(p(&[]).unwrap().limit, DEFAULT_LIMIT);
         assert!(p(&[("limit", "0")]).is_err());
         assert!(p(&[("limit", "1001")]).is_err());
         assert!(p(&[("status", "nope")]).is_err());
         let q = p(&[("status", "dead"), ("cursor", "del_7"), ("limit", "5")]).unwrap();
-        assert_eq!((q.status.as_deref(), q.before, q.limit), (Some("dead"), Some(7), 5));
+        assert_eq!(
+            (q.status.as_deref(), q.before, q.limit),
+            (Some("dead"), Some(7), 5)
+        );
     }
 }

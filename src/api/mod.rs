@@ -146,7 +146,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/api/rest/_webhooks/{id}/test", post(ping::handler))
         // route_layer: unknown paths get the JSON 404, not a 401.
-        .route_layer(middleware::from_fn_with_state(ctx.clone(), auth::require_auth));
+        .route_layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            auth::require_auth,
+        ));
     let api = Router::new()
         .merge(management)
         .route("/healthz", get(ops::healthz))

@@ -10,6 +10,7 @@
 //! - the receiver's answer is reported as data (`httpStatus`, `durationMs`, `error`); only a
 //!   problem on our side is an error status.
 
+use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -21,6 +22,8 @@ use super::error::ApiError;
 use super::webhooks::{find, path_id};
 use super::Ctx;
 use crate::config::{DeliveryConfig, TableName};
+use crate::deliver::http::HttpSender;
+use crate::deliver::{format, sign};
 use crate::outbox::subscriptions::StoredSubscription;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -73,16 +76,35 @@ pub async fn send(
     transport(sub, delivery, &event_id, &body).await
 }
 
-/// Signing and sending live in `crate::deliver`; this is the only place the ping touches them.
+/// Formats, signs and posts exactly as the delivery worker does for a real delivery.
 async fn transport(
-    _sub: &StoredSubscription,
-    _delivery: &DeliveryConfig,
-    _event_id: &str,
-    _body: &str,
+    sub: &StoredSubscription,
+    delivery: &DeliveryConfig,
+    event_id: &str,
+    payload: &str,
 ) -> Result<PingResult, PingError> {
-    Err(PingError::Client(
-        "test sends need the delivery module, which is not built into this binary yet".into(),
-    ))
+    let now = Utc::now();
+    // A ping has no row, hence no ordering key.
+    let body = format::render(sub.format, payload, "")
+        .map_err(|e| PingError::Prepare(format!("formatting the body: {e}")))?;
+    let headers = sign::delivery_headers(&sign::SignInput {
+        format: sub.format,
+        scheme: sub.signature,
+        secret: sub.secret.expose(),
+        previous_secret: sub.previous_secret_at(now).map(|s| s.expose()),
+        event_id,
+        event: "PING",
+        body: &body,
+        now_unix: now.timestamp(),
+    })
+    .map_err(|e| PingError::Prepare(format!("signing: {e}")))?;
+    let sender = HttpSender::new(delivery).map_err(|e| PingError::Client(e.to_string()))?;
+    let outcome = sender.post(&sub.url, &headers, Bytes::from(body)).await;
+    Ok(PingResult {
+        http_status: outcome.http_status,
+        duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+        error: outcome.error,
+    })
 }
 
 impl PingResult {

@@ -163,7 +163,10 @@ pub async fn create(
         ("secret", fields.secret.is_some()),
     ] {
         if !present {
-            return Err(ApiError::bad(name, format!("missing required field {name}")));
+            return Err(ApiError::bad(
+                name,
+                format!("missing required field {name}"),
+            ));
         }
     }
     check_identity(&ctx, &fields, env_missing.is_some())?;
