@@ -426,3 +426,85 @@ async fn a_dead_endpoint_does_not_delay_a_healthy_subscription() {
     );
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_signatures_with_rotation_and_chat_formats() {
+    use walhook::deliver::sign::{standard_signature, StandardKey};
+    let db = TestDb::new();
+    orders(&db);
+    let std_rx = Receiver::ok().await;
+    let slack_rx = Receiver::ok().await;
+    let discord_rx = Receiver::ok().await;
+    let current = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let previous = "whsec_c2VjcmV0LW9sZC1rZXktYnl0ZXM=";
+    let std_sub = format!(
+        "[[subscriptions]]\nid = \"std\"\ntable = \"orders\"\nevents = [\"UPDATE\"]\n\
+         url = \"{}\"\nsecret = \"{current}\"\nsignature = \"standard\"\n\
+         previous_secret = \"{previous}\"\nprevious_secret_expires_at = \"2999-01-01T00:00:00Z\"\n",
+        std_rx.url
+    );
+    let d = Daemon::start(
+        &db,
+        &fast_delivery(""),
+        &format!(
+            "{std_sub}{}{}",
+            subscription("slack", "orders", &slack_rx.url, "format = \"slack\""),
+            subscription("discord", "orders", &discord_rx.url, "format = \"discord\"")
+        ),
+    )
+    .await;
+    db.sql("INSERT INTO orders VALUES (7, 10, 'new')");
+    db.sql("UPDATE orders SET status = 'paid' WHERE id = 7");
+
+    let r = &std_rx.wait_for(1, Duration::from_secs(10)).await[0];
+    let body = r.json();
+    assert_eq!(body["event"], "UPDATE");
+    assert_eq!(r.header("webhook-id"), body["id"].as_str().unwrap());
+    let ts: i64 = r.header("webhook-timestamp").parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - ts).abs() < 30);
+    let want = format!(
+        "{} {}",
+        standard_signature(
+            &StandardKey::from_whsec(current).unwrap(),
+            r.header("webhook-id"),
+            ts,
+            &r.body
+        ),
+        standard_signature(
+            &StandardKey::from_whsec(previous).unwrap(),
+            r.header("webhook-id"),
+            ts,
+            &r.body
+        )
+    );
+    assert_eq!(r.header("webhook-signature"), want);
+    assert_eq!(
+        r.header("x-archie-signature"),
+        "",
+        "one scheme per subscription"
+    );
+
+    let slack = slack_rx.wait_for(2, Duration::from_secs(10)).await;
+    let s = slack[1].json();
+    assert!(
+        s["text"].as_str().unwrap().contains("UPDATE on orders"),
+        "{s}"
+    );
+    assert!(s["blocks"].is_array());
+    assert_eq!(
+        slack[1].header("x-archie-signature"),
+        "",
+        "chat formats are unsigned"
+    );
+    let discord = discord_rx.wait_for(2, Duration::from_secs(10)).await;
+    let colors: Vec<i64> = discord
+        .iter()
+        .map(|r| r.json()["embeds"][0]["color"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        colors,
+        vec![0x2ECC71, 0xF1C40F],
+        "green INSERT, yellow UPDATE"
+    );
+    d.stop().await;
+}

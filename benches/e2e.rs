@@ -1,0 +1,272 @@
+//! End-to-end benchmark: WAL → outbox → signed POST → receiver 2xx → marked delivered.
+//!
+//! 1. Throughput: workload W1 (300k changes) is written first; `pg_recvlogical` drains a slot on
+//!    the same WAL (the limit); then `target/release/walhook run` with delivery on, against a
+//!    fast in-process receiver, timed from process start until the receiver has every change and
+//!    the outbox shows every delivery `delivered`. Peak RSS of walhook.
+//! 2. Latency: with walhook running and caught up, a generator commits 50 rows every 10 ms
+//!    (5k changes/s) for 10 s; the receiver measures commit (the payload's `timestamp`) → arrival.
+//!
+//! Needs the release binary: run through `bash bench/e2e.sh`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use walhook::embedded_pg::PgServer;
+
+mod support;
+use support::*;
+
+const MAX_IN_FLIGHT: usize = 64;
+
+#[derive(Default)]
+struct Received {
+    count: AtomicU64,
+    /// Commit → arrival, microseconds (only while `record_latency`).
+    latencies: Mutex<Vec<u64>>,
+    record_latency: std::sync::atomic::AtomicBool,
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(bench()) {
+        eprintln!("e2e bench failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn receiver(state: Arc<Received>) -> anyhow::Result<String> {
+    use axum::body::Bytes;
+    let app = axum::Router::new().fallback(move |body: Bytes| {
+        let state = state.clone();
+        async move {
+            state.count.fetch_add(1, Ordering::Relaxed);
+            if state.record_latency.load(Ordering::Relaxed) {
+                if let Some(lat) = commit_latency_micros(&body) {
+                    state.latencies.lock().unwrap().push(lat);
+                }
+            }
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+fn commit_latency_micros(body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let ts = chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str()?).ok()?;
+    let lat = chrono::Utc::now().signed_duration_since(ts);
+    lat.num_microseconds().map(|m| m.max(0) as u64)
+}
+
+fn config(pg: &PgServer, db: &str, slot: &str, url: &str) -> anyhow::Result<tempfile::TempPath> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        file.path(),
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"{slot}\"\npublication = \"walhook\"\n\n\
+             [project]\nid = \"bench\"\n\n\
+             [delivery]\nallow_http = true\nallow_private_networks = true\n\
+             max_in_flight = {MAX_IN_FLIGHT}\n\n\
+             [[subscriptions]]\nid = \"orders-all\"\ntable = \"orders\"\n\
+             events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"{url}\"\nsecret = \"s\"\n",
+            pg.url(db)
+        ),
+    )?;
+    Ok(file.into_temp_path())
+}
+
+fn spawn_walhook(config: &std::path::Path, label: &str) -> anyhow::Result<Child> {
+    let bin = walhook_binary();
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} not found; build it with `cargo build --release` (bench/e2e.sh does)",
+        bin.display()
+    );
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("walhook-e2e-{label}.log")))?;
+    Ok(Command::new(bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("WALHOOK_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
+}
+
+fn stop(mut child: Child) -> anyhow::Result<u64> {
+    let hwm = proc_kib(child.id(), "VmHWM:").unwrap_or(0);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait()?;
+    Ok(hwm)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let pg = PgServer::start(&[])?;
+    let state = Arc::new(Received::default());
+    let url = receiver(state.clone()).await?;
+    println!("postgres on port {}, receiver {url}", pg.port());
+
+    // 1. Throughput on W1.
+    let db = setup_db(&pg, &["walhook", "recv"])?;
+    let t = Instant::now();
+    psql_file(&pg, &db, &w1_workload())?;
+    let end = pg.psql(&db, "SELECT pg_current_wal_lsn()")?;
+    println!(
+        "W1 workload: {W1_CHANGES} changes in {:.1} s, end LSN {end}",
+        t.elapsed().as_secs_f64()
+    );
+    let recv = time_recvlogical(&pg, &db, "recv", &end)?;
+    let recv_rate = W1_CHANGES as f64 / recv.as_secs_f64();
+    println!(
+        "pg_recvlogical: {:.2} s, {recv_rate:.0} changes/s",
+        recv.as_secs_f64()
+    );
+    pg.psql(&db, "SELECT pg_drop_replication_slot('recv')")?;
+
+    let cfg = config(&pg, &db, "walhook", &url)?;
+    let start = Instant::now();
+    let child = spawn_walhook(&cfg, "w1")?;
+    let pid = child.id();
+    let mut peak_rss = 0;
+    let mut received_all = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak_rss = peak_rss.max(proc_kib(pid, "VmRSS:").unwrap_or(0));
+        let n = state.count.load(Ordering::Relaxed) as i64;
+        if n >= W1_CHANGES && received_all.is_none() {
+            received_all = Some(start.elapsed());
+        }
+        if received_all.is_some() {
+            let left = pg.psql(
+                &db,
+                "SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered'",
+            )?;
+            if left == "0" {
+                break;
+            }
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(900),
+            "not delivered after 900 s ({n} received)"
+        );
+    }
+    let e2e = start.elapsed();
+    let delivered = pg.psql(&db, "SELECT count(*) FROM walhook.deliveries")?;
+    let attempts = pg.psql(&db, "SELECT count(*) FROM walhook.attempts")?;
+    let hwm = stop(child)?.max(peak_rss);
+    let e2e_rate = W1_CHANGES as f64 / e2e.as_secs_f64();
+    println!(
+        "walhook e2e: {:.2} s ({e2e_rate:.0} changes/s); receiver had all at {:.2} s; \
+         {delivered} deliveries, {attempts} attempts, {} requests received",
+        e2e.as_secs_f64(),
+        received_all.unwrap_or_default().as_secs_f64(),
+        state.count.load(Ordering::Relaxed)
+    );
+
+    // 2. Latency at a steady 5k changes/s.
+    let db2 = pg.create_database()?;
+    pg.psql(
+        &db2,
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, total numeric(12,2), status text,
+             customer_id text, created_at timestamptz DEFAULT now(), meta jsonb);
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )?;
+    let cfg2 = config(&pg, &db2, "walhook_lat", &url)?;
+    let child2 = spawn_walhook(&cfg2, "latency")?;
+    let (client, conn) = tokio_postgres::connect(&pg.url(&db2), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let t = Instant::now();
+    loop {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhook_lat' AND active",
+                &[],
+            )
+            .await?
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "slot not streaming");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    state.count.store(0, Ordering::Relaxed);
+    state.record_latency.store(true, Ordering::Relaxed);
+    let insert = client
+        .prepare(
+            "INSERT INTO orders (total, status, customer_id, meta)
+             SELECT g, 'new', 'cust-' || g, jsonb_build_object('g', g) FROM generate_series(1, 50) g",
+        )
+        .await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let gen_start = Instant::now();
+    let mut sent = 0u64;
+    while gen_start.elapsed() < Duration::from_secs(10) {
+        tick.tick().await;
+        client.execute(&insert, &[]).await?;
+        sent += 50;
+    }
+    let gen_secs = gen_start.elapsed().as_secs_f64();
+    let t = Instant::now();
+    while state.count.load(Ordering::Relaxed) < sent && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hwm2 = stop(child2)?;
+    let mut lat = state.latencies.lock().unwrap().clone();
+    lat.sort_unstable();
+    println!(
+        "latency run: {sent} changes in {gen_secs:.1} s ({:.0}/s), {} received",
+        sent as f64 / gen_secs,
+        lat.len()
+    );
+
+    println!("\n| measure | value |");
+    println!("|---|---|");
+    println!("| W1 pg_recvlogical (the limit) | {recv_rate:.0} changes/s |");
+    println!(
+        "| W1 end to end (WAL → 2xx → marked delivered), max_in_flight {MAX_IN_FLIGHT} | {e2e_rate:.0} changes/s ({:.2} s) |",
+        e2e.as_secs_f64()
+    );
+    println!(
+        "| ratio end to end / pg_recvlogical | {:.2} |",
+        e2e_rate / recv_rate
+    );
+    println!(
+        "| walhook peak RSS during W1 e2e (VmHWM) | {:.1} MiB |",
+        hwm as f64 / 1024.0
+    );
+    println!(
+        "| commit → receiver latency at {:.0} changes/s: p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |",
+        sent as f64 / gen_secs,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    println!(
+        "| walhook peak RSS during the latency run | {:.1} MiB |",
+        hwm2 as f64 / 1024.0
+    );
+    drop(pg);
+    Ok(())
+}

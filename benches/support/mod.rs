@@ -1,0 +1,225 @@
+//! Shared by the benchmarks: the W1 workload, a throw-away database for it, pg_recvlogical as
+//! the reference, and /proc readings (RSS, CPU time).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use walhook::embedded_pg::PgServer;
+
+pub const TXNS: usize = 100;
+pub const ROWS_PER_TXN: usize = 1000;
+pub const W1_CHANGES: i64 = (3 * TXNS * ROWS_PER_TXN) as i64;
+
+pub fn parse_lsn(s: &str) -> anyhow::Result<u64> {
+    let (hi, lo) = s
+        .trim()
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("bad LSN {s:?}"))?;
+    Ok((u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?)
+}
+
+pub fn walhook_binary() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target = if target.is_absolute() {
+        target
+    } else {
+        root.join(target)
+    };
+    target.join("release").join("walhook")
+}
+
+pub fn client_tool(pg: &PgServer, name: &str) -> PathBuf {
+    let p = pg.bin_dir().join(name);
+    if p.is_file() {
+        p
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+/// Creates the W1 table, the publication and the given pgoutput slots in a new database.
+pub fn setup_db(pg: &PgServer, slots: &[&str]) -> anyhow::Result<String> {
+    let db = pg.create_database()?;
+    pg.psql(
+        &db,
+        "CREATE TABLE orders (
+             id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+             total numeric(12,2),
+             status text,
+             customer_id text,
+             created_at timestamptz DEFAULT now(),
+             meta jsonb);
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )?;
+    pg.psql(
+        &db,
+        "CREATE PUBLICATION walhook FOR TABLE orders WITH (publish = 'insert, update, delete')",
+    )?;
+    for slot in slots {
+        pg.psql(
+            &db,
+            &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+        )?;
+    }
+    Ok(db)
+}
+
+/// Runs a SQL script with psql over TCP; every statement is its own transaction.
+pub fn psql_file(pg: &PgServer, db: &str, sql: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("workload.sql");
+    std::fs::write(&file, sql)?;
+    let out = Command::new(client_tool(pg, "psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &pg.url(db), "-f"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "psql workload failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+pub fn w1_workload() -> String {
+    let mut sql = String::new();
+    let row_meta = "jsonb_build_object('sku', 'sku-'||g, 'qty', g % 7)";
+    for t in 0..TXNS {
+        let (a, b) = (t * ROWS_PER_TXN + 1, (t + 1) * ROWS_PER_TXN);
+        sql.push_str(&format!(
+            "INSERT INTO orders (total, status, customer_id, meta) \
+             SELECT g + (g % 100) / 100.0, 'new', 'cust-' || (g % 5000), {row_meta} \
+             FROM generate_series({a}, {b}) g;\n"
+        ));
+    }
+    // `total` is unique and increasing in g, so [a, b+1) selects exactly one batch of 1000.
+    for t in 0..TXNS {
+        let (a, b) = (t * ROWS_PER_TXN + 1, (t + 1) * ROWS_PER_TXN + 1);
+        sql.push_str(&format!(
+            "UPDATE orders SET status = 'shipped' WHERE total >= {a} AND total < {b};\n"
+        ));
+    }
+    for t in 0..TXNS {
+        let (a, b) = (t * ROWS_PER_TXN + 1, (t + 1) * ROWS_PER_TXN + 1);
+        sql.push_str(&format!(
+            "DELETE FROM orders WHERE total >= {a} AND total < {b};\n"
+        ));
+    }
+    sql
+}
+
+pub fn postmaster_pid(pg: &PgServer) -> anyhow::Result<u32> {
+    let dir = pg.psql("postgres", "SHOW data_directory")?;
+    let text = std::fs::read_to_string(Path::new(&dir).join("postmaster.pid"))?;
+    Ok(text.lines().next().unwrap_or("").trim().parse()?)
+}
+
+/// CPU seconds used between two snapshots by processes outside this bench's Postgres.
+pub fn noise_secs(
+    before: &HashMap<u32, (u64, u32, String)>,
+    after: &HashMap<u32, (u64, u32, String)>,
+    postmaster: u32,
+) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    after
+        .iter()
+        .filter(|(p, (_, ppid, _))| {
+            **p != postmaster && *ppid != postmaster && **p != std::process::id()
+        })
+        .map(|(p, (t, _, _))| {
+            t.saturating_sub(before.get(p).map(|(b, _, _)| *b).unwrap_or(0)) as f64 / ticks
+        })
+        .sum()
+}
+
+/// Times pg_recvlogical draining `slot` up to `end`.
+pub fn time_recvlogical(
+    pg: &PgServer,
+    db: &str,
+    slot: &str,
+    end: &str,
+) -> anyhow::Result<Duration> {
+    let postmaster = postmaster_pid(pg)?;
+    let before = cpu_snapshot();
+    let start = Instant::now();
+    let out = Command::new(client_tool(pg, "pg_recvlogical"))
+        .args([
+            "-d",
+            &pg.url(db),
+            "--slot",
+            slot,
+            "--start",
+            "--endpos",
+            end,
+        ])
+        .args(["-o", "proto_version=1", "-o", "publication_names=walhook"])
+        .args(["-f", "/dev/null", "--no-loop"])
+        .stdin(Stdio::null())
+        .output()?;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(
+        out.status.success(),
+        "pg_recvlogical failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let noise = noise_secs(&before, &cpu_snapshot(), postmaster);
+    println!("  (pg_recvlogical run: {noise:.2} s CPU used by other processes on the machine)");
+    Ok(elapsed)
+}
+
+pub fn proc_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// utime+stime in clock ticks, parent pid and a short command line, for every process we can read.
+pub fn cpu_snapshot() -> HashMap<u32, (u64, u32, String)> {
+    let mut map = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return map;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the ")" that closes comm: state is field 3, ppid 4, utime 14, stime 15.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let ppid = f.get(1).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+        map.insert(pid, (ticks, ppid, cmd));
+    }
+    map
+}
