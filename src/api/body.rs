@@ -17,6 +17,7 @@ use super::error::ApiError;
 use crate::config::{
     check_standard_secret, DeliveryConfig, EventKind, Filter, Format, SignatureScheme, TableName,
 };
+use crate::deliver::egress::EgressPolicy;
 
 const MAX_TABLE: usize = 255;
 const MAX_URL: usize = 2048;
@@ -358,8 +359,10 @@ fn check_secret(field: &str, secret: &str, scheme: SignatureScheme) -> Result<()
     Ok(())
 }
 
-/// HTTPS (or HTTP with `allow_http`), a host, no whitespace; a literal private address is
-/// refused unless `[delivery]` allows it (names are checked again at delivery time, after DNS).
+/// The delivery egress policy's rules (HTTPS unless `allow_http`; an IP-literal host must be
+/// public unless allowed), plus bounds: the same check the sender makes before connecting, so a
+/// stored URL is never one that could not be sent to. Names are checked again at delivery time,
+/// after DNS.
 pub fn check_url(url: &str, delivery: &DeliveryConfig) -> Result<(), ApiError> {
     let bad = |m: String| ApiError::invalid("url", format!("url: {m}"));
     if url.len() > MAX_URL {
@@ -370,63 +373,11 @@ pub fn check_url(url: &str, delivery: &DeliveryConfig) -> Result<(), ApiError> {
             "must not contain whitespace or control characters".into()
         ));
     }
-    let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("not a valid URL: {e}")))?;
-    match parsed.scheme() {
-        "https" => {}
-        "http" if delivery.allow_http => {}
-        "http" => {
-            return Err(bad(
-                "plain HTTP is refused; use https:// (or set [delivery] allow_http = true)".into(),
-            ))
-        }
-        _ => return Err(bad("must start with https://".into())),
-    }
-    let host = match parsed.host_str() {
-        None | Some("") => return Err(bad("has no host".into())),
-        Some(h) => h,
-    };
-    // IPv6 literals come bracketed; a name does not parse as an address.
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
-        let allowed = delivery.allow_private_networks
-            || delivery.allow_cidrs().iter().any(|n| n.contains(&ip));
-        if !allowed && is_private(ip) {
-            return Err(bad(format!(
-                "{ip} is a private, loopback or reserved address; set [delivery] allow_private_networks = true or list it in allow_cidrs"
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn is_private(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
-    match ip {
-        IpAddr::V4(a) => {
-            let o = a.octets();
-            a.is_private()
-                || a.is_loopback()
-                || a.is_link_local()
-                || a.is_unspecified()
-                || a.is_broadcast()
-                || a.is_multicast()
-                || a.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1])) // CGNAT
-                || o[0] >= 240
-        }
-        IpAddr::V6(a) => {
-            if let Some(v4) = a.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
-            }
-            let s = a.segments();
-            a.is_loopback()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link local
-        }
-    }
+    // EgressError's messages name the host and the setting, never path, query or userinfo.
+    EgressPolicy::from_config(delivery)
+        .check_url(url)
+        .map(drop)
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// Echoing user input in an error is helpful; echoing a megabyte is not.

@@ -269,7 +269,17 @@ async fn validation_errors_are_400_or_422_naming_the_field() {
         (
             json!({"url": "http://your-app.example.com/h"}),
             "url",
-            "HTTP",
+            "plain http",
+        ),
+        (
+            json!({"url": "ftp://your-app.example.com/h"}),
+            "url",
+            "https",
+        ),
+        (
+            json!({"url": "https://169.254.169.254/x"}),
+            "url",
+            "allow_private_networks",
         ),
         (json!({"url": "https://10.1.2.3/h"}), "url", "private"),
         (json!({"url": "not a url"}), "url", "url"),
