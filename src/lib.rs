@@ -3,6 +3,7 @@
 //! Data flows one way: `source` (replication connection, pgoutput decoding, values) →
 //! `route` (subscriptions, filter, select, payload) → outbox → delivery.
 
+pub mod api;
 pub mod change;
 pub mod check;
 pub mod config;

@@ -55,6 +55,50 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// List or replay a subscription's deliveries (reads the outbox directly).
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
+    /// Send a signed PING to a subscription's URL and print the receiver's status and time.
+    SendTest {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        subscription: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// One line per delivery, newest first.
+    List {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        subscription: String,
+        /// pending, delivered, failed or dead.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Put one delivery, or the dead letters, back to pending (due now, same event id).
+    Replay {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        subscription: String,
+        /// A delivery id, e.g. del_42.
+        #[arg(long, required_unless_present = "dead", conflicts_with = "dead")]
+        delivery: Option<String>,
+        /// Every dead letter of the subscription.
+        #[arg(long)]
+        dead: bool,
+        /// With --dead: only those dead-lettered at or after this RFC 3339 time.
+        #[arg(long, requires = "dead")]
+        since: Option<String>,
+    },
 }
 
 fn init_logging(default: &str) {
@@ -134,6 +178,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("applied migrations: {applied:?}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Deliveries { command } => deliveries(command).await,
+        Command::SendTest {
+            config,
+            subscription,
+        } => {
+            let config = load(&config)?;
+            let ok = walhook::api::cli::send_test(&config, &subscription, &mut std::io::stdout())
+                .await
+                .context("walhook send-test")?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Check { config: path } => {
             let config = load(&path)?;
             let report = walhook::check::run(&config).await;
@@ -159,4 +218,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+async fn deliveries(command: DeliveriesCommand) -> anyhow::Result<ExitCode> {
+    use walhook::api::cli::{deliveries_list, deliveries_replay, ReplayTarget};
+    let mut out = std::io::stdout();
+    match command {
+        DeliveriesCommand::List {
+            config,
+            subscription,
+            status,
+            limit,
+        } => {
+            let config = load(&config)?;
+            deliveries_list(&config, &subscription, status.as_deref(), limit, &mut out)
+                .await
+                .context("walhook deliveries list")?;
+        }
+        DeliveriesCommand::Replay {
+            config,
+            subscription,
+            delivery,
+            dead: _,
+            since,
+        } => {
+            let config = load(&config)?;
+            let target = match delivery {
+                Some(d) => ReplayTarget::Delivery(d),
+                None => ReplayTarget::Dead { since },
+            };
+            deliveries_replay(&config, &subscription, target, &mut out)
+                .await
+                .context("walhook deliveries replay")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,145 @@
+//! Test sends: `POST /api/rest/_webhooks/{id}/test` and `walhook send-test`.
+//!
+//! Guarantees:
+//! - the ping is signed and formatted exactly like a real delivery of the subscription (same
+//!   format, signature scheme, secret and previous secret), with `"event": "PING"` and an id
+//!   `evt_ping_<uuid>` that can never collide with a change's `evt_<lsn><ordinal>`;
+//! - it goes through the delivery HTTP client, so the same egress rules apply (HTTPS, private
+//!   networks, no redirects, timeouts);
+//! - nothing is written to the outbox: a ping is not a delivery and is never retried;
+//! - the receiver's answer is reported as data (`httpStatus`, `durationMs`, `error`); only a
+//!   problem on our side is an error status.
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::{SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use super::auth::EnvHeader;
+use super::error::ApiError;
+use super::webhooks::{find, path_id};
+use super::Ctx;
+use crate::config::{DeliveryConfig, TableName};
+use crate::deliver::http::HttpSender;
+use crate::deliver::{format, sign};
+use crate::outbox::subscriptions::StoredSubscription;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PingResult {
+    /// The receiver's status; None when no response arrived.
+    pub http_status: Option<u16>,
+    pub duration_ms: u64,
+    /// Why the ping failed (connection, timeout, refused address, non-2xx), if it did.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PingError {
+    /// The ping could not be built or signed (a stored secret the scheme cannot use, say).
+    #[error("cannot prepare the test send: {0}")]
+    Prepare(String),
+    /// The HTTP client could not be built from `[delivery]`.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// The ping payload and its event id.
+pub fn payload(project_id: &str, environment: &str, table: &str) -> (String, String) {
+    let event_id = format!("evt_ping_{}", uuid::Uuid::new_v4().simple());
+    let table = TableName::parse(table)
+        .map(|t| t.display_name())
+        .unwrap_or_else(|_| table.to_string());
+    let body = json!({
+        "id": event_id,
+        "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        "project_id": project_id,
+        "environment": environment,
+        "table": table,
+        "event": "PING",
+        "record": {},
+        "data": {},
+        "changed_fields": [],
+    });
+    (event_id, body.to_string())
+}
+
+/// Builds, signs and sends one ping to the subscription's URL.
+pub async fn send(
+    sub: &StoredSubscription,
+    project_id: &str,
+    environment: &str,
+    delivery: &DeliveryConfig,
+) -> Result<PingResult, PingError> {
+    let (event_id, body) = payload(project_id, environment, &sub.table);
+    transport(sub, delivery, &event_id, &body).await
+}
+
+/// Formats, signs and posts exactly as the delivery worker does for a real delivery.
+async fn transport(
+    sub: &StoredSubscription,
+    delivery: &DeliveryConfig,
+    event_id: &str,
+    payload: &str,
+) -> Result<PingResult, PingError> {
+    let now = Utc::now();
+    // A ping has no row, hence no ordering key.
+    let body = format::render(sub.format, payload, "")
+        .map_err(|e| PingError::Prepare(format!("formatting the body: {e}")))?;
+    let headers = sign::delivery_headers(&sign::SignInput {
+        format: sub.format,
+        scheme: sub.signature,
+        secret: sub.secret.expose(),
+        previous_secret: sub.previous_secret_at(now).map(|s| s.expose()),
+        event_id,
+        event: "PING",
+        body: &body,
+        now_unix: now.timestamp(),
+    })
+    .map_err(|e| PingError::Prepare(format!("signing: {e}")))?;
+    let sender = HttpSender::new(delivery).map_err(|e| PingError::Client(e.to_string()))?;
+    let outcome = sender.post(&sub.url, &headers, Bytes::from(body)).await;
+    Ok(PingResult {
+        http_status: outcome.http_status,
+        duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+        error: outcome.error,
+    })
+}
+
+impl PingResult {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "httpStatus": self.http_status,
+            "durationMs": self.duration_ms,
+            "error": self.error,
+        })
+    }
+}
+
+pub(super) async fn handler(
+    State(ctx): State<Ctx>,
+    _: EnvHeader,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(id)?;
+    let sub = {
+        let client = ctx.outbox().await?;
+        find(&**client, &ctx, &id, false).await?
+    };
+    let st = &ctx.state;
+    match send(&sub, &st.project_id, &st.environment, &st.delivery).await {
+        Ok(r) => {
+            tracing::info!(webhook = %id, status = ?r.http_status, ms = r.duration_ms, "test send");
+            Ok(Json(r.to_json()))
+        }
+        Err(PingError::Prepare(m)) => Err(ApiError::Unprocessable {
+            message: format!("cannot prepare the test send: {m}"),
+            field: None,
+        }),
+        Err(e @ PingError::Client(_)) => {
+            tracing::error!(error = %e, "test send");
+            Err(ApiError::Unavailable(e.to_string()))
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! With `walhook run` in-process: live changes, delivery, replay, test sends; and the fuzz target.
+
+use std::sync::atomic::Ordering;
+
+use super::common::daemon::{config_text, fast_delivery, wait_value, Daemon};
+use super::common::receiver::{hmac_hex, Answer, Receiver};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::*;
+
+#[tokio::test]
+async fn a_subscription_created_through_the_api_delivers_without_a_restart_and_replays() {
+    let db = TestDb::new();
+    // One attempt: a failure is dead-lettered at once.
+    let delivery = fast_delivery("retry_schedule = [\"0s\"]\nbreaker_failures = 100");
+    let config =
+        walhook::config::Config::parse(&config_text(&db, &delivery, ""), "t.toml").unwrap();
+    // No subscription at all at start; the daemon streams an empty publication.
+    let daemon = Daemon::start(&db, &delivery, "").await;
+    let receiver = Receiver::scripted(|_, i| Answer::Status(if i == 1 { 500 } else { 200 })).await;
+    let api = start_on(
+        db,
+        "test-project",
+        true,
+        config.delivery.clone(),
+        &daemon.handles,
+    )
+    .await;
+    let db = &api.db;
+    // A table the daemon has never heard of.
+    db.sql("CREATE TABLE shipments(id int PRIMARY KEY, status text)");
+    let secret = "whsec_your_signing_secret";
+    let r = api
+        .create(json!({
+            "projectId": "test-project", "environment": "master", "table": "shipments",
+            "events": ["INSERT"], "url": format!("{}/hook", receiver.url), "secret": secret,
+        }))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // The daemon follows: publication gains the table (after routing switched).
+    wait_value(
+        db,
+        "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'shipments'",
+        "1",
+        20,
+    )
+    .await;
+
+    db.sql("INSERT INTO shipments VALUES (1, 'sent')");
+    let got = receiver.wait_for(1, Duration::from_secs(20)).await;
+    let first = &got[0];
+    let payload = first.json();
+    assert_eq!(payload["event"], "INSERT");
+    assert_eq!(payload["table"], "shipments");
+    assert_eq!(payload["project_id"], "test-project");
+    assert_eq!(payload["record"], json!({"id": 1, "status": "sent"}));
+    assert_eq!(
+        first.header("X-Archie-Delivery"),
+        payload["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        first.header("X-Archie-Signature"),
+        format!("sha256={}", hmac_hex(secret, &first.body))
+    );
+
+    // The second change fails once and is dead-lettered; a replay delivers it again.
+    db.sql("INSERT INTO shipments VALUES (2, 'sent')");
+    wait_value(
+        db,
+        "SELECT count(*) FROM walhook.deliveries WHERE status = 'dead'",
+        "1",
+        20,
+    )
+    .await;
+    let dead = db.sql("SELECT id FROM walhook.deliveries WHERE status = 'dead'");
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/api/rest/_webhooks/{id}/deliveries/del_{dead}/replay"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let got = receiver.wait_for(3, Duration::from_secs(20)).await;
+    assert_eq!(
+        got[2].header("X-Archie-Delivery"),
+        got[1].header("X-Archie-Delivery")
+    );
+    assert_eq!(got[2].body, got[1].body, "the same payload, byte for byte");
+    assert_eq!(got[2].json()["record"]["id"], 2);
+    wait_value(
+        db,
+        &format!("SELECT status FROM walhook.deliveries WHERE id = {dead}"),
+        "delivered",
+        20,
+    )
+    .await;
+
+    // The delivery counters moved.
+    let m = api.send(Method::GET, "/metrics", &[], None).await.text;
+    let line = |outcome: &str| {
+        format!("walhook_deliveries_total{{subscription=\"{id}\",outcome=\"{outcome}\"}} ")
+    };
+    assert!(m.contains(&(line("delivered") + "2\n")), "{m}");
+    assert!(m.contains(&(line("dead") + "1\n")), "{m}");
+    assert!(m.contains("walhook_source_streaming 1\n"));
+    assert_eq!(
+        api.send(Method::GET, "/readyz", &[], None).await.status,
+        StatusCode::OK
+    );
+
+    // A test send: a signed PING, nothing stored.
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/api/rest/_webhooks/{id}/test"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = r.json();
+    assert_eq!(
+        (v["httpStatus"].clone(), v["error"].clone()),
+        (json!(200), Value::Null)
+    );
+    assert!(v["durationMs"].is_u64());
+    let ping = receiver
+        .wait_for(4, Duration::from_secs(5))
+        .await
+        .pop()
+        .unwrap();
+    let p = ping.json();
+    assert_eq!(
+        (
+            p["event"].clone(),
+            p["record"].clone(),
+            p["changed_fields"].clone()
+        ),
+        (json!("PING"), json!({}), json!([]))
+    );
+    assert!(p["id"].as_str().unwrap().starts_with("evt_ping_"));
+    assert_eq!(ping.header("X-Archie-Event"), "PING");
+    assert_eq!(
+        ping.header("X-Archie-Signature"),
+        format!("sha256={}", hmac_hex(secret, &ping.body))
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.deliveries"), "2");
+
+    // Deleting it stops deliveries and unpublishes the table.
+    let r = api
+        .call(Method::DELETE, &format!("/api/rest/_webhooks/{id}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    wait_value(
+        db,
+        "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'shipments'",
+        "0",
+        20,
+    )
+    .await;
+    db.sql("INSERT INTO shipments VALUES (3, 'late')");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count(), 4);
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.deliveries"), "0");
+    daemon.stop().await;
+}
+
+/// Serves the API for a fuzzer (see bench/fuzz_api.sh): `WALHOOK_FUZZ_ADDR` (default
+/// 127.0.0.1:18080), for `WALHOOK_FUZZ_SECS` seconds (default 600).
+#[tokio::test]
+#[ignore]
+async fn serve_for_fuzzing() {
+    let api = start(true).await;
+    api.state.streaming.store(true, Ordering::Relaxed);
+    // Known data for the fuzzer (bench/schemathesis.toml names it): webhook wh_fuzz, del_1.
+    api.db.sql(
+        "INSERT INTO walhook.subscriptions (id, source, table_name, events, url, secret)
+         VALUES ('wh_fuzz', 'api', 'orders', '{INSERT}', 'https://your-app.example.com/h', 'whsec_your_signing_secret')",
+    );
+    let id = "wh_fuzz";
+    assert_eq!(api.delivery(id, "evt_fuzz", "dead", ""), 1);
+    let addr = std::env::var("WALHOOK_FUZZ_ADDR").unwrap_or_else(|_| "127.0.0.1:18080".into());
+    let secs: u64 = std::env::var("WALHOOK_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    eprintln!("fuzz target listening on http://{addr} (webhook {id})");
+    let cancel = api.cancel.clone();
+    let server = tokio::spawn(walhook::api::serve(
+        api.state.clone(),
+        listener,
+        cancel.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    cancel.cancel();
+    server.await.unwrap().unwrap();
+}
