@@ -155,6 +155,35 @@ pub async fn run_with(
     } else {
         info!("delivery is off ([delivery] enabled = false); deliveries stay in the outbox");
     }
+    match &config.api.token {
+        Some(token) => {
+            let addr = config.api.listen.as_str();
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                SourceError::Config(format!("api.listen: cannot listen on {addr}: {e}"))
+            })?;
+            let state = Arc::new(crate::api::ApiState {
+                project_id: config.project.id.to_string(),
+                environment: config.project.environment.to_string(),
+                token: token.clone(),
+                schema: Schema::new(config.outbox.schema.as_str()),
+                outbox: tls::pool(&config.outbox_pg_config(), 8),
+                source: config.pg_config(),
+                slot: config.source.slot.to_string(),
+                manage_replica_identity: config.source.manage_replica_identity,
+                delivery: config.delivery.clone(),
+                metrics: handles.metrics.clone(),
+                streaming: handles.streaming.clone(),
+                changed: handles.changed.clone(),
+            });
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(e) = crate::api::serve(state, listener, cancel).await {
+                    error!(error = %e, "management API stopped");
+                }
+            });
+        }
+        None => info!("management API off: set [api] token to enable it"),
+    }
     let hooks = Hooks {
         wake: Some(wake_tx),
         metrics: Some(handles.metrics.clone()),
@@ -186,7 +215,8 @@ async fn initial_router(
             let subs: Vec<_> = config.subscriptions().collect();
             outbox::sync_config_subscriptions(&mut client, &schema, &subs).await?;
             let stored = subscriptions::load_all(&client, &schema).await?;
-            Ok::<_, IngestError>(stored)
+            let source = tls::connect_sql(&config.pg_config()).await?;
+            Ok::<_, IngestError>(without_broken_api_subscriptions(&source, stored).await)
         };
         match attempt.await {
             Ok(stored) => return Ok(Some(router_for_stored(config, &stored)?)),
@@ -339,10 +369,11 @@ impl Reloader {
         let stored = subscriptions::load_all(&outbox_client, &schema)
             .await
             .map_err(|e| e.to_string())?;
-        let router = router_for_stored(config, &stored).map_err(|e| e.to_string())?;
         let client = tls::connect_sql(&config.pg_config())
             .await
             .map_err(|e| e.to_string())?;
+        let stored = without_broken_api_subscriptions(&client, stored).await;
+        let router = router_for_stored(config, &stored).map_err(|e| e.to_string())?;
         validate_columns(&client, &router).await?;
         self.router_tx.send_replace(router.clone());
         prepare(
@@ -357,6 +388,41 @@ impl Reloader {
         self.subs_tx.send_modify(|n| *n = n.wrapping_add(1));
         Ok(stored.len())
     }
+}
+
+/// Leaves out, with an error naming it, an API subscription whose table or columns no longer
+/// exist (dropped after it was created), so that one stale subscription does not stop the others.
+/// config.toml's subscriptions are kept: their errors stop a start or a reload, loudly.
+async fn without_broken_api_subscriptions(
+    client: &tokio_postgres::Client,
+    stored: Vec<StoredSubscription>,
+) -> Vec<StoredSubscription> {
+    let mut keep = Vec::with_capacity(stored.len());
+    for sub in stored {
+        if sub.source == subscriptions::SubscriptionSource::Api {
+            let problem = match crate::route::Route::from_stored(&sub) {
+                Err(e) => Some(e.to_string()),
+                Ok(route) => {
+                    match describe_tables(client, std::slice::from_ref(&route.table)).await {
+                        // Only a definite answer (no such table) drops it; a lost connection must
+                        // not, or its changes would go unrouted meanwhile.
+                        Err(e @ SourceError::Config(_)) => Some(e.to_string()),
+                        Err(_) => None,
+                        Ok(infos) => infos
+                            .iter()
+                            .find_map(|i| route.validate_columns(&i.columns).err())
+                            .map(|e| e.to_string()),
+                    }
+                }
+            };
+            if let Some(problem) = problem {
+                error!(subscription = %sub.id, error = %problem, "subscription left out of routing until it is fixed or deleted");
+                continue;
+            }
+        }
+        keep.push(sub);
+    }
+    keep
 }
 
 /// Every table exists and has the columns that filters and selects name.

@@ -209,5 +209,108 @@ async fn a_wrong_password_stops_run_with_the_servers_message() {
         err.contains("password authentication failed") && err.contains("28P01"),
         "{err}"
     );
-    assert!(!err.contains(&wrong), "the password is never printed: {err}");
+    assert!(
+        !err.contains(&wrong),
+        "the password is never printed: {err}"
+    );
+}
+
+#[tokio::test]
+async fn run_serves_the_api_health_and_metrics_when_a_token_is_set() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE orders (id int PRIMARY KEY, status text)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        f.path(),
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"{}\"\n[project]\nid = \"cli\"\n\
+             [api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"${{CLI_API_TOKEN}}\"\n{ORDERS_SUB}",
+            db.url(),
+            db.name
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .args(["run", "--config"])
+        .arg(f.path())
+        .env("CLI_TEST_SECRET", "s3cret-value")
+        .env("CLI_API_TOKEN", "tok-123")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        if ready.as_ref().is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready: {ready:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let unauthorized = http
+        .get(format!("{base}/api/rest/_webhooks"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let list = http
+        .get(format!("{base}/api/rest/_webhooks"))
+        .bearer_auth("tok-123")
+        .header("X-Project-ID", "cli")
+        .header("environment", "master")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 200);
+    let body = list.text().await.unwrap();
+    assert!(
+        body.contains("\"orders\"") && body.contains("\"source\":\"config\""),
+        "{body}"
+    );
+    assert!(
+        !body.contains("s3cret-value"),
+        "no secret in responses: {body}"
+    );
+    db.sql("INSERT INTO orders VALUES (1, 'new')");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("walhook_changes_decoded_total 1\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
 }

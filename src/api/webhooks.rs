@@ -272,15 +272,20 @@ pub async fn delete(
     if current.source == SubscriptionSource::Config {
         return Err(config_owned(&id));
     }
-    let removed = tx
-        .execute(
+    // attempts has no foreign key (see sql/002): its rows go with their deliveries.
+    let removed: i64 = tx
+        .query_one(
             &format!(
-                "DELETE FROM {} WHERE subscription_id = $1",
-                ctx.state.schema.table("deliveries")
+                "WITH gone AS (DELETE FROM {} WHERE subscription_id = $1 RETURNING id),
+                 attempts AS (DELETE FROM {} WHERE delivery_id IN (SELECT id FROM gone))
+                 SELECT count(*) FROM gone",
+                ctx.state.schema.table("deliveries"),
+                ctx.state.schema.table("attempts")
             ),
             &[&id],
         )
-        .await?;
+        .await?
+        .get(0);
     tx.execute(
         &format!(
             "DELETE FROM {} WHERE id = $1",

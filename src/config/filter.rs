@@ -70,13 +70,15 @@ pub struct Filter {
 impl<'de> Deserialize<'de> for Filter {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = Value::deserialize(d)?;
-        Filter::from_json(&v).map_err(serde::de::Error::custom)
+        // Only config.toml expands `${VAR}`; stored and API filters are taken literally.
+        Filter::parse(&v, true).map_err(serde::de::Error::custom)
     }
 }
 
-fn scalar(column: &str, v: &Value) -> Result<Value, String> {
+fn scalar(column: &str, v: &Value, expand_env: bool) -> Result<Value, String> {
     match v {
-        Value::String(s) => Ok(Value::String(expand(s, |n| std::env::var(n).ok())?)),
+        Value::String(s) if expand_env => Ok(Value::String(expand(s, |n| std::env::var(n).ok())?)),
+        Value::String(_) => Ok(v.clone()),
         Value::Null | Value::Bool(_) | Value::Number(_) => Ok(v.clone()),
         _ => Err(format!(
             "filter.{column}: expected a string, number, boolean or null, found {v}"
@@ -85,8 +87,13 @@ fn scalar(column: &str, v: &Value) -> Result<Value, String> {
 }
 
 impl Filter {
-    /// Parses the JSON/TOML shape; errors name the column and operator at fault.
+    /// Parses the JSON shape literally (stored and API filters); errors name the column and
+    /// operator at fault.
     pub fn from_json(v: &Value) -> Result<Filter, String> {
+        Filter::parse(v, false)
+    }
+
+    fn parse(v: &Value, expand_env: bool) -> Result<Filter, String> {
         let obj = v
             .as_object()
             .ok_or_else(|| format!("filter: expected a table of column = condition, found {v}"))?;
@@ -115,7 +122,7 @@ impl Filter {
                                 Value::Array(
                                     items
                                         .iter()
-                                        .map(|i| scalar(column, i))
+                                        .map(|i| scalar(column, i, expand_env))
                                         .collect::<Result<_, _>>()?,
                                 )
                             }
@@ -134,7 +141,7 @@ impl Filter {
                                     "filter.{column}.{op_name}: expected a number or string, found {operand}"
                                 ));
                             }
-                            _ => scalar(column, operand)?,
+                            _ => scalar(column, operand, expand_env)?,
                         };
                         conditions.push(Condition {
                             column: column.clone(),
@@ -146,7 +153,7 @@ impl Filter {
                 other => conditions.push(Condition {
                     column: column.clone(),
                     op: Op::Eq,
-                    value: scalar(column, other)?,
+                    value: scalar(column, other, expand_env)?,
                 }),
             }
         }
@@ -392,5 +399,15 @@ mod tests {
         }
         assert_eq!(compare_decimal("abc", "1"), None);
         assert_eq!(compare_decimal("NaN", "1"), None);
+    }
+
+    #[test]
+    fn stored_filters_are_literal_config_filters_expand() {
+        std::env::set_var("WALHOOK_FILTER_TEST", "expanded");
+        let stored = Filter::from_json(&json!({"status": "${WALHOOK_FILTER_TEST}"})).unwrap();
+        assert_eq!(stored.conditions[0].value, json!("${WALHOOK_FILTER_TEST}"));
+        let from_config: Filter =
+            serde_json::from_value(json!({"status": "${WALHOOK_FILTER_TEST}"})).unwrap();
+        assert_eq!(from_config.conditions[0].value, json!("expanded"));
     }
 }

@@ -62,8 +62,32 @@ pub async fn prune(
             tokio::task::yield_now().await;
         }
     }
+    // Deliveries of a deleted subscription can never be sent (its URL and secret are gone); one
+    // enqueued between the delete and the routing switch would otherwise stay pending forever.
+    let t = schema.table("deliveries");
+    let subs = schema.table("subscriptions");
+    let a = schema.table("attempts");
+    let orphans = client
+        .query_one(
+            &format!(
+                "WITH gone AS (
+                   DELETE FROM {t} WHERE id IN (
+                     SELECT d.id FROM {t} d
+                     WHERE NOT EXISTS (SELECT 1 FROM {subs} s WHERE s.id = d.subscription_id)
+                     LIMIT $1 FOR UPDATE SKIP LOCKED)
+                   RETURNING id),
+                 attempts AS (DELETE FROM {a} WHERE delivery_id IN (SELECT id FROM gone))
+                 SELECT count(*) FROM gone"
+            ),
+            &[&BATCH],
+        )
+        .await?
+        .get::<_, i64>(0) as u64;
+    if orphans > 0 {
+        info!(rows = orphans, "pruned deliveries of deleted subscriptions");
+    }
     if total > 0 {
         info!(rows = total, "pruned outbox");
     }
-    Ok(total)
+    Ok(total + orphans)
 }
