@@ -124,6 +124,28 @@ impl SourceError {
     }
 }
 
+/// tokio-postgres displays a server error as just "db error"; operators need the server's own
+/// message, code, detail and hint (and, for connection failures, the underlying cause).
+pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(d) = db.detail() {
+            text.push_str(&format!("; detail: {d}"));
+        }
+        if let Some(h) = db.hint() {
+            text.push_str(&format!("; hint: {h}"));
+        }
+        return text;
+    }
+    let mut text = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        text.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,26 +189,4 @@ mod tests {
             "server error 42704: replication slot \"x\" does not exist (hint: h)"
         );
     }
-}
-
-/// tokio-postgres displays a server error as just "db error"; operators need the server's own
-/// message, code, detail and hint (and, for connection failures, the underlying cause).
-pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-        if let Some(d) = db.detail() {
-            text.push_str(&format!("; detail: {d}"));
-        }
-        if let Some(h) = db.hint() {
-            text.push_str(&format!("; hint: {h}"));
-        }
-        return text;
-    }
-    let mut text = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        text.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    text
 }
