@@ -184,19 +184,7 @@ fn node_verifier_from_the_archie_document_accepts_our_signatures() {
 /// JavaScript's canonical form, so it works for such bodies...
 #[test]
 fn node_stringify_handler_accepts_js_canonical_bodies() {
-    let cases: Vec<Case> = JS_CANONICAL
-        .iter()
-        .map(|body| Case {
-            mode: "stringify",
-            body: body.as_bytes().to_vec(),
-            signature: header(
-                &archie_headers(body.as_bytes(), SECRETS[0]),
-                "X-Archie-Signature",
-            )
-            .to_string(),
-            secret: SECRETS[0],
-        })
-        .collect();
+    let cases = stringify_cases(JS_CANONICAL);
     let got = run("node", "archie_verify.js", &cases);
     assert_eq!(got, vec!["true"; cases.len()], "{JS_CANONICAL:?}");
 }
@@ -207,19 +195,7 @@ fn node_stringify_handler_accepts_js_canonical_bodies() {
 /// the raw request body (express.raw(), request.get_data()), as the Python example does.
 #[test]
 fn node_stringify_handler_fails_when_json_stringify_rewrites_numbers() {
-    let cases: Vec<Case> = [BODIES[0], BODIES[2]]
-        .iter()
-        .map(|body| Case {
-            mode: "stringify",
-            body: body.as_bytes().to_vec(),
-            signature: header(
-                &archie_headers(body.as_bytes(), SECRETS[0]),
-                "X-Archie-Signature",
-            )
-            .to_string(),
-            secret: SECRETS[0],
-        })
-        .collect();
+    let cases = stringify_cases(&[BODIES[0], BODIES[2]]);
     assert!(BODIES[0].contains("\"total\":99.50"));
     assert!(BODIES[2].contains("12345678901234567890.12"));
     let got = run("node", "archie_verify.js", &cases);
@@ -288,4 +264,21 @@ fn standard_webhooks_spec_vector() {
         header(&h, "webhook-signature"),
         "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
     );
+}
+
+/// The seed's Node handler path (`JSON.stringify(req.body)`) for each body, signed with our headers.
+fn stringify_cases(bodies: &[&str]) -> Vec<Case<'static>> {
+    bodies
+        .iter()
+        .map(|body| Case {
+            mode: "stringify",
+            body: body.as_bytes().to_vec(),
+            signature: header(
+                &archie_headers(body.as_bytes(), SECRETS[0]),
+                "X-Archie-Signature",
+            )
+            .to_string(),
+            secret: SECRETS[0],
+        })
+        .collect()
 }
