@@ -336,7 +336,9 @@ fn is_reset(e: &reqwest::Error) -> bool {
             }
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() {
+            // Closed or cancelled: the pooled connection died under the request (the peer
+            // reset it while we were still writing).
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
                 return true;
             }
         }
