@@ -174,9 +174,17 @@ async fn delivered_rows_are_pruned_after_retention_pending_rows_are_kept() {
     let child = run_streaming(&db, cfg.path()).await;
     db.sql("INSERT INTO a SELECT generate_series(1, 30)");
     wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 30).await;
-    // Mark 20 delivered (the delivery engine's job), 10 stay pending.
+    // Mark 20 delivered (the delivery engine's job), 10 stay pending. A crashed pump's
+    // ownership of a since-deleted subscription goes too.
     db.sql("UPDATE walhook.deliveries SET status = 'delivered', finished_at = now() - interval '1 hour' WHERE id IN (SELECT id FROM walhook.deliveries ORDER BY id LIMIT 20)");
+    db.sql("INSERT INTO walhook.delivery_owners VALUES ('deleted', gen_random_uuid(), now() - interval '1 minute')");
     wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 10).await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM walhook.delivery_owners WHERE subscription_id = 'deleted'",
+        0,
+    )
+    .await;
     assert_eq!(
         db.sql("SELECT count(*) FROM walhook.deliveries WHERE status = 'pending'"),
         "10"
@@ -188,7 +196,7 @@ async fn delivered_rows_are_pruned_after_retention_pending_rows_are_kept() {
 async fn migrate_command_creates_the_schema_once() {
     let db = TestDb::new();
     let cfg = write_config(&db, "");
-    for expected in ["applied migrations: [1, 2]", "applied migrations: []"] {
+    for expected in ["applied migrations: [1, 2, 3]", "applied migrations: []"] {
         let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
             .args(["migrate", "--config"])
             .arg(cfg.path())
@@ -204,6 +212,6 @@ async fn migrate_command_creates_the_schema_once() {
     }
     assert_eq!(
         db.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'walhook'"),
-        "attempts,checkpoint,deliveries,schema_migrations,subscriptions"
+        "attempts,checkpoint,deliveries,delivery_owners,schema_migrations,subscriptions"
     );
 }

@@ -27,8 +27,8 @@ pub enum CliError {
     NoSubscription(String),
     #[error("no delivery {0} for this subscription")]
     NoDelivery(String),
-    #[error("{0} is being attempted right now; replay it after the attempt finishes")]
-    InFlight(String),
+    #[error("{0} is not finished: it is queued or being attempted; only delivered or dead deliveries are replayed")]
+    Unfinished(String),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -132,7 +132,7 @@ pub async fn deliveries_replay(
                     Ok(1)
                 }
                 ReplayOne::NotFound => Err(CliError::NoDelivery(d)),
-                ReplayOne::InFlight => Err(CliError::InFlight(d)),
+                ReplayOne::Unfinished => Err(CliError::Unfinished(d)),
             }
         }
         ReplayTarget::Dead { since } => {

@@ -2,11 +2,12 @@
 //! and the CLI twins (`walhook deliveries list|replay`).
 //!
 //! Guarantees:
-//! - a replay never puts a delivery in flight twice: a row whose lease is still running (a
-//!   worker is attempting it right now) is refused (409), never reset under the worker;
+//! - a replay never puts a delivery in flight twice: only finished deliveries (delivered or
+//!   dead) are replayed; an unfinished one may be in a worker's hands right now and is refused
+//!   (409), never reset under the worker;
 //! - a replayed delivery keeps its row, event id and payload bytes, so receivers deduplicate it
 //!   by `X-Archie-Delivery` like any retry; it becomes `pending` with `attempts = 0`, due now,
-//!   with its lease and last error cleared;
+//!   with its last error cleared;
 //! - a replay only ever touches deliveries of the subscription named in the path;
 //! - delivery ids are `del_<n>`; listing is newest first and keyset-paginated by id, so a page
 //!   is stable while new deliveries arrive.
@@ -155,8 +156,8 @@ pub async fn list(
 pub enum ReplayOne {
     Replayed(DeliveryRecord),
     NotFound,
-    /// A worker holds the lease and is attempting it now.
-    InFlight,
+    /// Not finished: queued, in flight, or waiting for its next attempt.
+    Unfinished,
 }
 
 /// Puts one delivery back to `pending`, due now (see module doc).
@@ -170,9 +171,8 @@ pub async fn replay_one(
         .query_opt(
             &format!(
                 "UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = now(),
-                     lease_until = NULL, leased_by = NULL, finished_at = NULL, last_error = NULL
-                 WHERE id = $1 AND subscription_id = $2
-                   AND (lease_until IS NULL OR lease_until < now())
+                     finished_at = NULL, last_error = NULL
+                 WHERE id = $1 AND subscription_id = $2 AND status IN ('delivered', 'dead')
                  RETURNING {DELIVERY_COLUMNS}",
                 schema.table("deliveries")
             ),
@@ -192,7 +192,7 @@ pub async fn replay_one(
         )
         .await?;
     Ok(if exists.is_some() {
-        ReplayOne::InFlight
+        ReplayOne::Unfinished
     } else {
         ReplayOne::NotFound
     })
@@ -210,7 +210,7 @@ pub async fn replay_dead(
         .execute(
             &format!(
                 "UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = now(),
-                     lease_until = NULL, leased_by = NULL, finished_at = NULL, last_error = NULL
+                     finished_at = NULL, last_error = NULL
                  WHERE subscription_id = $1 AND status = 'dead'
                    AND ($2::timestamptz IS NULL OR finished_at >= $2)",
                 schema.table("deliveries")
@@ -294,8 +294,8 @@ pub(super) async fn replay_one_handler(
             Ok(Json(json!({ "delivery": d.detail() })))
         }
         ReplayOne::NotFound => Err(not_found()),
-        ReplayOne::InFlight => Err(ApiError::Conflict(format!(
-            "{} is being attempted right now; replay it after the attempt finishes",
+        ReplayOne::Unfinished => Err(ApiError::Conflict(format!(
+            "{} is not finished: it is queued or being attempted; only delivered or dead deliveries are replayed",
             format_id(delivery)
         ))),
     }

@@ -36,7 +36,8 @@ pub struct DeliveryConfig {
     pub connect_timeout: Duration,
     #[serde(default = "default_timeout")]
     pub timeout: Duration,
-    /// How long a claimed delivery stays leased to this process; renewed while it works.
+    /// How long a pump owns its subscription's deliveries without renewing (it renews every
+    /// third of it); another instance takes over a crashed one's subscriptions after this.
     #[serde(default = "default_lease")]
     pub lease: Duration,
     /// How often to look for due work that no in-process wake-up announced (other instances,

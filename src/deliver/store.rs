@@ -1,13 +1,18 @@
-//! The delivery queue's SQL: claim, renew, release, and record results.
+//! The delivery queue's SQL: ownership of a subscription, claim, and record results.
 //!
 //! Guarantees:
-//! - a claim leases rows to one worker (`leased_by`) until `lease_until`; rows whose lease
-//!   expired (a crashed worker) are claimable again, rows under a live lease never are;
+//! - one owner (a pump of one walhook process) sends a subscription's deliveries at a time. It
+//!   holds a lease in `delivery_owners` and renews it; when it dies the lease expires and another
+//!   pump takes over. Ownership costs one row per subscription, not a write per delivery;
+//! - a claim reads due rows only while the claimer's lease is live, and never returns a row the
+//!   owner still holds (queued, in flight, or not yet recorded): it passes their ids. So the same
+//!   delivery is never in flight twice, except across an expired lease, and then with the same
+//!   event id;
 //! - only the oldest unfinished delivery of a (subscription, ordering key) is claimable, so a key
 //!   goes out in commit order and a failing delivery blocks only its own key (a table without a
 //!   primary key has the empty key and no ordering);
-//! - a result is written only while the writer still holds the lease, and the attempt row and
-//!   the delivery's new state are written in one statement.
+//! - a result is written only by the current owner and only to an unfinished row, with its
+//!   attempt row, in one statement.
 
 use std::time::Duration;
 
@@ -17,7 +22,7 @@ use uuid::Uuid;
 
 use crate::outbox::{OutboxError, Schema};
 
-/// A leased delivery, ready to send.
+/// A claimed delivery, ready to send.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: i64,
@@ -53,9 +58,9 @@ pub struct Recorded {
 /// SQL for one outbox schema, prepared as text once.
 #[derive(Debug, Clone)]
 pub struct Queue {
+    own: String,
+    disown: String,
     claim: String,
-    renew: String,
-    release: String,
     record: String,
 }
 
@@ -63,37 +68,41 @@ impl Queue {
     pub fn new(schema: &Schema) -> Queue {
         let d = schema.table("deliveries");
         let a = schema.table("attempts");
+        let o = schema.table("delivery_owners");
         Queue {
+            own: format!(
+                "INSERT INTO {o} AS o (subscription_id, worker, lease_until)
+                 VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+                 ON CONFLICT (subscription_id) DO UPDATE
+                     SET worker = EXCLUDED.worker, lease_until = EXCLUDED.lease_until,
+                         acquired_at = CASE WHEN o.worker = EXCLUDED.worker
+                                            THEN o.acquired_at ELSE now() END
+                     WHERE o.worker = EXCLUDED.worker OR o.lease_until < now()
+                 RETURNING worker"
+            ),
+            disown: format!("DELETE FROM {o} WHERE subscription_id = $1 AND worker = $2"),
             claim: format!(
-                "UPDATE {d} SET lease_until = now() + $3 * interval '1 millisecond', leased_by = $4
-                 WHERE id IN (
-                     SELECT c.id FROM {d} c
-                     WHERE c.subscription_id = $1 AND c.status IN ('pending', 'failed')
-                       AND c.next_attempt_at <= now()
-                       AND (c.lease_until IS NULL OR c.lease_until < now())
-                       -- The head of its key. Written as ORDER BY ... LIMIT 1 in the key
-                       -- index's order so that the planner takes that index even before the
-                       -- table has statistics; a NOT EXISTS (... o.id < c.id) was planned on
-                       -- deliveries_sub_due and scanned the whole backlog per candidate.
-                       AND (c.ordering_key = '' OR c.id = (
-                           SELECT o.id FROM {d} o
-                           WHERE o.subscription_id = c.subscription_id
-                             AND o.ordering_key = c.ordering_key
-                             AND o.status IN ('pending', 'failed')
-                           ORDER BY o.subscription_id, o.ordering_key, o.id
-                           LIMIT 1))
-                     ORDER BY c.next_attempt_at, c.id
-                     LIMIT $2
-                     FOR UPDATE SKIP LOCKED)
-                 RETURNING id, event_id, event, ordering_key, payload, attempts"
-            ),
-            renew: format!(
-                "UPDATE {d} SET lease_until = now() + $3 * interval '1 millisecond'
-                 WHERE id = ANY($1) AND leased_by = $2 AND status IN ('pending', 'failed')"
-            ),
-            release: format!(
-                "UPDATE {d} SET lease_until = NULL, leased_by = NULL
-                 WHERE id = ANY($1) AND leased_by = $2 AND status IN ('pending', 'failed')"
+                "SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts
+                 FROM {d} c
+                 WHERE c.subscription_id = $1 AND c.status IN ('pending', 'failed')
+                   AND c.next_attempt_at <= now()
+                   AND c.id <> ALL($3::bigint[])
+                   -- The head of its key. Written as ORDER BY ... LIMIT 1 in the key index's
+                   -- order so that the planner takes that index even before the table has
+                   -- statistics; a NOT EXISTS (... o.id < c.id) was planned on
+                   -- deliveries_sub_due and scanned the whole backlog per candidate.
+                   AND (c.ordering_key = '' OR c.id = (
+                       SELECT k.id FROM {d} k
+                       WHERE k.subscription_id = c.subscription_id
+                         AND k.ordering_key = c.ordering_key
+                         AND k.status IN ('pending', 'failed')
+                       ORDER BY k.subscription_id, k.ordering_key, k.id
+                       LIMIT 1))
+                   AND EXISTS (SELECT 1 FROM {o} w
+                               WHERE w.subscription_id = $1 AND w.worker = $4
+                                 AND w.lease_until > now())
+                 ORDER BY c.next_attempt_at, c.id
+                 LIMIT $2"
             ),
             record: format!(
                 "WITH r AS (
@@ -105,9 +114,14 @@ impl Queue {
                          last_http_status = r.http_status, last_error = r.error,
                          next_attempt_at = CASE WHEN r.status = 'failed'
                              THEN now() + r.retry_in * interval '1 second' ELSE d.next_attempt_at END,
-                         lease_until = NULL, leased_by = NULL,
                          finished_at = CASE WHEN r.status IN ('delivered', 'dead') THEN now() END
-                     FROM r WHERE d.id = r.id AND d.leased_by = $10
+                     FROM r
+                     -- No subscription_id here: with it, a plan cached while the table was
+                     -- small looked rows up through a per-subscription index and scanned the
+                     -- backlog for each (270 us a row); the ids come from this owner's claim.
+                     WHERE d.id = r.id AND d.status IN ('pending', 'failed')
+                       AND EXISTS (SELECT 1 FROM {o} w
+                                   WHERE w.subscription_id = $10 AND w.worker = $11)
                      RETURNING d.id)
                  INSERT INTO {a} (delivery_id, attempted_at, duration_ms, http_status, error_kind, response_body)
                  SELECT r.id, r.at, r.duration_ms, r.http_status, r.error_kind, r.body
@@ -116,23 +130,53 @@ impl Queue {
         }
     }
 
-    /// Leases up to `limit` due deliveries of one subscription to `worker`.
+    /// Takes or renews ownership of a subscription's deliveries for `lease`; false while another
+    /// owner's lease is live.
+    pub async fn own(
+        &self,
+        client: &Client,
+        subscription: &str,
+        worker: Uuid,
+        lease: Duration,
+    ) -> Result<bool, OutboxError> {
+        let stmt = client.prepare_cached(&self.own).await?;
+        let row = client
+            .query_opt(
+                &stmt,
+                &[&subscription, &worker, &(lease.as_millis() as f64)],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Gives ownership up (shutdown, subscription stopped), so another pump takes over at once.
+    pub async fn disown(
+        &self,
+        client: &Client,
+        subscription: &str,
+        worker: Uuid,
+    ) -> Result<bool, OutboxError> {
+        Ok(client
+            .execute(&self.disown, &[&subscription, &worker])
+            .await?
+            > 0)
+    }
+
+    /// Up to `limit` due deliveries of a subscription `worker` owns, oldest first, leaving out
+    /// the ids it still holds.
     pub async fn claim(
         &self,
         client: &Client,
         subscription: &str,
         limit: i64,
-        lease: Duration,
+        held: &[i64],
         worker: Uuid,
     ) -> Result<Vec<Claimed>, OutboxError> {
         let stmt = client.prepare_cached(&self.claim).await?;
         let rows = client
-            .query(
-                &stmt,
-                &[&subscription, &limit, &(lease.as_millis() as f64), &worker],
-            )
+            .query(&stmt, &[&subscription, &limit, &held, &worker])
             .await?;
-        let mut out: Vec<Claimed> = rows
+        Ok(rows
             .iter()
             .map(|r| Claimed {
                 id: r.get(0),
@@ -142,42 +186,15 @@ impl Queue {
                 payload: r.get(4),
                 attempts: r.get(5),
             })
-            .collect();
-        // RETURNING does not keep the subquery's order; send oldest first.
-        out.sort_unstable_by_key(|c| c.id);
-        Ok(out)
+            .collect())
     }
 
-    pub async fn renew(
-        &self,
-        client: &Client,
-        ids: &[i64],
-        worker: Uuid,
-        lease: Duration,
-    ) -> Result<u64, OutboxError> {
-        Ok(client
-            .execute(&self.renew, &[&ids, &worker, &(lease.as_millis() as f64)])
-            .await?)
-    }
-
-    /// Gives leased rows back without consuming an attempt (breaker opened, shutdown).
-    pub async fn release(
-        &self,
-        client: &Client,
-        ids: &[i64],
-        worker: Uuid,
-    ) -> Result<u64, OutboxError> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let stmt = client.prepare_cached(&self.release).await?;
-        Ok(client.execute(&stmt, &[&ids, &worker]).await?)
-    }
-
-    /// Records a batch of results; returns how many were still held by `worker`.
+    /// Records a batch of results; returns how many were written (none once `worker` lost
+    /// ownership: the new owner sends those again).
     pub async fn record(
         &self,
         client: &Client,
+        subscription: &str,
         batch: &[Recorded],
         worker: Uuid,
     ) -> Result<u64, OutboxError> {
@@ -211,7 +228,17 @@ impl Queue {
             .execute(
                 &stmt,
                 &[
-                    &ids, &status, &retry_in, &at, &dur, &http, &kind, &err, &body, &worker,
+                    &ids,
+                    &status,
+                    &retry_in,
+                    &at,
+                    &dur,
+                    &http,
+                    &kind,
+                    &err,
+                    &body,
+                    &subscription,
+                    &worker,
                 ],
             )
             .await?)

@@ -4,11 +4,12 @@
 //! Guarantees (on top of [`super::store`]'s):
 //! - isolation: each subscription has its own pump, in-flight cap (`max_in_flight`), breaker and
 //!   database connection, so a slow or dead endpoint never delays another subscription;
-//! - an open breaker sends nothing and gives its queued leases back without consuming attempts;
-//! - leases are renewed while rows wait in the pump, so a long queue behind a slow endpoint is
-//!   not claimed by another instance; a pump that dies simply stops renewing;
-//! - on shutdown, requests in flight finish (bounded by `timeout`) and are recorded, queued rows
-//!   are released; nothing is marked delivered without a 2xx.
+//! - a pump sends only while it owns its subscription; it renews ownership every third of
+//!   `lease` and, when that fails, drops its queue and stands by. Another instance's pump for
+//!   the same subscription stands by until the owner's lease expires or is given up;
+//! - an open breaker sends nothing and forgets its queue without consuming attempts;
+//! - on shutdown, requests in flight finish (bounded by `timeout`) and are recorded, then
+//!   ownership is given up; nothing is marked delivered without a 2xx.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -45,7 +46,7 @@ pub struct Engine {
     pub wake: watch::Receiver<u64>,
     /// Notified when a subscription changed here (410 Gone), so routing is reloaded.
     pub changed: Arc<Notify>,
-    /// This process's lease identity.
+    /// This process, in logs; each pump owns its subscription under its own id.
     pub worker: Uuid,
 }
 
@@ -156,6 +157,12 @@ async fn load_active(engine: &Engine) -> Result<Vec<StoredSubscription>, String>
     Ok(all.into_iter().filter(|s| s.active).collect())
 }
 
+/// A claim in progress, on a connection of its own.
+struct Claiming {
+    want: usize,
+    task: tokio::task::JoinHandle<Result<Vec<Claimed>, String>>,
+}
+
 /// A finished request, waiting to be recorded.
 struct Done {
     claimed: Claimed,
@@ -165,12 +172,17 @@ struct Done {
 
 struct Pump {
     engine: Arc<Engine>,
+    /// This pump's ownership id: a pump that replaces a stopped one (same process, same
+    /// subscription) waits until the old one has recorded its last results and given up.
+    owner: Uuid,
+    /// Whether the last ownership check succeeded.
+    owns: bool,
     sub_rx: watch::Receiver<Arc<StoredSubscription>>,
     sub: Arc<StoredSubscription>,
     breaker: Breaker,
     /// Claimed, not yet sent.
     queue: VecDeque<Claimed>,
-    /// Claimed and not yet recorded (queued, in flight or finished): the leases we hold.
+    /// Claimed and not yet recorded (queued, in flight or finished): left out of claims.
     held: HashSet<i64>,
     in_flight: JoinSet<Done>,
     done: Vec<Done>,
@@ -187,6 +199,8 @@ impl Pump {
                 engine.config.breaker_cooldown.0,
             ),
             engine,
+            owner: Uuid::new_v4(),
+            owns: false,
             sub_rx,
             sub,
             queue: VecDeque::new(),
@@ -222,14 +236,12 @@ impl Pump {
         }
         if let Ok(client) = self.engine.pool.get().await {
             if let Err(e) = self.record(&client).await {
-                warn!(subscription = %id, error = %e, "could not record the last results; their leases will expire and they will be sent again");
+                warn!(subscription = %id, error = %e, "could not record the last results; they will be sent again by the next owner");
             }
-            let queued: Vec<i64> = self.queue.drain(..).map(|c| c.id).collect();
-            let _ = self
-                .engine
-                .queue
-                .release(&client, &queued, self.engine.worker)
-                .await;
+            self.queue.clear();
+            if let Err(e) = self.engine.queue.disown(&client, &id, self.owner).await {
+                warn!(subscription = %id, error = %e, "could not give up ownership; another instance takes over when the lease expires");
+            }
         }
     }
 
@@ -240,17 +252,25 @@ impl Pump {
         let mut wake = engine.wake.clone();
         let poll = engine.config.poll_interval.0;
         let lease = engine.config.lease.0;
-        let mut renew_at = Instant::now() + lease / 3;
+        let mut renew_at = Instant::now();
         let max = engine.config.max_in_flight;
         // Results are recorded in batches: one statement per batch, not per delivery.
         let record_batch = (max / 2).max(1);
         let mut first_done_at: Option<Instant> = None;
+        // A claim runs on its own connection while this loop keeps sending and recording, so
+        // in-flight slots do not sit idle for the length of a claim. One at a time: two would
+        // read the same rows.
+        let mut claiming: Option<Claiming> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
             }
             if self.sub_rx.has_changed().unwrap_or(false) {
                 self.sub = self.sub_rx.borrow_and_update().clone();
+            }
+            if Instant::now() >= renew_at {
+                self.check_ownership(&client).await?;
+                renew_at = Instant::now() + if self.owns { lease / 3 } else { poll };
             }
             let record_due = first_done_at.is_some_and(|t| t.elapsed() >= RECORD_DELAY);
             if self.done.len() >= record_batch || self.in_flight.is_empty() || record_due {
@@ -259,24 +279,15 @@ impl Pump {
                     return Ok(());
                 }
             }
-            let wait_until = self.start_sends(&client).await?;
+            let wait_until = self.start_sends();
             // Refill before the queue runs dry, so sends never wait for a claim.
-            if self.more_due && wait_until.is_none() && self.queue.len() < max {
-                self.claim(&client).await?;
-                if !self.queue.is_empty() && self.in_flight.len() < max {
-                    continue;
-                }
-            }
-            if Instant::now() >= renew_at {
-                let ids: Vec<i64> = self.held.iter().copied().collect();
-                if !ids.is_empty() {
-                    engine
-                        .queue
-                        .renew(&client, &ids, engine.worker, lease)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                renew_at = Instant::now() + lease / 3;
+            if self.owns
+                && self.more_due
+                && wait_until.is_none()
+                && self.queue.len() < max
+                && claiming.is_none()
+            {
+                claiming = self.start_claim();
             }
             let mut sleep_until = wait_until
                 .unwrap_or_else(|| Instant::now() + poll)
@@ -292,6 +303,11 @@ impl Pump {
                         self.finished(joined);
                     }
                     first_done_at.get_or_insert_with(Instant::now);
+                }
+                joined = async { (&mut claiming.as_mut().expect("guarded").task).await }, if claiming.is_some() => {
+                    let want = claiming.take().map_or(0, |c| c.want);
+                    let rows = joined.map_err(|e| format!("claim task: {e}"))??;
+                    self.claimed(rows, want);
                 }
                 r = wake.changed() => {
                     if r.is_ok() { self.more_due = true; }
@@ -312,36 +328,60 @@ impl Pump {
         }
     }
 
+    /// Renews ownership, or tries to take it; on losing it, forgets the queue (in-flight results
+    /// will be refused by the database and the new owner sends those rows again).
+    async fn check_ownership(&mut self, client: &deadpool_postgres::Client) -> Result<(), String> {
+        let owns = self
+            .engine
+            .queue
+            .own(client, &self.sub.id, self.owner, self.engine.config.lease.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        match (self.owns, owns) {
+            (false, true) => {
+                info!(subscription = %self.sub.id, owner = %self.owner, "delivering: this pump owns the subscription");
+                self.more_due = true;
+            }
+            (true, false) => {
+                warn!(subscription = %self.sub.id, owner = %self.owner, "lost ownership of the subscription (lease expired and taken over); standing by");
+                self.forget_queue();
+            }
+            (false, false) => {
+                debug!(subscription = %self.sub.id, "another pump owns the subscription; standing by")
+            }
+            (true, true) => {}
+        }
+        self.owns = owns;
+        Ok(())
+    }
+
+    fn forget_queue(&mut self) {
+        for c in self.queue.drain(..) {
+            self.held.remove(&c.id);
+        }
+    }
+
     /// Starts queued sends within the in-flight cap and the breaker; returns when to look again
     /// if the breaker holds us back.
-    async fn start_sends(
-        &mut self,
-        client: &deadpool_postgres::Client,
-    ) -> Result<Option<Instant>, String> {
+    fn start_sends(&mut self) -> Option<Instant> {
+        if !self.owns {
+            return None;
+        }
         let max = self.engine.config.max_in_flight;
         while self.in_flight.len() < max {
             match self.breaker.permit(Instant::now()) {
                 Permit::Open => {}
                 Permit::Probe if self.in_flight.is_empty() => {}
-                Permit::Probe => return Ok(None),
+                Permit::Probe => return None,
                 Permit::Wait(until) => {
-                    // Nothing goes out while the breaker is open: give the leases back so the
-                    // rows neither burn attempts nor sit claimed.
-                    if !self.queue.is_empty() {
-                        let ids: Vec<i64> = self.queue.drain(..).map(|c| c.id).collect();
-                        for id in &ids {
-                            self.held.remove(id);
-                        }
-                        self.engine
-                            .queue
-                            .release(client, &ids, self.engine.worker)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
+                    // Nothing goes out while the breaker is open: the queue is forgotten (it
+                    // was only read) and claimed again, in order, when the breaker lets us.
+                    self.forget_queue();
                     self.more_due = false;
-                    return Ok(Some(until.unwrap_or_else(|| {
-                        Instant::now() + self.engine.config.poll_interval.0
-                    })));
+                    return Some(
+                        until
+                            .unwrap_or_else(|| Instant::now() + self.engine.config.poll_interval.0),
+                    );
                 }
             }
             let Some(claimed) = self.queue.pop_front() else {
@@ -353,10 +393,11 @@ impl Pump {
             }
             self.spawn_send(claimed);
         }
-        Ok(None)
+        None
     }
 
-    async fn claim(&mut self, client: &deadpool_postgres::Client) -> Result<(), String> {
+    /// Starts reading the next due rows, unless the breaker or the prefetch limit says no.
+    fn start_claim(&mut self) -> Option<Claiming> {
         let max = self.engine.config.max_in_flight;
         // A half-open breaker needs one row only.
         let want = match self.breaker.permit(Instant::now()) {
@@ -366,28 +407,35 @@ impl Pump {
         };
         self.more_due = false;
         if want == 0 {
-            return Ok(());
+            return None;
         }
-        let rows = self
-            .engine
-            .queue
-            .claim(
-                client,
-                &self.sub.id,
-                want as i64,
-                self.engine.config.lease.0,
-                self.engine.worker,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let held: Vec<i64> = self.held.iter().copied().collect();
+        let (engine, sub, owner) = (self.engine.clone(), self.sub.id.clone(), self.owner);
+        let task = tokio::spawn(async move {
+            let client = engine.pool.get().await.map_err(|e| e.to_string())?;
+            engine
+                .queue
+                .claim(&client, &sub, want as i64, &held, owner)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        Some(Claiming { want, task })
+    }
+
+    fn claimed(&mut self, rows: Vec<Claimed>, want: usize) {
+        if !self.owns {
+            // Ownership was lost while the claim ran: the new owner sends these.
+            return;
+        }
         // A full claim suggests more is due; a probe claims one row and waits for its result.
-        self.more_due =
+        // A wake that came while the claim ran has set more_due already: keep it.
+        self.more_due |=
             rows.len() == want && !matches!(self.breaker.state(), BreakerState::HalfOpen);
         for c in rows {
-            self.held.insert(c.id);
-            self.queue.push_back(c);
+            if self.held.insert(c.id) {
+                self.queue.push_back(c);
+            }
         }
-        Ok(())
     }
 
     fn spawn_send(&mut self, claimed: Claimed) {
@@ -462,11 +510,14 @@ impl Pump {
                 response_body: clean_text(&o.response_body),
             });
         }
-        engine
+        let written = engine
             .queue
-            .record(client, &batch, engine.worker)
+            .record(client, &sub_id, &batch, self.owner)
             .await
             .map_err(|e| e.to_string())?;
+        if written < batch.len() as u64 {
+            warn!(subscription = %sub_id, results = batch.len() as u64 - written, "results not recorded: this pump no longer owns the subscription, and the new owner sends those deliveries again (same event ids)");
+        }
         for r in &batch {
             self.held.remove(&r.id);
         }

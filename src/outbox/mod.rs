@@ -19,6 +19,7 @@ use crate::Lsn;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../sql/001_outbox.sql")),
     (2, include_str!("../../sql/002_delivery.sql")),
+    (3, include_str!("../../sql/003_owners.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -86,6 +86,17 @@ pub async fn prune(
     if orphans > 0 {
         info!(rows = orphans, "pruned deliveries of deleted subscriptions");
     }
+    // A pump gives its ownership up when it stops; one that crashed leaves an expired row.
+    client
+        .execute(
+            &format!(
+                "DELETE FROM {o} w WHERE w.lease_until < now()
+                   AND NOT EXISTS (SELECT 1 FROM {subs} s WHERE s.id = w.subscription_id)",
+                o = schema.table("delivery_owners")
+            ),
+            &[],
+        )
+        .await?;
     if total > 0 {
         info!(rows = total, "pruned outbox");
     }

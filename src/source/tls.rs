@@ -248,8 +248,17 @@ pub async fn connect_sql(
 
 /// A connection pool for regular SQL clients (outbox workers, the API), with cfg's sslmode.
 pub fn pool(cfg: &tokio_postgres::Config, max_size: usize) -> deadpool_postgres::Pool {
+    // The outbox's statements are short and run thousands of times a second. Their row estimates
+    // grow with the backlog until the planner's cost passes `jit_above_cost`, and then every
+    // execution pays tens of milliseconds compiling code for a few hundred rows.
+    let mut cfg = cfg.clone();
+    let options = match cfg.get_options() {
+        Some(o) if !o.trim().is_empty() => format!("{o} -c jit=off"),
+        _ => "-c jit=off".to_string(),
+    };
+    cfg.options(&options);
     let manager = deadpool_postgres::Manager::from_config(
-        cfg.clone(),
+        cfg,
         MakeRustlsConnect::default(),
         deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,

@@ -42,7 +42,7 @@ async fn replay_puts_a_dead_letter_back_to_pending_with_the_same_event_id() {
     );
     assert!(d["finishedAt"].is_null() && d["lastError"].is_null());
     let row = api.db.sql(&format!(
-        "SELECT status, attempts, event_id, next_attempt_at <= now(), lease_until IS NULL, finished_at IS NULL
+        "SELECT status, attempts, event_id, next_attempt_at <= now(), last_error IS NULL, finished_at IS NULL
          FROM walhook.deliveries WHERE id = {dead}"
     ));
     assert_eq!(row, "pending|0|evt_00000000000000aa00000001|t|t|t");
@@ -54,19 +54,28 @@ async fn replay_puts_a_dead_letter_back_to_pending_with_the_same_event_id() {
             .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{p}: {}", r.text);
     }
-    // In flight (leased): refused, never reset under the worker.
-    let leased = api.delivery(&id, "evt_leased", "pending", "");
-    api.db.sql(&format!(
-        "UPDATE walhook.deliveries SET lease_until = now() + interval '1 minute', leased_by = gen_random_uuid() WHERE id = {leased}"
-    ));
-    let r = api
-        .call(
-            Method::POST,
-            &format!("{base}/deliveries/del_{leased}/replay"),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    // Unfinished (queued, in flight or waiting to retry): refused and left as it was, never
+    // reset under the worker that may be sending it.
+    for status in ["pending", "failed"] {
+        let unfinished = api.delivery(&id, &format!("evt_{status}"), status, "");
+        let r = api
+            .call(
+                Method::POST,
+                &format!("{base}/deliveries/del_{unfinished}/replay"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+        assert!(
+            r.text.contains("not finished"),
+            "the conflict says why: {}",
+            r.text
+        );
+        let row = api.db.sql(&format!(
+            "SELECT status, attempts FROM walhook.deliveries WHERE id = {unfinished}"
+        ));
+        assert_eq!(row, format!("{status}|5"));
+    }
 
     // Bulk: all dead letters, or those dead-lettered since a time.
     let old = api.delivery(&id, "evt_old", "dead", "");

@@ -58,6 +58,26 @@ impl Daemon {
         }
     }
 
+    /// Starts a second instance: its source waits for the slot another instance streams from,
+    /// its delivery pumps stand by until they own their subscriptions.
+    pub async fn start_standby(db: &TestDb, delivery: &str, subs: &str) -> Daemon {
+        let text = config_text(db, delivery, subs);
+        let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        let handles = Handles::default();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(walhook::run::run_with(
+            None,
+            config,
+            cancel.clone(),
+            handles.clone(),
+        ));
+        Daemon {
+            handles,
+            cancel,
+            task,
+        }
+    }
+
     pub async fn stop(self) {
         self.cancel.cancel();
         tokio::time::timeout(Duration::from_secs(20), self.task)
