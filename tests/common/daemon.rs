@@ -35,31 +35,21 @@ pub fn config_text(db: &TestDb, delivery: &str, subs: &str) -> String {
 impl Daemon {
     /// Starts the pipeline and waits until the slot streams (changes from then on are seen).
     pub async fn start(db: &TestDb, delivery: &str, subs: &str) -> Daemon {
-        let text = config_text(db, delivery, subs);
-        let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
-        let handles = Handles::default();
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(walhook::run::run_with(
-            None,
-            config,
-            cancel.clone(),
-            handles.clone(),
-        ));
+        let daemon = Daemon::start_standby(db, delivery, subs).await;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !handles.streaming.load(Ordering::Relaxed) {
-            assert!(!task.is_finished(), "walhook run ended before streaming");
+        while !daemon.handles.streaming.load(Ordering::Relaxed) {
+            assert!(
+                !daemon.task.is_finished(),
+                "walhook run ended before streaming"
+            );
             assert!(Instant::now() < deadline, "not streaming after 20 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Daemon {
-            handles,
-            cancel,
-            task,
-        }
+        daemon
     }
 
-    /// Starts a second instance: its source waits for the slot another instance streams from,
-    /// its delivery pumps stand by until they own their subscriptions.
+    /// Starts without waiting: as a second instance, its source waits for the slot another
+    /// instance streams from, and its delivery pumps stand by until they own their subscriptions.
     pub async fn start_standby(db: &TestDb, delivery: &str, subs: &str) -> Daemon {
         let text = config_text(db, delivery, subs);
         let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
