@@ -238,7 +238,7 @@ impl Pump {
             if let Err(e) = self.record(&client).await {
                 warn!(subscription = %id, error = %e, "could not record the last results; they will be sent again by the next owner");
             }
-            self.queue.clear();
+            self.forget_queue();
             if let Err(e) = self.engine.queue.disown(&client, &id, self.owner).await {
                 warn!(subscription = %id, error = %e, "could not give up ownership; another instance takes over when the lease expires");
             }
