@@ -8,9 +8,9 @@ use std::fmt;
 use tokio_postgres::Client;
 
 use crate::config::Config;
+use crate::pg::tls;
 use crate::route::Router;
 use crate::source::setup::{describe_tables, slot_state};
-use crate::source::tls;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

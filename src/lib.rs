@@ -1,20 +1,21 @@
 //! walhook: Postgres logical replication (pgoutput) → signed webhooks.
 //!
-//! Data flows one way: `source` (replication connection, pgoutput decoding, values) →
-//! `route` (subscriptions, filter, select, payload) → outbox → delivery.
+//! ARCHITECTURE.md holds the map: the data flow, which module may import which, and the
+//! invariants each module enforces.
+
+pub mod model;
+pub mod pg;
 
 pub mod api;
-pub mod change;
 pub mod check;
 pub mod config;
 pub mod deliver;
 pub mod embedded_pg;
-pub mod lsn;
 pub mod metrics;
+pub mod outbox;
 pub mod route;
+pub mod run;
 pub mod source;
 pub mod tail;
 
-pub use lsn::Lsn;
-pub mod outbox;
-pub mod run;
+pub use model::Lsn;

@@ -25,16 +25,17 @@ use crate::config::Config;
 use crate::deliver::http::HttpSender;
 use crate::deliver::worker::{self, Engine};
 use crate::metrics::Metrics;
+use crate::model::Lsn;
 use crate::outbox::enqueue::{Hooks, IngestError, OutboxSink};
 use crate::outbox::subscriptions::{self, StoredSubscription};
 use crate::outbox::{self, OutboxError, Schema};
+use crate::pg::tls;
 use crate::route::Router;
 use crate::source::conn::ReplicationClient;
 use crate::source::decode::ChangeDecoder;
 use crate::source::setup::{describe_tables, ensure_slot, prepare, slot_state};
 use crate::source::stream::{Sink, SourceLoop};
-use crate::source::{tls, SourceError};
-use crate::Lsn;
+use crate::source::SourceError;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -215,7 +216,9 @@ async fn initial_router(
             let subs: Vec<_> = config.subscriptions().collect();
             outbox::sync_config_subscriptions(&mut client, &schema, &subs).await?;
             let stored = subscriptions::load_all(&client, &schema).await?;
-            let source = tls::connect_sql(&config.pg_config()).await?;
+            let source = tls::connect_sql(&config.pg_config())
+                .await
+                .map_err(SourceError::from)?;
             Ok::<_, IngestError>(without_broken_api_subscriptions(&source, stored).await)
         };
         match attempt.await {
@@ -294,7 +297,7 @@ async fn ingest_once(
         .unwrap_or(Lsn::ZERO);
 
     let pg = config.pg_config();
-    let source_client = tls::connect_sql(&pg).await?;
+    let source_client = tls::connect_sql(&pg).await.map_err(SourceError::from)?;
     let router = router_rx.borrow().clone();
     prepare(
         &source_client,

@@ -10,15 +10,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::change::RowChange;
 use crate::config::Config;
+use crate::model::change::RowChange;
+use crate::model::Lsn;
+use crate::pg::tls;
 use crate::route::{Routed, Router};
 use crate::source::conn::ReplicationClient;
 use crate::source::decode::ChangeDecoder;
 use crate::source::error::SourceError;
+use crate::source::prepare;
 use crate::source::stream::{Sink, SourceLoop};
-use crate::source::{prepare, tls};
-use crate::Lsn;
 
 struct TailSink<W: Write> {
     router: Router,

@@ -46,7 +46,7 @@ async fn only_the_live_owner_claims_and_records() {
         .lines()
         .map(|l| l.trim().parse().unwrap())
         .collect();
-    let pool = walhook::source::tls::pool(&db.url().parse().unwrap(), 2);
+    let pool = walhook::pg::tls::pool(&db.url().parse().unwrap(), 2);
     let client = pool.get().await.unwrap();
     let queue = Queue::new(&schema);
     let lease = Duration::from_secs(30);

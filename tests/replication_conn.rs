@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use walhook::embedded_pg::{self, PgServer};
+use walhook::model::Lsn;
+use walhook::pg::tls::connect_sql;
 use walhook::source::conn::{parse_copy_data, ReplicationClient, ReplicationEvent};
 use walhook::source::error::SourceError;
-use walhook::source::tls::connect_sql;
-use walhook::Lsn;
 
 fn cfg(url: &str) -> tokio_postgres::Config {
     url.parse().expect("valid URL")

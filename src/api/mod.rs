@@ -95,7 +95,7 @@ impl Ctx {
         }
         let client = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            crate::source::tls::connect_sql(&self.state.source),
+            crate::pg::tls::connect_sql(&self.state.source),
         )
         .await
         .map_err(|_| ApiError::Unavailable("source database: connection timed out".into()))?

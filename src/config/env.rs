@@ -7,6 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::model::{Filter, Secret};
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct EnvString(pub String);
 
@@ -28,6 +30,23 @@ impl<'de> Deserialize<'de> for EnvString {
         expand(&raw, |name| std::env::var(name).ok())
             .map(EnvString)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// config.toml's filters expand `${VAR}` in their operands; stored and API filters are taken
+/// literally ([`Filter::from_json`]).
+impl<'de> Deserialize<'de> for Filter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        let env = |s: &str| expand(s, |n| std::env::var(n).ok());
+        Filter::parse(&v, Some(&env)).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A secret in config.toml may come from the environment, like any other string.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        EnvString::deserialize(d).map(|s| Secret::new(s.0))
     }
 }
 
@@ -70,6 +89,17 @@ pub fn expand(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stored_filters_are_literal_config_filters_expand() {
+        std::env::set_var("WALHOOK_FILTER_TEST", "expanded");
+        let stored = Filter::from_json(&json!({"status": "${WALHOOK_FILTER_TEST}"})).unwrap();
+        assert_eq!(stored.conditions[0].value, json!("${WALHOOK_FILTER_TEST}"));
+        let from_config: Filter =
+            serde_json::from_value(json!({"status": "${WALHOOK_FILTER_TEST}"})).unwrap();
+        assert_eq!(from_config.conditions[0].value, json!("expanded"));
+    }
 
     fn env(name: &str) -> Option<String> {
         (name == "SECRET").then(|| "s3".to_string())

@@ -11,18 +11,16 @@
 mod delivery;
 mod duration;
 mod env;
-mod filter;
 
-use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::model::{quote_ident, Condition, EventKind, Filter, Op, Secret, TableName};
 pub use delivery::{check_standard_secret, ApiConfig, DeliveryConfig, Format, SignatureScheme};
 pub use duration::Duration;
 pub use env::EnvString;
-pub use filter::{Condition, Filter, Op};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -112,24 +110,6 @@ pub struct ProjectConfig {
     pub environment: EnvString,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum EventKind {
-    Insert,
-    Update,
-    Delete,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Insert => "INSERT",
-            EventKind::Update => "UPDATE",
-            EventKind::Delete => "DELETE",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
@@ -156,25 +136,6 @@ pub struct SubscriptionConfig {
     pub previous_secret_expires_at: Option<EnvString>,
 }
 
-/// A string that must never be printed: passwords, signing secrets, URLs with credentials.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-pub struct Secret(EnvString);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(EnvString(s.into()))
-    }
-    pub fn expose(&self) -> &str {
-        &self.0 .0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 fn default_walhook() -> EnvString {
     EnvString("walhook".into())
 }
@@ -183,57 +144,6 @@ fn default_environment() -> EnvString {
 }
 fn default_true() -> bool {
     true
-}
-
-/// A table as `schema.table`; a bare name means `public`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl TableName {
-    pub fn parse(s: &str) -> Result<TableName, String> {
-        let parts: Vec<&str> = s.split('.').collect();
-        let valid = |p: &str| !p.is_empty() && !p.chars().any(|c| c.is_whitespace() || c == '"');
-        match parts.as_slice() {
-            [name] if valid(name) => Ok(TableName {
-                schema: "public".into(),
-                name: name.to_string(),
-            }),
-            [schema, name] if valid(schema) && valid(name) => Ok(TableName {
-                schema: schema.to_string(),
-                name: name.to_string(),
-            }),
-            _ => Err(format!(
-                "invalid table name {s:?}: expected \"table\" or \"schema.table\""
-            )),
-        }
-    }
-
-    /// Quoted for SQL, e.g. `"public"."orders"`.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-
-    /// The name payloads carry: bare for `public`, `schema.table` otherwise.
-    pub fn display_name(&self) -> String {
-        if self.schema == "public" {
-            self.name.clone()
-        } else {
-            format!("{}.{}", self.schema, self.name)
-        }
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
-    }
-}
-
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

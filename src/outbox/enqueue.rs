@@ -27,11 +27,11 @@ use tokio_postgres::Client;
 use tracing::{debug, info};
 
 use super::{OutboxError, Schema};
-use crate::change::RowChange;
+use crate::model::change::RowChange;
+use crate::model::Lsn;
 use crate::route::{Routed, Router};
 use crate::source::stream::Sink;
 use crate::source::SourceError;
-use crate::Lsn;
 
 /// The ingest pipeline's error: either side of it.
 #[derive(Debug, thiserror::Error)]

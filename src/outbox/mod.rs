@@ -13,8 +13,8 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use crate::config::{quote_ident, SubscriptionConfig};
-use crate::source::error::pg_error_text;
-use crate::Lsn;
+use crate::model::Lsn;
+use crate::pg::error_text;
 
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../sql/001_outbox.sql")),
@@ -24,9 +24,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("outbox database: {}", pg_error_text(.0))]
+    #[error("outbox database: {}", error_text(.0))]
     Sql(#[from] tokio_postgres::Error),
-    #[error("outbox migration {version} failed: {}", pg_error_text(.source))]
+    #[error("outbox migration {version} failed: {}", error_text(.source))]
     Migration {
         version: i32,
         source: tokio_postgres::Error,

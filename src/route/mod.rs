@@ -14,8 +14,8 @@ mod payload;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::change::{RowChange, TableShape};
 use crate::config::{EventKind, Filter, SubscriptionConfig, TableName};
+use crate::model::change::{RowChange, TableShape};
 use crate::outbox::subscriptions::StoredSubscription;
 
 pub use payload::{build_payload, PayloadContext};

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::change::{rfc3339_from_pg_micros, RowChange};
+use crate::model::change::{rfc3339_from_pg_micros, RowChange};
 
 /// Project-wide fields, JSON-escaped once.
 #[derive(Debug, Clone, Default)]

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::config::Filter;
-use crate::Lsn;
+use crate::model::Lsn;
 
 fn shape() -> Arc<TableShape> {
     Arc::new(TableShape {

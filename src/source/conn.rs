@@ -27,7 +27,7 @@ pub use wire::MAX_FRAME_LEN;
 
 use self::wire::{proto, server_error, Frame, Wire};
 use super::error::SourceError;
-use crate::Lsn;
+use crate::model::Lsn;
 
 /// How long [`ReplicationStream::finish`] waits for the server to wind down the copy.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(10);

@@ -23,9 +23,9 @@ use super::error::SourceError;
 use super::pgoutput::{self, Message, OldTuple, Relation, Tuple, TupleValue};
 use super::types::{TypeKind, TypeResolver};
 use super::values::text_to_json;
-use crate::change::{RowChange, TableShape};
-use crate::config::{EventKind, TableName};
-use crate::Lsn;
+use crate::model::change::{RowChange, TableShape};
+use crate::model::Lsn;
+use crate::model::{EventKind, TableName};
 
 struct RelationEntry {
     shape: Arc<TableShape>,

@@ -9,6 +9,9 @@
 
 use std::fmt;
 
+use crate::pg::error_text;
+use crate::pg::{classify, classify_sqlstate};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("I/O error: {0}")]
@@ -33,7 +36,7 @@ pub enum SourceError {
     /// The server sent something the protocol does not allow at this point, or malformed bytes.
     #[error("protocol error: {0}")]
     Protocol(String),
-    #[error("SQL client error: {}", pg_error_text(.0))]
+    #[error("SQL client error: {}", error_text(.0))]
     Sql(#[from] tokio_postgres::Error),
     /// A reply was well-formed on the wire but its content could not be interpreted.
     #[error("decode error: {0}")]
@@ -70,42 +73,24 @@ impl fmt::Display for ServerDisplay<'_> {
     }
 }
 
-/// Whether a SQLSTATE describes a transient condition worth retrying.
-pub fn sqlstate_is_retryable(code: &str) -> bool {
-    // 08: connection exceptions; 53: insufficient resources (too many connections, disk full,
-    // out of memory); 57P01..57P03: admin/crash shutdown and "cannot connect now" (startup or
-    // recovery); 55006: object in use, e.g. the slot is still held by a walsender that has not
-    // yet noticed its client went away; 40001/40P01: serialization failure and deadlock.
-    code.starts_with("08")
-        || code.starts_with("53")
-        || matches!(
-            code,
-            "57P01" | "57P02" | "57P03" | "55006" | "40001" | "40P01"
-        )
+impl From<crate::pg::PgError> for SourceError {
+    fn from(e: crate::pg::PgError) -> Self {
+        use crate::pg::PgError;
+        match e {
+            PgError::Sql(e) => SourceError::Sql(e),
+            PgError::Tls(m) => SourceError::Tls(m),
+            PgError::Io(e) => SourceError::Io(e),
+            PgError::Config(m) => SourceError::Config(m),
+        }
+    }
 }
 
 impl SourceError {
     pub fn is_retryable(&self) -> bool {
         match self {
             SourceError::Io(_) | SourceError::Timeout(_) | SourceError::StreamEnded(_) => true,
-            SourceError::Server { code, .. } => sqlstate_is_retryable(code),
-            SourceError::Sql(e) => {
-                if let Some(db) = e.as_db_error() {
-                    return sqlstate_is_retryable(db.code().code());
-                }
-                if e.is_closed() {
-                    return true;
-                }
-                // Connection-level failures carry the io::Error as their source.
-                let mut src = std::error::Error::source(e);
-                while let Some(s) = src {
-                    if s.is::<std::io::Error>() {
-                        return true;
-                    }
-                    src = s.source();
-                }
-                false
-            }
+            SourceError::Server { code, .. } => classify_sqlstate(code).is_retryable(),
+            SourceError::Sql(e) => classify(e).is_retryable(),
             SourceError::Tls(_)
             | SourceError::Auth(_)
             | SourceError::Protocol(_)
@@ -122,28 +107,6 @@ impl SourceError {
             _ => None,
         }
     }
-}
-
-/// tokio-postgres displays a server error as just "db error"; operators need the server's own
-/// message, code, detail and hint (and, for connection failures, the underlying cause).
-pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-        if let Some(d) = db.detail() {
-            text.push_str(&format!("; detail: {d}"));
-        }
-        if let Some(h) = db.hint() {
-            text.push_str(&format!("; hint: {h}"));
-        }
-        return text;
-    }
-    let mut text = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        text.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

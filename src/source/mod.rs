@@ -1,6 +1,6 @@
 //! The source: a logical replication connection to Postgres, pgoutput decoding, and the
 //! database setup (slot, publication, replica identity) it needs. Data leaves this module as
-//! [`crate::change::RowChange`]s handed to a [`stream::Sink`].
+//! [`crate::model::change::RowChange`]s handed to a [`stream::Sink`].
 
 pub mod conn;
 pub mod decode;
@@ -8,7 +8,6 @@ pub mod error;
 pub mod pgoutput;
 pub mod setup;
 pub mod stream;
-pub mod tls;
 pub mod types;
 pub mod values;
 

@@ -17,8 +17,8 @@ use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use super::error::SourceError;
-use crate::config::{quote_ident, TableName};
-use crate::Lsn;
+use crate::model::Lsn;
+use crate::model::{quote_ident, TableName};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableInfo {

@@ -19,8 +19,8 @@ use tracing::{debug, info};
 use super::conn::{ReplicationEvent, ReplicationStream};
 use super::decode::{ChangeDecoder, Decoded};
 use super::error::SourceError;
-use crate::change::RowChange;
-use crate::Lsn;
+use crate::model::change::RowChange;
+use crate::model::Lsn;
 
 /// Where decoded changes go. `commit` returns the LSN up to which everything is durable.
 #[allow(async_fn_in_trait)]

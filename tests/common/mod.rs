@@ -10,13 +10,13 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use walhook::change::RowChange;
 use walhook::config::Config;
 use walhook::embedded_pg::{self, PgServer};
+use walhook::model::change::RowChange;
+use walhook::model::Lsn;
 use walhook::route::{Routed, Router};
 use walhook::source::stream::Sink;
 use walhook::source::SourceError;
-use walhook::Lsn;
 
 pub struct TestDb {
     pub pg: &'static PgServer,

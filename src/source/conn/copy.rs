@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 
+use crate::model::Lsn;
 use crate::source::error::SourceError;
-use crate::Lsn;
 
 /// Seconds between the Unix epoch and the Postgres epoch (2000-01-01 00:00:00 UTC).
 const PG_EPOCH_OFFSET_SECS: i64 = 946_684_800;

@@ -21,8 +21,8 @@ use tokio_postgres::fallible_iterator::FallibleIterator;
 use tracing::debug;
 
 use super::wire::{fields, proto, server_error, Frame, Io, Wire};
+use crate::pg::tls;
 use crate::source::error::SourceError;
-use crate::source::tls;
 
 /// Session settings pinned so text output is parseable regardless of server defaults.
 const SESSION_GUCS: &[(&str, &str)] = &[

@@ -19,7 +19,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::Lsn;
+use crate::model::Lsn;
 
 #[cfg(test)]
 mod tests;

@@ -7,8 +7,26 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::config::{EventKind, TableName};
-use crate::Lsn;
+use super::{Lsn, TableName};
+
+/// The kind of row change a subscription can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Insert => "INSERT",
+            EventKind::Update => "UPDATE",
+            EventKind::Delete => "DELETE",
+        }
+    }
+}
 
 /// What routing needs to know of a table, as of the change being routed.
 #[derive(Debug, Clone, PartialEq)]

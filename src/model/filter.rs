@@ -9,10 +9,7 @@
 
 use std::cmp::Ordering;
 
-use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
-
-use super::env::expand;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -67,18 +64,15 @@ pub struct Filter {
     pub conditions: Vec<Condition>,
 }
 
-impl<'de> Deserialize<'de> for Filter {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = Value::deserialize(d)?;
-        // Only config.toml expands `${VAR}`; stored and API filters are taken literally.
-        Filter::parse(&v, true).map_err(serde::de::Error::custom)
-    }
-}
+/// Rewrites each string operand while parsing (config.toml's `${ENV}` expansion).
+pub type Expander<'a> = &'a dyn Fn(&str) -> Result<String, String>;
 
-fn scalar(column: &str, v: &Value, expand_env: bool) -> Result<Value, String> {
+fn scalar(column: &str, v: &Value, expand: Option<Expander>) -> Result<Value, String> {
     match v {
-        Value::String(s) if expand_env => Ok(Value::String(expand(s, |n| std::env::var(n).ok())?)),
-        Value::String(_) => Ok(v.clone()),
+        Value::String(s) => match expand {
+            Some(expand) => Ok(Value::String(expand(s)?)),
+            None => Ok(v.clone()),
+        },
         Value::Null | Value::Bool(_) | Value::Number(_) => Ok(v.clone()),
         _ => Err(format!(
             "filter.{column}: expected a string, number, boolean or null, found {v}"
@@ -90,10 +84,11 @@ impl Filter {
     /// Parses the JSON shape literally (stored and API filters); errors name the column and
     /// operator at fault.
     pub fn from_json(v: &Value) -> Result<Filter, String> {
-        Filter::parse(v, false)
+        Filter::parse(v, None)
     }
 
-    fn parse(v: &Value, expand_env: bool) -> Result<Filter, String> {
+    /// Parses the JSON shape, passing every string operand through `expand` first.
+    pub fn parse(v: &Value, expand: Option<Expander>) -> Result<Filter, String> {
         let obj = v
             .as_object()
             .ok_or_else(|| format!("filter: expected a table of column = condition, found {v}"))?;
@@ -122,7 +117,7 @@ impl Filter {
                                 Value::Array(
                                     items
                                         .iter()
-                                        .map(|i| scalar(column, i, expand_env))
+                                        .map(|i| scalar(column, i, expand))
                                         .collect::<Result<_, _>>()?,
                                 )
                             }
@@ -141,7 +136,7 @@ impl Filter {
                                     "filter.{column}.{op_name}: expected a number or string, found {operand}"
                                 ));
                             }
-                            _ => scalar(column, operand, expand_env)?,
+                            _ => scalar(column, operand, expand)?,
                         };
                         conditions.push(Condition {
                             column: column.clone(),
@@ -153,7 +148,7 @@ impl Filter {
                 other => conditions.push(Condition {
                     column: column.clone(),
                     op: Op::Eq,
-                    value: scalar(column, other, expand_env)?,
+                    value: scalar(column, other, expand)?,
                 }),
             }
         }
@@ -399,15 +394,5 @@ mod tests {
         }
         assert_eq!(compare_decimal("abc", "1"), None);
         assert_eq!(compare_decimal("NaN", "1"), None);
-    }
-
-    #[test]
-    fn stored_filters_are_literal_config_filters_expand() {
-        std::env::set_var("WALHOOK_FILTER_TEST", "expanded");
-        let stored = Filter::from_json(&json!({"status": "${WALHOOK_FILTER_TEST}"})).unwrap();
-        assert_eq!(stored.conditions[0].value, json!("${WALHOOK_FILTER_TEST}"));
-        let from_config: Filter =
-            serde_json::from_value(json!({"status": "${WALHOOK_FILTER_TEST}"})).unwrap();
-        assert_eq!(from_config.conditions[0].value, json!("expanded"));
     }
 }

@@ -28,7 +28,7 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream}
 use tokio_postgres::NoTls;
 use tracing::warn;
 
-use super::error::SourceError;
+use super::PgError;
 
 /// A shared client configuration: ring provider, TLS 1.2/1.3, ALPN `postgresql` (required by
 /// Postgres 17's direct negotiation and ignored by older servers), no certificate verification.
@@ -113,12 +113,12 @@ impl ServerCertVerifier for EncryptOnly {
 
 /// Maps a handshake failure: rustls-level failures (bad certificate, no common cipher) are a
 /// TLS problem a human must fix; plain I/O failures (reset, EOF) are connection loss.
-pub(crate) fn handshake_error(e: io::Error) -> SourceError {
+pub(crate) fn handshake_error(e: io::Error) -> PgError {
     let is_tls = e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
     if is_tls {
-        SourceError::Tls(format!("handshake failed: {e}"))
+        PgError::Tls(format!("handshake failed: {e}"))
     } else {
-        SourceError::Io(e)
+        PgError::Io(e)
     }
 }
 
@@ -217,9 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
 
 /// Connects a regular SQL client honouring cfg's sslmode (disable / prefer / require) and
 /// spawns its connection task, which logs a connection error when it ends with one.
-pub async fn connect_sql(
-    cfg: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, SourceError> {
+pub async fn connect_sql(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, PgError> {
     match cfg.get_ssl_mode() {
         SslMode::Disable => {
             let (client, connection) = cfg.connect(NoTls).await?;
@@ -240,7 +238,7 @@ pub async fn connect_sql(
             });
             Ok(client)
         }
-        other => Err(SourceError::Config(format!(
+        other => Err(PgError::Config(format!(
             "unsupported sslmode {other:?}: only disable, prefer and require are supported"
         ))),
     }
