@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use walhook::config::TableName;
-use walhook::route::{PayloadContext, Route, Routed, Router};
+use walhook::model::{EventKind, Format, Origin, Secret, SignatureScheme, Subscription};
+use walhook::route::{PayloadContext, Routed, Router};
 use walhook::source::decode::{ChangeDecoder, Decoded};
 use walhook::source::pgoutput::{self, Column, Relation};
 
@@ -114,13 +115,20 @@ fn main() {
         },
         &["id".to_string()],
     );
-    let route = Route {
+    let route = Subscription {
         id: "orders".into(),
+        origin: Origin::Config,
         table: TableName::parse("orders").unwrap(),
-        events: [true; 3],
+        events: vec![EventKind::Insert, EventKind::Update, EventKind::Delete],
+        url: "http://127.0.0.1:9/bench".into(),
+        secret: Secret::new("whsec_bench"),
         active: true,
         filter: None,
         select: None,
+        format: Format::Json,
+        signature: SignatureScheme::Archie,
+        previous_secret: None,
+        previous_secret_expires_at: None,
     };
     let router = Router::new(PayloadContext::new("bench", "master"), vec![route]);
 

@@ -56,15 +56,9 @@ pub async fn run(config: &Config) -> Report {
     let mut r = Report::default();
     r.push(
         Level::Ok,
-        format!("config: {} subscription(s)", config.subscriptions.len()),
+        format!("config: {} subscription(s)", config.subscriptions().len()),
     );
-    let router = match Router::for_config(config) {
-        Ok(router) => router,
-        Err(e) => {
-            r.push(Level::Fail, e.to_string());
-            return r;
-        }
-    };
+    let router = Router::for_config(config);
     let client = match tls::connect_sql(&config.pg_config()).await {
         Ok(c) => c,
         Err(e) => {

@@ -26,6 +26,7 @@ use crate::deliver::http::HttpSender;
 use crate::deliver::worker::{self, Engine};
 use crate::metrics::Metrics;
 use crate::model::Lsn;
+use crate::model::{Origin, Subscription};
 use crate::outbox::enqueue::{Hooks, IngestError, OutboxSink};
 use crate::outbox::subscriptions::{self, StoredSubscription};
 use crate::outbox::{self, OutboxError, Schema};
@@ -39,11 +40,33 @@ use crate::source::SourceError;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Builds the router from the config, refusing subscriptions to walhook's own tables.
+/// Builds the router from the config (whose load refused walhook's own tables).
 pub fn build_router(config: &Config) -> Result<Router, SourceError> {
-    let router = Router::for_config(config).map_err(|e| SourceError::Config(e.to_string()))?;
-    check_own_schema(config, &router)?;
-    Ok(router)
+    Ok(Router::for_config(config))
+}
+
+/// A stored row as the model; a row that no longer parses (hand-edited) names its id and field.
+fn model_of(s: &StoredSubscription) -> Result<Subscription, SourceError> {
+    let table = crate::model::TableName::parse(&s.table)
+        .map_err(|m| SourceError::Config(format!("stored subscription {:?}: table: {m}", s.id)))?;
+    Ok(Subscription {
+        id: s.id.clone(),
+        origin: match s.source {
+            subscriptions::SubscriptionSource::Config => Origin::Config,
+            subscriptions::SubscriptionSource::Api => Origin::Api,
+        },
+        table,
+        events: s.events.clone(),
+        url: s.url.clone(),
+        secret: s.secret.clone(),
+        active: s.active,
+        filter: s.filter.clone(),
+        select: s.select.clone(),
+        format: s.format,
+        signature: s.signature,
+        previous_secret: s.previous_secret.clone(),
+        previous_secret_expires_at: s.previous_secret_expires_at,
+    })
 }
 
 fn check_own_schema(config: &Config, router: &Router) -> Result<(), SourceError> {
@@ -242,8 +265,8 @@ fn router_for_stored(
     config: &Config,
     stored: &[StoredSubscription],
 ) -> Result<Router, SourceError> {
-    let router =
-        Router::for_stored(config, stored).map_err(|e| SourceError::Config(e.to_string()))?;
+    let subs = stored.iter().map(model_of).collect::<Result<Vec<_>, _>>()?;
+    let router = Router::with_project(config, subs);
     check_own_schema(config, &router)?;
     Ok(router)
 }
@@ -403,7 +426,7 @@ async fn without_broken_api_subscriptions(
     let mut keep = Vec::with_capacity(stored.len());
     for sub in stored {
         if sub.source == subscriptions::SubscriptionSource::Api {
-            let problem = match crate::route::Route::from_stored(&sub) {
+            let problem = match model_of(&sub) {
                 Err(e) => Some(e.to_string()),
                 Ok(route) => {
                     match describe_tables(client, std::slice::from_ref(&route.table)).await {
@@ -413,7 +436,7 @@ async fn without_broken_api_subscriptions(
                         Err(_) => None,
                         Ok(infos) => infos
                             .iter()
-                            .find_map(|i| route.validate_columns(&i.columns).err())
+                            .find_map(|i| crate::route::check_columns(&route, &i.columns).err())
                             .map(|e| e.to_string()),
                     }
                 }

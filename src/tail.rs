@@ -56,7 +56,7 @@ impl<W: Write> Sink for TailSink<W> {
 
 /// Builds the router for `config`, keeping only subscription `only` when given.
 pub fn router(config: &Config, only: Option<&str>) -> Result<Router, SourceError> {
-    let mut router = Router::for_config(config).map_err(|e| SourceError::Config(e.to_string()))?;
+    let mut router = Router::for_config(config);
     if let Some(id) = only {
         if !router.retain_only(id) {
             return Err(SourceError::Config(format!(

@@ -15,8 +15,6 @@
 //!   Only an attempt already in flight at that moment may still reach the receiver.
 //! - views never include `secret` or `previous_secret`.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
@@ -33,7 +31,7 @@ use super::error::ApiError;
 use super::Ctx;
 use crate::config::{EventKind, SignatureScheme};
 use crate::outbox::subscriptions::{load_all, StoredSubscription, SubscriptionSource, COLUMNS};
-use crate::route::{Route, RouteError};
+use crate::route::UnknownColumn;
 use crate::source::setup::{describe_tables, ensure_replica_identity};
 use crate::source::SourceError;
 
@@ -407,21 +405,9 @@ async fn validate(ctx: &Ctx, spec: &Spec) -> Result<(), ApiError> {
         Ok(i) => i,
         Err(e) => return Err(on_source_error(ctx, source_err(e)).await),
     };
-    let route = Route {
-        id: Arc::from("(this webhook)"),
-        table: spec.table_name.clone(),
-        events: [false; 3],
-        active: spec.active,
-        filter: spec.filter.clone(),
-        select: spec.select.clone(),
-    };
     for info in &infos {
-        if let Err(e) = route.validate_columns(&info.columns) {
-            let field = match &e {
-                RouteError::UnknownColumn { used_in, .. } => *used_in,
-                RouteError::Invalid { .. } => "table",
-            };
-            return Err(ApiError::invalid(field, e.to_string()));
+        if let Err(e) = check_columns(&spec.table_name, spec, &info.columns) {
+            return Err(ApiError::invalid(e.used_in, e.to_string()));
         }
     }
     // Never changes anything with manage = false: it only reports what to run.
@@ -453,4 +439,29 @@ fn unquote(quoted: &str) -> String {
         .and_then(|s| s.strip_suffix('"'))
         .unwrap_or(quoted)
         .replace("\"\"", "\"")
+}
+
+/// The filter and select of `spec` name only columns of the table (until the API speaks
+/// the model's Subscription).
+fn check_columns(
+    table: &crate::model::TableName,
+    spec: &Spec,
+    columns: &[String],
+) -> Result<(), UnknownColumn> {
+    let sub = crate::model::Subscription {
+        id: "(this webhook)".into(),
+        origin: crate::model::Origin::Api,
+        table: table.clone(),
+        events: spec.events.clone(),
+        url: String::new(),
+        secret: crate::model::Secret::new(""),
+        active: spec.active,
+        filter: spec.filter.clone(),
+        select: spec.select.clone(),
+        format: spec.format,
+        signature: spec.signature,
+        previous_secret: None,
+        previous_secret_expires_at: None,
+    };
+    crate::route::check_columns(&sub, columns)
 }

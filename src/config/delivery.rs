@@ -8,6 +8,7 @@
 use serde::Deserialize;
 
 use super::{Duration, EnvString, Secret};
+use crate::model::egress::EgressPolicy;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,72 +168,13 @@ fn default_listen() -> EnvString {
     EnvString("127.0.0.1:8080".into())
 }
 
-/// The body a subscription receives.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// The Archie payload, signed.
-    #[default]
-    Json,
-    /// A Slack incoming-webhook message (unsigned).
-    Slack,
-    /// A Discord webhook message (unsigned).
-    Discord,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Json => "json",
-            Format::Slack => "slack",
-            Format::Discord => "discord",
+/// The egress rules of `[delivery]`, for validating subscription URLs and for the resolver.
+impl EgressPolicy {
+    pub fn from_config(c: &DeliveryConfig) -> EgressPolicy {
+        EgressPolicy {
+            allow_http: c.allow_http,
+            allow_private_networks: c.allow_private_networks,
+            allow_cidrs: c.allow_cidrs(),
         }
-    }
-    pub fn parse(s: &str) -> Option<Format> {
-        match s {
-            "json" => Some(Format::Json),
-            "slack" => Some(Format::Slack),
-            "discord" => Some(Format::Discord),
-            _ => None,
-        }
-    }
-}
-
-/// How a JSON body is signed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SignatureScheme {
-    /// `X-Archie-Signature: sha256=<hex>` and `X-Webhook-Signature: <hex>`.
-    #[default]
-    Archie,
-    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`.
-    Standard,
-}
-
-impl SignatureScheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SignatureScheme::Archie => "archie",
-            SignatureScheme::Standard => "standard",
-        }
-    }
-    pub fn parse(s: &str) -> Option<SignatureScheme> {
-        match s {
-            "archie" => Some(SignatureScheme::Archie),
-            "standard" => Some(SignatureScheme::Standard),
-            _ => None,
-        }
-    }
-}
-
-/// A Standard Webhooks secret must be `whsec_` followed by base64 of the key bytes.
-pub fn check_standard_secret(secret: &str) -> Result<(), String> {
-    use base64::Engine;
-    let b64 = secret
-        .strip_prefix("whsec_")
-        .ok_or("must start with \"whsec_\" when signature = \"standard\"")?;
-    match base64::engine::general_purpose::STANDARD.decode(b64) {
-        Ok(key) if !key.is_empty() => Ok(()),
-        _ => Err("the part after \"whsec_\" must be base64 (signature = \"standard\")".into()),
     }
 }

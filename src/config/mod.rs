@@ -17,8 +17,11 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::model::egress::EgressPolicy;
+pub use crate::model::subscription::{check_standard_secret, Format, SignatureScheme};
+use crate::model::subscription::{dedup_events, Invalid, Origin, Rules, Subscription};
 pub use crate::model::{quote_ident, Condition, EventKind, Filter, Op, Secret, TableName};
-pub use delivery::{check_standard_secret, ApiConfig, DeliveryConfig, Format, SignatureScheme};
+pub use delivery::{ApiConfig, DeliveryConfig};
 pub use duration::Duration;
 pub use env::EnvString;
 
@@ -51,8 +54,11 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub api: ApiConfig,
-    #[serde(default)]
-    pub subscriptions: Vec<Spanned<SubscriptionConfig>>,
+    #[serde(default, rename = "subscriptions")]
+    raw_subscriptions: Vec<Spanned<RawSubscription>>,
+    /// Filled from `[[subscriptions]]` by [`Config::parse`], every one validated.
+    #[serde(skip)]
+    subscriptions: Vec<Subscription>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,30 +116,31 @@ pub struct ProjectConfig {
     pub environment: EnvString,
 }
 
+/// A `[[subscriptions]]` entry as written; [`Config::parse`] turns each into a validated
+/// [`Subscription`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SubscriptionConfig {
-    pub id: EnvString,
-    pub table: EnvString,
-    pub events: Vec<EventKind>,
-    pub url: EnvString,
-    pub secret: Secret,
+struct RawSubscription {
+    id: EnvString,
+    table: EnvString,
+    events: Vec<EventKind>,
+    url: EnvString,
+    secret: Secret,
     #[serde(default = "default_true")]
-    pub active: bool,
+    active: bool,
     #[serde(default)]
-    pub filter: Option<Filter>,
+    filter: Option<Filter>,
     #[serde(default)]
-    pub select: Option<Vec<EnvString>>,
+    select: Option<Vec<EnvString>>,
     #[serde(default)]
-    pub format: Format,
+    format: Format,
     #[serde(default)]
-    pub signature: SignatureScheme,
-    /// The secret being rotated out; Standard signatures carry both until it expires.
+    signature: SignatureScheme,
     #[serde(default)]
-    pub previous_secret: Option<Secret>,
+    previous_secret: Option<Secret>,
     /// RFC 3339; required with `previous_secret`.
     #[serde(default)]
-    pub previous_secret_expires_at: Option<EnvString>,
+    previous_secret_expires_at: Option<EnvString>,
 }
 
 fn default_walhook() -> EnvString {
@@ -160,7 +167,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
@@ -168,24 +175,35 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self, text: &str, path: &str) -> Result<(), ConfigError> {
+    fn validate(&mut self, text: &str, path: &str) -> Result<(), ConfigError> {
         let invalid = |span: std::ops::Range<usize>, message: String| ConfigError::Invalid {
             path: path.to_string(),
             line: line_of(text, span.start),
             message,
         };
+        let whole_file = |message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            line: 1,
+            message,
+        };
+        self.delivery.validate().map_err(whole_file)?;
+        let rules = Rules {
+            egress: EgressPolicy::from_config(&self.delivery),
+            own_schema: self
+                .outbox
+                .url
+                .is_none()
+                .then(|| self.outbox.schema.as_str().to_string()),
+        };
         let mut seen = std::collections::HashMap::new();
-        for (i, sub) in self.subscriptions.iter().enumerate() {
-            let span = sub.span();
-            let s = sub.get_ref();
-            let at = format!("subscriptions[{i}] (id {:?})", s.id.as_str());
-            if s.id.as_str().is_empty() {
-                return Err(invalid(
-                    span,
-                    format!("subscriptions[{i}].id: must not be empty"),
-                ));
-            }
-            if let Some(prev) = seen.insert(s.id.as_str().to_string(), span.clone()) {
+        for (i, raw) in std::mem::take(&mut self.raw_subscriptions)
+            .into_iter()
+            .enumerate()
+        {
+            let span = raw.span();
+            let r = raw.into_inner();
+            let at = format!("subscriptions[{i}] (id {:?})", r.id.as_str());
+            if let Some(prev) = seen.insert(r.id.as_str().to_string(), span.clone()) {
                 return Err(invalid(
                     span,
                     format!(
@@ -194,71 +212,11 @@ impl Config {
                     ),
                 ));
             }
-            TableName::parse(s.table.as_str())
-                .map_err(|m| invalid(span.clone(), format!("{at}.table: {m}")))?;
-            if s.events.is_empty() {
-                return Err(invalid(
-                    span,
-                    format!("{at}.events: list at least one of INSERT, UPDATE, DELETE"),
-                ));
-            }
-            validate_url(s.url.as_str())
-                .map_err(|m| invalid(span.clone(), format!("{at}.url: {m}")))?;
-            if s.url.as_str().starts_with("http://") && !self.delivery.allow_http {
-                return Err(invalid(
-                    span,
-                    format!(
-                        "{at}.url: {:?} is plain HTTP; use https:// or set [delivery] allow_http = true",
-                        s.url.as_str()
-                    ),
-                ));
-            }
-            if s.secret.expose().is_empty() {
-                return Err(invalid(span, format!("{at}.secret: must not be empty")));
-            }
-            if s.signature == SignatureScheme::Standard {
-                check_standard_secret(s.secret.expose())
-                    .map_err(|m| invalid(span.clone(), format!("{at}.secret: {m}")))?;
-                if let Some(prev) = &s.previous_secret {
-                    check_standard_secret(prev.expose())
-                        .map_err(|m| invalid(span.clone(), format!("{at}.previous_secret: {m}")))?;
-                }
-            }
-            match (&s.previous_secret, &s.previous_secret_expires_at) {
-                (Some(_), None) => {
-                    return Err(invalid(
-                        span,
-                        format!("{at}.previous_secret_expires_at: required with previous_secret (RFC 3339, e.g. \"2026-12-01T00:00:00Z\")"),
-                    ))
-                }
-                (_, Some(t)) => {
-                    chrono::DateTime::parse_from_rfc3339(t.as_str()).map_err(|_| {
-                        invalid(
-                            span.clone(),
-                            format!(
-                                "{at}.previous_secret_expires_at: {:?} is not an RFC 3339 time like \"2026-12-01T00:00:00Z\"",
-                                t.as_str()
-                            ),
-                        )
-                    })?;
-                }
-                (None, None) => {}
-            }
-            if let Some(select) = &s.select {
-                if select.is_empty() {
-                    return Err(invalid(
-                        span,
-                        format!("{at}.select: empty list; remove the key to send every column"),
-                    ));
-                }
-            }
+            let sub = subscription_from_raw(r)
+                .and_then(|s| s.validate(&rules).map(|()| s))
+                .map_err(|e| invalid(span.clone(), format!("{at}.{e}")))?;
+            self.subscriptions.push(sub);
         }
-        let whole_file = |message: String| ConfigError::Invalid {
-            path: path.to_string(),
-            line: 1,
-            message,
-        };
-        self.delivery.validate().map_err(whole_file)?;
         self.api
             .listen
             .as_str()
@@ -312,8 +270,9 @@ impl Config {
         Ok(())
     }
 
-    pub fn subscriptions(&self) -> impl Iterator<Item = &SubscriptionConfig> {
-        self.subscriptions.iter().map(|s| s.get_ref())
+    /// config.toml's subscriptions, validated, in file order.
+    pub fn subscriptions(&self) -> impl ExactSizeIterator<Item = &Subscription> {
+        self.subscriptions.iter()
     }
 
     pub fn pg_config(&self) -> tokio_postgres::Config {
@@ -344,16 +303,41 @@ fn with_app_name(mut cfg: tokio_postgres::Config) -> tokio_postgres::Config {
     }
 }
 
-fn validate_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("{url:?} must start with https:// or http://"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(format!("{url:?} has no host"));
-    }
-    Ok(())
+/// The TOML shape to the model: parses what serde left as text (table, times).
+fn subscription_from_raw(r: RawSubscription) -> Result<Subscription, Invalid> {
+    let bad = |field: &'static str, message: String| Invalid { field, message };
+    let table = TableName::parse(r.table.as_str()).map_err(|m| bad("table", m))?;
+    let previous_secret_expires_at = r
+        .previous_secret_expires_at
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t.as_str())
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| {
+                    bad(
+                        "previous_secret_expires_at",
+                        format!(
+                            "{:?} is not an RFC 3339 time like \"2026-12-01T00:00:00Z\"",
+                            t.as_str()
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
+    Ok(Subscription {
+        id: r.id.0,
+        origin: Origin::Config,
+        table,
+        events: dedup_events(&r.events),
+        url: r.url.0,
+        secret: r.secret,
+        active: r.active,
+        filter: r.filter,
+        select: r.select.map(|v| v.into_iter().map(|c| c.0).collect()),
+        format: r.format,
+        signature: r.signature,
+        previous_secret: r.previous_secret,
+        previous_secret_expires_at,
+    })
 }
 
 #[cfg(test)]

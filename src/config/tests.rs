@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::egress::EgressPolicy;
 
 const GOOD: &str = r#"
 [source]
@@ -117,4 +118,12 @@ fn table_names() {
     assert_eq!(TableName::parse("orders").unwrap().display_name(), "orders");
     assert!(TableName::parse("we\"ird").unwrap_err().contains("invalid"));
     assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+}
+
+#[test]
+fn default_delivery_is_the_safe_egress_default() {
+    assert_eq!(
+        EgressPolicy::from_config(&DeliveryConfig::default()),
+        EgressPolicy::default()
+    );
 }

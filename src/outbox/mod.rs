@@ -12,8 +12,8 @@ pub mod subscriptions;
 use tokio_postgres::Client;
 use tracing::info;
 
-use crate::config::{quote_ident, SubscriptionConfig};
 use crate::model::Lsn;
+use crate::model::{quote_ident, Subscription};
 use crate::pg::error_text;
 
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -145,7 +145,7 @@ pub async fn load_checkpoint(
 pub async fn sync_config_subscriptions(
     client: &mut Client,
     schema: &Schema,
-    subs: &[&SubscriptionConfig],
+    subs: &[&Subscription],
 ) -> Result<(), OutboxError> {
     let t = schema.table("subscriptions");
     let tx = client.transaction().await?;
@@ -175,25 +175,22 @@ pub async fn sync_config_subscriptions(
     for s in subs {
         let events: Vec<&str> = s.events.iter().map(|e| e.as_str()).collect();
         let filter: Option<serde_json::Value> = s.filter.as_ref().map(|f| f.to_json());
-        let select: Option<Vec<String>> = s
-            .select
-            .as_ref()
-            .map(|v| v.iter().map(|c| c.to_string()).collect());
+        let expires = s.previous_secret_expires_at.map(|t| t.to_rfc3339());
         tx.execute(
             &upsert,
             &[
                 &s.id.as_str(),
-                &s.table.as_str(),
+                &s.table.display_name(),
                 &events,
                 &s.url.as_str(),
                 &s.secret.expose(),
                 &s.active,
                 &filter,
-                &select,
+                &s.select,
                 &s.format.as_str(),
                 &s.signature.as_str(),
                 &s.previous_secret.as_ref().map(|p| p.expose()),
-                &s.previous_secret_expires_at.as_ref().map(|t| t.as_str()),
+                &expires,
             ],
         )
         .await?;

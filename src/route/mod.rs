@@ -14,129 +14,44 @@ mod payload;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::config::{EventKind, Filter, SubscriptionConfig, TableName};
-use crate::model::change::{RowChange, TableShape};
-use crate::outbox::subscriptions::StoredSubscription;
+use crate::config::Config;
+use crate::model::{EventKind, RowChange, Subscription, TableName, TableShape};
 
 pub use payload::{build_payload, PayloadContext};
 
+/// A subscription that names columns its table does not have.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum RouteError {
-    #[error("subscription {subscription:?}: table {table} has no column {column:?} (used in {used_in}); its columns are: {available}")]
-    UnknownColumn {
-        subscription: String,
-        table: String,
-        column: String,
-        used_in: &'static str,
-        available: String,
-    },
-    #[error("subscription {subscription:?}: {message}")]
-    Invalid {
-        subscription: String,
-        message: String,
-    },
+#[error("subscription {subscription:?}: table {table} has no column {column:?} (used in {used_in}); its columns are: {available}")]
+pub struct UnknownColumn {
+    pub subscription: String,
+    pub table: String,
+    pub column: String,
+    /// `"filter"` or `"select"`: the field at fault.
+    pub used_in: &'static str,
+    pub available: String,
 }
 
-impl RouteError {
-    /// Routing errors come from configuration; retrying does not fix them.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-}
-
-/// One subscription, compiled for routing.
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub id: Arc<str>,
-    pub table: TableName,
-    pub events: [bool; 3],
-    pub active: bool,
-    pub filter: Option<Filter>,
-    pub select: Option<Vec<String>>,
-}
-
-impl Route {
-    pub fn from_config(s: &SubscriptionConfig) -> Result<Route, RouteError> {
-        Route::build(
-            s.id.as_str(),
-            s.table.as_str(),
-            &s.events,
-            s.active,
-            s.filter.clone(),
-            s.select
-                .as_ref()
-                .map(|v| v.iter().map(|c| c.as_str().to_string()).collect()),
-        )
-    }
-
-    /// A subscription as stored in the outbox (config.toml's and the API's alike).
-    pub fn from_stored(s: &StoredSubscription) -> Result<Route, RouteError> {
-        Route::build(
-            &s.id,
-            &s.table,
-            &s.events,
-            s.active,
-            s.filter.clone(),
-            s.select.clone(),
-        )
-    }
-
-    fn build(
-        id: &str,
-        table: &str,
-        event_kinds: &[EventKind],
-        active: bool,
-        filter: Option<Filter>,
-        select: Option<Vec<String>>,
-    ) -> Result<Route, RouteError> {
-        let table = TableName::parse(table).map_err(|message| RouteError::Invalid {
-            subscription: id.to_string(),
-            message,
-        })?;
-        let mut events = [false; 3];
-        for e in event_kinds {
-            events[event_index(*e)] = true;
+/// Every column named by the subscription's filter or select must exist in the table.
+pub fn check_columns(sub: &Subscription, columns: &[String]) -> Result<(), UnknownColumn> {
+    let known: BTreeSet<&str> = columns.iter().map(String::as_str).collect();
+    let filter_cols = sub
+        .filter
+        .iter()
+        .flat_map(|f| f.columns())
+        .map(|c| (c, "filter"));
+    let select_cols = sub.select.iter().flatten().map(|c| (c.as_str(), "select"));
+    for (column, used_in) in filter_cols.chain(select_cols) {
+        if !known.contains(column) {
+            return Err(UnknownColumn {
+                subscription: sub.id.clone(),
+                table: sub.table.to_string(),
+                column: column.to_string(),
+                used_in,
+                available: columns.join(", "),
+            });
         }
-        Ok(Route {
-            id: Arc::from(id),
-            table,
-            events,
-            active,
-            filter,
-            select,
-        })
     }
-
-    /// Every column named by filter or select must exist in the table.
-    pub fn validate_columns(&self, columns: &[String]) -> Result<(), RouteError> {
-        let known: BTreeSet<&str> = columns.iter().map(String::as_str).collect();
-        let filter_cols = self
-            .filter
-            .iter()
-            .flat_map(|f| f.columns())
-            .map(|c| (c, "filter"));
-        let select_cols = self.select.iter().flatten().map(|c| (c.as_str(), "select"));
-        for (column, used_in) in filter_cols.chain(select_cols) {
-            if !known.contains(column) {
-                return Err(RouteError::UnknownColumn {
-                    subscription: self.id.to_string(),
-                    table: self.table.to_string(),
-                    column: column.to_string(),
-                    used_in,
-                    available: columns.join(", "),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-fn event_index(e: EventKind) -> usize {
-    match e {
-        EventKind::Insert => 0,
-        EventKind::Update => 1,
-        EventKind::Delete => 2,
-    }
+    Ok(())
 }
 
 /// A payload ready for the outbox (or for `walhook tail`).
@@ -153,57 +68,44 @@ pub struct Routed {
 
 #[derive(Debug, Default, Clone)]
 pub struct Router {
-    by_table: HashMap<TableName, Vec<Route>>,
+    by_table: HashMap<TableName, Vec<Entry>>,
     ctx: PayloadContext,
 }
 
+/// A subscription with its id shared by every payload routed to it (cloning an `Arc<str>` per
+/// payload instead of allocating a string).
+#[derive(Debug, Clone)]
+struct Entry {
+    id: Arc<str>,
+    sub: Subscription,
+}
+
 impl Router {
-    pub fn new(ctx: PayloadContext, routes: Vec<Route>) -> Router {
-        let mut by_table: HashMap<TableName, Vec<Route>> = HashMap::new();
-        for r in routes {
-            by_table.entry(r.table.clone()).or_default().push(r);
+    pub fn new(ctx: PayloadContext, subs: impl IntoIterator<Item = Subscription>) -> Router {
+        let mut by_table: HashMap<TableName, Vec<Entry>> = HashMap::new();
+        for sub in subs {
+            by_table.entry(sub.table.clone()).or_default().push(Entry {
+                id: Arc::from(sub.id.as_str()),
+                sub,
+            });
         }
         Router { by_table, ctx }
     }
 
-    pub fn from_config<'a>(
-        ctx: PayloadContext,
-        subs: impl IntoIterator<Item = &'a SubscriptionConfig>,
-    ) -> Result<Router, RouteError> {
-        let routes = subs
-            .into_iter()
-            .map(Route::from_config)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Router::new(ctx, routes))
-    }
-
-    /// The router for the stored subscriptions, with the config's project fields.
-    pub fn for_stored(
-        config: &crate::config::Config,
-        subs: &[StoredSubscription],
-    ) -> Result<Router, RouteError> {
-        let routes = subs
-            .iter()
-            .map(Route::from_stored)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Router::new(
+    /// The router for `subs` with the config's project fields.
+    pub fn with_project(config: &Config, subs: impl IntoIterator<Item = Subscription>) -> Router {
+        Router::new(
             PayloadContext::new(
                 config.project.id.as_str(),
                 config.project.environment.as_str(),
             ),
-            routes,
-        ))
+            subs,
+        )
     }
 
     /// The router for the config file's subscriptions, with its project fields.
-    pub fn for_config(config: &crate::config::Config) -> Result<Router, RouteError> {
-        Router::from_config(
-            PayloadContext::new(
-                config.project.id.as_str(),
-                config.project.environment.as_str(),
-            ),
-            config.subscriptions(),
-        )
+    pub fn for_config(config: &Config) -> Router {
+        Router::with_project(config, config.subscriptions().cloned())
     }
 
     /// Tables with at least one subscription (active or not: pausing must not unpublish).
@@ -213,23 +115,27 @@ impl Router {
         t
     }
 
-    pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.by_table.values().flatten()
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Subscription> {
+        self.by_table.values().flatten().map(|e| &e.sub)
     }
 
     /// Keeps only the named subscription; false when there is none by that id.
     pub fn retain_only(&mut self, id: &str) -> bool {
         for routes in self.by_table.values_mut() {
-            routes.retain(|r| &*r.id == id);
+            routes.retain(|e| e.sub.id == id);
         }
         self.by_table.retain(|_, r| !r.is_empty());
         !self.by_table.is_empty()
     }
 
     /// Checks filter/select columns of every route on `table` against its columns.
-    pub fn validate_table(&self, table: &TableName, columns: &[String]) -> Result<(), RouteError> {
-        for r in self.by_table.get(table).into_iter().flatten() {
-            r.validate_columns(columns)?;
+    pub fn validate_table(
+        &self,
+        table: &TableName,
+        columns: &[String],
+    ) -> Result<(), UnknownColumn> {
+        for e in self.by_table.get(table).into_iter().flatten() {
+            check_columns(&e.sub, columns)?;
         }
         Ok(())
     }
@@ -243,11 +149,10 @@ impl Router {
         let Some(routes) = self.by_table.get(&change.shape.table) else {
             return;
         };
-        let idx = event_index(change.kind);
         let mut key: Option<String> = None;
         let mut full_record: Option<String> = None;
-        for r in routes {
-            if !r.active || !r.events[idx] {
+        for Entry { id, sub: r } in routes {
+            if !r.active || !r.wants(change.kind) {
                 continue;
             }
             if let Some(f) = &r.filter {
@@ -272,7 +177,7 @@ impl Router {
                 }
             };
             out.push(Routed {
-                subscription: r.id.clone(),
+                subscription: id.clone(),
                 event_id: change.event_id(),
                 event: change.kind,
                 key: key.get_or_insert_with(|| row_key(change)).clone(),

@@ -3,8 +3,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::config::Filter;
-use crate::model::Lsn;
+use crate::model::{Filter, Format, Lsn, Origin, Secret, SignatureScheme};
 
 fn shape() -> Arc<TableShape> {
     Arc::new(TableShape {
@@ -26,22 +25,30 @@ fn change(kind: EventKind, record: Value, changed: Vec<usize>) -> RowChange {
     }
 }
 
-fn route(id: &str, events: &[EventKind], filter: Option<Value>, select: Option<&[&str]>) -> Route {
-    let mut ev = [false; 3];
-    for e in events {
-        ev[event_index(*e)] = true;
-    }
-    Route {
-        id: Arc::from(id),
+fn route(
+    id: &str,
+    events: &[EventKind],
+    filter: Option<Value>,
+    select: Option<&[&str]>,
+) -> Subscription {
+    Subscription {
+        id: id.into(),
+        origin: Origin::Config,
         table: TableName::parse("orders").unwrap(),
-        events: ev,
+        events: events.to_vec(),
+        url: "https://hooks.test/h".into(),
+        secret: Secret::new("whsec_test"),
         active: true,
         filter: filter.map(|f| Filter::from_json(&f).unwrap()),
         select: select.map(|s| s.iter().map(|c| c.to_string()).collect()),
+        format: Format::Json,
+        signature: SignatureScheme::Archie,
+        previous_secret: None,
+        previous_secret_expires_at: None,
     }
 }
 
-fn router(routes: Vec<Route>) -> Router {
+fn router(routes: Vec<Subscription>) -> Router {
     Router::new(PayloadContext::new("my-project", "master"), routes)
 }
 
@@ -130,7 +137,7 @@ fn select_narrows_record_and_changed_fields() {
 fn unknown_columns_are_reported_with_the_table_columns() {
     let cols: Vec<String> = shape().columns.clone();
     let r = route("bad", ALL, Some(json!({"stauts": "x"})), None);
-    let err = r.validate_columns(&cols).unwrap_err().to_string();
+    let err = check_columns(&r, &cols).unwrap_err().to_string();
     assert!(
         err.contains("\"stauts\"")
             && err.contains("filter")
@@ -138,16 +145,12 @@ fn unknown_columns_are_reported_with_the_table_columns() {
         "{err}"
     );
     let r = route("bad", ALL, None, Some(&["id", "totl"]));
-    assert!(r
-        .validate_columns(&cols)
+    assert!(check_columns(&r, &cols)
         .unwrap_err()
         .to_string()
         .contains("select"));
-    assert!(
-        route("ok", ALL, Some(json!({"status": "x"})), Some(&["id"]))
-            .validate_columns(&cols)
-            .is_ok()
-    );
+    let ok = route("ok", ALL, Some(json!({"status": "x"})), Some(&["id"]));
+    assert!(check_columns(&ok, &cols).is_ok());
 }
 
 #[test]
