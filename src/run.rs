@@ -324,10 +324,15 @@ async fn ingest_once(
     let router = router_rx.borrow().clone();
     prepare(
         &source_client,
-        &router,
+        &router.tables(),
         publication,
         config.source.manage_replica_identity,
         true,
+        |t| {
+            router
+                .validate_table(&t.table, &t.columns)
+                .map_err(|e| e.to_string())
+        },
     )
     .await?;
     ensure_slot(&source_client, slot).await?;
@@ -404,10 +409,15 @@ impl Reloader {
         self.router_tx.send_replace(router.clone());
         prepare(
             &client,
-            &router,
+            &router.tables(),
             config.source.publication.as_str(),
             config.source.manage_replica_identity,
             true,
+            |t| {
+                router
+                    .validate_table(&t.table, &t.columns)
+                    .map_err(|e| e.to_string())
+            },
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -76,10 +76,15 @@ pub async fn start_temporary(config: &Config, router: &Router) -> Result<SourceL
     let publication = config.source.publication.as_str();
     prepare(
         &client,
-        router,
+        &router.tables(),
         publication,
         config.source.manage_replica_identity,
         false,
+        |t| {
+            router
+                .validate_table(&t.table, &t.columns)
+                .map_err(|e| e.to_string())
+        },
     )
     .await?;
 

@@ -305,23 +305,22 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<bool, SourceErro
     }
 }
 
-/// Everything a source needs before streaming: tables described and checked against the
-/// router's filter/select columns, replica identity made safe, publication synced.
+/// Everything a source needs before streaming: `tables` described and each passed to `check`
+/// (the caller's filter/select columns) BEFORE anything is changed, then replica identity made
+/// safe and the publication synced.
 pub async fn prepare(
     client: &Client,
-    router: &crate::route::Router,
+    tables: &[TableName],
     publication: &str,
     manage_replica_identity: bool,
     remove_extra: bool,
+    check: impl Fn(&TableInfo) -> Result<(), String>,
 ) -> Result<Vec<TableInfo>, SourceError> {
-    let tables = router.tables();
-    let mut infos = describe_tables(client, &tables).await?;
+    let mut infos = describe_tables(client, tables).await?;
     for i in &infos {
-        router
-            .validate_table(&i.table, &i.columns)
-            .map_err(|e| config_err(e.to_string()))?;
+        check(i).map_err(config_err)?;
     }
     ensure_replica_identity(client, &mut infos, manage_replica_identity).await?;
-    sync_publication(client, publication, &tables, remove_extra).await?;
+    sync_publication(client, publication, tables, remove_extra).await?;
     Ok(infos)
 }
