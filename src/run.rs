@@ -84,19 +84,14 @@ fn check_own_schema(config: &Config, router: &Router) -> Result<(), SourceError>
     Ok(())
 }
 
+/// Kept for `run.rs`'s callers; the connection itself is [`outbox::connect`].
 pub async fn connect_outbox(config: &Config) -> Result<tokio_postgres::Client, OutboxError> {
-    tls::connect_sql(&config.outbox_pg_config())
-        .await
-        .map_err(|e| OutboxError::Connect {
-            message: e.to_string(),
-            retryable: e.is_retryable(),
-        })
+    outbox::connect(config).await
 }
 
 /// `walhook migrate`: applies outbox migrations and returns the versions applied.
 pub async fn migrate(config: &Config) -> Result<Vec<i32>, OutboxError> {
-    let mut client = connect_outbox(config).await?;
-    outbox::migrate(&mut client, &Schema::new(config.outbox.schema.as_str())).await
+    outbox::migrate_config(config).await
 }
 
 /// Handles shared by the tasks of `walhook run`, and visible to whoever starts it (tests, demo).

@@ -12,7 +12,7 @@ use common::daemon::{fast_delivery, wait_value, Daemon};
 use common::receiver::Receiver;
 use common::TestDb;
 use uuid::Uuid;
-use walhook::deliver::store::{NewStatus, Queue, Recorded};
+use walhook::outbox::queue::{NewStatus, Queue, Recorded};
 use walhook::outbox::Schema;
 
 fn delivered(id: i64) -> Recorded {

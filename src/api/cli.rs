@@ -1,6 +1,7 @@
 //! The CLI twins of the API: `walhook deliveries list|replay` and `walhook send-test`. They talk
-//! to the outbox database directly with the same SQL as the handlers ([`super::deliveries`],
-//! [`super::ping`]), so they work while the daemon (and its API) is down.
+//! to the outbox database directly through the same outbox functions as the handlers
+//! ([`crate::outbox::deliveries`], [`super::ping`]), so they work while the daemon (and its API)
+//! is down.
 //!
 //! Guarantees: the same rules as the API (a delivery in flight is not replayed; a replay only
 //! touches the named subscription's deliveries); output is one line per delivery, or one
@@ -10,12 +11,13 @@ use std::io::Write;
 
 use chrono::{DateTime, Utc};
 
-use super::deliveries::{self, format_id, parse_id, ListQuery, ReplayOne, STATUSES};
+use super::common::time;
+use super::deliveries::{format_id, parse_id};
 use super::ping::{self, PingError};
-use super::webhooks::time;
 use crate::config::Config;
+use crate::outbox::deliveries::{self, ListQuery, ReplayOne, STATUSES};
 use crate::outbox::subscriptions::load_one;
-use crate::outbox::{OutboxError, Schema};
+use crate::outbox::{self, OutboxError, Schema};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -50,7 +52,7 @@ async fn connect(
     config: &Config,
     subscription: &str,
 ) -> Result<(tokio_postgres::Client, Schema), CliError> {
-    let client = crate::run::connect_outbox(config).await?;
+    let client = outbox::connect(config).await?;
     let schema = Schema::new(config.outbox.schema.as_str());
     if load_one(&client, &schema, subscription).await?.is_none() {
         return Err(CliError::NoSubscription(subscription.to_string()));
@@ -160,7 +162,7 @@ pub async fn send_test(
     subscription: &str,
     out: &mut impl Write,
 ) -> Result<bool, CliError> {
-    let client = crate::run::connect_outbox(config).await?;
+    let client = outbox::connect(config).await?;
     let schema = Schema::new(config.outbox.schema.as_str());
     let sub = load_one(&client, &schema, subscription)
         .await?

@@ -112,12 +112,6 @@ impl From<OutboxError> for ApiError {
     }
 }
 
-impl From<tokio_postgres::Error> for ApiError {
-    fn from(e: tokio_postgres::Error) -> ApiError {
-        ApiError::from(OutboxError::Sql(e))
-    }
-}
-
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(e: deadpool_postgres::PoolError) -> ApiError {
         ApiError::from_db("outbox", &e, true)

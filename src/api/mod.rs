@@ -20,6 +20,7 @@
 mod auth;
 mod body;
 pub mod cli;
+mod common;
 pub mod deliveries;
 mod error;
 mod ops;

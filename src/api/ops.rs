@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::metrics::DbGauges;
+use crate::outbox::{self, deliveries};
 
 /// Longest wait for a database during a probe or scrape.
 const DB_WAIT: Duration = Duration::from_secs(2);
@@ -41,7 +42,7 @@ pub async fn readyz(State(ctx): State<Ctx>) -> Response {
     }
     let outbox_ok = tokio::time::timeout(DB_WAIT, async {
         let client = ctx.state.outbox.get().await.ok()?;
-        client.simple_query("SELECT 1").await.ok()
+        outbox::ping(&client).await.ok()
     })
     .await
     .ok()
@@ -81,41 +82,26 @@ type PerSub = Vec<(String, i64)>;
 /// rather than disappearing. Each count is an index range scan of one subscription.
 async fn queue_gauges(ctx: &Ctx) -> Option<(PerSub, PerSub)> {
     let client = ctx.state.outbox.get().await.ok()?;
-    let s = &ctx.state.schema;
-    let rows = client
-        .query(
-            &format!(
-                "SELECT s.id,
-                    (SELECT count(*) FROM {d} d WHERE d.subscription_id = s.id
-                       AND d.status IN ('pending', 'failed')),
-                    (SELECT count(*) FROM {d} d WHERE d.subscription_id = s.id
-                       AND d.status = 'dead')
-                 FROM {subs} s ORDER BY s.id",
-                d = s.table("deliveries"),
-                subs = s.table("subscriptions")
-            ),
-            &[],
-        )
+    let counts = deliveries::counts(&client, &ctx.state.schema)
         .await
         .map_err(|e| tracing::warn!(error = %e, "metrics: reading outbox gauges failed"))
         .ok()?;
-    let pending = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let dead = rows.iter().map(|r| (r.get(0), r.get(2))).collect();
+    let pending = counts
+        .iter()
+        .map(|c| (c.subscription.clone(), c.unfinished))
+        .collect();
+    let dead = counts
+        .into_iter()
+        .map(|c| (c.subscription, c.dead))
+        .collect();
     Some((pending, dead))
 }
 
 /// WAL the slot has not confirmed yet, in bytes; None when unknown (no slot, or a standby).
 async fn slot_lag(ctx: &Ctx) -> Option<i64> {
     let client = ctx.source().await.ok()?;
-    let row = client
-        .query_opt(
-            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&ctx.state.slot],
-        )
-        .await;
-    match row {
-        Ok(r) => r.and_then(|r| r.get::<_, Option<i64>>(0)),
+    match crate::pg::catalog::slot_lag_bytes(&client, &ctx.state.slot).await {
+        Ok(lag) => lag,
         Err(e) => {
             if e.is_closed() {
                 ctx.reset_source().await;

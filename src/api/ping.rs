@@ -18,8 +18,8 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use super::auth::EnvHeader;
+use super::common::{find, path_id};
 use super::error::ApiError;
-use super::webhooks::{find, path_id};
 use super::Ctx;
 use crate::config::{DeliveryConfig, TableName};
 use crate::deliver::http::HttpSender;
@@ -125,7 +125,7 @@ pub(super) async fn handler(
     let id = path_id(id)?;
     let sub = {
         let client = ctx.outbox().await?;
-        find(&**client, &ctx, &id, false).await?
+        find(&client, &ctx.state.schema, &id).await?
     };
     let st = &ctx.state;
     match send(&sub, &st.project_id, &st.environment, &st.delivery).await {

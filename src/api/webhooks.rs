@@ -6,8 +6,8 @@
 //!   environment (403), values (422), and, on the source database, that the table exists, is a
 //!   table, has the filter/select columns, and (with `manage_replica_identity = false`) already
 //!   has REPLICA IDENTITY FULL, because `walhook run` would otherwise refuse to publish it;
-//! - updates are read-modify-write under `SELECT … FOR UPDATE`, so two concurrent PATCHes never
-//!   lose each other's fields;
+//! - updates are read-modify-write under `SELECT … FOR UPDATE` ([`subscriptions::edit`]), so two
+//!   concurrent PATCHes never lose each other's fields;
 //! - subscriptions from config.toml are listed but never changed here (409): the file is their
 //!   source of truth and the next start or SIGHUP would undo the change;
 //! - DELETE removes the subscription and all its deliveries in one transaction, so nothing of it
@@ -20,27 +20,23 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
-use tokio_postgres::GenericClient;
 
 use super::auth::{check_environment, missing, EnvHeaderMissing, ENVIRONMENT_HEADER};
 use super::body::{self, Spec, WebhookFields};
-use super::deliveries::{self, ListQuery};
+use super::common::{body_bytes, find, no_webhook, path_id, time};
+use super::deliveries::summary;
 use super::error::ApiError;
 use super::Ctx;
-use crate::config::{EventKind, SignatureScheme};
-use crate::outbox::subscriptions::{load_all, StoredSubscription, SubscriptionSource, COLUMNS};
+use crate::config::SignatureScheme;
+use crate::outbox::deliveries::{self, ListQuery};
+use crate::outbox::subscriptions::{self, StoredSubscription, SubscriptionSource, Values};
 use crate::route::UnknownColumn;
 use crate::source::setup::{describe_tables, ensure_replica_identity};
 use crate::source::SourceError;
 
 /// How many recent deliveries `GET /{id}` returns.
 const RECENT_DELIVERIES: i64 = 50;
-
-pub(super) fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
 
 /// The public view of a subscription: no secrets.
 pub(super) fn view(s: &StoredSubscription) -> Value {
@@ -65,50 +61,6 @@ pub(super) fn view(s: &StoredSubscription) -> Value {
     })
 }
 
-/// A path `{id}`: any rejection (bad percent-encoding) or an id no row can have is a 404.
-pub(super) fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    match p {
-        Ok(Path(id)) if !id.contains('\0') => Ok(id),
-        _ => Err(ApiError::NotFound("no such webhook".into())),
-    }
-}
-
-pub(super) fn body_bytes(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    b.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge
-        } else {
-            ApiError::BadRequest {
-                message: format!("cannot read the request body: {e}"),
-                field: None,
-            }
-        }
-    })
-}
-
-/// Loads one subscription (optionally locking it), or 404.
-pub(super) async fn find(
-    client: &impl GenericClient,
-    ctx: &Ctx,
-    id: &str,
-    for_update: bool,
-) -> Result<StoredSubscription, ApiError> {
-    let lock = if for_update { " FOR UPDATE" } else { "" };
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT {COLUMNS} FROM {} WHERE id = $1{lock}",
-                ctx.state.schema.table("subscriptions")
-            ),
-            &[&id],
-        )
-        .await?;
-    match row {
-        Some(r) => Ok(StoredSubscription::from_row(&r)?),
-        None => Err(ApiError::NotFound(format!("no webhook with id {id:?}"))),
-    }
-}
-
 fn config_owned(id: &str) -> ApiError {
     ApiError::Conflict(format!(
         "subscription {id:?} comes from config.toml; edit the file and send SIGHUP"
@@ -117,7 +69,7 @@ fn config_owned(id: &str) -> ApiError {
 
 pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Value>, ApiError> {
     let client = ctx.outbox().await?;
-    let subs = load_all(&client, &ctx.state.schema).await?;
+    let subs = subscriptions::load_all(&client, &ctx.state.schema).await?;
     Ok(Json(
         json!({ "webhooks": subs.iter().map(view).collect::<Vec<_>>() }),
     ))
@@ -129,7 +81,7 @@ pub async fn get_one(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(id)?;
     let client = ctx.outbox().await?;
-    let sub = find(&**client, &ctx, &id, false).await?;
+    let sub = find(&client, &ctx.state.schema, &id).await?;
     let recent = deliveries::list(
         &client,
         &ctx.state.schema,
@@ -142,7 +94,7 @@ pub async fn get_one(
     .await?;
     Ok(Json(json!({
         "webhook": view(&sub),
-        "deliveries": recent.iter().map(|d| d.summary()).collect::<Vec<_>>(),
+        "deliveries": recent.iter().map(summary).collect::<Vec<_>>(),
     })))
 }
 
@@ -172,32 +124,8 @@ pub async fn create(
     validate(&ctx, &spec).await?;
     let id = format!("wh_{}", uuid::Uuid::new_v4());
     let client = ctx.outbox().await?;
-    let row = client
-        .query_one(
-            &format!(
-                "INSERT INTO {} (id, source, table_name, events, url, secret, active, filter,
-                     select_columns, format, signature, previous_secret, previous_secret_expires_at)
-                 VALUES ($1, 'api', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                 RETURNING {COLUMNS}",
-                ctx.state.schema.table("subscriptions")
-            ),
-            &[
-                &id,
-                &spec.table,
-                &event_names(&spec.events),
-                &spec.url,
-                &spec.secret,
-                &spec.active,
-                &spec.filter.as_ref().map(|f| f.to_json()),
-                &spec.select,
-                &spec.format.as_str(),
-                &spec.signature.as_str(),
-                &spec.previous_secret,
-                &spec.previous_secret_expires_at,
-            ],
-        )
-        .await?;
-    let sub = StoredSubscription::from_row(&row)?;
+    let sub =
+        subscriptions::create(&client, &ctx.state.schema, &id, &values(&spec, spec.active)).await?;
     tracing::info!(id = %sub.id, table = %sub.table, "webhook created through the API");
     ctx.state.changed.notify_one();
     Ok((StatusCode::CREATED, Json(view(&sub))))
@@ -213,47 +141,20 @@ pub async fn update(
     let fields = body::parse_webhook(&body_bytes(body)?)?;
     check_identity(&ctx, &fields, env_missing.is_some())?;
     let mut client = ctx.outbox().await?;
-    let tx = client.transaction().await?;
-    let current = find(&*tx, &ctx, &id, true).await?;
+    let editing = subscriptions::edit(&mut client, &ctx.state.schema, &id)
+        .await?
+        .ok_or_else(|| no_webhook(&id))?;
+    let current = &editing.current;
     if current.source == SubscriptionSource::Config {
         return Err(config_owned(&id));
     }
-    let spec = apply(&fields, Some(&current))?;
+    let spec = apply(&fields, Some(current))?;
     validate(&ctx, &spec).await?;
     // Re-enable after a 410 Gone when asked to, or when the URL the receiver gave up on changed.
     let reactivate = current.deactivated_reason.is_some()
         && (fields.active == Some(true) || (fields.active.is_none() && spec.url != current.url));
     let active = if reactivate { true } else { spec.active };
-    let row = tx
-        .query_one(
-            &format!(
-                "UPDATE {} SET table_name = $2, events = $3, url = $4, secret = $5, active = $6,
-                     filter = $7, select_columns = $8, format = $9, signature = $10,
-                     previous_secret = $11, previous_secret_expires_at = $12,
-                     deactivated_at = CASE WHEN $6 THEN NULL ELSE deactivated_at END,
-                     deactivated_reason = CASE WHEN $6 THEN NULL ELSE deactivated_reason END,
-                     updated_at = now()
-                 WHERE id = $1 RETURNING {COLUMNS}",
-                ctx.state.schema.table("subscriptions")
-            ),
-            &[
-                &id,
-                &spec.table,
-                &event_names(&spec.events),
-                &spec.url,
-                &spec.secret,
-                &active,
-                &spec.filter.as_ref().map(|f| f.to_json()),
-                &spec.select,
-                &spec.format.as_str(),
-                &spec.signature.as_str(),
-                &spec.previous_secret,
-                &spec.previous_secret_expires_at,
-            ],
-        )
-        .await?;
-    tx.commit().await?;
-    let sub = StoredSubscription::from_row(&row)?;
+    let sub = editing.update(&values(&spec, active)).await?;
     tracing::info!(id = %sub.id, "webhook updated through the API");
     ctx.state.changed.notify_one();
     Ok(Json(view(&sub)))
@@ -265,34 +166,13 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let id = path_id(id)?;
     let mut client = ctx.outbox().await?;
-    let tx = client.transaction().await?;
-    let current = find(&*tx, &ctx, &id, true).await?;
-    if current.source == SubscriptionSource::Config {
+    let editing = subscriptions::edit(&mut client, &ctx.state.schema, &id)
+        .await?
+        .ok_or_else(|| no_webhook(&id))?;
+    if editing.current.source == SubscriptionSource::Config {
         return Err(config_owned(&id));
     }
-    // attempts has no foreign key (see sql/002): its rows go with their deliveries.
-    let removed: i64 = tx
-        .query_one(
-            &format!(
-                "WITH gone AS (DELETE FROM {} WHERE subscription_id = $1 RETURNING id),
-                 attempts AS (DELETE FROM {} WHERE delivery_id IN (SELECT id FROM gone))
-                 SELECT count(*) FROM gone",
-                ctx.state.schema.table("deliveries"),
-                ctx.state.schema.table("attempts")
-            ),
-            &[&id],
-        )
-        .await?
-        .get(0);
-    tx.execute(
-        &format!(
-            "DELETE FROM {} WHERE id = $1",
-            ctx.state.schema.table("subscriptions")
-        ),
-        &[&id],
-    )
-    .await?;
-    tx.commit().await?;
+    let removed = editing.delete().await?;
     tracing::info!(id = %id, deliveries = removed, "webhook deleted through the API");
     ctx.state.changed.notify_one();
     Ok(StatusCode::NO_CONTENT)
@@ -316,8 +196,21 @@ fn check_identity(ctx: &Ctx, f: &WebhookFields, env_header_missing: bool) -> Res
     }
 }
 
-fn event_names(events: &[EventKind]) -> Vec<&'static str> {
-    events.iter().map(|e| e.as_str()).collect()
+/// What the outbox stores for `spec`, with `active` decided by the caller.
+fn values(spec: &Spec, active: bool) -> Values<'_> {
+    Values {
+        table: &spec.table,
+        events: &spec.events,
+        url: &spec.url,
+        secret: &spec.secret,
+        active,
+        filter: spec.filter.as_ref(),
+        select: spec.select.as_deref(),
+        format: spec.format,
+        signature: spec.signature,
+        previous_secret: spec.previous_secret.as_deref(),
+        previous_secret_expires_at: spec.previous_secret_expires_at,
+    }
 }
 
 /// Overlays the body on `base` (PATCH) or on the defaults (create) and checks each value.

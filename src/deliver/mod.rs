@@ -15,5 +15,4 @@ pub mod format;
 pub mod http;
 pub mod policy;
 pub mod sign;
-pub mod store;
 pub mod worker;

@@ -26,10 +26,10 @@ use uuid::Uuid;
 
 use super::http::{AttemptOutcome, ErrorKind, HttpSender};
 use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
-use super::store::{self, Claimed, NewStatus, Queue, Recorded};
 use super::{format, sign};
 use crate::config::DeliveryConfig;
 use crate::metrics::{BreakerState, Metrics, Outcome};
+use crate::outbox::queue::{self, Claimed, NewStatus, Queue, Recorded};
 use crate::outbox::subscriptions::{self, StoredSubscription};
 use crate::outbox::Schema;
 
@@ -526,7 +526,7 @@ impl Pump {
         self.more_due = true;
         if gone {
             let reason = "receiver answered 410 Gone";
-            if store::deactivate(client, &engine.schema, &sub_id, reason)
+            if queue::deactivate(client, &engine.schema, &sub_id, reason)
                 .await
                 .map_err(|e| e.to_string())?
             {

@@ -1,20 +1,26 @@
-//! The durable outbox in Postgres: schema migrations, the checkpoint, config subscriptions.
+//! The durable outbox in Postgres: EVERY statement on walhook's own schema lives under this
+//! module (migrations, the checkpoint, enqueue, subscriptions, the delivery queue, listing and
+//! replay, retention, gauges); the layers above call typed functions and never write SQL.
 //!
 //! Guarantees (DESIGN.md invariant 1): the deliveries of a source transaction and the checkpoint
 //! (its commit LSN) are committed in one outbox transaction ([`enqueue`]); the checkpoint only
 //! moves forward; migrations are applied once, in order, under an advisory lock, so several
 //! instances starting together do not race.
 
+pub mod deliveries;
 pub mod enqueue;
+pub mod queue;
 pub mod retention;
 pub mod subscriptions;
+
+pub use subscriptions::sync_config_subscriptions;
 
 use tokio_postgres::Client;
 use tracing::info;
 
-use crate::model::Lsn;
-use crate::model::{quote_ident, Subscription};
-use crate::pg::error_text;
+use crate::config::Config;
+use crate::model::{quote_ident, Lsn};
+use crate::pg::{classify, error_text, tls};
 
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../sql/001_outbox.sql")),
@@ -42,16 +48,11 @@ pub enum OutboxError {
 }
 
 impl OutboxError {
-    /// Connection loss and server restarts are retryable; SQL and migration errors are not.
+    /// Transient failures (connection loss, server restarts, conflicts; see [`classify`]) are
+    /// retryable; SQL and migration errors are not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            OutboxError::Sql(e) => {
-                e.is_closed()
-                    || e.code().is_none_or(|c| {
-                        let c = c.code();
-                        c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
-                    })
-            }
+            OutboxError::Sql(e) => classify(e).is_retryable(),
             // A wrong password or a missing database does not fix itself.
             OutboxError::Connect { retryable, .. } => *retryable,
             OutboxError::Migration { .. } | OutboxError::BadSubscription { .. } => false,
@@ -70,6 +71,29 @@ impl Schema {
     pub fn table(&self, t: &str) -> String {
         format!("{}.{}", self.0, t)
     }
+}
+
+/// Opens a plain (unpooled) connection to the outbox database of `config`.
+pub async fn connect(config: &Config) -> Result<Client, OutboxError> {
+    tls::connect_sql(&config.outbox_pg_config())
+        .await
+        .map_err(|e| OutboxError::Connect {
+            message: e.to_string(),
+            retryable: e.is_retryable(),
+        })
+}
+
+/// `walhook migrate`: connects to the outbox of `config` and applies missing migrations;
+/// returns the versions applied now.
+pub async fn migrate_config(config: &Config) -> Result<Vec<i32>, OutboxError> {
+    let mut client = connect(config).await?;
+    migrate(&mut client, &Schema::new(config.outbox.schema.as_str())).await
+}
+
+/// Answers whether the outbox database runs a statement (readiness probes).
+pub async fn ping(client: &Client) -> Result<(), OutboxError> {
+    client.simple_query("SELECT 1").await?;
+    Ok(())
 }
 
 /// Applies missing migrations; returns the versions applied now.
@@ -139,62 +163,4 @@ pub async fn load_checkpoint(
         )
         .await?;
     Ok(row.map(|r| Lsn(r.get::<_, i64>(0) as u64)))
-}
-
-/// Makes the stored `config` subscriptions equal to the config file's (API ones untouched).
-pub async fn sync_config_subscriptions(
-    client: &mut Client,
-    schema: &Schema,
-    subs: &[&Subscription],
-) -> Result<(), OutboxError> {
-    let t = schema.table("subscriptions");
-    let tx = client.transaction().await?;
-    let ids: Vec<String> = subs.iter().map(|s| s.id.to_string()).collect();
-    tx.execute(
-        &format!("DELETE FROM {t} WHERE source = 'config' AND NOT (id = ANY($1))"),
-        &[&ids],
-    )
-    .await?;
-    let upsert = tx
-        .prepare(&format!(
-            "INSERT INTO {t} (id, source, table_name, events, url, secret, active, filter, select_columns,
-                              format, signature, previous_secret, previous_secret_expires_at)
-             VALUES ($1, 'config', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::timestamptz)
-             ON CONFLICT (id) DO UPDATE SET source = 'config', table_name = $2, events = $3, url = $4,
-                 secret = $5, filter = $7, select_columns = $8, format = $9,
-                 signature = $10, previous_secret = $11,
-                 previous_secret_expires_at = $12::text::timestamptz,
-                 -- A receiver's 410 Gone sticks until the config gives another URL.
-                 active = CASE WHEN {t}.deactivated_at IS NOT NULL AND {t}.url = $4
-                               THEN false ELSE $6 END,
-                 deactivated_at = CASE WHEN {t}.url = $4 THEN {t}.deactivated_at END,
-                 deactivated_reason = CASE WHEN {t}.url = $4 THEN {t}.deactivated_reason END,
-                 updated_at = now()"
-        ))
-        .await?;
-    for s in subs {
-        let events: Vec<&str> = s.events.iter().map(|e| e.as_str()).collect();
-        let filter: Option<serde_json::Value> = s.filter.as_ref().map(|f| f.to_json());
-        let expires = s.previous_secret_expires_at.map(|t| t.to_rfc3339());
-        tx.execute(
-            &upsert,
-            &[
-                &s.id.as_str(),
-                &s.table.display_name(),
-                &events,
-                &s.url.as_str(),
-                &s.secret.expose(),
-                &s.active,
-                &filter,
-                &s.select,
-                &s.format.as_str(),
-                &s.signature.as_str(),
-                &s.previous_secret.as_ref().map(|p| p.expose()),
-                &expires,
-            ],
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(())
 }

@@ -8,6 +8,7 @@
 //! - [`error_text`] shows the server's message, SQLSTATE, detail and hint, never connection
 //!   parameters (so never a password).
 
+pub mod catalog;
 pub mod tls;
 
 /// A failure to connect or to run a statement, below any layer's own meaning of it.

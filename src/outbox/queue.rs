@@ -1,4 +1,4 @@
-//! The delivery queue's SQL: ownership of a subscription, claim, and record results.
+//! The delivery queue's SQL (used by `deliver::worker`): ownership of a subscription, claim, and record results.
 //!
 //! Guarantees:
 //! - one owner (a pump of one walhook process) sends a subscription's deliveries at a time. It
@@ -252,16 +252,5 @@ pub async fn deactivate(
     subscription: &str,
     reason: &str,
 ) -> Result<bool, OutboxError> {
-    let n = client
-        .execute(
-            &format!(
-                "UPDATE {} SET active = false, deactivated_at = now(), deactivated_reason = $2,
-                     updated_at = now()
-                 WHERE id = $1 AND active",
-                schema.table("subscriptions")
-            ),
-            &[&subscription, &reason],
-        )
-        .await?;
-    Ok(n > 0)
+    super::subscriptions::deactivate(&***client, schema, subscription, reason).await
 }

@@ -1,0 +1,214 @@
+//! Deliveries as operators see them: listing, replay, and the per-subscription counts behind
+//! the queue gauges. Shared by the API handlers and the CLI twins (`walhook deliveries
+//! list|replay`).
+//!
+//! Guarantees:
+//! - a replay never puts a delivery in flight twice: only finished deliveries (delivered or
+//!   dead) are replayed; an unfinished one may be in a worker's hands right now and is reported
+//!   as [`ReplayOne::Unfinished`], never reset under the worker;
+//! - a replayed delivery keeps its row, event id and payload bytes, so receivers deduplicate it
+//!   like any retry; it becomes `pending` with `attempts = 0`, due now, with its last error
+//!   cleared;
+//! - a replay only ever touches deliveries of the subscription it names;
+//! - listing is newest first and keyset-paginated by id, so a page is stable while new
+//!   deliveries arrive.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{Client, Row};
+
+use super::{OutboxError, Schema};
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 1000;
+
+/// The states of `deliveries.status`.
+pub const STATUSES: [&str; 4] = ["pending", "delivered", "failed", "dead"];
+
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub limit: i64,
+    /// Only deliveries older (smaller id) than this one.
+    pub before: Option<i64>,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery {
+            status: None,
+            limit: DEFAULT_LIMIT,
+            before: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub id: i64,
+    pub event_id: String,
+    pub event: String,
+    pub status: String,
+    pub http_status: Option<i32>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+const DELIVERY_COLUMNS: &str = "id, event_id, event, status, last_http_status, attempts, \
+     last_error, next_attempt_at, finished_at, created_at";
+
+impl DeliveryRecord {
+    fn from_row(r: &Row) -> Result<DeliveryRecord, tokio_postgres::Error> {
+        Ok(DeliveryRecord {
+            id: r.try_get("id")?,
+            event_id: r.try_get("event_id")?,
+            event: r.try_get("event")?,
+            status: r.try_get("status")?,
+            http_status: r.try_get("last_http_status")?,
+            attempts: r.try_get("attempts")?,
+            last_error: r.try_get("last_error")?,
+            next_attempt_at: r.try_get("next_attempt_at")?,
+            finished_at: r.try_get("finished_at")?,
+            created_at: r.try_get("created_at")?,
+        })
+    }
+
+    /// Delivered or dead: no worker will touch it again unless it is replayed.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status.as_str(), "delivered" | "dead")
+    }
+}
+
+/// A subscription's deliveries, newest first.
+pub async fn list(
+    client: &Client,
+    schema: &Schema,
+    subscription: &str,
+    q: &ListQuery,
+) -> Result<Vec<DeliveryRecord>, OutboxError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM {} WHERE subscription_id = $1
+                   AND ($2::text IS NULL OR status = $2)
+                   AND ($3::int8 IS NULL OR id < $3)
+                 ORDER BY id DESC LIMIT $4",
+                schema.table("deliveries")
+            ),
+            &[&subscription, &q.status, &q.before, &q.limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(DeliveryRecord::from_row)
+        .collect::<Result<_, _>>()?)
+}
+
+#[derive(Debug)]
+pub enum ReplayOne {
+    Replayed(DeliveryRecord),
+    NotFound,
+    /// Not finished: queued, in flight, or waiting for its next attempt.
+    Unfinished,
+}
+
+/// Puts one delivery back to `pending`, due now (see module doc).
+pub async fn replay_one(
+    client: &Client,
+    schema: &Schema,
+    subscription: &str,
+    delivery: i64,
+) -> Result<ReplayOne, OutboxError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                     finished_at = NULL, last_error = NULL
+                 WHERE id = $1 AND subscription_id = $2 AND status IN ('delivered', 'dead')
+                 RETURNING {DELIVERY_COLUMNS}",
+                schema.table("deliveries")
+            ),
+            &[&delivery, &subscription],
+        )
+        .await?;
+    if let Some(r) = row {
+        return Ok(ReplayOne::Replayed(DeliveryRecord::from_row(&r)?));
+    }
+    let exists = client
+        .query_opt(
+            &format!(
+                "SELECT 1 FROM {} WHERE id = $1 AND subscription_id = $2",
+                schema.table("deliveries")
+            ),
+            &[&delivery, &subscription],
+        )
+        .await?;
+    Ok(if exists.is_some() {
+        ReplayOne::Unfinished
+    } else {
+        ReplayOne::NotFound
+    })
+}
+
+/// Puts every dead letter of the subscription (dead-lettered at or after `since`, when given)
+/// back to `pending`; returns how many.
+pub async fn replay_dead(
+    client: &Client,
+    schema: &Schema,
+    subscription: &str,
+    since: Option<DateTime<Utc>>,
+) -> Result<u64, OutboxError> {
+    Ok(client
+        .execute(
+            &format!(
+                "UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                     finished_at = NULL, last_error = NULL
+                 WHERE subscription_id = $1 AND status = 'dead'
+                   AND ($2::timestamptz IS NULL OR finished_at >= $2)",
+                schema.table("deliveries")
+            ),
+            &[&subscription, &since],
+        )
+        .await?)
+}
+
+/// One subscription's queue, for the gauges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub subscription: String,
+    /// Pending or failed (waiting for a retry).
+    pub unfinished: i64,
+    pub dead: i64,
+}
+
+/// Unfinished and dead deliveries of every subscription, ordered by id, zeros included so that
+/// a gauge drops to 0 rather than disappearing. Each count is an index range scan of one
+/// subscription.
+pub async fn counts(client: &Client, schema: &Schema) -> Result<Vec<QueueCounts>, OutboxError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT s.id,
+                    (SELECT count(*) FROM {d} d WHERE d.subscription_id = s.id
+                       AND d.status IN ('pending', 'failed')),
+                    (SELECT count(*) FROM {d} d WHERE d.subscription_id = s.id
+                       AND d.status = 'dead')
+                 FROM {subs} s ORDER BY s.id",
+                d = schema.table("deliveries"),
+                subs = schema.table("subscriptions")
+            ),
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(QueueCounts {
+                subscription: r.try_get(0)?,
+                unfinished: r.try_get(1)?,
+                dead: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
