@@ -26,9 +26,9 @@ use crate::deliver::http::HttpSender;
 use crate::deliver::worker::{self, Engine};
 use crate::metrics::Metrics;
 use crate::model::Lsn;
-use crate::model::{Origin, Subscription};
+use crate::model::Origin;
 use crate::outbox::enqueue::{Hooks, IngestError, OutboxSink};
-use crate::outbox::subscriptions::{self, StoredSubscription};
+use crate::outbox::subscriptions::{self, Stored};
 use crate::outbox::{self, OutboxError, Schema};
 use crate::pg::tls;
 use crate::route::Router;
@@ -43,30 +43,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Builds the router from the config (whose load refused walhook's own tables).
 pub fn build_router(config: &Config) -> Result<Router, SourceError> {
     Ok(Router::for_config(config))
-}
-
-/// A stored row as the model; a row that no longer parses (hand-edited) names its id and field.
-fn model_of(s: &StoredSubscription) -> Result<Subscription, SourceError> {
-    let table = crate::model::TableName::parse(&s.table)
-        .map_err(|m| SourceError::Config(format!("stored subscription {:?}: table: {m}", s.id)))?;
-    Ok(Subscription {
-        id: s.id.clone(),
-        origin: match s.source {
-            subscriptions::SubscriptionSource::Config => Origin::Config,
-            subscriptions::SubscriptionSource::Api => Origin::Api,
-        },
-        table,
-        events: s.events.clone(),
-        url: s.url.clone(),
-        secret: s.secret.clone(),
-        active: s.active,
-        filter: s.filter.clone(),
-        select: s.select.clone(),
-        format: s.format,
-        signature: s.signature,
-        previous_secret: s.previous_secret.clone(),
-        previous_secret_expires_at: s.previous_secret_expires_at,
-    })
 }
 
 fn check_own_schema(config: &Config, router: &Router) -> Result<(), SourceError> {
@@ -256,12 +232,8 @@ async fn initial_router(
 }
 
 /// The router for the stored subscriptions, refusing walhook's own tables.
-fn router_for_stored(
-    config: &Config,
-    stored: &[StoredSubscription],
-) -> Result<Router, SourceError> {
-    let subs = stored.iter().map(model_of).collect::<Result<Vec<_>, _>>()?;
-    let router = Router::with_project(config, subs);
+fn router_for_stored(config: &Config, stored: &[Stored]) -> Result<Router, SourceError> {
+    let router = Router::with_project(config, stored.iter().map(|s| s.sub.clone()));
     check_own_schema(config, &router)?;
     Ok(router)
 }
@@ -426,14 +398,14 @@ impl Reloader {
 /// config.toml's subscriptions are kept: their errors stop a start or a reload, loudly.
 async fn without_broken_api_subscriptions(
     client: &tokio_postgres::Client,
-    stored: Vec<StoredSubscription>,
-) -> Vec<StoredSubscription> {
+    stored: Vec<Stored>,
+) -> Vec<Stored> {
     let mut keep = Vec::with_capacity(stored.len());
     for sub in stored {
-        if sub.source == subscriptions::SubscriptionSource::Api {
-            let problem = match model_of(&sub) {
-                Err(e) => Some(e.to_string()),
-                Ok(route) => {
+        if sub.origin == Origin::Api {
+            let problem = {
+                let route = &sub.sub;
+                {
                     match describe_tables(client, std::slice::from_ref(&route.table)).await {
                         // Only a definite answer (no such table) drops it; a lost connection must
                         // not, or its changes would go unrouted meanwhile.
@@ -441,7 +413,7 @@ async fn without_broken_api_subscriptions(
                         Err(_) => None,
                         Ok(infos) => infos
                             .iter()
-                            .find_map(|i| crate::route::check_columns(&route, &i.columns).err())
+                            .find_map(|i| crate::route::check_columns(route, &i.columns).err())
                             .map(|e| e.to_string()),
                     }
                 }

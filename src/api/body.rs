@@ -14,15 +14,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::config::{
-    check_standard_secret, DeliveryConfig, EventKind, Filter, Format, SignatureScheme, TableName,
-};
-use crate::deliver::egress::EgressPolicy;
-
-const MAX_TABLE: usize = 255;
-const MAX_URL: usize = 2048;
-const MAX_SECRET: usize = 1024;
-const MAX_SELECT: usize = 1600; // Postgres' column limit
+use crate::model::subscription::MAX_TABLE;
+use crate::model::{EventKind, Filter, Format, SignatureScheme, TableName};
 
 /// A field that PATCH may leave out, set, or (where nullable) clear with `null`.
 pub type Nullable<T> = Option<Option<T>>;
@@ -183,23 +176,6 @@ pub fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
-/// A complete subscription as the API will store it, every value checked.
-#[derive(Debug, Clone)]
-pub struct Spec {
-    pub table: String,
-    pub table_name: TableName,
-    pub events: Vec<EventKind>,
-    pub url: String,
-    pub secret: String,
-    pub active: bool,
-    pub filter: Option<Filter>,
-    pub select: Option<Vec<String>>,
-    pub format: Format,
-    pub signature: SignatureScheme,
-    pub previous_secret: Option<String>,
-    pub previous_secret_expires_at: Option<DateTime<Utc>>,
-}
-
 fn no_nul(field: &str, s: &str) -> Result<(), ApiError> {
     if s.contains('\0') {
         return Err(ApiError::invalid(
@@ -288,98 +264,6 @@ pub fn filter(v: &Value) -> Result<Filter, ApiError> {
     Filter::from_json(v).map_err(|m| ApiError::invalid("filter", m))
 }
 
-pub fn select(list: &[String]) -> Result<Vec<String>, ApiError> {
-    if list.is_empty() {
-        return Err(ApiError::invalid(
-            "select",
-            "select: empty list; use null or leave it out to send every column",
-        ));
-    }
-    if list.len() > MAX_SELECT {
-        return Err(ApiError::invalid("select", "select: too many columns"));
-    }
-    for c in list {
-        no_nul("select", c)?;
-        if c.is_empty() {
-            return Err(ApiError::invalid("select", "select: empty column name"));
-        }
-    }
-    Ok(list.to_vec())
-}
-
-/// Checks that need no database: URL rules of `[delivery]`, secrets, rotation.
-pub fn check_spec(
-    spec: &Spec,
-    delivery: &DeliveryConfig,
-    outbox_schema: &str,
-) -> Result<(), ApiError> {
-    if spec.table_name.schema == outbox_schema {
-        return Err(ApiError::invalid(
-            "table",
-            format!(
-                "table: {} is in walhook's own outbox schema and cannot be subscribed",
-                spec.table_name
-            ),
-        ));
-    }
-    check_url(&spec.url, delivery)?;
-    check_secret("secret", &spec.secret, spec.signature)?;
-    match (&spec.previous_secret, spec.previous_secret_expires_at) {
-        (Some(p), Some(_)) => check_secret("previous_secret", p, spec.signature)?,
-        (Some(_), None) => {
-            return Err(ApiError::invalid(
-                "previous_secret_expires_at",
-                "previous_secret_expires_at: required with previous_secret (RFC 3339, e.g. \"2026-12-01T00:00:00Z\")",
-            ))
-        }
-        (None, _) => {}
-    }
-    Ok(())
-}
-
-fn check_secret(field: &str, secret: &str, scheme: SignatureScheme) -> Result<(), ApiError> {
-    if secret.is_empty() {
-        return Err(ApiError::invalid(
-            field,
-            format!("{field}: must not be empty"),
-        ));
-    }
-    if secret.len() > MAX_SECRET {
-        return Err(ApiError::invalid(
-            field,
-            format!("{field}: longer than {MAX_SECRET} bytes"),
-        ));
-    }
-    no_nul(field, secret)?;
-    if scheme == SignatureScheme::Standard {
-        // check_standard_secret's messages describe the expected shape, never the value.
-        check_standard_secret(secret)
-            .map_err(|m| ApiError::invalid(field, format!("{field}: {m}")))?;
-    }
-    Ok(())
-}
-
-/// The delivery egress policy's rules (HTTPS unless `allow_http`; an IP-literal host must be
-/// public unless allowed), plus bounds: the same check the sender makes before connecting, so a
-/// stored URL is never one that could not be sent to. Names are checked again at delivery time,
-/// after DNS.
-pub fn check_url(url: &str, delivery: &DeliveryConfig) -> Result<(), ApiError> {
-    let bad = |m: String| ApiError::invalid("url", format!("url: {m}"));
-    if url.len() > MAX_URL {
-        return Err(bad(format!("longer than {MAX_URL} bytes")));
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad(
-            "must not contain whitespace or control characters".into()
-        ));
-    }
-    // EgressError's messages name the host and the setting, never path, query or userinfo.
-    EgressPolicy::from_config(delivery)
-        .check_url(url)
-        .map(drop)
-        .map_err(|e| bad(e.to_string()))
-}
-
 /// Echoing user input in an error is helpful; echoing a megabyte is not.
 fn truncate(s: &str) -> String {
     match s.char_indices().nth(64) {
@@ -432,22 +316,5 @@ mod tests {
                 .status(),
             422
         );
-    }
-
-    #[test]
-    fn urls() {
-        let d = DeliveryConfig::default();
-        assert!(check_url("https://example.com/h", &d).is_ok());
-        assert!(check_url("http://example.com/h", &d).is_err());
-        assert!(check_url("ftp://example.com/h", &d).is_err());
-        assert!(check_url("https://10.0.0.1/h", &d).is_err());
-        assert!(check_url("https://[::1]/h", &d).is_err());
-        assert!(check_url("https://exa mple.com", &d).is_err());
-        let d = DeliveryConfig {
-            allow_http: true,
-            allow_private_networks: true,
-            ..DeliveryConfig::default()
-        };
-        assert!(check_url("http://127.0.0.1:9/h", &d).is_ok());
     }
 }

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::error::ApiError;
-use crate::outbox::subscriptions::{load_one, StoredSubscription};
+use crate::outbox::subscriptions::{load_one, Stored};
 use crate::outbox::Schema;
 
 pub(super) fn time(t: DateTime<Utc>) -> String {
@@ -50,7 +50,7 @@ pub(super) async fn find(
     client: &tokio_postgres::Client,
     schema: &Schema,
     id: &str,
-) -> Result<StoredSubscription, ApiError> {
+) -> Result<Stored, ApiError> {
     load_one(client, schema, id)
         .await?
         .ok_or_else(|| no_webhook(id))

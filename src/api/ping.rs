@@ -24,7 +24,7 @@ use super::Ctx;
 use crate::config::{DeliveryConfig, TableName};
 use crate::deliver::http::HttpSender;
 use crate::deliver::{format, sign};
-use crate::outbox::subscriptions::StoredSubscription;
+use crate::model::Subscription;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PingResult {
@@ -46,11 +46,9 @@ pub enum PingError {
 }
 
 /// The ping payload and its event id.
-pub fn payload(project_id: &str, environment: &str, table: &str) -> (String, String) {
+pub fn payload(project_id: &str, environment: &str, table: &TableName) -> (String, String) {
     let event_id = format!("evt_ping_{}", uuid::Uuid::new_v4().simple());
-    let table = TableName::parse(table)
-        .map(|t| t.display_name())
-        .unwrap_or_else(|_| table.to_string());
+    let table = table.display_name();
     let body = json!({
         "id": event_id,
         "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -67,7 +65,7 @@ pub fn payload(project_id: &str, environment: &str, table: &str) -> (String, Str
 
 /// Builds, signs and sends one ping to the subscription's URL.
 pub async fn send(
-    sub: &StoredSubscription,
+    sub: &Subscription,
     project_id: &str,
     environment: &str,
     delivery: &DeliveryConfig,
@@ -78,7 +76,7 @@ pub async fn send(
 
 /// Formats, signs and posts exactly as the delivery worker does for a real delivery.
 async fn transport(
-    sub: &StoredSubscription,
+    sub: &Subscription,
     delivery: &DeliveryConfig,
     event_id: &str,
     payload: &str,

@@ -23,15 +23,18 @@ use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use super::auth::{check_environment, missing, EnvHeaderMissing, ENVIRONMENT_HEADER};
-use super::body::{self, Spec, WebhookFields};
+use super::body::{self, WebhookFields};
 use super::common::{body_bytes, find, no_webhook, path_id, time};
 use super::deliveries::summary;
 use super::error::ApiError;
 use super::Ctx;
 use crate::config::SignatureScheme;
+use crate::model::egress::EgressPolicy;
+use crate::model::subscription::Rules;
+use crate::model::{Origin, Secret, Subscription};
 use crate::outbox::deliveries::{self, ListQuery};
-use crate::outbox::subscriptions::{self, StoredSubscription, SubscriptionSource, Values};
-use crate::route::UnknownColumn;
+use crate::outbox::subscriptions::{self, Stored};
+use crate::route::check_columns;
 use crate::source::setup::{describe_tables, ensure_replica_identity};
 use crate::source::SourceError;
 
@@ -39,10 +42,10 @@ use crate::source::SourceError;
 const RECENT_DELIVERIES: i64 = 50;
 
 /// The public view of a subscription: no secrets.
-pub(super) fn view(s: &StoredSubscription) -> Value {
+pub(super) fn view(s: &Stored) -> Value {
     json!({
         "id": s.id,
-        "table": s.table,
+        "table": s.table.display_name(),
         "events": s.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
         "url": s.url,
         "active": s.active,
@@ -50,10 +53,7 @@ pub(super) fn view(s: &StoredSubscription) -> Value {
         "select": s.select,
         "format": s.format.as_str(),
         "signature": s.signature.as_str(),
-        "source": match s.source {
-            SubscriptionSource::Config => "config",
-            SubscriptionSource::Api => "api",
-        },
+        "source": s.origin.as_str(),
         "previousSecretExpiresAt": s.previous_secret_expires_at.map(time),
         "deactivatedReason": s.deactivated_reason,
         "createdAt": time(s.created_at),
@@ -120,12 +120,11 @@ pub async fn create(
         }
     }
     check_identity(&ctx, &fields, env_missing.is_some())?;
-    let spec = apply(&fields, None)?;
-    validate(&ctx, &spec).await?;
     let id = format!("wh_{}", uuid::Uuid::new_v4());
+    let new = apply(&id, &fields, None)?;
+    validate(&ctx, &new).await?;
     let client = ctx.outbox().await?;
-    let sub =
-        subscriptions::create(&client, &ctx.state.schema, &id, &values(&spec, spec.active)).await?;
+    let sub = subscriptions::create(&client, &ctx.state.schema, &new).await?;
     tracing::info!(id = %sub.id, table = %sub.table, "webhook created through the API");
     ctx.state.changed.notify_one();
     Ok((StatusCode::CREATED, Json(view(&sub))))
@@ -145,16 +144,16 @@ pub async fn update(
         .await?
         .ok_or_else(|| no_webhook(&id))?;
     let current = &editing.current;
-    if current.source == SubscriptionSource::Config {
+    if current.origin == Origin::Config {
         return Err(config_owned(&id));
     }
-    let spec = apply(&fields, Some(current))?;
-    validate(&ctx, &spec).await?;
+    let mut new = apply(&id, &fields, Some(current))?;
+    validate(&ctx, &new).await?;
     // Re-enable after a 410 Gone when asked to, or when the URL the receiver gave up on changed.
     let reactivate = current.deactivated_reason.is_some()
-        && (fields.active == Some(true) || (fields.active.is_none() && spec.url != current.url));
-    let active = if reactivate { true } else { spec.active };
-    let sub = editing.update(&values(&spec, active)).await?;
+        && (fields.active == Some(true) || (fields.active.is_none() && new.url != current.url));
+    new.active |= reactivate;
+    let sub = editing.update(&new).await?;
     tracing::info!(id = %sub.id, "webhook updated through the API");
     ctx.state.changed.notify_one();
     Ok(Json(view(&sub)))
@@ -169,7 +168,7 @@ pub async fn delete(
     let editing = subscriptions::edit(&mut client, &ctx.state.schema, &id)
         .await?
         .ok_or_else(|| no_webhook(&id))?;
-    if editing.current.source == SubscriptionSource::Config {
+    if editing.current.origin == Origin::Config {
         return Err(config_owned(&id));
     }
     let removed = editing.delete().await?;
@@ -196,29 +195,12 @@ fn check_identity(ctx: &Ctx, f: &WebhookFields, env_header_missing: bool) -> Res
     }
 }
 
-/// What the outbox stores for `spec`, with `active` decided by the caller.
-fn values(spec: &Spec, active: bool) -> Values<'_> {
-    Values {
-        table: &spec.table,
-        events: &spec.events,
-        url: &spec.url,
-        secret: &spec.secret,
-        active,
-        filter: spec.filter.as_ref(),
-        select: spec.select.as_deref(),
-        format: spec.format,
-        signature: spec.signature,
-        previous_secret: spec.previous_secret.as_deref(),
-        previous_secret_expires_at: spec.previous_secret_expires_at,
-    }
-}
-
 /// Overlays the body on `base` (PATCH) or on the defaults (create) and checks each value.
-fn apply(f: &WebhookFields, base: Option<&StoredSubscription>) -> Result<Spec, ApiError> {
+fn apply(id: &str, f: &WebhookFields, base: Option<&Stored>) -> Result<Subscription, ApiError> {
     // Required fields were checked by `create`; PATCH always has a base.
     let need = |name: &str| ApiError::bad(name, format!("missing required field {name}"));
     let table = match (&f.table, base) {
-        (Some(t), _) => t.clone(),
+        (Some(t), _) => body::table(t)?,
         (None, Some(b)) => b.table.clone(),
         (None, None) => return Err(need("table")),
     };
@@ -233,8 +215,8 @@ fn apply(f: &WebhookFields, base: Option<&StoredSubscription>) -> Result<Spec, A
         (None, None) => return Err(need("url")),
     };
     let secret = match (&f.secret, base) {
-        (Some(s), _) => s.clone(),
-        (None, Some(b)) => b.secret.expose().to_string(),
+        (Some(s), _) => Secret::new(s.as_str()),
+        (None, Some(b)) => b.secret.clone(),
         (None, None) => return Err(need("secret")),
     };
     let filter = match (&f.filter, base) {
@@ -243,7 +225,7 @@ fn apply(f: &WebhookFields, base: Option<&StoredSubscription>) -> Result<Spec, A
         (None, Some(b)) => b.filter.clone(),
     };
     let select = match (&f.select, base) {
-        (Some(Some(v)), _) => Some(body::select(v)?),
+        (Some(Some(v)), _) => Some(v.clone()),
         (Some(None), _) | (None, None) => None,
         (None, Some(b)) => b.select.clone(),
     };
@@ -258,8 +240,8 @@ fn apply(f: &WebhookFields, base: Option<&StoredSubscription>) -> Result<Spec, A
         (None, None) => SignatureScheme::default(),
     };
     let previous_secret = match (&f.previous_secret, base) {
-        (Some(p), _) => p.clone(),
-        (None, Some(b)) => b.previous_secret.as_ref().map(|s| s.expose().to_string()),
+        (Some(p), _) => p.as_deref().map(Secret::new),
+        (None, Some(b)) => b.previous_secret.clone(),
         (None, None) => None,
     };
     let previous_secret_expires_at = match (&f.previous_secret_expires_at, base) {
@@ -267,8 +249,9 @@ fn apply(f: &WebhookFields, base: Option<&StoredSubscription>) -> Result<Spec, A
         (Some(None), _) | (None, None) => None,
         (None, Some(b)) => b.previous_secret_expires_at,
     };
-    Ok(Spec {
-        table_name: body::table(&table)?,
+    Ok(Subscription {
+        id: id.to_string(),
+        origin: Origin::Api,
         table,
         events,
         url,
@@ -284,22 +267,29 @@ fn apply(f: &WebhookFields, base: Option<&StoredSubscription>) -> Result<Spec, A
     })
 }
 
-/// Every check of `spec`: values first (cheap), then the source database's catalog.
-async fn validate(ctx: &Ctx, spec: &Spec) -> Result<(), ApiError> {
-    let schema = unquote(&ctx.state.schema.0);
-    body::check_spec(spec, &ctx.state.delivery, &schema)?;
+/// Every check of `sub`: the model's validator first (cheap; the same one config.toml and
+/// reloads use), then the source database's catalog.
+async fn validate(ctx: &Ctx, sub: &Subscription) -> Result<(), ApiError> {
+    let rules = Rules {
+        egress: EgressPolicy::from_config(&ctx.state.delivery),
+        // The API refuses walhook's own schema even when the outbox lives elsewhere: a
+        // subscription to it is never what the caller meant.
+        own_schema: Some(unquote(&ctx.state.schema.0)),
+    };
+    sub.validate(&rules)
+        .map_err(|e| ApiError::invalid(e.field, e.to_string()))?;
     let client = ctx.source().await?;
     let source_err = |e: SourceError| match e {
         // describe_tables and ensure_replica_identity say what is wrong and what to run.
         SourceError::Config(m) => Ok(ApiError::invalid("table", m)),
         e => Err(e),
     };
-    let mut infos = match describe_tables(&client, std::slice::from_ref(&spec.table_name)).await {
+    let mut infos = match describe_tables(&client, std::slice::from_ref(&sub.table)).await {
         Ok(i) => i,
         Err(e) => return Err(on_source_error(ctx, source_err(e)).await),
     };
     for info in &infos {
-        if let Err(e) = check_columns(&spec.table_name, spec, &info.columns) {
+        if let Err(e) = check_columns(sub, &info.columns) {
             return Err(ApiError::invalid(e.used_in, e.to_string()));
         }
     }
@@ -332,29 +322,4 @@ fn unquote(quoted: &str) -> String {
         .and_then(|s| s.strip_suffix('"'))
         .unwrap_or(quoted)
         .replace("\"\"", "\"")
-}
-
-/// The filter and select of `spec` name only columns of the table (until the API speaks
-/// the model's Subscription).
-fn check_columns(
-    table: &crate::model::TableName,
-    spec: &Spec,
-    columns: &[String],
-) -> Result<(), UnknownColumn> {
-    let sub = crate::model::Subscription {
-        id: "(this webhook)".into(),
-        origin: crate::model::Origin::Api,
-        table: table.clone(),
-        events: spec.events.clone(),
-        url: String::new(),
-        secret: crate::model::Secret::new(""),
-        active: spec.active,
-        filter: spec.filter.clone(),
-        select: spec.select.clone(),
-        format: spec.format,
-        signature: spec.signature,
-        previous_secret: None,
-        previous_secret_expires_at: None,
-    };
-    crate::route::check_columns(&sub, columns)
 }

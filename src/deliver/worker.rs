@@ -30,7 +30,7 @@ use super::{format, sign};
 use crate::config::DeliveryConfig;
 use crate::metrics::{BreakerState, Metrics, Outcome};
 use crate::outbox::queue::{self, Claimed, NewStatus, Queue, Recorded};
-use crate::outbox::subscriptions::{self, StoredSubscription};
+use crate::outbox::subscriptions::{self, Stored};
 use crate::outbox::Schema;
 
 /// What every pump shares.
@@ -91,7 +91,7 @@ pub async fn run(
     mut subs_changed: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
-    let mut pumps: HashMap<String, (watch::Sender<Arc<StoredSubscription>>, CancellationToken)> =
+    let mut pumps: HashMap<String, (watch::Sender<Arc<Stored>>, CancellationToken)> =
         HashMap::new();
     let mut tasks = JoinSet::new();
     info!(worker = %engine.worker, "delivery started");
@@ -149,7 +149,7 @@ pub async fn run(
     info!("delivery stopped");
 }
 
-async fn load_active(engine: &Engine) -> Result<Vec<StoredSubscription>, String> {
+async fn load_active(engine: &Engine) -> Result<Vec<Stored>, String> {
     let client = engine.pool.get().await.map_err(|e| e.to_string())?;
     let all = subscriptions::load_all(&client, &engine.schema)
         .await
@@ -177,8 +177,8 @@ struct Pump {
     owner: Uuid,
     /// Whether the last ownership check succeeded.
     owns: bool,
-    sub_rx: watch::Receiver<Arc<StoredSubscription>>,
-    sub: Arc<StoredSubscription>,
+    sub_rx: watch::Receiver<Arc<Stored>>,
+    sub: Arc<Stored>,
     breaker: Breaker,
     /// Claimed, not yet sent.
     queue: VecDeque<Claimed>,
@@ -191,7 +191,7 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(engine: Arc<Engine>, mut sub_rx: watch::Receiver<Arc<StoredSubscription>>) -> Pump {
+    fn new(engine: Arc<Engine>, mut sub_rx: watch::Receiver<Arc<Stored>>) -> Pump {
         let sub = sub_rx.borrow_and_update().clone();
         Pump {
             breaker: Breaker::new(
@@ -542,7 +542,7 @@ impl Pump {
 /// One HTTP attempt: body in the subscription's format, headers signed with its secret.
 async fn send(
     sender: &HttpSender,
-    sub: &StoredSubscription,
+    sub: &Stored,
     c: &Claimed,
     now: chrono::DateTime<Utc>,
 ) -> AttemptOutcome {

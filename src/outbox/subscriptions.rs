@@ -19,53 +19,46 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, GenericClient, Row, Transaction};
 
 use super::{OutboxError, Schema};
-use crate::model::{EventKind, Filter, Format, Secret, SignatureScheme, Subscription};
+use crate::model::{
+    EventKind, Filter, Format, Origin, Secret, SignatureScheme, Subscription, TableName,
+};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubscriptionSource {
-    Config,
-    Api,
-}
-
+/// A subscription as stored: the model plus what the outbox records about it. Derefs to the
+/// [`Subscription`], so `stored.url` reads as the subscription's url.
 #[derive(Debug, Clone)]
-pub struct StoredSubscription {
-    pub id: String,
-    pub source: SubscriptionSource,
-    /// As written by the user: `orders` or `schema.orders`.
-    pub table: String,
-    pub events: Vec<EventKind>,
-    pub url: String,
-    pub secret: Secret,
-    pub active: bool,
-    pub filter: Option<Filter>,
-    pub select: Option<Vec<String>>,
-    pub format: Format,
-    pub signature: SignatureScheme,
-    pub previous_secret: Option<Secret>,
-    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+pub struct Stored {
+    pub sub: Subscription,
+    /// Why the subscription was switched off by walhook (a receiver's 410 Gone), if it was.
     pub deactivated_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-/// The column list [`StoredSubscription::from_row`] reads, for `SELECT {COLUMNS} FROM ...`.
+impl std::ops::Deref for Stored {
+    type Target = Subscription;
+    fn deref(&self) -> &Subscription {
+        &self.sub
+    }
+}
+
+/// The column list [`Stored::from_row`] reads, for `SELECT {COLUMNS} FROM ...`.
 pub const COLUMNS: &str = "id, source, table_name, events, url, secret, active, filter, \
      select_columns, format, signature, previous_secret, previous_secret_expires_at, \
      deactivated_reason, created_at, updated_at";
 
-impl StoredSubscription {
-    pub fn from_row(row: &Row) -> Result<StoredSubscription, OutboxError> {
+impl Stored {
+    pub fn from_row(row: &Row) -> Result<Stored, OutboxError> {
         let id: String = row.try_get("id")?;
         let bad = |field: &str, detail: String| OutboxError::BadSubscription {
             id: id.clone(),
             field: field.to_string(),
             detail,
         };
-        let source = match row.try_get::<_, &str>("source")? {
-            "config" => SubscriptionSource::Config,
-            "api" => SubscriptionSource::Api,
-            other => return Err(bad("source", format!("unknown source {other:?}"))),
-        };
+        let origin_s: &str = row.try_get("source")?;
+        let origin = Origin::parse(origin_s)
+            .ok_or_else(|| bad("source", format!("unknown source {origin_s:?}")))?;
+        let table_s: &str = row.try_get("table_name")?;
+        let table = TableName::parse(table_s).map_err(|m| bad("table_name", m))?;
         let events = row
             .try_get::<_, Vec<String>>("events")?
             .iter()
@@ -86,42 +79,33 @@ impl StoredSubscription {
         let sig_s: &str = row.try_get("signature")?;
         let signature = SignatureScheme::parse(sig_s)
             .ok_or_else(|| bad("signature", format!("unknown signature scheme {sig_s:?}")))?;
-        Ok(StoredSubscription {
-            source,
-            table: row.try_get("table_name")?,
-            events,
-            url: row.try_get("url")?,
-            secret: Secret::new(row.try_get::<_, String>("secret")?),
-            active: row.try_get("active")?,
-            filter,
-            select: row.try_get("select_columns")?,
-            format,
-            signature,
-            previous_secret: row
-                .try_get::<_, Option<String>>("previous_secret")?
-                .map(Secret::new),
-            previous_secret_expires_at: row.try_get("previous_secret_expires_at")?,
+        Ok(Stored {
+            sub: Subscription {
+                origin,
+                table,
+                events,
+                url: row.try_get("url")?,
+                secret: Secret::new(row.try_get::<_, String>("secret")?),
+                active: row.try_get("active")?,
+                filter,
+                select: row.try_get("select_columns")?,
+                format,
+                signature,
+                previous_secret: row
+                    .try_get::<_, Option<String>>("previous_secret")?
+                    .map(Secret::new),
+                previous_secret_expires_at: row.try_get("previous_secret_expires_at")?,
+                id,
+            },
             deactivated_reason: row.try_get("deactivated_reason")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
-            id,
         })
-    }
-
-    /// The previous secret while it is still valid at `now`.
-    pub fn previous_secret_at(&self, now: DateTime<Utc>) -> Option<&Secret> {
-        match (&self.previous_secret, self.previous_secret_expires_at) {
-            (Some(s), Some(until)) if now < until => Some(s),
-            _ => None,
-        }
     }
 }
 
 /// Every stored subscription, ordered by id.
-pub async fn load_all(
-    client: &Client,
-    schema: &Schema,
-) -> Result<Vec<StoredSubscription>, OutboxError> {
+pub async fn load_all(client: &Client, schema: &Schema) -> Result<Vec<Stored>, OutboxError> {
     let rows = client
         .query(
             &format!(
@@ -131,7 +115,7 @@ pub async fn load_all(
             &[],
         )
         .await?;
-    rows.iter().map(StoredSubscription::from_row).collect()
+    rows.iter().map(Stored::from_row).collect()
 }
 
 /// One stored subscription.
@@ -139,7 +123,7 @@ pub async fn load_one(
     client: &impl GenericClient,
     schema: &Schema,
     id: &str,
-) -> Result<Option<StoredSubscription>, OutboxError> {
+) -> Result<Option<Stored>, OutboxError> {
     select_one(client, schema, id, "").await
 }
 
@@ -148,7 +132,7 @@ async fn select_one(
     schema: &Schema,
     id: &str,
     lock: &str,
-) -> Result<Option<StoredSubscription>, OutboxError> {
+) -> Result<Option<Stored>, OutboxError> {
     let row = client
         .query_opt(
             &format!(
@@ -158,40 +142,33 @@ async fn select_one(
             &[&id],
         )
         .await?;
-    row.as_ref().map(StoredSubscription::from_row).transpose()
+    row.as_ref().map(Stored::from_row).transpose()
 }
 
-/// The values of a subscription as the API writes them (create and update), checked already.
-#[derive(Debug, Clone, Copy)]
-pub struct Values<'a> {
-    /// As written by the user: `orders` or `schema.orders`.
-    pub table: &'a str,
-    pub events: &'a [EventKind],
-    pub url: &'a str,
-    pub secret: &'a str,
-    pub active: bool,
-    pub filter: Option<&'a Filter>,
-    pub select: Option<&'a [String]>,
-    pub format: Format,
-    pub signature: SignatureScheme,
-    pub previous_secret: Option<&'a str>,
-    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+/// The stored forms of the subscription's columns that are not stored as they are.
+struct Columns {
+    table: String,
+    events: Vec<&'static str>,
+    filter: Option<serde_json::Value>,
 }
 
-impl Values<'_> {
-    fn event_names(&self) -> Vec<&'static str> {
-        self.events.iter().map(|e| e.as_str()).collect()
+impl Columns {
+    fn of(sub: &Subscription) -> Columns {
+        Columns {
+            table: sub.table.display_name(),
+            events: sub.events.iter().map(|e| e.as_str()).collect(),
+            filter: sub.filter.as_ref().map(|f| f.to_json()),
+        }
     }
 }
 
-/// Stores a new `source = 'api'` subscription with id `id`; returns it as stored.
+/// Stores a new `source = 'api'` subscription (validated by the caller); returns it as stored.
 pub async fn create(
     client: &Client,
     schema: &Schema,
-    id: &str,
-    v: &Values<'_>,
-) -> Result<StoredSubscription, OutboxError> {
-    let select: Option<Vec<&str>> = v.select.map(|s| s.iter().map(String::as_str).collect());
+    sub: &Subscription,
+) -> Result<Stored, OutboxError> {
+    let c = Columns::of(sub);
     let row = client
         .query_one(
             &format!(
@@ -202,22 +179,22 @@ pub async fn create(
                 schema.table("subscriptions")
             ),
             &[
-                &id,
-                &v.table,
-                &v.event_names(),
-                &v.url,
-                &v.secret,
-                &v.active,
-                &v.filter.map(|f| f.to_json()),
-                &select,
-                &v.format.as_str(),
-                &v.signature.as_str(),
-                &v.previous_secret,
-                &v.previous_secret_expires_at,
+                &sub.id,
+                &c.table,
+                &c.events,
+                &sub.url,
+                &sub.secret.expose(),
+                &sub.active,
+                &c.filter,
+                &sub.select,
+                &sub.format.as_str(),
+                &sub.signature.as_str(),
+                &sub.previous_secret.as_ref().map(|p| p.expose()),
+                &sub.previous_secret_expires_at,
             ],
         )
         .await?;
-    StoredSubscription::from_row(&row)
+    Stored::from_row(&row)
 }
 
 /// A subscription locked for a read-modify-write; see the module doc.
@@ -225,7 +202,7 @@ pub struct Editing<'a> {
     tx: Transaction<'a>,
     schema: &'a Schema,
     /// The row as it is now, locked until [`Editing::update`], [`Editing::delete`] or drop.
-    pub current: StoredSubscription,
+    pub current: Stored,
 }
 
 /// Locks subscription `id` (`SELECT … FOR UPDATE`) for an edit; None when there is none.
@@ -247,8 +224,8 @@ pub async fn edit<'a>(
 
 impl Editing<'_> {
     /// Writes `v` over the locked row and commits. Activating clears a 410 Gone's deactivation.
-    pub async fn update(self, v: &Values<'_>) -> Result<StoredSubscription, OutboxError> {
-        let select: Option<Vec<&str>> = v.select.map(|s| s.iter().map(String::as_str).collect());
+    pub async fn update(self, sub: &Subscription) -> Result<Stored, OutboxError> {
+        let c = Columns::of(sub);
         let row = self
             .tx
             .query_one(
@@ -264,22 +241,22 @@ impl Editing<'_> {
                 ),
                 &[
                     &self.current.id,
-                    &v.table,
-                    &v.event_names(),
-                    &v.url,
-                    &v.secret,
-                    &v.active,
-                    &v.filter.map(|f| f.to_json()),
-                    &select,
-                    &v.format.as_str(),
-                    &v.signature.as_str(),
-                    &v.previous_secret,
-                    &v.previous_secret_expires_at,
+                    &c.table,
+                    &c.events,
+                    &sub.url,
+                    &sub.secret.expose(),
+                    &sub.active,
+                    &c.filter,
+                    &sub.select,
+                    &sub.format.as_str(),
+                    &sub.signature.as_str(),
+                    &sub.previous_secret.as_ref().map(|p| p.expose()),
+                    &sub.previous_secret_expires_at,
                 ],
             )
             .await?;
         self.tx.commit().await?;
-        StoredSubscription::from_row(&row)
+        Stored::from_row(&row)
     }
 
     /// Deletes the locked subscription with all its deliveries and their attempts, and commits;
@@ -369,19 +346,18 @@ pub async fn sync_config_subscriptions(
         ))
         .await?;
     for s in subs {
-        let events: Vec<&str> = s.events.iter().map(|e| e.as_str()).collect();
-        let filter: Option<serde_json::Value> = s.filter.as_ref().map(|f| f.to_json());
+        let c = Columns::of(s);
         let expires = s.previous_secret_expires_at.map(|t| t.to_rfc3339());
         tx.execute(
             &upsert,
             &[
                 &s.id.as_str(),
-                &s.table.display_name(),
-                &events,
+                &c.table,
+                &c.events,
                 &s.url.as_str(),
                 &s.secret.expose(),
                 &s.active,
-                &filter,
+                &c.filter,
                 &s.select,
                 &s.format.as_str(),
                 &s.signature.as_str(),
