@@ -29,7 +29,7 @@ use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
 use super::store::{self, Claimed, NewStatus, Queue, Recorded};
 use super::{format, sign};
 use crate::config::DeliveryConfig;
-use crate::metrics::{BreakerState, Metrics, Outcome};
+use crate::metrics::{Attempt, BreakerState, Metrics, Outcome};
 use crate::outbox::subscriptions::{self, StoredSubscription};
 use crate::outbox::Schema;
 
@@ -94,10 +94,19 @@ pub async fn run(
     let mut pumps: HashMap<String, (watch::Sender<Arc<StoredSubscription>>, CancellationToken)> =
         HashMap::new();
     let mut tasks = JoinSet::new();
+    // Every subscription of the last reading, active or not: one that vanished was deleted (by
+    // the API or by leaving config.toml), and its metric series go with it.
+    let mut known: HashSet<String> = HashSet::new();
     info!(worker = %engine.worker, "delivery started");
     loop {
-        match load_active(&engine).await {
-            Ok(subs) => {
+        match load_all(&engine).await {
+            Ok(all) => {
+                let now: HashSet<String> = all.iter().map(|s| s.id.clone()).collect();
+                for gone in known.difference(&now) {
+                    engine.metrics.forget_subscription(gone);
+                }
+                known = now;
+                let subs: Vec<StoredSubscription> = all.into_iter().filter(|s| s.active).collect();
                 let ids: HashSet<String> = subs.iter().map(|s| s.id.clone()).collect();
                 pumps.retain(|id, (_, token)| {
                     let keep = ids.contains(id) && !token.is_cancelled();
@@ -149,12 +158,11 @@ pub async fn run(
     info!("delivery stopped");
 }
 
-async fn load_active(engine: &Engine) -> Result<Vec<StoredSubscription>, String> {
+async fn load_all(engine: &Engine) -> Result<Vec<StoredSubscription>, String> {
     let client = engine.pool.get().await.map_err(|e| e.to_string())?;
-    let all = subscriptions::load_all(&client, &engine.schema)
+    subscriptions::load_all(&client, &engine.schema)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(all.into_iter().filter(|s| s.active).collect())
+        .map_err(|e| e.to_string())
 }
 
 /// A claim in progress, on a connection of its own.
@@ -478,27 +486,37 @@ impl Pump {
                 engine.metrics.breaker(&sub_id, state);
                 warn!(subscription = %sub_id, state = ?state, "circuit breaker changed state");
             }
-            let (status, outcome) = match decision {
+            let (status, finished) = match decision {
                 Decision::Delivered => {
                     if let Some(lat) = commit_latency(&done.claimed.payload) {
                         engine.metrics.delivered_latency(lat);
                     }
-                    (NewStatus::Delivered, Outcome::Delivered)
+                    (NewStatus::Delivered, Some(Outcome::Delivered))
                 }
                 Decision::Retry { after } => {
                     debug!(subscription = %sub_id, delivery = done.claimed.id, event_id = %done.claimed.event_id, attempt = attempts_made, retry_in_ms = after.as_millis() as u64, error = o.error.as_deref().unwrap_or(""), "delivery attempt failed; retrying");
-                    (NewStatus::Failed { retry_in: after }, Outcome::Retrying)
+                    (NewStatus::Failed { retry_in: after }, None)
                 }
                 Decision::Dead => {
                     warn!(subscription = %sub_id, delivery = done.claimed.id, event_id = %done.claimed.event_id, attempts = attempts_made, http_status = o.http_status, error = o.error.as_deref().unwrap_or(""), "delivery dead-lettered after its last attempt");
-                    (NewStatus::Dead, Outcome::Dead)
+                    (NewStatus::Dead, Some(Outcome::Dead))
                 }
                 Decision::Gone => {
                     gone = true;
-                    (NewStatus::Dead, Outcome::Dead)
+                    (NewStatus::Dead, Some(Outcome::Dead))
                 }
             };
-            engine.metrics.attempt(&sub_id, outcome);
+            engine.metrics.attempt(
+                &sub_id,
+                if o.is_success() {
+                    Attempt::Success
+                } else {
+                    Attempt::Failure
+                },
+            );
+            if let Some(outcome) = finished {
+                engine.metrics.finished(&sub_id, outcome);
+            }
             batch.push(Recorded {
                 id: done.claimed.id,
                 status,

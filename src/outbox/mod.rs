@@ -6,6 +6,7 @@
 //! instances starting together do not race.
 
 pub mod enqueue;
+pub mod gauges;
 pub mod retention;
 pub mod subscriptions;
 
