@@ -7,12 +7,13 @@
 //!   result, `walhook_deliveries_total` counts deliveries that finished (delivered or dead), once
 //!   per time they finish (a replayed delivery that succeeds counts again);
 //! - per-subscription series disappear with their subscription ([`Metrics::forget_subscription`]);
-//! - figures the database knows better (outbox pending and dead letters per subscription, the
-//!   slot's lag and retained WAL, whether the stream is up) are not stored here: the scraper reads
-//!   them and a collector reports exactly that reading, so every scrape shows fresh numbers and
-//!   leaves out what could not be read;
+//! - figures the databases know better (outbox pending and dead letters per subscription, the
+//!   slot's lag and retained WAL) and whether the stream is up are not stored here: the scraper
+//!   reads them and a collector reports exactly that reading ([`DbGauges`]), so every scrape shows
+//!   fresh numbers and leaves out what could not be read;
 //! - the exposition is Prometheus text 0.0.4 by default, OpenMetrics when the scraper asks
-//!   ([`Format`]); both carry `# HELP` and `# TYPE` for every family.
+//!   ([`Format`]); every sample comes after its family's `# HELP` and `# TYPE` (a labelled family
+//!   with no series yet, e.g. attempts before the first attempt, is left out entirely).
 //!
 //! This module imports nothing from the rest of walhook: callers pass plain labels and numbers.
 

@@ -145,8 +145,12 @@ pub async fn run(
             r = subs_changed.changed() => if r.is_err() { break },
             _ = tokio::time::sleep(RESCAN) => {}
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = joined {
-                    error!(error = %e, "a delivery pump panicked; it restarts at the next rescan");
+                match joined {
+                    // A stopped pump records its last attempts after the reading that forgot a
+                    // deleted subscription: forget it again once the pump is done.
+                    Ok(id) if !known.contains(&id) => engine.metrics.forget_subscription(&id),
+                    Ok(_) => {}
+                    Err(e) => error!(error = %e, "a delivery pump panicked; it restarts at the next rescan"),
                 }
                 // A pump that ended by itself (410 Gone) is forgotten; the rescan decides.
                 pumps.retain(|_, (_, token)| !token.is_cancelled());
@@ -219,7 +223,8 @@ impl Pump {
         }
     }
 
-    async fn run(mut self, cancel: CancellationToken) {
+    /// Returns the subscription's id once its last results are recorded.
+    async fn run(mut self, cancel: CancellationToken) -> String {
         let id = self.sub.id.clone();
         info!(subscription = %id, url_host = %host_of(&self.sub.url), "delivery running for subscription");
         let mut backoff = Duration::from_millis(100);
@@ -251,6 +256,7 @@ impl Pump {
                 warn!(subscription = %id, error = %e, "could not give up ownership; another instance takes over when the lease expires");
             }
         }
+        id
     }
 
     /// Returns Ok on cancel or when the subscription was deactivated; Err on a database error.
