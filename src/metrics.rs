@@ -1,14 +1,36 @@
-//! Process metrics, rendered in the Prometheus text format by the API's `/metrics`.
+//! Process metrics for the API's `/metrics`, kept in a `prometheus-client` registry.
 //!
-//! One [`Metrics`] value is created by `walhook run` and handed (as `Arc`) to ingest, delivery
-//! and the API; there is no global registry. Counters only go up; gauges that the database knows
-//! better (outbox pending, slot lag) are filled in by the scraper at scrape time.
+//! Guarantees:
+//! - one [`Metrics`] value is created by `walhook run` and handed (as `Arc`) to ingest, delivery
+//!   and the API; it owns its [`Registry`], there is no global one;
+//! - every name says what it counts: `walhook_delivery_attempts_total` counts HTTP attempts by
+//!   result, `walhook_deliveries_total` counts deliveries that finished (delivered or dead), once
+//!   per time they finish (a replayed delivery that succeeds counts again);
+//! - per-subscription series disappear with their subscription ([`Metrics::forget_subscription`]);
+//! - figures the databases know better (outbox pending and dead letters per subscription, the
+//!   slot's lag and retained WAL) and whether the stream is up are not stored here: the scraper
+//!   reads them and a collector reports exactly that reading ([`DbGauges`]), so every scrape shows
+//!   fresh numbers and leaves out what could not be read;
+//! - the exposition is Prometheus text 0.0.4 by default, OpenMetrics when the scraper asks
+//!   ([`Format`]); every sample comes after its family's `# HELP` and `# TYPE` (a labelled family
+//!   with no series yet, e.g. attempts before the first attempt, is left out entirely).
+//!
+//! This module imports nothing from the rest of walhook: callers pass plain labels and numbers.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
 
 /// Upper bounds (seconds) of the commit → delivered latency histogram.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -22,249 +44,460 @@ pub enum BreakerState {
     HalfOpen = 2,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// How one HTTP attempt ended: `result` of `walhook_delivery_attempts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Attempt {
+    /// A 2xx answer.
+    Success,
+    /// Anything else: an error status, a timeout, a refused or broken connection.
+    Failure,
+}
+
+/// How a delivery finished: `outcome` of `walhook_deliveries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Delivered,
-    /// Failed, will be retried.
-    Retrying,
+    /// Dead-lettered: out of attempts, or the receiver answered 410 Gone.
     Dead,
 }
 
+impl Attempt {
+    const ALL: [Attempt; 2] = [Attempt::Success, Attempt::Failure];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attempt::Success => "success",
+            Attempt::Failure => "failure",
+        }
+    }
+}
+
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    const ALL: [Outcome; 2] = [Outcome::Delivered, Outcome::Dead];
+
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Delivered => "delivered",
-            Outcome::Retrying => "retrying",
             Outcome::Dead => "dead",
         }
     }
 }
 
-#[derive(Default)]
-pub struct Metrics {
-    pub changes_decoded: AtomicU64,
-    pub deliveries_enqueued: AtomicU64,
-    pub attempts: AtomicU64,
-    per_sub: Mutex<BTreeMap<String, SubMetrics>>,
-    latency: Histogram,
+// By hand rather than derived: the derive writes the variant name as is ("Success").
+impl EncodeLabelValue for Attempt {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
-#[derive(Default, Clone)]
-struct SubMetrics {
-    outcomes: BTreeMap<Outcome, u64>,
-    breaker: Option<BreakerState>,
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionLabels {
+    subscription: String,
 }
 
-/// Figures read from the database at scrape time.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    subscription: String,
+    result: Attempt,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    subscription: String,
+    outcome: Outcome,
+}
+
+/// Figures read from the databases at scrape time; `None` or empty when they could not be read.
 #[derive(Debug, Default, Clone)]
 pub struct DbGauges {
     /// Unfinished deliveries (pending or failed) per subscription.
     pub pending: Vec<(String, i64)>,
     /// Dead letters per subscription.
     pub dead: Vec<(String, i64)>,
-    /// `pg_current_wal_lsn() - confirmed_flush_lsn` of the slot, when known.
+    /// `pg_current_wal_lsn() - confirmed_flush_lsn` of the slot: WAL not yet confirmed.
     pub slot_lag_bytes: Option<i64>,
+    /// `pg_current_wal_lsn() - restart_lsn` of the slot: WAL the server keeps for it.
+    pub slot_retained_bytes: Option<i64>,
     /// Whether the replication stream is up.
     pub streaming: bool,
 }
 
+/// The exposition format of a scrape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4, read by every scraper.
+    Prometheus,
+    /// OpenMetrics 1.0 text (adds `# UNIT` and `# EOF`), for scrapers that ask for it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header offers it, like the Go client's handler.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    changes_decoded: Counter,
+    deliveries_enqueued: Counter,
+    attempts: Family<AttemptLabels, Counter>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    breaker: Family<SubscriptionLabels, Gauge>,
+    latency: Histogram,
+    db: Arc<DbCollector>,
+    /// One render at a time: the collector reports the reading of the render that holds this.
+    rendering: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
-        Metrics::default()
+        let mut registry = Registry::with_prefix("walhook");
+        let changes_decoded = Counter::default();
+        registry.register(
+            "changes_decoded",
+            "Row changes decoded from the replication slot",
+            changes_decoded.clone(),
+        );
+        let deliveries_enqueued = Counter::default();
+        registry.register(
+            "deliveries_enqueued",
+            "Deliveries written to the outbox",
+            deliveries_enqueued.clone(),
+        );
+        let attempts = Family::default();
+        registry.register(
+            "delivery_attempts",
+            "HTTP delivery attempts by subscription and result (success: a 2xx answer)",
+            attempts.clone(),
+        );
+        let deliveries = Family::default();
+        registry.register(
+            "deliveries",
+            "Deliveries finished, by subscription and outcome (delivered or dead-lettered)",
+            deliveries.clone(),
+        );
+        let breaker = Family::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker per subscription (0 closed, 1 open, 2 half-open)",
+            breaker.clone(),
+        );
+        let latency = Histogram::new(LATENCY_BUCKETS);
+        registry.register_with_unit(
+            "delivery_latency",
+            "Time from source commit to the receiver's 2xx",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let db = Arc::new(DbCollector::default());
+        registry.register_collector(Box::new(db.clone()));
+        Metrics {
+            registry,
+            changes_decoded,
+            deliveries_enqueued,
+            attempts,
+            deliveries,
+            breaker,
+            latency,
+            db,
+            rendering: Mutex::new(()),
+        }
     }
 
     pub fn add_changes(&self, n: u64) {
-        self.changes_decoded.fetch_add(n, Relaxed);
+        self.changes_decoded.inc_by(n);
     }
 
     pub fn add_enqueued(&self, n: u64) {
-        self.deliveries_enqueued.fetch_add(n, Relaxed);
+        self.deliveries_enqueued.inc_by(n);
     }
 
-    pub fn attempt(&self, subscription: &str, outcome: Outcome) {
-        self.attempts.fetch_add(1, Relaxed);
-        let mut m = self.per_sub.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry(subscription.to_string())
-            .or_default()
-            .outcomes
-            .entry(outcome)
-            .or_default() += 1;
+    /// One HTTP attempt ended.
+    pub fn attempt(&self, subscription: &str, result: Attempt) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                subscription: subscription.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    /// A delivery finished (its status became `delivered` or `dead`).
+    pub fn finished(&self, subscription: &str, outcome: Outcome) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                subscription: subscription.to_string(),
+                outcome,
+            })
+            .inc();
     }
 
     pub fn breaker(&self, subscription: &str, state: BreakerState) {
-        let mut m = self.per_sub.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(subscription.to_string()).or_default().breaker = Some(state);
+        self.breaker
+            .get_or_create(&SubscriptionLabels {
+                subscription: subscription.to_string(),
+            })
+            .set(state as i64);
     }
 
     /// Time from the source commit to the receiver's 2xx.
     pub fn delivered_latency(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.latency.buckets[i].fetch_add(1, Relaxed);
-            }
-        }
-        self.latency.count.fetch_add(1, Relaxed);
-        self.latency
-            .sum_micros
-            .fetch_add(latency.as_micros() as u64, Relaxed);
+        self.latency.observe(latency.as_secs_f64());
     }
 
-    /// The Prometheus text exposition.
+    /// Removes every series of a subscription that no longer exists, so that dashboards do not
+    /// show it forever and a re-created subscription of the same id starts from zero.
+    pub fn forget_subscription(&self, subscription: &str) {
+        let subscription = subscription.to_string();
+        for result in Attempt::ALL {
+            self.attempts.remove(&AttemptLabels {
+                subscription: subscription.clone(),
+                result,
+            });
+        }
+        for outcome in Outcome::ALL {
+            self.deliveries.remove(&DeliveryLabels {
+                subscription: subscription.clone(),
+                outcome,
+            });
+        }
+        self.breaker.remove(&SubscriptionLabels { subscription });
+    }
+
+    /// The Prometheus text exposition, with `db` as the database figures.
     pub fn render(&self, db: &DbGauges) -> String {
+        self.render_as(db, Format::Prometheus)
+    }
+
+    pub fn render_as(&self, db: &DbGauges, format: Format) -> String {
+        let _one = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
+        *self.db.reading.lock().unwrap_or_else(|e| e.into_inner()) = db.clone();
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
+        let written = match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
         };
-        counter(
-            "walhook_changes_decoded_total",
-            "Row changes decoded from the replication slot.",
-            self.changes_decoded.load(Relaxed),
-        );
-        counter(
-            "walhook_deliveries_enqueued_total",
-            "Deliveries written to the outbox.",
-            self.deliveries_enqueued.load(Relaxed),
-        );
-        counter(
-            "walhook_delivery_attempts_total",
-            "HTTP delivery attempts made.",
-            self.attempts.load(Relaxed),
-        );
-        let subs = self
-            .per_sub
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let _ = writeln!(
-            out,
-            "# HELP walhook_deliveries_total Delivery attempts by subscription and outcome.\n\
-             # TYPE walhook_deliveries_total counter"
-        );
-        for (sub, m) in &subs {
-            for (outcome, n) in &m.outcomes {
-                let _ = writeln!(
-                    out,
-                    "walhook_deliveries_total{{subscription=\"{}\",outcome=\"{}\"}} {n}",
-                    escape(sub),
-                    outcome.as_str()
-                );
-            }
+        // Writing to a String does not fail; an error would come from an encoder bug.
+        if let Err(e) = written {
+            tracing::error!(error = %e, "metrics: encoding failed; the scrape is incomplete");
         }
-        let _ = writeln!(
-            out,
-            "# HELP walhook_breaker_state Circuit breaker per subscription (0 closed, 1 open, 2 half-open).\n\
-             # TYPE walhook_breaker_state gauge"
-        );
-        for (sub, m) in &subs {
-            if let Some(state) = m.breaker {
-                let _ = writeln!(
-                    out,
-                    "walhook_breaker_state{{subscription=\"{}\"}} {}",
-                    escape(sub),
-                    state as u8
-                );
-            }
-        }
-        for (name, help, rows) in [
-            (
-                "walhook_outbox_pending",
-                "Unfinished deliveries in the outbox.",
-                &db.pending,
-            ),
-            (
-                "walhook_dead_letters",
-                "Dead-lettered deliveries in the outbox.",
-                &db.dead,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for (sub, n) in rows {
-                let _ = writeln!(out, "{name}{{subscription=\"{}\"}} {n}", escape(sub));
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP walhook_slot_lag_bytes WAL retained by the replication slot.\n\
-             # TYPE walhook_slot_lag_bytes gauge"
-        );
-        if let Some(lag) = db.slot_lag_bytes {
-            let _ = writeln!(out, "walhook_slot_lag_bytes {lag}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP walhook_source_streaming Whether the replication stream is up.\n\
-             # TYPE walhook_source_streaming gauge\nwalhook_source_streaming {}",
-            u8::from(db.streaming)
-        );
-        let name = "walhook_delivery_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from source commit to the receiver's 2xx.\n# TYPE {name} histogram"
-        );
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                self.latency.buckets[i].load(Relaxed)
-            );
-        }
-        let count = self.latency.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.latency.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {count}");
         out
     }
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Reports the database figures of the scrape in progress.
+#[derive(Debug, Default)]
+struct DbCollector {
+    reading: Mutex<DbGauges>,
+}
+
+impl Collector for DbCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let db = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, help, rows) in [
+            (
+                "outbox_pending",
+                "Unfinished deliveries (pending or failed) in the outbox.",
+                &db.pending,
+            ),
+            (
+                "dead_letters",
+                "Dead-lettered deliveries in the outbox.",
+                &db.dead,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (sub, n) in rows {
+                family
+                    .encode_family(&[("subscription", sub.as_str())])?
+                    .encode_gauge(n)?;
+            }
+        }
+        for (name, help, value) in [
+            (
+                "slot_lag",
+                "WAL written since the replication slot's confirmed position (confirmed_flush_lsn).",
+                db.slot_lag_bytes,
+            ),
+            (
+                "slot_retained",
+                "WAL the server keeps for the replication slot (since its restart_lsn).",
+                db.slot_retained_bytes,
+            ),
+        ] {
+            // The family is described even when the figure is unknown (no slot yet, a standby).
+            let mut gauge =
+                encoder.encode_descriptor(name, help, Some(&Unit::Bytes), MetricType::Gauge)?;
+            if let Some(v) = value {
+                gauge.encode_gauge(&v)?;
+            }
+        }
+        encoder
+            .encode_descriptor(
+                "source_streaming",
+                "Whether the replication stream is up (1) or not (0).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&i64::from(db.streaming))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
     #[test]
-    fn renders_counters_labels_and_histogram() {
+    fn renders_labelled_counters_gauges_and_the_histogram() {
         let m = Metrics::new();
         m.add_changes(3);
-        m.attempt("orders \"a\"", Outcome::Delivered);
-        m.attempt("orders \"a\"", Outcome::Delivered);
-        m.breaker("orders \"a\"", BreakerState::Open);
+        let sub = "orders \"a\"";
+        m.attempt(sub, Attempt::Failure);
+        m.attempt(sub, Attempt::Success);
+        m.attempt(sub, Attempt::Success);
+        m.finished(sub, Outcome::Delivered);
+        m.breaker(sub, BreakerState::Open);
         m.delivered_latency(Duration::from_millis(3));
         let text = m.render(&DbGauges {
-            pending: vec![("orders \"a\"".into(), 7)],
+            pending: vec![(sub.into(), 7)],
+            dead: vec![(sub.into(), 0)],
             slot_lag_bytes: Some(1024),
+            slot_retained_bytes: Some(4096),
             streaming: true,
-            ..DbGauges::default()
         });
-        assert!(text.contains("walhook_changes_decoded_total 3\n"));
-        assert!(text.contains(
-            "walhook_deliveries_total{subscription=\"orders \\\"a\\\"\",outcome=\"delivered\"} 2\n"
+        let l = lines(&text);
+        let has = |line: &str| assert!(l.contains(&line), "missing {line:?} in:\n{text}");
+        has("# HELP walhook_changes_decoded_total Row changes decoded from the replication slot.");
+        has("# TYPE walhook_changes_decoded_total counter");
+        has("walhook_changes_decoded_total 3");
+        has("# TYPE walhook_delivery_attempts_total counter");
+        has(r#"walhook_delivery_attempts_total{subscription="orders \"a\"",result="success"} 2"#);
+        has(r#"walhook_delivery_attempts_total{subscription="orders \"a\"",result="failure"} 1"#);
+        has("# TYPE walhook_deliveries_total counter");
+        has(r#"walhook_deliveries_total{subscription="orders \"a\"",outcome="delivered"} 1"#);
+        assert!(!text.contains("outcome=\"dead\""), "nothing died: {text}");
+        has(r#"walhook_breaker_state{subscription="orders \"a\""} 1"#);
+        has("# TYPE walhook_outbox_pending gauge");
+        has(r#"walhook_outbox_pending{subscription="orders \"a\""} 7"#);
+        has(r#"walhook_dead_letters{subscription="orders \"a\""} 0"#);
+        has("# TYPE walhook_slot_lag_bytes gauge");
+        has("walhook_slot_lag_bytes 1024");
+        has("walhook_slot_retained_bytes 4096");
+        has("walhook_source_streaming 1");
+        has("# TYPE walhook_delivery_latency_seconds histogram");
+        has(r#"walhook_delivery_latency_seconds_bucket{le="0.0025"} 0"#);
+        has(r#"walhook_delivery_latency_seconds_bucket{le="0.005"} 1"#);
+        has(r#"walhook_delivery_latency_seconds_bucket{le="60"} 1"#);
+        has(r#"walhook_delivery_latency_seconds_bucket{le="+Inf"} 1"#);
+        has("walhook_delivery_latency_seconds_sum 0.003");
+        has("walhook_delivery_latency_seconds_count 1");
+        // Every sample belongs to a described family.
+        for sample in l.iter().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            assert!(
+                l.iter()
+                    .any(|d| d.starts_with("# TYPE ")
+                        && name.starts_with(d.split(' ').nth(2).unwrap())),
+                "{sample} has no # TYPE"
+            );
+        }
+    }
+
+    #[test]
+    fn a_forgotten_subscription_leaves_no_series() {
+        let m = Metrics::new();
+        for sub in ["gone", "kept"] {
+            m.attempt(sub, Attempt::Success);
+            m.attempt(sub, Attempt::Failure);
+            m.finished(sub, Outcome::Delivered);
+            m.finished(sub, Outcome::Dead);
+            m.breaker(sub, BreakerState::HalfOpen);
+        }
+        m.forget_subscription("gone");
+        let text = m.render(&DbGauges::default());
+        assert!(!text.contains("\"gone\""), "{text}");
+        let l = lines(&text);
+        for line in [
+            r#"walhook_delivery_attempts_total{subscription="kept",result="success"} 1"#,
+            r#"walhook_delivery_attempts_total{subscription="kept",result="failure"} 1"#,
+            r#"walhook_deliveries_total{subscription="kept",outcome="delivered"} 1"#,
+            r#"walhook_deliveries_total{subscription="kept",outcome="dead"} 1"#,
+            r#"walhook_breaker_state{subscription="kept"} 2"#,
+        ] {
+            assert!(l.contains(&line), "missing {line:?} in:\n{text}");
+        }
+        // A subscription re-created with the same id starts from zero.
+        m.attempt("gone", Attempt::Success);
+        let text = m.render(&DbGauges::default());
+        assert!(lines(&text).contains(
+            &r#"walhook_delivery_attempts_total{subscription="gone",result="success"} 1"#
         ));
-        assert!(text.contains("walhook_breaker_state{subscription=\"orders \\\"a\\\"\"} 1\n"));
-        assert!(text.contains("walhook_outbox_pending{subscription=\"orders \\\"a\\\"\"} 7\n"));
-        assert!(text.contains("walhook_delivery_latency_seconds_bucket{le=\"0.0025\"} 0\n"));
-        assert!(text.contains("walhook_delivery_latency_seconds_bucket{le=\"0.005\"} 1\n"));
-        assert!(text.contains("walhook_delivery_latency_seconds_count 1\n"));
-        assert!(text.contains("walhook_slot_lag_bytes 1024\n"));
+    }
+
+    #[test]
+    fn unknown_database_figures_leave_only_their_description() {
+        let text = Metrics::new().render(&DbGauges::default());
+        let l = lines(&text);
+        assert!(
+            l.contains(&"# TYPE walhook_slot_retained_bytes gauge"),
+            "{text}"
+        );
+        assert!(!l.iter().any(|l| l.starts_with("walhook_slot_")), "{text}");
+        assert!(l.contains(&"walhook_source_streaming 0"), "{text}");
+    }
+
+    #[test]
+    fn openmetrics_when_asked() {
+        let m = Metrics::new();
+        m.add_changes(1);
+        m.delivered_latency(Duration::from_millis(20));
+        let accept = "application/openmetrics-text;version=1.0.0,text/plain;q=0.5";
+        let format = Format::from_accept(Some(accept));
+        assert_eq!(format, Format::OpenMetrics);
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
+        let text = m.render_as(&DbGauges::default(), format);
+        let l = lines(&text);
+        assert!(
+            l.contains(&"# TYPE walhook_changes_decoded counter"),
+            "{text}"
+        );
+        assert!(l.contains(&"walhook_changes_decoded_total 1"), "{text}");
+        assert!(
+            l.contains(&"# UNIT walhook_delivery_latency_seconds seconds"),
+            "{text}"
+        );
+        assert_eq!(l.last(), Some(&"# EOF"), "{text}");
     }
 }

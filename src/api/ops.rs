@@ -5,22 +5,23 @@
 //! - `/readyz` is 200 only while the slot streams and the outbox answers `SELECT 1`, else 503
 //!   with the reason;
 //! - `/metrics` always answers 200 with the process counters; figures read from the databases
-//!   (pending and dead deliveries per subscription, slot lag) are left out when a database does
-//!   not answer within [`DB_WAIT`], so a scrape never hangs or fails because of a database;
+//!   (pending and dead deliveries per subscription, slot lag and retained WAL) are left out when a
+//!   database does not answer within [`DB_WAIT`], so a scrape never hangs or fails because of a
+//!   database; OpenMetrics when the scraper's `Accept` asks for it, else Prometheus text 0.0.4;
 //! - these endpoints reveal counts and subscription ids only, never URLs or secrets.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
 use super::Ctx;
-use crate::metrics::DbGauges;
-use crate::outbox::{self, deliveries};
+use crate::metrics::{DbGauges, Format};
+use crate::outbox::{self, gauges};
 
 /// Longest wait for a database during a probe or scrape.
 const DB_WAIT: Duration = Duration::from_secs(2);
@@ -54,56 +55,50 @@ pub async fn readyz(State(ctx): State<Ctx>) -> Response {
     Json(json!({ "status": "ready" })).into_response()
 }
 
-pub async fn metrics(State(ctx): State<Ctx>) -> Response {
-    let (queues, lag) = tokio::join!(
+pub async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    let (queues, slot) = tokio::join!(
         tokio::time::timeout(DB_WAIT, queue_gauges(&ctx)),
-        tokio::time::timeout(DB_WAIT, slot_lag(&ctx)),
+        tokio::time::timeout(DB_WAIT, slot_gauges(&ctx)),
     );
-    let (pending, dead) = queues.ok().flatten().unwrap_or_default();
+    let queues = queues.ok().flatten().unwrap_or_default();
+    let slot = slot.ok().flatten();
     let gauges = DbGauges {
-        pending,
-        dead,
-        slot_lag_bytes: lag.ok().flatten(),
+        pending: queues
+            .iter()
+            .map(|q| (q.subscription.clone(), q.pending))
+            .collect(),
+        dead: queues
+            .into_iter()
+            .map(|q| (q.subscription, q.dead))
+            .collect(),
+        slot_lag_bytes: slot.and_then(|s| s.lag),
+        slot_retained_bytes: slot.and_then(|s| s.retained),
         streaming: ctx.state.streaming.load(Ordering::Relaxed),
     };
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        ctx.state.metrics.render(&gauges),
+        [(header::CONTENT_TYPE, format.content_type())],
+        ctx.state.metrics.render_as(&gauges, format),
     )
         .into_response()
 }
 
-type PerSub = Vec<(String, i64)>;
-
-/// Unfinished and dead deliveries per subscription, zeros included so that a gauge drops to 0
-/// rather than disappearing. Each count is an index range scan of one subscription.
-async fn queue_gauges(ctx: &Ctx) -> Option<(PerSub, PerSub)> {
+/// Unfinished and dead deliveries per subscription; None when the outbox does not answer.
+async fn queue_gauges(ctx: &Ctx) -> Option<Vec<gauges::QueueCounts>> {
     let client = ctx.state.outbox.get().await.ok()?;
-    let counts = deliveries::counts(&client, &ctx.state.schema)
+    gauges::queue_counts(&client, &ctx.state.schema)
         .await
         .map_err(|e| tracing::warn!(error = %e, "metrics: reading outbox gauges failed"))
-        .ok()?;
-    let pending = counts
-        .iter()
-        .map(|c| (c.subscription.clone(), c.unfinished))
-        .collect();
-    let dead = counts
-        .into_iter()
-        .map(|c| (c.subscription, c.dead))
-        .collect();
-    Some((pending, dead))
+        .ok()
 }
 
-/// WAL the slot has not confirmed yet, in bytes; None when unknown (no slot, or a standby).
-async fn slot_lag(ctx: &Ctx) -> Option<i64> {
+/// The slot's lag and retained WAL; None when unknown (no slot, or a standby).
+async fn slot_gauges(ctx: &Ctx) -> Option<crate::pg::catalog::SlotBytes> {
     let client = ctx.source().await.ok()?;
-    match crate::pg::catalog::slot_lag_bytes(&client, &ctx.state.slot).await {
-        Ok(lag) => lag,
+    match crate::pg::catalog::slot_bytes(&client, &ctx.state.slot).await {
+        Ok(slot) => slot,
         Err(e) => {
-            if e.is_closed() {
+            if matches!(&e, crate::pg::PgError::Sql(e) if e.is_closed()) {
                 ctx.reset_source().await;
             }
             None

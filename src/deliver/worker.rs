@@ -28,7 +28,7 @@ use super::http::{AttemptOutcome, ErrorKind, HttpSender};
 use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
 use super::{format, sign};
 use crate::config::DeliveryConfig;
-use crate::metrics::{BreakerState, Metrics, Outcome};
+use crate::metrics::{Attempt, BreakerState, Metrics, Outcome};
 use crate::outbox::queue::{self, Claimed, NewStatus, Queue, Recorded};
 use crate::outbox::subscriptions::{self, Stored};
 use crate::outbox::Schema;
@@ -94,10 +94,19 @@ pub async fn run(
     let mut pumps: HashMap<String, (watch::Sender<Arc<Stored>>, CancellationToken)> =
         HashMap::new();
     let mut tasks = JoinSet::new();
+    // Every subscription of the last reading, active or not: one that vanished was deleted (by
+    // the API or by leaving config.toml), and its metric series go with it.
+    let mut known: HashSet<String> = HashSet::new();
     info!(worker = %engine.worker, "delivery started");
     loop {
-        match load_active(&engine).await {
-            Ok(subs) => {
+        match load_all(&engine).await {
+            Ok(all) => {
+                let now: HashSet<String> = all.iter().map(|s| s.id.clone()).collect();
+                for gone in known.difference(&now) {
+                    engine.metrics.forget_subscription(gone);
+                }
+                known = now;
+                let subs: Vec<Stored> = all.into_iter().filter(|s| s.active).collect();
                 let ids: HashSet<String> = subs.iter().map(|s| s.id.clone()).collect();
                 pumps.retain(|id, (_, token)| {
                     let keep = ids.contains(id) && !token.is_cancelled();
@@ -136,8 +145,12 @@ pub async fn run(
             r = subs_changed.changed() => if r.is_err() { break },
             _ = tokio::time::sleep(RESCAN) => {}
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = joined {
-                    error!(error = %e, "a delivery pump panicked; it restarts at the next rescan");
+                match joined {
+                    // A stopped pump records its last attempts after the reading that forgot a
+                    // deleted subscription: forget it again once the pump is done.
+                    Ok(id) if !known.contains(&id) => engine.metrics.forget_subscription(&id),
+                    Ok(_) => {}
+                    Err(e) => error!(error = %e, "a delivery pump panicked; it restarts at the next rescan"),
                 }
                 // A pump that ended by itself (410 Gone) is forgotten; the rescan decides.
                 pumps.retain(|_, (_, token)| !token.is_cancelled());
@@ -149,12 +162,11 @@ pub async fn run(
     info!("delivery stopped");
 }
 
-async fn load_active(engine: &Engine) -> Result<Vec<Stored>, String> {
+async fn load_all(engine: &Engine) -> Result<Vec<Stored>, String> {
     let client = engine.pool.get().await.map_err(|e| e.to_string())?;
-    let all = subscriptions::load_all(&client, &engine.schema)
+    subscriptions::load_all(&client, &engine.schema)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(all.into_iter().filter(|s| s.active).collect())
+        .map_err(|e| e.to_string())
 }
 
 /// A claim in progress, on a connection of its own.
@@ -211,7 +223,8 @@ impl Pump {
         }
     }
 
-    async fn run(mut self, cancel: CancellationToken) {
+    /// Returns the subscription's id once its last results are recorded.
+    async fn run(mut self, cancel: CancellationToken) -> String {
         let id = self.sub.id.clone();
         info!(subscription = %id, url_host = %host_of(&self.sub.url), "delivery running for subscription");
         let mut backoff = Duration::from_millis(100);
@@ -243,6 +256,7 @@ impl Pump {
                 warn!(subscription = %id, error = %e, "could not give up ownership; another instance takes over when the lease expires");
             }
         }
+        id
     }
 
     /// Returns Ok on cancel or when the subscription was deactivated; Err on a database error.
@@ -478,27 +492,37 @@ impl Pump {
                 engine.metrics.breaker(&sub_id, state);
                 warn!(subscription = %sub_id, state = ?state, "circuit breaker changed state");
             }
-            let (status, outcome) = match decision {
+            let (status, finished) = match decision {
                 Decision::Delivered => {
                     if let Some(lat) = commit_latency(&done.claimed.payload) {
                         engine.metrics.delivered_latency(lat);
                     }
-                    (NewStatus::Delivered, Outcome::Delivered)
+                    (NewStatus::Delivered, Some(Outcome::Delivered))
                 }
                 Decision::Retry { after } => {
                     debug!(subscription = %sub_id, delivery = done.claimed.id, event_id = %done.claimed.event_id, attempt = attempts_made, retry_in_ms = after.as_millis() as u64, error = o.error.as_deref().unwrap_or(""), "delivery attempt failed; retrying");
-                    (NewStatus::Failed { retry_in: after }, Outcome::Retrying)
+                    (NewStatus::Failed { retry_in: after }, None)
                 }
                 Decision::Dead => {
                     warn!(subscription = %sub_id, delivery = done.claimed.id, event_id = %done.claimed.event_id, attempts = attempts_made, http_status = o.http_status, error = o.error.as_deref().unwrap_or(""), "delivery dead-lettered after its last attempt");
-                    (NewStatus::Dead, Outcome::Dead)
+                    (NewStatus::Dead, Some(Outcome::Dead))
                 }
                 Decision::Gone => {
                     gone = true;
-                    (NewStatus::Dead, Outcome::Dead)
+                    (NewStatus::Dead, Some(Outcome::Dead))
                 }
             };
-            engine.metrics.attempt(&sub_id, outcome);
+            engine.metrics.attempt(
+                &sub_id,
+                if o.is_success() {
+                    Attempt::Success
+                } else {
+                    Attempt::Failure
+                },
+            );
+            if let Some(outcome) = finished {
+                engine.metrics.finished(&sub_id, outcome);
+            }
             batch.push(Recorded {
                 id: done.claimed.id,
                 status,

@@ -9,6 +9,7 @@
 
 pub mod deliveries;
 pub mod enqueue;
+pub mod gauges;
 pub mod queue;
 pub mod retention;
 pub mod subscriptions;

@@ -4,18 +4,31 @@
 
 use tokio_postgres::Client;
 
-/// WAL the slot `slot` has not confirmed yet, in bytes; None when unknown (no such slot, or a
-/// standby without a current WAL position).
-pub async fn slot_lag_bytes(
-    client: &Client,
-    slot: &str,
-) -> Result<Option<i64>, tokio_postgres::Error> {
+use super::PgError;
+
+/// How far a replication slot is behind the server's current WAL position, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotBytes {
+    /// Since `confirmed_flush_lsn`: WAL walhook has not confirmed yet.
+    pub lag: Option<i64>,
+    /// Since `restart_lsn`: WAL the server keeps on disk for the slot.
+    pub retained: Option<i64>,
+}
+
+/// The slot's figures; `None` when there is no such slot. Fails on a standby, where
+/// `pg_current_wal_lsn()` is not available.
+pub async fn slot_bytes(client: &Client, slot: &str) -> Result<Option<SlotBytes>, PgError> {
     let row = client
         .query_opt(
-            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8
-             FROM pg_replication_slots WHERE slot_name = $1",
+            // One reading of the current position for both figures.
+            "SELECT (w.lsn - s.confirmed_flush_lsn)::int8, (w.lsn - s.restart_lsn)::int8
+             FROM pg_replication_slots s, (SELECT pg_current_wal_lsn() AS lsn) w
+             WHERE s.slot_name = $1",
             &[&slot],
         )
         .await?;
-    Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)))
+    Ok(row.map(|r| SlotBytes {
+        lag: r.get(0),
+        retained: r.get(1),
+    }))
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use walhook::metrics::Outcome;
+use walhook::metrics::{Attempt, Outcome};
 
 use super::common::receiver::{hmac_hex, Answer, Receiver};
 
@@ -222,7 +222,8 @@ async fn health_readiness_and_metrics_move() {
 
     api.delivery(&id, "evt_p", "pending", "");
     api.delivery(&id, "evt_d", "dead", "");
-    api.state.metrics.attempt(&id, Outcome::Delivered);
+    api.state.metrics.attempt(&id, Attempt::Success);
+    api.state.metrics.finished(&id, Outcome::Delivered);
     api.state.metrics.add_changes(3);
     let slot = &api.state.slot.clone();
     api.db.sql(&format!(
@@ -246,8 +247,55 @@ async fn health_readiness_and_metrics_move() {
     assert!(after.contains(&format!(
         "walhook_deliveries_total{{subscription=\"{id}\",outcome=\"delivered\"}} 1\n"
     )));
+    assert!(after.contains(&format!(
+        "walhook_delivery_attempts_total{{subscription=\"{id}\",result=\"success\"}} 1\n"
+    )));
     assert!(after.contains("walhook_changes_decoded_total 3\n"));
-    assert!(after.contains("\nwalhook_slot_lag_bytes "), "{after}");
+    // Both slot figures, as byte counts: the slot was just created, so it has confirmed and
+    // keeps at most the WAL written since (nothing is required here beyond a number >= 0).
+    for name in ["walhook_slot_lag_bytes", "walhook_slot_retained_bytes"] {
+        let value = after
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} sample: {after}"));
+        let bytes: i64 = value
+            .parse()
+            .unwrap_or_else(|e| panic!("{name} {value:?}: {e}"));
+        assert!(bytes >= 0, "{name} {bytes}");
+        assert!(after.contains(&format!("# TYPE {name} gauge\n")), "{after}");
+    }
+    assert!(
+        !before.contains("\nwalhook_slot_retained_bytes "),
+        "no slot yet: {before}"
+    );
+    assert!(after.contains("# HELP walhook_outbox_pending "), "{after}");
+
+    // Prometheus text unless the scraper asks for OpenMetrics.
+    for (accept, content_type, eof) in [
+        (
+            "text/plain",
+            "text/plain; version=0.0.4; charset=utf-8",
+            false,
+        ),
+        (
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            true,
+        ),
+    ] {
+        let r = api
+            .http
+            .get(format!("{}/metrics", api.base))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], content_type);
+        let text = r.text().await.unwrap();
+        assert_eq!(text.ends_with("# EOF\n"), eof, "{text}");
+        assert!(text.contains("walhook_changes_decoded_total 3\n"), "{text}");
+    }
 }
 
 #[tokio::test]

@@ -98,13 +98,19 @@ async fn a_subscription_created_through_the_api_delivers_without_a_restart_and_r
     )
     .await;
 
-    // The delivery counters moved.
+    // The delivery counters moved: three attempts (one failed), and deliveries finished as
+    // delivered twice (the first row, then the replayed one) and dead once.
     let m = api.send(Method::GET, "/metrics", &[], None).await.text;
     let line = |outcome: &str| {
         format!("walhook_deliveries_total{{subscription=\"{id}\",outcome=\"{outcome}\"}} ")
     };
     assert!(m.contains(&(line("delivered") + "2\n")), "{m}");
     assert!(m.contains(&(line("dead") + "1\n")), "{m}");
+    let attempts = |result: &str| {
+        format!("walhook_delivery_attempts_total{{subscription=\"{id}\",result=\"{result}\"}} ")
+    };
+    assert!(m.contains(&(attempts("success") + "2\n")), "{m}");
+    assert!(m.contains(&(attempts("failure") + "1\n")), "{m}");
     assert!(m.contains("walhook_source_streaming 1\n"));
     assert_eq!(
         api.send(Method::GET, "/readyz", &[], None).await.status,
@@ -160,6 +166,20 @@ async fn a_subscription_created_through_the_api_delivers_without_a_restart_and_r
         20,
     )
     .await;
+    // Its metric series go with it (the delivery supervisor forgets it at its next reading).
+    let label = format!("subscription=\"{id}\"");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = api.send(Method::GET, "/metrics", &[], None).await.text;
+        if !m.contains(&label) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "series of a deleted subscription are still exposed:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     db.sql("INSERT INTO shipments VALUES (3, 'late')");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.count(), 4);
