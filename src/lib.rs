@@ -3,6 +3,7 @@
 //! ARCHITECTURE.md holds the map: the data flow, which module may import which, and the
 //! invariants each module enforces.
 
+pub mod backoff;
 pub mod model;
 pub mod pg;
 

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::backoff::{sleep_or_cancel, Backoff};
 use crate::config::Config;
 use crate::deliver::http::HttpSender;
 use crate::deliver::worker::{self, Engine};
@@ -201,7 +202,7 @@ async fn initial_router(
 ) -> Result<Option<Router>, IngestError> {
     // Config errors (bad table names, the outbox schema) fail before touching the database.
     build_router(config)?;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
     loop {
         let attempt = async {
             let mut client = connect_outbox(config).await?;
@@ -218,12 +219,11 @@ async fn initial_router(
         match attempt.await {
             Ok(stored) => return Ok(Some(router_for_stored(config, &stored)?)),
             Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox database not reachable yet");
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(backoff) => {}
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox database not reachable yet");
+                if !sleep_or_cancel(delay, cancel).await {
+                    return Ok(None);
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(_) if cancel.is_cancelled() => return Ok(None),
             Err(e) => return Err(e),
@@ -245,7 +245,7 @@ async fn ingest_loop(
     streaming: &AtomicBool,
     cancel: &CancellationToken,
 ) -> Result<(), IngestError> {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
     loop {
         let started = Instant::now();
         let result = ingest_once(config, router.clone(), hooks.clone(), streaming, cancel).await;
@@ -253,15 +253,15 @@ async fn ingest_loop(
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
+                // A connection that streamed for a while was healthy: start the backoff over.
                 if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_millis(250);
+                    backoff.reset();
                 }
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest interrupted; reconnecting");
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest interrupted; reconnecting");
+                if !sleep_or_cancel(delay, cancel).await {
+                    return Ok(());
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(_) if cancel.is_cancelled() => return Ok(()),
             Err(e) => return Err(e),

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use super::http::{AttemptOutcome, ErrorKind, HttpSender};
 use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
 use super::{format, sign};
+use crate::backoff::{sleep_or_cancel, Backoff};
 use crate::config::DeliveryConfig;
 use crate::metrics::{Attempt, BreakerState, Metrics, Outcome};
 use crate::outbox::queue::{self, Claimed, NewStatus, Queue, Recorded};
@@ -227,17 +228,16 @@ impl Pump {
     async fn run(mut self, cancel: CancellationToken) -> String {
         let id = self.sub.id.clone();
         info!(subscription = %id, url_host = %host_of(&self.sub.url), "delivery running for subscription");
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             match self.run_connected(&cancel).await {
                 Ok(()) => break,
                 Err(e) => {
-                    warn!(subscription = %id, error = %e, retry_in_ms = backoff.as_millis() as u64, "delivery pump lost the outbox; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                    let delay = backoff.next_delay();
+                    warn!(subscription = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "delivery pump lost the outbox; retrying");
+                    if !sleep_or_cancel(delay, &cancel).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }
