@@ -28,9 +28,9 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use walhook::app::Handles;
 use walhook::config::Config;
 use walhook::embedded_pg::PgServer;
-use walhook::run::Handles;
 
 /// The demo subscription's signing secret (printed: it protects nothing).
 pub const SECRET: &str = "whsec_walhook_demo";
@@ -112,7 +112,7 @@ pub async fn run(opts: Options, cancel: CancellationToken) -> anyhow::Result<()>
     let pipeline_cancel = cancel.child_token();
     let handles = Handles::default();
     let streaming = handles.streaming.clone();
-    let pipeline = walhook::run::run_with(None, config, pipeline_cancel.clone(), handles);
+    let pipeline = walhook::app::run_with(None, config, pipeline_cancel.clone(), handles);
     tokio::pin!(pipeline);
     let script = script(&pg, &mut out, rx, &opts, &cancel, &streaming);
     let result = tokio::select! {

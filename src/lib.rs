@@ -8,14 +8,15 @@ pub mod model;
 pub mod pg;
 
 pub mod api;
+pub mod app;
 pub mod check;
 pub mod config;
 pub mod deliver;
 pub mod embedded_pg;
+pub mod ingest;
 pub mod metrics;
 pub mod outbox;
 pub mod route;
-pub mod run;
 pub mod source;
 pub mod tail;
 

@@ -165,14 +165,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config: path } => {
             let config = load(&path)?;
             let cancel = cancel_on_signals()?;
-            walhook::run::run(path, config, cancel)
+            walhook::app::run(path, config, cancel)
                 .await
                 .context("walhook run")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { config } => {
             let config = load(&config)?;
-            let applied = walhook::run::migrate(&config)
+            let applied = walhook::outbox::migrate_config(&config)
                 .await
                 .context("walhook migrate")?;
             println!("applied migrations: {applied:?}");

@@ -15,9 +15,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use walhook::api::ApiState;
+use walhook::app::Handles;
 use walhook::config::{DeliveryConfig, Secret};
 use walhook::outbox::Schema;
-use walhook::run::Handles;
 
 pub const TOKEN: &str = "your-management-token";
 pub const PROJECT: &str = "your-project-id";

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use walhook::app::Handles;
 use walhook::config::Config;
-use walhook::run::Handles;
 
 use super::TestDb;
 
@@ -21,7 +21,7 @@ pub fn fast_delivery(extra: &str) -> String {
 pub struct Daemon {
     pub handles: Handles,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), walhook::outbox::enqueue::IngestError>>,
+    task: tokio::task::JoinHandle<Result<(), walhook::app::AppError>>,
 }
 
 pub fn config_text(db: &TestDb, delivery: &str, subs: &str) -> String {
@@ -55,7 +55,7 @@ impl Daemon {
         let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
         let handles = Handles::default();
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(walhook::run::run_with(
+        let task = tokio::spawn(walhook::app::run_with(
             None,
             config,
             cancel.clone(),

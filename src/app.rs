@@ -1,0 +1,188 @@
+//! `walhook run`: the daemon. Ingest (slot → outbox), delivery, the management API, config
+//! reload on SIGHUP and retention run as tasks owned by one `JoinSet` and stopped by one
+//! cancellation token.
+//!
+//! Guarantees: on SIGTERM/SIGINT every task is cancelled and awaited before `run` returns; a
+//! panicking task is logged, never silently lost; a start that cannot listen or build its HTTP
+//! client fails before anything is streamed.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::deliver::http::{HttpError, HttpSender};
+use crate::deliver::worker::{self, Engine};
+use crate::ingest::reload::{changes_loop, initial_router, reload_loop, Reloader};
+use crate::ingest::stream::ingest_loop;
+use crate::ingest::{Hooks, IngestError};
+use crate::metrics::Metrics;
+use crate::outbox::{self, Schema};
+use crate::pg::tls;
+
+/// Why `walhook run` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("delivery: {0}")]
+    Delivery(#[from] HttpError),
+    #[error("api.listen: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Handles shared by the tasks of `walhook run`, and visible to whoever starts it (tests, demo).
+#[derive(Clone)]
+pub struct Handles {
+    pub metrics: Arc<Metrics>,
+    /// True while the replication stream is up.
+    pub streaming: Arc<AtomicBool>,
+    /// Notify after changing the subscriptions table; routing and the publication follow.
+    pub changed: Arc<Notify>,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            metrics: Arc::new(Metrics::new()),
+            streaming: Arc::new(AtomicBool::new(false)),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+}
+
+pub async fn run(path: PathBuf, config: Config, cancel: CancellationToken) -> Result<(), AppError> {
+    run_with(Some(path), config, cancel, Handles::default()).await
+}
+
+/// Ingest, delivery, config reload and retention until `cancel`. Without a `path`, SIGHUP
+/// reloads nothing.
+pub async fn run_with(
+    path: Option<PathBuf>,
+    config: Config,
+    cancel: CancellationToken,
+    handles: Handles,
+) -> Result<(), AppError> {
+    let router = match initial_router(&config, &cancel).await? {
+        Some(r) => r,
+        None => return Ok(()),
+    };
+    let (router_tx, router_rx) = watch::channel(router);
+    let (subs_tx, subs_rx) = watch::channel(0u64);
+    let (wake_tx, wake_rx) = watch::channel(0u64);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(retention_loop(
+        config.outbox_pg_config(),
+        Schema::new(config.outbox.schema.as_str()),
+        config.outbox.retention.0,
+        config.outbox.dead_retention.0,
+        cancel.clone(),
+    ));
+    let reloader = Arc::new(Reloader::new(router_tx, subs_tx, config.clone()));
+    if let Some(path) = path {
+        tasks.spawn(reload_loop(path, reloader.clone(), cancel.clone()));
+    }
+    tasks.spawn(changes_loop(
+        reloader.clone(),
+        handles.changed.clone(),
+        cancel.clone(),
+    ));
+    if config.delivery.enabled {
+        let sender = HttpSender::new(&config.delivery)?;
+        let engine = Arc::new(Engine::new(
+            Schema::new(config.outbox.schema.as_str()),
+            tls::pool(&config.outbox_pg_config(), 64),
+            config.delivery.clone(),
+            sender,
+            handles.metrics.clone(),
+            wake_rx,
+            handles.changed.clone(),
+        ));
+        tasks.spawn(worker::run(engine, subs_rx, cancel.clone()));
+    } else {
+        info!("delivery is off ([delivery] enabled = false); deliveries stay in the outbox");
+    }
+    match &config.api.token {
+        Some(token) => {
+            let addr = config.api.listen.as_str();
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            let state = Arc::new(crate::api::ApiState {
+                project_id: config.project.id.to_string(),
+                environment: config.project.environment.to_string(),
+                token: token.clone(),
+                schema: Schema::new(config.outbox.schema.as_str()),
+                outbox: tls::pool(&config.outbox_pg_config(), 8),
+                source: config.pg_config(),
+                slot: config.source.slot.to_string(),
+                manage_replica_identity: config.source.manage_replica_identity,
+                delivery: config.delivery.clone(),
+                metrics: handles.metrics.clone(),
+                streaming: handles.streaming.clone(),
+                changed: handles.changed.clone(),
+            });
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(e) = crate::api::serve(state, listener, cancel).await {
+                    error!(error = %e, "management API stopped");
+                }
+            });
+        }
+        None => info!("management API off: set [api] token to enable it"),
+    }
+    let hooks = Hooks {
+        wake: Some(wake_tx),
+        metrics: Some(handles.metrics.clone()),
+    };
+    let result = ingest_loop(&config, router_rx, hooks, &handles.streaming, &cancel)
+        .await
+        .map_err(AppError::from);
+    cancel.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            error!(error = %e, "task panicked");
+        }
+    }
+    result
+}
+
+async fn retention_loop(
+    pg: tokio_postgres::Config,
+    schema: Schema,
+    retention: Duration,
+    dead_retention: Duration,
+    cancel: CancellationToken,
+) {
+    let period =
+        (retention.min(dead_retention) / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = tls::connect_sql(&pg).await.ok();
+        }
+        if let Some(c) = &client {
+            if let Err(e) = outbox::retention::prune(c, &schema, retention, dead_retention).await {
+                // Before the first migration the table may not exist yet; try again later.
+                warn!(error = %e, "pruning the outbox failed");
+                client = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Subscriptions into routing: config.toml at start and on SIGHUP, API changes as they happen.
+//!
+//! Guarantees:
+//! - one reload at a time ([`Reloader`] serializes SIGHUP and API changes);
+//! - a reload that fails validation changes nothing and is logged with the reason; a valid one
+//!   switches routing before the publication gains a table, so no change of a newly subscribed
+//!   table is dropped;
+//! - an API subscription whose table or columns disappeared is left out of routing with an error
+//!   naming it, so one stale subscription never stops the others.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::IngestError;
+use crate::backoff::{sleep_or_cancel, Backoff};
+use crate::config::Config;
+use crate::model::Origin;
+use crate::outbox::subscriptions::{self, Stored};
+use crate::outbox::{self, Schema};
+use crate::pg::tls;
+use crate::route::Router;
+use crate::source::setup::{describe_tables, prepare};
+use crate::source::SourceError;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Builds the router from the config (whose load refused walhook's own tables).
+pub fn build_router(config: &Config) -> Router {
+    Router::for_config(config)
+}
+
+/// A stored subscription (hand-edited, say) to walhook's own tables is refused: walhook would
+/// feed on its own writes.
+fn check_own_schema(config: &Config, router: &Router) -> Result<(), IngestError> {
+    if config.outbox.url.is_none() {
+        if let Some(t) = router
+            .tables()
+            .into_iter()
+            .find(|t| t.schema == config.outbox.schema.as_str())
+        {
+            return Err(IngestError::OwnSchema(t));
+        }
+    }
+    Ok(())
+}
+
+/// Migrates, stores config.toml's subscriptions and builds the first router from the
+/// subscriptions table; waits for the database if it is not up yet. None when cancelled.
+pub async fn initial_router(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> Result<Option<Router>, IngestError> {
+    let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
+    loop {
+        let attempt = async {
+            let mut client = outbox::connect(config).await?;
+            let schema = Schema::new(config.outbox.schema.as_str());
+            outbox::migrate(&mut client, &schema).await?;
+            let subs: Vec<_> = config.subscriptions().collect();
+            outbox::sync_config_subscriptions(&mut client, &schema, &subs).await?;
+            let stored = subscriptions::load_all(&client, &schema).await?;
+            let source = tls::connect_sql(&config.pg_config()).await?;
+            Ok::<_, IngestError>(without_broken_api_subscriptions(&source, stored).await)
+        };
+        match attempt.await {
+            Ok(stored) => return Ok(Some(router_for_stored(config, &stored)?)),
+            Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox database not reachable yet");
+                if !sleep_or_cancel(delay, cancel).await {
+                    return Ok(None);
+                }
+            }
+            Err(_) if cancel.is_cancelled() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The router for the stored subscriptions, refusing walhook's own tables.
+fn router_for_stored(config: &Config, stored: &[Stored]) -> Result<Router, IngestError> {
+    let router = Router::with_project(config, stored.iter().map(|s| s.sub.clone()));
+    check_own_schema(config, &router)?;
+    Ok(router)
+}
+
+/// Applies the subscriptions table to routing and the publication; one at a time.
+pub struct Reloader {
+    router_tx: watch::Sender<Router>,
+    /// Bumped after each applied change, so delivery re-reads the subscriptions.
+    subs_tx: watch::Sender<u64>,
+    /// The config in force (replaced by a successful SIGHUP reload).
+    current: Mutex<Config>,
+}
+
+impl Reloader {
+    pub fn new(
+        router_tx: watch::Sender<Router>,
+        subs_tx: watch::Sender<u64>,
+        config: Config,
+    ) -> Reloader {
+        Reloader {
+            router_tx,
+            subs_tx,
+            current: Mutex::new(config),
+        }
+    }
+
+    /// Reads the subscriptions table, validates every subscription against its table, then
+    /// switches routing and only then adds tables to the publication, so no change of a newly
+    /// subscribed table is dropped. On error nothing changes.
+    async fn apply(&self, config: &Config) -> Result<usize, IngestError> {
+        let outbox_client = outbox::connect(config).await?;
+        let schema = Schema::new(config.outbox.schema.as_str());
+        let stored = subscriptions::load_all(&outbox_client, &schema).await?;
+        let client = tls::connect_sql(&config.pg_config()).await?;
+        let stored = without_broken_api_subscriptions(&client, stored).await;
+        let router = router_for_stored(config, &stored)?;
+        validate_columns(&client, &router).await?;
+        self.router_tx.send_replace(router.clone());
+        prepare(
+            &client,
+            &router.tables(),
+            config.source.publication.as_str(),
+            config.source.manage_replica_identity,
+            true,
+            |t| {
+                router
+                    .validate_table(&t.table, &t.columns)
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await?;
+        self.subs_tx.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(stored.len())
+    }
+}
+
+/// Leaves out, with an error naming it, an API subscription whose table or columns no longer
+/// exist (dropped after it was created), so that one stale subscription does not stop the others.
+/// config.toml's subscriptions are kept: their errors stop a start or a reload, loudly.
+async fn without_broken_api_subscriptions(
+    client: &tokio_postgres::Client,
+    stored: Vec<Stored>,
+) -> Vec<Stored> {
+    let mut keep = Vec::with_capacity(stored.len());
+    for sub in stored {
+        if sub.origin == Origin::Api {
+            let problem = {
+                let route = &sub.sub;
+                {
+                    match describe_tables(client, std::slice::from_ref(&route.table)).await {
+                        // Only a definite answer (no such table) drops it; a lost connection must
+                        // not, or its changes would go unrouted meanwhile.
+                        Err(e @ SourceError::Config(_)) => Some(e.to_string()),
+                        Err(_) => None,
+                        Ok(infos) => infos
+                            .iter()
+                            .find_map(|i| crate::route::check_columns(route, &i.columns).err())
+                            .map(|e| e.to_string()),
+                    }
+                }
+            };
+            if let Some(problem) = problem {
+                error!(subscription = %sub.id, error = %problem, "subscription left out of routing until it is fixed or deleted");
+                continue;
+            }
+        }
+        keep.push(sub);
+    }
+    keep
+}
+
+/// Every table exists and has the columns that filters and selects name.
+async fn validate_columns(
+    client: &tokio_postgres::Client,
+    router: &Router,
+) -> Result<(), IngestError> {
+    for info in describe_tables(client, &router.tables()).await? {
+        router.validate_table(&info.table, &info.columns)?;
+    }
+    Ok(())
+}
+
+pub async fn reload_loop(path: PathBuf, reloader: Arc<Reloader>, cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; config reload disabled");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        info!(path = %path.display(), "SIGHUP: reloading config");
+        match reload(&path, &reloader).await {
+            Ok(n) => info!(subscriptions = n, "config reloaded"),
+            Err(e) => {
+                error!(error = %e, "config reload failed; keeping the previous subscriptions")
+            }
+        }
+    }
+}
+
+async fn reload(path: &Path, reloader: &Reloader) -> Result<usize, IngestError> {
+    let config = Config::load(path)?;
+    // Validate before the table is touched: names, filters, the outbox schema rule, columns.
+    let router = build_router(&config);
+    let client = tls::connect_sql(&config.pg_config()).await?;
+    validate_columns(&client, &router).await?;
+    let mut outbox_client = outbox::connect(&config).await?;
+    let subs: Vec<_> = config.subscriptions().collect();
+    outbox::sync_config_subscriptions(
+        &mut outbox_client,
+        &Schema::new(config.outbox.schema.as_str()),
+        &subs,
+    )
+    .await?;
+    let n = reloader.apply(&config).await?;
+    *reloader.current.lock().await = config;
+    Ok(n)
+}
+
+/// Follows changes made through the API (or by delivery, on 410 Gone).
+pub async fn changes_loop(
+    reloader: Arc<Reloader>,
+    changed: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = changed.notified() => {}
+        }
+        let config = reloader.current.lock().await;
+        match reloader.apply(&config).await {
+            Ok(n) => info!(subscriptions = n, "subscriptions changed; routing updated"),
+            Err(e) => {
+                error!(error = %e, "subscriptions changed but could not be applied; keeping the previous routing")
+            }
+        }
+    }
+}

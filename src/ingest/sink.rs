@@ -1,0 +1,298 @@
+//! The ingest sink: the source's row changes are routed and their payloads streamed into the
+//! outbox ([`crate::outbox::enqueue`]) inside an outbox transaction that also advances the
+//! checkpoint.
+//!
+//! Two halves, so decoding and writing overlap: the front ([`OutboxSink`], in the source task)
+//! skips and routes; the writer task COPYs rows and commits. Consecutive source transactions
+//! that are already queued are committed together (group commit).
+//!
+//! Guarantees:
+//! - exactly once (ARCHITECTURE.md invariant 1): a source transaction whose commit LSN is at or below
+//!   the checkpoint is skipped; otherwise its rows and the checkpoint commit in one outbox
+//!   transaction that only ever ends at a source commit boundary, so a crash anywhere leaves
+//!   whole source transactions or nothing;
+//! - bounded memory: the channel between the halves is bounded and rows go out through COPY as
+//!   they arrive, so a transaction of any size is never held in memory;
+//! - the durable position (what the slot may confirm) is published by the writer only after its
+//!   COMMIT; `idle` is true only when every handed-over commit is durable;
+//! - routing changes (SIGHUP) take effect between transactions, never inside one.
+
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use tracing::{debug, info};
+
+use super::IngestError;
+use crate::model::{Lsn, RowChange};
+use crate::outbox::enqueue::Enqueuer;
+use crate::outbox::{OutboxError, Schema};
+use crate::route::{Routed, Router};
+use crate::source::stream::Sink;
+
+/// What the front hands to the writer.
+enum Item {
+    Row(Routed, Lsn),
+    Commit { commit_lsn: Lsn, end_lsn: Lsn },
+}
+
+const CHANNEL: usize = 8192;
+/// A group commit ends at the first source commit after this many rows.
+const GROUP_ROWS: u64 = 50_000;
+
+/// Who hears about progress: delivery workers (woken after each commit) and metrics.
+#[derive(Default, Clone)]
+pub struct Hooks {
+    pub wake: Option<watch::Sender<u64>>,
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+}
+
+pub struct OutboxSink {
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    router: Router,
+    reload: watch::Receiver<Router>,
+    checkpoint: Lsn,
+    skipping: bool,
+    commit_lsn: Lsn,
+    buf: Vec<Routed>,
+    tx: Option<mpsc::Sender<Item>>,
+    writer: Option<JoinHandle<Result<(), IngestError>>>,
+    durable: watch::Receiver<Lsn>,
+    handed_over: Lsn,
+}
+
+impl OutboxSink {
+    /// `checkpoint` is the stored checkpoint; `confirmed` what the slot already confirmed.
+    pub fn new(
+        client: Client,
+        schema: Schema,
+        slot: &str,
+        mut reload: watch::Receiver<Router>,
+        checkpoint: Lsn,
+        confirmed: Lsn,
+        hooks: Hooks,
+    ) -> Self {
+        let router = reload.borrow_and_update().clone();
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let start = confirmed.max(checkpoint);
+        let (durable_tx, durable) = watch::channel(start);
+        let writer = Writer {
+            out: Enqueuer::new(client, schema, slot),
+            rx,
+            durable: durable_tx,
+            rows_in_group: 0,
+            rows_since_commit: 0,
+            last_commit: None,
+            total_rows: 0,
+            last_log: Instant::now(),
+            rows_at_last_log: 0,
+            checkpoint,
+            hooks: hooks.clone(),
+        };
+        OutboxSink {
+            metrics: hooks.metrics,
+            router,
+            reload,
+            checkpoint,
+            skipping: false,
+            commit_lsn: Lsn::ZERO,
+            buf: Vec::new(),
+            tx: Some(tx),
+            writer: Some(tokio::spawn(writer.run())),
+            durable,
+            handed_over: start,
+        }
+    }
+
+    async fn send(&mut self, item: Item) -> Result<(), IngestError> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(item).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The writer stopped: its own error says why.
+        Err(self.join_writer().await.err().unwrap_or_else(|| {
+            IngestError::Outbox(OutboxError::Connect {
+                message: "outbox writer stopped".into(),
+                retryable: true,
+            })
+        }))
+    }
+
+    async fn join_writer(&mut self) -> Result<(), IngestError> {
+        self.tx = None;
+        match self.writer.take() {
+            Some(h) => h.await.unwrap_or_else(|e| {
+                Err(OutboxError::Connect {
+                    message: format!("outbox writer panicked: {e}"),
+                    retryable: true,
+                }
+                .into())
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Sink for OutboxSink {
+    type Error = IngestError;
+
+    async fn begin(&mut self, final_lsn: Lsn, _commit_ts: i64) -> Result<(), IngestError> {
+        if self.reload.has_changed().unwrap_or(false) {
+            self.router = self.reload.borrow_and_update().clone();
+            info!(
+                tables = self.router.tables().len(),
+                "subscriptions reloaded"
+            );
+        }
+        self.skipping = final_lsn <= self.checkpoint;
+        if self.skipping {
+            debug!(commit_lsn = %final_lsn, checkpoint = %self.checkpoint, "skipping transaction already in the outbox");
+        }
+        self.commit_lsn = final_lsn;
+        Ok(())
+    }
+
+    async fn change(&mut self, change: RowChange) -> Result<(), IngestError> {
+        if self.skipping {
+            return Ok(());
+        }
+        if let Some(m) = &self.metrics {
+            m.add_changes(1);
+        }
+        self.buf.clear();
+        self.router.route(&change, &mut self.buf);
+        let lsn = self.commit_lsn;
+        // Taken out so `send` can borrow self; put back to keep its capacity.
+        let mut rows = std::mem::take(&mut self.buf);
+        for r in rows.drain(..) {
+            self.send(Item::Row(r, lsn)).await?;
+        }
+        self.buf = rows;
+        Ok(())
+    }
+
+    async fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn) -> Result<Lsn, IngestError> {
+        if self.skipping {
+            // Already stored; nothing is in flight for it.
+            return Ok(self.durable());
+        }
+        self.handed_over = self.handed_over.max(end_lsn);
+        self.send(Item::Commit {
+            commit_lsn,
+            end_lsn,
+        })
+        .await?;
+        Ok(self.durable())
+    }
+
+    fn durable(&self) -> Lsn {
+        *self.durable.borrow()
+    }
+
+    fn idle(&self) -> bool {
+        self.durable() >= self.handed_over
+    }
+
+    async fn close(&mut self) -> Result<Lsn, IngestError> {
+        self.join_writer().await?;
+        Ok(self.durable())
+    }
+}
+
+struct Writer {
+    out: Enqueuer,
+    rx: mpsc::Receiver<Item>,
+    durable: watch::Sender<Lsn>,
+    rows_in_group: u64,
+    rows_since_commit: u64,
+    last_commit: Option<(Lsn, Lsn)>,
+    total_rows: u64,
+    last_log: Instant,
+    rows_at_last_log: u64,
+    checkpoint: Lsn,
+    hooks: Hooks,
+}
+
+impl Writer {
+    async fn run(mut self) -> Result<(), IngestError> {
+        while let Some(item) = self.rx.recv().await {
+            match item {
+                Item::Row(r, lsn) => {
+                    self.out.write(&r, lsn).await?;
+                    self.rows_in_group += 1;
+                    self.rows_since_commit += 1;
+                }
+                Item::Commit {
+                    commit_lsn,
+                    end_lsn,
+                } => {
+                    self.last_commit = Some((commit_lsn, end_lsn));
+                    self.rows_since_commit = 0;
+                    if !self.out.is_open() {
+                        // Nothing stored and nothing open: replaying it would store nothing.
+                        self.durable.send_if_modified(|d| bump(d, end_lsn));
+                    } else if self.rx.is_empty() || self.rows_in_group >= GROUP_ROWS {
+                        self.flush().await?;
+                    }
+                }
+            }
+        }
+        // The front is gone (shutdown): finish the open write if it ends at a source commit.
+        if self.out.is_open() && self.rows_since_commit == 0 && self.last_commit.is_some() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), IngestError> {
+        let Some((commit_lsn, end_lsn)) = self.last_commit else {
+            return Ok(());
+        };
+        if !self.out.commit(commit_lsn).await? {
+            return Ok(());
+        }
+        self.checkpoint = commit_lsn;
+        self.durable.send_if_modified(|d| bump(d, end_lsn));
+        self.total_rows += self.rows_in_group;
+        if let Some(m) = &self.hooks.metrics {
+            m.add_enqueued(self.rows_in_group);
+        }
+        if let Some(w) = &self.hooks.wake {
+            w.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        debug!(commit_lsn = %commit_lsn, rows = self.rows_in_group, "stored");
+        self.rows_in_group = 0;
+        self.log_progress();
+        Ok(())
+    }
+
+    fn log_progress(&mut self) {
+        let elapsed = self.last_log.elapsed();
+        if elapsed.as_secs() >= 10 {
+            let rows = self.total_rows - self.rows_at_last_log;
+            info!(
+                rows,
+                per_sec = (rows as f64 / elapsed.as_secs_f64()) as u64,
+                total = self.total_rows,
+                checkpoint = %self.checkpoint,
+                "ingest progress"
+            );
+            self.last_log = Instant::now();
+            self.rows_at_last_log = self.total_rows;
+        }
+    }
+}
+
+/// Moves a position forward only.
+fn bump(d: &mut Lsn, to: Lsn) -> bool {
+    if to > *d {
+        *d = to;
+        true
+    } else {
+        false
+    }
+}

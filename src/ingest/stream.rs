@@ -1,0 +1,139 @@
+//! The ingest loop: one replication stream from the checkpoint into the outbox sink,
+//! reconnected with backoff when it is interrupted.
+//!
+//! Guarantees: streaming starts at the outbox checkpoint (transactions the server sends again
+//! are skipped by the sink); `streaming` is true exactly while the stream is up; on cancel the
+//! open outbox transaction is abandoned (it will be streamed again) and the last committed
+//! checkpoint is reported to the slot.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Hooks, IngestError, OutboxSink};
+use crate::backoff::{sleep_or_cancel, Backoff};
+use crate::config::Config;
+use crate::model::Lsn;
+use crate::outbox::{self, Schema};
+use crate::pg::tls;
+use crate::route::Router;
+use crate::source::conn::ReplicationClient;
+use crate::source::decode::ChangeDecoder;
+use crate::source::setup::{ensure_slot, prepare, slot_state};
+use crate::source::stream::{Sink, SourceLoop};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Streams until `cancel`, reconnecting after retryable errors.
+pub async fn ingest_loop(
+    config: &Config,
+    router: watch::Receiver<Router>,
+    hooks: Hooks,
+    streaming: &AtomicBool,
+    cancel: &CancellationToken,
+) -> Result<(), IngestError> {
+    let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
+    loop {
+        let started = Instant::now();
+        let result = ingest_once(config, router.clone(), hooks.clone(), streaming, cancel).await;
+        streaming.store(false, Ordering::Relaxed);
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
+                // A connection that streamed for a while was healthy: start the backoff over.
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest interrupted; reconnecting");
+                if !sleep_or_cancel(delay, cancel).await {
+                    return Ok(());
+                }
+            }
+            Err(_) if cancel.is_cancelled() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn ingest_once(
+    config: &Config,
+    router_rx: watch::Receiver<Router>,
+    hooks: Hooks,
+    streaming: &AtomicBool,
+    cancel: &CancellationToken,
+) -> Result<(), IngestError> {
+    let slot = config.source.slot.as_str();
+    let publication = config.source.publication.as_str();
+    let schema = Schema::new(config.outbox.schema.as_str());
+
+    let mut outbox_client = outbox::connect(config).await?;
+    outbox::migrate(&mut outbox_client, &schema).await?;
+    let checkpoint = outbox::load_checkpoint(&outbox_client, &schema, slot)
+        .await?
+        .unwrap_or(Lsn::ZERO);
+
+    let pg = config.pg_config();
+    let source_client = tls::connect_sql(&pg).await?;
+    let router = router_rx.borrow().clone();
+    prepare(
+        &source_client,
+        &router.tables(),
+        publication,
+        config.source.manage_replica_identity,
+        true,
+        |t| {
+            router
+                .validate_table(&t.table, &t.columns)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await?;
+    ensure_slot(&source_client, slot).await?;
+    let confirmed = slot_state(&source_client, slot)
+        .await?
+        .and_then(|s| s.confirmed_flush)
+        .unwrap_or(Lsn::ZERO);
+
+    let repl = ReplicationClient::connect(&pg).await?;
+    let pub_names = format!("\"{publication}\"");
+    // The server starts at max(requested, confirmed_flush); transactions at or below the
+    // checkpoint that it sends again are skipped by the sink.
+    let stream = repl
+        .start_logical(
+            slot,
+            checkpoint,
+            &[("proto_version", "1"), ("publication_names", &pub_names)],
+        )
+        .await?;
+    info!(slot, checkpoint = %checkpoint, confirmed_flush = %confirmed, "streaming");
+    streaming.store(true, Ordering::Relaxed);
+    let mut sink = OutboxSink::new(
+        outbox_client,
+        schema,
+        slot,
+        router_rx,
+        checkpoint,
+        confirmed,
+        hooks,
+    );
+    let source = SourceLoop {
+        stream,
+        decoder: ChangeDecoder::new(),
+        client: source_client,
+        status_interval: Duration::from_secs(1),
+        flushed: confirmed.max(checkpoint),
+    };
+    let result = source.run(&mut sink, cancel).await;
+    if result.is_err() {
+        // The writer must be finished before a reconnect reads the checkpoint again, or a late
+        // group commit could land after it and be stored twice.
+        let _ = sink.close().await;
+    }
+    let flushed = result?;
+    info!(slot, flushed = %flushed, "ingest stopped");
+    Ok(())
+}
