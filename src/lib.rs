@@ -9,7 +9,7 @@ pub mod pg;
 
 pub mod api;
 pub mod app;
-pub mod check;
+pub mod cmd;
 pub mod config;
 pub mod deliver;
 pub mod embedded_pg;
@@ -18,6 +18,5 @@ pub mod metrics;
 pub mod outbox;
 pub mod route;
 pub mod source;
-pub mod tail;
 
 pub use model::Lsn;

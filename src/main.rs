@@ -157,7 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = load(&config)?;
             let cancel = cancel_on_signals()?;
-            walhook::tail::run(&config, subscription.as_deref(), cancel)
+            walhook::cmd::tail::run(&config, subscription.as_deref(), cancel)
                 .await
                 .context("walhook tail")?;
             Ok(ExitCode::SUCCESS)
@@ -184,9 +184,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             subscription,
         } => {
             let config = load(&config)?;
-            let ok = walhook::api::cli::send_test(&config, &subscription, &mut std::io::stdout())
-                .await
-                .context("walhook send-test")?;
+            let ok =
+                walhook::cmd::deliveries::send_test(&config, &subscription, &mut std::io::stdout())
+                    .await
+                    .context("walhook send-test")?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -195,7 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config: path } => {
             let config = load(&path)?;
-            let report = walhook::check::run(&config).await;
+            let report = walhook::cmd::check::run(&config).await;
             print!("walhook check: {}\n{report}", path.display());
             Ok(if report.blocking() == 0 {
                 ExitCode::SUCCESS
@@ -221,7 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn deliveries(command: DeliveriesCommand) -> anyhow::Result<ExitCode> {
-    use walhook::api::cli::{deliveries_list, deliveries_replay, ReplayTarget};
+    use walhook::cmd::deliveries::{deliveries_list, deliveries_replay, ReplayTarget};
     let mut out = std::io::stdout();
     match command {
         DeliveriesCommand::List {

@@ -15,7 +15,7 @@ use super::error::ApiError;
 use crate::outbox::subscriptions::{load_one, Stored};
 use crate::outbox::Schema;
 
-pub(super) fn time(t: DateTime<Utc>) -> String {
+pub fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 

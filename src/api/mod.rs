@@ -19,8 +19,8 @@
 
 mod auth;
 mod body;
-pub mod cli;
-mod common;
+
+pub mod common;
 pub mod deliveries;
 mod error;
 mod ops;

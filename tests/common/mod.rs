@@ -105,8 +105,8 @@ pub struct Pipeline {
 
 /// Starts tail's pipeline in-process (temporary slot); returns once streaming has begun.
 pub async fn start(config: &Config) -> Result<Pipeline, SourceError> {
-    let router = walhook::tail::router(config, None)?;
-    let source = walhook::tail::start_temporary(config, &router).await?;
+    let router = walhook::cmd::tail::router(config, None)?;
+    let source = walhook::cmd::tail::start_temporary(config, &router).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (ctx, changes) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();

@@ -1,6 +1,6 @@
 //! The CLI twins of the API: `walhook deliveries list|replay` and `walhook send-test`. They talk
 //! to the outbox database directly through the same outbox functions as the handlers
-//! ([`crate::outbox::deliveries`], [`super::ping`]), so they work while the daemon (and its API)
+//! ([`crate::outbox::deliveries`], [`crate::api::ping`]), so they work while the daemon (and its API)
 //! is down.
 //!
 //! Guarantees: the same rules as the API (a delivery in flight is not replayed; a replay only
@@ -11,9 +11,9 @@ use std::io::Write;
 
 use chrono::{DateTime, Utc};
 
-use super::common::time;
-use super::deliveries::{format_id, parse_id};
-use super::ping::{self, PingError};
+use crate::api::common::time;
+use crate::api::deliveries::{format_id, parse_id};
+use crate::api::ping::{self, PingError};
 use crate::config::Config;
 use crate::outbox::deliveries::{self, ListQuery, ReplayOne, STATUSES};
 use crate::outbox::subscriptions::load_one;
