@@ -1,4 +1,4 @@
-//! Decode + route + payload build on W1-like rows (DESIGN.md W1), one core, no database.
+//! Decode + route + payload build on W1-like rows (workload W1, README Benchmarks), one core, no database.
 //!
 //! Prints row changes/s per phase and overall, and peak RSS. Run:
 //! `cargo bench --bench decode`

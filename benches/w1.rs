@@ -1,4 +1,4 @@
-//! Ingest benchmark: workload W1 (DESIGN.md) against a throw-away Postgres, end to end.
+//! Ingest benchmark: workload W1 (README, Benchmarks) against a throw-away Postgres, end to end.
 //!
 //! 1. 100 txns × 1000 INSERT, 100 × 1000 UPDATE of `status`, 100 × 1000 DELETE = 300k changes
 //!    on `orders` (REPLICA IDENTITY FULL), with two pgoutput slots created before the workload.

@@ -20,3 +20,6 @@ pub mod route;
 pub mod source;
 
 pub use model::Lsn;
+
+#[cfg(test)]
+mod architecture_tests;

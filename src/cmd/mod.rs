@@ -1,4 +1,4 @@
-//! The subcommands other than `run` (which is [`crate::app`]): one file each, called by the
+//! The subcommands other than `run` (which is `app.rs`): one file each, called by the
 //! binary's argument parsing.
 //!
 //! Guarantees: each reads the same config.toml as `run` and the same outbox, through the same

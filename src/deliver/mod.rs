@@ -1,6 +1,6 @@
 //! Delivery: claim due outbox rows, sign, POST, record the attempt, retry or dead-letter.
 //!
-//! Guarantees (DESIGN.md invariant 4):
+//! Guarantees (ARCHITECTURE.md invariant 4):
 //! - at-least-once: a delivery is finished only after a 2xx was received or its last attempt
 //!   failed (dead letter); a worker that dies loses only its ownership lease, and another takes
 //!   its subscriptions over;

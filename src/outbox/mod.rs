@@ -2,7 +2,7 @@
 //! module (migrations, the checkpoint, enqueue, subscriptions, the delivery queue, listing and
 //! replay, retention, gauges); the layers above call typed functions and never write SQL.
 //!
-//! Guarantees (DESIGN.md invariant 1): the deliveries of a source transaction and the checkpoint
+//! Guarantees (ARCHITECTURE.md invariant 1): the deliveries of a source transaction and the checkpoint
 //! (its commit LSN) are committed in one outbox transaction ([`enqueue`]); the checkpoint only
 //! moves forward; migrations are applied once, in order, under an advisory lock, so several
 //! instances starting together do not race.

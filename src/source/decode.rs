@@ -5,7 +5,7 @@
 //!   table and again after ALTER TABLE) replaces the table's columns and types before any later
 //!   change of it is decoded;
 //! - ordinals count every row change of a transaction in stream order, so ids are deterministic;
-//! - DESIGN.md invariant 6: an unchanged-TOAST column in an UPDATE's new tuple is filled from the
+//! - ARCHITECTURE.md invariant 6: an unchanged-TOAST column in an UPDATE's new tuple is filled from the
 //!   old tuple (REPLICA IDENTITY FULL sends it); if the old value is not available the column is
 //!   left out of the record and reported with an error log, never invented as `null`;
 //! - a change for a relation that was never described is an error (the stream is corrupt), not a

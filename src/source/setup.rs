@@ -1,7 +1,7 @@
 //! Preparing the host database: subscribed tables, their replica identity, the publication and
 //! the slot.
 //!
-//! Guarantees (DESIGN.md invariant 5, "never harm the host database"):
+//! Guarantees (ARCHITECTURE.md invariant 5, "never harm the host database"):
 //! - a table is given `REPLICA IDENTITY FULL` *before* it is added to the publication, so there is
 //!   no moment at which the app's UPDATE/DELETE on it could fail for lack of a replica identity;
 //! - with `manage_replica_identity = false`, a table without FULL is refused with the statement

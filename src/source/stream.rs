@@ -1,6 +1,6 @@
 //! The source loop: replication stream → decode → a [`Sink`], with standby status feedback.
 //!
-//! Guarantees (DESIGN.md invariant 2):
+//! Guarantees (ARCHITECTURE.md invariant 2):
 //! - the flush position reported to Postgres is what the sink says is durable, never more, and
 //!   it never moves backwards;
 //! - when no transaction is open and the sink has nothing in flight, the position follows the
