@@ -44,7 +44,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The top-level module a file belongs to: `src/outbox/queue.rs` → `outbox`.
 fn top(path: &Path) -> String {
     let rel = path.strip_prefix(src()).unwrap();
-    let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -128,7 +133,10 @@ fn the_module_map_lists_every_top_level_module() {
         assert!(listed, "ARCHITECTURE.md's module map does not list {m}");
     }
     for (m, _) in RANKS {
-        assert!(tops.contains(&m.to_string()), "{m} is ranked but not in src/");
+        assert!(
+            tops.contains(&m.to_string()),
+            "{m} is ranked but not in src/"
+        );
     }
 }
 
@@ -139,7 +147,13 @@ fn no_sql_in_the_api_and_no_oversized_files() {
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         if top(f) == "api" {
-            for kw in ["\"SELECT ", "\"INSERT ", "\"UPDATE ", "\"DELETE ", "\"WITH "] {
+            for kw in [
+                "\"SELECT ",
+                "\"INSERT ",
+                "\"UPDATE ",
+                "\"DELETE ",
+                "\"WITH ",
+            ] {
                 assert!(!text.contains(kw), "{}: SQL ({kw}) in api/", f.display());
             }
         }

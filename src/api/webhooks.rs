@@ -281,7 +281,10 @@ async fn validate(ctx: &Ctx, sub: &Subscription) -> Result<(), ApiError> {
     let client = ctx.source().await?;
     let source_err = |e: SourceError| match e {
         // describe_tables and ensure_replica_identity say what is wrong and what to run.
-        SourceError::Config(m) => Ok(ApiError::invalid("table", m)),
+        SourceError::Table { reason, .. } => Ok(ApiError::invalid("table", reason)),
+        e @ (SourceError::Setup(_) | SourceError::Config(_)) => {
+            Ok(ApiError::invalid("table", e.to_string()))
+        }
         e => Err(e),
     };
     let mut infos = match describe_tables(&client, std::slice::from_ref(&sub.table)).await {

@@ -80,11 +80,7 @@ pub async fn start_temporary(config: &Config, router: &Router) -> Result<SourceL
         publication,
         config.source.manage_replica_identity,
         false,
-        |t| {
-            router
-                .validate_table(&t.table, &t.columns)
-                .map_err(|e| e.to_string())
-        },
+        |t| router.validate_table(&t.table, &t.columns),
     )
     .await?;
 

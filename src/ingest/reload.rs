@@ -129,11 +129,7 @@ impl Reloader {
             config.source.publication.as_str(),
             config.source.manage_replica_identity,
             true,
-            |t| {
-                router
-                    .validate_table(&t.table, &t.columns)
-                    .map_err(|e| e.to_string())
-            },
+            |t| router.validate_table(&t.table, &t.columns),
         )
         .await?;
         self.subs_tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -157,7 +153,7 @@ async fn without_broken_api_subscriptions(
                     match describe_tables(client, std::slice::from_ref(&route.table)).await {
                         // Only a definite answer (no such table) drops it; a lost connection must
                         // not, or its changes would go unrouted meanwhile.
-                        Err(e @ SourceError::Config(_)) => Some(e.to_string()),
+                        Err(e @ SourceError::Table { .. }) => Some(e.to_string()),
                         Err(_) => None,
                         Ok(infos) => infos
                             .iter()

@@ -85,11 +85,7 @@ async fn ingest_once(
         publication,
         config.source.manage_replica_identity,
         true,
-        |t| {
-            router
-                .validate_table(&t.table, &t.columns)
-                .map_err(|e| e.to_string())
-        },
+        |t| router.validate_table(&t.table, &t.columns),
     )
     .await?;
     ensure_slot(&source_client, slot).await?;

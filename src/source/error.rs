@@ -41,8 +41,19 @@ pub enum SourceError {
     /// A reply was well-formed on the wire but its content could not be interpreted.
     #[error("decode error: {0}")]
     Decode(String),
+    /// The connection settings are unusable (no host, no user, a NUL in a parameter).
     #[error("configuration error: {0}")]
     Config(String),
+    /// A subscribed table walhook cannot use as it is; the reason says what to do.
+    #[error("{reason}")]
+    Table {
+        table: crate::model::TableName,
+        reason: String,
+    },
+    /// The database's replication setup (slot, publication) conflicts with walhook's; the reason
+    /// says what to change.
+    #[error("{0}")]
+    Setup(String),
     /// A bounded wait ran out (connect timeout, shutdown drain).
     #[error("timed out: {0}")]
     Timeout(String),
@@ -95,7 +106,9 @@ impl SourceError {
             | SourceError::Auth(_)
             | SourceError::Protocol(_)
             | SourceError::Decode(_)
-            | SourceError::Config(_) => false,
+            | SourceError::Config(_)
+            | SourceError::Table { .. }
+            | SourceError::Setup(_) => false,
         }
     }
 

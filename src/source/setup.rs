@@ -42,8 +42,11 @@ impl TableInfo {
     }
 }
 
-fn config_err(msg: String) -> SourceError {
-    SourceError::Config(msg)
+fn table_err(table: &TableName, reason: String) -> SourceError {
+    SourceError::Table {
+        table: table.clone(),
+        reason,
+    }
 }
 
 /// Looks up each table's columns, primary key and replica identity; a missing table is an error
@@ -68,13 +71,17 @@ pub async fn describe_tables(
             .query_opt(&stmt, &[&t.schema, &t.name])
             .await?
             .ok_or_else(|| {
-                config_err(format!("table {t} does not exist in the source database"))
+                table_err(
+                    t,
+                    format!("table {t} does not exist in the source database"),
+                )
             })?;
         let relkind: String = row.get(2);
         if relkind != "r" && relkind != "p" {
-            return Err(config_err(format!(
-                "{t} is not a table (relkind {relkind:?}); only tables can be subscribed"
-            )));
+            return Err(table_err(
+                t,
+                format!("{t} is not a table (relkind {relkind:?}); only tables can be subscribed"),
+            ));
         }
         let replident: String = row.get(1);
         let oid: u32 = row.get(0);
@@ -128,7 +135,8 @@ async fn ddl_with_lock_timeout(client: &Client, sql: &str) -> Result<(), SourceE
             }
         }
     }
-    Err(config_err(format!(
+    // A long transaction holds the lock: worth trying again later, not a configuration error.
+    Err(SourceError::Timeout(format!(
         "could not take the lock for `{sql}` after 10 attempts; a long transaction holds it"
     )))
 }
@@ -145,7 +153,7 @@ pub async fn ensure_replica_identity(
         }
         let stmt = format!("ALTER TABLE {} REPLICA IDENTITY FULL", t.table.quoted());
         if !manage {
-            return Err(config_err(format!(
+            return Err(table_err(&t.table, format!(
                 "table {} has REPLICA IDENTITY {}{}; walhook needs FULL for DELETE's full record and UPDATE's changed_fields. \
                  Run `{stmt};` or set source.manage_replica_identity = true",
                 t.table,
@@ -154,7 +162,10 @@ pub async fn ensure_replica_identity(
             )));
         }
         ddl_with_lock_timeout(client, &stmt).await.map_err(|e| {
-            config_err(format!(
+            if e.is_retryable() {
+                return e;
+            }
+            table_err(&t.table, format!(
                 "could not set REPLICA IDENTITY FULL on {}: {e}. Run `{stmt};` as the table's owner",
                 t.table
             ))
@@ -193,7 +204,7 @@ pub async fn sync_publication(
         Some(r) => {
             let all_tables: bool = r.get(0);
             if all_tables {
-                return Err(config_err(format!(
+                return Err(SourceError::Setup(format!(
                     "publication {publication} is FOR ALL TABLES; walhook manages its own table list. \
                      Set source.publication to a name walhook can own"
                 )));
@@ -270,7 +281,7 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     let database: Option<String> = r.get(1);
     let current: String = r.get(2);
     if plugin.as_deref() != Some("pgoutput") || database.as_deref() != Some(current.as_str()) {
-        return Err(config_err(format!(
+        return Err(SourceError::Setup(format!(
             "replication slot {slot} exists but is not a pgoutput slot of database {current} \
              (plugin {plugin:?}, database {database:?}); set source.slot to another name"
         )));
@@ -308,17 +319,17 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<bool, SourceErro
 /// Everything a source needs before streaming: `tables` described and each passed to `check`
 /// (the caller's filter/select columns) BEFORE anything is changed, then replica identity made
 /// safe and the publication synced.
-pub async fn prepare(
+pub async fn prepare<E: std::fmt::Display>(
     client: &Client,
     tables: &[TableName],
     publication: &str,
     manage_replica_identity: bool,
     remove_extra: bool,
-    check: impl Fn(&TableInfo) -> Result<(), String>,
+    check: impl Fn(&TableInfo) -> Result<(), E>,
 ) -> Result<Vec<TableInfo>, SourceError> {
     let mut infos = describe_tables(client, tables).await?;
     for i in &infos {
-        check(i).map_err(config_err)?;
+        check(i).map_err(|reason| table_err(&i.table, reason.to_string()))?;
     }
     ensure_replica_identity(client, &mut infos, manage_replica_identity).await?;
     sync_publication(client, publication, tables, remove_extra).await?;
