@@ -209,6 +209,15 @@ pub async fn reload_loop(path: PathBuf, reloader: Arc<Reloader>, cancel: Cancell
 
 async fn reload(path: &Path, reloader: &Reloader) -> Result<usize, IngestError> {
     let config = Config::load(path)?;
+    // Held to the end: a SIGHUP reload and an API change are never applied at the same time.
+    let mut current = reloader.current.lock().await;
+    let needs_restart = sections_needing_restart(&current, &config);
+    if !needs_restart.is_empty() {
+        warn!(
+            sections = %needs_restart.join(", "),
+            "these sections changed and take effect only after a restart; SIGHUP applies [[subscriptions]] only"
+        );
+    }
     // Validate before the table is touched: names, filters, the outbox schema rule, columns.
     let router = build_router(&config);
     let client = tls::connect_sql(&config.pg_config()).await?;
@@ -222,8 +231,34 @@ async fn reload(path: &Path, reloader: &Reloader) -> Result<usize, IngestError> 
     )
     .await?;
     let n = reloader.apply(&config).await?;
-    *reloader.current.lock().await = config;
+    *current = config;
     Ok(n)
+}
+
+/// The sections of config.toml that SIGHUP does not apply and that differ between `old` and
+/// `new`. Secrets compare by value (their `Debug` is masked).
+fn sections_needing_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    if differs(&old.source, &new.source) || old.source.url.expose() != new.source.url.expose() {
+        out.push("[source]");
+    }
+    if differs(&old.project, &new.project) {
+        out.push("[project]");
+    }
+    let outbox_url = |c: &Config| c.outbox.url.as_ref().map(|u| u.expose().to_string());
+    if differs(&old.outbox, &new.outbox) || outbox_url(old) != outbox_url(new) {
+        out.push("[outbox]");
+    }
+    if differs(&old.delivery, &new.delivery) {
+        out.push("[delivery]");
+    }
+    let token = |c: &Config| c.api.token.as_ref().map(|t| t.expose().to_string());
+    if differs(&old.api, &new.api) || token(old) != token(new) {
+        out.push("[api]");
+    }
+    out
 }
 
 /// Follows changes made through the API (or by delivery, on 410 Gone).
@@ -244,5 +279,35 @@ pub async fn changes_loop(
                 error!(error = %e, "subscriptions changed but could not be applied; keeping the previous routing")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "[source]\nurl = \"postgres://u:pw@127.0.0.1/db\"\n[project]\nid = \"p\"\n{extra}"
+        );
+        Config::parse(&text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn names_the_sections_a_sighup_cannot_apply() {
+        let base = config("");
+        assert!(sections_needing_restart(&base, &config("")).is_empty());
+        let changed = config("[delivery]\nmax_in_flight = 3\n[api]\ntoken = \"t\"\n");
+        assert_eq!(
+            sections_needing_restart(&base, &changed),
+            vec!["[delivery]", "[api]"]
+        );
+        // A secret that differs only in value is still noticed, though its Debug is masked.
+        let other_pw = Config::parse(
+            "[source]\nurl = \"postgres://u:other@127.0.0.1/db\"\n[project]\nid = \"p\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(sections_needing_restart(&base, &other_pw), vec!["[source]"]);
     }
 }
