@@ -44,6 +44,51 @@ async fn wait_slot_active(pg: &PgServer, db: &str, daemon: &Runs) {
     );
 }
 
+/// `PgServer::stop`, failing the test instead of hanging when the server has not exited within
+/// `limit`: a fast shutdown waits until every walsender's client confirmed the WAL sent to it,
+/// which walhook cannot do while its outbox, on the same server, refuses new connections.
+async fn stop_within(pg: &mut PgServer, mode: StopMode, limit: Duration, daemon: &Runs) {
+    let dir = pg.psql("postgres", "SHOW data_directory").unwrap();
+    let pid: i32 = std::fs::read_to_string(format!("{dir}/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("postmaster pid");
+    let exited = || {
+        // The postmaster is our child: once it exits it stays a zombie until `stop` reaps it.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    };
+    let sig = match mode {
+        StopMode::Fast => libc::SIGINT,
+        StopMode::Immediate => libc::SIGQUIT,
+    };
+    // SAFETY: signalling the server this test started.
+    unsafe { libc::kill(pid, sig) };
+    let deadline = Instant::now() + limit;
+    while !exited() {
+        if Instant::now() > deadline {
+            // SAFETY: as above; immediate shutdown, so that dropping the server does not hang.
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+            pg.stop(StopMode::Immediate).unwrap();
+            panic!(
+                "Postgres {mode:?} shutdown did not finish within {limit:?}; walhook log:\n{}",
+                daemon.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.stop(mode).unwrap();
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -268,7 +313,7 @@ async fn postgres_fast_and_immediate_restarts_lose_and_duplicate_nothing() {
             let stored = pg
                 .psql(&db, "SELECT count(*) FROM walhook.deliveries")
                 .unwrap_or_default();
-            pg.stop(mode).unwrap();
+            stop_within(&mut pg, mode, Duration::from_secs(60), &daemon).await;
             eprintln!(
                 "[restart] {mode:?} stop after {} rows inserted ({stored} deliveries stored)",
                 hi
