@@ -2,7 +2,7 @@
 # Fuzzes the management API against openapi.yaml with schemathesis.
 #
 # Starts the API in-process on a throw-away Postgres (the ignored test `serve_for_fuzzing` in
-# tests/api.rs, which creates table `orders`, one webhook and one dead letter), runs
+# tests/it/api/e2e.rs, which creates table `orders`, one webhook and one dead letter), runs
 # schemathesis with the management headers, and stops the server.
 #
 #   pip install schemathesis        # once
@@ -17,7 +17,7 @@ SECS=${WALHOOK_FUZZ_SECS:-1800}
 
 # Run the test binary itself (not through cargo), so that stopping it stops the server; its
 # Postgres is cleaned up by the harness's guardian.
-BIN=$(cargo test --test api --no-run 2>&1 | sed -n 's/.*Executable tests\/api\/main.rs (\(.*\))/\1/p' | tail -1)
+BIN=$(cargo test --test it --no-run 2>&1 | sed -n 's/.*Executable tests\/it\/main.rs (\(.*\))/\1/p' | tail -1)
 WALHOOK_FUZZ_ADDR=$ADDR WALHOOK_FUZZ_SECS=$SECS "$BIN" serve_for_fuzzing --ignored --nocapture &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT

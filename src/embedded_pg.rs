@@ -9,21 +9,18 @@
 //!   owning process dies without dropping it (a guardian shell watches a pipe held by this
 //!   process), so a killed test run leaves nothing behind.
 //!
-//! Authentication: `trust` for everyone except the roles [`SCRAM_USER`] and [`MD5_USER`], which
-//! must present [`TEST_PASSWORD`] with SCRAM-SHA-256 and MD5 respectively over TCP.
+//! Authentication: `trust` for every connection over the Unix socket and 127.0.0.1 (the server
+//! lives only as long as its owner and listens on loopback only). It knows no other role than
+//! [`SUPERUSER`]; callers that need password roles create them (tests do, through psql).
 
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const SUPERUSER: &str = "postgres";
-pub const SCRAM_USER: &str = "scram_user";
-pub const MD5_USER: &str = "md5_user";
-pub const TEST_PASSWORD: &str = "s3cr3t-p@ss";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedPgError {
@@ -175,7 +172,10 @@ impl PgServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| step("starting the guardian", e))?;
-        let guardian_stdin = guardian.stdin.take().expect("piped stdin");
+        let guardian_stdin = guardian
+            .stdin
+            .take()
+            .ok_or_else(|| step("starting the guardian", "no stdin pipe"))?;
 
         let mut server = PgServer {
             bin_dir,
@@ -228,14 +228,9 @@ impl PgServer {
         if !out.status.success() {
             return Err(step("initdb", String::from_utf8_lossy(&out.stderr)));
         }
-        let hba = format!(
-            "local all all trust\n\
-             host all {SCRAM_USER} 127.0.0.1/32 scram-sha-256\n\
-             host all {MD5_USER} 127.0.0.1/32 md5\n\
-             host all all 127.0.0.1/32 trust\n\
-             host replication {SCRAM_USER} 127.0.0.1/32 scram-sha-256\n\
-             host replication all 127.0.0.1/32 trust\n"
-        );
+        let hba = "local all all trust\n\
+                   host all all 127.0.0.1/32 trust\n\
+                   host replication all 127.0.0.1/32 trust\n";
         std::fs::write(self.data_dir.join("pg_hba.conf"), hba)
             .map_err(|e| step("writing pg_hba.conf", e))?;
         let mut conf = std::fs::OpenOptions::new()
@@ -280,8 +275,7 @@ impl PgServer {
             .spawn()
             .map_err(|e| step("starting postgres", e))?;
         self.child = Some(child);
-        self.wait_ready(log_start)?;
-        self.bootstrap_roles()
+        self.wait_ready(log_start)
     }
 
     fn wait_ready(&mut self, log_start: usize) -> Result<(), EmbeddedPgError> {
@@ -311,20 +305,6 @@ impl PgServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    fn bootstrap_roles(&self) -> Result<(), EmbeddedPgError> {
-        let sql = format!(
-            "DO $$ BEGIN
-               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{SCRAM_USER}') THEN
-                 SET password_encryption = 'scram-sha-256';
-                 CREATE ROLE {SCRAM_USER} LOGIN REPLICATION SUPERUSER PASSWORD '{TEST_PASSWORD}';
-                 SET password_encryption = 'md5';
-                 CREATE ROLE {MD5_USER} LOGIN REPLICATION SUPERUSER PASSWORD '{TEST_PASSWORD}';
-               END IF;
-             END $$;"
-        );
-        self.psql("postgres", &sql).map(|_| ())
     }
 
     fn psql_raw(&self, db: &str, sql: &str) -> std::io::Result<std::process::Output> {
@@ -450,15 +430,6 @@ impl Drop for PgServer {
             let _ = guardian.wait();
         }
     }
-}
-
-/// One server shared by every test of a test binary; cleaned up by its guardian at process exit.
-pub fn shared() -> &'static PgServer {
-    static SERVER: OnceLock<PgServer> = OnceLock::new();
-    SERVER.get_or_init(|| match PgServer::start(&[]) {
-        Ok(s) => s,
-        Err(e) => panic!("could not start the test PostgreSQL server: {e}"),
-    })
 }
 
 #[cfg(test)]

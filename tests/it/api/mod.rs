@@ -1,8 +1,6 @@
 //! The management API over HTTP, as an operator (or the seed's curl example) drives it: a real
 //! Postgres database per test, the server on 127.0.0.1 port 0, reqwest as the client.
 
-#[path = "../common/mod.rs"]
-mod common;
 mod crud;
 mod deliveries;
 mod e2e;
@@ -10,7 +8,7 @@ mod e2e;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestDb;
+use crate::support::TestDb;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -31,13 +29,15 @@ pub const SECRETS: &[&str] = &[
     TOKEN,
 ];
 
-/// The body of the seed's curl example, byte for byte.
+/// The body of the seed's curl example, byte for byte except the URL: tests never store a URL
+/// off loopback (the seed's is `https://your-app.example.com/webhooks/orders`). Nothing is sent
+/// to it: no daemon runs in the tests that store it, or delivery would fail on the closed port 9.
 pub const SEED_BODY: &str = r#"{
     "projectId": "your-project-id",
     "environment": "master",
     "table": "orders",
     "events": ["INSERT", "UPDATE", "DELETE"],
-    "url": "https://your-app.example.com/webhooks/orders",
+    "url": "https://127.0.0.1:9/webhooks/orders",
     "secret": "whsec_your_signing_secret",
     "active": true
   }"#;
@@ -91,10 +91,19 @@ pub async fn start(manage_replica_identity: bool) -> Api {
         db,
         PROJECT,
         manage_replica_identity,
-        DeliveryConfig::default(),
+        loopback_only(),
         &handles,
     )
     .await
+}
+
+/// The default delivery settings plus 127.0.0.0/8, so that the loopback URLs the tests store
+/// pass the egress policy while every other private address is still refused.
+pub fn loopback_only() -> DeliveryConfig {
+    DeliveryConfig {
+        allow_cidrs: vec![walhook::config::EnvString("127.0.0.0/8".into())],
+        ..DeliveryConfig::default()
+    }
 }
 
 /// The API on `db`, sharing `handles` (metrics, streaming, changed) with a daemon, if any.
@@ -149,6 +158,10 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> Resp {
+        let stores_url = matches!(method, Method::POST | Method::PATCH)
+            .then(|| body.and_then(|b| serde_json::from_str::<Value>(b).ok()))
+            .flatten()
+            .and_then(|v| v.get("url").and_then(|u| u.as_str()).map(str::to_string));
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -159,6 +172,10 @@ impl Api {
         let resp = req.send().await.unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
+        // A URL the API accepted is stored (and would be delivered to): loopback only.
+        if let Some(url) = stores_url.filter(|_| status.is_success()) {
+            crate::support::assert_loopback(&url);
+        }
         for s in SECRETS {
             assert!(
                 !text.contains(s),
@@ -204,6 +221,14 @@ impl Api {
     pub async fn create(&self, body: Value) -> Resp {
         self.call(Method::POST, "/api/rest/_webhooks", Some(&body.to_string()))
             .await
+    }
+
+    /// Consumes a notification left by earlier calls (`Notify` keeps one permit), so that the
+    /// next [`Api::changed`] reports only what happens from now on.
+    pub async fn forget_changes(&self) {
+        let _ = tokio::time::timeout(Duration::ZERO, self.state.changed.notified()).await;
+        let pending = tokio::time::timeout(Duration::ZERO, self.state.changed.notified()).await;
+        assert!(pending.is_err(), "no permit is left");
     }
 
     pub async fn changed(&self) -> bool {

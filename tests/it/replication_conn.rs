@@ -32,7 +32,7 @@ async fn next_event(stream: &mut walhook::source::conn::ReplicationStream) -> Re
 
 /// A fresh database with table `t` in publication `p`, streaming from a new temporary slot.
 async fn streaming(slot: &str) -> (String, Lsn, walhook::source::conn::ReplicationStream) {
-    let pg = embedded_pg::shared();
+    let pg = crate::support::pg::shared();
     let db = pg.create_database().unwrap();
     pg.psql(
         &db,
@@ -56,17 +56,27 @@ async fn streaming(slot: &str) -> (String, Lsn, walhook::source::conn::Replicati
 
 #[tokio::test]
 async fn trust_md5_and_scram_connect_and_identify() {
-    let pg = embedded_pg::shared();
+    let pg = crate::support::pg::shared();
     let db = pg.create_database().unwrap();
     let configs = [
         ("trust", cfg(&pg.url(&db))),
         (
             "md5",
-            cfg_as(pg, embedded_pg::MD5_USER, embedded_pg::TEST_PASSWORD, &db),
+            cfg_as(
+                pg,
+                crate::support::pg::MD5_USER,
+                crate::support::pg::TEST_PASSWORD,
+                &db,
+            ),
         ),
         (
             "scram",
-            cfg_as(pg, embedded_pg::SCRAM_USER, embedded_pg::TEST_PASSWORD, &db),
+            cfg_as(
+                pg,
+                crate::support::pg::SCRAM_USER,
+                crate::support::pg::TEST_PASSWORD,
+                &db,
+            ),
         ),
     ];
     for (method, config) in configs {
@@ -85,10 +95,10 @@ async fn trust_md5_and_scram_connect_and_identify() {
 
 #[tokio::test]
 async fn wrong_scram_password_is_a_permanent_auth_error_without_the_password() {
-    let pg = embedded_pg::shared();
+    let pg = crate::support::pg::shared();
     let db = pg.create_database().unwrap();
     let wrong = "Wr0ng-Pa55word";
-    let err = ReplicationClient::connect(&cfg_as(pg, embedded_pg::SCRAM_USER, wrong, &db))
+    let err = ReplicationClient::connect(&cfg_as(pg, crate::support::pg::SCRAM_USER, wrong, &db))
         .await
         .err()
         .expect("must fail");
@@ -101,7 +111,7 @@ async fn wrong_scram_password_is_a_permanent_auth_error_without_the_password() {
 
 #[tokio::test]
 async fn session_settings_are_pinned() {
-    let pg = embedded_pg::shared();
+    let pg = crate::support::pg::shared();
     let db = pg.create_database().unwrap();
     let mut c = ReplicationClient::connect(&cfg(&pg.url(&db)))
         .await
@@ -122,7 +132,7 @@ async fn session_settings_are_pinned() {
 
 #[tokio::test]
 async fn server_errors_carry_sqlstate_and_keep_the_connection_usable() {
-    let pg = embedded_pg::shared();
+    let pg = crate::support::pg::shared();
     let db = pg.create_database().unwrap();
     let c = ReplicationClient::connect(&cfg(&pg.url(&db)))
         .await
@@ -156,7 +166,7 @@ async fn streams_begin_relation_insert_commit_and_finishes_cleanly() {
 
     let db2 = db.clone();
     tokio::task::spawn_blocking(move || {
-        embedded_pg::shared()
+        crate::support::pg::shared()
             .psql(&db2, "INSERT INTO t VALUES (1, 'it''s')")
             .unwrap()
     })
@@ -194,7 +204,7 @@ async fn reply_requested_status_yields_a_keepalive() {
         if let ReplicationEvent::Keepalive { wal_end, .. } = next_event(&mut stream).await {
             // The walsender reports how far it has read, which begins at the slot's restart
             // point and so may lie below `start` (CI saw it); it never passes the server's WAL.
-            let server_end: Lsn = embedded_pg::shared()
+            let server_end: Lsn = crate::support::pg::shared()
                 .psql(&db, "SELECT pg_current_wal_lsn()")
                 .unwrap()
                 .parse()
@@ -215,7 +225,7 @@ async fn next_is_cancel_safe_under_select() {
     // Large rows arrive in many reads; a tiny timer cancels next() between them.
     let db2 = db.clone();
     tokio::task::spawn_blocking(move || {
-        embedded_pg::shared()
+        crate::support::pg::shared()
             .psql(
                 &db2,
                 "INSERT INTO t SELECT g, repeat('x', 200000) FROM generate_series(1, 20) g",
@@ -245,7 +255,7 @@ async fn next_is_cancel_safe_under_select() {
 
 #[tokio::test]
 async fn sslmode_require_fails_clearly_and_prefer_falls_back() {
-    let pg = embedded_pg::shared();
+    let pg = crate::support::pg::shared();
     let db = pg.create_database().unwrap();
     let plain = pg.url(&db);
     let require = plain.replace("sslmode=disable", "sslmode=require");
@@ -339,6 +349,7 @@ fn tls_server() -> Option<(PgServer, tempfile::TempDir)> {
         ("ssl_key_file", key.to_str().unwrap()),
     ])
     .unwrap();
+    crate::support::pg::add_password_roles(&server);
     Some((server, dir))
 }
 
@@ -349,8 +360,8 @@ async fn sslmode_require_encrypts_replication_and_sql_connections() {
         return;
     };
     let db = pg.create_database().unwrap();
-    let (scram, md5) = (embedded_pg::SCRAM_USER, embedded_pg::MD5_USER);
-    let password = embedded_pg::TEST_PASSWORD;
+    let (scram, md5) = (crate::support::pg::SCRAM_USER, crate::support::pg::MD5_USER);
+    let password = crate::support::pg::TEST_PASSWORD;
     for (method, mut config) in [
         ("trust", cfg(&pg.url(&db))),
         ("scram", cfg_as(&pg, scram, password, &db)),
@@ -380,7 +391,7 @@ async fn sslmode_require_encrypts_replication_and_sql_connections() {
 
 #[tokio::test]
 async fn connects_over_a_unix_socket() {
-    let pg = embedded_pg::shared();
+    let pg = crate::support::pg::shared();
     let db = pg.create_database().unwrap();
     let mut config = tokio_postgres::Config::new();
     config

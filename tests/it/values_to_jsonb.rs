@@ -3,7 +3,6 @@
 //! `to_jsonb(row)`, digit for digit.
 
 use serde_json::Value;
-use walhook::embedded_pg;
 use walhook::source::types::{TypeKind, TypeResolver};
 use walhook::source::values::text_to_json;
 
@@ -101,7 +100,7 @@ INSERT INTO t (id) VALUES (4);
 "#;
 
 async fn connect() -> tokio_postgres::Client {
-    let pg = embedded_pg::shared();
+    let pg = crate::support::pg::shared();
     let db = pg.create_database().unwrap();
     let (client, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls)
         .await

@@ -3,114 +3,33 @@
 //! huge source transaction in bounded memory.
 //!
 //! Every test runs the real binary with its stderr in a log file whose path is printed; the log
-//! is dumped when an assertion fails.
-
-mod common;
+//! is dumped when an assertion fails. Delivery is off: the tests count outbox rows.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{sub, TestDb};
+use crate::support::bin::{Runs, Walhook};
+use crate::support::{poll_value, sub, TestDb, DELIVERY_OFF};
 use rand::Rng;
-use tokio::process::{Child, Command};
 use walhook::config::Config;
 use walhook::embedded_pg::{PgServer, StopMode};
 
 const ALL: &str = r#"["INSERT", "UPDATE", "DELETE"]"#;
 
+/// A daemon config with delivery off: these tests count outbox rows; nothing is sent.
 fn config_text(url: &str, slot: &str, subs: &str) -> String {
-    format!("[source]\nurl = \"{url}\"\nslot = \"{slot}\"\n[project]\nid = \"p\"\n{subs}")
+    crate::support::config_text(url, slot, "p", DELIVERY_OFF, subs)
 }
 
-struct Daemon {
-    cfg: tempfile::NamedTempFile,
-    log: PathBuf,
+/// Generous for a loaded 2-core machine: a run that does not stream by then is a failure.
+const STREAMING_WITHIN: Duration = Duration::from_secs(60);
+
+async fn stop(child: Walhook) -> std::process::ExitStatus {
+    child.stop().await
 }
 
-impl Daemon {
-    fn new(name: &str, text: &str) -> Daemon {
-        let cfg = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(cfg.path(), text).unwrap();
-        let log = std::env::temp_dir().join(format!("walhook-durability-{name}.log"));
-        let _ = std::fs::remove_file(&log);
-        eprintln!("[{name}] walhook log: {}", log.display());
-        Daemon { cfg, log }
-    }
-
-    fn spawn(&self) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_walhook"))
-            .args(["run", "--config"])
-            .arg(self.cfg.path())
-            .env("WALHOOK_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    }
-
-    fn streaming_starts(&self) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .matches("streaming")
-            .count()
-    }
-
-    /// Waits (10 s at most) until the log shows at least `n` instances that began streaming.
-    async fn wait_streaming(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.streaming_starts() < n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-async fn sigkill(child: &mut Child) {
-    child.start_kill().unwrap();
-    tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("killed child exits")
-        .unwrap();
-}
-
-async fn stop(mut child: Child) -> std::process::ExitStatus {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("exits")
-        .unwrap()
-}
-
-/// Polls `sql` on `db` of `pg` until it returns `want` (errors count as "not yet").
-async fn wait_value(pg: &PgServer, db: &str, sql: &str, want: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if pg.psql(db, sql).map(|v| v == want).unwrap_or(false) {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_slot_active(pg: &PgServer, db: &str, daemon: &Daemon) {
-    let ok = wait_value(
+async fn wait_slot_active(pg: &PgServer, db: &str, daemon: &Runs) {
+    let ok = poll_value(
         pg,
         db,
         &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{db}' AND active"),
@@ -123,6 +42,51 @@ async fn wait_slot_active(pg: &PgServer, db: &str, daemon: &Daemon) {
         "slot never became active; log:\n{}",
         daemon.log_tail(40)
     );
+}
+
+/// `PgServer::stop`, failing the test instead of hanging when the server has not exited within
+/// `limit`: a fast shutdown waits until every walsender's client confirmed the WAL sent to it,
+/// which walhook cannot do while its outbox, on the same server, refuses new connections.
+async fn stop_within(pg: &mut PgServer, mode: StopMode, limit: Duration, daemon: &Runs) {
+    let dir = pg.psql("postgres", "SHOW data_directory").unwrap();
+    let pid: i32 = std::fs::read_to_string(format!("{dir}/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("postmaster pid");
+    let exited = || {
+        // The postmaster is our child: once it exits it stays a zombie until `stop` reaps it.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    };
+    let sig = match mode {
+        StopMode::Fast => libc::SIGINT,
+        StopMode::Immediate => libc::SIGQUIT,
+    };
+    // SAFETY: signalling the server this test started.
+    unsafe { libc::kill(pid, sig) };
+    let deadline = Instant::now() + limit;
+    while !exited() {
+        if Instant::now() > deadline {
+            // SAFETY: as above; immediate shutdown, so that dropping the server does not hang.
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+            pg.stop(StopMode::Immediate).unwrap();
+            panic!(
+                "Postgres {mode:?} shutdown did not finish within {limit:?}; walhook log:\n{}",
+                daemon.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.stop(mode).unwrap();
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -161,13 +125,15 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     ]
     .concat();
     let text = config_text(&db.url(), &db.name, &subs);
-    let daemon = Daemon::new(&db.name, &text);
+    let daemon = Runs::new(&db.name, &text);
     let mut child = daemon.spawn();
     wait_slot_active(db.pg, &db.name, &daemon).await;
 
     // The reference: an uninterrupted in-process pipeline over the same WAL.
     let config = Config::parse(&text, "durability.toml").unwrap();
-    let mut reference = common::start(&config).await.expect("reference pipeline");
+    let mut reference = crate::support::start(&config)
+        .await
+        .expect("reference pipeline");
 
     let client = db.client().await;
     let load = tokio::spawn(async move {
@@ -208,11 +174,11 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         // Every other kill lands while streaming (mid-COPY most likely), the rest anywhere,
         // including during startup (migrations, slot setup).
         if kills % 2 == 1 {
-            daemon.wait_streaming(kills / 2 + 1).await;
+            daemon.wait_streaming(kills / 2 + 1, STREAMING_WITHIN).await;
         }
         let delay = rng.gen_range(100..=800);
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        sigkill(&mut child).await;
+        child.sigkill().await;
         kills += 1;
         child = daemon.spawn();
     }
@@ -223,7 +189,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     for _ in 0..5 {
         let delay = rng.gen_range(100..=800);
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        sigkill(&mut child).await;
+        child.sigkill().await;
         kills += 1;
         child = daemon.spawn();
     }
@@ -248,7 +214,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     assert!(paid > 0 && paid < W1_TXNS * W1_ROWS, "paid = {paid}");
 
     let want = expected.len().to_string();
-    let caught_up = wait_value(
+    let caught_up = poll_value(
         db.pg,
         &db.name,
         "SELECT count(*) FROM walhook.deliveries",
@@ -327,7 +293,7 @@ async fn postgres_fast_and_immediate_restarts_lose_and_duplicate_nothing() {
     pg.psql(&db, "CREATE TABLE t(id int PRIMARY KEY, v text)")
         .unwrap();
     let subs = [sub("a", "t", ALL, ""), sub("ins", "t", r#"["INSERT"]"#, "")].concat();
-    let daemon = Daemon::new(&db, &config_text(&pg.url(&db), &db, &subs));
+    let daemon = Runs::new(&db, &config_text(&pg.url(&db), &db, &subs));
     let child = daemon.spawn();
     wait_slot_active(&pg, &db, &daemon).await;
 
@@ -347,7 +313,7 @@ async fn postgres_fast_and_immediate_restarts_lose_and_duplicate_nothing() {
             let stored = pg
                 .psql(&db, "SELECT count(*) FROM walhook.deliveries")
                 .unwrap_or_default();
-            pg.stop(mode).unwrap();
+            stop_within(&mut pg, mode, Duration::from_secs(60), &daemon).await;
             eprintln!(
                 "[restart] {mode:?} stop after {} rows inserted ({stored} deliveries stored)",
                 hi
@@ -357,7 +323,7 @@ async fn postgres_fast_and_immediate_restarts_lose_and_duplicate_nothing() {
         }
     }
     let n = RESTART_BATCHES * RESTART_BATCH_ROWS;
-    let caught_up = wait_value(
+    let caught_up = poll_value(
         &pg,
         &db,
         "SELECT count(*) FROM walhook.deliveries",
@@ -415,7 +381,7 @@ async fn churn_in_unsubscribed_tables_does_not_pin_wal() {
         "CREATE TABLE a(id int PRIMARY KEY); CREATE TABLE noise(id int, v text)",
     )
     .unwrap();
-    let daemon = Daemon::new(
+    let daemon = Runs::new(
         &db,
         &config_text(&pg.url(&db), &db, &sub("a", "a", ALL, "")),
     );
@@ -423,7 +389,7 @@ async fn churn_in_unsubscribed_tables_does_not_pin_wal() {
     wait_slot_active(&pg, &db, &daemon).await;
     pg.psql(&db, "INSERT INTO a VALUES (1)").unwrap();
     assert!(
-        wait_value(
+        poll_value(
             &pg,
             &db,
             "SELECT count(*) FROM walhook.deliveries",
@@ -504,13 +470,13 @@ async fn one_huge_transaction_is_ingested_in_bounded_memory() {
         "CREATE TABLE big(id int PRIMARY KEY, total numeric(12,2), note text)",
     )
     .unwrap();
-    let daemon = Daemon::new(
+    let daemon = Runs::new(
         &db,
         &config_text(&pg.url(&db), &db, &sub("big", "big", r#"["INSERT"]"#, "")),
     );
     let child = daemon.spawn();
     wait_slot_active(&pg, &db, &daemon).await;
-    let pid = child.id().unwrap();
+    let pid = child.child.id().unwrap();
     let rss_before = peak_rss_kib(pid);
 
     pg.psql(
@@ -519,7 +485,7 @@ async fn one_huge_transaction_is_ingested_in_bounded_memory() {
     )
     .unwrap();
     let inserted = started.elapsed();
-    let stored = wait_value(
+    let stored = poll_value(
         &pg,
         &db,
         "SELECT count(*) FROM walhook.checkpoint",

@@ -1,53 +1,32 @@
 //! The `walhook` binary as an operator runs it: `tail` and `check`.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::TestDb;
+use crate::support::bin::{self, Walhook};
+use crate::support::TestDb;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 fn write_config(db: &TestDb, extra_source: &str, subs: &str) -> tempfile::NamedTempFile {
-    let f = tempfile::NamedTempFile::new().unwrap();
-    let text = format!(
+    crate::support::write_config(&format!(
         "[source]\nurl = \"{}\"\n{extra_source}\n[project]\nid = \"cli\"\n{subs}",
         db.url()
-    );
-    std::fs::write(f.path(), text).unwrap();
-    f
+    ))
 }
 
 const ORDERS_SUB: &str = "[[subscriptions]]\nid = \"orders\"\ntable = \"orders\"\n\
-    events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"https://example.com/h\"\nsecret = \"${CLI_TEST_SECRET}\"\n";
+    events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"https://127.0.0.1:9/h\"\nsecret = \"${CLI_TEST_SECRET}\"\n";
 
 #[tokio::test]
 async fn tail_prints_committed_changes_and_stops_cleanly_on_sigterm() {
     let db = TestDb::new();
     db.sql("CREATE TABLE orders(id int PRIMARY KEY, status text)");
     let cfg = write_config(&db, "", ORDERS_SUB);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(["tail", "--config"])
-        .arg(cfg.path())
-        .env("CLI_TEST_SECRET", "whsec_x")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let started = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = stderr.next_line().await.unwrap() {
-            if line.contains("tailing") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(started, Ok(true), "tail did not start");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut cmd = bin::with_config("tail", cfg.path());
+    cmd.env("CLI_TEST_SECRET", "whsec_x").stdout(Stdio::piped());
+    let mut tail = Walhook::spawn_logging(cmd, &bin::log_path(&format!("tail-{}", db.name)));
+    tail.wait_log("tailing", Duration::from_secs(20)).await;
+    let mut stdout = BufReader::new(tail.child.stdout.take().unwrap()).lines();
     let client = db.client().await;
     let mut latencies = Vec::new();
     for i in 0..5 {
@@ -72,13 +51,7 @@ async fn tail_prints_committed_changes_and_stops_cleanly_on_sigterm() {
     eprintln!("tail latency commit -> line: {latencies:?}");
 
     // SIGTERM: clean exit, and the temporary slot disappears with the connection.
-    let pid = child.id().unwrap() as i32;
-    // SAFETY: sending a signal to our own child.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits within 10 s")
-        .unwrap();
+    let status = tail.stop().await;
     assert!(status.success(), "{status}");
     let slots = db.sql(&format!(
         "SELECT count(*) FROM pg_replication_slots WHERE database = '{}'",
@@ -92,8 +65,7 @@ async fn tail_with_unknown_subscription_fails_naming_it() {
     let db = TestDb::new();
     db.sql("CREATE TABLE orders(id int PRIMARY KEY)");
     let cfg = write_config(&db, "", ORDERS_SUB);
-    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(["tail", "--subscription", "nope", "--config"])
+    let out = bin::command(["tail", "--subscription", "nope", "--config"])
         .arg(cfg.path())
         .env("CLI_TEST_SECRET", "whsec_x")
         .output()
@@ -108,9 +80,7 @@ async fn tail_with_unknown_subscription_fails_naming_it() {
 async fn config_errors_name_the_variable() {
     let db = TestDb::new();
     let cfg = write_config(&db, "", ORDERS_SUB);
-    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(["check", "--config"])
-        .arg(cfg.path())
+    let out = bin::with_config("check", cfg.path())
         .env_remove("CLI_TEST_SECRET")
         .output()
         .await
@@ -129,9 +99,7 @@ async fn check(db: &TestDb, extra_source: &str) -> (bool, String) {
 
 async fn check_with(db: &TestDb, extra_source: &str, subs: &str) -> (bool, String) {
     let cfg = write_config(db, extra_source, subs);
-    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(["check", "--config"])
-        .arg(cfg.path())
+    let out = bin::with_config("check", cfg.path())
         .env("CLI_TEST_SECRET", "whsec_x")
         .output()
         .await
@@ -181,24 +149,16 @@ async fn check_reports_readiness_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_wrong_password_stops_run_with_the_servers_message() {
-    use walhook::embedded_pg::{SCRAM_USER, TEST_PASSWORD};
+    use crate::support::pg::{SCRAM_USER, TEST_PASSWORD};
     let db = TestDb::new();
-    let f = tempfile::NamedTempFile::new().unwrap();
     let wrong = format!("{TEST_PASSWORD}-wrong");
-    std::fs::write(
-        f.path(),
-        format!(
-            "[source]\nurl = \"{}\"\n[project]\nid = \"cli\"\n",
-            db.pg.url_as(SCRAM_USER, &wrong, &db.name)
-        ),
-    )
-    .unwrap();
+    let f = crate::support::write_config(&format!(
+        "[source]\nurl = \"{}\"\n[project]\nid = \"cli\"\n",
+        db.pg.url_as(SCRAM_USER, &wrong, &db.name)
+    ));
     let out = tokio::time::timeout(
         Duration::from_secs(20),
-        Command::new(env!("CARGO_BIN_EXE_walhook"))
-            .args(["run", "--config"])
-            .arg(f.path())
-            .output(),
+        bin::with_config("run", f.path()).output(),
     )
     .await
     .expect("a wrong password is not retried forever")
@@ -219,35 +179,26 @@ async fn a_wrong_password_stops_run_with_the_servers_message() {
 async fn run_serves_the_api_health_and_metrics_when_a_token_is_set() {
     let db = TestDb::new();
     db.sql("CREATE TABLE orders (id int PRIMARY KEY, status text)");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        f.path(),
-        format!(
-            "[source]\nurl = \"{}\"\nslot = \"{}\"\n[project]\nid = \"cli\"\n\
-             [api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"${{CLI_API_TOKEN}}\"\n{ORDERS_SUB}",
-            db.url(),
-            db.name
+    // The API binds port 0 and logs the address it got: no port is chosen, released and raced.
+    let f = crate::support::write_config(&crate::support::config_text(
+        &db.url(),
+        &db.name,
+        "cli",
+        &format!(
+            "{}[api]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{CLI_API_TOKEN}}\"\n",
+            crate::support::DELIVERY_OFF
         ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(["run", "--config"])
-        .arg(f.path())
-        .env("CLI_TEST_SECRET", "s3cret-value")
+        ORDERS_SUB,
+    ));
+    let mut cmd = bin::with_config("run", f.path());
+    cmd.env("CLI_TEST_SECRET", "s3cret-value")
         .env("CLI_API_TOKEN", "tok-123")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::null());
+    let mut child = Walhook::spawn_logging(cmd, &bin::log_path(&format!("api-{}", db.name)));
+    let addr = child.api_addr().await;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://{addr}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ready = http.get(format!("{base}/readyz")).send().await;
@@ -306,11 +257,10 @@ async fn run_serves_the_api_health_and_metrics_when_a_token_is_set() {
         assert!(Instant::now() < deadline, "{m}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    let log = child.log();
+    assert!(
+        !log.contains("s3cret-value") && !log.contains("tok-123"),
+        "no secret in the log: {log}"
+    );
+    assert!(child.stop().await.success());
 }

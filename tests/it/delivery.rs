@@ -1,14 +1,16 @@
 //! Delivery against real receivers (in-process, port 0): signatures, retries on every kind of
 //! failure, Retry-After, 410, the circuit breaker, per-key order and isolation.
-
-mod common;
+//!
+//! Timing assertions hold on a loaded machine: a delay may be late (the pump polls every 100 ms
+//! and may be descheduled) but never early, so gaps are checked against their lower bound and
+//! against upper bounds far above what a schedule allows; order is checked by order.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::daemon::{fast_delivery, wait_value, Daemon};
-use common::receiver::{hmac_hex, Answer, Receiver, Request, Resetter};
-use common::TestDb;
+use crate::support::daemon::{fast_delivery, wait_value, Daemon};
+use crate::support::receiver::{hmac_hex, Answer, Receiver, Request, Resetter};
+use crate::support::TestDb;
 
 const SECRET: &str = "whsec_delivery_test";
 
@@ -33,6 +35,9 @@ fn attempts_of(db: &TestDb, event_id: &str) -> String {
          WHERE d.event_id = '{event_id}'"
     ))
 }
+
+/// The most a short delay may be late on a loaded 2-core machine.
+const LATE_MS: u128 = 5000;
 
 fn gaps_ms(reqs: &[Request]) -> Vec<u128> {
     reqs.windows(2)
@@ -150,9 +155,10 @@ async fn a_500_is_retried_on_schedule_then_dead_lettered() {
         .iter()
         .all(|r| r.header("x-archie-delivery") == event_id));
     let gaps = gaps_ms(&reqs);
-    // 300 ms and 600 ms, ±20 % jitter, plus a little processing time.
-    assert!((240..=500).contains(&gaps[0]), "gaps {gaps:?}");
-    assert!((480..=850).contains(&gaps[1]), "gaps {gaps:?}");
+    // 300 ms and 600 ms, ±20 % jitter: never earlier; later only by load (bounded generously,
+    // far below the 30 s of the default schedule's later steps).
+    assert!((240..=LATE_MS).contains(&gaps[0]), "gaps {gaps:?}");
+    assert!((480..=LATE_MS).contains(&gaps[1]), "gaps {gaps:?}");
     assert_eq!(attempts_of(&db, &event_id), "500,500,500");
     assert_eq!(
         db.sql("SELECT DISTINCT response_body || '|' || error_kind FROM walhook.attempts"),
@@ -203,11 +209,13 @@ async fn hangs_resets_and_slow_answers() {
     .await;
     assert_eq!(
         db.sql(
-            "SELECT string_agg(coalesce(http_status::text, error_kind) || ':' || (duration_ms >= 950)::text, ',' ORDER BY a.id)
+            // The timeout took its full second; the slow answer its 400 ms (lower bounds only).
+            "SELECT string_agg(coalesce(http_status::text, error_kind) || ':' ||
+                    (duration_ms >= CASE WHEN http_status IS NULL THEN 950 ELSE 400 END)::text, ',' ORDER BY a.id)
              FROM walhook.attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
              WHERE d.subscription_id = 'hang'"
         ),
-        "timeout:true,200:false"
+        "timeout:true,200:true"
     );
     wait_value(
         &db,
@@ -261,8 +269,9 @@ async fn retry_after_on_429_is_honoured_and_410_deactivates() {
     db.sql("INSERT INTO orders VALUES (1, 10, 'new')");
     let reqs = busy.wait_for(2, Duration::from_secs(10)).await;
     // Scheduled 600 ms ± 20 %; Retry-After 1 s is honoured (capped at 2 × scheduled).
+    // Never earlier than Retry-After (the schedule alone would have retried by 720 ms).
     let gap = gaps_ms(&reqs)[0];
-    assert!((950..=1500).contains(&gap), "gap {gap} ms");
+    assert!((950..=LATE_MS).contains(&gap), "gap {gap} ms");
     wait_value(
         &db,
         "SELECT active || ' ' || deactivated_reason FROM walhook.subscriptions WHERE id = 'gone'",
@@ -275,18 +284,43 @@ async fn retry_after_on_429_is_honoured_and_410_deactivates() {
         "dead 1"
     );
     assert_eq!(gone.count(), 1);
-    // Routing follows: a later change is not even enqueued for the gone subscription.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    db.sql("INSERT INTO orders VALUES (2, 20, 'new')");
-    busy.wait_for(3, Duration::from_secs(10)).await;
-    wait_value(
-        &db,
-        "SELECT count(*) FROM walhook.deliveries WHERE subscription_id = 'gone'",
-        "1",
-        5,
-    )
-    .await;
-    assert_eq!(gone.count(), 1);
+    // Routing follows: once the reload after the 410 is in force, a change is not even enqueued
+    // for the gone subscription. The reload is asynchronous, so probe with one row at a time
+    // (each row's deliveries are enqueued together) until one row skips it, 20 s at most.
+    let routed_for = |row: i32| {
+        db.sql(&format!(
+            "SELECT string_agg(subscription_id, ',' ORDER BY subscription_id) FROM walhook.deliveries
+             WHERE payload::jsonb->'record'->>'id' = '{row}'"
+        ))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut row = 2;
+    loop {
+        db.sql(&format!("INSERT INTO orders VALUES ({row}, 20, 'new')"));
+        busy.wait_for(row as usize + 1, Duration::from_secs(10))
+            .await;
+        let to = routed_for(row);
+        if to == "busy" {
+            break;
+        }
+        assert_eq!(to, "busy,gone", "row {row}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still routed to the gone subscription 20 s after its 410"
+        );
+        row += 1;
+    }
+    // Once dropped, it stays dropped.
+    row += 1;
+    db.sql(&format!("INSERT INTO orders VALUES ({row}, 20, 'new')"));
+    busy.wait_for(row as usize + 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(routed_for(row), "busy");
+    assert_eq!(
+        gone.count(),
+        1,
+        "a deactivated subscription is sent nothing"
+    );
     d.stop().await;
 }
 
@@ -316,15 +350,16 @@ async fn the_breaker_opens_waits_probes_and_closes_without_burning_attempts() {
     let reqs = rx.wait_for(4 + 6, Duration::from_secs(15)).await;
     let gaps = gaps_ms(&reqs);
     // Three failures open the breaker: 1.5 s of silence, one probe (fails: open again),
-    // 1.5 s more, a probe that succeeds, then the rest.
-    assert!(gaps[0] < 500 && gaps[1] < 500, "gaps {gaps:?}");
+    // 1.5 s more, a probe that succeeds, then the rest. A closed breaker retries after 50 ms,
+    // which load may stretch but not to the 1.5 s of an open one (never shorter: lower bound).
+    assert!(gaps[0] < 1400 && gaps[1] < 1400, "gaps {gaps:?}");
     assert!(gaps[2] >= 1400, "open after 3 failures: gaps {gaps:?}");
     assert!(
         gaps[3] >= 1400,
         "re-opened after a failed probe: gaps {gaps:?}"
     );
     assert!(
-        gaps[4..].iter().all(|g| *g < 500),
+        gaps[4..].iter().all(|g| *g < 1400),
         "closed again: gaps {gaps:?}"
     );
     wait_value(
@@ -419,16 +454,80 @@ async fn a_dead_endpoint_does_not_delay_a_healthy_subscription() {
     .await;
     let start = std::time::Instant::now();
     db.sql("INSERT INTO orders SELECT g, g, 'new' FROM generate_series(1, 200) g");
-    healthy.wait_for(200, Duration::from_secs(10)).await;
+    healthy.wait_for(200, Duration::from_secs(30)).await;
     let took = start.elapsed();
-    // The dead endpoint holds 2 requests for 1 s each; 200 of them would take 100 s.
-    assert!(took < Duration::from_secs(3), "healthy took {took:?}");
-    assert!(
-        dead.count() <= 4,
-        "dead endpoint capped at max_in_flight: {}",
-        dead.count()
+    // The dead endpoint holds 2 requests for 1 s each; behind it, 200 would take 100 s.
+    assert!(took < Duration::from_secs(30), "healthy took {took:?}");
+    // Capped at max_in_flight: no more than 2 of the dead subscription's attempts overlapped,
+    // by the daemon's own record of when each began and how long it took (not by wall time).
+    let dead_attempts =
+        "SELECT a.attempted_at AS s, a.attempted_at + a.duration_ms * interval '1 ms' AS e
+         FROM walhook.attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
+         WHERE d.subscription_id = 'dead'";
+    wait_value(
+        &db,
+        &format!("SELECT count(*) >= 4 FROM ({dead_attempts}) x"),
+        "t",
+        30,
+    )
+    .await;
+    assert_eq!(
+        db.sql(&format!(
+            "WITH x AS ({dead_attempts})
+             SELECT max((SELECT count(*) FROM x y WHERE y.s <= x.s AND x.s < y.e)) <= 2 FROM x"
+        )),
+        "t",
+        "dead endpoint capped at max_in_flight"
     );
     d.stop().await;
+}
+
+/// Runs `tests/verify/standard_verify.py` (the `standardwebhooks` package from PyPI) over the
+/// request exactly as received. Fails the test, rather than skipping, when the package is
+/// missing: `.ci/run` installs it.
+fn standard_verify(secret: &str, r: &Request) -> Result<(), String> {
+    use base64::Engine;
+    use std::io::Write;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/verify/standard_verify.py");
+    let headers: serde_json::Map<String, serde_json::Value> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().into()))
+        .collect();
+    let input = serde_json::json!({
+        "secret": secret,
+        "headers": headers,
+        "body_b64": base64::engine::general_purpose::STANDARD.encode(&r.body),
+    });
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is required (.ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match out.status.code() {
+        Some(0) if stdout == "OK" => Ok(()),
+        Some(1) => Err(stdout),
+        Some(3) => panic!(
+            "the standardwebhooks Python package is missing ({stdout}); \
+             install it with `python3 -m pip install standardwebhooks` (.ci/run does)"
+        ),
+        _ => panic!(
+            "standard_verify.py failed ({}): {stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,6 +581,17 @@ async fn standard_signatures_with_rotation_and_chat_formats() {
         )
     );
     assert_eq!(r.header("webhook-signature"), want);
+    // Independent code: the reference `standardwebhooks` package accepts the delivery with the
+    // current secret and, during the rotation, with the previous one; a third secret is refused.
+    assert_eq!(standard_verify(current, r), Ok(()));
+    assert_eq!(standard_verify(previous, r), Ok(()));
+    let other = "whsec_b3RoZXItc2VjcmV0LWJ5dGVzLTEyMzQ1Ng==";
+    assert!(
+        standard_verify(other, r)
+            .unwrap_err()
+            .contains("No matching signature"),
+        "a secret that signed nothing is refused"
+    );
     assert_eq!(
         r.header("x-archie-signature"),
         "",

@@ -1,29 +1,18 @@
 //! kill -9 of `walhook run` while deliveries are in flight: after a restart nothing is lost, and
 //! the only duplicates are requests that were in flight at the kill, with the same event id.
 
-mod common;
-
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::daemon::{config_text, fast_delivery, wait_value};
-use common::receiver::{hmac_hex, Answer, Receiver};
-use common::TestDb;
-use tokio::process::{Child, Command};
+use crate::support::bin::Walhook;
+use crate::support::daemon::{config_text, fast_delivery, wait_value};
+use crate::support::receiver::{hmac_hex, Answer, Receiver};
+use crate::support::TestDb;
 
 const MAX_IN_FLIGHT: usize = 8;
 
-fn spawn(cfg: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(["run", "--config"])
-        .arg(cfg)
-        .env("WALHOOK_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+fn spawn(name: &str, cfg: &std::path::Path) -> Walhook {
+    Walhook::run(name, cfg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,21 +20,16 @@ async fn kill_9_during_delivery_loses_nothing_and_duplicates_only_what_was_in_fl
     let db = TestDb::new();
     db.sql("CREATE TABLE orders (id int PRIMARY KEY, status text)");
     let rx = Receiver::scripted(|_, _| Answer::Slow(Duration::from_millis(30))).await;
-    let cfg = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        cfg.path(),
-        config_text(
-            &db,
-            &fast_delivery(&format!("max_in_flight = {MAX_IN_FLIGHT}")),
-            &format!(
-                "[[subscriptions]]\nid = \"s\"\ntable = \"orders\"\nevents = [\"INSERT\"]\n\
+    let cfg = crate::support::write_config(&config_text(
+        &db,
+        &fast_delivery(&format!("max_in_flight = {MAX_IN_FLIGHT}")),
+        &format!(
+            "[[subscriptions]]\nid = \"s\"\ntable = \"orders\"\nevents = [\"INSERT\"]\n\
                  url = \"{}\"\nsecret = \"k\"\n",
-                rx.url
-            ),
+            rx.url
         ),
-    )
-    .unwrap();
-    let mut first = spawn(cfg.path());
+    ));
+    let mut first = spawn(&format!("crash-first-{}", db.name), cfg.path());
     // The slot exists once the outbox checkpoint row or the slot appears.
     wait_value(
         &db,
@@ -59,12 +43,11 @@ async fn kill_9_during_delivery_loses_nothing_and_duplicates_only_what_was_in_fl
     .await;
     db.sql("INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 400) g");
     rx.wait_for(80, Duration::from_secs(30)).await;
-    first.start_kill().unwrap();
     let killed_at = Instant::now();
-    first.wait().await.unwrap();
+    first.sigkill().await;
     let before_restart = rx.count();
 
-    let mut second = spawn(cfg.path());
+    let mut second = spawn(&format!("crash-second-{}", db.name), cfg.path());
     wait_value(
         &db,
         "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.deliveries",
@@ -72,8 +55,7 @@ async fn kill_9_during_delivery_loses_nothing_and_duplicates_only_what_was_in_fl
         60,
     )
     .await;
-    second.start_kill().unwrap();
-    second.wait().await.unwrap();
+    second.sigkill().await;
 
     let reqs = rx.snapshot();
     let mut by_event: HashMap<String, Vec<Instant>> = HashMap::new();

@@ -1,12 +1,10 @@
 //! End-to-end CDC: a real Postgres, a temporary slot, pgoutput decoding, routing, payloads.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{start, strip_volatile, sub, TestDb};
+use crate::support::{start, strip_volatile, sub, TestDb};
 use serde_json::{json, Value};
 
 const ALL: &str = r#"["INSERT", "UPDATE", "DELETE"]"#;
@@ -295,7 +293,7 @@ async fn unknown_filter_or_select_column_is_an_error_naming_it() {
 
 #[tokio::test]
 async fn scram_authenticated_source_streams() {
-    use walhook::embedded_pg::{SCRAM_USER, TEST_PASSWORD};
+    use crate::support::pg::{SCRAM_USER, TEST_PASSWORD};
     let db = TestDb::new();
     orders(&db);
     let url = db.pg.url_as(SCRAM_USER, TEST_PASSWORD, &db.name);

@@ -4,8 +4,6 @@
 //!
 //! Needs `python3` and `node` (`.ci/run` installs them).
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,7 +14,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-use common::TestDb;
+use crate::support::TestDb;
 
 fn example(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -231,11 +229,8 @@ async fn python_receiver_verifies_every_delivery_of_a_running_walhook() {
         "CREATE TABLE orders (id serial PRIMARY KEY, total numeric(12,2), status text, customer_id text)",
     );
     let slot = format!("wh_{}", db.name);
-    let cfg = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        cfg.path(),
-        format!(
-            r#"[source]
+    let cfg = crate::support::write_config(&format!(
+        r#"[source]
 url = "{url}"
 slot = "{slot}"
 [project]
@@ -252,19 +247,16 @@ events = ["INSERT", "UPDATE", "DELETE"]
 url = "http://127.0.0.1:{port}/webhooks/orders"
 secret = "${{RECEIVER_TEST_SECRET}}"
 "#,
-            url = db.url(),
-            port = r.port
-        ),
-    )
-    .unwrap();
-    let mut walhook = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(["run", "--config"])
-        .arg(cfg.path())
-        .env("RECEIVER_TEST_SECRET", secret)
-        .env("WALHOOK_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        url = db.url(),
+        port = r.port
+    ));
+    let mut cmd = crate::support::bin::with_config("run", cfg.path());
+    cmd.env("RECEIVER_TEST_SECRET", secret)
+        .stdout(Stdio::null());
+    let mut walhook = crate::support::bin::Walhook::spawn_logging(
+        cmd,
+        &crate::support::bin::log_path(&format!("receivers-{}", db.name)),
+    );
     // Changes count only once the slot exists.
     let mut waited = 0;
     while db.sql(&format!(
@@ -275,7 +267,11 @@ secret = "${{RECEIVER_TEST_SECRET}}"
             waited < 300,
             "walhook run did not start streaming within 30 s"
         );
-        assert!(walhook.try_wait().unwrap().is_none(), "walhook run exited");
+        assert!(
+            walhook.child.try_wait().unwrap().is_none(),
+            "walhook run exited; log:\n{}",
+            walhook.log_tail(40)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         waited += 1;
     }
@@ -306,12 +302,7 @@ secret = "${{RECEIVER_TEST_SECRET}}"
         .collect();
     kinds.sort();
     assert_eq!(kinds, ["DELETE", "INSERT", "INSERT", "UPDATE"], "{got:?}");
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(walhook.id().unwrap() as i32, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(15), walhook.wait())
-        .await
-        .expect("walhook run stops within 15 s of SIGTERM")
-        .unwrap();
+    let status = walhook.stop().await;
     assert!(status.success(), "{status}");
     r.child.kill().await.unwrap();
 }

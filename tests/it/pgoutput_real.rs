@@ -2,7 +2,6 @@
 //! for a scripted workload decodes, and decodes to what the workload did.
 
 use bytes::Bytes;
-use walhook::embedded_pg;
 use walhook::source::pgoutput::{decode, Message, OldTuple, TupleValue};
 
 // One psql call per entry: psql runs a multi-statement -c string as a single transaction.
@@ -28,7 +27,7 @@ const WORKLOAD: &[&str] = &[
     "SELECT 1 FROM pg_logical_emit_message(true, 'walhook', '\\x00ff'::bytea)",
 ];
 
-fn changes(pg: &embedded_pg::PgServer, db: &str, binary: bool) -> Vec<Message> {
+fn changes(pg: &walhook::embedded_pg::PgServer, db: &str, binary: bool) -> Vec<Message> {
     let sql = format!(
         "SELECT encode(data, 'hex') FROM pg_logical_slot_peek_binary_changes('s', NULL, NULL, \
          'proto_version', '1', 'publication_names', 'p', 'messages', 'true', 'binary', '{binary}')"
@@ -49,7 +48,7 @@ fn tags(msgs: &[Message]) -> String {
 
 #[test]
 fn decodes_everything_a_real_server_sends() {
-    let pg = embedded_pg::shared();
+    let pg = crate::support::pg::shared();
     let db = pg.create_database().unwrap();
     for sql in SETUP {
         pg.psql(&db, sql).unwrap();

@@ -2,15 +2,13 @@
 //! neither claim nor record), and two `walhook run` instances on one outbox: every change is
 //! sent once, by the owner, and a stopping owner hands over at once instead of after its lease.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::support::daemon::{fast_delivery, wait_value, Daemon};
+use crate::support::receiver::Receiver;
+use crate::support::TestDb;
 use chrono::Utc;
-use common::daemon::{fast_delivery, wait_value, Daemon};
-use common::receiver::Receiver;
-use common::TestDb;
 use uuid::Uuid;
 use walhook::outbox::queue::{NewStatus, Queue, Recorded};
 use walhook::outbox::Schema;
@@ -155,9 +153,23 @@ async fn two_instances_send_each_change_once_and_hand_over_on_stop() {
     )
     .await;
     let first_owner = db.sql("SELECT worker FROM walhook.delivery_owners");
-    let second = Daemon::start_standby(&db, &delivery, &subs).await;
-    // Let the second instance's pump come up and find s owned.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = Daemon::start_standby_named(&db, "walhook_standby", &delivery, &subs).await;
+    // The second instance's pump is up and has tried to own s (and found it owned): its
+    // ownership statement shows in pg_stat_activity under its own application_name.
+    wait_value(
+        &db,
+        "SELECT count(*) > 0 FROM pg_stat_activity
+         WHERE application_name = 'walhook_standby' AND datname = current_database()
+           AND query LIKE 'INSERT INTO %delivery_owners AS o%'",
+        "t",
+        20,
+    )
+    .await;
+    assert_eq!(
+        db.sql("SELECT worker FROM walhook.delivery_owners"),
+        first_owner,
+        "the standby found s owned"
+    );
 
     db.sql("INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 200) g");
     rx.wait_for(200, Duration::from_secs(20)).await;

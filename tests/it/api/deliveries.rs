@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use walhook::metrics::{Attempt, Outcome};
 
-use super::common::receiver::{hmac_hex, Answer, Receiver};
+use crate::support::receiver::{hmac_hex, Answer, Receiver};
 
 use super::*;
 
@@ -307,21 +307,15 @@ async fn cli_twins_list_and_replay_deliveries() {
         .to_string();
     let dead = api.delivery(&id, "evt_cli", "dead", "");
     api.delivery(&id, "evt_ok", "delivered", "");
-    let cfg = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        cfg.path(),
-        format!(
-            "[source]\nurl = \"{}\"\n[project]\nid = \"{PROJECT}\"\n\
+    let cfg = crate::support::write_config(&format!(
+        "[source]\nurl = \"{}\"\n[project]\nid = \"{PROJECT}\"\n\
              [delivery]\nallow_http = true\nallow_private_networks = true\n",
-            api.db.url()
-        ),
-    )
-    .unwrap();
+        api.db.url()
+    ));
     let run = |args: Vec<String>| {
         let cfg = cfg.path().to_path_buf();
         async move {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_walhook"))
-                .args(&args)
+            let out = crate::support::bin::command(&args)
                 .arg("--config")
                 .arg(cfg)
                 .output()
@@ -415,6 +409,7 @@ async fn cli_twins_list_and_replay_deliveries() {
 
     // send-test: a signed PING to the subscription's URL; exit status follows the answer.
     let receiver = Receiver::scripted(|_, i| Answer::Status(if i == 0 { 204 } else { 503 })).await;
+    crate::support::assert_loopback(&receiver.url);
     api.db.sql(&format!(
         "INSERT INTO walhook.subscriptions (id, source, table_name, events, url, secret)
          VALUES ('pinged', 'api', 'orders', '{{INSERT}}', '{}/p', 'whsec_your_signing_secret')",

@@ -24,12 +24,9 @@ pub struct Daemon {
     task: tokio::task::JoinHandle<Result<(), walhook::app::AppError>>,
 }
 
+/// A config for `db` (its name is the slot: slots are cluster-wide), project `test-project`.
 pub fn config_text(db: &TestDb, delivery: &str, subs: &str) -> String {
-    format!(
-        "[source]\nurl = \"{}\"\nslot = \"{}\"\n[project]\nid = \"test-project\"\n{delivery}\n{subs}",
-        db.url(),
-        db.name
-    )
+    super::config_text(&db.url(), &db.name, "test-project", delivery, subs)
 }
 
 impl Daemon {
@@ -51,7 +48,29 @@ impl Daemon {
     /// Starts without waiting: as a second instance, its source waits for the slot another
     /// instance streams from, and its delivery pumps stand by until they own their subscriptions.
     pub async fn start_standby(db: &TestDb, delivery: &str, subs: &str) -> Daemon {
-        let text = config_text(db, delivery, subs);
+        Daemon::start_text(&config_text(db, delivery, subs))
+    }
+
+    /// [`Daemon::start_standby`] whose every connection carries `application_name`, so that a
+    /// test can tell its sessions from another instance's in `pg_stat_activity`.
+    pub async fn start_standby_named(
+        db: &TestDb,
+        application_name: &str,
+        delivery: &str,
+        subs: &str,
+    ) -> Daemon {
+        let url = format!("{}&application_name={application_name}", db.url());
+        Daemon::start_text(&super::config_text(
+            &url,
+            &db.name,
+            "test-project",
+            delivery,
+            subs,
+        ))
+    }
+
+    fn start_text(text: &str) -> Daemon {
+        let text = text.to_string();
         let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
         let handles = Handles::default();
         let cancel = CancellationToken::new();

@@ -1,10 +1,8 @@
 //! The test harness itself: a real server with logical WAL, reachable, per-test databases.
 
-use walhook::embedded_pg;
-
 #[test]
 fn shared_server_has_logical_wal_and_fresh_databases() {
-    let pg = embedded_pg::shared();
+    let pg = crate::support::pg::shared();
     assert_eq!(pg.psql("postgres", "SHOW wal_level").unwrap(), "logical");
     let a = pg.create_database().unwrap();
     let b = pg.create_database().unwrap();

@@ -1,14 +1,14 @@
 //! `walhook demo`, run as README tells a new user to: no config, exit 0, and the output shows
 //! signed deliveries of every change, each with its headers, payload and "signature OK".
 
-use std::process::Command;
+use crate::support::bin;
 
-#[test]
-fn demo_shows_signed_deliveries_of_every_change_and_cleans_up() {
-    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(["demo", "--timeout", "60"])
+#[tokio::test]
+async fn demo_shows_signed_deliveries_of_every_change_and_cleans_up() {
+    let out = bin::command(["demo", "--timeout", "60"])
         .env_remove("WALHOOK_LOG")
         .output()
+        .await
         .expect("run walhook demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

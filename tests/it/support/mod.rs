@@ -1,8 +1,16 @@
-//! Shared test helpers: a fresh database per test on the shared throw-away server, configs, and
-//! an in-process pipeline whose routed payloads arrive on a channel.
+//! The one support module of the integration tests: a fresh database per test (a UUID-named
+//! database on the shared throw-away server), config texts, the in-process daemon (`daemon`), the
+//! spawned binary (`bin`), receivers (`receiver`), and an in-process pipeline whose routed
+//! payloads arrive on a channel.
+//!
+//! Nothing leaves the machine: every config text built here, every config file written here and
+//! every subscription the API tests store goes through [`assert_loopback`], which fails the test
+//! when a subscription URL's host is not loopback (127.0.0.0/8, ::1, localhost).
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod daemon;
+pub mod pg;
 pub mod receiver;
 
 use std::time::Duration;
@@ -11,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use walhook::config::Config;
-use walhook::embedded_pg::{self, PgServer};
+use walhook::embedded_pg::PgServer;
 use walhook::model::change::RowChange;
 use walhook::model::Lsn;
 use walhook::route::{Routed, Router};
@@ -25,7 +33,7 @@ pub struct TestDb {
 
 impl TestDb {
     pub fn new() -> TestDb {
-        let pg = embedded_pg::shared();
+        let pg = pg::shared();
         let name = pg.create_database().expect("create test database");
         TestDb { pg, name }
     }
@@ -57,6 +65,7 @@ impl TestDb {
     pub fn config_with_url(&self, url: &str, subscriptions: &str) -> Config {
         let text =
             format!("[source]\nurl = \"{url}\"\n[project]\nid = \"test-project\"\n{subscriptions}");
+        assert_loopback_config(&text);
         Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
     }
 }
@@ -65,8 +74,65 @@ impl TestDb {
 pub fn sub(id: &str, table: &str, events: &str, extra: &str) -> String {
     format!(
         "[[subscriptions]]\nid = \"{id}\"\ntable = \"{table}\"\nevents = {events}\n\
-         url = \"https://example.com/{id}\"\nsecret = \"whsec_test\"\n{extra}\n"
+         url = \"https://127.0.0.1:9/{id}\"\nsecret = \"whsec_test\"\n{extra}\n"
     )
+}
+
+/// `[delivery]` for daemons whose deliveries must stay in the outbox (nothing is sent at all).
+pub const DELIVERY_OFF: &str = "[delivery]\nenabled = false\n";
+
+/// A `walhook run` config: source `url` and `slot`, project `project`, then `sections` (e.g.
+/// `[delivery]`, `[outbox]`, `[api]`) and `[[subscriptions]]` blocks. Fails the test when a
+/// subscription URL is not on loopback.
+pub fn config_text(url: &str, slot: &str, project: &str, sections: &str, subs: &str) -> String {
+    let text = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\n[project]\nid = \"{project}\"\n{sections}\n{subs}"
+    );
+    assert_loopback_config(&text);
+    text
+}
+
+/// Writes a config file (after the loopback guard); the file lives as long as the handle.
+pub fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    rewrite_config(f.path(), text);
+    f
+}
+
+/// Replaces a config file's text (after the loopback guard), e.g. before a SIGHUP.
+pub fn rewrite_config(path: &std::path::Path, text: &str) {
+    assert_loopback_config(text);
+    std::fs::write(path, text).unwrap();
+}
+
+/// Fails the test unless `url` parses and its host is loopback: 127.0.0.0/8, ::1 or localhost.
+pub fn assert_loopback(url: &str) {
+    let parsed =
+        reqwest::Url::parse(url).unwrap_or_else(|e| panic!("subscription URL {url:?}: {e}"));
+    let host = parsed.host_str().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let ok = host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    assert!(
+        ok,
+        "a test may only target loopback, but a subscription points at {url:?}"
+    );
+}
+
+/// [`assert_loopback`] for every `[[subscriptions]]` URL of a config text. Texts that do not
+/// parse as TOML are left to the product to refuse (tests of broken configs).
+pub fn assert_loopback_config(text: &str) {
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return;
+    };
+    let subs = doc.get("subscriptions").and_then(|s| s.as_array());
+    for s in subs.into_iter().flatten() {
+        if let Some(url) = s.get("url").and_then(|u| u.as_str()) {
+            assert_loopback(url);
+        }
+    }
 }
 
 pub struct ChannelSink {
@@ -175,4 +241,48 @@ pub fn strip_volatile(mut v: Value) -> Value {
         "{ts}"
     );
     v
+}
+
+/// Polls `sql` (one value) on database `db` of `pg` until it returns `want`, for up to
+/// `timeout`; errors count as "not yet" (the server may be restarting). Returns whether it did,
+/// for callers that first gather diagnostics and then assert.
+pub async fn poll_value(pg: &PgServer, db: &str, sql: &str, want: &str, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if pg.psql(db, sql).map(|v| v == want).unwrap_or(false) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn the_loopback_guard_refuses_every_other_host() {
+    for ok in [
+        "https://127.0.0.1:9/h",
+        "http://127.0.0.1:8080",
+        "https://127.1.2.3/x",
+        "http://localhost:1/",
+        "http://[::1]:5/",
+    ] {
+        assert_loopback(ok);
+    }
+    for bad in [
+        "https://example.com/h",
+        "https://your-app.example.com/webhooks/orders",
+        "https://10.1.2.3/h",
+        "http://[::ffff:10.0.0.1]/",
+        "https://localhost.example.com/",
+        "not a url",
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| assert_loopback(bad)).is_err(),
+            "{bad} passed the guard"
+        );
+    }
+    let config = "[[subscriptions]]\nid = \"s\"\ntable = \"t\"\nurl = \"https://example.com/s\"\n";
+    assert!(std::panic::catch_unwind(|| assert_loopback_config(config)).is_err());
 }

@@ -2,8 +2,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::common::daemon::{config_text, fast_delivery, wait_value, Daemon};
-use super::common::receiver::{hmac_hex, Answer, Receiver};
+use crate::support::daemon::{config_text, fast_delivery, wait_value, Daemon};
+use crate::support::receiver::{hmac_hex, Answer, Receiver};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -197,7 +197,7 @@ async fn serve_for_fuzzing() {
     // Known data for the fuzzer (bench/schemathesis.toml names it): webhook wh_fuzz, del_1.
     api.db.sql(
         "INSERT INTO walhook.subscriptions (id, source, table_name, events, url, secret)
-         VALUES ('wh_fuzz', 'api', 'orders', '{INSERT}', 'https://your-app.example.com/h', 'whsec_your_signing_secret')",
+         VALUES ('wh_fuzz', 'api', 'orders', '{INSERT}', 'https://127.0.0.1:9/h', 'whsec_your_signing_secret')",
     );
     let id = "wh_fuzz";
     assert_eq!(api.delivery(id, "evt_fuzz", "dead", ""), 1);

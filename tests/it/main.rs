@@ -1,0 +1,25 @@
+//! walhook's integration tests, in one binary (one link of the crate) with one module per area.
+//!
+//! Every test runs against a real Postgres (a fresh database on the shared throw-away server, or
+//! its own server when it restarts or measures one) and delivers only to receivers it starts on
+//! loopback, or runs with delivery off: `support` refuses any subscription URL off loopback.
+
+mod support;
+
+mod api;
+mod cdc;
+mod cli;
+mod config_example;
+mod delivery;
+mod delivery_crash;
+mod delivery_owners;
+mod demo;
+mod durability;
+mod egress_http;
+mod harness;
+mod outbox;
+mod pgoutput_real;
+mod receivers;
+mod replication_conn;
+mod signatures;
+mod values_to_jsonb;
