@@ -69,10 +69,10 @@ async fn run_walhook(
         &config,
         format!(
             "[source]\nurl = \"{}\"\nslot = \"{slot}\"\npublication = \"walhook\"\n\n\
-             [project]\nid = \"bench\"\n\n[delivery]\nenabled = false\n\n\
+             [project]\nid = \"bench\"\n\n[delivery]\nenabled = false\nallow_private_networks = true\n\n\
              [[subscriptions]]\nid = \"orders-all\"\ntable = \"orders\"\n\
              events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\n\
-             url = \"https://example.com/x\"\nsecret = \"s\"\n",
+             url = \"https://127.0.0.1:9/x\"\nsecret = \"s\"\n",
             pg.url(db)
         ),
     )?;

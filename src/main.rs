@@ -102,12 +102,19 @@ enum DeliveriesCommand {
 }
 
 fn init_logging(default: &str) {
-    tracing_subscriber::fmt()
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("WALHOOK_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
-        .init();
+        // Colour codes only for a person at a terminal, never in files or log collectors.
+        .with_ansi(std::io::stderr().is_terminal());
+    match std::env::var("WALHOOK_LOG_FORMAT").as_deref() {
+        // One JSON object per line, with the structured fields as keys.
+        Ok("json") => builder.json().init(),
+        _ => builder.init(),
+    }
 }
 
 /// Cancels the token on SIGINT or SIGTERM.
@@ -142,7 +149,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Once, on stderr, whatever the log format: the cause chain on one line.
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

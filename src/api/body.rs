@@ -261,7 +261,7 @@ pub fn filter(v: &Value) -> Result<Filter, ApiError> {
         }
     }
     scan(v).map_err(|m| ApiError::invalid("filter", format!("filter: {m}")))?;
-    Filter::from_json(v).map_err(|m| ApiError::invalid("filter", m))
+    Filter::from_json(v).map_err(|m| ApiError::invalid("filter", m.0))
 }
 
 /// Echoing user input in an error is helpful; echoing a megabyte is not.

@@ -5,6 +5,7 @@
 //! the Archie retry schedule (5 attempts over about 5½ minutes) and circuit breaker (5 failures,
 //! 2 minutes).
 
+use crate::model::BadValue;
 use serde::Deserialize;
 
 use super::{Duration, EnvString, Secret};
@@ -67,7 +68,7 @@ impl Default for DeliveryConfig {
 }
 
 impl DeliveryConfig {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), BadValue> {
         if self.retry_schedule.is_empty() {
             return Err(
                 "delivery.retry_schedule: list at least one delay (\"0s\" = one attempt)".into(),
@@ -85,7 +86,7 @@ impl DeliveryConfig {
             ("delivery.poll_interval", self.poll_interval),
         ] {
             if d.0.is_zero() {
-                return Err(format!("{key}: must be more than 0s"));
+                return Err(format!("{key}: must be more than 0s").into());
             }
         }
         if self.lease.0 < self.timeout.0 * 2 {
@@ -93,7 +94,8 @@ impl DeliveryConfig {
                 "delivery.lease: {}s must be at least twice delivery.timeout ({}s)",
                 self.lease.0.as_secs_f64(),
                 self.timeout.0.as_secs_f64()
-            ));
+            )
+            .into());
         }
         for c in &self.allow_cidrs {
             c.as_str().parse::<ipnet::IpNet>().map_err(|_| {

@@ -1,11 +1,12 @@
 //! Durations in config: `"500ms"`, `"30s"`, `"5m"`, `"24h"`, `"7d"`.
 
+use crate::model::BadValue;
 use serde::{Deserialize, Deserializer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Duration(pub std::time::Duration);
 
-pub fn parse(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse(s: &str) -> Result<std::time::Duration, BadValue> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -18,11 +19,7 @@ pub fn parse(s: &str) -> Result<std::time::Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "invalid duration {s:?}: unit must be ms, s, m, h or d"
-            ))
-        }
+        _ => return Err(format!("invalid duration {s:?}: unit must be ms, s, m, h or d").into()),
     };
     Ok(std::time::Duration::from_millis(n.saturating_mul(ms)))
 }

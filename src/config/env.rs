@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::model::{Filter, Secret};
+use crate::model::{BadValue, Filter, Secret};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct EnvString(pub String);
@@ -51,7 +51,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// Replaces each `${NAME}` using `lookup`; errors name the missing or malformed variable.
-pub fn expand(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn expand(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, BadValue> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(pos) = rest.find('$') {
@@ -71,7 +71,8 @@ pub fn expand(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Stri
             {
                 return Err(format!(
                     "invalid environment variable name {name:?}: use letters, digits and '_'"
-                ));
+                )
+                .into());
             }
             let value =
                 lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;

@@ -186,7 +186,7 @@ impl Config {
             line: 1,
             message,
         };
-        self.delivery.validate().map_err(whole_file)?;
+        self.delivery.validate().map_err(|e| whole_file(e.0))?;
         let rules = Rules {
             egress: EgressPolicy::from_config(&self.delivery),
             own_schema: self
@@ -306,7 +306,7 @@ fn with_app_name(mut cfg: tokio_postgres::Config) -> tokio_postgres::Config {
 /// The TOML shape to the model: parses what serde left as text (table, times).
 fn subscription_from_raw(r: RawSubscription) -> Result<Subscription, Invalid> {
     let bad = |field: &'static str, message: String| Invalid { field, message };
-    let table = TableName::parse(r.table.as_str()).map_err(|m| bad("table", m))?;
+    let table = TableName::parse(r.table.as_str()).map_err(|m| bad("table", m.0))?;
     let previous_secret_expires_at = r
         .previous_secret_expires_at
         .map(|t| {

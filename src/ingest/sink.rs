@@ -189,6 +189,19 @@ impl Sink for OutboxSink {
         Ok(self.durable())
     }
 
+    async fn check(&mut self) -> Result<(), IngestError> {
+        if self.writer.as_ref().is_some_and(|w| w.is_finished()) {
+            // The writer only ends early with an error (the outbox connection is gone).
+            return Err(self.join_writer().await.err().unwrap_or_else(|| {
+                IngestError::Outbox(OutboxError::Connect {
+                    message: "outbox writer stopped".into(),
+                    retryable: true,
+                })
+            }));
+        }
+        Ok(())
+    }
+
     fn durable(&self) -> Lsn {
         *self.durable.borrow()
     }
@@ -219,7 +232,23 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self) -> Result<(), IngestError> {
-        while let Some(item) = self.rx.recv().await {
+        // A connection lost while nothing arrives is noticed by this tick, not at the next row.
+        let mut health = tokio::time::interval(std::time::Duration::from_millis(500));
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let item = tokio::select! {
+                item = self.rx.recv() => item,
+                _ = health.tick() => {
+                    if self.out.is_closed() {
+                        return Err(IngestError::Outbox(OutboxError::Connect {
+                            message: "the outbox connection was closed".into(),
+                            retryable: true,
+                        }));
+                    }
+                    continue;
+                }
+            };
+            let Some(item) = item else { break };
             match item {
                 Item::Row(r, lsn) => {
                     self.out.write(&r, lsn).await?;

@@ -7,6 +7,7 @@
 //!   than a double holds still compare correctly;
 //! - a missing column compares as NULL; only equality with `null` (or `is_null = true`) matches it.
 
+use super::BadValue;
 use std::cmp::Ordering;
 
 use serde_json::{Map, Value};
@@ -65,30 +66,31 @@ pub struct Filter {
 }
 
 /// Rewrites each string operand while parsing (config.toml's `${ENV}` expansion).
-pub type Expander<'a> = &'a dyn Fn(&str) -> Result<String, String>;
+pub type Expander<'a> = &'a dyn Fn(&str) -> Result<String, BadValue>;
 
-fn scalar(column: &str, v: &Value, expand: Option<Expander>) -> Result<Value, String> {
+fn scalar(column: &str, v: &Value, expand: Option<Expander>) -> Result<Value, BadValue> {
     match v {
         Value::String(s) => match expand {
             Some(expand) => Ok(Value::String(expand(s)?)),
             None => Ok(v.clone()),
         },
         Value::Null | Value::Bool(_) | Value::Number(_) => Ok(v.clone()),
-        _ => Err(format!(
-            "filter.{column}: expected a string, number, boolean or null, found {v}"
-        )),
+        _ => Err(
+            format!("filter.{column}: expected a string, number, boolean or null, found {v}")
+                .into(),
+        ),
     }
 }
 
 impl Filter {
     /// Parses the JSON shape literally (stored and API filters); errors name the column and
     /// operator at fault.
-    pub fn from_json(v: &Value) -> Result<Filter, String> {
+    pub fn from_json(v: &Value) -> Result<Filter, BadValue> {
         Filter::parse(v, None)
     }
 
     /// Parses the JSON shape, passing every string operand through `expand` first.
-    pub fn parse(v: &Value, expand: Option<Expander>) -> Result<Filter, String> {
+    pub fn parse(v: &Value, expand: Option<Expander>) -> Result<Filter, BadValue> {
         let obj = v
             .as_object()
             .ok_or_else(|| format!("filter: expected a table of column = condition, found {v}"))?;
@@ -100,7 +102,7 @@ impl Filter {
             match cond {
                 Value::Object(ops) => {
                     if ops.is_empty() {
-                        return Err(format!("filter.{column}: empty operator table"));
+                        return Err(format!("filter.{column}: empty operator table").into());
                     }
                     for (op_name, operand) in ops {
                         let op = Op::parse(op_name).ok_or_else(|| {
@@ -125,7 +127,8 @@ impl Filter {
                                 if !operand.is_boolean() {
                                     return Err(format!(
                                         "filter.{column}.is_null: expected true or false"
-                                    ));
+                                    )
+                                    .into());
                                 }
                                 operand.clone()
                             }
@@ -134,7 +137,7 @@ impl Filter {
                             {
                                 return Err(format!(
                                     "filter.{column}.{op_name}: expected a number or string, found {operand}"
-                                ));
+                                ).into());
                             }
                             _ => scalar(column, operand, expand)?,
                         };

@@ -14,7 +14,7 @@
 use chrono::{DateTime, Utc};
 
 use super::egress::EgressPolicy;
-use super::{EventKind, Filter, Secret, TableName};
+use super::{BadValue, EventKind, Filter, Secret, TableName};
 
 pub const MAX_TABLE: usize = 255;
 pub const MAX_URL: usize = 2048;
@@ -111,7 +111,7 @@ impl SignatureScheme {
 
 /// A Standard Webhooks secret must be `whsec_` followed by base64 of the key bytes. The messages
 /// describe the expected shape, never the value.
-pub fn check_standard_secret(secret: &str) -> Result<(), String> {
+pub fn check_standard_secret(secret: &str) -> Result<(), BadValue> {
     use base64::Engine;
     let b64 = secret
         .strip_prefix("whsec_")
@@ -287,7 +287,7 @@ fn check_secret(field: &'static str, secret: &str, scheme: SignatureScheme) -> R
     }
     no_nul(field, secret)?;
     if scheme == SignatureScheme::Standard {
-        check_standard_secret(secret).map_err(|m| invalid(field, m))?;
+        check_standard_secret(secret).map_err(|m| invalid(field, m.0))?;
     }
     Ok(())
 }

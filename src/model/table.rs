@@ -4,6 +4,7 @@
 //! free of whitespace and double quotes; [`quote_ident`] always quotes, so any identifier Postgres
 //! accepts is safe to splice into SQL.
 
+use super::BadValue;
 use std::fmt;
 
 /// A table as `schema.table`; a bare name means `public`.
@@ -14,7 +15,7 @@ pub struct TableName {
 }
 
 impl TableName {
-    pub fn parse(s: &str) -> Result<TableName, String> {
+    pub fn parse(s: &str) -> Result<TableName, BadValue> {
         let parts: Vec<&str> = s.split('.').collect();
         let valid = |p: &str| !p.is_empty() && !p.chars().any(|c| c.is_whitespace() || c == '"');
         match parts.as_slice() {
@@ -26,9 +27,9 @@ impl TableName {
                 schema: schema.to_string(),
                 name: name.to_string(),
             }),
-            _ => Err(format!(
-                "invalid table name {s:?}: expected \"table\" or \"schema.table\""
-            )),
+            _ => Err(
+                format!("invalid table name {s:?}: expected \"table\" or \"schema.table\"").into(),
+            ),
         }
     }
 

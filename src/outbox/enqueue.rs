@@ -36,6 +36,11 @@ impl Enqueuer {
         }
     }
 
+    /// Whether the connection is gone (the server closed it, or the network did).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// Whether an outbox transaction is open (rows written and not yet committed).
     pub fn is_open(&self) -> bool {
         self.copy.is_some()

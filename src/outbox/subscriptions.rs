@@ -58,7 +58,7 @@ impl Stored {
         let origin = Origin::parse(origin_s)
             .ok_or_else(|| bad("source", format!("unknown source {origin_s:?}")))?;
         let table_s: &str = row.try_get("table_name")?;
-        let table = TableName::parse(table_s).map_err(|m| bad("table_name", m))?;
+        let table = TableName::parse(table_s).map_err(|m| bad("table_name", m.0))?;
         let events = row
             .try_get::<_, Vec<String>>("events")?
             .iter()
@@ -71,7 +71,7 @@ impl Stored {
             .collect::<Result<Vec<_>, _>>()?;
         let filter = row
             .try_get::<_, Option<serde_json::Value>>("filter")?
-            .map(|v| Filter::from_json(&v).map_err(|e| bad("filter", e)))
+            .map(|v| Filter::from_json(&v).map_err(|e| bad("filter", e.0)))
             .transpose()?;
         let format_s: &str = row.try_get("format")?;
         let format = Format::parse(format_s)

@@ -38,6 +38,12 @@ pub trait Sink {
     fn idle(&self) -> bool {
         true
     }
+    /// Fails when the sink can no longer store anything (its database went away while no
+    /// change arrived), so the stream is dropped instead of being kept alive by keepalive
+    /// replies: a server shutting down waits for its walsenders, and must not wait for us.
+    async fn check(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
     /// Stops accepting work, finishes what is complete, and returns the final durable position.
     async fn close(&mut self) -> Result<Lsn, Self::Error> {
         Ok(self.durable())
@@ -109,6 +115,7 @@ impl SourceLoop {
                 // 3. Periodic feedback so the server neither times us out nor keeps WAL for us.
                 //    When idle, ask for a keepalive: its wal_end lets an idle slot move on.
                 _ = tick.tick() => {
+                    if let Err(e) = sink.check().await { break Err(e) }
                     durable = durable.max(sink.durable());
                     if let Err(e) = self.report(durable, !in_tx).await { break Err(e.into()) }
                 }

@@ -7,9 +7,16 @@ use crate::support::bin::{self, Walhook};
 use crate::support::TestDb;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// A config whose subscriptions are never delivered to (the commands under test do not
+/// deliver), unless `subs` brings its own `[delivery]`.
 fn write_config(db: &TestDb, extra_source: &str, subs: &str) -> tempfile::NamedTempFile {
+    let delivery = if subs.contains("[delivery]") {
+        ""
+    } else {
+        crate::support::DELIVERY_OFF
+    };
     crate::support::write_config(&format!(
-        "[source]\nurl = \"{}\"\n{extra_source}\n[project]\nid = \"cli\"\n{subs}",
+        "[source]\nurl = \"{}\"\n{extra_source}\n[project]\nid = \"cli\"\n{delivery}{subs}",
         db.url()
     ))
 }
@@ -88,7 +95,38 @@ async fn config_errors_name_the_variable() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("CLI_TEST_SECRET is not set") && err.contains("line 11"),
+        err.contains("CLI_TEST_SECRET is not set") && err.contains("line 15"),
+        "{err}"
+    );
+    // A fatal error is printed once, and without colour codes when stderr is not a terminal.
+    assert_eq!(
+        err.matches("CLI_TEST_SECRET is not set").count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "{err}");
+}
+
+#[tokio::test]
+async fn json_log_format_writes_one_object_per_line() {
+    let db = TestDb::new();
+    let cfg = write_config(&db, "", "");
+    let out = bin::with_config("migrate", cfg.path())
+        .env("WALHOOK_LOG_FORMAT", "json")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("applied outbox migration")),
         "{err}"
     );
 }

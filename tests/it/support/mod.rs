@@ -62,9 +62,17 @@ impl TestDb {
         self.config_with_url(&self.url(), subscriptions)
     }
 
+    /// Delivery is off unless `subscriptions` brings its own `[delivery]`; the test receivers'
+    /// loopback URLs are private addresses, which subscriptions may name only when allowed.
     pub fn config_with_url(&self, url: &str, subscriptions: &str) -> Config {
-        let text =
-            format!("[source]\nurl = \"{url}\"\n[project]\nid = \"test-project\"\n{subscriptions}");
+        let delivery = if subscriptions.contains("[delivery]") {
+            ""
+        } else {
+            DELIVERY_OFF
+        };
+        let text = format!(
+            "[source]\nurl = \"{url}\"\n[project]\nid = \"test-project\"\n{delivery}{subscriptions}"
+        );
         assert_loopback_config(&text);
         Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
     }
@@ -79,7 +87,9 @@ pub fn sub(id: &str, table: &str, events: &str, extra: &str) -> String {
 }
 
 /// `[delivery]` for daemons whose deliveries must stay in the outbox (nothing is sent at all).
-pub const DELIVERY_OFF: &str = "[delivery]\nenabled = false\n";
+/// Subscriptions still name loopback URLs, which the egress rules allow only when told to.
+pub const DELIVERY_OFF: &str =
+    "[delivery]\nenabled = false\nallow_http = true\nallow_private_networks = true\n";
 
 /// A `walhook run` config: source `url` and `slot`, project `project`, then `sections` (e.g.
 /// `[delivery]`, `[outbox]`, `[api]`) and `[[subscriptions]]` blocks. Fails the test when a
