@@ -505,7 +505,7 @@ async fn changes_loop(reloader: Arc<Reloader>, changed: Arc<Notify>, cancel: Can
 }
 
 async fn retention_loop(
-    pg: tokio_postgres::Config,
+    pg: crate::pg::tls::PgConfig,
     schema: Schema,
     retention: Duration,
     dead_retention: Duration,
