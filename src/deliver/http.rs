@@ -326,7 +326,17 @@ impl HttpSender {
             ErrorKind::Reset => "connection reset by",
             _ => "request to",
         };
-        (kind, format!("{verb} {host}: {detail}"))
+        let hint = match kind {
+            ErrorKind::Tls if detail.contains("UnknownIssuer") => {
+                " (the receiver's certificate is not signed by a trusted CA; for an internal CA \
+                 set [delivery] ca_file)"
+            }
+            ErrorKind::Tls if detail.contains("not valid for name") => {
+                " (the receiver's certificate does not name this host)"
+            }
+            _ => "",
+        };
+        (kind, format!("{verb} {host}: {detail}{hint}"))
     }
 }
 
@@ -339,28 +349,28 @@ fn host_of(url: &str) -> String {
         .unwrap_or_else(|| "the endpoint".to_string())
 }
 
-/// A reset, a broken pipe, or a connection closed before the response was complete.
 /// Whether a rustls error (certificate, handshake) is in the chain. `io::Error::source` skips
-/// the error it wraps, so wrapped errors are looked at through `get_ref`.
+/// the error it wraps (hyper-rustls wraps tokio-rustls's io::Error in another), so wrapped
+/// errors are looked at through `get_ref`.
 fn is_tls(e: &reqwest::Error) -> bool {
+    fn wraps_rustls(err: &(dyn StdError + 'static)) -> bool {
+        err.is::<rustls::Error>()
+            || err
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| wraps_rustls(inner))
+    }
     let mut source: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(err) = source {
-        if err.is::<rustls::Error>() {
+        if wraps_rustls(err) {
             return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return true;
-            }
         }
         source = err.source();
     }
     false
 }
 
+/// A reset, a broken pipe, or a connection closed before the response was complete.
 fn is_reset(e: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(err) = source {
