@@ -234,7 +234,7 @@ impl Config {
                 .lines()
                 .position(|l| l.trim_start().starts_with("url"))
                 .map_or(1, |i| i + 1),
-            // tokio-postgres's message never echoes the password.
+            // Neither PgConfig's nor tokio-postgres's message ever echoes the password.
             message: format!("source.url: not a valid Postgres connection string: {e}"),
         })?;
         if let Some(u) = &self.outbox.url {

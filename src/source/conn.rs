@@ -106,6 +106,7 @@ impl ReplicationClient {
             user = cfg.get_user().unwrap_or(""),
             dbname = cfg.get_dbname().unwrap_or(""),
             tls = opened.tls,
+            sslmode = %cfg.ssl_mode(),
             "replication connection established"
         );
         Ok(ReplicationClient {
