@@ -160,7 +160,7 @@ pub async fn run_with(
 }
 
 async fn retention_loop(
-    pg: tokio_postgres::Config,
+    pg: crate::pg::tls::PgConfig,
     schema: Schema,
     retention: Duration,
     dead_retention: Duration,

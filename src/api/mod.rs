@@ -55,7 +55,7 @@ pub struct ApiState {
     /// The outbox database.
     pub outbox: deadpool_postgres::Pool,
     /// The source database: table/column validation and slot lag.
-    pub source: tokio_postgres::Config,
+    pub source: crate::pg::tls::PgConfig,
     pub slot: String,
     pub manage_replica_identity: bool,
     /// URL rules (allow_http, private networks) and the HTTP client settings of test sends.

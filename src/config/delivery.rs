@@ -46,6 +46,9 @@ pub struct DeliveryConfig {
     /// retries coming due).
     #[serde(default = "default_poll_interval")]
     pub poll_interval: Duration,
+    /// PEM file of CA certificates trusted for receivers in addition to the built-in roots.
+    #[serde(default)]
+    pub ca_file: Option<EnvString>,
 }
 
 impl Default for DeliveryConfig {
@@ -63,6 +66,7 @@ impl Default for DeliveryConfig {
             timeout: default_timeout(),
             lease: default_lease(),
             poll_interval: default_poll_interval(),
+            ca_file: None,
         }
     }
 }
@@ -97,6 +101,7 @@ impl DeliveryConfig {
             )
             .into());
         }
+        self.ca_certs()?;
         for c in &self.allow_cidrs {
             c.as_str().parse::<ipnet::IpNet>().map_err(|_| {
                 format!(
@@ -106,6 +111,16 @@ impl DeliveryConfig {
             })?;
         }
         Ok(())
+    }
+
+    /// The certificates of `ca_file` (none without it). The error names the key, the file and
+    /// the problem (unreadable, no certificate, not a usable CA certificate).
+    pub fn ca_certs(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+        match &self.ca_file {
+            None => Ok(Vec::new()),
+            Some(path) => crate::pg::tls::read_pem_certs(std::path::Path::new(path.as_str()))
+                .map_err(|e| format!("delivery.ca_file: {e}")),
+        }
     }
 
     pub fn allow_cidrs(&self) -> Vec<ipnet::IpNet> {

@@ -228,24 +228,21 @@ impl Config {
                 ))
             })?;
         let url = self.source.url.expose();
-        url.parse::<tokio_postgres::Config>()
-            .map_err(|e| ConfigError::Invalid {
-                path: path.to_string(),
-                line: text
-                    .lines()
-                    .position(|l| l.trim_start().starts_with("url"))
-                    .map_or(1, |i| i + 1),
-                // tokio-postgres's message never echoes the password.
-                message: format!("source.url: not a valid Postgres connection string: {e}"),
-            })?;
+        crate::pg::tls::PgConfig::parse(url).map_err(|e| ConfigError::Invalid {
+            path: path.to_string(),
+            line: text
+                .lines()
+                .position(|l| l.trim_start().starts_with("url"))
+                .map_or(1, |i| i + 1),
+            // Neither PgConfig's nor tokio-postgres's message ever echoes the password.
+            message: format!("source.url: not a valid Postgres connection string: {e}"),
+        })?;
         if let Some(u) = &self.outbox.url {
-            u.expose()
-                .parse::<tokio_postgres::Config>()
-                .map_err(|e| ConfigError::Invalid {
-                    path: path.to_string(),
-                    line: 1,
-                    message: format!("outbox.url: not a valid Postgres connection string: {e}"),
-                })?;
+            crate::pg::tls::PgConfig::parse(u.expose()).map_err(|e| ConfigError::Invalid {
+                path: path.to_string(),
+                line: 1,
+                message: format!("outbox.url: not a valid Postgres connection string: {e}"),
+            })?;
         }
         for (key, v) in [
             ("source.slot", self.source.slot.as_str()),
@@ -275,7 +272,7 @@ impl Config {
         self.subscriptions.iter()
     }
 
-    pub fn pg_config(&self) -> tokio_postgres::Config {
+    pub fn pg_config(&self) -> crate::pg::tls::PgConfig {
         with_app_name(
             self.source
                 .url
@@ -286,7 +283,7 @@ impl Config {
     }
 
     /// Where the outbox lives: `outbox.url`, or the source database.
-    pub fn outbox_pg_config(&self) -> tokio_postgres::Config {
+    pub fn outbox_pg_config(&self) -> crate::pg::tls::PgConfig {
         match &self.outbox.url {
             Some(u) => with_app_name(u.expose().parse().expect("outbox.url validated at load")),
             None => self.pg_config(),
@@ -294,7 +291,7 @@ impl Config {
     }
 }
 
-fn with_app_name(mut cfg: tokio_postgres::Config) -> tokio_postgres::Config {
+fn with_app_name(mut cfg: crate::pg::tls::PgConfig) -> crate::pg::tls::PgConfig {
     {
         if cfg.get_application_name().is_none() {
             cfg.application_name("walhook");

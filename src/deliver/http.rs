@@ -15,8 +15,10 @@
 //! - error texts name the host (and port), never the path, query or userinfo: webhook URLs
 //!   (Slack, Discord) carry their token in the path.
 //!
-//! TLS is rustls with the ring provider and the webpki root store, built here so that no
-//! process-wide crypto provider or OS trust store is involved. Connections are HTTP/1.1 with
+//! TLS is rustls with the ring provider and the webpki root store plus the certificates of
+//! `[delivery] ca_file` (receivers behind an internal CA), built here so that no process-wide
+//! crypto provider or OS trust store is involved. A certificate that is not trusted or does not
+//! name the receiver's host fails the attempt as [`ErrorKind::Tls`]; nothing is sent. Connections are HTTP/1.1 with
 //! keep-alive and an unbounded idle pool per host: deliveries to one endpoint reuse warm
 //! connections, and HTTP/1.1 keeps one slow response from stalling others on a shared h2
 //! connection.
@@ -49,8 +51,11 @@ pub enum HttpError {
 pub enum ErrorKind {
     /// No complete response within the timeout (connect timeout included).
     Timeout,
-    /// The TCP or TLS connection could not be established.
+    /// The TCP connection could not be established.
     Connect,
+    /// The TLS handshake failed: the receiver's certificate is not trusted (unknown CA,
+    /// expired) or does not name its host, or no common protocol; nothing was sent.
+    Tls,
     /// The host name did not resolve.
     Dns,
     /// The connection was reset or closed before a complete response.
@@ -71,6 +76,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
             ErrorKind::Dns => "dns",
             ErrorKind::Reset => "reset",
             ErrorKind::Refused => "refused",
@@ -136,11 +142,19 @@ impl std::fmt::Debug for HttpSender {
     }
 }
 
-fn tls_config() -> Result<rustls::ClientConfig, HttpError> {
+fn tls_config(c: &crate::config::DeliveryConfig) -> Result<rustls::ClientConfig, HttpError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    // In addition to the built-in roots: an internal CA does not make public receivers
+    // untrusted. The file was checked at config load; read again here so that a file replaced
+    // since then is an error at start, not a silently different trust store.
+    for cert in c.ca_certs().map_err(HttpError::Tls)? {
+        roots
+            .add(cert)
+            .map_err(|e| HttpError::Tls(format!("delivery.ca_file: {e}")))?;
+    }
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| HttpError::Tls(e.to_string()))?
@@ -155,7 +169,7 @@ impl HttpSender {
     pub fn new(c: &crate::config::DeliveryConfig) -> Result<HttpSender, HttpError> {
         let policy = EgressPolicy::from_config(c);
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config()?)
+            .tls_backend_preconfigured(tls_config(c)?)
             .http1_only()
             .redirect(Policy::none())
             .no_proxy()
@@ -295,7 +309,9 @@ impl HttpSender {
             return (ErrorKind::Timeout, msg);
         }
         let detail = error_chain(e).replace(url, &host);
-        let kind = if is_reset(e) {
+        let kind = if is_tls(e) {
+            ErrorKind::Tls
+        } else if is_reset(e) {
             ErrorKind::Reset
         } else if e.is_connect() {
             ErrorKind::Connect
@@ -306,10 +322,21 @@ impl HttpSender {
         };
         let verb = match kind {
             ErrorKind::Connect => "connecting to",
+            ErrorKind::Tls => "TLS handshake with",
             ErrorKind::Reset => "connection reset by",
             _ => "request to",
         };
-        (kind, format!("{verb} {host}: {detail}"))
+        let hint = match kind {
+            ErrorKind::Tls if detail.contains("UnknownIssuer") => {
+                " (the receiver's certificate is not signed by a trusted CA; for an internal CA \
+                 set [delivery] ca_file)"
+            }
+            ErrorKind::Tls if detail.contains("not valid for name") => {
+                " (the receiver's certificate does not name this host)"
+            }
+            _ => "",
+        };
+        (kind, format!("{verb} {host}: {detail}{hint}"))
     }
 }
 
@@ -320,6 +347,27 @@ fn host_of(url: &str) -> String {
         .ok()
         .and_then(|u| host_label(&u))
         .unwrap_or_else(|| "the endpoint".to_string())
+}
+
+/// Whether a rustls error (certificate, handshake) is in the chain. `io::Error::source` skips
+/// the error it wraps (hyper-rustls wraps tokio-rustls's io::Error in another), so wrapped
+/// errors are looked at through `get_ref`.
+fn is_tls(e: &reqwest::Error) -> bool {
+    fn wraps_rustls(err: &(dyn StdError + 'static)) -> bool {
+        err.is::<rustls::Error>()
+            || err
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| wraps_rustls(inner))
+    }
+    let mut source: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(err) = source {
+        if wraps_rustls(err) {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// A reset, a broken pipe, or a connection closed before the response was complete.
@@ -509,6 +557,7 @@ mod tests {
         let all = [
             (ErrorKind::Timeout, "timeout"),
             (ErrorKind::Connect, "connect"),
+            (ErrorKind::Tls, "tls"),
             (ErrorKind::Dns, "dns"),
             (ErrorKind::Reset, "reset"),
             (ErrorKind::Refused, "refused"),

@@ -89,7 +89,10 @@ impl ReplicationClient {
     /// application_name/options/sslmode from `cfg` (first host only). A Unix socket host
     /// connects to `{dir}/.s.PGSQL.{port}` and never uses TLS, like libpq. Honours
     /// `connect_timeout` for the whole connect + authentication.
-    pub async fn connect(cfg: &tokio_postgres::Config) -> Result<Self, SourceError> {
+    pub async fn connect<C: crate::pg::tls::AsPgConfig + ?Sized>(
+        cfg: &C,
+    ) -> Result<Self, SourceError> {
+        let cfg = &*cfg.as_pg_config();
         let opened = match cfg.get_connect_timeout() {
             Some(t) => tokio::time::timeout(*t, startup::open(cfg))
                 .await
@@ -103,6 +106,7 @@ impl ReplicationClient {
             user = cfg.get_user().unwrap_or(""),
             dbname = cfg.get_dbname().unwrap_or(""),
             tls = opened.tls,
+            sslmode = %cfg.ssl_mode(),
             "replication connection established"
         );
         Ok(ReplicationClient {

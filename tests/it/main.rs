@@ -22,4 +22,5 @@ mod pgoutput_real;
 mod receivers;
 mod replication_conn;
 mod signatures;
+mod tls;
 mod values_to_jsonb;

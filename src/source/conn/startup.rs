@@ -5,8 +5,14 @@
 //! - after the SSLRequest exactly one byte is read before the handshake, so a server (or
 //!   man in the middle) cannot inject plaintext that would later be treated as TLS-protected
 //!   (CVE-2021-23222);
-//! - SCRAM always uses the `n,,` GS2 header (no channel binding): with `y` a server offering
-//!   SCRAM-SHA-256-PLUS would reject us as a downgrade.
+//! - the certificate is checked as `sslmode` says (see [`crate::pg::tls`]), with the host name
+//!   from `host` even when `hostaddr` says where to connect;
+//! - over TLS, SCRAM binds to the channel (`SCRAM-SHA-256-PLUS`, `tls-server-end-point`) when
+//!   the server offers it, so a TLS-terminating man in the middle cannot relay the exchange;
+//!   `channel_binding=require` refuses to authenticate any other way, `disable` never binds.
+//!   Without binding the GS2 header is `y,,` when we could have bound but the server did not
+//!   offer it, and `n,,` when we could not (no TLS, no usable certificate hash), so a server
+//!   offering -PLUS never mistakes us for a downgraded client.
 
 use std::path::PathBuf;
 
@@ -16,12 +22,12 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::{ChannelBinding as BindingPolicy, Host};
 use tokio_postgres::fallible_iterator::FallibleIterator;
 use tracing::debug;
 
 use super::wire::{fields, proto, server_error, Frame, Io, Wire};
-use crate::pg::tls;
+use crate::pg::tls::{self, PgConfig, SslMode};
 use crate::source::error::SourceError;
 
 /// Session settings pinned so text output is parseable regardless of server defaults.
@@ -82,16 +88,16 @@ fn target(cfg: &tokio_postgres::Config) -> Result<Target, SourceError> {
     }
 }
 
-pub async fn open(cfg: &tokio_postgres::Config) -> Result<Opened, SourceError> {
+pub async fn open(cfg: &PgConfig) -> Result<Opened, SourceError> {
     let user = cfg
         .get_user()
         .ok_or_else(|| SourceError::Config("no user configured".into()))?;
     let target = target(cfg)?;
-    let (io, tls, desc): (Box<dyn Io>, bool, String) = match target {
+    let (io, tls, desc, end_point): (Box<dyn Io>, bool, String, Option<Vec<u8>>) = match target {
         Target::Unix { path } => {
             // Like libpq, TLS is never used over Unix sockets (sslmode is ignored there).
             let s = UnixStream::connect(&path).await?;
-            (Box::new(s), false, path.display().to_string())
+            (Box::new(s), false, path.display().to_string(), None)
         }
         Target::Tcp {
             host,
@@ -101,16 +107,13 @@ pub async fn open(cfg: &tokio_postgres::Config) -> Result<Opened, SourceError> {
             let mut s = TcpStream::connect((connect_to.as_str(), port)).await?;
             s.set_nodelay(true)?;
             let desc = format!("{host}:{port}");
-            match negotiate_tls(&mut s, cfg.get_ssl_mode()).await? {
+            match negotiate_tls(&mut s, cfg.ssl_mode()).await? {
                 true => {
-                    let connector = tokio_rustls::TlsConnector::from(tls::client_config());
-                    let t = connector
-                        .connect(tls::server_name(&host), s)
-                        .await
-                        .map_err(tls::handshake_error)?;
-                    (Box::new(t), true, desc)
+                    let t = tls::handshake(cfg, &host, s).await?;
+                    let end_point = tls::peer_end_point(&t);
+                    (Box::new(t), true, desc, end_point)
                 }
-                false => (Box::new(s), false, desc),
+                false => (Box::new(s), false, desc, None),
             }
         }
     };
@@ -130,7 +133,18 @@ pub async fn open(cfg: &tokio_postgres::Config) -> Result<Opened, SourceError> {
     wire.flush().await?;
 
     let mut server_params = Vec::new();
-    authenticate(&mut wire, user, cfg.get_password(), &mut server_params).await?;
+    let binding = Binding {
+        end_point,
+        policy: cfg.get_channel_binding(),
+    };
+    authenticate(
+        &mut wire,
+        user,
+        cfg.get_password(),
+        &binding,
+        &mut server_params,
+    )
+    .await?;
     loop {
         match wire.read_message(&mut server_params).await? {
             Frame::Msg(Message::BackendKeyData(_)) => {}
@@ -155,13 +169,7 @@ pub async fn open(cfg: &tokio_postgres::Config) -> Result<Opened, SourceError> {
 async fn negotiate_tls(s: &mut TcpStream, mode: SslMode) -> Result<bool, SourceError> {
     let require = match mode {
         SslMode::Disable => return Ok(false),
-        SslMode::Prefer => false,
-        SslMode::Require => true,
-        other => {
-            return Err(SourceError::Config(format!(
-                "unsupported sslmode {other:?}: only disable, prefer and require are supported"
-            )))
-        }
+        m => m.requires_tls(),
     };
     let mut buf = bytes::BytesMut::new();
     frontend::ssl_request(&mut buf);
@@ -171,10 +179,9 @@ async fn negotiate_tls(s: &mut TcpStream, mode: SslMode) -> Result<bool, SourceE
     s.read_exact(&mut answer).await?;
     match answer[0] {
         b'S' => Ok(true),
-        b'N' if require => Err(SourceError::Tls(
-            "the server does not support TLS (it refused the SSLRequest) but sslmode=require"
-                .into(),
-        )),
+        b'N' if require => Err(SourceError::Tls(format!(
+            "the server does not support TLS (it refused the SSLRequest) but sslmode={mode}"
+        ))),
         b'N' => {
             debug!("server refused TLS; continuing unencrypted (sslmode=prefer)");
             Ok(false)
@@ -207,10 +214,65 @@ fn startup_error(body: &postgres_protocol::message::backend::ErrorResponseBody) 
     }
 }
 
+/// What SCRAM may bind to: the TLS channel's `tls-server-end-point`, when there is one.
+struct Binding {
+    end_point: Option<Vec<u8>>,
+    policy: BindingPolicy,
+}
+
+impl Binding {
+    /// The mechanism and GS2 channel-binding flag for the mechanisms the server offers.
+    fn choose(
+        &self,
+        offered: &[String],
+    ) -> Result<(&'static str, sasl::ChannelBinding), SourceError> {
+        let plus = offered.iter().any(|m| m == sasl::SCRAM_SHA_256_PLUS);
+        let plain = offered.iter().any(|m| m == sasl::SCRAM_SHA_256);
+        let end_point = self
+            .end_point
+            .clone()
+            .filter(|_| self.policy != BindingPolicy::Disable);
+        let chosen = match end_point {
+            Some(hash) if plus => (
+                sasl::SCRAM_SHA_256_PLUS,
+                sasl::ChannelBinding::tls_server_end_point(hash),
+            ),
+            _ if !plain => {
+                return Err(SourceError::Auth(format!(
+                    "the server offers only unsupported SASL mechanisms: {}",
+                    offered.join(", ")
+                )))
+            }
+            // TLS without binding: tell the server we could have bound (a downgrade shows).
+            Some(_) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+            None => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+        };
+        if self.policy == BindingPolicy::Require && chosen.0 != sasl::SCRAM_SHA_256_PLUS {
+            return Err(SourceError::Auth(
+                "channel_binding=require but the connection cannot use SCRAM-SHA-256-PLUS \
+                 (no TLS, a certificate without a usable hash, or the server does not offer it)"
+                    .into(),
+            ));
+        }
+        Ok(chosen)
+    }
+
+    /// `channel_binding=require` refuses any authentication that is not SCRAM with binding.
+    fn allow_unbound(&self, method: &str) -> Result<(), SourceError> {
+        if self.policy == BindingPolicy::Require {
+            return Err(SourceError::Auth(format!(
+                "channel_binding=require but the server asked for {method} authentication"
+            )));
+        }
+        Ok(())
+    }
+}
+
 async fn authenticate(
     wire: &mut Wire,
     user: &str,
     password: Option<&[u8]>,
+    binding: &Binding,
     params: &mut Vec<(String, String)>,
 ) -> Result<(), SourceError> {
     let mut scram: Option<ScramSha256> = None;
@@ -224,13 +286,20 @@ async fn authenticate(
             }
         };
         match msg {
-            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationOk => {
+                if scram.is_none() {
+                    binding.allow_unbound("no (trust)")?;
+                }
+                return Ok(());
+            }
             Message::AuthenticationCleartextPassword => {
+                binding.allow_unbound("cleartext password")?;
                 let pw = need_password(password, "cleartext password")?;
                 frontend::password_message(pw, &mut wire.write_buf).map_err(auth_io)?;
                 wire.flush().await?;
             }
             Message::AuthenticationMd5Password(body) => {
+                binding.allow_unbound("MD5 password")?;
                 let pw = need_password(password, "MD5 password")?;
                 let hash = md5_hash(user.as_bytes(), pw, body.salt());
                 frontend::password_message(hash.as_bytes(), &mut wire.write_buf)
@@ -244,14 +313,9 @@ async fn authenticate(
                 while let Some(m) = mechanisms.next().map_err(proto)? {
                     offered.push(m.to_string());
                 }
-                if !offered.iter().any(|m| m == sasl::SCRAM_SHA_256) {
-                    return Err(SourceError::Auth(format!(
-                        "the server offers only unsupported SASL mechanisms: {}",
-                        offered.join(", ")
-                    )));
-                }
-                let s = ScramSha256::new(pw, sasl::ChannelBinding::unsupported());
-                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut wire.write_buf)
+                let (mechanism, channel) = binding.choose(&offered)?;
+                let s = ScramSha256::new(pw, channel);
+                frontend::sasl_initial_response(mechanism, s.message(), &mut wire.write_buf)
                     .map_err(auth_io)?;
                 wire.flush().await?;
                 scram = Some(s);
