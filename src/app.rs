@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::deliver::http::{HttpError, HttpSender};
 use crate::deliver::worker::{self, Engine};
-use crate::ingest::reload::{changes_loop, initial_router, reload_loop, Reloader};
+use crate::ingest::reload::{changes_loop, initial_router, partitions_loop, reload_loop, Reloader};
 use crate::ingest::stream::ingest_loop;
 use crate::ingest::{Hooks, IngestError};
 use crate::metrics::Metrics;
@@ -91,6 +91,11 @@ pub async fn run_with(
     if let Some(path) = path {
         tasks.spawn(reload_loop(path, reloader.clone(), cancel.clone()));
     }
+    tasks.spawn(partitions_loop(
+        config.clone(),
+        router_rx.clone(),
+        cancel.clone(),
+    ));
     tasks.spawn(changes_loop(
         reloader.clone(),
         handles.changed.clone(),
@@ -128,6 +133,7 @@ pub async fn run_with(
                 outbox: tls::pool(&config.outbox_pg_config(), 8),
                 source: config.pg_config(),
                 slot: config.source.slot.to_string(),
+                publication: config.source.publication.to_string(),
                 manage_replica_identity: config.source.manage_replica_identity,
                 delivery: config.delivery.clone(),
                 metrics: handles.metrics.clone(),

@@ -57,6 +57,8 @@ pub struct ApiState {
     /// The source database: table/column validation and slot lag.
     pub source: crate::pg::tls::PgConfig,
     pub slot: String,
+    /// The publication walhook manages, for checking that a new subscription's table can join it.
+    pub publication: String,
     pub manage_replica_identity: bool,
     /// URL rules (allow_http, private networks) and the HTTP client settings of test sends.
     pub delivery: DeliveryConfig,

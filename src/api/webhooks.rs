@@ -35,7 +35,7 @@ use crate::model::{Origin, Secret, Subscription};
 use crate::outbox::deliveries::{self, ListQuery};
 use crate::outbox::subscriptions::{self, Stored};
 use crate::route::check_columns;
-use crate::source::setup::{describe_tables, ensure_replica_identity};
+use crate::source::setup::{check_manageable, describe_tables, ensure_replica_identity};
 use crate::source::SourceError;
 
 /// How many recent deliveries `GET /{id}` returns.
@@ -295,6 +295,10 @@ async fn validate(ctx: &Ctx, sub: &Subscription) -> Result<(), ApiError> {
         if let Err(e) = check_columns(sub, &info.columns) {
             return Err(ApiError::invalid(e.used_in, e.to_string()));
         }
+    }
+    // A table walhook's role cannot prepare would fail at every reload: refuse it now.
+    if let Err(e) = check_manageable(&client, &infos, &ctx.state.publication).await {
+        return Err(on_source_error(ctx, source_err(e)).await);
     }
     // Never changes anything with manage = false: it only reports what to run.
     if !ctx.state.manage_replica_identity {

@@ -24,7 +24,7 @@ use crate::outbox::subscriptions::{self, Stored};
 use crate::outbox::{self, Schema};
 use crate::pg::tls;
 use crate::route::Router;
-use crate::source::setup::{describe_tables, prepare};
+use crate::source::setup::{describe_tables, ensure_replica_identity, prepare};
 use crate::source::SourceError;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -277,6 +277,48 @@ pub async fn changes_loop(
             Ok(n) => info!(subscriptions = n, "subscriptions changed; routing updated"),
             Err(e) => {
                 error!(error = %e, "subscriptions changed but could not be applied; keeping the previous routing")
+            }
+        }
+    }
+}
+
+/// How often partitions created or attached while walhook runs are made REPLICA IDENTITY FULL.
+pub const PARTITION_SWEEP: Duration = Duration::from_secs(5);
+
+/// Partitions created or attached while walhook runs start with the default replica identity;
+/// this sweep gives them FULL (with `manage_replica_identity`), like the partitions that existed
+/// at start. Errors are logged and retried at the next sweep; they never stop ingest.
+pub async fn partitions_loop(
+    config: Config,
+    router: watch::Receiver<Router>,
+    cancel: CancellationToken,
+) {
+    if !config.source.manage_replica_identity {
+        return;
+    }
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        if !sleep_or_cancel(PARTITION_SWEEP, &cancel).await {
+            return;
+        }
+        let tables = router.borrow().tables();
+        if tables.is_empty() {
+            continue;
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = tls::connect_sql(&config.pg_config()).await.ok();
+        }
+        let Some(c) = &client else { continue };
+        let result = async {
+            let mut infos = describe_tables(c, &tables).await?;
+            infos.retain(|i| i.partitions.iter().any(|(_, ident)| *ident != 'f'));
+            ensure_replica_identity(c, &mut infos, true).await
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(error = %e, "partition sweep failed; retrying at the next one");
+            if e.is_retryable() {
+                client = None;
             }
         }
     }

@@ -28,6 +28,15 @@ pub struct TableInfo {
     pub primary_key: Vec<String>,
     /// pg_class.relreplident: 'd' default, 'n' nothing, 'f' full, 'i' index.
     pub replica_identity: char,
+    /// A partitioned table's leaf partitions (with their replica identity); empty otherwise.
+    /// Their changes are published under this table's name (`publish_via_partition_root`).
+    pub partitions: Vec<(TableName, char)>,
+    /// Whether walhook's role has the owner's rights (setting REPLICA IDENTITY and adding the
+    /// table to a publication are owner-only).
+    pub owned: bool,
+    pub owner: String,
+    /// walhook's own role, for messages.
+    pub role: String,
 }
 
 impl TableInfo {
@@ -60,9 +69,22 @@ pub async fn describe_tables(
             "SELECT c.oid, c.relreplident::text, c.relkind::text,
                ARRAY(SELECT a.attname::text FROM pg_attribute a
                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                     ORDER BY a.attnum)
+                       AND a.attgenerated = ''
+                     ORDER BY a.attnum),
+               c.relpersistence::text,
+               EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) AND c.relkind = 'r',
+               pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text,
+               current_user::text
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
+        )
+        .await?;
+    let leaves = client
+        .prepare(
+            "SELECT n.nspname::text, c.relname::text, c.relreplident::text
+             FROM pg_partition_tree($1::oid) t
+             JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE t.isleaf ORDER BY 1, 2",
         )
         .await?;
     let mut out = Vec::with_capacity(tables.len());
@@ -83,17 +105,122 @@ pub async fn describe_tables(
                 format!("{t} is not a table (relkind {relkind:?}); only tables can be subscribed"),
             ));
         }
+        if let Some(reason) = unmanageable(t, row.get(4), row.get(5)) {
+            return Err(table_err(t, reason));
+        }
         let replident: String = row.get(1);
         let oid: u32 = row.get(0);
+        let partitions = if relkind == "p" {
+            client
+                .query(&leaves, &[&oid])
+                .await?
+                .iter()
+                .map(|r| {
+                    let ident: String = r.get(2);
+                    (
+                        TableName {
+                            schema: r.get(0),
+                            name: r.get(1),
+                        },
+                        ident.chars().next().unwrap_or('d'),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         out.push(TableInfo {
             table: t.clone(),
             oid,
             columns: row.get(3),
             primary_key: primary_key(client, oid).await?,
             replica_identity: replident.chars().next().unwrap_or('d'),
+            partitions,
+            owned: row.get(6),
+            owner: row.get(7),
+            role: row.get(8),
         });
     }
     Ok(out)
+}
+
+/// Why walhook can never stream `t`'s changes, if it cannot: system catalogs, tables whose changes
+/// never reach the WAL (UNLOGGED, temporary), and inheritance parents (their children's changes
+/// are not published under the parent's name).
+fn unmanageable(t: &TableName, persistence: String, has_children: bool) -> Option<String> {
+    if matches!(t.schema.as_str(), "pg_catalog" | "information_schema")
+        || t.schema.starts_with("pg_toast")
+    {
+        return Some(format!(
+            "{t} is a system catalog table; walhook subscribes to application tables only"
+        ));
+    }
+    match persistence.as_str() {
+        "u" => {
+            return Some(format!(
+                "{t} is UNLOGGED: its changes are never written to the WAL, so walhook cannot see \
+                 them. Make it logged (`ALTER TABLE {} SET LOGGED;`) or subscribe to another table",
+                t.quoted()
+            ))
+        }
+        "t" => {
+            return Some(format!(
+                "{t} is a temporary table: it lives in one session and its changes never reach \
+                 the WAL, so walhook cannot see them"
+            ))
+        }
+        _ => {}
+    }
+    if has_children {
+        return Some(format!(
+            "{t} has inheritance child tables, whose changes are not published under {t}'s name; \
+             subscribe to each child table (or use declarative partitioning, which walhook follows)"
+        ));
+    }
+    None
+}
+
+/// Refuses, before anything is changed, a table walhook's role would have to alter without the
+/// owner's rights (setting REPLICA IDENTITY and adding a table to a publication are owner-only in
+/// Postgres). A table already FULL (partitions included) and already in the publication needs
+/// nothing, so a DBA may prepare it by hand for a role that does not own it.
+pub async fn check_manageable(
+    client: &Client,
+    tables: &[TableInfo],
+    publication: &str,
+) -> Result<(), SourceError> {
+    for t in tables.iter().filter(|t| !t.owned) {
+        let needs_identity =
+            t.replica_identity != 'f' || t.partitions.iter().any(|(_, r)| *r != 'f');
+        let published = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                 WHERE p.pubname = $1 AND pr.prrelid = $2::oid",
+                &[&publication, &t.oid],
+            )
+            .await?
+            .is_some();
+        if needs_identity || !published {
+            let q = t.table.quoted();
+            return Err(table_err(
+                &t.table,
+                format!(
+                    "walhook's role {role} cannot prepare {table}: it is owned by {owner}, and \
+                     setting REPLICA IDENTITY and adding a table to a publication are owner-only. \
+                     Run `GRANT {owner_q} TO {role_q};`, or as {owner}: \
+                     `ALTER TABLE {q} REPLICA IDENTITY FULL; ALTER PUBLICATION {pub_q} ADD TABLE {q};` \
+                     (and REPLICA IDENTITY FULL on each partition)",
+                    role = t.role,
+                    table = t.table,
+                    owner = t.owner,
+                    owner_q = quote_ident(&t.owner),
+                    role_q = quote_ident(&t.role),
+                    pub_q = quote_ident(publication),
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The table's primary-key columns in key order; empty when it has none.
@@ -148,6 +275,32 @@ pub async fn ensure_replica_identity(
     manage: bool,
 ) -> Result<(), SourceError> {
     for t in tables.iter_mut() {
+        // A partitioned table's changes happen in its leaves: each needs FULL, the parent too
+        // (so partitions created from it later are easy to spot in `walhook check`).
+        for i in 0..t.partitions.len() {
+            let (leaf, ident) = t.partitions[i].clone();
+            if ident == 'f' {
+                continue;
+            }
+            let stmt = format!("ALTER TABLE {} REPLICA IDENTITY FULL", leaf.quoted());
+            if !manage {
+                return Err(table_err(&t.table, format!(
+                    "partition {leaf} of {} has REPLICA IDENTITY other than FULL; walhook needs FULL on every partition. \
+                     Run `{stmt};` or set source.manage_replica_identity = true",
+                    t.table
+                )));
+            }
+            ddl_with_lock_timeout(client, &stmt).await.map_err(|e| {
+                if e.is_retryable() {
+                    return e;
+                }
+                table_err(&t.table, format!(
+                    "could not set REPLICA IDENTITY FULL on partition {leaf}: {e}. Run `{stmt};` as its owner"
+                ))
+            })?;
+            info!(table = %t.table, partition = %leaf, "set REPLICA IDENTITY FULL on partition");
+            t.partitions[i].1 = 'f';
+        }
         if t.replica_identity == 'f' {
             continue;
         }
@@ -187,14 +340,18 @@ pub async fn sync_publication(
     let pub_q = quote_ident(publication);
     let row = client
         .query_opt(
-            "SELECT puballtables, pubinsert AND pubupdate AND pubdelete FROM pg_publication WHERE pubname = $1",
+            "SELECT puballtables, pubinsert AND pubupdate AND pubdelete AND pubviaroot
+             FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await?;
     match row {
         None => {
-            let sql =
-                format!("CREATE PUBLICATION {pub_q} WITH (publish = 'insert, update, delete')");
+            // Via the root: a partitioned table's changes carry the subscribed table's name.
+            let sql = format!(
+                "CREATE PUBLICATION {pub_q} WITH (publish = 'insert, update, delete', \
+                 publish_via_partition_root = true)"
+            );
             match client.batch_execute(&sql).await {
                 Ok(()) => info!(publication, "created publication"),
                 Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
@@ -213,19 +370,25 @@ pub async fn sync_publication(
             if !publishes_all {
                 client
                     .batch_execute(&format!(
-                        "ALTER PUBLICATION {pub_q} SET (publish = 'insert, update, delete')"
+                        "ALTER PUBLICATION {pub_q} SET (publish = 'insert, update, delete', \
+                         publish_via_partition_root = true)"
                     ))
                     .await?;
                 info!(
                     publication,
-                    "publication now publishes insert, update, delete"
+                    "publication now publishes insert, update, delete via partition roots"
                 );
             }
         }
     }
+    // The tables added to the publication as such (pg_publication_tables would list a
+    // partitioned table's leaves instead when not publishing via the root).
     let current: Vec<TableName> = client
         .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            "SELECT n.nspname::text, c.relname::text
+             FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+             JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE p.pubname = $1",
             &[&publication],
         )
         .await?
@@ -331,6 +494,7 @@ pub async fn prepare<E: std::fmt::Display>(
     for i in &infos {
         check(i).map_err(|reason| table_err(&i.table, reason.to_string()))?;
     }
+    check_manageable(client, &infos, publication).await?;
     ensure_replica_identity(client, &mut infos, manage_replica_identity).await?;
     sync_publication(client, publication, tables, remove_extra).await?;
     Ok(infos)

@@ -17,6 +17,7 @@ mod demo;
 mod durability;
 mod egress_http;
 mod harness;
+mod host;
 mod outbox;
 mod pgoutput_real;
 mod receivers;

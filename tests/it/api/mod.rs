@@ -114,15 +114,37 @@ pub async fn start_on(
     delivery: DeliveryConfig,
     handles: &Handles,
 ) -> Api {
+    let source = db.url();
+    start_with_source(
+        db,
+        &source,
+        project,
+        manage_replica_identity,
+        delivery,
+        handles,
+    )
+    .await
+}
+
+/// [`start_on`] whose connection to the source database uses `source_url` (another role, say).
+pub async fn start_with_source(
+    db: TestDb,
+    source_url: &str,
+    project: &str,
+    manage_replica_identity: bool,
+    delivery: DeliveryConfig,
+    handles: &Handles,
+) -> Api {
     let state = Arc::new(ApiState {
         project_id: project.into(),
         environment: ENV.into(),
         token: Secret::new(TOKEN),
         schema: Schema::new("walhook"),
         outbox: pool(&db.url()),
-        source: db.url().parse().unwrap(),
+        source: source_url.parse().unwrap(),
         // Slots are cluster-wide: one name per test database (the daemon's, too).
         slot: db.name.clone(),
+        publication: "walhook".into(),
         manage_replica_identity,
         delivery,
         metrics: handles.metrics.clone(),

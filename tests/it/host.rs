@@ -1,0 +1,165 @@
+//! Never harm the host: partitioned tables keep working for the app and are published under the
+//! subscribed table's name, partitions created while walhook runs are made safe, and tables walhook
+//! cannot manage are refused up front (API 422) with what to do.
+
+use serde_json::json;
+use walhook::app::Handles;
+use walhook::outbox::Schema;
+
+use crate::api::{body, loopback_only, start_with_source, PROJECT};
+use crate::support::daemon::{wait_value, Daemon};
+use crate::support::{sub, TestDb, DELIVERY_OFF};
+
+#[tokio::test]
+async fn partitioned_tables_publish_via_the_root_and_new_partitions_are_made_safe() {
+    let db = TestDb::new();
+    // No primary key: a partition without REPLICA IDENTITY FULL would make the app's UPDATE and
+    // DELETE fail once the table is published.
+    db.sql(
+        "CREATE TABLE ev(id int, ts date, v text) PARTITION BY RANGE (ts);
+         CREATE TABLE ev1 PARTITION OF ev FOR VALUES FROM ('2026-01-01') TO ('2026-07-01');",
+    );
+    let subs = sub("ev-all", "ev", r#"["INSERT", "UPDATE", "DELETE"]"#, "");
+    let daemon = Daemon::start(&db, DELIVERY_OFF, &subs).await;
+    assert_eq!(
+        db.sql("SELECT relreplident FROM pg_class WHERE relname = 'ev1'"),
+        "f"
+    );
+    db.sql("INSERT INTO ev VALUES (1, '2026-02-01', 'a')");
+    db.sql("UPDATE ev SET v = 'b' WHERE id = 1");
+    db.sql("DELETE FROM ev WHERE id = 1");
+
+    // A partition created while walhook runs gets FULL from the sweep; the app's writes to it
+    // then work, and its changes too carry the root's name.
+    db.sql("CREATE TABLE ev2 PARTITION OF ev FOR VALUES FROM ('2026-07-01') TO ('2027-01-01')");
+    wait_value(
+        &db,
+        "SELECT relreplident FROM pg_class WHERE relname = 'ev2'",
+        "f",
+        30,
+    )
+    .await;
+    db.sql("INSERT INTO ev VALUES (2, '2026-08-01', 'c')");
+    db.sql("UPDATE ev SET v = 'd' WHERE id = 2");
+    // An attached partition likewise.
+    db.sql(
+        "CREATE TABLE ev3 (id int, ts date, v text);
+         ALTER TABLE ev ATTACH PARTITION ev3 FOR VALUES FROM ('2027-01-01') TO ('2027-07-01');",
+    );
+    wait_value(
+        &db,
+        "SELECT relreplident FROM pg_class WHERE relname = 'ev3'",
+        "f",
+        30,
+    )
+    .await;
+    db.sql("INSERT INTO ev VALUES (3, '2027-02-01', 'e')");
+    db.sql("DELETE FROM ev WHERE id = 3");
+
+    let events = "SELECT string_agg(event || ':' || (payload::jsonb->>'table') || ':' || \
+                  (payload::jsonb->'record'->>'id'), ',' ORDER BY id) FROM walhook.deliveries";
+    wait_value(
+        &db,
+        events,
+        "INSERT:ev:1,UPDATE:ev:1,DELETE:ev:1,INSERT:ev:2,UPDATE:ev:2,INSERT:ev:3,DELETE:ev:3",
+        30,
+    )
+    .await;
+    daemon.stop().await;
+
+    // A restart finds the publication as it left it (no "already member of publication").
+    let daemon = Daemon::start(&db, DELIVERY_OFF, &subs).await;
+    db.sql("UPDATE ev SET v = 'f' WHERE id = 2");
+    wait_value(
+        &db,
+        "SELECT count(*) FROM walhook.deliveries WHERE event = 'UPDATE'",
+        "3",
+        30,
+    )
+    .await;
+    daemon.stop().await;
+    assert_eq!(
+        db.sql(
+            "SELECT pubviaroot || ':' || (SELECT string_agg(tablename, ',') FROM pg_publication_tables \
+             WHERE pubname = 'walhook') FROM pg_publication WHERE pubname = 'walhook'"
+        ),
+        "true:ev"
+    );
+}
+
+#[tokio::test]
+async fn tables_walhook_cannot_manage_are_refused_with_what_to_do() {
+    let db = TestDb::new();
+    db.sql(
+        "CREATE TABLE orders(id uuid PRIMARY KEY DEFAULT gen_random_uuid(), total numeric(12,2),
+                             status text, customer_id text);
+         CREATE UNLOGGED TABLE scratch(id int PRIMARY KEY);
+         CREATE TABLE parent(id int PRIMARY KEY);
+         CREATE TABLE child() INHERITS (parent);
+         CREATE TABLE theirs(id int PRIMARY KEY);",
+    );
+    let role = format!("lim_{}", db.name);
+    db.sql(&format!(
+        "CREATE ROLE \"{role}\" LOGIN REPLICATION;
+         GRANT CREATE ON DATABASE \"{db}\" TO \"{role}\";
+         GRANT USAGE, CREATE ON SCHEMA public TO \"{role}\";
+         ALTER TABLE orders OWNER TO \"{role}\";",
+        db = db.name
+    ));
+    let mut client = db.client().await;
+    walhook::outbox::migrate(&mut client, &Schema::new("walhook"))
+        .await
+        .unwrap();
+    // The API connects to the source as the limited role, which owns `orders` only.
+    let limited_url = db.url().replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(
+        limited_url,
+        db.url(),
+        "the test database URL names its user"
+    );
+    let handles = Handles::default();
+    let api = start_with_source(db, &limited_url, PROJECT, true, loopback_only(), &handles).await;
+
+    // A temporary table lives in its session's pg_temp_N schema; refer to it by that name.
+    let (temp_client, conn) = tokio_postgres::connect(&api.db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    temp_client
+        .batch_execute("CREATE TEMP TABLE tmp(id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let temp_schema: String = temp_client
+        .query_one(
+            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 'tmp'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let refused = [
+        ("pg_catalog.pg_authid".to_string(), "system catalog"),
+        ("scratch".to_string(), "UNLOGGED"),
+        (format!("{temp_schema}.tmp"), "temporary"),
+        ("parent".to_string(), "inheritance"),
+        ("theirs".to_string(), "GRANT"),
+    ];
+    for (table, text) in refused {
+        let r = api.create(body(json!({ "table": table }))).await;
+        assert_eq!(r.status, 422, "{table}: {}", r.text);
+        let v = r.json();
+        assert_eq!(v["field"], "table", "{table}: {}", r.text);
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains(text), "{table}: {e}");
+    }
+    // The owned table is accepted, and nothing was left half-created for the refused ones.
+    let r = api.create(body(json!({"table": "orders"}))).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(
+        api.db
+            .sql("SELECT count(*) FROM walhook.subscriptions WHERE source = 'api'"),
+        "1"
+    );
+}
