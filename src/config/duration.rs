@@ -21,7 +21,16 @@ pub fn parse(s: &str) -> Result<std::time::Duration, BadValue> {
         "d" => 86_400_000,
         _ => return Err(format!("invalid duration {s:?}: unit must be ms, s, m, h or d").into()),
     };
-    Ok(std::time::Duration::from_millis(n.saturating_mul(ms)))
+    // Timers add durations to the clock; an absurd one would overflow it and panic a task.
+    const MAX_DAYS: u64 = 3650;
+    match n.checked_mul(ms) {
+        Some(total) if total <= MAX_DAYS * 86_400_000 => {
+            Ok(std::time::Duration::from_millis(total))
+        }
+        _ => Err(
+            format!("duration {s:?} is longer than {MAX_DAYS}d (ten years); is it a typo?").into(),
+        ),
+    }
 }
 
 impl<'de> Deserialize<'de> for Duration {
@@ -43,6 +52,11 @@ mod tests {
         assert_eq!(parse("500ms").unwrap(), D::from_millis(500));
         assert_eq!(parse("24h").unwrap(), D::from_secs(86_400));
         assert_eq!(parse("7d").unwrap(), D::from_secs(7 * 86_400));
+        assert_eq!(parse("3650d").unwrap(), D::from_secs(3650 * 86_400));
+        assert!(parse("3651d").unwrap_err().contains("ten years"));
+        assert!(parse("18446744073709551615d")
+            .unwrap_err()
+            .contains("ten years"));
         assert_eq!(parse("0s").unwrap(), D::ZERO);
         assert!(parse("5 minutes").unwrap_err().contains("unit"));
         assert!(parse("h").unwrap_err().contains("number"));

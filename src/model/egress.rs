@@ -6,7 +6,7 @@
 //!   private (RFC 1918), link-local (including the 169.254.169.254 / fd00:ec2::254 cloud metadata
 //!   endpoints), CGNAT, unique-local, unspecified, multicast, broadcast, reserved, documentation
 //!   and benchmarking addresses are refused, also when written as IPv4-mapped, IPv4-compatible
-//!   or NAT64 IPv6 addresses;
+//!   or NAT64 IPv6 addresses, and every IPv4-mapped, 6to4, Teredo and local-use NAT64 address;
 //! - an IP-literal host is checked before any connection ([`EgressPolicy::check_url`]); a name
 //!   is checked after resolution, by `deliver::egress::PolicyResolver`, which hands the HTTP client only the
 //!   allowed addresses: the client connects to exactly what was checked, so a name that
@@ -194,10 +194,21 @@ fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
 }
 
 fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
+    let s = ip.segments();
+    // Addresses that carry or tunnel to an IPv4 host walhook cannot see: a URL never needs them
+    // (use the IPv4 address), and a resolver returning them may be steering around the checks.
+    if ip.to_ipv4_mapped().is_some() {
+        return Some("an IPv4-mapped (::ffff:0:0/96) address; use the IPv4 address");
+    }
+    match s {
+        [0x2002, ..] => return Some("a 6to4 (2002::/16) address"),
+        [0x2001, 0, ..] => return Some("a Teredo (2001::/32) address"),
+        [0x64, 0xff9b, 1, ..] => return Some("a local-use NAT64 (64:ff9b:1::/48) address"),
+        _ => {}
+    }
     if let Some(v4) = embedded_v4(IpAddr::V6(ip)) {
         return v4_reason(v4);
     }
-    let s = ip.segments();
     if ip.is_unspecified() {
         return Some("an unspecified address");
     }
@@ -268,6 +279,10 @@ mod tests {
             "2001:db8::1",
             "100::1",
             "::ffff:127.0.0.1",
+            "::ffff:8.8.8.8",
+            "2002:c0a8:101::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b:1::a00:1",
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",
             "::127.0.0.1",
@@ -288,7 +303,6 @@ mod tests {
             "100.128.0.1",
             "192.169.0.1",
             "2606:4700:4700::1111",
-            "::ffff:8.8.8.8",
             "64:ff9b::808:808",
         ] {
             assert!(!refused(ip), "{ip} should be allowed");

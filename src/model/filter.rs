@@ -247,7 +247,7 @@ fn compare(a: &Value, b: &Value) -> Option<Ordering> {
 
 /// A decimal as sign, significant digits without leading/trailing zeros, and the exponent `e`
 /// such that value = 0.DIGITS × 10^e. Zero has no digits.
-fn parse_decimal(s: &str) -> Option<(bool, Vec<u8>, i64)> {
+fn parse_decimal(s: &str) -> Option<(bool, Vec<u8>, i128)> {
     let s = s.trim();
     let (neg, s) = match s.as_bytes().first()? {
         b'-' => (true, &s[1..]),
@@ -255,7 +255,8 @@ fn parse_decimal(s: &str) -> Option<(bool, Vec<u8>, i64)> {
         _ => (false, s),
     };
     let (mantissa, exp) = match s.find(['e', 'E']) {
-        Some(i) => (&s[..i], s[i + 1..].parse::<i64>().ok()?),
+        // i128 arithmetic below: an exponent near i64::MAX cannot overflow.
+        Some(i) => (&s[..i], s[i + 1..].parse::<i64>().ok()? as i128),
         None => (s, 0),
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
@@ -275,7 +276,7 @@ fn parse_decimal(s: &str) -> Option<(bool, Vec<u8>, i64)> {
     if digits.is_empty() {
         return Some((false, digits, 0));
     }
-    let e = int.len() as i64 - lead as i64 + exp;
+    let e = int.len() as i128 - lead as i128 + exp;
     Some((neg, digits, e))
 }
 
@@ -377,6 +378,18 @@ mod tests {
     fn canonical_json_round_trips() {
         let flt = f(json!({"status": "x", "total": {"gte": 1, "lt": 5}, "k": {"in": ["a"]}}));
         assert_eq!(Filter::from_json(&flt.to_json()).unwrap(), flt);
+    }
+
+    #[test]
+    fn huge_exponents_compare_without_overflow() {
+        let max = format!("1e{}", i64::MAX);
+        let min = format!("1e{}", i64::MIN);
+        assert_eq!(compare_decimal(&max, "5"), Some(Ordering::Greater));
+        assert_eq!(compare_decimal(&min, "0.5"), Some(Ordering::Less));
+        assert_eq!(compare_decimal(&max, &max), Some(Ordering::Equal));
+        let f = Filter::from_json(&json!({"total": {"gte": max}})).unwrap();
+        let rec = json!({"total": 1}).as_object().unwrap().clone();
+        assert!(!f.matches(&rec));
     }
 
     #[test]
