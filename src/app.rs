@@ -180,15 +180,24 @@ async fn retention_loop(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = tls::connect_sql(&pg).await.ok();
-        }
-        if let Some(c) = &client {
-            if let Err(e) = outbox::retention::prune(c, &schema, retention, dead_retention).await {
-                // Before the first migration the table may not exist yet; try again later.
-                warn!(error = %e, "pruning the outbox failed");
-                client = None;
+        // Stopping never waits on a statement stuck on a dead connection.
+        let work = async {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = tls::connect_sql(&pg).await.ok();
             }
+            if let Some(c) = &client {
+                if let Err(e) =
+                    outbox::retention::prune(c, &schema, retention, dead_retention).await
+                {
+                    // Before the first migration the table may not exist yet; try again later.
+                    warn!(error = %e, "pruning the outbox failed");
+                    client = None;
+                }
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = work => {}
         }
     }
 }

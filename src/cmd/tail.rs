@@ -19,7 +19,7 @@ use crate::source::conn::ReplicationClient;
 use crate::source::decode::ChangeDecoder;
 use crate::source::error::SourceError;
 use crate::source::prepare;
-use crate::source::stream::{Sink, SourceLoop};
+use crate::source::stream::{receive_timeout, Sink, SourceLoop};
 
 struct TailSink<W: Write> {
     router: Router,
@@ -96,12 +96,15 @@ pub async fn start_temporary(config: &Config, router: &Router) -> Result<SourceL
         )
         .await?;
     info!(slot = %slot, lsn = %start, tables = ?router.tables().iter().map(|t| t.to_string()).collect::<Vec<_>>(), "tailing");
+    // Status updates go out every 10 s here: never time out before a few of them.
+    let receive_timeout = receive_timeout(&client).await?.max(Duration::from_secs(30));
     Ok(SourceLoop {
         stream,
         decoder: ChangeDecoder::new(),
         client,
         status_interval: Duration::from_secs(10),
         flushed: start,
+        receive_timeout,
     })
 }
 

@@ -291,13 +291,28 @@ impl Config {
     }
 }
 
+/// walhook's defaults for every connection, where the URL does not set its own: its name in
+/// `pg_stat_activity`, and TCP keepalives that notice a silently dropped path within about a
+/// minute (30 s idle + 3 probes 10 s apart) instead of the kernel's two hours, and a bounded
+/// connect.
 fn with_app_name(mut cfg: crate::pg::tls::PgConfig) -> crate::pg::tls::PgConfig {
-    {
-        if cfg.get_application_name().is_none() {
-            cfg.application_name("walhook");
-        }
-        cfg
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("walhook");
     }
+    // tokio-postgres's default idle time is 2 hours; a URL that asks for another keeps it.
+    if cfg.get_keepalives_idle() == std::time::Duration::from_secs(2 * 60 * 60) {
+        cfg.keepalives_idle(std::time::Duration::from_secs(30));
+    }
+    if cfg.get_keepalives_interval().is_none() {
+        cfg.keepalives_interval(std::time::Duration::from_secs(10));
+    }
+    if cfg.get_keepalives_retries().is_none() {
+        cfg.keepalives_retries(3);
+    }
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    cfg
 }
 
 /// The TOML shape to the model: parses what serde left as text (table, times).

@@ -198,7 +198,11 @@ pub async fn reload_loop(path: PathBuf, reloader: Arc<Reloader>, cancel: Cancell
             _ = hup.recv() => {}
         }
         info!(path = %path.display(), "SIGHUP: reloading config");
-        match reload(&path, &reloader).await {
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = reload(&path, &reloader) => r,
+        };
+        match result {
             Ok(n) => info!(subscriptions = n, "config reloaded"),
             Err(e) => {
                 error!(error = %e, "config reload failed; keeping the previous subscriptions")
@@ -273,7 +277,12 @@ pub async fn changes_loop(
             _ = changed.notified() => {}
         }
         let config = reloader.current.lock().await;
-        match reloader.apply(&config).await {
+        // Stopping never waits on a statement stuck on a dead connection.
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = reloader.apply(&config) => r,
+        };
+        match result {
             Ok(n) => info!(subscriptions = n, "subscriptions changed; routing updated"),
             Err(e) => {
                 error!(error = %e, "subscriptions changed but could not be applied; keeping the previous routing")
@@ -306,15 +315,23 @@ pub async fn partitions_loop(
             continue;
         }
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = tls::connect_sql(&config.pg_config()).await.ok();
+            let pg = config.pg_config();
+            client = tokio::select! {
+                _ = cancel.cancelled() => return,
+                c = tls::connect_sql(&pg) => c.ok(),
+            };
         }
         let Some(c) = &client else { continue };
-        let result = async {
+        let work = async {
             let mut infos = describe_tables(c, &tables).await?;
             infos.retain(|i| i.partitions.iter().any(|(_, ident)| *ident != 'f'));
             ensure_replica_identity(c, &mut infos, true).await
-        }
-        .await;
+        };
+        // Stopping never waits on a statement stuck on a dead connection.
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = work => r,
+        };
         if let Err(e) = result {
             warn!(error = %e, "partition sweep failed; retrying at the next one");
             if e.is_retryable() {

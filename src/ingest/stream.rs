@@ -23,7 +23,7 @@ use crate::route::Router;
 use crate::source::conn::ReplicationClient;
 use crate::source::decode::ChangeDecoder;
 use crate::source::setup::{ensure_slot, prepare, slot_state};
-use crate::source::stream::{Sink, SourceLoop};
+use crate::source::stream::{receive_timeout, Sink, SourceLoop};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -116,12 +116,14 @@ async fn ingest_once(
         confirmed,
         hooks,
     );
+    let receive_timeout = receive_timeout(&source_client).await?;
     let source = SourceLoop {
         stream,
         decoder: ChangeDecoder::new(),
         client: source_client,
         status_interval: Duration::from_secs(1),
         flushed: confirmed.max(checkpoint),
+        receive_timeout,
     };
     let result = source.run(&mut sink, cancel).await;
     if result.is_err() {

@@ -58,6 +58,27 @@ pub struct SourceLoop {
     pub status_interval: Duration,
     /// Last position reported as flushed.
     pub flushed: Lsn,
+    /// With nothing received for this long the connection is presumed dead (a silently dropped
+    /// path): the loop ends with a retryable timeout. While the server is alive something
+    /// arrives at least every `status_interval`, because idle status updates ask for a reply.
+    pub receive_timeout: Duration,
+}
+
+/// The receive timeout for a replication stream: the server's `wal_sender_timeout` (the time
+/// after which the server, too, gives up on a silent peer), 60 s when it is disabled, never less
+/// than 2 s.
+pub async fn receive_timeout(client: &Client) -> Result<Duration, SourceError> {
+    let ms: i64 = client
+        .query_one(
+            "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(match ms {
+        ms if ms <= 0 => Duration::from_secs(60),
+        ms => Duration::from_millis(ms as u64).max(Duration::from_secs(2)),
+    })
 }
 
 impl SourceLoop {
@@ -70,6 +91,7 @@ impl SourceLoop {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_tx = false;
         let mut durable = self.flushed;
+        let mut last_received = tokio::time::Instant::now();
         let result = loop {
             tokio::select! {
                 biased;
@@ -78,6 +100,7 @@ impl SourceLoop {
                 _ = cancel.cancelled() => break Ok(()),
                 // 2. The stream; decoding happens here and may query the catalog.
                 ev = self.stream.next() => {
+                    last_received = tokio::time::Instant::now();
                     match ev {
                         Err(e) => break Err(e.into()),
                         Ok(None) => break Err(SourceError::StreamEnded("the server closed the copy stream".into()).into()),
@@ -115,6 +138,12 @@ impl SourceLoop {
                 // 3. Periodic feedback so the server neither times us out nor keeps WAL for us.
                 //    When idle, ask for a keepalive: its wal_end lets an idle slot move on.
                 _ = tick.tick() => {
+                    if last_received.elapsed() > self.receive_timeout {
+                        break Err(SourceError::Timeout(format!(
+                            "nothing received from the server for {} s (wal_sender_timeout); the connection is presumed dead",
+                            self.receive_timeout.as_secs()
+                        )).into());
+                    }
                     if let Err(e) = sink.check().await { break Err(e) }
                     durable = durable.max(sink.durable());
                     if let Err(e) = self.report(durable, !in_tx).await { break Err(e.into()) }

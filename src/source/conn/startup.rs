@@ -106,6 +106,17 @@ pub async fn open(cfg: &PgConfig) -> Result<Opened, SourceError> {
         } => {
             let mut s = TcpStream::connect((connect_to.as_str(), port)).await?;
             s.set_nodelay(true)?;
+            // The same keepalives as the SQL connections: a silently dropped path is noticed.
+            if cfg.get_keepalives() {
+                let mut ka = socket2::TcpKeepalive::new().with_time(cfg.get_keepalives_idle());
+                if let Some(i) = cfg.get_keepalives_interval() {
+                    ka = ka.with_interval(i);
+                }
+                if let Some(r) = cfg.get_keepalives_retries() {
+                    ka = ka.with_retries(r);
+                }
+                socket2::SockRef::from(&s).set_tcp_keepalive(&ka)?;
+            }
             let desc = format!("{host}:{port}");
             match negotiate_tls(&mut s, cfg.ssl_mode()).await? {
                 true => {
