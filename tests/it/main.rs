@@ -19,6 +19,7 @@ mod egress_http;
 mod harness;
 mod outbox;
 mod pgoutput_real;
+mod promises;
 mod receivers;
 mod replication_conn;
 mod signatures;
