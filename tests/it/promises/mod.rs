@@ -4,6 +4,7 @@
 
 mod outbox_elsewhere;
 mod quickstart;
+mod refusals;
 mod shutdown;
 mod tables;
 mod tail;
