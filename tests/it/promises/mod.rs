@@ -5,6 +5,8 @@
 mod outbox_elsewhere;
 mod quickstart;
 mod refusals;
+mod retention;
+mod rotation;
 mod shutdown;
 mod tables;
 mod tail;
