@@ -4,6 +4,7 @@
 
 mod outbox_elsewhere;
 mod quickstart;
+mod readyz;
 mod refusals;
 mod retention;
 mod rotation;
