@@ -8,6 +8,7 @@ mod readyz;
 mod refusals;
 mod retention;
 mod rotation;
+mod secrets;
 mod shutdown;
 mod tables;
 mod tail;
