@@ -36,11 +36,9 @@ fn config(db: &TestDb, ok_url: &str, fail_url: &str, good_secret: &str) -> Strin
         &db.pg.url_as(SCRAM_USER, TEST_PASSWORD, &db.name),
         &db.name,
         "p",
-        &format!(
-            "[delivery]\nallow_http = true\nallow_private_networks = true\n\
-             poll_interval = \"100ms\"\nretry_schedule = [\"0s\"]\n\
-             [api]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{SECRETS_TEST_TOKEN}}\"\n"
-        ),
+        "[delivery]\nallow_http = true\nallow_private_networks = true\n\
+         poll_interval = \"100ms\"\nretry_schedule = [\"0s\"]\n\
+         [api]\nlisten = \"127.0.0.1:0\"\ntoken = \"${SECRETS_TEST_TOKEN}\"\n",
         &subs,
     )
 }
