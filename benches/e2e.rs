@@ -5,10 +5,13 @@
 //!    fast in-process receiver, timed from process start until the receiver has every change and
 //!    the outbox shows every delivery `delivered`. Peak RSS of walhook.
 //! 2. Latency: with walhook running and caught up, a generator commits 50 rows every 10 ms
-//!    (5k changes/s) for 10 s; the receiver measures commit (the payload's `timestamp`) → arrival.
+//!    (5k changes/s) for 10 s; the receiver measures commit (the payload's `timestamp`) → arrival
+//!    of each distinct event id. The bench fails unless every change sent arrived (as many
+//!    distinct event ids as rows inserted): figures over a partial set would flatter the tail.
 //!
 //! Needs the release binary: run through `bash bench/e2e.sh`.
 
+use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,8 +27,12 @@ const MAX_IN_FLIGHT: usize = 64;
 #[derive(Default)]
 struct Received {
     count: AtomicU64,
-    /// Commit → arrival, microseconds (only while `record_latency`).
+    /// Commit → first arrival of each event id, microseconds (only while `record_latency`).
     latencies: Mutex<Vec<u64>>,
+    /// The distinct event ids (payload `id`) that arrived while `record_latency`.
+    ids: Mutex<HashSet<String>>,
+    /// Arrivals of an event id already seen while `record_latency` (redeliveries).
+    duplicates: AtomicU64,
     record_latency: std::sync::atomic::AtomicBool,
 }
 
@@ -48,8 +55,18 @@ async fn receiver(state: Arc<Received>) -> anyhow::Result<String> {
         async move {
             state.count.fetch_add(1, Ordering::Relaxed);
             if state.record_latency.load(Ordering::Relaxed) {
-                if let Some(lat) = commit_latency_micros(&body) {
-                    state.latencies.lock().unwrap().push(lat);
+                match arrival(&body) {
+                    Some((id, lat)) => {
+                        if state.ids.lock().unwrap().insert(id) {
+                            state.latencies.lock().unwrap().push(lat);
+                        } else {
+                            state.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    None => eprintln!(
+                        "latency run: a body without id or timestamp: {}",
+                        String::from_utf8_lossy(&body)
+                    ),
                 }
             }
             "ok"
@@ -61,11 +78,13 @@ async fn receiver(state: Arc<Received>) -> anyhow::Result<String> {
     Ok(url)
 }
 
-fn commit_latency_micros(body: &[u8]) -> Option<u64> {
+/// The payload's event id and its commit → now latency in microseconds.
+fn arrival(body: &[u8]) -> Option<(String, u64)> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let ts = chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str()?).ok()?;
     let lat = chrono::Utc::now().signed_duration_since(ts);
-    lat.num_microseconds().map(|m| m.max(0) as u64)
+    let micros = lat.num_microseconds().map(|m| m.max(0) as u64)?;
+    Some((v["id"].as_str()?.to_string(), micros))
 }
 
 fn config(pg: &PgServer, db: &str, slot: &str, url: &str) -> anyhow::Result<tempfile::TempPath> {
@@ -251,17 +270,25 @@ async fn bench() -> anyhow::Result<()> {
         sent += 50;
     }
     let gen_secs = gen_start.elapsed().as_secs_f64();
+    let distinct = || state.ids.lock().unwrap().len() as u64;
     let t = Instant::now();
-    while state.count.load(Ordering::Relaxed) < sent && t.elapsed() < Duration::from_secs(60) {
+    while distinct() < sent && t.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let hwm2 = stop(child2)?;
     let mut lat = state.latencies.lock().unwrap().clone();
     lat.sort_unstable();
+    let received = distinct();
     println!(
-        "latency run: {sent} changes in {gen_secs:.1} s ({:.0}/s), {} received",
+        "latency run: {sent} changes in {gen_secs:.1} s ({:.0}/s), {received} distinct event ids \
+         received, {} redeliveries",
         sent as f64 / gen_secs,
-        lat.len()
+        state.duplicates.load(Ordering::Relaxed)
+    );
+    anyhow::ensure!(
+        received == sent && lat.len() as u64 == sent,
+        "latency run: {sent} changes committed but {received} distinct event ids arrived within \
+         60 s of the last commit; the latency figures would describe only part of them"
     );
 
     println!("\n| measure | value |");

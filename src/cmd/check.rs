@@ -70,6 +70,7 @@ pub async fn run(config: &Config) -> Report {
         r.push(Level::Fail, format!("querying server settings failed: {e}"));
     }
     table_checks(&client, config, &router, &mut r).await;
+    publication_checks(&client, config, &mut r).await;
     slot_checks(&client, config, &mut r).await;
     r
 }
@@ -159,13 +160,63 @@ async fn table_checks(client: &Client, config: &Config, router: &Router, r: &mut
     }
 }
 
+/// `walhook run` refuses a FOR ALL TABLES publication with its name (it manages the table list).
+async fn publication_checks(client: &Client, config: &Config, r: &mut Report) {
+    let publication = config.source.publication.as_str();
+    let row = client
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await;
+    match row {
+        Ok(Some(row)) if row.get::<_, bool>(0) => r.push(
+            Level::Fail,
+            format!(
+                "publication {publication} is FOR ALL TABLES; walhook manages its own table list. \
+                 Set source.publication to a name walhook can own"
+            ),
+        ),
+        Ok(Some(_)) => r.push(Level::Ok, format!("publication {publication} exists")),
+        Ok(None) => r.push(
+            Level::Info,
+            format!("publication {publication} does not exist yet; walhook run creates it"),
+        ),
+        Err(e) => r.push(
+            Level::Fail,
+            format!("reading publication {publication} failed: {e}"),
+        ),
+    }
+}
+
 async fn slot_checks(client: &Client, config: &Config, r: &mut Report) {
     let slot = config.source.slot.as_str();
     match slot_state(client, slot).await {
-        Ok(None) => r.push(
-            Level::Info,
-            format!("slot {slot} does not exist yet; walhook run creates it"),
-        ),
+        Ok(None) => {
+            // walhook run could not create its slot: that blocks.
+            let full = client
+                .query_one(
+                    "SELECT count(*)::int >= current_setting('max_replication_slots')::int
+                     FROM pg_replication_slots",
+                    &[],
+                )
+                .await
+                .map(|row| row.get::<_, bool>(0));
+            if matches!(full, Ok(true)) {
+                r.push(
+                    Level::Fail,
+                    format!(
+                        "slot {slot} does not exist yet and no replication slot is free: \
+                         raise max_replication_slots (restart PostgreSQL) or drop an unused slot"
+                    ),
+                );
+            } else {
+                r.push(
+                    Level::Info,
+                    format!("slot {slot} does not exist yet; walhook run creates it"),
+                );
+            }
+        }
         Ok(Some(s)) => {
             let retained = s.retained_bytes.unwrap_or(0);
             let level = if retained > 1 << 30 {

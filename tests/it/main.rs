@@ -21,6 +21,7 @@ mod harness;
 mod host;
 mod outbox;
 mod pgoutput_real;
+mod promises;
 mod receivers;
 mod replication_conn;
 mod signatures;

@@ -43,14 +43,17 @@ pub fn log_path(name: &str) -> PathBuf {
 
 impl Walhook {
     /// Spawns `cmd` with stderr appended to `log` and stdout discarded unless `cmd` set it.
-    /// `WALHOOK_LOG` defaults to `info` so that tests can wait for the daemon's log lines.
+    /// `WALHOOK_LOG` defaults to `info` (unless the environment or `cmd` sets it) so that tests
+    /// can wait for the daemon's log lines.
     pub fn spawn_logging(mut cmd: Command, log: &Path) -> Walhook {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-        if std::env::var_os("WALHOOK_LOG").is_none() {
+        // A test that set WALHOOK_LOG on `cmd` (e.g. `debug`) keeps it.
+        let set_on_cmd = cmd.as_std().get_envs().any(|(k, _)| k == "WALHOOK_LOG");
+        if std::env::var_os("WALHOOK_LOG").is_none() && !set_on_cmd {
             cmd.env("WALHOOK_LOG", "info");
         }
         let child = cmd.stderr(file).spawn().expect("spawn walhook");
