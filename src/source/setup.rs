@@ -444,9 +444,13 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     let database: Option<String> = r.get(1);
     let current: String = r.get(2);
     if plugin.as_deref() != Some("pgoutput") || database.as_deref() != Some(current.as_str()) {
+        // Physical slots have neither a plugin nor a database.
+        let plugin = plugin.as_deref().unwrap_or("none: a physical slot");
+        let database = database.as_deref().unwrap_or("none");
         return Err(SourceError::Setup(format!(
             "replication slot {slot} exists but is not a pgoutput slot of database {current} \
-             (plugin {plugin:?}, database {database:?}); set source.slot to another name"
+             (plugin {plugin}, database {database}); another program owns it: set source.slot \
+             to another name"
         )));
     }
     let confirmed: Option<String> = r.get(4);
