@@ -16,6 +16,7 @@
 //!   410 Gone sticks until the config gives another URL.
 
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row, Transaction};
 
 use super::{OutboxError, Schema};
@@ -146,19 +147,48 @@ async fn select_one(
 }
 
 /// The stored forms of the subscription's columns that are not stored as they are.
-struct Columns {
+struct Columns<'a> {
+    sub: &'a Subscription,
     table: String,
     events: Vec<&'static str>,
     filter: Option<serde_json::Value>,
+    secret: &'a str,
+    previous_secret: Option<&'a str>,
+    format: &'static str,
+    signature: &'static str,
 }
 
-impl Columns {
-    fn of(sub: &Subscription) -> Columns {
+impl<'a> Columns<'a> {
+    fn of(sub: &'a Subscription) -> Columns<'a> {
         Columns {
+            sub,
             table: sub.table.display_name(),
             events: sub.events.iter().map(|e| e.as_str()).collect(),
             filter: sub.filter.as_ref().map(|f| f.to_json()),
+            secret: sub.secret.expose(),
+            previous_secret: sub.previous_secret.as_ref().map(|p| p.expose()),
+            format: sub.format.as_str(),
+            signature: sub.signature.as_str(),
         }
+    }
+
+    /// $1..$12 of every insert and update: id, table_name, events, url, secret, active, filter,
+    /// select_columns, format, signature, previous_secret, previous_secret_expires_at.
+    fn params(&'a self, id: &'a String) -> [&'a (dyn ToSql + Sync); 12] {
+        [
+            id,
+            &self.table,
+            &self.events,
+            &self.sub.url,
+            &self.secret,
+            &self.sub.active,
+            &self.filter,
+            &self.sub.select,
+            &self.format,
+            &self.signature,
+            &self.previous_secret,
+            &self.sub.previous_secret_expires_at,
+        ]
     }
 }
 
@@ -178,20 +208,7 @@ pub async fn create(
                  RETURNING {COLUMNS}",
                 schema.table("subscriptions")
             ),
-            &[
-                &sub.id,
-                &c.table,
-                &c.events,
-                &sub.url,
-                &sub.secret.expose(),
-                &sub.active,
-                &c.filter,
-                &sub.select,
-                &sub.format.as_str(),
-                &sub.signature.as_str(),
-                &sub.previous_secret.as_ref().map(|p| p.expose()),
-                &sub.previous_secret_expires_at,
-            ],
+            &c.params(&sub.id),
         )
         .await?;
     Stored::from_row(&row)
@@ -239,20 +256,7 @@ impl Editing<'_> {
                      WHERE id = $1 RETURNING {COLUMNS}",
                     self.schema.table("subscriptions")
                 ),
-                &[
-                    &self.current.id,
-                    &c.table,
-                    &c.events,
-                    &sub.url,
-                    &sub.secret.expose(),
-                    &sub.active,
-                    &c.filter,
-                    &sub.select,
-                    &sub.format.as_str(),
-                    &sub.signature.as_str(),
-                    &sub.previous_secret.as_ref().map(|p| p.expose()),
-                    &sub.previous_secret_expires_at,
-                ],
+                &c.params(&self.current.id),
             )
             .await?;
         self.tx.commit().await?;
@@ -332,11 +336,11 @@ pub async fn sync_config_subscriptions(
         .prepare(&format!(
             "INSERT INTO {t} (id, source, table_name, events, url, secret, active, filter, select_columns,
                               format, signature, previous_secret, previous_secret_expires_at)
-             VALUES ($1, 'config', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::timestamptz)
+             VALUES ($1, 'config', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (id) DO UPDATE SET source = 'config', table_name = $2, events = $3, url = $4,
                  secret = $5, filter = $7, select_columns = $8, format = $9,
                  signature = $10, previous_secret = $11,
-                 previous_secret_expires_at = $12::text::timestamptz,
+                 previous_secret_expires_at = $12,
                  -- A receiver's 410 Gone sticks until the config gives another URL.
                  active = CASE WHEN {t}.deactivated_at IS NOT NULL AND {t}.url = $4
                                THEN false ELSE $6 END,
@@ -347,25 +351,7 @@ pub async fn sync_config_subscriptions(
         .await?;
     for s in subs {
         let c = Columns::of(s);
-        let expires = s.previous_secret_expires_at.map(|t| t.to_rfc3339());
-        tx.execute(
-            &upsert,
-            &[
-                &s.id.as_str(),
-                &c.table,
-                &c.events,
-                &s.url.as_str(),
-                &s.secret.expose(),
-                &s.active,
-                &c.filter,
-                &s.select,
-                &s.format.as_str(),
-                &s.signature.as_str(),
-                &s.previous_secret.as_ref().map(|p| p.expose()),
-                &expires,
-            ],
-        )
-        .await?;
+        tx.execute(&upsert, &c.params(&s.id)).await?;
     }
     tx.commit().await?;
     Ok(())
