@@ -58,7 +58,22 @@ pub async fn run(config: &Config) -> Report {
         Level::Ok,
         format!("config: {} subscription(s)", config.subscriptions().len()),
     );
-    let router = Router::for_config(config);
+    let (subs, api) = super::all_subscriptions(config).await;
+    match api {
+        Ok(n) => r.push(Level::Ok, format!("api: {n} subscription(s) in the outbox")),
+        // Before the first `walhook run` (or `migrate`) there is no outbox, and so no API
+        // subscription either.
+        Err(crate::outbox::OutboxError::Sql(e))
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+        {
+            r.push(Level::Info, "api: no outbox yet (walhook run creates it)")
+        }
+        Err(e) => r.push(
+            Level::Warn,
+            format!("api: subscriptions created through the API not checked: {e}"),
+        ),
+    }
+    let router = Router::with_project(config, subs);
     let client = match tls::connect_sql(&config.pg_config()).await {
         Ok(c) => c,
         Err(e) => {

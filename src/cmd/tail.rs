@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::model::change::RowChange;
@@ -56,11 +56,29 @@ impl<W: Write> Sink for TailSink<W> {
 
 /// Builds the router for `config`, keeping only subscription `only` when given.
 pub fn router(config: &Config, only: Option<&str>) -> Result<Router, SourceError> {
-    let mut router = Router::for_config(config);
+    narrow(Router::for_config(config), only)
+}
+
+/// The router `run` would use: config.toml's subscriptions and the API's.
+pub async fn router_with_api(config: &Config, only: Option<&str>) -> Result<Router, SourceError> {
+    let (subs, api) = super::all_subscriptions(config).await;
+    match api {
+        Ok(n) => info!(
+            api_subscriptions = n,
+            "subscriptions created through the API included"
+        ),
+        Err(e) => {
+            warn!(error = %e, "subscriptions created through the API are not included: the outbox could not be read")
+        }
+    }
+    narrow(Router::with_project(config, subs), only)
+}
+
+fn narrow(mut router: Router, only: Option<&str>) -> Result<Router, SourceError> {
     if let Some(id) = only {
         if !router.retain_only(id) {
             return Err(SourceError::Config(format!(
-                "no subscription with id {id:?} in the config"
+                "no subscription with id {id:?} in the config or the API"
             )));
         }
     }
@@ -113,7 +131,7 @@ pub async fn run(
     only: Option<&str>,
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
-    let router = router(config, only)?;
+    let router = router_with_api(config, only).await?;
     let source = start_temporary(config, &router).await?;
     let mut sink = TailSink {
         router,

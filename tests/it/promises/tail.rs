@@ -66,3 +66,41 @@ async fn tail_subscription_streams_only_that_subscriptions_payloads() {
     assert_eq!(got, ["INSERT 2", "UPDATE 1", "DELETE 2"]);
     assert!(tail.stop().await.success());
 }
+
+/// `tail` and `check` see what `run` routes: a subscription created through the API (a row in
+/// the outbox) is tailed by its id, and `check` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_and_check_see_api_subscriptions() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE orders (id int PRIMARY KEY, status text)");
+    let mut client = db.client().await;
+    walhook::outbox::migrate(&mut client, &walhook::outbox::Schema::new("walhook"))
+        .await
+        .unwrap();
+    crate::support::assert_loopback("https://127.0.0.1:9/api");
+    db.sql(
+        "INSERT INTO walhook.subscriptions (id, source, table_name, events, url, secret)
+         VALUES ('wh_api', 'api', 'orders', '{INSERT}', 'https://127.0.0.1:9/api', 'whsec_api')",
+    );
+    let cfg = crate::support::write_config(&format!(
+        "[source]\nurl = \"{}\"\n[project]\nid = \"p\"\n{DELIVERY_OFF}",
+        db.url()
+    ));
+    let out = bin::with_config("check", cfg.path())
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("api: 1 subscription(s)"), "{report}");
+
+    let mut cmd = bin::command(["tail", "--subscription", "wh_api", "--config"]);
+    cmd.arg(cfg.path()).stdout(Stdio::piped());
+    let mut tail = Walhook::spawn_logging(cmd, &bin::log_path(&format!("tail-api-{}", db.name)));
+    tail.wait_log("tailing", Duration::from_secs(20)).await;
+    let mut lines = BufReader::new(tail.child.stdout.take().unwrap()).lines();
+    db.sql("INSERT INTO orders VALUES (7, 'new')");
+    let v = next_json(&mut lines).await;
+    assert_eq!(v["subscription"], "wh_api", "{v}");
+    assert_eq!(v["payload"]["record"]["id"], 7, "{v}");
+    assert!(tail.stop().await.success());
+}
