@@ -140,7 +140,7 @@ pub async fn run_with(
             .map_err(|e| SourceError::Config(format!("delivery: {e}")))?;
         let engine = Arc::new(Engine::new(
             Schema::new(config.outbox.schema.as_str()),
-            tls::pool(&config.outbox_pg_config(), 64),
+            tls::pool(&config.outbox_pg_config(), config.delivery.pool_size),
             config.delivery.clone(),
             sender,
             handles.metrics.clone(),
@@ -257,7 +257,15 @@ async fn ingest_loop(
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff.reset();
                 }
-                let delay = backoff.next_delay();
+                let mut delay = backoff.next_delay();
+                // Another instance streams from the slot (55006): a standby polls at a steady
+                // pace, so it takes over within a second of that instance's death however long
+                // it has been waiting (a growing backoff reached 30 s).
+                if matches!(&e, IngestError::Source(s) if s.code() == Some(crate::pg::sqlstate::OBJECT_IN_USE))
+                {
+                    backoff.reset();
+                    delay = delay.min(Duration::from_secs(1));
+                }
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest interrupted; reconnecting");
                 if !sleep_or_cancel(delay, cancel).await {
                     return Ok(());
