@@ -643,6 +643,12 @@ async fn send(
         Ok(h) => h,
         Err(e) => return failed(ErrorKind::Other, format!("signing: {e}")),
     };
+    let mut headers = headers;
+    if let Some(n) = c.sequence {
+        // Per subscription, assigned once at enqueue: a receiver that sees a gap can fetch
+        // what it missed with GET .../deliveries?after_sequence=N.
+        headers.push(("X-Walhook-Sequence", n.to_string()));
+    }
     sender.post(&sub.url, &headers, Bytes::from(body)).await
 }
 

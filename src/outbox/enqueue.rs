@@ -14,9 +14,15 @@
 //!   they arrive, so a transaction of any size is never held in memory;
 //! - the durable position (what the slot may confirm) is published by the writer only after its
 //!   COMMIT; `idle` is true only when every handed-over commit is durable;
-//! - routing changes (SIGHUP) take effect between transactions, never inside one.
+//! - routing changes (SIGHUP) take effect between transactions, never inside one;
+//! - each stored delivery gets its subscription's next sequence number (1, 2, …), and the last
+//!   number per subscription is stored in the same outbox transaction as the rows, so numbers
+//!   are assigned once, without gaps or reuse; a writer that fails is replaced by one that
+//!   reloads them.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
@@ -118,6 +124,8 @@ impl OutboxSink {
             rows_at_last_log: 0,
             checkpoint,
             hooks: hooks.clone(),
+            sequences: None,
+            sequences_dirty: HashMap::new(),
         };
         OutboxSink {
             metrics: hooks.metrics,
@@ -247,6 +255,11 @@ struct Writer {
     rows_at_last_log: u64,
     checkpoint: Lsn,
     hooks: Hooks,
+    /// Each subscription's last sequence number, stored or in the open transaction; None until
+    /// loaded by the first transaction.
+    sequences: Option<HashMap<Arc<str>, i64>>,
+    /// Numbers advanced by the open transaction, stored with it.
+    sequences_dirty: HashMap<Arc<str>, i64>,
 }
 
 impl Writer {
@@ -257,6 +270,16 @@ impl Writer {
                     if self.copy.is_none() {
                         self.open().await?;
                     }
+                    let next = self
+                        .sequences
+                        .as_mut()
+                        .expect("loaded when opened")
+                        .entry(r.subscription.clone())
+                        .or_insert(0);
+                    *next += 1;
+                    let sequence = *next;
+                    self.sequences_dirty
+                        .insert(r.subscription.clone(), sequence);
                     let copy = self.copy.as_mut().expect("opened above");
                     let sub: &str = &r.subscription;
                     copy.as_mut()
@@ -267,6 +290,7 @@ impl Writer {
                             &r.key,
                             &r.body,
                             &(lsn.0 as i64),
+                            &sequence,
                         ])
                         .await?;
                     self.rows_in_group += 1;
@@ -295,11 +319,28 @@ impl Writer {
     }
 
     async fn open(&mut self) -> Result<(), IngestError> {
+        if self.sequences.is_none() {
+            let rows = self
+                .client
+                .query(
+                    &format!(
+                        "SELECT subscription_id, last_sequence FROM {}",
+                        self.schema.table("sequences")
+                    ),
+                    &[],
+                )
+                .await?;
+            self.sequences = Some(
+                rows.iter()
+                    .map(|r| (Arc::from(r.get::<_, &str>(0)), r.get(1)))
+                    .collect(),
+            );
+        }
         self.client.batch_execute("BEGIN").await?;
         let sink = self
             .client
             .copy_in(&format!(
-                "COPY {} (subscription_id, event_id, event, ordering_key, payload, commit_lsn) FROM STDIN (FORMAT binary)",
+                "COPY {} (subscription_id, event_id, event, ordering_key, payload, commit_lsn, sequence) FROM STDIN (FORMAT binary)",
                 self.schema.table("deliveries")
             ))
             .await?;
@@ -309,6 +350,7 @@ impl Writer {
             Type::TEXT,
             Type::TEXT,
             Type::TEXT,
+            Type::INT8,
             Type::INT8,
         ];
         self.copy = Some(Box::pin(BinaryCopyInWriter::new(sink, &types)));
@@ -321,6 +363,20 @@ impl Writer {
             return Ok(());
         };
         copy.as_mut().finish().await?;
+        let (subs, last): (Vec<&str>, Vec<i64>) =
+            self.sequences_dirty.iter().map(|(s, n)| (&**s, *n)).unzip();
+        self.client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (subscription_id, last_sequence)
+                     SELECT * FROM unnest($1::text[], $2::bigint[])
+                     ON CONFLICT (subscription_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence",
+                    self.schema.table("sequences")
+                ),
+                &[&subs, &last],
+            )
+            .await?;
+        self.sequences_dirty.clear();
         self.client
             .execute(
                 &format!(

@@ -37,6 +37,9 @@ pub struct Claimed {
     pub payload: String,
     /// Attempts made before this one.
     pub attempts: i32,
+    /// The subscription's sequence number of this delivery (None: stored before version 4
+    /// numbered them, which an upgrade does; kept optional for rows written by hand).
+    pub sequence: Option<i64>,
 }
 
 /// The new state of a delivery after an attempt.
@@ -151,11 +154,11 @@ impl Queue {
             ),
             disown_all: format!("DELETE FROM {o} WHERE worker = $1"),
             claim_many: format!(
-                "SELECT w.sub, c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts
+                "SELECT w.sub, c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
                  FROM unnest($1::text[], $2::bigint[]) AS w(sub, want)
                  JOIN {o} o ON o.subscription_id = w.sub AND o.worker = $4 AND o.lease_until > now()
                  CROSS JOIN LATERAL (
-                     SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts
+                     SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
                      FROM {d} c
                      WHERE c.subscription_id = w.sub AND c.status IN ('pending', 'failed')
                        AND c.next_attempt_at <= now()
@@ -185,7 +188,7 @@ impl Queue {
             ),
             disown: format!("DELETE FROM {o} WHERE subscription_id = $1 AND worker = $2"),
             claim: format!(
-                "SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts
+                "SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
                  FROM {d} c
                  WHERE c.subscription_id = $1 AND c.status IN ('pending', 'failed')
                    AND c.next_attempt_at <= now()
@@ -309,6 +312,7 @@ impl Queue {
                         ordering_key: r.get(4),
                         payload: r.get(5),
                         attempts: r.get(6),
+                        sequence: r.get(7),
                     },
                 )
             })
@@ -406,6 +410,7 @@ impl Queue {
                 ordering_key: r.get(3),
                 payload: r.get(4),
                 attempts: r.get(5),
+                sequence: r.get(6),
             })
             .collect())
     }
