@@ -116,6 +116,7 @@ async fn many_subscriptions_one_insert_reaches_all_on_a_small_pool() {
     .await;
     let owned_after = started.elapsed();
 
+    let idle_rss = rss_kb(pid, "VmRSS:");
     db.sql("INSERT INTO orders VALUES (1, 'new')");
     let committed = Instant::now();
     let deadline = committed + Duration::from_secs(50);
@@ -139,10 +140,19 @@ async fn many_subscriptions_one_insert_reaches_all_on_a_small_pool() {
     let delivered_in = committed.elapsed();
     max_connections = max_connections.max(walhook_connections(&db));
     let (rss, hwm) = (rss_kb(pid, "VmRSS:"), rss_kb(pid, "VmHWM:"));
+    let mut arrivals: Vec<Duration> = rx
+        .snapshot()
+        .iter()
+        .map(|r| r.at.saturating_duration_since(committed))
+        .collect();
+    arrivals.sort();
     eprintln!(
         "subscriptions: {n}; streaming after {streaming_after:?}, all owned after {owned_after:?}; \
-         one INSERT delivered to all in {delivered_in:?}; walhook connections (max seen): \
-         {max_connections}; RSS {rss} kB, peak {hwm} kB"
+         one INSERT delivered to all in {delivered_in:?} (first {:?}, median {:?}); walhook \
+         connections (max seen): {max_connections}; RSS idle {idle_rss} kB, after {rss} kB, \
+         peak {hwm} kB",
+        arrivals[0],
+        arrivals[arrivals.len() / 2]
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let reqs = rx.snapshot();
@@ -164,6 +174,17 @@ async fn many_subscriptions_one_insert_reaches_all_on_a_small_pool() {
         30,
     )
     .await;
+    // Where the time goes: source commit → outbox commit → attempts.
+    eprintln!(
+        "commit → stored, → first attempt, → last attempt: {}",
+        db.sql(
+            "SELECT (SELECT min(created_at) FROM walhook.deliveries) - t || ', ' ||
+                    (SELECT min(attempted_at) FROM walhook.attempts) - t || ', ' ||
+                    (SELECT max(attempted_at) FROM walhook.attempts) - t
+             FROM (SELECT (payload::json->>'timestamp')::timestamptz AS t
+                   FROM walhook.deliveries LIMIT 1) c"
+        )
+    );
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }

@@ -212,6 +212,6 @@ async fn migrate_command_creates_the_schema_once() {
     }
     assert_eq!(
         db.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'walhook'"),
-        "attempts,checkpoint,deliveries,delivery_owners,schema_migrations,subscriptions"
+        "attempts,checkpoint,deliveries,delivery_owners,schema_migrations,sequences,subscriptions"
     );
 }
