@@ -105,7 +105,7 @@ pub async fn run_with(
         let sender = HttpSender::new(&config.delivery)?;
         let engine = Arc::new(Engine::new(
             Schema::new(config.outbox.schema.as_str()),
-            tls::pool(&config.outbox_pg_config(), 64),
+            tls::pool(&config.outbox_pg_config(), config.delivery.pool_size),
             config.delivery.clone(),
             sender,
             handles.metrics.clone(),

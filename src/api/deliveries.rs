@@ -53,6 +53,7 @@ fn detail(d: &DeliveryRecord) -> Value {
             json!((!finished).then(|| time(d.next_attempt_at))),
         );
         m.insert("finishedAt".into(), json!(d.finished_at.map(time)));
+        m.insert("sequence".into(), json!(d.sequence));
     }
     v
 }
@@ -99,6 +100,20 @@ pub fn parse_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErr
             ApiError::bad("cursor", "cursor: expected a delivery id like \"del_42\"")
         })?);
     }
+    if let Some(n) = params.get("after_sequence") {
+        if q.before.is_some() {
+            return Err(ApiError::bad(
+                "after_sequence",
+                "after_sequence: not with cursor (page on with nextAfterSequence)",
+            ));
+        }
+        q.after_sequence = Some(n.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::bad(
+                "after_sequence",
+                "after_sequence: expected a sequence number (0 or more)",
+            )
+        })?);
+    }
     Ok(q)
 }
 
@@ -116,9 +131,17 @@ pub(super) async fn list_handler(
     let client = ctx.outbox().await?;
     find(&client, &ctx.state.schema, &id).await?;
     let rows = list(&client, &ctx.state.schema, &id, &q).await?;
-    let next = (rows.len() as i64 == q.limit)
-        .then(|| rows.last().map(|d| format_id(d.id)))
-        .flatten();
+    let full = rows.len() as i64 == q.limit;
+    if q.after_sequence.is_some() {
+        // Oldest first: the next page follows the last number of this one.
+        let next = full.then(|| rows.last().and_then(|d| d.sequence)).flatten();
+        return Ok(Json(json!({
+            "deliveries": rows.iter().map(detail).collect::<Vec<_>>(),
+            "nextCursor": null,
+            "nextAfterSequence": next,
+        })));
+    }
+    let next = full.then(|| rows.last().map(|d| format_id(d.id))).flatten();
     Ok(Json(json!({
         "deliveries": rows.iter().map(detail).collect::<Vec<_>>(),
         "nextCursor": next,

@@ -87,6 +87,7 @@ pub async fn deliveries_list(
         status: status.map(str::to_string),
         limit,
         before: None,
+        after_sequence: None,
     };
     let rows = deliveries::list(&client, &schema, subscription, &q).await?;
     for d in &rows {

@@ -42,6 +42,10 @@ pub struct DeliveryConfig {
     /// third of it); another instance takes over a crashed one's subscriptions after this.
     #[serde(default = "default_lease")]
     pub lease: Duration,
+    /// Outbox connections delivery uses for claims, records and reading subscriptions, however
+    /// many subscriptions there are (plus one for its ownership session).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
     /// How often to look for due work that no in-process wake-up announced (other instances,
     /// retries coming due).
     #[serde(default = "default_poll_interval")]
@@ -67,6 +71,7 @@ impl Default for DeliveryConfig {
             lease: default_lease(),
             poll_interval: default_poll_interval(),
             ca_file: None,
+            pool_size: default_pool_size(),
         }
     }
 }
@@ -80,6 +85,9 @@ impl DeliveryConfig {
         }
         if self.breaker_failures == 0 {
             return Err("delivery.breaker_failures: must be at least 1".into());
+        }
+        if self.pool_size < 2 {
+            return Err("delivery.pool_size: must be at least 2".into());
         }
         if self.max_in_flight == 0 {
             return Err("delivery.max_in_flight: must be at least 1".into());
@@ -157,6 +165,9 @@ fn default_timeout() -> Duration {
 }
 fn default_lease() -> Duration {
     secs(60)
+}
+fn default_pool_size() -> usize {
+    8
 }
 fn default_poll_interval() -> Duration {
     secs(1)

@@ -1,12 +1,19 @@
-//! Delivery workers: one supervisor that follows the subscriptions table, and one pump per active
-//! subscription that claims, sends, and records.
+//! Delivery workers: one supervisor that follows the subscriptions table, one pump per active
+//! subscription that decides what to send and when, and a shared scheduler ([`super::batch`],
+//! [`super::owner`]) that talks to the outbox for all of them.
 //!
-//! Guarantees (on top of [`super::store`]'s):
-//! - isolation: each subscription has its own pump, in-flight cap (`max_in_flight`), breaker and
-//!   database connection, so a slow or dead endpoint never delays another subscription;
-//! - a pump sends only while it owns its subscription; it renews ownership every third of
-//!   `lease` and, when that fails, drops its queue and stands by. Another instance's pump for
-//!   the same subscription stands by until the owner's lease expires or is given up;
+//! Guarantees (on top of [`crate::outbox::queue`]'s):
+//! - the cost does not grow with the number of subscriptions: a pump is a task holding no
+//!   database connection; claims and records for many subscriptions go through a few shared
+//!   tasks, one statement per batch, on a small pool (`delivery.pool_size`) whose every wait is
+//!   bounded ([`Engine::conn`]): a wait that runs out is a retryable error, logged with the
+//!   subscription, never a hang;
+//! - isolation: each subscription has its own in-flight cap (`max_in_flight`), breaker and
+//!   queue, so a slow or dead endpoint holds only its own slots;
+//! - a pump sends only while this instance owns its subscription ([`super::owner`]: a live
+//!   session lock, with the lease as fallback); on losing it, it drops its queue and stands by;
+//! - a subscription never has two pumps in one process: a stopped pump's replacement starts only
+//!   after the old one recorded its last results;
 //! - an open breaker sends nothing and forgets its queue without consuming attempts;
 //! - on shutdown, requests in flight finish (bounded by `timeout`) and are recorded, then
 //!   ownership is given up; nothing is marked delivered without a 2xx.
@@ -18,13 +25,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::Utc;
 use rand::Rng;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
+use super::batch::Batcher;
 use super::http::{AttemptOutcome, ErrorKind, HttpSender};
+use super::owner::{self, Owned};
 use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
 use super::{format, sign};
 use crate::backoff::{sleep_or_cancel, Backoff};
@@ -47,9 +56,12 @@ pub struct Engine {
     pub wake: watch::Receiver<u64>,
     /// Notified when a subscription changed here (410 Gone), so routing is reloaded.
     pub changed: Arc<Notify>,
-    /// This process, in logs; each pump owns its subscription under its own id.
+    /// This instance: it owns its subscriptions, and records results, under this id.
     pub worker: Uuid,
 }
+
+/// The longest any delivery task waits for a pooled outbox connection.
+pub const POOL_WAIT: Duration = Duration::from_secs(5);
 
 impl Engine {
     pub fn new(
@@ -74,6 +86,20 @@ impl Engine {
             worker: Uuid::new_v4(),
         }
     }
+
+    /// A pooled outbox connection, waiting at most [`POOL_WAIT`]: a pool that stays exhausted
+    /// is an error the caller retries, never a hang.
+    pub async fn conn(&self) -> Result<deadpool_postgres::Object, String> {
+        match tokio::time::timeout(POOL_WAIT, self.pool.get()).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(format!("outbox pool: {e}")),
+            Err(_) => Err(format!(
+                "no outbox connection free within {} s (delivery.pool_size = {})",
+                POOL_WAIT.as_secs(),
+                self.pool.status().max_size
+            )),
+        }
+    }
 }
 
 /// Rows leased per in-flight slot: enough that a claim (one round trip) feeds many sends.
@@ -94,12 +120,27 @@ pub async fn run(
 ) {
     let mut pumps: HashMap<String, (watch::Sender<Arc<Stored>>, CancellationToken)> =
         HashMap::new();
+    // Pumps told to stop that have not recorded their last results yet: no replacement for
+    // them starts before they are done (it could send what they still hold).
+    let mut stopping: HashSet<String> = HashSet::new();
     let mut tasks = JoinSet::new();
+    let mut shared = JoinSet::new();
+    let (owned_tx, owned_rx) = watch::channel(Owned::default());
+    let kick = Arc::new(Notify::new());
+    let owner_stop = CancellationToken::new();
+    let owner_task = tokio::spawn(owner::run(
+        engine.clone(),
+        owned_tx,
+        kick.clone(),
+        owner_stop.clone(),
+    ));
+    let batcher = Batcher::start(engine.clone(), &mut shared);
     // Every subscription of the last reading, active or not: one that vanished was deleted (by
     // the API or by leaving config.toml), and its metric series go with it.
     let mut known: HashSet<String> = HashSet::new();
-    info!(worker = %engine.worker, "delivery started");
+    info!(worker = %engine.worker, pool_size = engine.pool.status().max_size, "delivery started");
     loop {
+        let mut waiting = false;
         match load_all(&engine).await {
             Ok(all) => {
                 let now: HashSet<String> = all.iter().map(|s| s.id.clone()).collect();
@@ -113,6 +154,7 @@ pub async fn run(
                     let keep = ids.contains(id) && !token.is_cancelled();
                     if !keep {
                         token.cancel();
+                        stopping.insert(id.clone());
                         info!(subscription = %id, "delivery stopped for subscription");
                     }
                     keep
@@ -129,11 +171,13 @@ pub async fn run(
                                 changed
                             });
                         }
+                        None if stopping.contains(&sub.id) => waiting = true,
                         None => {
                             let (tx, rx) = watch::channel(sub.clone());
                             let token = cancel.child_token();
                             pumps.insert(sub.id.clone(), (tx, token.clone()));
-                            let pump = Pump::new(engine.clone(), rx);
+                            let pump =
+                                Pump::new(engine.clone(), rx, owned_rx.clone(), batcher.clone());
                             tasks.spawn(pump.run(token));
                         }
                     }
@@ -141,39 +185,61 @@ pub async fn run(
             }
             Err(e) => warn!(error = %e, "cannot read subscriptions; delivery keeps its pumps"),
         }
+        // A replacement waits for its predecessor: look again soon, not after a full rescan.
+        let rescan = if waiting {
+            engine.config.poll_interval.0
+        } else {
+            RESCAN
+        };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            r = subs_changed.changed() => if r.is_err() { break },
-            _ = tokio::time::sleep(RESCAN) => {}
+            r = subs_changed.changed() => {
+                if r.is_err() { break }
+                kick.notify_one();
+            }
+            _ = tokio::time::sleep(rescan) => {}
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 match joined {
-                    // A stopped pump records its last attempts after the reading that forgot a
-                    // deleted subscription: forget it again once the pump is done.
-                    Ok(id) if !known.contains(&id) => engine.metrics.forget_subscription(&id),
-                    Ok(_) => {}
+                    Ok(id) => {
+                        stopping.remove(&id);
+                        // A pump that ended by itself (410 Gone) is forgotten; the rescan decides.
+                        if pumps.get(&id).is_some_and(|(_, t)| !t.is_cancelled()) {
+                            pumps.remove(&id);
+                        }
+                        // A stopped pump records its last attempts after the reading that forgot
+                        // a deleted subscription: forget it again once the pump is done.
+                        if !known.contains(&id) {
+                            engine.metrics.forget_subscription(&id);
+                        }
+                    }
                     Err(e) => error!(error = %e, "a delivery pump panicked; it restarts at the next rescan"),
                 }
-                // A pump that ended by itself (410 Gone) is forgotten; the rescan decides.
                 pumps.retain(|_, (_, token)| !token.is_cancelled());
             }
         }
     }
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
+    // The pumps recorded their last results: the shared tasks end with the last handle, then
+    // ownership is given up.
+    drop(batcher);
+    while shared.join_next().await.is_some() {}
+    owner_stop.cancel();
+    let _ = owner_task.await;
     info!("delivery stopped");
 }
 
 async fn load_all(engine: &Engine) -> Result<Vec<Stored>, String> {
-    let client = engine.pool.get().await.map_err(|e| e.to_string())?;
+    let client = engine.conn().await?;
     subscriptions::load_all(&client, &engine.schema)
         .await
         .map_err(|e| e.to_string())
 }
 
-/// A claim in progress, on a connection of its own.
+/// A claim in progress, answered by the shared claimer.
 struct Claiming {
     want: usize,
-    task: tokio::task::JoinHandle<Result<Vec<Claimed>, String>>,
+    reply: oneshot::Receiver<Result<Vec<Claimed>, String>>,
 }
 
 /// A finished request, waiting to be recorded.
@@ -185,10 +251,10 @@ struct Done {
 
 struct Pump {
     engine: Arc<Engine>,
-    /// This pump's ownership id: a pump that replaces a stopped one (same process, same
-    /// subscription) waits until the old one has recorded its last results and given up.
-    owner: Uuid,
-    /// Whether the last ownership check succeeded.
+    batcher: Batcher,
+    /// What this instance owns, published by [`owner::run`].
+    owned_rx: watch::Receiver<Owned>,
+    /// Whether this instance owns the subscription, as of the last published set.
     owns: bool,
     sub_rx: watch::Receiver<Arc<Stored>>,
     sub: Arc<Stored>,
@@ -204,7 +270,12 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(engine: Arc<Engine>, mut sub_rx: watch::Receiver<Arc<Stored>>) -> Pump {
+    fn new(
+        engine: Arc<Engine>,
+        mut sub_rx: watch::Receiver<Arc<Stored>>,
+        owned_rx: watch::Receiver<Owned>,
+        batcher: Batcher,
+    ) -> Pump {
         let sub = sub_rx.borrow_and_update().clone();
         Pump {
             breaker: Breaker::new(
@@ -212,7 +283,8 @@ impl Pump {
                 engine.config.breaker_cooldown.0,
             ),
             engine,
-            owner: Uuid::new_v4(),
+            batcher,
+            owned_rx,
             owns: false,
             sub_rx,
             sub,
@@ -227,14 +299,14 @@ impl Pump {
     /// Returns the subscription's id once its last results are recorded.
     async fn run(mut self, cancel: CancellationToken) -> String {
         let id = self.sub.id.clone();
-        info!(subscription = %id, url_host = %host_of(&self.sub.url), "delivery running for subscription");
+        debug!(subscription = %id, url_host = %host_of(&self.sub.url), "delivery running for subscription");
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            match self.run_connected(&cancel).await {
+            match self.run_loop(&cancel).await {
                 Ok(()) => break,
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    warn!(subscription = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "delivery pump lost the outbox; retrying");
+                    warn!(subscription = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "delivery pump cannot reach the outbox; retrying");
                     if !sleep_or_cancel(delay, &cancel).await {
                         break;
                     }
@@ -247,34 +319,27 @@ impl Pump {
                 self.done.push(done);
             }
         }
-        if let Ok(client) = self.engine.pool.get().await {
-            if let Err(e) = self.record(&client).await {
-                warn!(subscription = %id, error = %e, "could not record the last results; they will be sent again by the next owner");
-            }
-            self.forget_queue();
-            if let Err(e) = self.engine.queue.disown(&client, &id, self.owner).await {
-                warn!(subscription = %id, error = %e, "could not give up ownership; another instance takes over when the lease expires");
-            }
+        if let Err(e) = self.record().await {
+            warn!(subscription = %id, error = %e, "could not record the last results; they will be sent again by the next owner");
         }
+        self.forget_queue();
         id
     }
 
     /// Returns Ok on cancel or when the subscription was deactivated; Err on a database error.
-    async fn run_connected(&mut self, cancel: &CancellationToken) -> Result<(), String> {
+    async fn run_loop(&mut self, cancel: &CancellationToken) -> Result<(), String> {
         let engine = self.engine.clone();
-        let client = engine.pool.get().await.map_err(|e| e.to_string())?;
         let mut wake = engine.wake.clone();
         let poll = engine.config.poll_interval.0;
-        let lease = engine.config.lease.0;
-        let mut renew_at = Instant::now();
         let max = engine.config.max_in_flight;
         // Results are recorded in batches: one statement per batch, not per delivery.
         let record_batch = (max / 2).max(1);
         let mut first_done_at: Option<Instant> = None;
-        // A claim runs on its own connection while this loop keeps sending and recording, so
-        // in-flight slots do not sit idle for the length of a claim. One at a time: two would
-        // read the same rows.
+        // A claim is answered by the shared claimer while this loop keeps sending and
+        // recording, so in-flight slots do not sit idle for the length of a claim. One at a
+        // time: two would read the same rows.
         let mut claiming: Option<Claiming> = None;
+        self.check_ownership();
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
@@ -282,14 +347,13 @@ impl Pump {
             if self.sub_rx.has_changed().unwrap_or(false) {
                 self.sub = self.sub_rx.borrow_and_update().clone();
             }
-            if Instant::now() >= renew_at {
-                self.check_ownership(&client).await?;
-                renew_at = Instant::now() + if self.owns { lease / 3 } else { poll };
+            if self.owned_rx.has_changed().unwrap_or(false) {
+                self.check_ownership();
             }
             let record_due = first_done_at.is_some_and(|t| t.elapsed() >= RECORD_DELAY);
             if self.done.len() >= record_batch || self.in_flight.is_empty() || record_due {
                 first_done_at = None;
-                if self.record(&client).await? {
+                if self.record().await? {
                     return Ok(());
                 }
             }
@@ -303,9 +367,7 @@ impl Pump {
             {
                 claiming = self.start_claim();
             }
-            let mut sleep_until = wait_until
-                .unwrap_or_else(|| Instant::now() + poll)
-                .min(renew_at);
+            let mut sleep_until = wait_until.unwrap_or_else(|| Instant::now() + poll);
             if let Some(t) = first_done_at {
                 sleep_until = sleep_until.min(t + RECORD_DELAY);
             }
@@ -318,10 +380,14 @@ impl Pump {
                     }
                     first_done_at.get_or_insert_with(Instant::now);
                 }
-                joined = async { (&mut claiming.as_mut().expect("guarded").task).await }, if claiming.is_some() => {
+                answered = async { (&mut claiming.as_mut().expect("guarded").reply).await }, if claiming.is_some() => {
                     let want = claiming.take().map_or(0, |c| c.want);
-                    let rows = joined.map_err(|e| format!("claim task: {e}"))??;
+                    let rows = answered.map_err(|_| "the claimer stopped".to_string())??;
                     self.claimed(rows, want);
+                }
+                r = self.owned_rx.changed() => {
+                    if r.is_err() { return Ok(()) }
+                    self.check_ownership();
                 }
                 r = wake.changed() => {
                     if r.is_ok() { self.more_due = true; }
@@ -342,31 +408,22 @@ impl Pump {
         }
     }
 
-    /// Renews ownership, or tries to take it; on losing it, forgets the queue (in-flight results
-    /// will be refused by the database and the new owner sends those rows again).
-    async fn check_ownership(&mut self, client: &deadpool_postgres::Client) -> Result<(), String> {
-        let owns = self
-            .engine
-            .queue
-            .own(client, &self.sub.id, self.owner, self.engine.config.lease.0)
-            .await
-            .map_err(|e| e.to_string())?;
+    /// Follows the published owned set; on losing the subscription, forgets the queue (in-flight
+    /// results will be refused by the database and the new owner sends those rows again).
+    fn check_ownership(&mut self) {
+        let owns = self.owned_rx.borrow_and_update().contains(&self.sub.id);
         match (self.owns, owns) {
             (false, true) => {
-                info!(subscription = %self.sub.id, owner = %self.owner, "delivering: this pump owns the subscription");
+                debug!(subscription = %self.sub.id, worker = %self.engine.worker, "delivering: this instance owns the subscription");
                 self.more_due = true;
             }
             (true, false) => {
-                warn!(subscription = %self.sub.id, owner = %self.owner, "lost ownership of the subscription (lease expired and taken over); standing by");
+                warn!(subscription = %self.sub.id, worker = %self.engine.worker, "lost ownership of the subscription; standing by");
                 self.forget_queue();
             }
-            (false, false) => {
-                debug!(subscription = %self.sub.id, "another pump owns the subscription; standing by")
-            }
-            (true, true) => {}
+            _ => {}
         }
         self.owns = owns;
-        Ok(())
     }
 
     fn forget_queue(&mut self) {
@@ -424,16 +481,8 @@ impl Pump {
             return None;
         }
         let held: Vec<i64> = self.held.iter().copied().collect();
-        let (engine, sub, owner) = (self.engine.clone(), self.sub.id.clone(), self.owner);
-        let task = tokio::spawn(async move {
-            let client = engine.pool.get().await.map_err(|e| e.to_string())?;
-            engine
-                .queue
-                .claim(&client, &sub, want as i64, &held, owner)
-                .await
-                .map_err(|e| e.to_string())
-        });
-        Some(Claiming { want, task })
+        let reply = self.batcher.claim(self.sub.id.clone(), want as i64, held);
+        Some(Claiming { want, reply })
     }
 
     fn claimed(&mut self, rows: Vec<Claimed>, want: usize) {
@@ -467,7 +516,7 @@ impl Pump {
     }
 
     /// Decides and records every finished attempt; returns true when the subscription is gone.
-    async fn record(&mut self, client: &deadpool_postgres::Client) -> Result<bool, String> {
+    async fn record(&mut self) -> Result<bool, String> {
         if self.done.is_empty() {
             return Ok(false);
         }
@@ -534,23 +583,22 @@ impl Pump {
                 response_body: clean_text(&o.response_body),
             });
         }
-        let written = engine
-            .queue
-            .record(client, &sub_id, &batch, self.owner)
-            .await
-            .map_err(|e| e.to_string())?;
-        if written < batch.len() as u64 {
-            warn!(subscription = %sub_id, results = batch.len() as u64 - written, "results not recorded: this pump no longer owns the subscription, and the new owner sends those deliveries again (same event ids)");
+        let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
+        let total = batch.len() as u64;
+        let written = self.batcher.record(sub_id.clone(), batch).await?;
+        if written < total {
+            warn!(subscription = %sub_id, results = total - written, "results not recorded: this instance no longer owns the subscription, and the new owner sends those deliveries again (same event ids)");
         }
-        for r in &batch {
-            self.held.remove(&r.id);
+        for id in ids {
+            self.held.remove(&id);
         }
         self.done.clear();
         // A finished delivery may unblock the next one of its key.
         self.more_due = true;
         if gone {
             let reason = "receiver answered 410 Gone";
-            if queue::deactivate(client, &engine.schema, &sub_id, reason)
+            let client = engine.conn().await?;
+            if queue::deactivate(&client, &engine.schema, &sub_id, reason)
                 .await
                 .map_err(|e| e.to_string())?
             {
@@ -595,6 +643,12 @@ async fn send(
         Ok(h) => h,
         Err(e) => return failed(ErrorKind::Other, format!("signing: {e}")),
     };
+    let mut headers = headers;
+    if let Some(n) = c.sequence {
+        // Per subscription, assigned once at enqueue: a receiver that sees a gap can fetch
+        // what it missed with GET .../deliveries?after_sequence=N.
+        headers.push(("X-Walhook-Sequence", n.to_string()));
+    }
     sender.post(&sub.url, &headers, Bytes::from(body)).await
 }
 

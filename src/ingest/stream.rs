@@ -36,6 +36,7 @@ pub async fn ingest_loop(
     cancel: &CancellationToken,
 ) -> Result<(), IngestError> {
     let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
+    let mut standing_by = false;
     loop {
         let started = Instant::now();
         let result = ingest_once(config, router.clone(), hooks.clone(), streaming, cancel).await;
@@ -47,7 +48,25 @@ pub async fn ingest_loop(
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff.reset();
                 }
-                let delay = backoff.next_delay();
+                let mut delay = backoff.next_delay();
+                // Another instance streams from the slot (55006): a standby polls at a steady
+                // pace, so it takes over within a second of that instance's death however long
+                // it has been waiting (a growing backoff would reach 30 s). Said once, not every
+                // second.
+                if matches!(&e, IngestError::Source(s) if s.code() == Some(crate::pg::sqlstate::OBJECT_IN_USE))
+                {
+                    backoff.reset();
+                    delay = delay.min(Duration::from_secs(1));
+                    if !standing_by {
+                        info!(error = %e, "another instance streams from the slot; standing by");
+                    }
+                    standing_by = true;
+                    if !sleep_or_cancel(delay, cancel).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                standing_by = false;
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest interrupted; reconnecting");
                 if !sleep_or_cancel(delay, cancel).await {
                     return Ok(());

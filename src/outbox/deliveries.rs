@@ -11,7 +11,8 @@
 //!   cleared;
 //! - a replay only ever touches deliveries of the subscription it names;
 //! - listing is newest first and keyset-paginated by id, so a page is stable while new
-//!   deliveries arrive.
+//!   deliveries arrive; with `after_sequence` it is oldest first by the subscription's sequence
+//!   number, so a receiver that saw a gap reads exactly what follows the last number it has.
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, Row};
@@ -30,6 +31,8 @@ pub struct ListQuery {
     pub limit: i64,
     /// Only deliveries older (smaller id) than this one.
     pub before: Option<i64>,
+    /// Only deliveries whose sequence number is above this one, in sequence order.
+    pub after_sequence: Option<i64>,
 }
 
 impl Default for ListQuery {
@@ -38,6 +41,7 @@ impl Default for ListQuery {
             status: None,
             limit: DEFAULT_LIMIT,
             before: None,
+            after_sequence: None,
         }
     }
 }
@@ -54,10 +58,12 @@ pub struct DeliveryRecord {
     pub next_attempt_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The subscription's sequence number of this delivery (sent as X-Walhook-Sequence).
+    pub sequence: Option<i64>,
 }
 
 const DELIVERY_COLUMNS: &str = "id, event_id, event, status, last_http_status, attempts, \
-     last_error, next_attempt_at, finished_at, created_at";
+     last_error, next_attempt_at, finished_at, created_at, sequence";
 
 impl DeliveryRecord {
     fn from_row(r: &Row) -> Result<DeliveryRecord, tokio_postgres::Error> {
@@ -72,6 +78,7 @@ impl DeliveryRecord {
             next_attempt_at: r.try_get("next_attempt_at")?,
             finished_at: r.try_get("finished_at")?,
             created_at: r.try_get("created_at")?,
+            sequence: r.try_get("sequence")?,
         })
     }
 
@@ -81,7 +88,8 @@ impl DeliveryRecord {
     }
 }
 
-/// A subscription's deliveries, newest first.
+/// A subscription's deliveries, newest first; with `after_sequence`, those numbered above it,
+/// lowest number first.
 pub async fn list(
     client: &Client,
     schema: &Schema,
@@ -94,10 +102,22 @@ pub async fn list(
                 "SELECT {DELIVERY_COLUMNS} FROM {} WHERE subscription_id = $1
                    AND ($2::text IS NULL OR status = $2)
                    AND ($3::int8 IS NULL OR id < $3)
-                 ORDER BY id DESC LIMIT $4",
-                schema.table("deliveries")
+                   AND ($5::int8 IS NULL OR sequence > $5)
+                 ORDER BY {} LIMIT $4",
+                schema.table("deliveries"),
+                if q.after_sequence.is_some() {
+                    "sequence"
+                } else {
+                    "id DESC"
+                }
             ),
-            &[&subscription, &q.status, &q.before, &q.limit],
+            &[
+                &subscription,
+                &q.status,
+                &q.before,
+                &q.limit,
+                &q.after_sequence,
+            ],
         )
         .await?;
     Ok(rows

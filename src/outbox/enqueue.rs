@@ -6,9 +6,14 @@
 //! - the checkpoint never moves backwards: the upsert only ever raises it, whatever a caller
 //!   passes;
 //! - rows go out through COPY as they are written, so a transaction of any size is never held
-//!   in memory here.
+//!   in memory here;
+//! - each stored delivery gets its subscription's next sequence number (1, 2, …), and the last
+//!   number per subscription is stored in the same outbox transaction as the rows, so numbers
+//!   are assigned once, without gaps or reuse; a new `Enqueuer` (after any failure) reloads them.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
@@ -24,6 +29,11 @@ pub struct Enqueuer {
     schema: Schema,
     slot: String,
     copy: Option<Pin<Box<BinaryCopyInWriter>>>,
+    /// Each subscription's last sequence number, stored or in the open transaction; None until
+    /// loaded by the first transaction.
+    sequences: Option<HashMap<Arc<str>, i64>>,
+    /// Numbers advanced by the open transaction, stored with it.
+    sequences_dirty: HashMap<Arc<str>, i64>,
 }
 
 impl Enqueuer {
@@ -33,6 +43,8 @@ impl Enqueuer {
             schema,
             slot: slot.to_string(),
             copy: None,
+            sequences: None,
+            sequences_dirty: HashMap::new(),
         }
     }
 
@@ -52,6 +64,16 @@ impl Enqueuer {
         if self.copy.is_none() {
             self.open().await?;
         }
+        let next = self
+            .sequences
+            .as_mut()
+            .expect("loaded when opened")
+            .entry(r.subscription.clone())
+            .or_insert(0);
+        *next += 1;
+        let sequence = *next;
+        self.sequences_dirty
+            .insert(r.subscription.clone(), sequence);
         let copy = self.copy.as_mut().expect("opened above");
         let sub: &str = &r.subscription;
         copy.as_mut()
@@ -62,17 +84,35 @@ impl Enqueuer {
                 &r.key,
                 &r.body,
                 &(commit_lsn.0 as i64),
+                &sequence,
             ])
             .await?;
         Ok(())
     }
 
     async fn open(&mut self) -> Result<(), OutboxError> {
+        if self.sequences.is_none() {
+            let rows = self
+                .client
+                .query(
+                    &format!(
+                        "SELECT subscription_id, last_sequence FROM {}",
+                        self.schema.table("sequences")
+                    ),
+                    &[],
+                )
+                .await?;
+            self.sequences = Some(
+                rows.iter()
+                    .map(|r| (Arc::from(r.get::<_, &str>(0)), r.get(1)))
+                    .collect(),
+            );
+        }
         self.client.batch_execute("BEGIN").await?;
         let sink = self
             .client
             .copy_in(&format!(
-                "COPY {} (subscription_id, event_id, event, ordering_key, payload, commit_lsn) FROM STDIN (FORMAT binary)",
+                "COPY {} (subscription_id, event_id, event, ordering_key, payload, commit_lsn, sequence) FROM STDIN (FORMAT binary)",
                 self.schema.table("deliveries")
             ))
             .await?;
@@ -82,6 +122,7 @@ impl Enqueuer {
             Type::TEXT,
             Type::TEXT,
             Type::TEXT,
+            Type::INT8,
             Type::INT8,
         ];
         self.copy = Some(Box::pin(BinaryCopyInWriter::new(sink, &types)));
@@ -95,6 +136,20 @@ impl Enqueuer {
             return Ok(false);
         };
         copy.as_mut().finish().await?;
+        let (subs, last): (Vec<&str>, Vec<i64>) =
+            self.sequences_dirty.iter().map(|(s, n)| (&**s, *n)).unzip();
+        self.client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (subscription_id, last_sequence)
+                     SELECT * FROM unnest($1::text[], $2::bigint[])
+                     ON CONFLICT (subscription_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence",
+                    self.schema.table("sequences")
+                ),
+                &[&subs, &last],
+            )
+            .await?;
+        self.sequences_dirty.clear();
         self.client
             .execute(
                 &format!(

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../sql/001_outbox.sql")),
     (2, include_str!("../../sql/002_delivery.sql")),
     (3, include_str!("../../sql/003_owners.sql")),
+    (4, include_str!("../../sql/004_sessions_sequences.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,11 @@
 //!   primary key has the empty key and no ordering);
 //! - a result is written only by the current owner and only to an unfinished row, with its
 //!   attempt row, in one statement.
+//! - an instance owns all its subscriptions under one worker id, tied to a session-level
+//!   advisory lock ([`SESSION_LOCK_NS`], `session_lock`) held on one connection: a subscription
+//!   whose owner's lock is gone (the process died, so did its session) is taken over at once;
+//!   the lease is the fallback for an owner whose session outlives its reach. Claims and records
+//!   for many subscriptions go in one statement each ([`Queue::claim_many`], [`Queue::record_many`]).
 
 use std::time::Duration;
 
@@ -32,6 +37,9 @@ pub struct Claimed {
     pub payload: String,
     /// Attempts made before this one.
     pub attempts: i32,
+    /// The subscription's sequence number of this delivery (None: stored before version 4
+    /// numbered them, which an upgrade does; kept optional for rows written by hand).
+    pub sequence: Option<i64>,
 }
 
 /// The new state of a delivery after an attempt.
@@ -55,6 +63,20 @@ pub struct Recorded {
     pub response_body: String,
 }
 
+/// The first key of walhook's session-level advisory locks (`pg_advisory_lock(NS, token)`); the
+/// second is an instance's random token, stored with the subscriptions it owns. ASCII "WHK1".
+pub const SESSION_LOCK_NS: i32 = 0x5748_4B31;
+
+/// Up to this many subscriptions' wants go into one claim statement.
+pub const CLAIM_BATCH: usize = 512;
+
+/// One subscription's part of a batched claim.
+#[derive(Debug, Clone)]
+pub struct Want {
+    pub subscription: String,
+    pub limit: i64,
+}
+
 /// SQL for one outbox schema, prepared as text once.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -62,6 +84,11 @@ pub struct Queue {
     disown: String,
     claim: String,
     record: String,
+    take_over: String,
+    renew_all: String,
+    disown_all: String,
+    claim_many: String,
+    record_many: String,
 }
 
 impl Queue {
@@ -69,7 +96,86 @@ impl Queue {
         let d = schema.table("deliveries");
         let a = schema.table("attempts");
         let o = schema.table("delivery_owners");
+        let s = schema.table("subscriptions");
+        // Sessions of this database holding a walhook lock: their owners are alive.
+        let live = format!(
+            "SELECT l.objid::bigint AS token FROM pg_locks l
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+               AND l.classid = {SESSION_LOCK_NS}::oid
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        );
+        let record_cte = |fence: &str| {
+            format!(
+                "WITH r AS (
+                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::timestamptz[],
+                                          $5::int[], $6::int[], $7::text[], $8::text[], $9::text[],
+                                          $10::text[])
+                         AS r(id, status, retry_in, at, duration_ms, http_status, error_kind, error, body, sub)),
+                 u AS (
+                     UPDATE {d} d SET status = r.status, attempts = d.attempts + 1,
+                         last_http_status = r.http_status, last_error = r.error,
+                         next_attempt_at = CASE WHEN r.status = 'failed'
+                             THEN now() + r.retry_in * interval '1 second' ELSE d.next_attempt_at END,
+                         finished_at = CASE WHEN r.status IN ('delivered', 'dead') THEN now() END
+                     FROM r
+                     WHERE d.id = r.id AND d.status IN ('pending', 'failed') AND {fence}
+                     RETURNING d.id)
+                 INSERT INTO {a} (delivery_id, attempted_at, duration_ms, http_status, error_kind, response_body)
+                 SELECT r.id, r.at, r.duration_ms, r.http_status, r.error_kind, r.body
+                 FROM r JOIN u ON u.id = r.id
+                 RETURNING delivery_id"
+            )
+        };
         Queue {
+            take_over: format!(
+                "WITH live AS ({live}),
+                 moved AS (
+                     UPDATE {o} o SET worker = $1, lease_until = now() + $2 * interval '1 millisecond',
+                         session_lock = $3, session_pid = $4, acquired_at = now()
+                     FROM {s} s
+                     WHERE s.id = o.subscription_id AND s.active AND o.worker <> $1
+                       AND (o.lease_until < now()
+                            OR (o.session_lock IS NOT NULL
+                                AND o.session_lock::bigint NOT IN (SELECT token FROM live)))
+                     RETURNING o.subscription_id),
+                 added AS (
+                     INSERT INTO {o} (subscription_id, worker, lease_until, session_lock, session_pid)
+                     SELECT s.id, $1, now() + $2 * interval '1 millisecond', $3, $4 FROM {s} s
+                     WHERE s.active
+                       AND NOT EXISTS (SELECT 1 FROM {o} o WHERE o.subscription_id = s.id)
+                     ON CONFLICT (subscription_id) DO NOTHING
+                     RETURNING subscription_id)
+                 SELECT subscription_id FROM moved UNION ALL SELECT subscription_id FROM added"
+            ),
+            renew_all: format!(
+                "UPDATE {o} SET lease_until = now() + $2 * interval '1 millisecond',
+                     session_lock = $3, session_pid = $4
+                 WHERE worker = $1 RETURNING subscription_id"
+            ),
+            disown_all: format!("DELETE FROM {o} WHERE worker = $1"),
+            claim_many: format!(
+                "SELECT w.sub, c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
+                 FROM unnest($1::text[], $2::bigint[]) AS w(sub, want)
+                 JOIN {o} o ON o.subscription_id = w.sub AND o.worker = $4 AND o.lease_until > now()
+                 CROSS JOIN LATERAL (
+                     SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
+                     FROM {d} c
+                     WHERE c.subscription_id = w.sub AND c.status IN ('pending', 'failed')
+                       AND c.next_attempt_at <= now()
+                       AND c.id <> ALL($3::bigint[])
+                       AND (c.ordering_key = '' OR c.id = (
+                           SELECT k.id FROM {d} k
+                           WHERE k.subscription_id = c.subscription_id
+                             AND k.ordering_key = c.ordering_key
+                             AND k.status IN ('pending', 'failed')
+                           ORDER BY k.subscription_id, k.ordering_key, k.id
+                           LIMIT 1))
+                     ORDER BY c.next_attempt_at, c.id
+                     LIMIT w.want) c"
+            ),
+            record_many: record_cte(&format!(
+                "EXISTS (SELECT 1 FROM {o} w WHERE w.subscription_id = r.sub AND w.worker = $11)"
+            )),
             own: format!(
                 "INSERT INTO {o} AS o (subscription_id, worker, lease_until)
                  VALUES ($1, $2, now() + $3 * interval '1 millisecond')
@@ -82,7 +188,7 @@ impl Queue {
             ),
             disown: format!("DELETE FROM {o} WHERE subscription_id = $1 AND worker = $2"),
             claim: format!(
-                "SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts
+                "SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
                  FROM {d} c
                  WHERE c.subscription_id = $1 AND c.status IN ('pending', 'failed')
                    AND c.next_attempt_at <= now()
@@ -128,6 +234,125 @@ impl Queue {
                  FROM r JOIN u ON u.id = r.id"
             ),
         }
+    }
+
+    /// Takes over, for `worker` whose session holds `pg_advisory_lock(SESSION_LOCK_NS, token)`,
+    /// every active subscription nobody owns, whose owner's lease ran out, or whose owner's
+    /// session is gone; returns their ids.
+    pub async fn take_over(
+        &self,
+        client: &tokio_postgres::Client,
+        worker: Uuid,
+        lease: Duration,
+        token: i32,
+        pid: i32,
+    ) -> Result<Vec<String>, OutboxError> {
+        let rows = client
+            .query(
+                &self.take_over,
+                &[&worker, &(lease.as_millis() as f64), &token, &pid],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Renews every subscription `worker` owns for `lease`; returns their ids (one taken over
+    /// after this instance's lease ran out is no longer among them).
+    pub async fn renew_all(
+        &self,
+        client: &tokio_postgres::Client,
+        worker: Uuid,
+        lease: Duration,
+        token: i32,
+        pid: i32,
+    ) -> Result<Vec<String>, OutboxError> {
+        let rows = client
+            .query(
+                &self.renew_all,
+                &[&worker, &(lease.as_millis() as f64), &token, &pid],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Gives up every subscription `worker` owns (shutdown), so others take over at once.
+    pub async fn disown_all(
+        &self,
+        client: &tokio_postgres::Client,
+        worker: Uuid,
+    ) -> Result<u64, OutboxError> {
+        Ok(client.execute(&self.disown_all, &[&worker]).await?)
+    }
+
+    /// Due deliveries of many subscriptions `worker` owns, in one statement: up to each want's
+    /// limit, oldest first, leaving out `held` (every id the owner still holds); returned with
+    /// their subscription's id.
+    pub async fn claim_many(
+        &self,
+        client: &Client,
+        wants: &[Want],
+        held: &[i64],
+        worker: Uuid,
+    ) -> Result<Vec<(String, Claimed)>, OutboxError> {
+        let subs: Vec<&str> = wants.iter().map(|w| w.subscription.as_str()).collect();
+        let limits: Vec<i64> = wants.iter().map(|w| w.limit).collect();
+        let stmt = client.prepare_cached(&self.claim_many).await?;
+        let rows = client
+            .query(&stmt, &[&subs, &limits, &held, &worker])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Claimed {
+                        id: r.get(1),
+                        event_id: r.get(2),
+                        event: r.get(3),
+                        ordering_key: r.get(4),
+                        payload: r.get(5),
+                        attempts: r.get(6),
+                        sequence: r.get(7),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Records results of many subscriptions in one statement, each only if `worker` still owns
+    /// its subscription; returns the ids written.
+    pub async fn record_many(
+        &self,
+        client: &Client,
+        batch: &[(&str, &Recorded)],
+        worker: Uuid,
+    ) -> Result<Vec<i64>, OutboxError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let subs: Vec<&str> = batch.iter().map(|(s, _)| *s).collect();
+        let recs: Vec<&Recorded> = batch.iter().map(|(_, r)| *r).collect();
+        let a = Arrays::new(&recs);
+        let stmt = client.prepare_cached(&self.record_many).await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &a.ids,
+                    &a.status,
+                    &a.retry_in,
+                    &a.at,
+                    &a.dur,
+                    &a.http,
+                    &a.kind,
+                    &a.err,
+                    &a.body,
+                    &subs,
+                    &worker,
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Takes or renews ownership of a subscription's deliveries for `lease`; false while another
@@ -185,6 +410,7 @@ impl Queue {
                 ordering_key: r.get(3),
                 payload: r.get(4),
                 attempts: r.get(5),
+                sequence: r.get(6),
             })
             .collect())
     }
@@ -242,6 +468,48 @@ impl Queue {
                 ],
             )
             .await?)
+    }
+}
+
+/// A batch of results as the statement's parallel arrays.
+struct Arrays<'a> {
+    ids: Vec<i64>,
+    status: Vec<&'static str>,
+    retry_in: Vec<f64>,
+    at: Vec<DateTime<Utc>>,
+    dur: Vec<i32>,
+    http: Vec<Option<i32>>,
+    kind: Vec<Option<&'static str>>,
+    err: Vec<Option<&'a str>>,
+    body: Vec<&'a str>,
+}
+
+impl<'a> Arrays<'a> {
+    fn new(batch: &[&'a Recorded]) -> Arrays<'a> {
+        Arrays {
+            ids: batch.iter().map(|r| r.id).collect(),
+            status: batch
+                .iter()
+                .map(|r| match r.status {
+                    NewStatus::Delivered => "delivered",
+                    NewStatus::Failed { .. } => "failed",
+                    NewStatus::Dead => "dead",
+                })
+                .collect(),
+            retry_in: batch
+                .iter()
+                .map(|r| match r.status {
+                    NewStatus::Failed { retry_in } => retry_in.as_secs_f64(),
+                    _ => 0.0,
+                })
+                .collect(),
+            at: batch.iter().map(|r| r.attempted_at).collect(),
+            dur: batch.iter().map(|r| r.duration_ms).collect(),
+            http: batch.iter().map(|r| r.http_status).collect(),
+            kind: batch.iter().map(|r| r.error_kind).collect(),
+            err: batch.iter().map(|r| r.error.as_deref()).collect(),
+            body: batch.iter().map(|r| r.response_body.as_str()).collect(),
+        }
     }
 }
 

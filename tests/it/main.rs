@@ -16,6 +16,7 @@ mod delivery_owners;
 mod demo;
 mod durability;
 mod egress_http;
+mod engine;
 mod half_open;
 mod harness;
 mod host;

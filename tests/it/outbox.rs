@@ -191,7 +191,7 @@ async fn delivered_rows_are_pruned_after_retention_pending_rows_are_kept() {
 async fn migrate_command_creates_the_schema_once() {
     let db = TestDb::new();
     let cfg = write_config(&db, "");
-    for expected in ["applied migrations: [1, 2, 3]", "applied migrations: []"] {
+    for expected in ["applied migrations: [1, 2, 3, 4]", "applied migrations: []"] {
         let out = crate::support::bin::with_config("migrate", cfg.path())
             .output()
             .await
@@ -205,6 +205,6 @@ async fn migrate_command_creates_the_schema_once() {
     }
     assert_eq!(
         db.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'walhook'"),
-        "attempts,checkpoint,deliveries,delivery_owners,schema_migrations,subscriptions"
+        "attempts,checkpoint,deliveries,delivery_owners,schema_migrations,sequences,subscriptions"
     );
 }

@@ -1,0 +1,180 @@
+//! The shared scheduler's database side: a few tasks claim and record for all subscriptions,
+//! each in one statement per batch, instead of a task and a connection per subscription.
+//!
+//! Guarantees:
+//! - the number of outbox connections delivery uses does not grow with the number of
+//!   subscriptions: [`CLAIMERS`] + [`RECORDERS`] statements run at a time, plus the ownership
+//!   session and the supervisor's reading; every pool wait is bounded ([`Engine::conn`]);
+//! - a request is answered exactly once, with its own rows or its batch's error; an error is
+//!   retryable and the pump that asked logs it with its subscription;
+//! - the tasks end when every pump (and the supervisor) has dropped its handle, so the pumps'
+//!   last results are recorded before ownership is given up.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::task::JoinSet;
+
+use super::worker::Engine;
+use crate::outbox::queue::{Claimed, Recorded, Want, CLAIM_BATCH};
+
+/// Claim statements running at a time.
+pub const CLAIMERS: usize = 2;
+/// Record statements running at a time.
+pub const RECORDERS: usize = 2;
+/// Results recorded by one statement, at most (whole requests: one may exceed it alone).
+const RECORD_BATCH: usize = 4096;
+
+pub struct ClaimReq {
+    pub sub: String,
+    pub want: i64,
+    pub held: Vec<i64>,
+    pub reply: oneshot::Sender<Result<Vec<Claimed>, String>>,
+}
+
+pub struct RecordReq {
+    pub sub: String,
+    pub batch: Vec<Recorded>,
+    pub reply: oneshot::Sender<Result<u64, String>>,
+}
+
+/// What a pump uses to claim and record; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    claims: mpsc::UnboundedSender<ClaimReq>,
+    records: mpsc::UnboundedSender<RecordReq>,
+}
+
+impl Batcher {
+    /// Starts the claim and record tasks on `tasks`.
+    pub fn start(engine: Arc<Engine>, tasks: &mut JoinSet<()>) -> Batcher {
+        let (claims, claim_rx) = mpsc::unbounded_channel();
+        let (records, record_rx) = mpsc::unbounded_channel();
+        let claim_rx = Arc::new(Mutex::new(claim_rx));
+        let record_rx = Arc::new(Mutex::new(record_rx));
+        for _ in 0..CLAIMERS {
+            tasks.spawn(claim_loop(engine.clone(), claim_rx.clone()));
+        }
+        for _ in 0..RECORDERS {
+            tasks.spawn(record_loop(engine.clone(), record_rx.clone()));
+        }
+        Batcher { claims, records }
+    }
+
+    /// Asks for up to `want` due rows of `sub`, leaving out `held`.
+    pub fn claim(
+        &self,
+        sub: String,
+        want: i64,
+        held: Vec<i64>,
+    ) -> oneshot::Receiver<Result<Vec<Claimed>, String>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.claims.send(ClaimReq {
+            sub,
+            want,
+            held,
+            reply,
+        });
+        rx
+    }
+
+    /// Records `batch` of `sub`; returns how many results were written.
+    pub async fn record(&self, sub: String, batch: Vec<Recorded>) -> Result<u64, String> {
+        let (reply, rx) = oneshot::channel();
+        self.records
+            .send(RecordReq { sub, batch, reply })
+            .map_err(|_| "delivery is stopping".to_string())?;
+        rx.await
+            .map_err(|_| "the recorder stopped before answering".to_string())?
+    }
+}
+
+/// Takes one request (waiting), then whatever else is queued, up to `fits`.
+async fn next_batch<T>(
+    rx: &Mutex<mpsc::UnboundedReceiver<T>>,
+    fits: impl Fn(&[T]) -> bool,
+) -> Option<Vec<T>> {
+    let mut rx = rx.lock().await;
+    let mut batch = vec![rx.recv().await?];
+    while fits(&batch) {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+async fn claim_loop(engine: Arc<Engine>, rx: Arc<Mutex<mpsc::UnboundedReceiver<ClaimReq>>>) {
+    while let Some(reqs) = next_batch(&rx, |b| b.len() < CLAIM_BATCH).await {
+        let wants: Vec<Want> = reqs
+            .iter()
+            .map(|r| Want {
+                subscription: r.sub.clone(),
+                limit: r.want,
+            })
+            .collect();
+        let held: Vec<i64> = reqs.iter().flat_map(|r| r.held.iter().copied()).collect();
+        let result = async {
+            let client = engine.conn().await?;
+            engine
+                .queue
+                .claim_many(&client, &wants, &held, engine.worker)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                let mut by_sub: HashMap<String, Vec<Claimed>> = HashMap::new();
+                for (sub, c) in rows {
+                    by_sub.entry(sub).or_default().push(c);
+                }
+                for r in reqs {
+                    let rows = by_sub.remove(&r.sub).unwrap_or_default();
+                    let _ = r.reply.send(Ok(rows));
+                }
+            }
+            Err(e) => {
+                for r in reqs {
+                    let _ = r.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn record_loop(engine: Arc<Engine>, rx: Arc<Mutex<mpsc::UnboundedReceiver<RecordReq>>>) {
+    let fits = |b: &[RecordReq]| b.iter().map(|r| r.batch.len()).sum::<usize>() < RECORD_BATCH;
+    while let Some(reqs) = next_batch(&rx, fits).await {
+        let rows: Vec<(&str, &Recorded)> = reqs
+            .iter()
+            .flat_map(|r| r.batch.iter().map(move |rec| (r.sub.as_str(), rec)))
+            .collect();
+        let result = async {
+            let client = engine.conn().await?;
+            engine
+                .queue
+                .record_many(&client, &rows, engine.worker)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        drop(rows);
+        match result {
+            Ok(written) => {
+                let written: HashSet<i64> = written.into_iter().collect();
+                for r in reqs {
+                    let n = r.batch.iter().filter(|c| written.contains(&c.id)).count();
+                    let _ = r.reply.send(Ok(n as u64));
+                }
+            }
+            Err(e) => {
+                for r in reqs {
+                    let _ = r.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
