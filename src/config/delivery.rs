@@ -123,11 +123,11 @@ impl DeliveryConfig {
 
     /// The certificates of `ca_file` (none without it). The error names the key, the file and
     /// the problem (unreadable, no certificate, not a usable CA certificate).
-    pub fn ca_certs(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    pub fn ca_certs(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, BadValue> {
         match &self.ca_file {
             None => Ok(Vec::new()),
             Some(path) => crate::pg::tls::read_pem_certs(std::path::Path::new(path.as_str()))
-                .map_err(|e| format!("delivery.ca_file: {e}")),
+                .map_err(|e| BadValue(format!("delivery.ca_file: {e}"))),
         }
     }
 

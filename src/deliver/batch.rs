@@ -10,6 +10,7 @@
 //! - the tasks end when every pump (and the supervisor) has dropped its handle, so the pumps'
 //!   last results are recorded before ownership is given up.
 
+use super::DeliverError;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -30,13 +31,13 @@ pub struct ClaimReq {
     pub sub: String,
     pub want: i64,
     pub held: Vec<i64>,
-    pub reply: oneshot::Sender<Result<Vec<Claimed>, String>>,
+    pub reply: oneshot::Sender<Result<Vec<Claimed>, DeliverError>>,
 }
 
 pub struct RecordReq {
     pub sub: String,
     pub batch: Vec<Recorded>,
-    pub reply: oneshot::Sender<Result<u64, String>>,
+    pub reply: oneshot::Sender<Result<u64, DeliverError>>,
 }
 
 /// What a pump uses to claim and record; cheap to clone.
@@ -68,7 +69,7 @@ impl Batcher {
         sub: String,
         want: i64,
         held: Vec<i64>,
-    ) -> oneshot::Receiver<Result<Vec<Claimed>, String>> {
+    ) -> oneshot::Receiver<Result<Vec<Claimed>, DeliverError>> {
         let (reply, rx) = oneshot::channel();
         let _ = self.claims.send(ClaimReq {
             sub,
@@ -80,13 +81,13 @@ impl Batcher {
     }
 
     /// Records `batch` of `sub`; returns how many results were written.
-    pub async fn record(&self, sub: String, batch: Vec<Recorded>) -> Result<u64, String> {
+    pub async fn record(&self, sub: String, batch: Vec<Recorded>) -> Result<u64, DeliverError> {
         let (reply, rx) = oneshot::channel();
         self.records
             .send(RecordReq { sub, batch, reply })
-            .map_err(|_| "delivery is stopping".to_string())?;
+            .map_err(|_| DeliverError::Stopping("the recorder is gone"))?;
         rx.await
-            .map_err(|_| "the recorder stopped before answering".to_string())?
+            .map_err(|_| DeliverError::Stopping("the recorder stopped before answering"))?
     }
 }
 
@@ -122,7 +123,7 @@ async fn claim_loop(engine: Arc<Engine>, rx: Arc<Mutex<mpsc::UnboundedReceiver<C
                 .queue
                 .claim_many(&client, &wants, &held, engine.worker)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(DeliverError::from)
         }
         .await;
         match result {
@@ -158,7 +159,7 @@ async fn record_loop(engine: Arc<Engine>, rx: Arc<Mutex<mpsc::UnboundedReceiver<
                 .queue
                 .record_many(&client, &rows, engine.worker)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(DeliverError::from)
         }
         .await;
         drop(rows);

@@ -23,6 +23,7 @@
 //! connections, and HTTP/1.1 keeps one slow response from stalling others on a shared h2
 //! connection.
 
+use crate::model::BadValue;
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -150,7 +151,7 @@ fn tls_config(c: &crate::config::DeliveryConfig) -> Result<rustls::ClientConfig,
     // In addition to the built-in roots: an internal CA does not make public receivers
     // untrusted. The file was checked at config load; read again here so that a file replaced
     // since then is an error at start, not a silently different trust store.
-    for cert in c.ca_certs().map_err(HttpError::Tls)? {
+    for cert in c.ca_certs().map_err(|e| HttpError::Tls(e.0))? {
         roots
             .add(cert)
             .map_err(|e| HttpError::Tls(format!("delivery.ca_file: {e}")))?;
@@ -215,7 +216,7 @@ impl HttpSender {
         };
         let map = match header_map(headers) {
             Ok(m) => m,
-            Err(e) => return AttemptOutcome::failed(start, ErrorKind::Other, e),
+            Err(e) => return AttemptOutcome::failed(start, ErrorKind::Other, e.0),
         };
 
         let resp = match self
@@ -434,7 +435,7 @@ fn header_name(name: &'static str) -> Option<HeaderName> {
     })
 }
 
-fn header_map(headers: &[(&'static str, String)]) -> Result<HeaderMap, String> {
+fn header_map(headers: &[(&'static str, String)]) -> Result<HeaderMap, BadValue> {
     let mut map = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let n = header_name(name).ok_or_else(|| format!("invalid header name {name:?}"))?;

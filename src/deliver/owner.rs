@@ -14,6 +14,7 @@
 //!   database fences claims and records by worker id, so a stale set never sends twice;
 //! - on stop, ownership is given up only after the pumps recorded their last results.
 
+use super::DeliverError;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ struct Session {
     pid: i32,
 }
 
-async fn open(engine: &Engine) -> Result<Session, String> {
+async fn open(engine: &Engine) -> Result<Session, DeliverError> {
     let client = deadpool_postgres::Object::take(engine.conn().await?);
     // A token another live instance holds is refused by pg_try_advisory_lock: draw again.
     for _ in 0..16 {
@@ -48,7 +49,7 @@ async fn open(engine: &Engine) -> Result<Session, String> {
                 &[&SESSION_LOCK_NS, &token],
             )
             .await
-            .map_err(|e| crate::pg::error_text(&e))?;
+            .map_err(DeliverError::from)?;
         if row.get::<_, bool>(0) {
             return Ok(Session {
                 client,
@@ -57,7 +58,10 @@ async fn open(engine: &Engine) -> Result<Session, String> {
             });
         }
     }
-    Err("no free session lock token after 16 tries".into())
+    Err(DeliverError::Outbox {
+        message: "no free session lock token after 16 tries".into(),
+        retryable: true,
+    })
 }
 
 /// Renews (when due) and takes over what is free; returns how many were taken over.
@@ -67,7 +71,7 @@ async fn round(
     owned: &mut HashSet<String>,
     renew_at: &mut Instant,
     valid_until: &mut Option<Instant>,
-) -> Result<usize, String> {
+) -> Result<usize, DeliverError> {
     let lease = engine.config.lease.0;
     let started = Instant::now();
     if started >= *renew_at {
@@ -75,7 +79,7 @@ async fn round(
             .queue
             .renew_all(&s.client, engine.worker, lease, s.token, s.pid)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(DeliverError::from)?;
         let lost = owned.iter().filter(|id| !ids.contains(*id)).count();
         if lost > 0 {
             warn!(worker = %engine.worker, subscriptions = lost, "lost ownership of subscriptions (lease expired and taken over); their pumps stand by");
@@ -88,7 +92,7 @@ async fn round(
         .queue
         .take_over(&s.client, engine.worker, lease, s.token, s.pid)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(DeliverError::from)?;
     let n = taken.len();
     if n > 0 {
         let sample: Vec<&str> = taken.iter().take(10).map(String::as_str).collect();

@@ -18,6 +18,7 @@
 //! - on shutdown, requests in flight finish (bounded by `timeout`) and are recorded, then
 //!   ownership is given up; nothing is marked delivered without a 2xx.
 
+use super::DeliverError;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,15 +90,17 @@ impl Engine {
 
     /// A pooled outbox connection, waiting at most [`POOL_WAIT`]: a pool that stays exhausted
     /// is an error the caller retries, never a hang.
-    pub async fn conn(&self) -> Result<deadpool_postgres::Object, String> {
+    pub async fn conn(&self) -> Result<deadpool_postgres::Object, DeliverError> {
         match tokio::time::timeout(POOL_WAIT, self.pool.get()).await {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(format!("outbox pool: {e}")),
-            Err(_) => Err(format!(
-                "no outbox connection free within {} s (delivery.pool_size = {})",
-                POOL_WAIT.as_secs(),
-                self.pool.status().max_size
-            )),
+            Ok(Err(e)) => Err(DeliverError::Outbox {
+                message: format!("pool: {e}"),
+                retryable: true,
+            }),
+            Err(_) => Err(DeliverError::PoolTimeout {
+                waited_s: POOL_WAIT.as_secs(),
+                pool_size: self.pool.status().max_size,
+            }),
         }
     }
 }
@@ -229,17 +232,17 @@ pub async fn run(
     info!("delivery stopped");
 }
 
-async fn load_all(engine: &Engine) -> Result<Vec<Stored>, String> {
+async fn load_all(engine: &Engine) -> Result<Vec<Stored>, DeliverError> {
     let client = engine.conn().await?;
     subscriptions::load_all(&client, &engine.schema)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(DeliverError::from)
 }
 
 /// A claim in progress, answered by the shared claimer.
 struct Claiming {
     want: usize,
-    reply: oneshot::Receiver<Result<Vec<Claimed>, String>>,
+    reply: oneshot::Receiver<Result<Vec<Claimed>, DeliverError>>,
 }
 
 /// A finished request, waiting to be recorded.
@@ -327,7 +330,7 @@ impl Pump {
     }
 
     /// Returns Ok on cancel or when the subscription was deactivated; Err on a database error.
-    async fn run_loop(&mut self, cancel: &CancellationToken) -> Result<(), String> {
+    async fn run_loop(&mut self, cancel: &CancellationToken) -> Result<(), DeliverError> {
         let engine = self.engine.clone();
         let mut wake = engine.wake.clone();
         let poll = engine.config.poll_interval.0;
@@ -382,7 +385,7 @@ impl Pump {
                 }
                 answered = async { (&mut claiming.as_mut().expect("guarded").reply).await }, if claiming.is_some() => {
                     let want = claiming.take().map_or(0, |c| c.want);
-                    let rows = answered.map_err(|_| "the claimer stopped".to_string())??;
+                    let rows = answered.map_err(|_| DeliverError::Stopping("the claimer stopped"))??;
                     self.claimed(rows, want);
                 }
                 r = self.owned_rx.changed() => {
@@ -516,7 +519,7 @@ impl Pump {
     }
 
     /// Decides and records every finished attempt; returns true when the subscription is gone.
-    async fn record(&mut self) -> Result<bool, String> {
+    async fn record(&mut self) -> Result<bool, DeliverError> {
         if self.done.is_empty() {
             return Ok(false);
         }
@@ -600,7 +603,7 @@ impl Pump {
             let client = engine.conn().await?;
             if queue::deactivate(&client, &engine.schema, &sub_id, reason)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(DeliverError::from)?
             {
                 warn!(subscription = %sub_id, "receiver answered 410 Gone: subscription deactivated; reactivate it through the API or config.toml");
             }

@@ -197,8 +197,10 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     let s = ip.segments();
     // Addresses that carry or tunnel to an IPv4 host walhook cannot see: a URL never needs them
     // (use the IPv4 address), and a resolver returning them may be steering around the checks.
-    if ip.to_ipv4_mapped().is_some() {
-        return Some("an IPv4-mapped (::ffff:0:0/96) address; use the IPv4 address");
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return v4_reason(v4).or(Some(
+            "an IPv4-mapped (::ffff:0:0/96) address; use the IPv4 address",
+        ));
     }
     match s {
         [0x2002, ..] => return Some("a 6to4 (2002::/16) address"),

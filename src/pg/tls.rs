@@ -19,6 +19,7 @@
 //! - the crypto provider is always `ring`, passed explicitly, so nothing depends on a
 //!   process-wide default provider having been installed.
 
+use crate::model::BadValue;
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
@@ -74,7 +75,7 @@ impl SslMode {
         !matches!(self, SslMode::Disable | SslMode::Prefer)
     }
 
-    fn parse(v: &str) -> Result<SslMode, String> {
+    fn parse(v: &str) -> Result<SslMode, BadValue> {
         Ok(match v {
             "disable" => SslMode::Disable,
             "prefer" => SslMode::Prefer,
@@ -84,7 +85,7 @@ impl SslMode {
             other => {
                 return Err(format!(
                     "unsupported sslmode {other:?}: use disable, prefer, require, verify-ca or verify-full"
-                ))
+                ).into())
             }
         })
     }
@@ -122,7 +123,7 @@ impl PgConfig {
     }
 
     /// Like [`FromStr`], with the error naming nothing but the problem (never the password).
-    pub fn parse(s: &str) -> Result<PgConfig, String> {
+    pub fn parse(s: &str) -> Result<PgConfig, BadValue> {
         let (rest, tls) = split_tls_params(s)?;
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| format!("{e}"))?;
         let explicit_mode = tls.sslmode.as_deref().map(SslMode::parse).transpose()?;
@@ -133,7 +134,8 @@ impl PgConfig {
                 Some(m) => {
                     return Err(format!(
                         "sslrootcert=system requires sslmode=verify-full (got sslmode={m})"
-                    ))
+                    )
+                    .into())
                 }
             },
             Some(path) => {
@@ -163,8 +165,8 @@ impl PgConfig {
 }
 
 impl FromStr for PgConfig {
-    type Err = String;
-    fn from_str(s: &str) -> Result<PgConfig, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<PgConfig, BadValue> {
         PgConfig::parse(s)
     }
 }
@@ -232,7 +234,7 @@ enum Roots {
 }
 
 impl Roots {
-    fn store(self) -> Result<Arc<RootCertStore>, String> {
+    fn store(self) -> Result<Arc<RootCertStore>, BadValue> {
         match self {
             Roots::BuiltIn => Ok(Arc::new(RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -255,7 +257,7 @@ impl Roots {
 
 /// Reads a PEM file of one or more certificates, each checked to be usable as a trust anchor.
 /// The error names the file and the problem.
-pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BadValue> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut certs = Vec::new();
     for (i, c) in CertificateDer::pem_slice_iter(&pem).enumerate() {
@@ -279,7 +281,8 @@ pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Strin
         return Err(format!(
             "{}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file",
             path.display()
-        ));
+        )
+        .into());
     }
     Ok(certs)
 }

@@ -154,13 +154,17 @@ async fn two_instances_send_each_change_once_and_hand_over_on_stop() {
     .await;
     let first_owner = db.sql("SELECT worker FROM walhook.delivery_owners");
     let second = Daemon::start_standby_named(&db, "walhook_standby", &delivery, &subs).await;
-    // The second instance's pump is up and has tried to own s (and found it owned): its
-    // ownership statement shows in pg_stat_activity under its own application_name.
+    // The second instance's delivery engine is up, contending for ownership: it holds its own
+    // ownership session lock (an advisory lock in walhook's namespace), under its own
+    // application_name. Its takeover statement runs every poll interval from then on.
     wait_value(
         &db,
-        "SELECT count(*) > 0 FROM pg_stat_activity
-         WHERE application_name = 'walhook_standby' AND datname = current_database()
-           AND query LIKE 'INSERT INTO %delivery_owners AS o%'",
+        &format!(
+            "SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE a.application_name = 'walhook_standby' AND a.datname = current_database()
+               AND l.locktype = 'advisory' AND l.classid = {}::oid AND l.granted",
+            walhook::outbox::queue::SESSION_LOCK_NS
+        ),
         "t",
         20,
     )

@@ -2,6 +2,8 @@
 //! tokio-postgres rejects the ones it does not implement (`verify-ca`, `verify-full`,
 //! `sslrootcert`). Everything else is left exactly as written, for tokio-postgres to parse.
 
+use crate::model::BadValue;
+
 /// The TLS settings tokio-postgres does not parse, taken out of a connection string.
 #[derive(Default)]
 pub(super) struct TlsParams {
@@ -11,7 +13,7 @@ pub(super) struct TlsParams {
 
 /// Splits `sslmode` and `sslrootcert` out of a URL (`postgres://…?sslmode=…`) or a key=value
 /// string, returning the rest for tokio-postgres unchanged.
-pub(super) fn split_tls_params(s: &str) -> Result<(String, TlsParams), String> {
+pub(super) fn split_tls_params(s: &str) -> Result<(String, TlsParams), BadValue> {
     let mut tls = TlsParams::default();
     let mut take = |key: &str, value: String| -> bool {
         match key {
@@ -54,7 +56,7 @@ pub(super) fn split_tls_params(s: &str) -> Result<(String, TlsParams), String> {
     Ok((rest, tls))
 }
 
-fn percent_decode(s: &str) -> Result<String, String> {
+fn percent_decode(s: &str) -> Result<String, BadValue> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -71,11 +73,11 @@ fn percent_decode(s: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "the connection URL is not UTF-8 once decoded".to_string())
+    String::from_utf8(out).map_err(|_| "the connection URL is not UTF-8 once decoded".into())
 }
 
 /// libpq's key=value syntax: `key = value` or `key='quoted \' value'`, separated by spaces.
-fn key_values(s: &str) -> Result<Vec<(String, String)>, String> {
+fn key_values(s: &str) -> Result<Vec<(String, String)>, BadValue> {
     let mut out = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
@@ -89,9 +91,7 @@ fn key_values(s: &str) -> Result<Vec<(String, String)>, String> {
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(format!(
-                "missing '=' after {key:?} in the connection string"
-            ));
+            return Err(format!("missing '=' after {key:?} in the connection string").into());
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -101,7 +101,7 @@ fn key_values(s: &str) -> Result<Vec<(String, String)>, String> {
                     Some('\'') => break,
                     Some('\\') => value.extend(chars.next()),
                     Some(c) => value.push(c),
-                    None => return Err(format!("unterminated quoted value of {key:?}")),
+                    None => return Err(format!("unterminated quoted value of {key:?}").into()),
                 }
             }
         } else {
