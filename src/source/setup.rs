@@ -17,6 +17,7 @@ use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use super::error::SourceError;
+use crate::backoff::Backoff;
 use crate::model::Lsn;
 use crate::model::{quote_ident, TableName};
 
@@ -241,7 +242,7 @@ pub async fn primary_key(client: &Client, relid: u32) -> Result<Vec<String>, Sou
 
 /// Runs one DDL statement with a short lock_timeout, retrying when the lock is not granted.
 async fn ddl_with_lock_timeout(client: &Client, sql: &str) -> Result<(), SourceError> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     for attempt in 1..=10 {
         let batch = format!("SET lock_timeout = '2s'; {sql}; RESET lock_timeout;");
         match client.batch_execute(&batch).await {
@@ -253,8 +254,7 @@ async fn ddl_with_lock_timeout(client: &Client, sql: &str) -> Result<(), SourceE
                     "lock not granted within 2s; retrying so the app is not queued behind walhook"
                 );
                 let _ = client.batch_execute("RESET lock_timeout").await;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => {
                 let _ = client.batch_execute("RESET lock_timeout").await;
