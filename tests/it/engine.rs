@@ -3,7 +3,7 @@
 //! connections), and a killed owner's subscriptions are taken over in seconds (by its restart or
 //! by a second instance) with nothing lost and redeliveries under the same event id.
 //!
-//! `WALHOOK_ENGINE_SUBS=10000 cargo test --release --test engine many -- --nocapture` measures
+//! `WALHOOK_ENGINE_SUBS=10000 cargo test --release --test it engine::many -- --nocapture` measures
 //! the large case by hand.
 
 use std::collections::{HashMap, HashSet};
