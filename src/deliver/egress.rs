@@ -53,16 +53,22 @@ fn filter_addrs(
             host: host.to_string(),
         });
     }
-    let mut refused = Vec::new();
+    let mut refused: Vec<&str> = Vec::new();
     let mut allowed = Vec::with_capacity(found.len());
     for addr in found {
         match policy.classify(addr.ip()) {
             Ok(()) => allowed.push(addr),
-            Err(reason) => refused.push(format!("{} is {reason}", addr.ip())),
+            Err(reason) => {
+                // The addresses go to the operator's log only: the message is stored with the
+                // attempt and shown to API callers, who must not learn internal addresses.
+                tracing::debug!(host, ip = %addr.ip(), reason, "resolved address refused");
+                if !refused.contains(&reason) {
+                    refused.push(reason);
+                }
+            }
         }
     }
     if allowed.is_empty() {
-        refused.dedup();
         return Err(EgressError::AllRefused {
             host: host.to_string(),
             details: refused.join(", "),
@@ -100,9 +106,8 @@ mod tests {
         let e = filter_addrs(&p, "localhost", vec![a("127.0.0.1"), a("::1")]).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "localhost resolves only to refused addresses (127.0.0.1 is a loopback address, ::1 \
-             is a loopback address); set [delivery] allow_private_networks = true or add them to \
-             allow_cidrs"
+            "localhost resolves only to refused addresses (a loopback address); set [delivery] \
+             allow_private_networks = true or add them to allow_cidrs"
         );
         assert!(!e.is_dns());
         assert!(filter_addrs(&p, "x", vec![]).unwrap_err().is_dns());

@@ -101,6 +101,9 @@ pub async fn ping(client: &Client) -> Result<(), OutboxError> {
 /// Applies missing migrations; returns the versions applied now.
 pub async fn migrate(client: &mut Client, schema: &Schema) -> Result<Vec<i32>, OutboxError> {
     let tx = client.transaction().await?;
+    // "already exists, skipping" NOTICEs on every start are noise in the operator's log.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     // Serialises concurrent starts; released at commit.
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('walhook-migrate'))",

@@ -202,6 +202,9 @@ async fn migrate_command_creates_the_schema_once() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
+        // The second run finds everything in place: no "already exists, skipping" noise.
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!log.contains("NOTICE"), "{log}");
     }
     assert_eq!(
         db.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'walhook'"),
