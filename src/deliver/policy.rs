@@ -137,6 +137,16 @@ impl Breaker {
         }
     }
 
+    /// The receiver's URL or secret changed: an open breaker tries the fix at once (one probe)
+    /// instead of waiting out its cooldown. Returns true when the state changed.
+    pub fn probe_now(&mut self) -> bool {
+        if let State::Open { .. } = self.state {
+            self.state = State::HalfOpen { probe_out: false };
+            return true;
+        }
+        false
+    }
+
     /// A probe that was claimed but not sent (nothing was due): let the next one go.
     pub fn probe_unused(&mut self) {
         if let State::HalfOpen { .. } = self.state {
@@ -166,6 +176,20 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fix_lets_an_open_breaker_probe_at_once() {
+        let now = Instant::now();
+        let mut b = Breaker::new(1, Duration::from_secs(600));
+        assert!(!b.probe_now(), "a closed breaker has nothing to probe");
+        b.record(false, now);
+        assert!(matches!(b.permit(now), Permit::Wait(Some(_))));
+        assert!(b.probe_now());
+        assert!(matches!(b.permit(now), Permit::Probe));
+        b.probe_sent();
+        b.record(true, now);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)

@@ -348,7 +348,7 @@ impl Pump {
                 return Ok(());
             }
             if self.sub_rx.has_changed().unwrap_or(false) {
-                self.sub = self.sub_rx.borrow_and_update().clone();
+                self.subscription_changed();
             }
             if self.owned_rx.has_changed().unwrap_or(false) {
                 self.check_ownership();
@@ -395,10 +395,34 @@ impl Pump {
                 r = wake.changed() => {
                     if r.is_ok() { self.more_due = true; }
                 }
+                // A PATCH (new URL or secret) reaches an open breaker at once, not after its
+                // cooldown. A closed channel (the subscription is going away) disables this arm.
+                Ok(()) = self.sub_rx.changed() => {
+                    self.subscription_changed();
+                }
                 _ = tokio::time::sleep_until(sleep_until.into()) => {
                     if first_done_at.is_none() { self.more_due = true; }
                 }
             }
+        }
+    }
+
+    /// Takes the new version of the subscription; when what a receiver checks changed (URL,
+    /// secrets, signature or format) an open breaker sends its probe now: the operator fixed
+    /// something, and waiting out the cooldown would only delay the proof.
+    fn subscription_changed(&mut self) {
+        let new = self.sub_rx.borrow_and_update().clone();
+        let fix = new.url != self.sub.url
+            || new.secret != self.sub.secret
+            || new.previous_secret != self.sub.previous_secret
+            || new.signature != self.sub.signature
+            || new.format != self.sub.format;
+        self.sub = new;
+        if fix && self.breaker.probe_now() {
+            let state = self.breaker.state();
+            self.engine.metrics.breaker(&self.sub.id, state);
+            info!(subscription = %self.sub.id, "subscription changed: circuit breaker half-open, sending a probe now");
+            self.more_due = true;
         }
     }
 

@@ -622,3 +622,57 @@ async fn standard_signatures_with_rotation_and_chat_formats() {
     );
     d.stop().await;
 }
+
+/// A fix (a PATCH of the URL or secret) reaches an open breaker at once: the probe goes to the
+/// new URL without waiting out the cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_url_closes_an_open_breaker_without_waiting_for_the_cooldown() {
+    let db = TestDb::new();
+    orders(&db);
+    let broken = Receiver::scripted(|_, _| Answer::Status(503)).await;
+    let fixed = Receiver::ok().await;
+    crate::support::assert_loopback(&broken.url);
+    crate::support::assert_loopback(&fixed.url);
+    let d = Daemon::start(
+        &db,
+        &fast_delivery(
+            "retry_schedule = [\"0s\", \"50ms\", \"50ms\", \"50ms\", \"50ms\"]\n\
+             breaker_failures = 2\nbreaker_cooldown = \"10m\"\nmax_in_flight = 1",
+        ),
+        "",
+    )
+    .await;
+    // As the API stores a subscription (the API's own tests cover the HTTP side).
+    db.sql(&format!(
+        "INSERT INTO walhook.subscriptions (id, source, table_name, events, url, secret)
+         VALUES ('s', 'api', 'orders', '{{INSERT}}', '{}', '{SECRET}')",
+        broken.url
+    ));
+    d.handles.changed.notify_one();
+    wait_value(
+        &db,
+        "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'orders'",
+        "1",
+        20,
+    )
+    .await;
+    db.sql("INSERT INTO orders VALUES (1, 1, 'new')");
+    broken.wait_for(2, Duration::from_secs(20)).await;
+    // Open for ten minutes from here on, unless the fix reaches it.
+    db.sql(&format!(
+        "UPDATE walhook.subscriptions SET url = '{}', updated_at = now() WHERE id = 's'",
+        fixed.url
+    ));
+    d.handles.changed.notify_one();
+    let got = fixed.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].json()["record"]["id"], 1);
+    assert_eq!(broken.count(), 2, "nothing more went to the old URL");
+    wait_value(
+        &db,
+        "SELECT status FROM walhook.deliveries",
+        "delivered",
+        20,
+    )
+    .await;
+    d.stop().await;
+}
