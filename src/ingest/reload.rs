@@ -323,6 +323,11 @@ pub async fn partitions_loop(
         }
         let Some(c) = &client else { continue };
         let work = async {
+            // One catalog query for all tables; only partitioned ones are described further.
+            let tables = partitioned(c, &tables).await?;
+            if tables.is_empty() {
+                return Ok(());
+            }
             let mut infos = describe_tables(c, &tables).await?;
             infos.retain(|i| i.partitions.iter().any(|(_, ident)| *ident != 'f'));
             ensure_replica_identity(c, &mut infos, true).await
@@ -339,6 +344,34 @@ pub async fn partitions_loop(
             }
         }
     }
+}
+
+/// The partitioned tables among `tables`.
+async fn partitioned(
+    client: &tokio_postgres::Client,
+    tables: &[crate::model::TableName],
+) -> Result<Vec<crate::model::TableName>, SourceError> {
+    let (schemas, names): (Vec<&str>, Vec<&str>) = tables
+        .iter()
+        .map(|t| (t.schema.as_str(), t.name.as_str()))
+        .unzip();
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text
+             FROM unnest($1::text[], $2::text[]) AS t(schema, name)
+             JOIN pg_namespace n ON n.nspname = t.schema
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.name
+             WHERE c.relkind = 'p'",
+            &[&schemas, &names],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::model::TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect())
 }
 
 #[cfg(test)]
