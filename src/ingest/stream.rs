@@ -145,7 +145,10 @@ async fn ingest_once(
         receive_timeout,
     };
     let result = source.run(&mut sink, cancel).await;
-    if result.is_err() {
+    if let Err(e) = &result {
+        // Said now: finishing the writer below can take as long as its connection needs to fail
+        // (TCP keepalives, about a minute, when the outbox shares a dead path).
+        warn!(slot, error = %e, "replication stream interrupted; finishing the outbox writer before reconnecting");
         // The writer must be finished before a reconnect reads the checkpoint again, or a late
         // group commit could land after it and be stored twice.
         let _ = sink.close().await;

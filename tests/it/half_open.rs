@@ -64,8 +64,10 @@ async fn a_silently_dropped_path_is_noticed_and_nothing_is_lost() {
     db.sql("CREATE TABLE orders(id int PRIMARY KEY, status text)");
     let blackhole = Arc::new(AtomicBool::new(false));
     let port = blackhole_proxy(db.pg.port(), blackhole.clone()).await;
-    // Every connection (replication, outbox, catalog) goes through the proxy; the server gives
-    // up on a silent walsender peer after 3 s, and walhook is told the same.
+    // The source's connections (replication, catalog) go through the proxy; the server gives
+    // up on a silent walsender peer after 3 s, and walhook is told the same. The outbox is
+    // reached directly: a dead outbox path is noticed by TCP keepalives (about a minute),
+    // which a proxy on this machine would answer, so it is not what this test measures.
     let url = format!(
         "postgres://postgres@127.0.0.1:{port}/{}?sslmode=disable&connect_timeout=2&options=-c%20wal_sender_timeout%3D3s",
         db.name
@@ -74,7 +76,7 @@ async fn a_silently_dropped_path_is_noticed_and_nothing_is_lost() {
         &url,
         &db.name,
         "p",
-        DELIVERY_OFF,
+        &format!("{DELIVERY_OFF}[outbox]\nurl = \"{}\"\n", db.url()),
         &sub("o", "orders", r#"["INSERT"]"#, ""),
     );
     let cfg = write_config(&text);
