@@ -14,7 +14,6 @@
 //!   database fences claims and records by worker id, so a stale set never sends twice;
 //! - on stop, ownership is given up only after the pumps recorded their last results.
 
-use super::DeliverError;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::worker::Engine;
+use super::DeliverError;
 use crate::backoff::Backoff;
-use crate::outbox::queue::SESSION_LOCK_NS;
+use crate::outbox::queue;
 
 /// The subscriptions this instance owns now.
 pub type Owned = Arc<HashSet<String>>;
@@ -43,19 +43,8 @@ async fn open(engine: &Engine) -> Result<Session, DeliverError> {
     // A token another live instance holds is refused by pg_try_advisory_lock: draw again.
     for _ in 0..16 {
         let token: i32 = rand::thread_rng().gen_range(1..i32::MAX);
-        let row = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
-                &[&SESSION_LOCK_NS, &token],
-            )
-            .await
-            .map_err(DeliverError::from)?;
-        if row.get::<_, bool>(0) {
-            return Ok(Session {
-                client,
-                token,
-                pid: row.get(1),
-            });
+        if let Some(pid) = queue::try_session_lock(&client, token).await? {
+            return Ok(Session { client, token, pid });
         }
     }
     Err(DeliverError::Outbox {

@@ -247,13 +247,7 @@ impl Queue {
         token: i32,
         pid: i32,
     ) -> Result<Vec<String>, OutboxError> {
-        let rows = client
-            .query(
-                &self.take_over,
-                &[&worker, &(lease.as_millis() as f64), &token, &pid],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        owned_ids(client, &self.take_over, worker, lease, token, pid).await
     }
 
     /// Renews every subscription `worker` owns for `lease`; returns their ids (one taken over
@@ -266,13 +260,7 @@ impl Queue {
         token: i32,
         pid: i32,
     ) -> Result<Vec<String>, OutboxError> {
-        let rows = client
-            .query(
-                &self.renew_all,
-                &[&worker, &(lease.as_millis() as f64), &token, &pid],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        owned_ids(client, &self.renew_all, worker, lease, token, pid).await
     }
 
     /// Gives up every subscription `worker` owns (shutdown), so others take over at once.
@@ -521,4 +509,38 @@ pub async fn deactivate(
     reason: &str,
 ) -> Result<bool, OutboxError> {
     super::subscriptions::deactivate(&***client, schema, subscription, reason).await
+}
+
+/// Runs one of the ownership statements (`$1` worker, `$2` lease in ms, `$3` token, `$4` pid)
+/// and returns the subscription ids it answers.
+async fn owned_ids(
+    client: &tokio_postgres::Client,
+    statement: &str,
+    worker: Uuid,
+    lease: Duration,
+    token: i32,
+    pid: i32,
+) -> Result<Vec<String>, OutboxError> {
+    let rows = client
+        .query(
+            statement,
+            &[&worker, &(lease.as_millis() as f64), &token, &pid],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Tries to take this session's ownership lock `(SESSION_LOCK_NS, token)`; the backend pid
+/// when taken, None when another live session holds that token.
+pub async fn try_session_lock(
+    client: &tokio_postgres::Client,
+    token: i32,
+) -> Result<Option<i32>, OutboxError> {
+    let row = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
+            &[&SESSION_LOCK_NS, &token],
+        )
+        .await?;
+    Ok(row.get::<_, bool>(0).then(|| row.get(1)))
 }
