@@ -4,8 +4,10 @@
 //!    the same WAL (the limit); then `target/release/walhook run` with delivery on, against a
 //!    fast in-process receiver, timed from process start until the receiver has every change and
 //!    the outbox shows every delivery `delivered`. Peak RSS of walhook.
-//! 2. Latency: with walhook running and caught up, a generator commits 50 rows every 10 ms
-//!    (5k changes/s) for 10 s; the receiver measures commit (the payload's `timestamp`) → arrival
+//! 2. The delivery limit: a bare HTTP/1.1 client ([`support::bare_http`]) posts W1's own payloads,
+//!    signed, to the same receiver over the same number of connections.
+//! 3. Latency: with walhook running and caught up, a generator commits 50 (then 200) rows every
+//!    10 ms (5k, then 20k changes/s) for 10 s; the receiver measures commit (the payload's `timestamp`) → arrival
 //!    of each distinct event id. The bench fails unless every change sent arrived (as many
 //!    distinct event ids as rows inserted): figures over a partial set would flatter the tail.
 //!
@@ -224,7 +226,32 @@ async fn bench() -> anyhow::Result<()> {
         )?
     );
 
-    // 2. Latency at a steady 5k changes/s.
+    // 2. The delivery limit: the same number of equally sized signed bodies (W1's own payloads,
+    //    read back from the outbox), to the same receiver, over the same number of connections.
+    let bodies: Vec<String> = pg
+        .psql(
+            &db,
+            "SELECT payload FROM walhook.deliveries ORDER BY id LIMIT 3000",
+        )?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    anyhow::ensure!(!bodies.is_empty(), "no payloads in the outbox to replay");
+    let avg_body = bodies.iter().map(String::len).sum::<usize>() / bodies.len();
+    state.count.store(0, Ordering::Relaxed);
+    let bare =
+        bare_http::post_all(&url, Arc::new(bodies), W1_CHANGES as usize, MAX_IN_FLIGHT).await?;
+    anyhow::ensure!(
+        state.count.load(Ordering::Relaxed) == W1_CHANGES as u64,
+        "bare HTTP: the receiver did not get every request"
+    );
+    let bare_rate = W1_CHANGES as f64 / bare.as_secs_f64();
+    println!(
+        "bare HTTP/1.1 client: {W1_CHANGES} signed bodies (avg {avg_body} B) over {MAX_IN_FLIGHT} connections in {:.2} s, {bare_rate:.0}/s",
+        bare.as_secs_f64()
+    );
+
+    // 3. Latency at steady rates.
     let db2 = pg.create_database()?;
     pg.psql(
         &db2,
@@ -252,44 +279,9 @@ async fn bench() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    state.count.store(0, Ordering::Relaxed);
-    state.record_latency.store(true, Ordering::Relaxed);
-    let insert = client
-        .prepare(
-            "INSERT INTO orders (total, status, customer_id, meta)
-             SELECT g, 'new', 'cust-' || g, jsonb_build_object('g', g) FROM generate_series(1, 50) g",
-        )
-        .await?;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let gen_start = Instant::now();
-    let mut sent = 0u64;
-    while gen_start.elapsed() < Duration::from_secs(10) {
-        tick.tick().await;
-        client.execute(&insert, &[]).await?;
-        sent += 50;
-    }
-    let gen_secs = gen_start.elapsed().as_secs_f64();
-    let distinct = || state.ids.lock().unwrap().len() as u64;
-    let t = Instant::now();
-    while distinct() < sent && t.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let lat5 = latency_run(&client, &state, 50).await?;
+    let lat20 = latency_run(&client, &state, 200).await?;
     let hwm2 = stop(child2)?;
-    let mut lat = state.latencies.lock().unwrap().clone();
-    lat.sort_unstable();
-    let received = distinct();
-    println!(
-        "latency run: {sent} changes in {gen_secs:.1} s ({:.0}/s), {received} distinct event ids \
-         received, {} redeliveries",
-        sent as f64 / gen_secs,
-        state.duplicates.load(Ordering::Relaxed)
-    );
-    anyhow::ensure!(
-        received == sent && lat.len() as u64 == sent,
-        "latency run: {sent} changes committed but {received} distinct event ids arrived within \
-         60 s of the last commit; the latency figures would describe only part of them"
-    );
 
     println!("\n| measure | value |");
     println!("|---|---|");
@@ -307,16 +299,86 @@ async fn bench() -> anyhow::Result<()> {
         hwm as f64 / 1024.0
     );
     println!(
-        "| commit → receiver latency at {:.0} changes/s: p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |",
-        sent as f64 / gen_secs,
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
-        percentile(&lat, 1.0)
+        "| bare HTTP/1.1 client, same bodies, receiver and connections (the delivery limit) | {bare_rate:.0} requests/s |"
     );
+    println!(
+        "| ratio end to end / bare HTTP | {:.2} |",
+        e2e_rate / bare_rate
+    );
+    for l in [&lat5, &lat20] {
+        println!(
+            "| commit → receiver latency at {:.0} changes/s: p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |",
+            l.rate, l.p50, l.p99, l.max
+        );
+    }
     println!(
         "| walhook peak RSS during the latency run | {:.1} MiB |",
         hwm2 as f64 / 1024.0
     );
     drop(pg);
     Ok(())
+}
+
+struct Latency {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// Commits `per_tick` rows every 10 ms for 10 s and measures commit → first arrival of each
+/// event id. Fails unless every change committed arrived: figures over a partial set would
+/// flatter the tail.
+async fn latency_run(
+    client: &tokio_postgres::Client,
+    state: &Received,
+    per_tick: u64,
+) -> anyhow::Result<Latency> {
+    state.ids.lock().unwrap().clear();
+    state.latencies.lock().unwrap().clear();
+    state.duplicates.store(0, Ordering::Relaxed);
+    state.count.store(0, Ordering::Relaxed);
+    state.record_latency.store(true, Ordering::Relaxed);
+    let insert = client
+        .prepare(&format!(
+            "INSERT INTO orders (total, status, customer_id, meta)
+             SELECT g, 'new', 'cust-' || g, jsonb_build_object('g', g) FROM generate_series(1, {per_tick}) g"
+        ))
+        .await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let gen_start = Instant::now();
+    let mut sent = 0u64;
+    while gen_start.elapsed() < Duration::from_secs(10) {
+        tick.tick().await;
+        client.execute(&insert, &[]).await?;
+        sent += per_tick;
+    }
+    let gen_secs = gen_start.elapsed().as_secs_f64();
+    let distinct = || state.ids.lock().unwrap().len() as u64;
+    let t = Instant::now();
+    while distinct() < sent && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    state.record_latency.store(false, Ordering::Relaxed);
+    let mut lat = state.latencies.lock().unwrap().clone();
+    lat.sort_unstable();
+    let received = distinct();
+    let rate = sent as f64 / gen_secs;
+    println!(
+        "latency run: {sent} changes in {gen_secs:.1} s ({rate:.0}/s), {received} distinct event ids \
+         received, {} redeliveries",
+        state.duplicates.load(Ordering::Relaxed)
+    );
+    anyhow::ensure!(
+        received == sent && lat.len() as u64 == sent,
+        "latency run: {sent} changes committed but {received} distinct event ids arrived within \
+         60 s of the last commit; the latency figures would describe only part of them"
+    );
+    Ok(Latency {
+        rate,
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        max: percentile(&lat, 1.0),
+    })
 }

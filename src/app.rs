@@ -78,7 +78,7 @@ pub async fn run_with(
     };
     let (router_tx, router_rx) = watch::channel(router);
     let (subs_tx, subs_rx) = watch::channel(0u64);
-    let (wake_tx, wake_rx) = watch::channel(0u64);
+    let handoff = crate::outbox::handoff::Handoff::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(retention_loop(
         config.outbox_pg_config(),
@@ -109,7 +109,7 @@ pub async fn run_with(
             config.delivery.clone(),
             sender,
             handles.metrics.clone(),
-            wake_rx,
+            handoff.clone(),
             handles.changed.clone(),
         ));
         tasks.spawn(worker::run(engine, subs_rx, cancel.clone()));
@@ -150,7 +150,7 @@ pub async fn run_with(
         None => info!("management API off: set [api] token to enable it"),
     }
     let hooks = Hooks {
-        wake: Some(wake_tx),
+        handoff: config.delivery.enabled.then(|| handoff.clone()),
         metrics: Some(handles.metrics.clone()),
     };
     let result = ingest_loop(&config, router_rx, hooks, &handles.streaming, &cancel)

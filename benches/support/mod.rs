@@ -2,6 +2,8 @@
 //! the reference, and /proc readings (RSS, CPU time).
 #![allow(dead_code)]
 
+pub mod bare_http;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

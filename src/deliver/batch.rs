@@ -11,14 +11,14 @@
 //!   last results are recorded before ownership is given up.
 
 use super::DeliverError;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinSet;
 
 use super::worker::Engine;
-use crate::outbox::queue::{Claimed, Recorded, Want, CLAIM_BATCH};
+use crate::outbox::queue::{Answer, Recorded, Want, CLAIM_BATCH};
 
 /// Claim statements running at a time.
 pub const CLAIMERS: usize = 2;
@@ -31,7 +31,7 @@ pub struct ClaimReq {
     pub sub: String,
     pub want: i64,
     pub held: Vec<i64>,
-    pub reply: oneshot::Sender<Result<Vec<Claimed>, DeliverError>>,
+    pub reply: oneshot::Sender<Result<Answer, DeliverError>>,
 }
 
 pub struct RecordReq {
@@ -69,7 +69,7 @@ impl Batcher {
         sub: String,
         want: i64,
         held: Vec<i64>,
-    ) -> oneshot::Receiver<Result<Vec<Claimed>, DeliverError>> {
+    ) -> oneshot::Receiver<Result<Answer, DeliverError>> {
         let (reply, rx) = oneshot::channel();
         let _ = self.claims.send(ClaimReq {
             sub,
@@ -127,14 +127,11 @@ async fn claim_loop(engine: Arc<Engine>, rx: Arc<Mutex<mpsc::UnboundedReceiver<C
         }
         .await;
         match result {
-            Ok(rows) => {
-                let mut by_sub: HashMap<String, Vec<Claimed>> = HashMap::new();
-                for (sub, c) in rows {
-                    by_sub.entry(sub).or_default().push(c);
-                }
+            Ok(mut answers) => {
                 for r in reqs {
-                    let rows = by_sub.remove(&r.sub).unwrap_or_default();
-                    let _ = r.reply.send(Ok(rows));
+                    // No answer: this instance does not own the subscription (any more).
+                    let answer = answers.remove(&r.sub).unwrap_or_else(Answer::not_owned);
+                    let _ = r.reply.send(Ok(answer));
                 }
             }
             Err(e) => {

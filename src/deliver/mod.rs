@@ -15,6 +15,7 @@ pub mod batch;
 pub mod egress;
 pub mod format;
 pub mod http;
+pub mod lanes;
 pub mod owner;
 pub mod policy;
 pub mod sign;

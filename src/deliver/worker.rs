@@ -14,12 +14,21 @@
 //!   session lock, with the lease as fallback); on losing it, it drops its queue and stands by;
 //! - a subscription never has two pumps in one process: a stopped pump's replacement starts only
 //!   after the old one recorded its last results;
+//! - the happy path is served from memory: after ingest commits, it hands the stored rows to
+//!   their pumps ([`crate::outbox::handoff`]); a pump whose last claim showed that the outbox
+//!   holds nothing else for it (nothing blocked, nothing waiting for a retry) sends them without
+//!   reading them back ("memory mode"). Anything unexpected (a gap in the sequence numbers, a
+//!   full handoff buffer, a failure, an open breaker, lost ownership) sends it back to claiming
+//!   from the outbox ("outbox mode"), which stays the truth; a pump also claims every
+//!   `poll_interval` in either mode, which finds what no handoff announced (replays, rows
+//!   another instance stored);
+//! - rows of a key go out one at a time in commit order in both modes ([`super::lanes`]);
 //! - an open breaker sends nothing and forgets its queue without consuming attempts;
 //! - on shutdown, requests in flight finish (bounded by `timeout`) and are recorded, then
 //!   ownership is given up; nothing is marked delivered without a 2xx.
 
 use super::DeliverError;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +36,9 @@ use bytes::Bytes;
 use chrono::Utc;
 use rand::Rng;
 use tokio::sync::{oneshot, watch, Notify};
+
+use super::lanes::Lanes;
+use crate::outbox::handoff::{Handoff, Slot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -40,7 +52,7 @@ use super::{format, sign};
 use crate::backoff::{sleep_or_cancel, Backoff};
 use crate::config::DeliveryConfig;
 use crate::metrics::{Attempt, BreakerState, Metrics, Outcome};
-use crate::outbox::queue::{self, Claimed, NewStatus, Queue, Recorded};
+use crate::outbox::queue::{self, Answer, Claimed, NewStatus, Queue, Recorded};
 use crate::outbox::subscriptions::{self, Stored};
 use crate::outbox::Schema;
 
@@ -53,8 +65,8 @@ pub struct Engine {
     pub retry: RetryPolicy,
     pub sender: HttpSender,
     pub metrics: Arc<Metrics>,
-    /// Bumped by ingest after each outbox commit.
-    pub wake: watch::Receiver<u64>,
+    /// Where ingest hands each commit's rows to this process's pumps.
+    pub handoff: Arc<Handoff>,
     /// Notified when a subscription changed here (410 Gone), so routing is reloaded.
     pub changed: Arc<Notify>,
     /// This instance: it owns its subscriptions, and records results, under this id.
@@ -71,7 +83,7 @@ impl Engine {
         config: DeliveryConfig,
         sender: HttpSender,
         metrics: Arc<Metrics>,
-        wake: watch::Receiver<u64>,
+        handoff: Arc<Handoff>,
         changed: Arc<Notify>,
     ) -> Engine {
         Engine {
@@ -82,7 +94,7 @@ impl Engine {
             config,
             sender,
             metrics,
-            wake,
+            handoff,
             changed,
             worker: Uuid::new_v4(),
         }
@@ -107,6 +119,10 @@ impl Engine {
 
 /// Rows leased per in-flight slot: enough that a claim (one round trip) feeds many sends.
 const PREFETCH: usize = 4;
+
+/// Rows a pump in memory mode holds unsent, at least (else `PREFETCH × max_in_flight`); beyond
+/// it the pump lets them go to the outbox and claims them as they become due.
+const MEMORY_QUEUE_MIN: usize = 4096;
 
 /// A finished attempt waits at most this long for others to be recorded with it.
 const RECORD_DELAY: Duration = Duration::from_millis(2);
@@ -179,8 +195,14 @@ pub async fn run(
                             let (tx, rx) = watch::channel(sub.clone());
                             let token = cancel.child_token();
                             pumps.insert(sub.id.clone(), (tx, token.clone()));
-                            let pump =
-                                Pump::new(engine.clone(), rx, owned_rx.clone(), batcher.clone());
+                            let slot = engine.handoff.register(&sub.id);
+                            let pump = Pump::new(
+                                engine.clone(),
+                                rx,
+                                owned_rx.clone(),
+                                batcher.clone(),
+                                slot,
+                            );
                             tasks.spawn(pump.run(token));
                         }
                     }
@@ -214,6 +236,9 @@ pub async fn run(
                         if !known.contains(&id) {
                             engine.metrics.forget_subscription(&id);
                         }
+                        if !pumps.contains_key(&id) {
+                            engine.handoff.unregister(&id);
+                        }
                     }
                     Err(e) => error!(error = %e, "a delivery pump panicked; it restarts at the next rescan"),
                 }
@@ -242,7 +267,16 @@ async fn load_all(engine: &Engine) -> Result<Vec<Stored>, DeliverError> {
 /// A claim in progress, answered by the shared claimer.
 struct Claiming {
     want: usize,
-    reply: oneshot::Receiver<Result<Vec<Claimed>, DeliverError>>,
+    reply: oneshot::Receiver<Result<Answer, DeliverError>>,
+}
+
+/// Where a pump's next rows come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Claimed from the outbox.
+    Outbox,
+    /// Handed over by ingest; `next` is the sequence number expected next.
+    Memory { next: i64 },
 }
 
 /// A finished request, waiting to be recorded.
@@ -262,10 +296,19 @@ struct Pump {
     sub_rx: watch::Receiver<Arc<Stored>>,
     sub: Arc<Stored>,
     breaker: Breaker,
-    /// Claimed, not yet sent.
-    queue: VecDeque<Claimed>,
-    /// Claimed and not yet recorded (queued, in flight or finished): left out of claims.
-    held: HashSet<i64>,
+    /// Claimed or handed over, not yet recorded: ready, waiting behind their key, in flight.
+    lanes: Lanes,
+    /// This subscription's handoff slot.
+    slot: Arc<Slot>,
+    mode: Mode,
+    /// Ids taken from the handoff since the running claim was started: its snapshot may show
+    /// them unfinished after they were sent and recorded, so its answer must not bring them
+    /// back.
+    handed_during_claim: HashSet<i64>,
+    claim_running: bool,
+    /// The running claim was started in outbox mode, and nothing sent the pump back to the
+    /// outbox since: its answer may switch to memory mode.
+    may_switch: bool,
     in_flight: JoinSet<Done>,
     done: Vec<Done>,
     /// The last claim filled its limit: there is probably more due right now.
@@ -278,6 +321,7 @@ impl Pump {
         mut sub_rx: watch::Receiver<Arc<Stored>>,
         owned_rx: watch::Receiver<Owned>,
         batcher: Batcher,
+        slot: Arc<Slot>,
     ) -> Pump {
         let sub = sub_rx.borrow_and_update().clone();
         Pump {
@@ -291,8 +335,12 @@ impl Pump {
             owns: false,
             sub_rx,
             sub,
-            queue: VecDeque::new(),
-            held: HashSet::new(),
+            lanes: Lanes::default(),
+            slot,
+            mode: Mode::Outbox,
+            handed_during_claim: HashSet::new(),
+            claim_running: false,
+            may_switch: false,
             in_flight: JoinSet::new(),
             done: Vec::new(),
             more_due: true,
@@ -332,7 +380,7 @@ impl Pump {
     /// Returns Ok on cancel or when the subscription was deactivated; Err on a database error.
     async fn run_loop(&mut self, cancel: &CancellationToken) -> Result<(), DeliverError> {
         let engine = self.engine.clone();
-        let mut wake = engine.wake.clone();
+        let slot = self.slot.clone();
         let poll = engine.config.poll_interval.0;
         let max = engine.config.max_in_flight;
         // Results are recorded in batches: one statement per batch, not per delivery.
@@ -365,7 +413,7 @@ impl Pump {
             if self.owns
                 && self.more_due
                 && wait_until.is_none()
-                && self.queue.len() < max
+                && self.lanes.queued_len() < max
                 && claiming.is_none()
             {
                 claiming = self.start_claim();
@@ -385,16 +433,14 @@ impl Pump {
                 }
                 answered = async { (&mut claiming.as_mut().expect("guarded").reply).await }, if claiming.is_some() => {
                     let want = claiming.take().map_or(0, |c| c.want);
-                    let rows = answered.map_err(|_| DeliverError::Stopping("the claimer stopped"))??;
-                    self.claimed(rows, want);
+                    let answer = answered.map_err(|_| DeliverError::Stopping("the claimer stopped"))??;
+                    self.claimed(answer, want);
                 }
                 r = self.owned_rx.changed() => {
                     if r.is_err() { return Ok(()) }
                     self.check_ownership();
                 }
-                r = wake.changed() => {
-                    if r.is_ok() { self.more_due = true; }
-                }
+                _ = slot.notify.notified() => self.handed_over(),
                 // A PATCH (new URL or secret) reaches an open breaker at once, not after its
                 // cooldown. A closed channel (the subscription is going away) disables this arm.
                 Ok(()) = self.sub_rx.changed() => {
@@ -428,7 +474,15 @@ impl Pump {
 
     fn finished(&mut self, joined: Result<Done, tokio::task::JoinError>) {
         match joined {
-            Ok(done) => self.done.push(done),
+            Ok(done) => {
+                let success = done.outcome.is_success();
+                self.lanes.finished(&done.claimed, success);
+                if !success {
+                    // Retries and what waits behind them are the outbox's business.
+                    self.to_outbox_mode();
+                }
+                self.done.push(done);
+            }
             Err(e) => {
                 error!(subscription = %self.sub.id, error = %e, "a delivery request panicked; its lease will expire and it will be sent again")
             }
@@ -453,10 +507,58 @@ impl Pump {
         self.owns = owns;
     }
 
+    /// Lets go of what was not sent yet; the outbox keeps it and the next claim finds it.
     fn forget_queue(&mut self) {
-        for c in self.queue.drain(..) {
-            self.held.remove(&c.id);
+        self.lanes.forget();
+        self.to_outbox_mode();
+    }
+
+    fn to_outbox_mode(&mut self) {
+        if self.mode != Mode::Outbox {
+            debug!(subscription = %self.sub.id, "delivery reads the outbox again");
         }
+        self.mode = Mode::Outbox;
+        self.more_due = true;
+        self.may_switch = false;
+        self.slot.accept(false);
+    }
+
+    /// Rows handed over by ingest: taken in memory mode when they continue the sequence;
+    /// otherwise left to the outbox.
+    fn handed_over(&mut self) {
+        let Mode::Memory { mut next } = self.mode else {
+            // Outbox mode claims; a claim starts with an empty slot (see `start_claim`).
+            self.more_due = true;
+            return;
+        };
+        let taken = self.slot.take();
+        if taken.overflowed || !self.owns {
+            self.to_outbox_mode();
+            return;
+        }
+        // A slow receiver must not make the pump hold everything ingest hands over.
+        let cap = (PREFETCH * self.engine.config.max_in_flight).max(MEMORY_QUEUE_MIN);
+        if self.lanes.queued_len() + taken.rows.len() > cap {
+            self.forget_queue();
+            return;
+        }
+        for row in taken.rows {
+            match row.sequence {
+                Some(n) if n < next => continue,
+                Some(n) if n == next => {
+                    next += 1;
+                    if self.claim_running {
+                        self.handed_during_claim.insert(row.id);
+                    }
+                    self.lanes.admit(row);
+                }
+                _ => {
+                    self.to_outbox_mode();
+                    return;
+                }
+            }
+        }
+        self.mode = Mode::Memory { next };
     }
 
     /// Starts queued sends within the in-flight cap and the breaker; returns when to look again
@@ -482,7 +584,7 @@ impl Pump {
                     );
                 }
             }
-            let Some(claimed) = self.queue.pop_front() else {
+            let Some(claimed) = self.lanes.next_ready() else {
                 break;
             };
             if matches!(self.breaker.permit(Instant::now()), Permit::Probe) {
@@ -499,31 +601,69 @@ impl Pump {
         let max = self.engine.config.max_in_flight;
         // A half-open breaker needs one row only.
         let want = match self.breaker.permit(Instant::now()) {
-            Permit::Probe if self.in_flight.is_empty() && self.queue.is_empty() => 1,
-            Permit::Open => (PREFETCH * max).saturating_sub(self.held.len()),
+            Permit::Probe if self.in_flight.is_empty() && self.lanes.queued_len() == 0 => 1,
+            Permit::Open => (PREFETCH * max).saturating_sub(self.lanes.held_len()),
             _ => 0,
         };
         self.more_due = false;
         if want == 0 {
             return None;
         }
-        let held: Vec<i64> = self.held.iter().copied().collect();
+        if self.mode == Mode::Outbox {
+            // Whatever was handed over until now is in this claim's snapshot (it was committed
+            // before it was handed over); what arrives from now on is kept and checked against
+            // the answer's last sequence number.
+            self.slot.take();
+            self.slot.accept(true);
+            self.may_switch = true;
+        }
+        self.handed_during_claim.clear();
+        self.claim_running = true;
+        let held = self.lanes.held_ids();
         let reply = self.batcher.claim(self.sub.id.clone(), want as i64, held);
         Some(Claiming { want, reply })
     }
 
-    fn claimed(&mut self, rows: Vec<Claimed>, want: usize) {
+    fn claimed(&mut self, answer: Answer, want: usize) {
+        self.claim_running = false;
+        let handed = std::mem::take(&mut self.handed_during_claim);
         if !self.owns {
             // Ownership was lost while the claim ran: the new owner sends these.
             return;
         }
-        // A full claim suggests more is due; a probe claims one row and waits for its result.
-        // A wake that came while the claim ran has set more_due already: keep it.
-        self.more_due |=
-            rows.len() == want && !matches!(self.breaker.state(), BreakerState::HalfOpen);
-        for c in rows {
-            if self.held.insert(c.id) {
-                self.queue.push_back(c);
+        let everything = answer.is_everything();
+        let full = answer.rows.len() == want;
+        let mut unknown = false;
+        for c in answer.rows {
+            if !handed.contains(&c.id) {
+                unknown |= self.lanes.admit(c);
+            }
+        }
+        match self.mode {
+            Mode::Memory { .. } if unknown => {
+                // The outbox had rows nobody handed over (a replay, another instance's writes).
+                self.to_outbox_mode();
+            }
+            Mode::Memory { .. } => {}
+            Mode::Outbox => {
+                // A full claim suggests more is due; a probe claims one row and waits for its
+                // result. A handoff that came while the claim ran has set more_due already.
+                self.more_due |= full && !matches!(self.breaker.state(), BreakerState::HalfOpen);
+                if self.may_switch
+                    && everything
+                    && matches!(self.breaker.permit(Instant::now()), Permit::Open)
+                {
+                    // Nothing else in the outbox: from the answer's snapshot on, what ingest
+                    // hands over is complete.
+                    self.mode = Mode::Memory {
+                        next: answer.last_sequence + 1,
+                    };
+                    self.more_due = false;
+                    debug!(subscription = %self.sub.id, next_sequence = answer.last_sequence + 1, "delivery takes new rows from memory");
+                    self.handed_over();
+                } else {
+                    self.slot.accept(false);
+                }
             }
         }
     }
@@ -617,11 +757,13 @@ impl Pump {
             warn!(subscription = %sub_id, results = total - written, "results not recorded: this instance no longer owns the subscription, and the new owner sends those deliveries again (same event ids)");
         }
         for id in ids {
-            self.held.remove(&id);
+            self.lanes.recorded(id);
         }
         self.done.clear();
-        // A finished delivery may unblock the next one of its key.
-        self.more_due = true;
+        // In outbox mode, a finished delivery may unblock the next one of its key.
+        if self.mode == Mode::Outbox {
+            self.more_due = true;
+        }
         if gone {
             let reason = "receiver answered 410 Gone";
             let client = engine.conn().await?;

@@ -17,6 +17,8 @@
 //!   COMMIT; `idle` is true only when every handed-over commit is durable;
 //! - routing changes (SIGHUP) take effect between transactions, never inside one.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
@@ -27,6 +29,8 @@ use tracing::{debug, info};
 use super::IngestError;
 use crate::model::{Lsn, RowChange};
 use crate::outbox::enqueue::Enqueuer;
+use crate::outbox::handoff::Handoff;
+use crate::outbox::queue::Claimed;
 use crate::outbox::{OutboxError, Schema};
 use crate::route::{Routed, Router};
 use crate::source::stream::Sink;
@@ -41,10 +45,18 @@ const CHANNEL: usize = 8192;
 /// A group commit ends at the first source commit after this many rows.
 const GROUP_ROWS: u64 = 50_000;
 
-/// Who hears about progress: delivery workers (woken after each commit) and metrics.
+/// Bytes of one group commit kept for the handoff to delivery (payloads, keys, ids and a fixed
+/// overhead per row), at most; rows beyond it are not kept and their pumps read them from the
+/// outbox.
+const HANDOFF_BYTES: usize = 16 << 20;
+/// What a kept row costs besides its strings (the struct, allocator headers).
+const HANDOFF_ROW_OVERHEAD: usize = 128;
+
+/// Who hears about progress: this process's delivery pumps (handed each commit's rows) and
+/// metrics.
 #[derive(Default, Clone)]
 pub struct Hooks {
-    pub wake: Option<watch::Sender<u64>>,
+    pub handoff: Option<Arc<Handoff>>,
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
@@ -89,6 +101,9 @@ impl OutboxSink {
             rows_at_last_log: 0,
             checkpoint,
             hooks: hooks.clone(),
+            kept: HashMap::new(),
+            kept_bytes: 0,
+            dropped: HashSet::new(),
         };
         OutboxSink {
             metrics: hooks.metrics,
@@ -228,6 +243,11 @@ struct Writer {
     rows_at_last_log: u64,
     checkpoint: Lsn,
     hooks: Hooks,
+    /// The open group's rows, per subscription, for the handoff after its commit.
+    kept: HashMap<Arc<str>, Vec<Claimed>>,
+    kept_bytes: usize,
+    /// Subscriptions whose rows of the open group were not kept.
+    dropped: HashSet<Arc<str>>,
 }
 
 impl Writer {
@@ -251,7 +271,8 @@ impl Writer {
             let Some(item) = item else { break };
             match item {
                 Item::Row(r, lsn) => {
-                    self.out.write(&r, lsn).await?;
+                    let written = self.out.write(&r, lsn).await?;
+                    self.keep(r, written);
                     self.rows_in_group += 1;
                     self.rows_since_commit += 1;
                 }
@@ -290,13 +311,45 @@ impl Writer {
         if let Some(m) = &self.hooks.metrics {
             m.add_enqueued(self.rows_in_group);
         }
-        if let Some(w) = &self.hooks.wake {
-            w.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(h) = &self.hooks.handoff {
+            h.publish(std::mem::take(&mut self.kept));
+            h.dirty(self.dropped.iter().map(|s| &**s));
         }
+        self.kept_bytes = 0;
+        self.dropped.clear();
         debug!(commit_lsn = %commit_lsn, rows = self.rows_in_group, "stored");
         self.rows_in_group = 0;
         self.log_progress();
         Ok(())
+    }
+
+    /// Keeps a stored row for the handoff, within [`HANDOFF_BYTES`] per group.
+    fn keep(&mut self, r: Routed, written: crate::outbox::enqueue::Written) {
+        let Some(h) = &self.hooks.handoff else {
+            return;
+        };
+        if !h.is_listening() {
+            return;
+        }
+        let cost = r.body.len() + r.key.len() + r.event_id.len() + HANDOFF_ROW_OVERHEAD;
+        if self.kept_bytes + cost > HANDOFF_BYTES {
+            self.kept.remove(&r.subscription);
+            self.dropped.insert(r.subscription);
+            return;
+        }
+        if self.dropped.contains(&r.subscription) {
+            return;
+        }
+        self.kept_bytes += cost;
+        self.kept.entry(r.subscription).or_default().push(Claimed {
+            id: written.id,
+            event_id: r.event_id,
+            event: r.event.as_str().to_string(),
+            ordering_key: r.key,
+            payload: r.body,
+            attempts: 0,
+            sequence: Some(written.sequence),
+        });
     }
 
     fn log_progress(&mut self) {

@@ -9,7 +9,10 @@
 //!   in memory here;
 //! - each stored delivery gets its subscription's next sequence number (1, 2, …), and the last
 //!   number per subscription is stored in the same outbox transaction as the rows, so numbers
-//!   are assigned once, without gaps or reuse; a new `Enqueuer` (after any failure) reloads them.
+//!   are assigned once, without gaps or reuse; a new `Enqueuer` (after any failure) reloads them;
+//! - each row's id is taken from the table's identity sequence before it is written (in blocks
+//!   of [`ID_BLOCK`]), ascending in write order, so the writer can hand the stored rows to this
+//!   process's delivery pumps after the commit ([`super::handoff`]) without reading them back.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -23,6 +26,17 @@ use super::{OutboxError, Schema};
 use crate::model::Lsn;
 use crate::route::Routed;
 
+/// Ids taken from the identity sequence per round trip. Unused ones are used by the next
+/// transaction; those of a dropped `Enqueuer` are simply never used (sequences have gaps).
+pub const ID_BLOCK: i64 = 4096;
+
+/// Where a written delivery landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub id: i64,
+    pub sequence: i64,
+}
+
 /// One outbox connection writing deliveries and the checkpoint of one slot.
 pub struct Enqueuer {
     client: Client,
@@ -34,6 +48,8 @@ pub struct Enqueuer {
     sequences: Option<HashMap<Arc<str>, i64>>,
     /// Numbers advanced by the open transaction, stored with it.
     sequences_dirty: HashMap<Arc<str>, i64>,
+    /// Ids taken from the sequence and not used yet.
+    ids: std::ops::Range<i64>,
 }
 
 impl Enqueuer {
@@ -45,6 +61,7 @@ impl Enqueuer {
             copy: None,
             sequences: None,
             sequences_dirty: HashMap::new(),
+            ids: 0..0,
         }
     }
 
@@ -60,10 +77,20 @@ impl Enqueuer {
 
     /// Writes one delivery of the source transaction committed at `commit_lsn`, opening the
     /// outbox transaction first if none is open.
-    pub async fn write(&mut self, r: &Routed, commit_lsn: Lsn) -> Result<(), OutboxError> {
+    pub async fn write(&mut self, r: &Routed, commit_lsn: Lsn) -> Result<Written, OutboxError> {
         if self.copy.is_none() {
             self.open().await?;
         }
+        if self.ids.is_empty() {
+            // The connection is in COPY mode: end this COPY, take ids, start the next one (all
+            // inside the open transaction).
+            if let Some(mut copy) = self.copy.take() {
+                copy.as_mut().finish().await?;
+            }
+            self.take_ids().await?;
+            self.start_copy().await?;
+        }
+        let id = self.ids.next().expect("refilled above");
         let next = self
             .sequences
             .as_mut()
@@ -78,6 +105,7 @@ impl Enqueuer {
         let sub: &str = &r.subscription;
         copy.as_mut()
             .write(&[
+                &id,
                 &sub,
                 &r.event_id,
                 &r.event.as_str(),
@@ -87,6 +115,28 @@ impl Enqueuer {
                 &sequence,
             ])
             .await?;
+        Ok(Written { id, sequence })
+    }
+
+    async fn take_ids(&mut self) -> Result<(), OutboxError> {
+        let row = self
+            .client
+            .query_one(
+                &format!(
+                    "SELECT min(v), max(v) FROM (SELECT nextval(pg_get_serial_sequence($1, 'id')) AS v
+                     FROM generate_series(1, {ID_BLOCK})) s"
+                ),
+                &[&self.schema.table("deliveries")],
+            )
+            .await?;
+        let (lo, hi): (i64, i64) = (row.get(0), row.get(1));
+        // One caller of the sequence at a time gives a contiguous block; if another took values
+        // in between, fall back to the top value alone rather than reuse someone else's.
+        self.ids = if hi - lo + 1 == ID_BLOCK {
+            lo..hi + 1
+        } else {
+            hi..hi + 1
+        };
         Ok(())
     }
 
@@ -109,14 +159,22 @@ impl Enqueuer {
             );
         }
         self.client.batch_execute("BEGIN").await?;
+        if self.ids.is_empty() {
+            self.take_ids().await?;
+        }
+        self.start_copy().await
+    }
+
+    async fn start_copy(&mut self) -> Result<(), OutboxError> {
         let sink = self
             .client
             .copy_in(&format!(
-                "COPY {} (subscription_id, event_id, event, ordering_key, payload, commit_lsn, sequence) FROM STDIN (FORMAT binary)",
+                "COPY {} (id, subscription_id, event_id, event, ordering_key, payload, commit_lsn, sequence) FROM STDIN (FORMAT binary)",
                 self.schema.table("deliveries")
             ))
             .await?;
         let types = [
+            Type::INT8,
             Type::TEXT,
             Type::TEXT,
             Type::TEXT,

@@ -10,6 +10,7 @@
 pub mod deliveries;
 pub mod enqueue;
 pub mod gauges;
+pub mod handoff;
 pub mod queue;
 pub mod retention;
 pub mod subscriptions;

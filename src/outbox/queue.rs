@@ -19,6 +19,7 @@
 //!   the lease is the fallback for an owner whose session outlives its reach. Claims and records
 //!   for many subscriptions go in one statement each ([`Queue::claim_many`], [`Queue::record_many`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -40,6 +41,36 @@ pub struct Claimed {
     /// The subscription's sequence number of this delivery (None: stored before version 4
     /// numbered them, which an upgrade does; kept optional for rows written by hand).
     pub sequence: Option<i64>,
+}
+
+/// One subscription's answer to a claim.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    /// Due rows, heads of their keys, oldest first.
+    pub rows: Vec<Claimed>,
+    /// Unfinished rows beyond the held ones, counted up to the want + 1: equal to `rows.len()`
+    /// when the outbox holds nothing else for the subscription (nothing blocked, nothing
+    /// waiting for a retry).
+    pub unfinished: i64,
+    /// The subscription's last sequence number in the same snapshot (0: none yet).
+    pub last_sequence: i64,
+}
+
+impl Answer {
+    /// The answer for a subscription the claimer does not own: nothing, and never "everything".
+    pub fn not_owned() -> Answer {
+        Answer {
+            rows: Vec::new(),
+            unfinished: -1,
+            last_sequence: 0,
+        }
+    }
+
+    /// Whether these rows are everything unfinished the subscription has besides what the
+    /// claimer held.
+    pub fn is_everything(&self) -> bool {
+        self.unfinished == self.rows.len() as i64
+    }
 }
 
 /// The new state of a delivery after an attempt.
@@ -97,6 +128,7 @@ impl Queue {
         let a = schema.table("attempts");
         let o = schema.table("delivery_owners");
         let s = schema.table("subscriptions");
+        let q = schema.table("sequences");
         // Sessions of this database holding a walhook lock: their owners are alive.
         let live = format!(
             "SELECT l.objid::bigint AS token FROM pg_locks l
@@ -153,11 +185,22 @@ impl Queue {
                  WHERE worker = $1 RETURNING subscription_id"
             ),
             disown_all: format!("DELETE FROM {o} WHERE worker = $1"),
+            // Per want: its due rows (none: one row of NULLs), how many unfinished rows it has
+            // beyond `held` (counted up to want + 1) and its last sequence number, all in one
+            // snapshot, so a pump can tell that the outbox holds nothing it was not given.
             claim_many: format!(
-                "SELECT w.sub, c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
+                "SELECT w.sub, c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence,
+                        u.unfinished, q.last_sequence
                  FROM unnest($1::text[], $2::bigint[]) AS w(sub, want)
                  JOIN {o} o ON o.subscription_id = w.sub AND o.worker = $4 AND o.lease_until > now()
                  CROSS JOIN LATERAL (
+                     SELECT count(*) AS unfinished FROM (
+                         SELECT 1 FROM {d} x
+                         WHERE x.subscription_id = w.sub AND x.status IN ('pending', 'failed')
+                           AND x.id <> ALL($3::bigint[])
+                         LIMIT w.want + 1) x) u
+                 LEFT JOIN {q} q ON q.subscription_id = w.sub
+                 LEFT JOIN LATERAL (
                      SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
                      FROM {d} c
                      WHERE c.subscription_id = w.sub AND c.status IN ('pending', 'failed')
@@ -171,7 +214,7 @@ impl Queue {
                            ORDER BY k.subscription_id, k.ordering_key, k.id
                            LIMIT 1))
                      ORDER BY c.next_attempt_at, c.id
-                     LIMIT w.want) c"
+                     LIMIT w.want) c ON true"
             ),
             record_many: record_cte(&format!(
                 "EXISTS (SELECT 1 FROM {o} w WHERE w.subscription_id = r.sub AND w.worker = $11)"
@@ -273,38 +316,41 @@ impl Queue {
     }
 
     /// Due deliveries of many subscriptions `worker` owns, in one statement: up to each want's
-    /// limit, oldest first, leaving out `held` (every id the owner still holds); returned with
-    /// their subscription's id.
+    /// limit, oldest first, leaving out `held` (every id the owner still holds); one answer per
+    /// owned subscription (a subscription this worker does not own gets none).
     pub async fn claim_many(
         &self,
         client: &Client,
         wants: &[Want],
         held: &[i64],
         worker: Uuid,
-    ) -> Result<Vec<(String, Claimed)>, OutboxError> {
+    ) -> Result<HashMap<String, Answer>, OutboxError> {
         let subs: Vec<&str> = wants.iter().map(|w| w.subscription.as_str()).collect();
         let limits: Vec<i64> = wants.iter().map(|w| w.limit).collect();
         let stmt = client.prepare_cached(&self.claim_many).await?;
         let rows = client
             .query(&stmt, &[&subs, &limits, &held, &worker])
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    Claimed {
-                        id: r.get(1),
-                        event_id: r.get(2),
-                        event: r.get(3),
-                        ordering_key: r.get(4),
-                        payload: r.get(5),
-                        attempts: r.get(6),
-                        sequence: r.get(7),
-                    },
-                )
-            })
-            .collect())
+        let mut answers: HashMap<String, Answer> = HashMap::new();
+        for r in &rows {
+            let a = answers.entry(r.get(0)).or_insert_with(|| Answer {
+                rows: Vec::new(),
+                unfinished: r.get(8),
+                last_sequence: r.get::<_, Option<i64>>(9).unwrap_or(0),
+            });
+            if let Some(id) = r.get::<_, Option<i64>>(1) {
+                a.rows.push(Claimed {
+                    id,
+                    event_id: r.get(2),
+                    event: r.get(3),
+                    ordering_key: r.get(4),
+                    payload: r.get(5),
+                    attempts: r.get(6),
+                    sequence: r.get(7),
+                });
+            }
+        }
+        Ok(answers)
     }
 
     /// Records results of many subscriptions in one statement, each only if `worker` still owns

@@ -1,0 +1,196 @@
+//! A pump's rows between claim (or handoff) and record: what is ready to send, what waits behind
+//! an earlier row of its key, and every id the pump still holds.
+//!
+//! Guarantees:
+//! - per key, one row at a time is ready or in flight; the next row of that key becomes ready
+//!   only after the previous one succeeded, so rows of a key go out in the order they were
+//!   admitted (commit order). A table without a primary key has the empty key: no ordering;
+//! - after a failure the rows waiting behind it are let go (no longer held), so the outbox,
+//!   which keeps them behind the failed row, decides when they go;
+//! - a row is held from admission until its result is recorded (or it is let go), so a claim
+//!   that passes [`Lanes::held_ids`] never returns a row already in the pump's hands.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::outbox::queue::Claimed;
+
+#[derive(Debug, Default)]
+struct Key {
+    /// The key's current row was handed out by [`Lanes::next_ready`] (in flight or finished).
+    flying: bool,
+    waiting: VecDeque<Claimed>,
+}
+
+#[derive(Debug, Default)]
+pub struct Lanes {
+    ready: VecDeque<Claimed>,
+    keys: HashMap<String, Key>,
+    held: HashSet<i64>,
+}
+
+impl Lanes {
+    /// Takes a row in; false (and nothing changes) when it is already held.
+    pub fn admit(&mut self, row: Claimed) -> bool {
+        if !self.held.insert(row.id) {
+            return false;
+        }
+        if row.ordering_key.is_empty() {
+            self.ready.push_back(row);
+            return true;
+        }
+        match self.keys.get_mut(&row.ordering_key) {
+            Some(k) => k.waiting.push_back(row),
+            None => {
+                self.keys.insert(row.ordering_key.clone(), Key::default());
+                self.ready.push_back(row);
+            }
+        }
+        true
+    }
+
+    /// The next row to send; its key is busy until [`Lanes::finished`].
+    pub fn next_ready(&mut self) -> Option<Claimed> {
+        let row = self.ready.pop_front()?;
+        if let Some(k) = self.keys.get_mut(&row.ordering_key) {
+            k.flying = true;
+        }
+        Some(row)
+    }
+
+    /// A row handed out by [`Lanes::next_ready`] got its answer. On success the next row of
+    /// its key becomes ready; on failure the rows waiting behind it are let go.
+    pub fn finished(&mut self, row: &Claimed, success: bool) {
+        if row.ordering_key.is_empty() {
+            return;
+        }
+        let Some(k) = self.keys.get_mut(&row.ordering_key) else {
+            return;
+        };
+        if success {
+            if let Some(next) = k.waiting.pop_front() {
+                k.flying = false;
+                self.ready.push_back(next);
+                return;
+            }
+        } else {
+            for w in k.waiting.drain(..) {
+                self.held.remove(&w.id);
+            }
+        }
+        self.keys.remove(&row.ordering_key);
+    }
+
+    /// The row's result is recorded: no longer held.
+    pub fn recorded(&mut self, id: i64) {
+        self.held.remove(&id);
+    }
+
+    /// Lets go of everything not handed out yet (ready or waiting); rows in flight stay held.
+    pub fn forget(&mut self) {
+        for r in self.ready.drain(..) {
+            self.held.remove(&r.id);
+        }
+        let held = &mut self.held;
+        self.keys.retain(|_, k| {
+            for w in k.waiting.drain(..) {
+                held.remove(&w.id);
+            }
+            k.flying
+        });
+    }
+
+    pub fn held_ids(&self) -> Vec<i64> {
+        self.held.iter().copied().collect()
+    }
+
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Rows admitted and not handed out (ready or waiting behind their key).
+    pub fn queued_len(&self) -> usize {
+        self.ready.len() + self.keys.values().map(|k| k.waiting.len()).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, key: &str) -> Claimed {
+        Claimed {
+            id,
+            event_id: format!("evt_{id}"),
+            event: "UPDATE".into(),
+            ordering_key: key.into(),
+            payload: "{}".into(),
+            attempts: 0,
+            sequence: Some(id),
+        }
+    }
+
+    fn ids(l: &mut Lanes) -> Vec<i64> {
+        std::iter::from_fn(|| l.next_ready())
+            .map(|r| r.id)
+            .collect()
+    }
+
+    #[test]
+    fn a_key_sends_one_row_at_a_time_in_order() {
+        let mut l = Lanes::default();
+        for (id, key) in [(1, "a"), (2, "a"), (3, "b"), (4, "a"), (5, "")] {
+            assert!(l.admit(row(id, key)));
+        }
+        assert!(!l.admit(row(1, "a")), "a held row is not admitted twice");
+        assert_eq!(ids(&mut l), vec![1, 3, 5]);
+        l.finished(&row(1, "a"), true);
+        assert_eq!(ids(&mut l), vec![2]);
+        l.finished(&row(2, "a"), true);
+        assert_eq!(ids(&mut l), vec![4]);
+        l.finished(&row(4, "a"), true);
+        assert_eq!(ids(&mut l), Vec::<i64>::new());
+        assert_eq!(l.held_len(), 5, "held until recorded");
+        for id in 1..=5 {
+            l.recorded(id);
+        }
+        assert_eq!(l.held_len(), 0);
+    }
+
+    #[test]
+    fn a_failure_lets_go_of_the_rows_behind_it() {
+        let mut l = Lanes::default();
+        for (id, key) in [(1, "a"), (2, "a"), (3, "a"), (4, "b")] {
+            l.admit(row(id, key));
+        }
+        assert_eq!(ids(&mut l), vec![1, 4]);
+        l.finished(&row(1, "a"), false);
+        assert_eq!(ids(&mut l), Vec::<i64>::new());
+        let mut held = l.held_ids();
+        held.sort();
+        assert_eq!(held, vec![1, 4], "2 and 3 are left to the outbox");
+        // The key is free again: the outbox's next head of it may be admitted.
+        assert!(l.admit(row(2, "a")));
+        assert_eq!(ids(&mut l), vec![2]);
+    }
+
+    #[test]
+    fn forget_keeps_only_rows_in_flight() {
+        let mut l = Lanes::default();
+        for (id, key) in [(1, "a"), (2, "a"), (3, "b"), (4, "")] {
+            l.admit(row(id, key));
+        }
+        assert_eq!(l.next_ready().map(|r| r.id), Some(1));
+        l.forget();
+        assert_eq!(l.held_ids(), vec![1]);
+        assert_eq!(l.queued_len(), 0);
+        // Key "a" stays busy until its flying row finishes.
+        l.admit(row(2, "a"));
+        assert_eq!(ids(&mut l), Vec::<i64>::new());
+        l.finished(&row(1, "a"), true);
+        assert_eq!(ids(&mut l), vec![2]);
+    }
+}
