@@ -8,6 +8,7 @@ mod support;
 
 mod api;
 mod cdc;
+mod console;
 mod cli;
 mod config_example;
 mod delivery;
