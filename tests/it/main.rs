@@ -8,9 +8,9 @@ mod support;
 
 mod api;
 mod cdc;
-mod console;
 mod cli;
 mod config_example;
+mod console;
 mod delivery;
 mod delivery_crash;
 mod delivery_owners;
