@@ -160,7 +160,8 @@ fn breaker(state: Option<BreakerState>) -> Markup {
         Some(BreakerState::Open) => html! { span.badge.bad { "open" } },
         Some(BreakerState::HalfOpen) => html! { span.badge.warn { "half-open" } },
         Some(BreakerState::Closed) => html! { span.badge.ok { "closed" } },
-        None => html! { span.muted { "—" } },
+        // No attempt by this instance yet: breakers start closed.
+        None => html! { span.muted title="no attempt yet" { "closed" } },
     }
 }
 

@@ -254,7 +254,7 @@ fn form(s: &Session, action: &str, v: &Values, creating: bool, err: Option<&ApiE
         form.sub method="post" action=(action) novalidate {
             (csrf(s))
             label for="table" { "Table" }
-            input #table name="table" value=(v.table) placeholder="public.orders" required aria-describedby=[described("table")];
+            input #table name="table" value=(v.table) placeholder="public.orders" required aria-describedby=[described("table")] aria-invalid=[described("table").map(|_| "true")];
             (field_error(err, "table"))
             fieldset aria-describedby=[described("events")] {
                 legend { "Events" }
@@ -264,7 +264,7 @@ fn form(s: &Session, action: &str, v: &Values, creating: bool, err: Option<&ApiE
             }
             (field_error(err, "events"))
             label for="url" { "URL" }
-            input #url name="url" type="url" value=(v.url) placeholder="https://example.com/hooks" required aria-describedby=[described("url")];
+            input #url name="url" type="url" value=(v.url) placeholder="https://example.com/hooks" required aria-describedby=[described("url")] aria-invalid=[described("url").map(|_| "true")];
             (field_error(err, "url"))
             label for="secret" { "Signing secret" }
             input #secret name="secret" type="password" autocomplete="new-password" aria-describedby=[described("secret").or(Some("secret-help".into()))];
@@ -272,10 +272,10 @@ fn form(s: &Session, action: &str, v: &Values, creating: bool, err: Option<&ApiE
             @else { p #secret-help .help { "Receivers verify signatures with it. It is never shown again." } }
             (field_error(err, "secret"))
             label for="filter" { "Filter (JSON, optional)" }
-            textarea #filter name="filter" rows="3" placeholder="{\"status\": \"paid\"}" aria-describedby=[described("filter")] { (v.filter) }
+            textarea #filter name="filter" rows="3" placeholder="{\"status\": \"paid\"}" aria-describedby=[described("filter")] aria-invalid=[described("filter").map(|_| "true")] { (v.filter) }
             (field_error(err, "filter"))
             label for="select" { "Columns (comma-separated, optional)" }
-            input #select name="select" value=(v.select) aria-describedby=[described("select")];
+            input #select name="select" value=(v.select) aria-describedby=[described("select")] aria-invalid=[described("select").map(|_| "true")];
             (field_error(err, "select"))
             label for="format" { "Format" }
             select #format name="format" {

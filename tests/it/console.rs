@@ -203,7 +203,8 @@ async fn an_operator_signs_in_creates_a_subscription_replays_a_dead_letter_and_w
     assert_eq!(path(&b).await, "/console/sign-in");
     fill(&b, "#token", TOKEN).await;
     click(&b, "form button[type=submit]").await;
-    assert_eq!(text_of(&b, "main h1").await, "Overview");
+    // dl.cards exists on the overview only, so this waits for the navigation to finish.
+    assert!(text_of(&b, "dl.cards").await.contains("Dead letters"));
     assert_eq!(path(&b).await, "/console");
 
     // Create through the form; the API's validation message shows next to its field.
