@@ -28,13 +28,17 @@ fn free_port() -> u16 {
 
 /// `walhook run` with the API (and so the console) on a loopback port; returns its base URL.
 async fn daemon(db: &TestDb, extra_delivery: &str) -> (Daemon, String) {
+    daemon_with(db, extra_delivery, "").await
+}
+
+async fn daemon_with(db: &TestDb, extra_delivery: &str, subs: &str) -> (Daemon, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let port = free_port();
     let sections = format!(
         "{}\n[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n",
         fast_delivery(extra_delivery)
     );
-    let d = Daemon::start(db, &sections, "").await;
+    let d = Daemon::start(db, &sections, subs).await;
     let base = format!("http://127.0.0.1:{port}");
     // The listener is up once /healthz answers.
     let http = reqwest::Client::new();
@@ -582,5 +586,133 @@ async fn every_page_is_small_and_fast_with_a_thousand_subscriptions() {
         assert!(size <= 200 * 1024, "{page}: {size} bytes");
         assert!(best <= Duration::from_millis(300), "{page}: {best:?}");
     }
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn config_subscriptions_are_read_only_and_api_ones_pause_resume_and_delete() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE parcels(id int PRIMARY KEY)");
+    let subs = crate::support::sub("from-config", "parcels", "[\"INSERT\"]", "");
+    let (daemon, base) = daemon_with(&db, "", &subs).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (session, csrf) = sign_in(&http, &base).await;
+    let cookie = format!("walhook_session={session}");
+    let get = |u: String| {
+        let r = http
+            .get(format!("{base}{u}"))
+            .header("cookie", &cookie)
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let post = |u: String, pairs: Vec<(&'static str, String)>| {
+        let r = http
+            .post(format!("{base}{u}"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encode(&pairs))
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    // config.toml's subscription: shown, read-only, saying why; an edit is refused (409).
+    let (status, page) = get("/console/subscriptions/from-config".into()).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("comes from config.toml"), "{page}");
+    assert!(!page.contains("form class=\"sub\""), "no edit form: {page}");
+    assert!(!page.contains("whsec_test"), "the secret is never shown");
+    let (status, page) = post(
+        "/console/subscriptions/from-config/pause".into(),
+        vec![("csrf", csrf.clone())],
+    )
+    .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("comes from config.toml"), "{page}");
+    let active = "SELECT active FROM walhook.subscriptions WHERE id = 'from-config'";
+    assert_eq!(db.sql(active), "t");
+
+    // An API subscription: pause, resume, delete.
+    let (status, _) = post(
+        "/console/subscriptions".into(),
+        vec![
+            ("csrf", csrf.clone()),
+            ("table", "parcels".into()),
+            ("events", "INSERT".into()),
+            ("events", "DELETE".into()),
+            ("url", "http://127.0.0.1:9/hook".into()),
+            ("secret", "whsec_api".into()),
+            ("format", "json".into()),
+            ("signature", "archie".into()),
+            ("active", "true".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let id = db.sql("SELECT id FROM walhook.subscriptions WHERE source = 'api'");
+    let row = format!("SELECT active, events::text FROM walhook.subscriptions WHERE id = '{id}'");
+    assert_eq!(db.sql(&row), "t|{INSERT,DELETE}");
+    let (status, _) = post(
+        format!("/console/subscriptions/{id}/pause"),
+        vec![("csrf", csrf.clone())],
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(db.sql(&row), "f|{INSERT,DELETE}");
+    let (_, page) = get(format!("/console/subscriptions/{id}")).await;
+    assert!(page.contains("paused") && page.contains("Resume"), "{page}");
+    assert!(
+        page.contains("form class=\"sub\""),
+        "an API subscription has its form"
+    );
+    post(
+        format!("/console/subscriptions/{id}/resume"),
+        vec![("csrf", csrf.clone())],
+    )
+    .await;
+    assert_eq!(db.sql(&row), "t|{INSERT,DELETE}");
+    // An edit that leaves the secret empty keeps it.
+    let secret = format!("SELECT secret FROM walhook.subscriptions WHERE id = '{id}'");
+    let (status, page) = post(
+        format!("/console/subscriptions/{id}"),
+        vec![
+            ("csrf", csrf.clone()),
+            ("table", "parcels".into()),
+            ("events", "INSERT".into()),
+            ("url", "http://127.0.0.1:9/other".into()),
+            ("secret", String::new()),
+            ("format", "json".into()),
+            ("signature", "archie".into()),
+            ("active", "true".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{page}");
+    assert_eq!(db.sql(&secret), "whsec_api");
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT url FROM walhook.subscriptions WHERE id = '{id}'"
+        )),
+        "http://127.0.0.1:9/other"
+    );
+    let (status, _) = post(
+        format!("/console/subscriptions/{id}/delete"),
+        vec![("csrf", csrf.clone())],
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM walhook.subscriptions WHERE id = '{id}'"
+        )),
+        "0"
+    );
     daemon.stop().await;
 }
