@@ -141,8 +141,10 @@ pub async fn run_with(
                 changed: handles.changed.clone(),
             });
             let cancel = cancel.clone();
+            let app = crate::api::router(state.clone())
+                .merge(crate::console::router(state, cancel.clone()));
             tasks.spawn(async move {
-                if let Err(e) = crate::api::serve(state, listener, cancel).await {
+                if let Err(e) = crate::api::serve_with(app, listener, cancel).await {
                     error!(error = %e, "management API stopped");
                 }
             });

@@ -1,5 +1,5 @@
 //! The layout ARCHITECTURE.md promises, checked: imports go one way (a module imports only
-//! modules of a lower rank), the module map lists every top-level module, no SQL in `api/`, and
+//! modules of a lower rank), the module map lists every top-level module, no SQL in `api/` or `console/`, and
 //! no source file over 800 lines (test files excepted).
 
 use std::collections::BTreeMap;
@@ -19,8 +19,9 @@ const RANKS: &[(&str, u8)] = &[
     ("ingest", 5),
     ("deliver", 5),
     ("api", 6),
-    ("app", 7),
+    ("console", 7),
     ("cmd", 7),
+    ("app", 8),
 ];
 
 /// Files of the binary crate and the crate root: they may use anything.
@@ -146,7 +147,7 @@ fn no_sql_in_the_api_and_no_oversized_files() {
     rust_files(&src(), &mut files);
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
-        if top(f) == "api" {
+        if top(f) == "api" || top(f) == "console" {
             for kw in [
                 "\"SELECT ",
                 "\"INSERT ",
@@ -154,7 +155,11 @@ fn no_sql_in_the_api_and_no_oversized_files() {
                 "\"DELETE ",
                 "\"WITH ",
             ] {
-                assert!(!text.contains(kw), "{}: SQL ({kw}) in api/", f.display());
+                assert!(
+                    !text.contains(kw),
+                    "{}: SQL ({kw}) in api/ or console/",
+                    f.display()
+                );
             }
         }
         let name = f.file_name().unwrap().to_string_lossy();

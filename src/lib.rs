@@ -11,6 +11,7 @@ pub mod api;
 pub mod app;
 pub mod cmd;
 pub mod config;
+pub mod console;
 pub mod deliver;
 pub mod embedded_pg;
 pub mod ingest;

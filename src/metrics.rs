@@ -17,7 +17,9 @@
 //!
 //! This module imports nothing from the rest of walhook: callers pass plain labels and numbers.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -163,6 +165,10 @@ pub struct Metrics {
     breaker: Family<SubscriptionLabels, Gauge>,
     latency: Histogram,
     db: Arc<DbCollector>,
+    /// Deliveries finished (any outcome), for the console's rate chart.
+    finished_total: AtomicU64,
+    /// The last breaker state reported per subscription, for the console's overview.
+    breakers: Mutex<HashMap<String, BreakerState>>,
     /// One render at a time: the collector reports the reading of the render that holds this.
     rendering: Mutex<()>,
 }
@@ -224,6 +230,8 @@ impl Metrics {
             breaker,
             latency,
             db,
+            finished_total: AtomicU64::new(0),
+            breakers: Mutex::new(HashMap::new()),
             rendering: Mutex::new(()),
         }
     }
@@ -254,9 +262,14 @@ impl Metrics {
                 outcome,
             })
             .inc();
+        self.finished_total.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn breaker(&self, subscription: &str, state: BreakerState) {
+        self.breakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(subscription.to_string(), state);
         self.breaker
             .get_or_create(&SubscriptionLabels {
                 subscription: subscription.to_string(),
@@ -285,7 +298,35 @@ impl Metrics {
                 outcome,
             });
         }
+        self.breakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&subscription);
         self.breaker.remove(&SubscriptionLabels { subscription });
+    }
+
+    /// Row changes decoded since start.
+    pub fn changes_total(&self) -> u64 {
+        self.changes_decoded.get()
+    }
+
+    /// Deliveries written to the outbox since start.
+    pub fn enqueued_total(&self) -> u64 {
+        self.deliveries_enqueued.get()
+    }
+
+    /// Deliveries finished (delivered or dead) since start.
+    pub fn finished_total(&self) -> u64 {
+        self.finished_total.load(Ordering::Relaxed)
+    }
+
+    /// The breaker state last reported for `subscription`; None before its first report.
+    pub fn breaker_state(&self, subscription: &str) -> Option<BreakerState> {
+        self.breakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(subscription)
+            .copied()
     }
 
     /// The Prometheus text exposition, with `db` as the database figures.

@@ -18,14 +18,14 @@
 //! example works with only the host changed.
 
 mod auth;
-mod body;
+pub mod body;
 
 pub mod common;
 pub mod deliveries;
 mod error;
 mod ops;
 pub mod ping;
-mod webhooks;
+pub(crate) mod webhooks;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -83,7 +83,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    fn new(state: Arc<ApiState>) -> Ctx {
+    pub fn new(state: Arc<ApiState>) -> Ctx {
         Ctx {
             state,
             source: Arc::new(Mutex::new(None)),
@@ -183,10 +183,19 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(router(state), listener, cancel).await
+}
+
+/// Serves `app` (the API's router, merged with the web console's by `walhook run`).
+pub async fn serve_with(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "management API listening");
     }
-    axum::serve(listener, router(state))
+    axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
 }

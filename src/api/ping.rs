@@ -33,6 +33,8 @@ pub struct PingResult {
     pub duration_ms: u64,
     /// Why the ping failed (connection, timeout, refused address, non-2xx), if it did.
     pub error: Option<String>,
+    /// The start of the receiver's answer (shown by the web console; not part of the API's JSON).
+    pub response_body: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +104,7 @@ async fn transport(
         http_status: outcome.http_status,
         duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
         error: outcome.error,
+        response_body: outcome.response_body,
     })
 }
 

@@ -104,6 +104,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let fields = body::parse_webhook(&body_bytes(body)?)?;
+    // The API's order of checks: every required field is named before identity is compared.
     for (name, present) in [
         ("projectId", fields.project_id.is_some()),
         ("environment", fields.environment.is_some()),
@@ -120,14 +121,34 @@ pub async fn create(
         }
     }
     check_identity(&ctx, &fields, env_missing.is_some())?;
+    let sub = create_from(&ctx, &fields).await?;
+    Ok((StatusCode::CREATED, Json(view(&sub))))
+}
+
+/// Creates an API subscription from `fields` after every check (identity excepted: the caller
+/// did that); shared by the handler and the web console.
+pub(crate) async fn create_from(ctx: &Ctx, fields: &WebhookFields) -> Result<Stored, ApiError> {
+    for (name, present) in [
+        ("table", fields.table.is_some()),
+        ("events", fields.events.is_some()),
+        ("url", fields.url.is_some()),
+        ("secret", fields.secret.is_some()),
+    ] {
+        if !present {
+            return Err(ApiError::bad(
+                name,
+                format!("missing required field {name}"),
+            ));
+        }
+    }
     let id = format!("wh_{}", uuid::Uuid::new_v4());
-    let new = apply(&id, &fields, None)?;
-    validate(&ctx, &new).await?;
+    let new = apply(&id, fields, None)?;
+    validate(ctx, &new).await?;
     let client = ctx.outbox().await?;
     let sub = subscriptions::create(&client, &ctx.state.schema, &new).await?;
     tracing::info!(id = %sub.id, table = %sub.table, "webhook created through the API");
     ctx.state.changed.notify_one();
-    Ok((StatusCode::CREATED, Json(view(&sub))))
+    Ok(sub)
 }
 
 pub async fn update(
@@ -139,16 +160,25 @@ pub async fn update(
     let id = path_id(id)?;
     let fields = body::parse_webhook(&body_bytes(body)?)?;
     check_identity(&ctx, &fields, env_missing.is_some())?;
+    Ok(Json(view(&update_from(&ctx, &id, &fields).await?)))
+}
+
+/// Overlays `fields` on subscription `id` after every check; shared with the web console.
+pub(crate) async fn update_from(
+    ctx: &Ctx,
+    id: &str,
+    fields: &WebhookFields,
+) -> Result<Stored, ApiError> {
     let mut client = ctx.outbox().await?;
-    let editing = subscriptions::edit(&mut client, &ctx.state.schema, &id)
+    let editing = subscriptions::edit(&mut client, &ctx.state.schema, id)
         .await?
-        .ok_or_else(|| no_webhook(&id))?;
+        .ok_or_else(|| no_webhook(id))?;
     let current = &editing.current;
     if current.origin == Origin::Config {
-        return Err(config_owned(&id));
+        return Err(config_owned(id));
     }
-    let mut new = apply(&id, &fields, Some(current))?;
-    validate(&ctx, &new).await?;
+    let mut new = apply(id, fields, Some(current))?;
+    validate(ctx, &new).await?;
     // Re-enable after a 410 Gone when asked to, or when the URL the receiver gave up on changed.
     let reactivate = current.deactivated_reason.is_some()
         && (fields.active == Some(true) || (fields.active.is_none() && new.url != current.url));
@@ -156,7 +186,7 @@ pub async fn update(
     let sub = editing.update(&new).await?;
     tracing::info!(id = %sub.id, "webhook updated through the API");
     ctx.state.changed.notify_one();
-    Ok(Json(view(&sub)))
+    Ok(sub)
 }
 
 pub async fn delete(
@@ -164,17 +194,23 @@ pub async fn delete(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = path_id(id)?;
+    delete_by_id(&ctx, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes API subscription `id` with its deliveries; shared with the web console.
+pub(crate) async fn delete_by_id(ctx: &Ctx, id: &str) -> Result<(), ApiError> {
     let mut client = ctx.outbox().await?;
-    let editing = subscriptions::edit(&mut client, &ctx.state.schema, &id)
+    let editing = subscriptions::edit(&mut client, &ctx.state.schema, id)
         .await?
-        .ok_or_else(|| no_webhook(&id))?;
+        .ok_or_else(|| no_webhook(id))?;
     if editing.current.origin == Origin::Config {
-        return Err(config_owned(&id));
+        return Err(config_owned(id));
     }
     let removed = editing.delete().await?;
     tracing::info!(id = %id, deliveries = removed, "webhook deleted through the API");
     ctx.state.changed.notify_one();
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Body `projectId` and `environment`, when given, must be this walhook's; `environment` must be

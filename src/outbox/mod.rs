@@ -7,6 +7,7 @@
 //! moves forward; migrations are applied once, in order, under an advisory lock, so several
 //! instances starting together do not race.
 
+pub mod console;
 pub mod deliveries;
 pub mod enqueue;
 pub mod gauges;

@@ -32,3 +32,18 @@ pub async fn slot_bytes(client: &Client, slot: &str) -> Result<Option<SlotBytes>
         retained: r.get(1),
     }))
 }
+
+/// The slot's flush lag in seconds as the server measures it (`pg_stat_replication.flush_lag`
+/// of the walsender holding the slot); `None` without an active walsender, or while the server
+/// has nothing to measure (it clears the lag once the stream is idle and caught up).
+pub async fn slot_lag_seconds(client: &Client, slot: &str) -> Result<Option<f64>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT extract(epoch FROM r.flush_lag)::float8
+             FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+             WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
+}

@@ -10,6 +10,7 @@ mod api;
 mod cdc;
 mod cli;
 mod config_example;
+mod console;
 mod delivery;
 mod delivery_crash;
 mod delivery_owners;
