@@ -17,6 +17,8 @@ pub mod format;
 pub mod http;
 pub mod owner;
 pub mod policy;
+pub mod rate;
+pub mod request;
 pub mod sign;
 pub mod worker;
 

@@ -36,7 +36,7 @@ use super::batch::Batcher;
 use super::http::{AttemptOutcome, ErrorKind, HttpSender};
 use super::owner::{self, Owned};
 use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
-use super::{format, sign};
+use super::{rate, request};
 use crate::backoff::{sleep_or_cancel, Backoff};
 use crate::config::DeliveryConfig;
 use crate::metrics::{Attempt, BreakerState, Metrics, Outcome};
@@ -270,6 +270,8 @@ struct Pump {
     done: Vec<Done>,
     /// The last claim filled its limit: there is probably more due right now.
     more_due: bool,
+    /// The subscription's `rate_limit`.
+    rate: rate::Gate,
 }
 
 impl Pump {
@@ -296,6 +298,7 @@ impl Pump {
             in_flight: JoinSet::new(),
             done: Vec::new(),
             more_due: true,
+            rate: rate::Gate::default(),
         }
     }
 
@@ -482,6 +485,17 @@ impl Pump {
                     );
                 }
             }
+            if self.queue.is_empty() {
+                break;
+            }
+            // The rate limit holds the queue (claimed rows stay pending, no attempt is used).
+            match self.rate.try_acquire(self.sub.rate_limit, Instant::now()) {
+                rate::Acquire::Wait(d) => return Some(Instant::now() + d),
+                rate::Acquire::Go { waited: Some(w) } => {
+                    self.engine.metrics.rate_limited(&self.sub.id, w)
+                }
+                rate::Acquire::Go { waited: None } => {}
+            }
             let Some(claimed) = self.queue.pop_front() else {
                 break;
             };
@@ -653,29 +667,17 @@ async fn send(
         retry_after: None,
         duration: Duration::ZERO,
     };
-    let body = match format::render(sub.format, &c.payload, &c.ordering_key) {
-        Ok(b) => b,
-        Err(e) => return failed(ErrorKind::Other, format!("formatting the body: {e}")),
-    };
-    let headers = match sign::delivery_headers(&sign::SignInput {
-        format: sub.format,
-        scheme: sub.signature,
-        secret: sub.secret.expose(),
-        previous_secret: sub.previous_secret_at(now).map(|s| s.expose()),
+    let event = request::Event {
+        payload: &c.payload,
+        ordering_key: &c.ordering_key,
         event_id: &c.event_id,
         event: &c.event,
-        body: &body,
-        now_unix: now.timestamp(),
-    }) {
-        Ok(h) => h,
-        Err(e) => return failed(ErrorKind::Other, format!("signing: {e}")),
+        sequence: c.sequence,
     };
-    let mut headers = headers;
-    if let Some(n) = c.sequence {
-        // Per subscription, assigned once at enqueue: a receiver that sees a gap can fetch
-        // what it missed with GET .../deliveries?after_sequence=N.
-        headers.push(("X-Walhook-Sequence", n.to_string()));
-    }
+    let (headers, body) = match request::build(sub, &event, now) {
+        Ok(r) => r,
+        Err(e) => return failed(ErrorKind::Other, e),
+    };
     sender.post(&sub.url, &headers, Bytes::from(body)).await
 }
 
