@@ -153,8 +153,13 @@ mod tests {
     #[test]
     fn template_failures_name_the_step() {
         let mut s = sub("s1");
-        s.template = Some(r#"{"n": {{ record.id / 0 }}}"#.into());
+        // Valid on the sample event, not on this one: never sent.
+        s.template = Some(r#"{% if record.id == 1 %}x{% endif %}{}"#.into());
+        assert!(s.validate(&Default::default()).is_ok());
         let e = build(&s, &event(), Utc::now()).unwrap_err();
-        assert!(e.starts_with("formatting the body: the template"), "{e}");
+        assert!(
+            e.starts_with("formatting the body: the template: the template did not render valid JSON"),
+            "{e}"
+        );
     }
 }
