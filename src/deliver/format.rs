@@ -391,7 +391,10 @@ mod tests {
             )
         );
         let out = render_str(Format::CloudEvents, INSERT, "");
-        assert!(out.contains(r#""type":"walhook.public.line_items.insert""#), "{out}");
+        assert!(
+            out.contains(r#""type":"walhook.public.line_items.insert""#),
+            "{out}"
+        );
         assert!(!out.contains("subject"), "{out}");
     }
 

@@ -81,7 +81,10 @@ impl Gate {
 
     fn go(&mut self, now: Instant) -> Acquire {
         Acquire::Go {
-            waited: self.waiting_since.take().map(|t| now.saturating_duration_since(t)),
+            waited: self
+                .waiting_since
+                .take()
+                .map(|t| now.saturating_duration_since(t)),
         }
     }
 }
@@ -109,11 +112,17 @@ mod tests {
     fn spacing_and_reported_wait() {
         let mut g = Gate::default();
         let t0 = Instant::now();
-        assert_eq!(g.try_acquire(rate("10/s"), t0), Acquire::Go { waited: None });
+        assert_eq!(
+            g.try_acquire(rate("10/s"), t0),
+            Acquire::Go { waited: None }
+        );
         let Acquire::Wait(d) = g.try_acquire(rate("10/s"), t0) else {
             panic!("a second request at once must wait");
         };
-        assert!(d > Duration::from_millis(50) && d <= Duration::from_millis(100), "{d:?}");
+        assert!(
+            d > Duration::from_millis(50) && d <= Duration::from_millis(100),
+            "{d:?}"
+        );
         // Asking again while waiting does not restart the wait.
         assert!(matches!(g.try_acquire(rate("10/s"), t0), Acquire::Wait(_)));
         std::thread::sleep(d);
@@ -128,13 +137,19 @@ mod tests {
     fn changing_the_limit_takes_effect() {
         let mut g = Gate::default();
         let now = Instant::now();
-        assert!(matches!(g.try_acquire(rate("1/h"), now), Acquire::Go { .. }));
+        assert!(matches!(
+            g.try_acquire(rate("1/h"), now),
+            Acquire::Go { .. }
+        ));
         let Acquire::Wait(d) = g.try_acquire(rate("1/h"), now) else {
             panic!()
         };
         assert!(d > Duration::from_secs(3500), "{d:?}");
         // Raised: a fresh bucket.
-        assert!(matches!(g.try_acquire(rate("1000/s"), now), Acquire::Go { .. }));
+        assert!(matches!(
+            g.try_acquire(rate("1000/s"), now),
+            Acquire::Go { .. }
+        ));
         // Removed: no limit.
         assert!(matches!(g.try_acquire(None, now), Acquire::Go { .. }));
     }

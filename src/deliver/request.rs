@@ -158,7 +158,9 @@ mod tests {
         assert!(s.validate(&Default::default()).is_ok());
         let e = build(&s, &event(), Utc::now()).unwrap_err();
         assert!(
-            e.starts_with("formatting the body: the template: the template did not render valid JSON"),
+            e.starts_with(
+                "formatting the body: the template: the template did not render valid JSON"
+            ),
             "{e}"
         );
     }

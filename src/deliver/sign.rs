@@ -332,7 +332,10 @@ mod tests {
         assert_eq!(get(&h, "X-Archie-Signature"), None);
         i.format = Format::CloudEvents;
         let h = delivery_headers(&i).unwrap();
-        assert_eq!(get(&h, "content-type"), Some("application/cloudevents+json"));
+        assert_eq!(
+            get(&h, "content-type"),
+            Some("application/cloudevents+json")
+        );
         assert_eq!(
             get(&h, "X-Archivus-Signature"),
             Some(format!("sha256={hex}").as_str())

@@ -123,7 +123,9 @@ impl RateLimit {
             .parse()
             .ok()
             .filter(|c| *c > 0)
-            .ok_or_else(|| BadValue(format!("the count must be a whole number ≥ 1; {RATE_HELP}")))?;
+            .ok_or_else(|| {
+                BadValue(format!("the count must be a whole number ≥ 1; {RATE_HELP}"))
+            })?;
         let per = match per.trim() {
             "s" | "sec" | "second" => RatePer::Second,
             "m" | "min" | "minute" => RatePer::Minute,
@@ -188,7 +190,12 @@ mod tests {
         ] {
             assert!(is_reserved(n), "{n}");
         }
-        for n in ["Authorization", "X-Api-Key", "X-Archivus-Signature", "X-Webhook"] {
+        for n in [
+            "Authorization",
+            "X-Api-Key",
+            "X-Archivus-Signature",
+            "X-Webhook",
+        ] {
             assert!(!is_reserved(n), "{n}");
         }
     }

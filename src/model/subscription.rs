@@ -250,10 +250,7 @@ impl Subscription {
     /// Headers, signature header and template.
     fn validate_options(&self) -> Result<(), Invalid> {
         if self.headers.len() > MAX_HEADERS {
-            return Err(invalid(
-                "headers",
-                format!("at most {MAX_HEADERS} headers"),
-            ));
+            return Err(invalid("headers", format!("at most {MAX_HEADERS} headers")));
         }
         for (i, (name, value)) in self.headers.iter().enumerate() {
             check_header_name(name).map_err(|m| invalid("headers", m.0))?;
@@ -405,7 +402,12 @@ mod tests {
         s.template = Some(r#"{"id":{{ id }},"data":{{ record }}}"#.into());
         s.rate_limit = Some(RateLimit::parse("50/s").unwrap());
         assert!(s.validate(&r).is_ok());
-        for name in ["X-Archie-Signature", "content-type", "X-Walhook-Delivery-Id", "webhook-id"] {
+        for name in [
+            "X-Archie-Signature",
+            "content-type",
+            "X-Walhook-Delivery-Id",
+            "webhook-id",
+        ] {
             let mut s = sub();
             s.headers = vec![(name.into(), Secret::new("v"))];
             let e = s.validate(&r).unwrap_err();

@@ -312,7 +312,10 @@ mod tests {
         // A value outside the JSON grammar: quotes are added, so this is "x""evt…".
         let e = check(r#"{"id": "x{{ id }}"}"#).unwrap_err();
         assert!(e.contains("valid JSON"), "{e}");
-        let e = check("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{}").unwrap_err();
+        let e = check(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{}",
+        )
+        .unwrap_err();
         assert!(e.contains("fuel"), "{e}");
         assert!(check(&"x".repeat(MAX_TEMPLATE + 1)).is_err());
         assert!(check(r#"{"ok": {{ record }}}"#).is_ok());

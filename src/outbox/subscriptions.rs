@@ -21,8 +21,7 @@ use tokio_postgres::{Client, GenericClient, Row, Transaction};
 
 use super::{OutboxError, Schema};
 use crate::model::{
-    EventKind, Filter, Format, Origin, RateLimit, Secret, SignatureScheme, Subscription,
-    TableName,
+    EventKind, Filter, Format, Origin, RateLimit, Secret, SignatureScheme, Subscription, TableName,
 };
 
 /// A subscription as stored: the model plus what the outbox records about it. Derefs to the
@@ -124,14 +123,12 @@ fn headers_from_json(v: serde_json::Value) -> Result<Vec<(String, Secret)>, Stri
     items
         .into_iter()
         .map(|pair| match pair {
-            serde_json::Value::Array(mut p) if p.len() == 2 => {
-                match (p.pop(), p.pop()) {
-                    (Some(serde_json::Value::String(value)), Some(serde_json::Value::String(name))) => {
-                        Ok((name, Secret::new(value)))
-                    }
-                    _ => Err(bad()),
+            serde_json::Value::Array(mut p) if p.len() == 2 => match (p.pop(), p.pop()) {
+                (Some(serde_json::Value::String(value)), Some(serde_json::Value::String(name))) => {
+                    Ok((name, Secret::new(value)))
                 }
-            }
+                _ => Err(bad()),
+            },
             _ => Err(bad()),
         })
         .collect()

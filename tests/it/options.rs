@@ -46,7 +46,9 @@ fn delivery_id(sub: &str, event_id: &str) -> String {
 
 /// Runs a verifier script with `input` on stdin; returns (exit code, stdout lines).
 fn run_script(program: &str, script: &str, input: &Value) -> (i32, Vec<String>) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/verify").join(script);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/verify")
+        .join(script);
     let mut child = std::process::Command::new(program)
         .arg(&path)
         .stdin(std::process::Stdio::piped())
@@ -107,7 +109,8 @@ async fn headers_signature_header_and_delivery_ids_arrive_exactly() {
 
     let got = custom.wait_for(2, Duration::from_secs(30)).await;
     let other = plain.wait_for(1, Duration::from_secs(30)).await;
-    let event_id = db.sql("SELECT event_id FROM walhook.deliveries WHERE subscription_id = 'custom'");
+    let event_id =
+        db.sql("SELECT event_id FROM walhook.deliveries WHERE subscription_id = 'custom'");
     for r in &got {
         assert_eq!(r.header("authorization"), "Bearer t0ken-from-env");
         assert_eq!(r.header("x-tenant"), "acme");
@@ -117,7 +120,10 @@ async fn headers_signature_header_and_delivery_ids_arrive_exactly() {
         );
         assert!(r.headers.get("x-archie-signature").is_none());
         assert_eq!(r.header("x-archie-delivery"), event_id);
-        assert_eq!(r.header("x-walhook-delivery-id"), delivery_id("custom", &event_id));
+        assert_eq!(
+            r.header("x-walhook-delivery-id"),
+            delivery_id("custom", &event_id)
+        );
         assert_eq!(r.header("content-type"), "application/json");
         assert_eq!(r.headers.get_all("authorization").iter().count(), 1);
     }
@@ -131,13 +137,21 @@ async fn headers_signature_header_and_delivery_ids_arrive_exactly() {
     let o = &other[0];
     assert_eq!(o.body, got[0].body);
     assert_eq!(o.header("x-archie-delivery"), event_id);
-    assert_eq!(o.header("x-walhook-delivery-id"), delivery_id("plain", &event_id));
-    assert_ne!(o.header("x-walhook-delivery-id"), got[0].header("x-walhook-delivery-id"));
+    assert_eq!(
+        o.header("x-walhook-delivery-id"),
+        delivery_id("plain", &event_id)
+    );
+    assert_ne!(
+        o.header("x-walhook-delivery-id"),
+        got[0].header("x-walhook-delivery-id")
+    );
     assert_eq!(
         o.header("x-archie-signature"),
         format!("sha256={}", hmac_hex(SECRET, &o.body))
     );
-    assert!(o.headers.get("authorization").is_none() && o.headers.get("x-archivus-signature").is_none());
+    assert!(
+        o.headers.get("authorization").is_none() && o.headers.get("x-archivus-signature").is_none()
+    );
 
     // Stored as written (the value is a secret like `secret`), expanded from the environment.
     assert_eq!(
@@ -178,11 +192,19 @@ async fn cloudevents_are_accepted_by_the_python_sdk_and_signed() {
         // `data` is the stored Archie payload (same bytes: it ends the body unchanged).
         let text = std::str::from_utf8(&r.body).unwrap();
         assert!(
-            payloads.iter().any(|p| serde_json::from_str::<Value>(p).unwrap() == archie
-                && text.ends_with(&format!("\"data\":{}}}", serde_json::to_string(&archie).unwrap()))),
+            payloads
+                .iter()
+                .any(|p| serde_json::from_str::<Value>(p).unwrap() == archie
+                    && text.ends_with(&format!(
+                        "\"data\":{}}}",
+                        serde_json::to_string(&archie).unwrap()
+                    ))),
             "{text}"
         );
-        assert!(text.contains("\"total\":99.50"), "numbers unchanged: {text}");
+        assert!(
+            text.contains("\"total\":99.50"),
+            "numbers unchanged: {text}"
+        );
         let (code, out) = run_script(
             "python3",
             "cloudevents_verify.py",
@@ -198,7 +220,8 @@ async fn cloudevents_are_accepted_by_the_python_sdk_and_signed() {
         assert_eq!(a["subject"], "42");
         assert_eq!(a["datacontenttype"], "application/json");
         let time = chrono::DateTime::parse_from_rfc3339(a["time"].as_str().unwrap()).unwrap();
-        let commit = chrono::DateTime::parse_from_rfc3339(archie["timestamp"].as_str().unwrap()).unwrap();
+        let commit =
+            chrono::DateTime::parse_from_rfc3339(archie["timestamp"].as_str().unwrap()).unwrap();
         assert_eq!(time, commit);
         // Python reads numeric 99.50 as the float 99.5; everything else is the same.
         let normalized: Value =
@@ -216,7 +239,8 @@ signature_header = "X-Evomi-Signature""#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archivus_and_evomi_templates_verify_with_the_documents_code() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     for t in [ARCHIVUS, EVOMI] {
         // Indented in README (a list item's code block): compared line by line.
         let shown = t.lines().all(|l| readme.lines().any(|r| r.trim() == l));
@@ -231,7 +255,11 @@ async fn archivus_and_evomi_templates_verify_with_the_documents_code() {
     let evo = Receiver::ok().await;
     let subs = format!(
         "{}{}",
-        subscription("archivus", &format!("{}/webhooks/archivus", arch.url), ARCHIVUS),
+        subscription(
+            "archivus",
+            &format!("{}/webhooks/archivus", arch.url),
+            ARCHIVUS
+        ),
         subscription("evomi", &format!("{}/webhooks/evomi", evo.url), EVOMI),
     );
     let d = Daemon::start(&db, &fast_delivery(""), &subs).await;
@@ -246,13 +274,18 @@ async fn archivus_and_evomi_templates_verify_with_the_documents_code() {
     let record = r#"{"id":7,"status":"paid","note":"a \"quoted\" <note> é"}"#;
     assert_eq!(
         std::str::from_utf8(&a.body).unwrap(),
-        format!(r#"{{"id":"{event_id}","type":"orders.insert","timestamp":"{ts}","data":{record}}}"#)
+        format!(
+            r#"{{"id":"{event_id}","type":"orders.insert","timestamp":"{ts}","data":{record}}}"#
+        )
     );
     assert_eq!(
         std::str::from_utf8(&e.body).unwrap(),
         format!(r#"{{"event":"insert","timestamp":"{ts}","data":{record}}}"#)
     );
-    assert!(a.headers.get("x-archie-signature").is_none() && e.headers.get("x-archie-signature").is_none());
+    assert!(
+        a.headers.get("x-archie-signature").is_none()
+            && e.headers.get("x-archie-signature").is_none()
+    );
 
     let (_, out) = run_script(
         "python3",
@@ -290,7 +323,11 @@ async fn a_rate_limit_holds_while_another_subscription_runs_at_full_speed() {
     let free = Receiver::ok().await;
     let subs = format!(
         "{}{}",
-        subscription("limited", &format!("{}/l", limited.url), "rate_limit = \"20/s\""),
+        subscription(
+            "limited",
+            &format!("{}/l", limited.url),
+            "rate_limit = \"20/s\""
+        ),
         subscription("free", &format!("{}/f", free.url), ""),
     );
     let d = Daemon::start(&db, &fast_delivery("max_in_flight = 16"), &subs).await;
@@ -301,13 +338,23 @@ async fn a_rate_limit_holds_while_another_subscription_runs_at_full_speed() {
     // The unlimited subscription is not held back by its neighbour.
     let all_free = free.wait_for(ROWS, Duration::from_secs(30)).await;
     let first = limited.wait_for(1, Duration::from_secs(30)).await[0].at;
-    let free_took = all_free.last().unwrap().at.saturating_duration_since(all_free[0].at);
-    assert!(free_took < Duration::from_secs(5), "free took {free_took:?}");
+    let free_took = all_free
+        .last()
+        .unwrap()
+        .at
+        .saturating_duration_since(all_free[0].at);
+    assert!(
+        free_took < Duration::from_secs(5),
+        "free took {free_took:?}"
+    );
     // Measure 10 s from the first limited request.
     let window = Duration::from_secs(10);
     tokio::time::sleep_until((first + window + Duration::from_millis(500)).into()).await;
     let reqs = limited.snapshot();
-    let in_window = reqs.iter().filter(|r| r.at.duration_since(first) < window).count();
+    let in_window = reqs
+        .iter()
+        .filter(|r| r.at.duration_since(first) < window)
+        .count();
     // 20/s over 10 s is 200 (+1 for the request at t = 0); ±10 %.
     assert!(
         (180..=220).contains(&in_window),
@@ -327,9 +374,15 @@ async fn a_rate_limit_holds_while_another_subscription_runs_at_full_speed() {
         .unwrap();
     assert!(pending > 0 && pending <= ROWS - in_window, "{pending}");
     let metrics = d.handles.metrics.render(&Default::default());
-    let waits = metric(&metrics, "walhook_rate_limit_waits_total{subscription=\"limited\"}");
+    let waits = metric(
+        &metrics,
+        "walhook_rate_limit_waits_total{subscription=\"limited\"}",
+    );
     assert!(waits >= 150.0, "{waits}\n{metrics}");
-    let waited = metric(&metrics, "walhook_rate_limit_wait_seconds_total{subscription=\"limited\"}");
+    let waited = metric(
+        &metrics,
+        "walhook_rate_limit_wait_seconds_total{subscription=\"limited\"}",
+    );
     assert!(waited > 1.0, "{waited}");
     assert!(!metrics.contains("walhook_rate_limit_waits_total{subscription=\"free\"}"));
     d.stop().await;
@@ -359,22 +412,33 @@ async fn config_refuses_walhooks_own_headers_and_bad_templates() {
     };
     let e = err("headers = { X-Archie-Signature = \"sha256=forged\" }");
     assert!(
-        e.contains("subscriptions[0] (id \"s\").headers: X-Archie-Signature is set by walhook itself"),
+        e.contains(
+            "subscriptions[0] (id \"s\").headers: X-Archie-Signature is set by walhook itself"
+        ),
         "{e}"
     );
     assert!(!e.contains("forged"), "{e}");
     let e = err("headers = { Content-Type = \"text/plain\" }");
     assert!(e.contains("Content-Type is set by walhook itself"), "{e}");
     let e = err("signature_header = \"X-Walhook-Signature\"");
-    assert!(e.contains(".signature_header: X-Walhook-Signature is one of walhook's own headers"), "{e}");
+    assert!(
+        e.contains(".signature_header: X-Walhook-Signature is one of walhook's own headers"),
+        "{e}"
+    );
     let e = err("template = '{\"id\": \"{{ id }}\"}'");
-    assert!(e.contains(".template: on a sample event: the template did not render valid JSON"), "{e}");
+    assert!(
+        e.contains(".template: on a sample event: the template did not render valid JSON"),
+        "{e}"
+    );
     let e = err("template = '{{ id '");
     assert!(e.contains(".template: syntax error"), "{e}");
     let e = err("rate_limit = \"50/d\"");
     assert!(e.contains(".rate_limit: expected"), "{e}");
     let e = err("format = \"slack\"\ntemplate = '{}'");
-    assert!(e.contains(".template: a template renders the body itself"), "{e}");
+    assert!(
+        e.contains(".template: a template renders the body itself"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -391,39 +455,88 @@ async fn the_api_masks_header_values_and_refuses_bad_options() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert!(!r.text.contains("api-t0ken"), "{}", r.text);
     let w = r.json();
-    assert_eq!(w["headers"], json!({"Authorization": "***", "X-Tenant": "***"}));
+    assert_eq!(
+        w["headers"],
+        json!({"Authorization": "***", "X-Tenant": "***"})
+    );
     assert_eq!(w["signature_header"], "X-Archivus-Signature");
     assert_eq!(w["rate_limit"], "50/s");
     assert_eq!(w["template"], "{\"id\":{{ id }},\"data\":{{ record }}}");
     let id = w["id"].as_str().unwrap().to_string();
-    let got = api.call(Method::GET, &format!("/api/rest/_webhooks/{id}"), None).await;
+    let got = api
+        .call(Method::GET, &format!("/api/rest/_webhooks/{id}"), None)
+        .await;
     assert!(!got.text.contains("api-t0ken"), "{}", got.text);
     assert_eq!(got.json()["webhook"]["headers"]["Authorization"], "***");
     let listed = api.call(Method::GET, "/api/rest/_webhooks", None).await;
     assert!(!listed.text.contains("api-t0ken"), "{}", listed.text);
     // PATCH keeps headers it does not mention, and null clears.
     let p = api
-        .call(Method::PATCH, &format!("/api/rest/_webhooks/{id}"), Some(r#"{"rate_limit": null}"#))
+        .call(
+            Method::PATCH,
+            &format!("/api/rest/_webhooks/{id}"),
+            Some(r#"{"rate_limit": null}"#),
+        )
         .await;
     assert_eq!(p.status, StatusCode::OK, "{}", p.text);
     assert_eq!(p.json()["rate_limit"], Value::Null);
     assert_eq!(
-        api.db.sql(&format!("SELECT headers::text FROM walhook.subscriptions WHERE id = '{id}'")),
+        api.db.sql(&format!(
+            "SELECT headers::text FROM walhook.subscriptions WHERE id = '{id}'"
+        )),
         r#"[["Authorization", "Bearer api-t0ken"], ["X-Tenant", "acme"]]"#
     );
 
     let refused: HashMap<&str, (Value, &str)> = HashMap::from([
-        ("reserved", (json!({"headers": {"x-walhook-delivery-id": "del_forged"}}), "x-walhook-delivery-id is set by walhook itself")),
-        ("value", (json!({"headers": {"X-Key": "a\r\nb"}}), "header X-Key: the value may hold only visible ASCII")),
-        ("template", (json!({"template": "{\"id\": \"x{{ id }}\"}"}), "the template did not render valid JSON")),
+        (
+            "reserved",
+            (
+                json!({"headers": {"x-walhook-delivery-id": "del_forged"}}),
+                "x-walhook-delivery-id is set by walhook itself",
+            ),
+        ),
+        (
+            "value",
+            (
+                json!({"headers": {"X-Key": "a\r\nb"}}),
+                "header X-Key: the value may hold only visible ASCII",
+            ),
+        ),
+        (
+            "template",
+            (
+                json!({"template": "{\"id\": \"x{{ id }}\"}"}),
+                "the template did not render valid JSON",
+            ),
+        ),
         ("syntax", (json!({"template": "{% for %}"}), "syntax error")),
-        ("rate", (json!({"rate_limit": "fast"}), "rate_limit: expected")),
-        ("sigheader", (json!({"signature_header": "webhook-signature"}), "one of walhook's own headers")),
+        (
+            "rate",
+            (json!({"rate_limit": "fast"}), "rate_limit: expected"),
+        ),
+        (
+            "sigheader",
+            (
+                json!({"signature_header": "webhook-signature"}),
+                "one of walhook's own headers",
+            ),
+        ),
     ]);
     for (case, (overrides, want)) in refused {
-        let field = overrides.as_object().unwrap().keys().next().unwrap().clone();
+        let field = overrides
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .clone();
         let r = api.create(crate::api::body(overrides)).await;
-        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{case}: {}", r.text);
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{case}: {}",
+            r.text
+        );
         assert!(r.text.contains(want), "{case}: {}", r.text);
         assert_eq!(r.json()["field"], field.as_str(), "{case}: {}", r.text);
         assert!(!r.text.contains("del_forged"), "{}", r.text);
