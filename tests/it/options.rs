@@ -542,3 +542,47 @@ async fn the_api_masks_header_values_and_refuses_bad_options() {
         assert!(!r.text.contains("del_forged"), "{}", r.text);
     }
 }
+
+/// The real binary at debug level, through failed attempts and retries: a header's value never
+/// reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_values_never_reach_the_log() {
+    let db = TestDb::new();
+    orders(&db);
+    let rx = Receiver::scripted(|_, i| Answer::Status(if i < 2 { 500 } else { 200 })).await;
+    let text = crate::support::daemon::config_text(
+        &db,
+        &fast_delivery("retry_schedule = [\"0s\", \"100ms\", \"100ms\"]"),
+        &subscription(
+            "s",
+            &format!("{}/in", rx.url),
+            "headers = { Authorization = \"Bearer t0ken-for-the-log-test\" }",
+        ),
+    );
+    let file = crate::support::write_config(&text);
+    let mut cmd = crate::support::bin::with_config("run", file.path());
+    cmd.env("WALHOOK_LOG", "debug")
+        .stdout(std::process::Stdio::null());
+    let log = crate::support::bin::log_path(&format!("options-log-{}", db.name));
+    let mut w = crate::support::bin::Walhook::spawn_logging(cmd, &log);
+    w.wait_log("streaming", Duration::from_secs(30)).await;
+    db.sql("INSERT INTO orders VALUES (1, 1, 'x')");
+    let reqs = rx.wait_for(3, Duration::from_secs(30)).await;
+    assert_eq!(
+        reqs[2].header("authorization"),
+        "Bearer t0ken-for-the-log-test"
+    );
+    crate::support::daemon::wait_value(
+        &db,
+        "SELECT status FROM walhook.deliveries",
+        "delivered",
+        30,
+    )
+    .await;
+    w.stop().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    // The failures were logged (so the log is where a leak would show) ...
+    assert!(text.contains("retrying"), "{text}");
+    // ... and the token never was.
+    assert!(!text.contains("t0ken-for-the-log-test"), "{text}");
+}
