@@ -1,6 +1,8 @@
 //! The per-subscription rate limit (`rate_limit = "50/s"`): a token bucket (GCRA, from the
-//! `governor` crate) with a burst of one, so requests are spaced evenly and never exceed the
-//! rate over any window.
+//! `governor` crate) holding a quarter of a second's worth of requests (at least one): requests
+//! are spaced evenly, a pump that woke late catches up within that small credit instead of
+//! losing the time for good, and over any window of T seconds at most rate × T + that credit go
+//! out.
 //!
 //! Guarantees:
 //! - [`Gate::try_acquire`] never blocks: it takes a token or says how long to wait, so a pump
@@ -9,6 +11,7 @@
 //! - a changed limit takes effect at the next request (a new bucket); removing it lifts it;
 //! - the time a request waited is reported once, when it is let through, for the metrics.
 
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -42,8 +45,17 @@ pub enum Acquire {
     Wait(Duration),
 }
 
+/// A quarter of a second's worth of requests, at least one: enough to absorb a pump's late
+/// wake-up on a loaded machine, small enough that no receiver sees a real burst.
+fn burst(limit: RateLimit) -> NonZeroU32 {
+    let quarter = (limit.per_second() / 4.0).floor() as u32;
+    NonZeroU32::new(quarter).unwrap_or(NonZeroU32::MIN)
+}
+
 fn bucket(limit: RateLimit) -> DefaultDirectRateLimiter {
-    let quota = Quota::with_period(limit.period()).expect("a rate limit's period is positive");
+    let quota = Quota::with_period(limit.period())
+        .expect("a rate limit's period is positive")
+        .allow_burst(burst(limit));
     RateLimiter::direct(quota)
 }
 
@@ -112,23 +124,20 @@ mod tests {
     fn spacing_and_reported_wait() {
         let mut g = Gate::default();
         let t0 = Instant::now();
-        assert_eq!(
-            g.try_acquire(rate("10/s"), t0),
-            Acquire::Go { waited: None }
-        );
-        let Acquire::Wait(d) = g.try_acquire(rate("10/s"), t0) else {
+        assert_eq!(g.try_acquire(rate("4/s"), t0), Acquire::Go { waited: None });
+        let Acquire::Wait(d) = g.try_acquire(rate("4/s"), t0) else {
             panic!("a second request at once must wait");
         };
         assert!(
-            d > Duration::from_millis(50) && d <= Duration::from_millis(100),
+            d > Duration::from_millis(200) && d <= Duration::from_millis(250),
             "{d:?}"
         );
         // Asking again while waiting does not restart the wait.
-        assert!(matches!(g.try_acquire(rate("10/s"), t0), Acquire::Wait(_)));
+        assert!(matches!(g.try_acquire(rate("4/s"), t0), Acquire::Wait(_)));
         std::thread::sleep(d);
-        let later = t0 + Duration::from_millis(100);
-        match g.try_acquire(rate("10/s"), later) {
-            Acquire::Go { waited } => assert_eq!(waited, Some(Duration::from_millis(100))),
+        let later = t0 + Duration::from_millis(250);
+        match g.try_acquire(rate("4/s"), later) {
+            Acquire::Go { waited } => assert_eq!(waited, Some(Duration::from_millis(250))),
             other => panic!("{other:?}"),
         }
     }
@@ -154,14 +163,32 @@ mod tests {
         assert!(matches!(g.try_acquire(None, now), Acquire::Go { .. }));
     }
 
+    #[test]
+    fn the_credit_is_a_quarter_of_a_second() {
+        assert_eq!(burst(rate("20/s").unwrap()).get(), 5);
+        assert_eq!(burst(rate("1000/s").unwrap()).get(), 250);
+        assert_eq!(burst(rate("7/s").unwrap()).get(), 1);
+        assert_eq!(burst(rate("200/m").unwrap()).get(), 1);
+        // A full bucket: 5 at once at 20/s, then the sixth waits.
+        let mut g = Gate::default();
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert!(matches!(
+                g.try_acquire(rate("20/s"), now),
+                Acquire::Go { .. }
+            ));
+        }
+        assert!(matches!(g.try_acquire(rate("20/s"), now), Acquire::Wait(_)));
+    }
+
     #[tokio::test]
     async fn acquire_holds_the_rate() {
         let mut g = Gate::default();
         let start = Instant::now();
-        for _ in 0..21 {
+        for _ in 0..45 {
             g.acquire(rate("100/s")).await;
         }
-        // 21 requests at 100/s: the first at once, then 20 spaced 10 ms.
+        // 45 requests at 100/s with a credit of 25: 25 at once, then 20 spaced 10 ms.
         let took = start.elapsed();
         assert!(
             took >= Duration::from_millis(195) && took < Duration::from_millis(400),

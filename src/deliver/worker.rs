@@ -272,6 +272,8 @@ struct Pump {
     more_due: bool,
     /// The subscription's `rate_limit`.
     rate: rate::Gate,
+    /// The last `start_sends` stopped for the rate limit (claims go on meanwhile).
+    rate_held: bool,
 }
 
 impl Pump {
@@ -299,6 +301,7 @@ impl Pump {
             done: Vec::new(),
             more_due: true,
             rate: rate::Gate::default(),
+            rate_held: false,
         }
     }
 
@@ -367,7 +370,7 @@ impl Pump {
             // Refill before the queue runs dry, so sends never wait for a claim.
             if self.owns
                 && self.more_due
-                && wait_until.is_none()
+                && (wait_until.is_none() || self.rate_held)
                 && self.queue.len() < max
                 && claiming.is_none()
             {
@@ -469,6 +472,7 @@ impl Pump {
             return None;
         }
         let max = self.engine.config.max_in_flight;
+        self.rate_held = false;
         while self.in_flight.len() < max {
             match self.breaker.permit(Instant::now()) {
                 Permit::Open => {}
@@ -490,7 +494,10 @@ impl Pump {
             }
             // The rate limit holds the queue (claimed rows stay pending, no attempt is used).
             match self.rate.try_acquire(self.sub.rate_limit, Instant::now()) {
-                rate::Acquire::Wait(d) => return Some(Instant::now() + d),
+                rate::Acquire::Wait(d) => {
+                    self.rate_held = true;
+                    return Some(Instant::now() + d);
+                }
                 rate::Acquire::Go { waited: Some(w) } => {
                     self.engine.metrics.rate_limited(&self.sub.id, w)
                 }
