@@ -129,6 +129,10 @@ fn main() {
         signature: SignatureScheme::Archie,
         previous_secret: None,
         previous_secret_expires_at: None,
+        headers: Vec::new(),
+        signature_header: None,
+        template: None,
+        rate_limit: None,
     };
     let router = Router::new(PayloadContext::new("bench", "master"), vec![route]);
 

@@ -163,6 +163,8 @@ pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
     breaker: Family<SubscriptionLabels, Gauge>,
+    rate_waits: Family<SubscriptionLabels, Counter>,
+    rate_wait_seconds: Family<SubscriptionLabels, Counter<f64, AtomicU64>>,
     latency: Histogram,
     db: Arc<DbCollector>,
     /// Deliveries finished (any outcome), for the console's rate chart.
@@ -212,6 +214,19 @@ impl Metrics {
             "Circuit breaker per subscription (0 closed, 1 open, 2 half-open)",
             breaker.clone(),
         );
+        let rate_waits = Family::default();
+        registry.register(
+            "rate_limit_waits",
+            "Requests held back by the subscription's rate_limit before they were sent",
+            rate_waits.clone(),
+        );
+        let rate_wait_seconds = Family::default();
+        registry.register_with_unit(
+            "rate_limit_wait",
+            "Time requests spent held back by the subscription's rate_limit",
+            Unit::Seconds,
+            rate_wait_seconds.clone(),
+        );
         let latency = Histogram::new(LATENCY_BUCKETS);
         registry.register_with_unit(
             "delivery_latency",
@@ -228,6 +243,8 @@ impl Metrics {
             attempts,
             deliveries,
             breaker,
+            rate_waits,
+            rate_wait_seconds,
             latency,
             db,
             finished_total: AtomicU64::new(0),
@@ -277,6 +294,17 @@ impl Metrics {
             .set(state as i64);
     }
 
+    /// A request was held back by the subscription's rate limit for `waited`.
+    pub fn rate_limited(&self, subscription: &str, waited: Duration) {
+        let labels = SubscriptionLabels {
+            subscription: subscription.to_string(),
+        };
+        self.rate_waits.get_or_create(&labels).inc();
+        self.rate_wait_seconds
+            .get_or_create(&labels)
+            .inc_by(waited.as_secs_f64());
+    }
+
     /// Time from the source commit to the receiver's 2xx.
     pub fn delivered_latency(&self, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
@@ -302,7 +330,10 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&subscription);
-        self.breaker.remove(&SubscriptionLabels { subscription });
+        let labels = SubscriptionLabels { subscription };
+        self.rate_waits.remove(&labels);
+        self.rate_wait_seconds.remove(&labels);
+        self.breaker.remove(&labels);
     }
 
     /// Row changes decoded since start.

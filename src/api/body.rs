@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use crate::model::subscription::MAX_TABLE;
-use crate::model::{EventKind, Filter, Format, SignatureScheme, TableName};
+use crate::model::{EventKind, Filter, Format, RateLimit, SignatureScheme, TableName};
 
 /// A field that PATCH may leave out, set, or (where nullable) clear with `null`.
 pub type Nullable<T> = Option<Option<T>>;
@@ -36,6 +36,11 @@ pub struct WebhookFields {
     pub signature: Option<String>,
     pub previous_secret: Nullable<String>,
     pub previous_secret_expires_at: Nullable<String>,
+    /// Name → value, in the body's order.
+    pub headers: Nullable<Vec<(String, String)>>,
+    pub signature_header: Nullable<String>,
+    pub template: Nullable<String>,
+    pub rate_limit: Nullable<String>,
 }
 
 const WEBHOOK_FIELDS: &[&str] = &[
@@ -52,6 +57,10 @@ const WEBHOOK_FIELDS: &[&str] = &[
     "signature",
     "previous_secret",
     "previous_secret_expires_at",
+    "headers",
+    "signature_header",
+    "template",
+    "rate_limit",
 ];
 
 /// Parses a body that must be a JSON object; `allow_empty` treats an empty body as `{}`.
@@ -139,7 +148,33 @@ pub fn parse_webhook(bytes: &[u8]) -> Result<WebhookFields, ApiError> {
         Some(Value::Null) => Some(None),
         Some(v) => Some(Some(string_list(v, "select")?)),
     };
+    let headers = match map.get("headers") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::Object(m)) => Some(Some(
+            m.iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    // The value is not echoed: it may be a token.
+                    _ => Err(ApiError::bad(
+                        "headers",
+                        format!("headers: the value of {:?} must be a string", truncate(k)),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "headers",
+                "headers: expected an object of header names to string values, or null",
+            ))
+        }
+    };
     Ok(WebhookFields {
+        headers,
+        signature_header: nullable_string(&map, "signature_header")?,
+        template: nullable_string(&map, "template")?,
+        rate_limit: nullable_string(&map, "rate_limit")?,
         project_id: string(&map, "projectId")?,
         environment: string(&map, "environment")?,
         table: string(&map, "table")?,
@@ -228,7 +263,7 @@ pub fn format(s: &str) -> Result<Format, ApiError> {
     Format::parse(s).ok_or_else(|| {
         ApiError::invalid(
             "format",
-            "format: expected \"json\", \"slack\" or \"discord\"",
+            "format: expected \"json\", \"cloudevents\", \"slack\" or \"discord\"",
         )
     })
 }
@@ -240,6 +275,10 @@ pub fn signature(s: &str) -> Result<SignatureScheme, ApiError> {
             "signature: expected \"archie\" or \"standard\"",
         )
     })
+}
+
+pub fn rate_limit(s: &str) -> Result<RateLimit, ApiError> {
+    RateLimit::parse(s).map_err(|m| ApiError::invalid("rate_limit", format!("rate_limit: {m}")))
 }
 
 /// A filter from the API: as in config.toml, but without `${ENV}` expansion (see module doc).

@@ -23,7 +23,7 @@ use super::error::ApiError;
 use super::Ctx;
 use crate::config::{DeliveryConfig, TableName};
 use crate::deliver::http::HttpSender;
-use crate::deliver::{format, sign};
+use crate::deliver::request;
 use crate::model::Subscription;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,20 +84,15 @@ async fn transport(
     payload: &str,
 ) -> Result<PingResult, PingError> {
     let now = Utc::now();
-    // A ping has no row, hence no ordering key.
-    let body = format::render(sub.format, payload, "")
-        .map_err(|e| PingError::Prepare(format!("formatting the body: {e}")))?;
-    let headers = sign::delivery_headers(&sign::SignInput {
-        format: sub.format,
-        scheme: sub.signature,
-        secret: sub.secret.expose(),
-        previous_secret: sub.previous_secret_at(now).map(|s| s.expose()),
+    // A ping has no row, hence no ordering key and no sequence number.
+    let event = request::Event {
+        payload,
+        ordering_key: "",
         event_id,
         event: "PING",
-        body: &body,
-        now_unix: now.timestamp(),
-    })
-    .map_err(|e| PingError::Prepare(format!("signing: {e}")))?;
+        sequence: None,
+    };
+    let (headers, body) = request::build(sub, &event, now).map_err(PingError::Prepare)?;
     let sender = HttpSender::new(delivery).map_err(|e| PingError::Client(e.to_string()))?;
     let outcome = sender.post(&sub.url, &headers, Bytes::from(body)).await;
     Ok(PingResult {

@@ -13,7 +13,8 @@
 //! - DELETE removes the subscription and all its deliveries in one transaction, so nothing of it
 //!   can be delivered afterwards (its URL and secret are gone with it) and no row is orphaned.
 //!   Only an attempt already in flight at that moment may still reach the receiver.
-//! - views never include `secret` or `previous_secret`.
+//! - views never include `secret` or `previous_secret`, and show static headers' names with
+//!   masked values.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -41,6 +42,9 @@ use crate::source::SourceError;
 /// How many recent deliveries `GET /{id}` returns.
 const RECENT_DELIVERIES: i64 = 50;
 
+/// What a header's value reads as in responses.
+const MASK: &str = "***";
+
 /// The public view of a subscription: no secrets.
 pub(super) fn view(s: &Stored) -> Value {
     json!({
@@ -55,6 +59,11 @@ pub(super) fn view(s: &Stored) -> Value {
         "signature": s.signature.as_str(),
         "source": s.origin.as_str(),
         "previousSecretExpiresAt": s.previous_secret_expires_at.map(time),
+        // Header values are secrets (tokens): names only, values masked.
+        "headers": s.headers.iter().map(|(n, _)| (n.clone(), Value::from(MASK))).collect::<serde_json::Map<_, _>>(),
+        "signature_header": s.signature_header,
+        "template": s.template,
+        "rate_limit": s.rate_limit.map(|r| r.to_string()),
         "deactivatedReason": s.deactivated_reason,
         "createdAt": time(s.created_at),
         "updatedAt": time(s.updated_at),
@@ -285,7 +294,34 @@ fn apply(id: &str, f: &WebhookFields, base: Option<&Stored>) -> Result<Subscript
         (Some(None), _) | (None, None) => None,
         (None, Some(b)) => b.previous_secret_expires_at,
     };
+    let headers = match (&f.headers, base) {
+        (Some(Some(h)), _) => h
+            .iter()
+            .map(|(n, v)| (n.clone(), Secret::new(v.as_str())))
+            .collect(),
+        (Some(None), _) | (None, None) => Vec::new(),
+        (None, Some(b)) => b.headers.clone(),
+    };
+    let signature_header = match (&f.signature_header, base) {
+        (Some(h), _) => h.clone(),
+        (None, Some(b)) => b.signature_header.clone(),
+        (None, None) => None,
+    };
+    let template = match (&f.template, base) {
+        (Some(t), _) => t.clone(),
+        (None, Some(b)) => b.template.clone(),
+        (None, None) => None,
+    };
+    let rate_limit = match (&f.rate_limit, base) {
+        (Some(Some(r)), _) => Some(body::rate_limit(r)?),
+        (Some(None), _) | (None, None) => None,
+        (None, Some(b)) => b.rate_limit,
+    };
     Ok(Subscription {
+        headers,
+        signature_header,
+        template,
+        rate_limit,
         id: id.to_string(),
         origin: Origin::Api,
         table,

@@ -20,7 +20,9 @@ use toml::Spanned;
 use crate::model::egress::EgressPolicy;
 pub use crate::model::subscription::{check_standard_secret, Format, SignatureScheme};
 use crate::model::subscription::{dedup_events, Invalid, Origin, Rules, Subscription};
-pub use crate::model::{quote_ident, Condition, EventKind, Filter, Op, Secret, TableName};
+pub use crate::model::{
+    quote_ident, Condition, EventKind, Filter, Op, RateLimit, Secret, TableName,
+};
 pub use delivery::{ApiConfig, DeliveryConfig};
 pub use duration::Duration;
 pub use env::EnvString;
@@ -141,6 +143,17 @@ struct RawSubscription {
     /// RFC 3339; required with `previous_secret`.
     #[serde(default)]
     previous_secret_expires_at: Option<EnvString>,
+    /// Static headers; values may use `${ENV}` and are secrets.
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, Secret>,
+    #[serde(default)]
+    signature_header: Option<EnvString>,
+    /// Taken literally: no `${ENV}` expansion inside a template.
+    #[serde(default)]
+    template: Option<String>,
+    /// `"50/s"`, `"100/m"`, `"1000/h"`.
+    #[serde(default)]
+    rate_limit: Option<EnvString>,
 }
 
 fn default_walhook() -> EnvString {
@@ -335,6 +348,10 @@ fn subscription_from_raw(r: RawSubscription) -> Result<Subscription, Invalid> {
                 })
         })
         .transpose()?;
+    let rate_limit = r
+        .rate_limit
+        .map(|r| RateLimit::parse(r.as_str()).map_err(|m| bad("rate_limit", m.0)))
+        .transpose()?;
     Ok(Subscription {
         id: r.id.0,
         origin: Origin::Config,
@@ -349,6 +366,10 @@ fn subscription_from_raw(r: RawSubscription) -> Result<Subscription, Invalid> {
         signature: r.signature,
         previous_secret: r.previous_secret,
         previous_secret_expires_at,
+        headers: r.headers.into_iter().collect(),
+        signature_header: r.signature_header.map(|h| h.0),
+        template: r.template,
+        rate_limit,
     })
 }
 

@@ -22,7 +22,7 @@ use super::session::Session;
 use super::C;
 use crate::api::deliveries::{format_id, parse_id, parse_query};
 use crate::api::ApiError;
-use crate::deliver::{format, sign};
+use crate::deliver::request;
 use crate::outbox::console as q;
 use crate::outbox::deliveries::{
     list as list_deliveries, replay_dead as replay_all, replay_one as replay, ReplayOne, STATUSES,
@@ -126,32 +126,29 @@ pub async fn detail(
     respond(&s, "Delivery", render_detail(&c, &s, &id, &delivery).await)
 }
 
-/// The headers the worker sends for `d`, signed at `at` (the secret itself never appears).
+/// The headers the worker sends for `d`, signed at `at`, built by the worker's own
+/// [`request::build`]; the secret never appears, and the values of the subscription's static
+/// headers (credentials, typically) are masked.
 fn headers_as_sent(
     sub: &Stored,
     d: &q::DeliveryBody,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<(String, String)>, String> {
-    let body =
-        format::render(sub.format, &d.payload, &d.ordering_key).map_err(|e| e.to_string())?;
-    let mut h: Vec<(String, String)> = sign::delivery_headers(&sign::SignInput {
-        format: sub.format,
-        scheme: sub.signature,
-        secret: sub.secret.expose(),
-        previous_secret: sub.previous_secret_at(at).map(|s| s.expose()),
+    let event = request::Event {
+        payload: &d.payload,
+        ordering_key: &d.ordering_key,
         event_id: &d.event_id,
         event: &d.event,
-        body: &body,
-        now_unix: at.timestamp(),
-    })
-    .map_err(|e| e.to_string())?
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    if let Some(n) = d.sequence {
-        h.push(("X-Walhook-Sequence".into(), n.to_string()));
-    }
-    Ok(h)
+        sequence: d.sequence,
+    };
+    let (headers, _) = request::build(sub, &event, at)?;
+    Ok(headers
+        .into_iter()
+        .map(|(k, v)| {
+            let own = sub.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(&k));
+            (k.to_string(), if own { "***".to_string() } else { v })
+        })
+        .collect())
 }
 
 async fn render_detail(c: &C, s: &Session, id: &str, delivery: &str) -> Result<Markup, ApiError> {

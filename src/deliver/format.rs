@@ -9,15 +9,26 @@
 //! - `discord`: one embed titled with the event and table, coloured by event (green INSERT,
 //!   yellow UPDATE, red DELETE, blue otherwise), with `Key` and `Changed fields` fields and the
 //!   event timestamp; every text stays within Discord's embed limits;
+//! - `cloudevents`: a CloudEvents 1.0 event in structured JSON mode: `specversion` "1.0", `id`
+//!   the event id, `source` `walhook/<project>/<environment>`, `type`
+//!   `walhook.<table>.<insert|update|delete>`, `time` the commit time, `subject` the row's key
+//!   (absent without one), `datacontenttype` and `data`: the stored payload bytes, unchanged;
+//! - a subscription's `template` replaces the body with its rendering ([`crate::model::template`]);
+//!   compiled templates are cached by source, in a bounded cache;
 //! - long values are cut on a character boundary and end with "…"; lengths are counted in
 //!   UTF-16 units, the unit both services count in, so a cut text is never rejected;
 //! - a payload or key that cannot be read gives a [`FormatError`] naming the problem, never a
 //!   panic. Row values are never shown: chat channels are wider audiences than endpoints.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Format;
+use crate::model::template::Template;
+use crate::model::Subscription;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
@@ -25,6 +36,8 @@ pub enum FormatError {
     Payload(String),
     #[error("the ordering key is not a JSON array of key values: {0}")]
     Key(String),
+    #[error("the template: {0}")]
+    Template(String),
 }
 
 /// The payload fields the chat formats show; `record` and `data` are skipped unread.
@@ -37,6 +50,10 @@ struct Summary {
     event: String,
     #[serde(default)]
     changed_fields: Vec<String>,
+    #[serde(default)]
+    project_id: Option<String>,
+    #[serde(default)]
+    environment: Option<String>,
 }
 
 // Slack: section text 3000, a field's text 2000, at most 10 fields; `text` itself is accepted up
@@ -54,6 +71,35 @@ const COLOR_UPDATE: u32 = 0xF1C40F;
 const COLOR_DELETE: u32 = 0xE74C3C;
 const COLOR_OTHER: u32 = 0x3498DB;
 
+/// Compiled templates by source; cleared when full (a handful of subscriptions use templates).
+static TEMPLATES: Mutex<Option<HashMap<String, Arc<Template>>>> = Mutex::new(None);
+const TEMPLATE_CACHE: usize = 256;
+
+fn compiled(source: &str) -> Result<Arc<Template>, FormatError> {
+    let mut cache = TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
+    let map = cache.get_or_insert_with(HashMap::new);
+    if let Some(t) = map.get(source) {
+        return Ok(t.clone());
+    }
+    let t = Arc::new(Template::compile(source).map_err(|e| FormatError::Template(e.0))?);
+    if map.len() >= TEMPLATE_CACHE {
+        map.clear();
+    }
+    map.insert(source.to_string(), t.clone());
+    Ok(t)
+}
+
+/// The body `sub` receives: its template's rendering when it has one, else its format's.
+pub fn render_for(sub: &Subscription, payload: &str, key: &str) -> Result<Vec<u8>, FormatError> {
+    match &sub.template {
+        Some(source) => compiled(source)?
+            .render(payload, key, &sub.id)
+            .map(String::into_bytes)
+            .map_err(|e| FormatError::Template(e.0)),
+        None => render(sub.format, payload, key),
+    }
+}
+
 /// Renders the body for `format`. `key` is the ordering key (a JSON array of primary-key values,
 /// or "" for a table without one).
 pub fn render(format: Format, payload: &str, key: &str) -> Result<Vec<u8>, FormatError> {
@@ -61,6 +107,7 @@ pub fn render(format: Format, payload: &str, key: &str) -> Result<Vec<u8>, Forma
         Format::Json => return Ok(payload.as_bytes().to_vec()),
         Format::Slack => true,
         Format::Discord => false,
+        Format::CloudEvents => return cloudevent(payload, key),
     };
     let s: Summary =
         serde_json::from_str(payload).map_err(|e| FormatError::Payload(e.to_string()))?;
@@ -78,6 +125,40 @@ pub fn render(format: Format, payload: &str, key: &str) -> Result<Vec<u8>, Forma
     };
     let value = if slack { view.slack() } else { view.discord() };
     serde_json::to_vec(&value).map_err(|e| FormatError::Payload(e.to_string()))
+}
+
+/// The CloudEvents 1.0 structured-mode envelope around the payload bytes.
+fn cloudevent(payload: &str, key: &str) -> Result<Vec<u8>, FormatError> {
+    let s: Summary =
+        serde_json::from_str(payload).map_err(|e| FormatError::Payload(e.to_string()))?;
+    let q = |v: &str| serde_json::to_string(v).expect("strings always serialize");
+    let event = s.event.to_ascii_lowercase();
+    let kind = match s.table.as_deref() {
+        Some(t) => format!("walhook.{t}.{event}"),
+        None => format!("walhook.{event}"),
+    };
+    let source = format!(
+        "walhook/{}/{}",
+        s.project_id.as_deref().unwrap_or(""),
+        s.environment.as_deref().unwrap_or("")
+    );
+    let mut out = String::with_capacity(payload.len() + 256);
+    out.push_str("{\"specversion\":\"1.0\",\"id\":");
+    out.push_str(&q(&s.id));
+    out.push_str(",\"source\":");
+    out.push_str(&q(&source));
+    out.push_str(",\"type\":");
+    out.push_str(&q(&kind));
+    out.push_str(",\"time\":");
+    out.push_str(&q(&s.timestamp));
+    if let Some(subject) = key_display(key)? {
+        out.push_str(",\"subject\":");
+        out.push_str(&q(&subject));
+    }
+    out.push_str(",\"datacontenttype\":\"application/json\",\"data\":");
+    out.push_str(payload);
+    out.push('}');
+    Ok(out.into_bytes())
 }
 
 /// `["42"]` → `42`, `[42,"a"]` → `42, a`, `""` → None.
@@ -294,6 +375,27 @@ mod tests {
             render(Format::Json, UPDATE, "[42]").unwrap(),
             UPDATE.as_bytes()
         );
+    }
+
+    #[test]
+    fn cloudevents_envelope() {
+        assert_eq!(
+            render_str(Format::CloudEvents, UPDATE, "[42]"),
+            format!(
+                concat!(
+                    r#"{{"specversion":"1.0","id":"evt_00000000016B3D28_3","source":"walhook/p/master","#,
+                    r#""type":"walhook.orders.update","time":"2025-12-15T15:00:00Z","subject":"42","#,
+                    r#""datacontenttype":"application/json","data":{}}}"#
+                ),
+                UPDATE
+            )
+        );
+        let out = render_str(Format::CloudEvents, INSERT, "");
+        assert!(
+            out.contains(r#""type":"walhook.public.line_items.insert""#),
+            "{out}"
+        );
+        assert!(!out.contains("subject"), "{out}");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! connection.
 
 use crate::model::BadValue;
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -200,7 +201,7 @@ impl HttpSender {
     pub async fn post(
         &self,
         url: &str,
-        headers: &[(&'static str, String)],
+        headers: &[(Cow<'static, str>, String)],
         body: Bytes,
     ) -> AttemptOutcome {
         let start = Instant::now();
@@ -420,7 +421,7 @@ fn error_chain(e: &reqwest::Error) -> String {
 }
 
 /// Header names as `HeaderName`s; the ones walhook sends are built without allocating.
-fn header_name(name: &'static str) -> Option<HeaderName> {
+fn header_name(name: &str) -> Option<HeaderName> {
     Some(match name {
         "Content-Type" => CONTENT_TYPE,
         "User-Agent" => reqwest::header::USER_AGENT,
@@ -431,15 +432,17 @@ fn header_name(name: &'static str) -> Option<HeaderName> {
         "webhook-id" => HeaderName::from_static("webhook-id"),
         "webhook-timestamp" => HeaderName::from_static("webhook-timestamp"),
         "webhook-signature" => HeaderName::from_static("webhook-signature"),
+        "X-Walhook-Delivery-Id" => HeaderName::from_static("x-walhook-delivery-id"),
+        "X-Walhook-Sequence" => HeaderName::from_static("x-walhook-sequence"),
         other => return HeaderName::from_bytes(other.as_bytes()).ok(),
     })
 }
 
-fn header_map(headers: &[(&'static str, String)]) -> Result<HeaderMap, BadValue> {
+fn header_map(headers: &[(Cow<'static, str>, String)]) -> Result<HeaderMap, BadValue> {
     let mut map = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let n = header_name(name).ok_or_else(|| format!("invalid header name {name:?}"))?;
-        // The value is not echoed: it may be a signature.
+        // The value is not echoed: it may be a signature or a subscription's token.
         let v = HeaderValue::from_str(value)
             .map_err(|_| format!("header {name}: the value is not a valid header value"))?;
         map.append(n, v);
@@ -544,12 +547,14 @@ mod tests {
             "webhook-id",
             "webhook-timestamp",
             "webhook-signature",
+            "X-Walhook-Delivery-Id",
+            "X-Walhook-Sequence",
             "X-Other",
         ] {
             assert_eq!(header_name(n).unwrap().as_str(), n.to_ascii_lowercase());
         }
         assert!(header_name("bad name").is_none());
-        let e = header_map(&[("X-Archie-Event", "a\nb".into())]).unwrap_err();
+        let e = header_map(&[("X-Archie-Event".into(), "a\nb".into())]).unwrap_err();
         assert!(!e.contains("a\nb"));
     }
 

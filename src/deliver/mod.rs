@@ -18,6 +18,8 @@ pub mod http;
 pub mod lanes;
 pub mod owner;
 pub mod policy;
+pub mod rate;
+pub mod request;
 pub mod sign;
 pub mod worker;
 

@@ -1,11 +1,15 @@
 //! Request headers and signatures for one delivery.
 //!
 //! Guarantees:
-//! - every delivery carries `Content-Type: application/json`, `User-Agent: walhook/<version>`,
+//! - every delivery carries `Content-Type: application/json` (`application/cloudevents+json`
+//!   for CloudEvents), `User-Agent: walhook/<version>`,
 //!   `X-Archie-Event` and `X-Archie-Delivery` (the event id, stable across retries);
 //! - an Archie-signed body carries `X-Archie-Signature: sha256=<hex>` and
 //!   `X-Webhook-Signature: <hex>`: HMAC-SHA256 keyed with the current secret's UTF-8 bytes over the
 //!   exact body bytes, which is what the Archie document's Python and Node verifiers compute;
+//!   with `signature_header` the `sha256=<hex>` goes in that header instead of
+//!   `X-Archie-Signature` (for receivers written for other systems: `X-Archivus-Signature`);
+//! - CloudEvents bodies are signed exactly like JSON ones;
 //! - a Standard-Webhooks-signed body carries `webhook-id`, `webhook-timestamp` and
 //!   `webhook-signature: v1,<base64>` over `{id}.{timestamp}.{body}`, plus a second `v1,` entry
 //!   made with the previous key while a rotation is in progress, so receivers holding either
@@ -13,6 +17,8 @@
 //! - Slack and Discord bodies are never signed: those services do not verify signatures, and a
 //!   header they ignore would only suggest a protection that does not exist;
 //! - a secret never appears in an error message or a `Debug` output.
+
+use std::borrow::Cow;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -23,6 +29,9 @@ use crate::config::{Format, SignatureScheme};
 pub const USER_AGENT: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// Request headers, in the order sent; names are walhook's own or a subscription's.
+pub type Headers = Vec<(Cow<'static, str>, String)>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignError {
@@ -110,6 +119,8 @@ pub struct SignInput<'a> {
     pub event: &'a str,
     pub body: &'a [u8],
     pub now_unix: i64,
+    /// Replaces `X-Archie-Signature` (Archie scheme only).
+    pub signature_header: Option<&'a str>,
 }
 
 impl std::fmt::Debug for SignInput<'_> {
@@ -126,6 +137,7 @@ impl std::fmt::Debug for SignInput<'_> {
             .field("event", &self.event)
             .field("body_len", &self.body.len())
             .field("now_unix", &self.now_unix)
+            .field("signature_header", &self.signature_header)
             .finish()
     }
 }
@@ -141,17 +153,21 @@ fn header_safe(header: &'static str, value: &str) -> Result<(), SignError> {
 }
 
 /// The request headers for one delivery attempt, in a stable order.
-pub fn delivery_headers(input: &SignInput) -> Result<Vec<(&'static str, String)>, SignError> {
+pub fn delivery_headers(input: &SignInput) -> Result<Headers, SignError> {
     header_safe("X-Archie-Event", input.event)?;
     header_safe("X-Archie-Delivery", input.event_id)?;
 
-    let mut headers = Vec::with_capacity(8);
-    headers.push(("Content-Type", "application/json".to_string()));
-    headers.push(("User-Agent", USER_AGENT.to_string()));
-    headers.push(("X-Archie-Event", input.event.to_string()));
-    headers.push(("X-Archie-Delivery", input.event_id.to_string()));
+    let content_type = match input.format {
+        Format::CloudEvents => "application/cloudevents+json",
+        _ => "application/json",
+    };
+    let mut headers: Headers = Vec::with_capacity(10);
+    headers.push(("Content-Type".into(), content_type.to_string()));
+    headers.push(("User-Agent".into(), USER_AGENT.to_string()));
+    headers.push(("X-Archie-Event".into(), input.event.to_string()));
+    headers.push(("X-Archie-Delivery".into(), input.event_id.to_string()));
 
-    if input.format != Format::Json {
+    if !input.format.is_signed() {
         return Ok(headers);
     }
     if input.secret.is_empty() {
@@ -162,8 +178,12 @@ pub fn delivery_headers(input: &SignInput) -> Result<Vec<(&'static str, String)>
             // The Archie contract has a single signature: receivers rotating secrets try the old
             // and the new one themselves, so the previous secret is not used here.
             let hex = archie_hex(input.secret.as_bytes(), input.body);
-            headers.push(("X-Archie-Signature", format!("sha256={hex}")));
-            headers.push(("X-Webhook-Signature", hex));
+            let name: Cow<'static, str> = match input.signature_header {
+                Some(h) => Cow::Owned(h.to_string()),
+                None => Cow::Borrowed("X-Archie-Signature"),
+            };
+            headers.push((name, format!("sha256={hex}")));
+            headers.push(("X-Webhook-Signature".into(), hex));
         }
         SignatureScheme::Standard => {
             let current = StandardKey::parse(input.secret, "current")?;
@@ -181,9 +201,9 @@ pub fn delivery_headers(input: &SignInput) -> Result<Vec<(&'static str, String)>
                     input.body,
                 ));
             }
-            headers.push(("webhook-id", input.event_id.to_string()));
-            headers.push(("webhook-timestamp", input.now_unix.to_string()));
-            headers.push(("webhook-signature", sigs));
+            headers.push(("webhook-id".into(), input.event_id.to_string()));
+            headers.push(("webhook-timestamp".into(), input.now_unix.to_string()));
+            headers.push(("webhook-signature".into(), sigs));
         }
     }
     Ok(headers)
@@ -209,10 +229,11 @@ mod tests {
             event: "INSERT",
             body,
             now_unix: SPEC_TS,
+            signature_header: None,
         }
     }
 
-    fn get<'h>(h: &'h [(&'static str, String)], name: &str) -> Option<&'h str> {
+    fn get<'h>(h: &'h [(Cow<'static, str>, String)], name: &str) -> Option<&'h str> {
         h.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
@@ -271,7 +292,7 @@ mod tests {
     fn archie_headers() {
         let body = br#"{"id":"evt_1","total":99.50}"#;
         let h = delivery_headers(&input(SignatureScheme::Archie, "s3cret", body)).unwrap();
-        let names: Vec<&str> = h.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = h.iter().map(|(n, _)| n.as_ref()).collect();
         assert_eq!(
             names,
             [
@@ -298,6 +319,30 @@ mod tests {
     }
 
     #[test]
+    fn signature_header_replaces_x_archie_signature() {
+        let body = br#"{"id":"evt_1"}"#;
+        let mut i = input(SignatureScheme::Archie, "s3cret", body);
+        i.signature_header = Some("X-Archivus-Signature");
+        let h = delivery_headers(&i).unwrap();
+        let hex = archie_hex(b"s3cret", body);
+        assert_eq!(
+            get(&h, "X-Archivus-Signature"),
+            Some(format!("sha256={hex}").as_str())
+        );
+        assert_eq!(get(&h, "X-Archie-Signature"), None);
+        i.format = Format::CloudEvents;
+        let h = delivery_headers(&i).unwrap();
+        assert_eq!(
+            get(&h, "content-type"),
+            Some("application/cloudevents+json")
+        );
+        assert_eq!(
+            get(&h, "X-Archivus-Signature"),
+            Some(format!("sha256={hex}").as_str())
+        );
+    }
+
+    #[test]
     fn archie_ignores_previous_secret() {
         let body = b"{}";
         let mut i = input(SignatureScheme::Archie, "new", body);
@@ -317,7 +362,7 @@ mod tests {
                 i.format = format;
                 i.event = "PING";
                 let h = delivery_headers(&i).unwrap();
-                let names: Vec<&str> = h.iter().map(|(n, _)| *n).collect();
+                let names: Vec<&str> = h.iter().map(|(n, _)| n.as_ref()).collect();
                 assert_eq!(
                     names,
                     [

@@ -48,7 +48,7 @@ use super::batch::Batcher;
 use super::http::{AttemptOutcome, ErrorKind, HttpSender};
 use super::owner::{self, Owned};
 use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
-use super::{format, sign};
+use super::{rate, request};
 use crate::backoff::{sleep_or_cancel, Backoff};
 use crate::config::DeliveryConfig;
 use crate::metrics::{Attempt, BreakerState, Metrics, Outcome};
@@ -313,6 +313,10 @@ struct Pump {
     done: Vec<Done>,
     /// The last claim filled its limit: there is probably more due right now.
     more_due: bool,
+    /// The subscription's `rate_limit`.
+    rate: rate::Gate,
+    /// The last `start_sends` stopped for the rate limit (claims go on meanwhile).
+    rate_held: bool,
 }
 
 impl Pump {
@@ -344,6 +348,8 @@ impl Pump {
             in_flight: JoinSet::new(),
             done: Vec::new(),
             more_due: true,
+            rate: rate::Gate::default(),
+            rate_held: false,
         }
     }
 
@@ -412,7 +418,7 @@ impl Pump {
             // Refill before the queue runs dry, so sends never wait for a claim.
             if self.owns
                 && self.more_due
-                && wait_until.is_none()
+                && (wait_until.is_none() || self.rate_held)
                 && self.lanes.queued_len() < max
                 && claiming.is_none()
             {
@@ -462,7 +468,10 @@ impl Pump {
             || new.secret != self.sub.secret
             || new.previous_secret != self.sub.previous_secret
             || new.signature != self.sub.signature
-            || new.format != self.sub.format;
+            || new.format != self.sub.format
+            || new.headers != self.sub.headers
+            || new.signature_header != self.sub.signature_header
+            || new.template != self.sub.template;
         self.sub = new;
         if fix && self.breaker.probe_now() {
             let state = self.breaker.state();
@@ -568,6 +577,7 @@ impl Pump {
             return None;
         }
         let max = self.engine.config.max_in_flight;
+        self.rate_held = false;
         while self.in_flight.len() < max {
             match self.breaker.permit(Instant::now()) {
                 Permit::Open => {}
@@ -583,6 +593,20 @@ impl Pump {
                             .unwrap_or_else(|| Instant::now() + self.engine.config.poll_interval.0),
                     );
                 }
+            }
+            if self.lanes.ready_len() == 0 {
+                break;
+            }
+            // The rate limit holds the queue (claimed rows stay pending, no attempt is used).
+            match self.rate.try_acquire(self.sub.rate_limit, Instant::now()) {
+                rate::Acquire::Wait(d) => {
+                    self.rate_held = true;
+                    return Some(Instant::now() + d);
+                }
+                rate::Acquire::Go { waited: Some(w) } => {
+                    self.engine.metrics.rate_limited(&self.sub.id, w)
+                }
+                rate::Acquire::Go { waited: None } => {}
             }
             let Some(claimed) = self.lanes.next_ready() else {
                 break;
@@ -795,29 +819,17 @@ async fn send(
         retry_after: None,
         duration: Duration::ZERO,
     };
-    let body = match format::render(sub.format, &c.payload, &c.ordering_key) {
-        Ok(b) => b,
-        Err(e) => return failed(ErrorKind::Other, format!("formatting the body: {e}")),
-    };
-    let headers = match sign::delivery_headers(&sign::SignInput {
-        format: sub.format,
-        scheme: sub.signature,
-        secret: sub.secret.expose(),
-        previous_secret: sub.previous_secret_at(now).map(|s| s.expose()),
+    let event = request::Event {
+        payload: &c.payload,
+        ordering_key: &c.ordering_key,
         event_id: &c.event_id,
         event: &c.event,
-        body: &body,
-        now_unix: now.timestamp(),
-    }) {
-        Ok(h) => h,
-        Err(e) => return failed(ErrorKind::Other, format!("signing: {e}")),
+        sequence: c.sequence,
     };
-    let mut headers = headers;
-    if let Some(n) = c.sequence {
-        // Per subscription, assigned once at enqueue: a receiver that sees a gap can fetch
-        // what it missed with GET .../deliveries?after_sequence=N.
-        headers.push(("X-Walhook-Sequence", n.to_string()));
-    }
+    let (headers, body) = match request::build(sub, &event, now) {
+        Ok(r) => r,
+        Err(e) => return failed(ErrorKind::Other, e),
+    };
     sender.post(&sub.url, &headers, Bytes::from(body)).await
 }
 

@@ -7,9 +7,11 @@ pub mod change;
 pub mod egress;
 pub mod filter;
 pub mod lsn;
+pub mod options;
 pub mod secret;
 pub mod subscription;
 pub mod table;
+pub mod template;
 
 /// A value that cannot be accepted; the message says what is wrong and what is expected, and
 /// never contains a secret's value.
@@ -45,6 +47,7 @@ impl From<String> for BadValue {
 pub use change::{event_id, rfc3339_from_pg_micros, EventKind, RowChange, TableShape};
 pub use filter::{Condition, Filter, Op};
 pub use lsn::Lsn;
+pub use options::RateLimit;
 pub use secret::Secret;
 pub use subscription::{Format, Origin, SignatureScheme, Subscription};
 pub use table::{quote_ident, TableName};

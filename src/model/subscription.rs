@@ -14,6 +14,8 @@
 use chrono::{DateTime, Utc};
 
 use super::egress::EgressPolicy;
+pub use super::options::RateLimit;
+use super::options::{check_header_name, check_header_value, is_reserved, MAX_HEADERS};
 use super::{BadValue, EventKind, Filter, Secret, TableName};
 
 pub const MAX_TABLE: usize = 255;
@@ -60,14 +62,23 @@ pub enum Format {
     Slack,
     /// A Discord webhook message (unsigned).
     Discord,
+    /// A CloudEvents 1.0 event in structured JSON mode whose `data` is the Archie payload,
+    /// signed like `json`.
+    #[serde(rename = "cloudevents")]
+    CloudEvents,
 }
 
 impl Format {
+    /// Whether bodies of this format carry a signature (chat services verify none).
+    pub fn is_signed(self) -> bool {
+        matches!(self, Format::Json | Format::CloudEvents)
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Json => "json",
             Format::Slack => "slack",
             Format::Discord => "discord",
+            Format::CloudEvents => "cloudevents",
         }
     }
     pub fn parse(s: &str) -> Option<Format> {
@@ -75,6 +86,7 @@ impl Format {
             "json" => Some(Format::Json),
             "slack" => Some(Format::Slack),
             "discord" => Some(Format::Discord),
+            "cloudevents" => Some(Format::CloudEvents),
             _ => None,
         }
     }
@@ -141,6 +153,14 @@ pub struct Subscription {
     /// The secret being rotated out; Standard signatures carry both until it expires.
     pub previous_secret: Option<Secret>,
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// Sent on every request, in this order; values are secrets (`Authorization` tokens).
+    pub headers: Vec<(String, Secret)>,
+    /// The header carrying `sha256=<hex>` instead of `X-Archie-Signature`.
+    pub signature_header: Option<String>,
+    /// A minijinja template for the body (format `json` only); see [`super::template`].
+    pub template: Option<String>,
+    /// At most this many requests per second, minute or hour.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A value that cannot be accepted, with the field at fault.
@@ -223,6 +243,61 @@ impl Subscription {
                     return Err(invalid("select", "empty column name"));
                 }
             }
+        }
+        self.validate_options()
+    }
+
+    /// Headers, signature header and template.
+    fn validate_options(&self) -> Result<(), Invalid> {
+        if self.headers.len() > MAX_HEADERS {
+            return Err(invalid("headers", format!("at most {MAX_HEADERS} headers")));
+        }
+        for (i, (name, value)) in self.headers.iter().enumerate() {
+            check_header_name(name).map_err(|m| invalid("headers", m.0))?;
+            if is_reserved(name) {
+                return Err(invalid(
+                    "headers",
+                    format!("{name} is set by walhook itself and cannot be overridden"),
+                ));
+            }
+            if self.headers[..i]
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                return Err(invalid("headers", format!("{name} is given twice")));
+            }
+            check_header_value(name, value.expose()).map_err(|m| invalid("headers", m.0))?;
+        }
+        if let Some(h) = &self.signature_header {
+            check_header_name(h).map_err(|m| invalid("signature_header", m.0))?;
+            if is_reserved(h) {
+                return Err(invalid(
+                    "signature_header",
+                    format!("{h} is one of walhook's own headers; name another, e.g. X-Archivus-Signature"),
+                ));
+            }
+            if self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(h)) {
+                return Err(invalid(
+                    "signature_header",
+                    format!("{h} is also in headers; a header can carry one value"),
+                ));
+            }
+            if self.signature != SignatureScheme::Archie || !self.format.is_signed() {
+                return Err(invalid(
+                    "signature_header",
+                    "applies to signature = \"archie\" with format \"json\" or \"cloudevents\" only",
+                ));
+            }
+        }
+        if let Some(t) = &self.template {
+            no_nul("template", t)?;
+            if self.format != Format::Json {
+                return Err(invalid(
+                    "template",
+                    "a template renders the body itself: use it with format = \"json\"",
+                ));
+            }
+            super::template::check(t).map_err(|m| invalid("template", m.0))?;
         }
         Ok(())
     }
@@ -311,7 +386,56 @@ mod tests {
             signature: SignatureScheme::Archie,
             previous_secret: None,
             previous_secret_expires_at: None,
+            headers: Vec::new(),
+            signature_header: None,
+            template: None,
+            rate_limit: None,
         }
+    }
+
+    #[test]
+    fn options_name_their_field_and_header() {
+        let r = Rules::default();
+        let mut s = sub();
+        s.headers = vec![("Authorization".into(), Secret::new("Bearer t0ken"))];
+        s.signature_header = Some("X-Archivus-Signature".into());
+        s.template = Some(r#"{"id":{{ id }},"data":{{ record }}}"#.into());
+        s.rate_limit = Some(RateLimit::parse("50/s").unwrap());
+        assert!(s.validate(&r).is_ok());
+        for name in [
+            "X-Archie-Signature",
+            "content-type",
+            "X-Walhook-Delivery-Id",
+            "webhook-id",
+        ] {
+            let mut s = sub();
+            s.headers = vec![(name.into(), Secret::new("v"))];
+            let e = s.validate(&r).unwrap_err();
+            assert_eq!(e.field, "headers");
+            assert!(e.message.contains(name), "{e}");
+        }
+        let mut s = sub();
+        s.headers = vec![
+            ("X-Key".into(), Secret::new("a")),
+            ("x-key".into(), Secret::new("b")),
+        ];
+        assert_eq!(field(&s, &r), "headers");
+        let mut s = sub();
+        s.headers = vec![("X-Key".into(), Secret::new("s3cret\n"))];
+        let e = s.validate(&r).unwrap_err().to_string();
+        assert!(e.contains("X-Key") && !e.contains("s3cret"), "{e}");
+        let mut s = sub();
+        s.signature_header = Some("X-Archie-Signature".into());
+        assert_eq!(field(&s, &r), "signature_header");
+        s.signature_header = Some("X-Sig".into());
+        s.signature = SignatureScheme::Standard;
+        assert_eq!(field(&s, &r), "signature_header");
+        let mut s = sub();
+        s.template = Some("{{ id }".into());
+        assert_eq!(field(&s, &r), "template");
+        s.template = Some(r#"{"id": {{ id }}}"#.into());
+        s.format = Format::Slack;
+        assert_eq!(field(&s, &r), "template");
     }
 
     fn field(s: &Subscription, rules: &Rules) -> &'static str {

@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../../sql/002_delivery.sql")),
     (3, include_str!("../../sql/003_owners.sql")),
     (4, include_str!("../../sql/004_sessions_sequences.sql")),
+    (5, include_str!("../../sql/005_delivery_options.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

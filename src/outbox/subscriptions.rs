@@ -21,7 +21,7 @@ use tokio_postgres::{Client, GenericClient, Row, Transaction};
 
 use super::{OutboxError, Schema};
 use crate::model::{
-    EventKind, Filter, Format, Origin, Secret, SignatureScheme, Subscription, TableName,
+    EventKind, Filter, Format, Origin, RateLimit, Secret, SignatureScheme, Subscription, TableName,
 };
 
 /// A subscription as stored: the model plus what the outbox records about it. Derefs to the
@@ -45,7 +45,7 @@ impl std::ops::Deref for Stored {
 /// The column list [`Stored::from_row`] reads, for `SELECT {COLUMNS} FROM ...`.
 pub const COLUMNS: &str = "id, source, table_name, events, url, secret, active, filter, \
      select_columns, format, signature, previous_secret, previous_secret_expires_at, \
-     deactivated_reason, created_at, updated_at";
+     headers, signature_header, template, rate_limit, deactivated_reason, created_at, updated_at";
 
 impl Stored {
     pub fn from_row(row: &Row) -> Result<Stored, OutboxError> {
@@ -77,6 +77,11 @@ impl Stored {
         let format_s: &str = row.try_get("format")?;
         let format = Format::parse(format_s)
             .ok_or_else(|| bad("format", format!("unknown format {format_s:?}")))?;
+        let headers = headers_from_json(row.try_get("headers")?).map_err(|m| bad("headers", m))?;
+        let rate_limit = row
+            .try_get::<_, Option<&str>>("rate_limit")?
+            .map(|r| RateLimit::parse(r).map_err(|m| bad("rate_limit", m.0)))
+            .transpose()?;
         let sig_s: &str = row.try_get("signature")?;
         let signature = SignatureScheme::parse(sig_s)
             .ok_or_else(|| bad("signature", format!("unknown signature scheme {sig_s:?}")))?;
@@ -96,6 +101,10 @@ impl Stored {
                     .try_get::<_, Option<String>>("previous_secret")?
                     .map(Secret::new),
                 previous_secret_expires_at: row.try_get("previous_secret_expires_at")?,
+                headers,
+                signature_header: row.try_get("signature_header")?,
+                template: row.try_get("template")?,
+                rate_limit,
                 id,
             },
             deactivated_reason: row.try_get("deactivated_reason")?,
@@ -103,6 +112,35 @@ impl Stored {
             updated_at: row.try_get("updated_at")?,
         })
     }
+}
+
+/// `[[name, value], ...]` → the headers; the message never contains a value.
+fn headers_from_json(v: serde_json::Value) -> Result<Vec<(String, Secret)>, String> {
+    let bad = || "expected an array of [name, value] string pairs".to_string();
+    let serde_json::Value::Array(items) = v else {
+        return Err(bad());
+    };
+    items
+        .into_iter()
+        .map(|pair| match pair {
+            serde_json::Value::Array(mut p) if p.len() == 2 => match (p.pop(), p.pop()) {
+                (Some(serde_json::Value::String(value)), Some(serde_json::Value::String(name))) => {
+                    Ok((name, Secret::new(value)))
+                }
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+fn headers_to_json(headers: &[(String, Secret)]) -> serde_json::Value {
+    serde_json::Value::Array(
+        headers
+            .iter()
+            .map(|(n, v)| serde_json::json!([n, v.expose()]))
+            .collect(),
+    )
 }
 
 /// Every stored subscription, ordered by id.
@@ -156,6 +194,8 @@ struct Columns<'a> {
     previous_secret: Option<&'a str>,
     format: &'static str,
     signature: &'static str,
+    headers: serde_json::Value,
+    rate_limit: Option<String>,
 }
 
 impl<'a> Columns<'a> {
@@ -169,12 +209,15 @@ impl<'a> Columns<'a> {
             previous_secret: sub.previous_secret.as_ref().map(|p| p.expose()),
             format: sub.format.as_str(),
             signature: sub.signature.as_str(),
+            headers: headers_to_json(&sub.headers),
+            rate_limit: sub.rate_limit.map(|r| r.to_string()),
         }
     }
 
-    /// $1..$12 of every insert and update: id, table_name, events, url, secret, active, filter,
-    /// select_columns, format, signature, previous_secret, previous_secret_expires_at.
-    fn params(&'a self, id: &'a String) -> [&'a (dyn ToSql + Sync); 12] {
+    /// $1..$16 of every insert and update: id, table_name, events, url, secret, active, filter,
+    /// select_columns, format, signature, previous_secret, previous_secret_expires_at, headers,
+    /// signature_header, template, rate_limit.
+    fn params(&'a self, id: &'a String) -> [&'a (dyn ToSql + Sync); 16] {
         [
             id,
             &self.table,
@@ -188,6 +231,10 @@ impl<'a> Columns<'a> {
             &self.signature,
             &self.previous_secret,
             &self.sub.previous_secret_expires_at,
+            &self.headers,
+            &self.sub.signature_header,
+            &self.sub.template,
+            &self.rate_limit,
         ]
     }
 }
@@ -203,8 +250,9 @@ pub async fn create(
         .query_one(
             &format!(
                 "INSERT INTO {} (id, source, table_name, events, url, secret, active, filter,
-                     select_columns, format, signature, previous_secret, previous_secret_expires_at)
-                 VALUES ($1, 'api', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     select_columns, format, signature, previous_secret, previous_secret_expires_at,
+                     headers, signature_header, template, rate_limit)
+                 VALUES ($1, 'api', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                  RETURNING {COLUMNS}",
                 schema.table("subscriptions")
             ),
@@ -250,6 +298,7 @@ impl Editing<'_> {
                     "UPDATE {} SET table_name = $2, events = $3, url = $4, secret = $5, active = $6,
                          filter = $7, select_columns = $8, format = $9, signature = $10,
                          previous_secret = $11, previous_secret_expires_at = $12,
+                         headers = $13, signature_header = $14, template = $15, rate_limit = $16,
                          deactivated_at = CASE WHEN $6 THEN NULL ELSE deactivated_at END,
                          deactivated_reason = CASE WHEN $6 THEN NULL ELSE deactivated_reason END,
                          updated_at = now()
@@ -335,12 +384,14 @@ pub async fn sync_config_subscriptions(
     let upsert = tx
         .prepare(&format!(
             "INSERT INTO {t} (id, source, table_name, events, url, secret, active, filter, select_columns,
-                              format, signature, previous_secret, previous_secret_expires_at)
-             VALUES ($1, 'config', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                              format, signature, previous_secret, previous_secret_expires_at,
+                              headers, signature_header, template, rate_limit)
+             VALUES ($1, 'config', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              ON CONFLICT (id) DO UPDATE SET source = 'config', table_name = $2, events = $3, url = $4,
                  secret = $5, filter = $7, select_columns = $8, format = $9,
                  signature = $10, previous_secret = $11,
-                 previous_secret_expires_at = $12,
+                 previous_secret_expires_at = $12, headers = $13, signature_header = $14,
+                 template = $15, rate_limit = $16,
                  -- A receiver's 410 Gone sticks until the config gives another URL.
                  active = CASE WHEN {t}.deactivated_at IS NOT NULL AND {t}.url = $4
                                THEN false ELSE $6 END,

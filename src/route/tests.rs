@@ -45,6 +45,10 @@ fn route(
         signature: SignatureScheme::Archie,
         previous_secret: None,
         previous_secret_expires_at: None,
+        headers: Vec::new(),
+        signature_header: None,
+        template: None,
+        rate_limit: None,
     }
 }
 

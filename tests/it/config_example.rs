@@ -21,6 +21,7 @@ fn config_example_parses_and_shows_the_defaults() {
             ("WALHOOK_DB_PASSWORD", "pw"),
             ("ORDERS_SECRET", "s3cret"),
             ("WALHOOK_API_TOKEN", "token"),
+            ("RX_TOKEN", "rx-token"),
             ("CUSTOMERS_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
             (
                 "CUSTOMERS_PREVIOUS_SECRET",
@@ -46,7 +47,7 @@ fn config_example_parses_and_shows_the_defaults() {
     assert_eq!(c.project.environment.as_str(), "master");
 
     let subs: Vec<_> = c.subscriptions().collect();
-    assert_eq!(subs.len(), 3);
+    assert_eq!(subs.len(), 4);
     assert!(subs[0].active);
     assert_eq!(subs[0].format, Format::Json);
     assert_eq!(subs[0].signature, SignatureScheme::Archie);
@@ -54,6 +55,14 @@ fn config_example_parses_and_shows_the_defaults() {
     assert_eq!(subs[1].signature, SignatureScheme::Standard);
     assert!(subs[1].previous_secret.is_some() && subs[1].previous_secret_expires_at.is_some());
     assert_eq!(subs[2].format, Format::Slack);
+    assert_eq!(subs[3].format, Format::CloudEvents);
+    assert_eq!(subs[3].headers.len(), 1);
+    assert_eq!(subs[3].headers[0].0, "Authorization");
+    assert_eq!(subs[3].headers[0].1.expose(), "Bearer rx-token");
+    assert_eq!(
+        subs[3].rate_limit.map(|r| r.to_string()).as_deref(),
+        Some("50/s")
+    );
 }
 
 #[test]

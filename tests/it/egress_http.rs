@@ -39,7 +39,7 @@ fn sender(timeout: Duration) -> HttpSender {
 
 const BODY: &str = r#"{"id":"evt_00000000016B3D28_0","timestamp":"2025-12-15T15:00:00Z","project_id":"p","environment":"master","table":"orders","event":"INSERT","record":{"id":1,"total":99.50,"name":"Zoë 🚀"},"data":{"id":1,"total":99.50,"name":"Zoë 🚀"},"changed_fields":[]}"#;
 
-fn headers() -> Vec<(&'static str, String)> {
+fn headers() -> walhook::deliver::sign::Headers {
     delivery_headers(&SignInput {
         format: Format::Json,
         scheme: SignatureScheme::Archie,
@@ -49,6 +49,7 @@ fn headers() -> Vec<(&'static str, String)> {
         event: "INSERT",
         body: BODY.as_bytes(),
         now_unix: 1_765_810_800,
+        signature_header: None,
     })
     .unwrap()
 }
@@ -194,7 +195,7 @@ async fn ok_200_headers_and_body_arrive_byte_exact() {
     let (got_headers, got_body) = seen.recv().await.unwrap();
     assert_eq!(&got_body[..], BODY.as_bytes());
     for (name, value) in &hs {
-        let all: Vec<_> = got_headers.get_all(*name).iter().collect();
+        let all: Vec<_> = got_headers.get_all(name.as_ref()).iter().collect();
         assert_eq!(all.len(), 1, "{name} sent once");
         assert_eq!(all[0].as_bytes(), value.as_bytes(), "{name}");
     }

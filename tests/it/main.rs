@@ -21,6 +21,7 @@ mod engine;
 mod half_open;
 mod harness;
 mod host;
+mod options;
 mod outbox;
 mod pgoutput_real;
 mod promises;

@@ -1,0 +1,214 @@
+//! Delivery options of a subscription that shape the request: static headers, the header that
+//! carries the signature, and the rate limit.
+//!
+//! Guarantees:
+//! - a static header never replaces one walhook sets itself (signatures, `Content-Type`,
+//!   `User-Agent`, `X-Archie-*`, `X-Walhook-*`, `webhook-*`) nor one that HTTP framing owns
+//!   (`Host`, `Content-Length`, `Transfer-Encoding`, ...): such a name is refused, by name;
+//! - header names are RFC 9110 tokens and values visible ASCII (no CR/LF: no header splitting);
+//!   messages name the header, never its value (values are secrets: `Authorization` tokens);
+//! - a rate limit is `<count>/<s|m|h>` with a count ≥ 1; it always has a positive period.
+
+use std::time::Duration;
+
+use super::BadValue;
+
+/// Static headers per subscription, at most.
+pub const MAX_HEADERS: usize = 32;
+pub const MAX_HEADER_NAME: usize = 128;
+pub const MAX_HEADER_VALUE: usize = 4096;
+
+/// Names (lower case) HTTP framing or walhook itself owns.
+const RESERVED: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "user-agent",
+    "x-webhook-signature",
+];
+/// Prefixes (lower case) of walhook's own header families.
+const RESERVED_PREFIXES: &[&str] = &["x-archie-", "x-walhook-", "webhook-"];
+
+/// Whether `name` is a header walhook (or HTTP) sets and a subscription may not.
+pub fn is_reserved(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    RESERVED.contains(&n.as_str()) || RESERVED_PREFIXES.iter().any(|p| n.starts_with(p))
+}
+
+/// RFC 9110 `token`.
+pub fn check_header_name(name: &str) -> Result<(), BadValue> {
+    if name.is_empty() {
+        return Err("empty header name".into());
+    }
+    if name.len() > MAX_HEADER_NAME {
+        return Err(format!("header name longer than {MAX_HEADER_NAME} bytes").into());
+    }
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.bytes().all(tchar) {
+        return Err(format!(
+            "{:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+            name.chars().take(64).collect::<String>()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Visible ASCII, spaces and tabs; the message names `name`, never the value.
+pub fn check_header_value(name: &str, value: &str) -> Result<(), BadValue> {
+    if value.len() > MAX_HEADER_VALUE {
+        return Err(format!("header {name}: value longer than {MAX_HEADER_VALUE} bytes").into());
+    }
+    if !value
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    {
+        return Err(format!(
+            "header {name}: the value may hold only visible ASCII characters, spaces and tabs"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A request rate: at most `count` requests per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per: RatePer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RatePer {
+    Second,
+    Minute,
+    Hour,
+}
+
+impl RatePer {
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            RatePer::Second => 1,
+            RatePer::Minute => 60,
+            RatePer::Hour => 3600,
+        })
+    }
+    fn suffix(self) -> &'static str {
+        match self {
+            RatePer::Second => "s",
+            RatePer::Minute => "m",
+            RatePer::Hour => "h",
+        }
+    }
+}
+
+const RATE_HELP: &str = "expected \"<count>/s\", \"<count>/m\" or \"<count>/h\", e.g. \"50/s\"";
+
+impl RateLimit {
+    pub fn parse(s: &str) -> Result<RateLimit, BadValue> {
+        let (count, per) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| BadValue(RATE_HELP.into()))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| {
+                BadValue(format!("the count must be a whole number ≥ 1; {RATE_HELP}"))
+            })?;
+        let per = match per.trim() {
+            "s" | "sec" | "second" => RatePer::Second,
+            "m" | "min" | "minute" => RatePer::Minute,
+            "h" | "hour" => RatePer::Hour,
+            _ => return Err(BadValue(RATE_HELP.into())),
+        };
+        Ok(RateLimit { count, per })
+    }
+
+    /// The spacing between two requests at this rate (never zero).
+    pub fn period(self) -> Duration {
+        (self.per.duration() / self.count).max(Duration::from_nanos(1))
+    }
+
+    /// Requests per second, for messages and metrics.
+    pub fn per_second(self) -> f64 {
+        f64::from(self.count) / self.per.duration().as_secs_f64()
+    }
+}
+
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.count, self.per.suffix())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_and_print() {
+        let r = RateLimit::parse("50/s").unwrap();
+        assert_eq!(r.to_string(), "50/s");
+        assert_eq!(r.period(), Duration::from_millis(20));
+        assert_eq!(
+            RateLimit::parse(" 120 / m ").unwrap().period(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            RateLimit::parse("3600/h").unwrap().period(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(RateLimit::parse("1/hour").unwrap().to_string(), "1/h");
+        for bad in ["", "50", "0/s", "-1/s", "1.5/s", "50/d", "x/s", "50/"] {
+            assert!(RateLimit::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reserved_names_in_any_case() {
+        for n in [
+            "Content-Type",
+            "content-length",
+            "HOST",
+            "X-Archie-Signature",
+            "x-archie-anything",
+            "X-Walhook-Delivery-Id",
+            "webhook-signature",
+            "User-Agent",
+            "X-Webhook-Signature",
+        ] {
+            assert!(is_reserved(n), "{n}");
+        }
+        for n in [
+            "Authorization",
+            "X-Api-Key",
+            "X-Archivus-Signature",
+            "X-Webhook",
+        ] {
+            assert!(!is_reserved(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn names_and_values() {
+        assert!(check_header_name("X-Api-Key").is_ok());
+        assert!(check_header_name("bad name").is_err());
+        assert!(check_header_name("").is_err());
+        assert!(check_header_name("a:b").is_err());
+        assert!(check_header_value("A", "Bearer abc\tdef").is_ok());
+        let e = check_header_value("Authorization", "Bearer s3cret\r\nX-Evil: 1").unwrap_err();
+        assert!(e.contains("Authorization") && !e.contains("s3cret"), "{e}");
+        assert!(check_header_value("A", "é").is_err());
+    }
+}
