@@ -18,7 +18,8 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::deliver::http::{HttpError, HttpSender};
-use crate::deliver::worker::{self, Engine};
+use crate::deliver::supervisor;
+use crate::deliver::worker::Engine;
 use crate::ingest::reload::{changes_loop, initial_router, partitions_loop, reload_loop, Reloader};
 use crate::ingest::stream::ingest_loop;
 use crate::ingest::{Hooks, IngestError};
@@ -112,7 +113,7 @@ pub async fn run_with(
             handoff.clone(),
             handles.changed.clone(),
         ));
-        tasks.spawn(worker::run(engine, subs_rx, cancel.clone()));
+        tasks.spawn(supervisor::run(engine, subs_rx, cancel.clone()));
     } else {
         info!("delivery is off ([delivery] enabled = false); deliveries stay in the outbox");
     }
@@ -139,6 +140,7 @@ pub async fn run_with(
                 metrics: handles.metrics.clone(),
                 streaming: handles.streaming.clone(),
                 changed: handles.changed.clone(),
+                handoff: handoff.clone(),
             });
             let cancel = cancel.clone();
             let app = crate::api::router(state.clone())

@@ -46,6 +46,16 @@ pub enum BreakerState {
     HalfOpen = 2,
 }
 
+/// What the API shows of a subscription's breaker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakerDetail {
+    pub state: BreakerState,
+    /// Why it is not closed: the failure that opened it, or what made it probe.
+    pub reason: Option<String>,
+    /// When an open breaker lets the next request (the probe) through.
+    pub next_attempt: Option<std::time::SystemTime>,
+}
+
 /// How one HTTP attempt ended: `result` of `walhook_delivery_attempts_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Attempt {
@@ -170,7 +180,7 @@ pub struct Metrics {
     /// Deliveries finished (any outcome), for the console's rate chart.
     finished_total: AtomicU64,
     /// The last breaker state reported per subscription, for the console's overview.
-    breakers: Mutex<HashMap<String, BreakerState>>,
+    breakers: Mutex<HashMap<String, BreakerDetail>>,
     /// One render at a time: the collector reports the reading of the render that holds this.
     rendering: Mutex<()>,
 }
@@ -283,10 +293,34 @@ impl Metrics {
     }
 
     pub fn breaker(&self, subscription: &str, state: BreakerState) {
+        self.breaker_with(subscription, state, None, None);
+    }
+
+    /// A subscription's breaker: its state, why it left `closed` (the failure that opened it),
+    /// and when it lets the next request through.
+    pub fn breaker_with(
+        &self,
+        subscription: &str,
+        state: BreakerState,
+        reason: Option<String>,
+        next_attempt: Option<std::time::SystemTime>,
+    ) {
+        let reason = if state == BreakerState::Closed {
+            None
+        } else {
+            reason
+        };
         self.breakers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(subscription.to_string(), state);
+            .insert(
+                subscription.to_string(),
+                BreakerDetail {
+                    state,
+                    reason,
+                    next_attempt,
+                },
+            );
         self.breaker
             .get_or_create(&SubscriptionLabels {
                 subscription: subscription.to_string(),
@@ -353,11 +387,16 @@ impl Metrics {
 
     /// The breaker state last reported for `subscription`; None before its first report.
     pub fn breaker_state(&self, subscription: &str) -> Option<BreakerState> {
+        self.breaker_detail(subscription).map(|d| d.state)
+    }
+
+    /// The last breaker report of `subscription`'s pump in this process.
+    pub fn breaker_detail(&self, subscription: &str) -> Option<BreakerDetail> {
         self.breakers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(subscription)
-            .copied()
+            .cloned()
     }
 
     /// The Prometheus text exposition, with `db` as the database figures.

@@ -163,6 +163,7 @@ pub(super) async fn replay_one_handler(
     find(&client, &ctx.state.schema, &id).await?;
     match replay_one(&client, &ctx.state.schema, &id, delivery).await? {
         ReplayOne::Replayed(d) => {
+            ctx.state.handoff.replayed(&id);
             tracing::info!(webhook = %id, delivery = %format_id(d.id), "delivery replayed");
             Ok(Json(json!({ "delivery": detail(&d) })))
         }
@@ -185,6 +186,9 @@ pub(super) async fn replay_dead_handler(
     let client = ctx.outbox().await?;
     find(&client, &ctx.state.schema, &id).await?;
     let n = replay_dead(&client, &ctx.state.schema, &id, since).await?;
+    if n > 0 {
+        ctx.state.handoff.replayed(&id);
+    }
     tracing::info!(webhook = %id, replayed = n, "dead letters replayed");
     Ok(Json(json!({ "replayed": n })))
 }

@@ -67,6 +67,8 @@ pub struct ApiState {
     pub streaming: Arc<AtomicBool>,
     /// Notified after every create/update/delete/reactivation of a subscription.
     pub changed: Arc<Notify>,
+    /// Tells this process's delivery pumps about replays (they probe an open breaker at once).
+    pub handoff: Arc<crate::outbox::handoff::Handoff>,
 }
 
 /// Longest a request may take, test sends (bounded by `[delivery] timeout`) included.

@@ -45,6 +45,30 @@ const RECENT_DELIVERIES: i64 = 50;
 /// What a header's value reads as in responses.
 const MASK: &str = "***";
 
+/// A subscription's breaker as this process's pump last reported it (closed when it has not
+/// reported: no failure yet, or another instance owns the subscription).
+fn breaker_view(metrics: &crate::metrics::Metrics, id: &str) -> Value {
+    use crate::metrics::BreakerState;
+    let d = metrics.breaker_detail(id);
+    let state = d.as_ref().map_or(BreakerState::Closed, |d| d.state);
+    json!({
+        "state": match state {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        },
+        "reason": d.as_ref().and_then(|d| d.reason.clone()),
+        "nextAttemptAt": d.and_then(|d| d.next_attempt).map(|t| time(t.into())),
+    })
+}
+
+/// The public view of a subscription with its breaker.
+fn view_with_breaker(s: &Stored, metrics: &crate::metrics::Metrics) -> Value {
+    let mut v = view(s);
+    v["breaker"] = breaker_view(metrics, &s.id);
+    v
+}
+
 /// The public view of a subscription: no secrets.
 pub(super) fn view(s: &Stored) -> Value {
     json!({
@@ -80,7 +104,7 @@ pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Value>, ApiError> {
     let client = ctx.outbox().await?;
     let subs = subscriptions::load_all(&client, &ctx.state.schema).await?;
     Ok(Json(
-        json!({ "webhooks": subs.iter().map(view).collect::<Vec<_>>() }),
+        json!({ "webhooks": subs.iter().map(|s| view_with_breaker(s, &ctx.state.metrics)).collect::<Vec<_>>() }),
     ))
 }
 
@@ -102,7 +126,7 @@ pub async fn get_one(
     )
     .await?;
     Ok(Json(json!({
-        "webhook": view(&sub),
+        "webhook": view_with_breaker(&sub, &ctx.state.metrics),
         "deliveries": recent.iter().map(summary).collect::<Vec<_>>(),
     })))
 }

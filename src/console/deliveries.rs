@@ -239,6 +239,7 @@ pub async fn replay_one(
     .await;
     match result {
         Ok(n) => {
+            c.ctx.state.handoff.replayed(&id);
             tracing::info!(webhook = %id, delivery = %format_id(n), "delivery replayed from the console");
             Redirect::to(&format!(
                 "/console/subscriptions/{}/deliveries/{}",
@@ -292,6 +293,7 @@ pub async fn replay_dead(
     .await;
     match r {
         Ok(n) => {
+            c.ctx.state.handoff.replayed(&id);
             tracing::info!(webhook = %id, replayed = n, "dead letters replayed from the console");
             Redirect::to(&format!("/console/subscriptions/{}/deliveries", enc(&id))).into_response()
         }

@@ -11,6 +11,7 @@
 //!   unfinished delivery of a key can be claimed;
 //! - a slow or dead endpoint costs only its own subscription's in-flight slots.
 
+pub mod attempt;
 pub mod batch;
 pub mod egress;
 pub mod format;
@@ -21,6 +22,7 @@ pub mod policy;
 pub mod rate;
 pub mod request;
 pub mod sign;
+pub mod supervisor;
 pub mod worker;
 
 use crate::outbox::OutboxError;

@@ -1,6 +1,6 @@
-//! Delivery workers: one supervisor that follows the subscriptions table, one pump per active
-//! subscription that decides what to send and when, and a shared scheduler ([`super::batch`],
-//! [`super::owner`]) that talks to the outbox for all of them.
+//! The delivery pump: one per active subscription (kept by [`super::supervisor`]), deciding what
+//! to send and when, with a shared scheduler ([`super::batch`], [`super::owner`]) that talks to
+//! the outbox for all of them.
 //!
 //! Guarantees (on top of [`crate::outbox::queue`]'s):
 //! - the cost does not grow with the number of subscriptions: a pump is a task holding no
@@ -12,8 +12,6 @@
 //!   queue, so a slow or dead endpoint holds only its own slots;
 //! - a pump sends only while this instance owns its subscription ([`super::owner`]: a live
 //!   session lock, with the lease as fallback); on losing it, it drops its queue and stands by;
-//! - a subscription never has two pumps in one process: a stopped pump's replacement starts only
-//!   after the old one recorded its last results;
 //! - the happy path is served from memory: after ingest commits, it hands the stored rows to
 //!   their pumps ([`crate::outbox::handoff`]); a pump whose last claim showed that the outbox
 //!   holds nothing else for it (nothing blocked, nothing waiting for a retry) sends them without
@@ -28,12 +26,14 @@
 //!   ownership is given up; nothing is marked delivered without a 2xx.
 
 use super::DeliverError;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use std::panic::AssertUnwindSafe;
+
 use chrono::Utc;
+use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::{oneshot, watch, Notify};
 
@@ -44,16 +44,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
+use super::attempt::{clean_text, commit_latency, host_of, report_breaker, send};
 use super::batch::Batcher;
 use super::http::{AttemptOutcome, ErrorKind, HttpSender};
-use super::owner::{self, Owned};
+use super::owner::Owned;
 use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
-use super::{rate, request};
+use super::rate;
 use crate::backoff::{sleep_or_cancel, Backoff};
 use crate::config::DeliveryConfig;
 use crate::metrics::{Attempt, BreakerState, Metrics, Outcome};
 use crate::outbox::queue::{self, Answer, Claimed, NewStatus, Queue, Recorded};
-use crate::outbox::subscriptions::{self, Stored};
+use crate::outbox::subscriptions::Stored;
 use crate::outbox::Schema;
 
 /// What every pump shares.
@@ -128,141 +129,7 @@ const MEMORY_QUEUE_MIN: usize = 4096;
 const RECORD_DELAY: Duration = Duration::from_millis(2);
 
 /// How often the supervisor re-reads the subscriptions table when nobody told it to.
-const RESCAN: Duration = Duration::from_secs(5);
-
-/// Runs pumps for the active subscriptions until `cancel`; `subs_changed` is bumped whenever the
-/// subscriptions table was changed by this process.
-pub async fn run(
-    engine: Arc<Engine>,
-    mut subs_changed: watch::Receiver<u64>,
-    cancel: CancellationToken,
-) {
-    let mut pumps: HashMap<String, (watch::Sender<Arc<Stored>>, CancellationToken)> =
-        HashMap::new();
-    // Pumps told to stop that have not recorded their last results yet: no replacement for
-    // them starts before they are done (it could send what they still hold).
-    let mut stopping: HashSet<String> = HashSet::new();
-    let mut tasks = JoinSet::new();
-    let mut shared = JoinSet::new();
-    let (owned_tx, owned_rx) = watch::channel(Owned::default());
-    let kick = Arc::new(Notify::new());
-    let owner_stop = CancellationToken::new();
-    let owner_task = tokio::spawn(owner::run(
-        engine.clone(),
-        owned_tx,
-        kick.clone(),
-        owner_stop.clone(),
-    ));
-    let batcher = Batcher::start(engine.clone(), &mut shared);
-    // Every subscription of the last reading, active or not: one that vanished was deleted (by
-    // the API or by leaving config.toml), and its metric series go with it.
-    let mut known: HashSet<String> = HashSet::new();
-    info!(worker = %engine.worker, pool_size = engine.pool.status().max_size, "delivery started");
-    loop {
-        let mut waiting = false;
-        match load_all(&engine).await {
-            Ok(all) => {
-                let now: HashSet<String> = all.iter().map(|s| s.id.clone()).collect();
-                for gone in known.difference(&now) {
-                    engine.metrics.forget_subscription(gone);
-                }
-                known = now;
-                let subs: Vec<Stored> = all.into_iter().filter(|s| s.active).collect();
-                let ids: HashSet<String> = subs.iter().map(|s| s.id.clone()).collect();
-                pumps.retain(|id, (_, token)| {
-                    let keep = ids.contains(id) && !token.is_cancelled();
-                    if !keep {
-                        token.cancel();
-                        stopping.insert(id.clone());
-                        info!(subscription = %id, "delivery stopped for subscription");
-                    }
-                    keep
-                });
-                for sub in subs {
-                    let sub = Arc::new(sub);
-                    match pumps.get(&sub.id) {
-                        Some((tx, _)) => {
-                            tx.send_if_modified(|old| {
-                                let changed = old.updated_at != sub.updated_at;
-                                if changed {
-                                    *old = sub.clone();
-                                }
-                                changed
-                            });
-                        }
-                        None if stopping.contains(&sub.id) => waiting = true,
-                        None => {
-                            let (tx, rx) = watch::channel(sub.clone());
-                            let token = cancel.child_token();
-                            pumps.insert(sub.id.clone(), (tx, token.clone()));
-                            let slot = engine.handoff.register(&sub.id);
-                            let pump = Pump::new(
-                                engine.clone(),
-                                rx,
-                                owned_rx.clone(),
-                                batcher.clone(),
-                                slot,
-                            );
-                            tasks.spawn(pump.run(token));
-                        }
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot read subscriptions; delivery keeps its pumps"),
-        }
-        // A replacement waits for its predecessor: look again soon, not after a full rescan.
-        let rescan = if waiting {
-            engine.config.poll_interval.0
-        } else {
-            RESCAN
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = subs_changed.changed() => {
-                if r.is_err() { break }
-                kick.notify_one();
-            }
-            _ = tokio::time::sleep(rescan) => {}
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                match joined {
-                    Ok(id) => {
-                        stopping.remove(&id);
-                        // A pump that ended by itself (410 Gone) is forgotten; the rescan decides.
-                        if pumps.get(&id).is_some_and(|(_, t)| !t.is_cancelled()) {
-                            pumps.remove(&id);
-                        }
-                        // A stopped pump records its last attempts after the reading that forgot
-                        // a deleted subscription: forget it again once the pump is done.
-                        if !known.contains(&id) {
-                            engine.metrics.forget_subscription(&id);
-                        }
-                        if !pumps.contains_key(&id) {
-                            engine.handoff.unregister(&id);
-                        }
-                    }
-                    Err(e) => error!(error = %e, "a delivery pump panicked; it restarts at the next rescan"),
-                }
-                pumps.retain(|_, (_, token)| !token.is_cancelled());
-            }
-        }
-    }
-    cancel.cancel();
-    while tasks.join_next().await.is_some() {}
-    // The pumps recorded their last results: the shared tasks end with the last handle, then
-    // ownership is given up.
-    drop(batcher);
-    while shared.join_next().await.is_some() {}
-    owner_stop.cancel();
-    let _ = owner_task.await;
-    info!("delivery stopped");
-}
-
-async fn load_all(engine: &Engine) -> Result<Vec<Stored>, DeliverError> {
-    let client = engine.conn().await?;
-    subscriptions::load_all(&client, &engine.schema)
-        .await
-        .map_err(DeliverError::from)
-}
+pub(super) const RESCAN: Duration = Duration::from_secs(5);
 
 /// A claim in progress, answered by the shared claimer.
 struct Claiming {
@@ -286,7 +153,7 @@ struct Done {
     attempted_at: chrono::DateTime<Utc>,
 }
 
-struct Pump {
+pub(super) struct Pump {
     engine: Arc<Engine>,
     batcher: Batcher,
     /// What this instance owns, published by [`owner::run`].
@@ -320,7 +187,7 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(
+    pub(super) fn new(
         engine: Arc<Engine>,
         mut sub_rx: watch::Receiver<Arc<Stored>>,
         owned_rx: watch::Receiver<Owned>,
@@ -354,7 +221,7 @@ impl Pump {
     }
 
     /// Returns the subscription's id once its last results are recorded.
-    async fn run(mut self, cancel: CancellationToken) -> String {
+    pub(super) async fn run(mut self, cancel: CancellationToken) -> String {
         let id = self.sub.id.clone();
         debug!(subscription = %id, url_host = %host_of(&self.sub.url), "delivery running for subscription");
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -474,8 +341,7 @@ impl Pump {
             || new.template != self.sub.template;
         self.sub = new;
         if fix && self.breaker.probe_now() {
-            let state = self.breaker.state();
-            self.engine.metrics.breaker(&self.sub.id, state);
+            self.report_breaker(Some("the subscription changed; probing now".into()));
             info!(subscription = %self.sub.id, "subscription changed: circuit breaker half-open, sending a probe now");
             self.more_due = true;
         }
@@ -488,7 +354,7 @@ impl Pump {
                 self.lanes.finished(&done.claimed, success);
                 if !success {
                     // Retries and what waits behind them are the outbox's business.
-                    self.to_outbox_mode();
+                    self.back_to_outbox();
                 }
                 self.done.push(done);
             }
@@ -496,6 +362,17 @@ impl Pump {
                 error!(subscription = %self.sub.id, error = %e, "a delivery request panicked; its lease will expire and it will be sent again")
             }
         }
+    }
+
+    /// Publishes the breaker's state, why it is not closed, and when it next lets a request
+    /// through (for the API's subscription view and `/metrics`).
+    fn report_breaker(&mut self, reason: Option<String>) {
+        report_breaker(
+            &mut self.breaker,
+            &self.engine.metrics,
+            &self.sub.id,
+            reason,
+        );
     }
 
     /// Follows the published owned set; on losing the subscription, forgets the queue (in-flight
@@ -519,10 +396,10 @@ impl Pump {
     /// Lets go of what was not sent yet; the outbox keeps it and the next claim finds it.
     fn forget_queue(&mut self) {
         self.lanes.forget();
-        self.to_outbox_mode();
+        self.back_to_outbox();
     }
 
-    fn to_outbox_mode(&mut self) {
+    fn back_to_outbox(&mut self) {
         if self.mode != Mode::Outbox {
             debug!(subscription = %self.sub.id, "delivery reads the outbox again");
         }
@@ -535,6 +412,14 @@ impl Pump {
     /// Rows handed over by ingest: taken in memory mode when they continue the sequence;
     /// otherwise left to the outbox.
     fn handed_over(&mut self) {
+        if self.slot.take_probe() {
+            if self.breaker.probe_now() {
+                self.report_breaker(Some("deliveries were replayed; probing now".into()));
+                info!(subscription = %self.sub.id, "deliveries replayed: circuit breaker half-open, sending a probe now");
+            }
+            self.back_to_outbox();
+            return;
+        }
         let Mode::Memory { mut next } = self.mode else {
             // Outbox mode claims; a claim starts with an empty slot (see `start_claim`).
             self.more_due = true;
@@ -542,7 +427,7 @@ impl Pump {
         };
         let taken = self.slot.take();
         if taken.overflowed || !self.owns {
-            self.to_outbox_mode();
+            self.back_to_outbox();
             return;
         }
         // A slow receiver must not make the pump hold everything ingest hands over.
@@ -562,7 +447,7 @@ impl Pump {
                     self.lanes.admit(row);
                 }
                 _ => {
-                    self.to_outbox_mode();
+                    self.back_to_outbox();
                     return;
                 }
             }
@@ -666,7 +551,7 @@ impl Pump {
         match self.mode {
             Mode::Memory { .. } if unknown => {
                 // The outbox had rows nobody handed over (a replay, another instance's writes).
-                self.to_outbox_mode();
+                self.back_to_outbox();
             }
             Mode::Memory { .. } => {}
             Mode::Outbox => {
@@ -697,7 +582,22 @@ impl Pump {
         let sender = self.engine.sender.clone();
         self.in_flight.spawn(async move {
             let attempted_at = Utc::now();
-            let outcome = send(&sender, &sub, &claimed, attempted_at).await;
+            // A panic while building or sending a request is this attempt's failure (retried
+            // on the schedule), not a row held forever.
+            let outcome = AssertUnwindSafe(send(&sender, &sub, &claimed, attempted_at))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    error!(subscription = %sub.id, event_id = %claimed.event_id, "building or sending a request panicked; the attempt counts as failed");
+                    AttemptOutcome {
+                        http_status: None,
+                        error_kind: Some(ErrorKind::Other),
+                        error: Some("internal error while sending (see walhook's log)".into()),
+                        response_body: String::new(),
+                        retry_after: None,
+                        duration: Duration::ZERO,
+                    }
+                });
             Done {
                 claimed,
                 outcome,
@@ -728,9 +628,18 @@ impl Pump {
                 rand::thread_rng().gen_range(-1.0..=1.0),
             );
             if self.breaker.record(o.is_success(), Instant::now()) {
-                let state = self.breaker.state();
-                engine.metrics.breaker(&sub_id, state);
-                warn!(subscription = %sub_id, state = ?state, "circuit breaker changed state");
+                let reason = match (o.http_status, &o.error) {
+                    (_, Some(e)) => Some(e.clone()),
+                    (Some(s), None) => Some(format!("HTTP {s}")),
+                    (None, None) => None,
+                };
+                report_breaker(
+                    &mut self.breaker,
+                    &engine.metrics,
+                    &sub_id,
+                    reason.filter(|_| !o.is_success()),
+                );
+                warn!(subscription = %sub_id, state = ?self.breaker.state(), "circuit breaker changed state");
             }
             let (status, finished) = match decision {
                 Decision::Delivered => {
@@ -801,80 +710,5 @@ impl Pump {
             self.more_due = false;
         }
         Ok(gone)
-    }
-}
-
-/// One HTTP attempt: body in the subscription's format, headers signed with its secret.
-async fn send(
-    sender: &HttpSender,
-    sub: &Stored,
-    c: &Claimed,
-    now: chrono::DateTime<Utc>,
-) -> AttemptOutcome {
-    let failed = |kind: ErrorKind, error: String| AttemptOutcome {
-        http_status: None,
-        error_kind: Some(kind),
-        error: Some(error),
-        response_body: String::new(),
-        retry_after: None,
-        duration: Duration::ZERO,
-    };
-    let event = request::Event {
-        payload: &c.payload,
-        ordering_key: &c.ordering_key,
-        event_id: &c.event_id,
-        event: &c.event,
-        sequence: c.sequence,
-    };
-    let (headers, body) = match request::build(sub, &event, now) {
-        Ok(r) => r,
-        Err(e) => return failed(ErrorKind::Other, e),
-    };
-    sender.post(&sub.url, &headers, Bytes::from(body)).await
-}
-
-/// Postgres text cannot hold NUL; a receiver's body may.
-fn clean_text(s: &str) -> String {
-    s.replace('\0', "\u{FFFD}")
-}
-
-/// Source commit → now, from the payload's `timestamp` (the commit time).
-fn commit_latency(payload: &str) -> Option<Duration> {
-    const KEY: &str = "\"timestamp\":\"";
-    let start = payload.find(KEY)? + KEY.len();
-    let end = start + payload[start..].find('"')?;
-    let ts = chrono::DateTime::parse_from_rfc3339(&payload[start..end]).ok()?;
-    (Utc::now() - ts.with_timezone(&Utc)).to_std().ok()
-}
-
-/// The URL's host, for logs (never the path, query or credentials).
-fn host_of(url: &str) -> String {
-    reqwest::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latency_comes_from_the_payload_timestamp() {
-        let ts = (Utc::now() - chrono::Duration::milliseconds(1500)).to_rfc3339();
-        let payload = format!("{{\"id\":\"evt_1\",\"timestamp\":\"{ts}\",\"table\":\"t\"}}");
-        let lat = commit_latency(&payload).unwrap();
-        assert!(lat >= Duration::from_millis(1500) && lat < Duration::from_secs(5));
-        assert_eq!(commit_latency("{\"id\":1}"), None);
-        assert_eq!(commit_latency("{\"timestamp\":\"nope\"}"), None);
-    }
-
-    #[test]
-    fn nul_bytes_are_replaced_and_hosts_hide_credentials() {
-        assert_eq!(clean_text("a\0b"), "a\u{FFFD}b");
-        assert_eq!(
-            host_of("https://user:pw@hooks.example.com/x?token=1"),
-            "hooks.example.com"
-        );
     }
 }

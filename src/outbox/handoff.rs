@@ -50,6 +50,9 @@ pub struct Slot {
     /// Whether the pump wants rows kept (it takes new rows from memory, or is about to);
     /// otherwise rows are dropped and the pump is only woken.
     accepting: AtomicBool,
+    /// Someone replayed deliveries: the receiver was probably fixed, so an open breaker should
+    /// probe now rather than wait out its cooldown.
+    probe: AtomicBool,
     /// Notified whenever rows arrive or the slot overflows.
     pub notify: Notify,
 }
@@ -65,6 +68,11 @@ impl Slot {
         b.bytes = 0;
         b.overflowed = false;
         taken
+    }
+
+    /// Whether a replay asked for a probe since the last call.
+    pub fn take_probe(&self) -> bool {
+        self.probe.swap(false, Ordering::AcqRel)
     }
 
     /// Keep rows from now on (true) or only wake the pump (false, which empties the buffer).
@@ -152,6 +160,16 @@ impl Handoff {
         };
         for (slot, rows) in slots {
             slot.push(rows);
+        }
+    }
+
+    /// Deliveries of `subscription` were replayed: its pump reads the outbox and an open breaker
+    /// sends its probe now.
+    pub fn replayed(&self, subscription: &str) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get(subscription) {
+            slot.probe.store(true, Ordering::Release);
+            slot.mark_overflowed();
         }
     }
 

@@ -148,6 +148,7 @@ pub async fn start_with_source(
         manage_replica_identity,
         delivery,
         metrics: handles.metrics.clone(),
+        handoff: walhook::outbox::handoff::Handoff::new(),
         streaming: handles.streaming.clone(),
         changed: handles.changed.clone(),
     });

@@ -1,0 +1,106 @@
+//! One attempt's side helpers for the pump: sending a claimed row, reporting the breaker, and
+//! what is logged or stored of an attempt (never a URL's path or credentials; no NUL bytes).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+
+use super::http::{AttemptOutcome, ErrorKind, HttpSender};
+use super::policy::{Breaker, Permit};
+use super::request;
+use crate::metrics::Metrics;
+use crate::outbox::queue::Claimed;
+use crate::outbox::subscriptions::Stored;
+
+/// One HTTP attempt: body in the subscription's format, headers signed with its secret.
+pub(super) async fn send(
+    sender: &HttpSender,
+    sub: &Stored,
+    c: &Claimed,
+    now: chrono::DateTime<Utc>,
+) -> AttemptOutcome {
+    let failed = |kind: ErrorKind, error: String| AttemptOutcome {
+        http_status: None,
+        error_kind: Some(kind),
+        error: Some(error),
+        response_body: String::new(),
+        retry_after: None,
+        duration: Duration::ZERO,
+    };
+    let event = request::Event {
+        payload: &c.payload,
+        ordering_key: &c.ordering_key,
+        event_id: &c.event_id,
+        event: &c.event,
+        sequence: c.sequence,
+    };
+    let (headers, body) = match request::build(sub, &event, now) {
+        Ok(r) => r,
+        Err(e) => return failed(ErrorKind::Other, e),
+    };
+    sender.post(&sub.url, &headers, Bytes::from(body)).await
+}
+
+/// Publishes `breaker`'s state, why it is not closed, and when it next lets a request through.
+pub(super) fn report_breaker(
+    breaker: &mut Breaker,
+    metrics: &Metrics,
+    sub: &str,
+    reason: Option<String>,
+) {
+    let state = breaker.state();
+    let next = match breaker.permit(Instant::now()) {
+        Permit::Wait(Some(until)) => {
+            Some(std::time::SystemTime::now() + until.saturating_duration_since(Instant::now()))
+        }
+        _ => None,
+    };
+    metrics.breaker_with(sub, state, reason, next);
+}
+
+/// Postgres text cannot hold NUL; a receiver's body may.
+pub(super) fn clean_text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+/// Source commit → now, from the payload's `timestamp` (the commit time).
+pub(super) fn commit_latency(payload: &str) -> Option<Duration> {
+    const KEY: &str = "\"timestamp\":\"";
+    let start = payload.find(KEY)? + KEY.len();
+    let end = start + payload[start..].find('"')?;
+    let ts = chrono::DateTime::parse_from_rfc3339(&payload[start..end]).ok()?;
+    (Utc::now() - ts.with_timezone(&Utc)).to_std().ok()
+}
+
+/// The URL's host, for logs (never the path, query or credentials).
+pub(super) fn host_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_comes_from_the_payload_timestamp() {
+        let ts = (Utc::now() - chrono::Duration::milliseconds(1500)).to_rfc3339();
+        let payload = format!("{{\"id\":\"evt_1\",\"timestamp\":\"{ts}\",\"table\":\"t\"}}");
+        let lat = commit_latency(&payload).unwrap();
+        assert!(lat >= Duration::from_millis(1500) && lat < Duration::from_secs(5));
+        assert_eq!(commit_latency("{\"id\":1}"), None);
+        assert_eq!(commit_latency("{\"timestamp\":\"nope\"}"), None);
+    }
+
+    #[test]
+    fn nul_bytes_are_replaced_and_hosts_hide_credentials() {
+        assert_eq!(clean_text("a\0b"), "a\u{FFFD}b");
+        assert_eq!(
+            host_of("https://user:pw@hooks.example.com/x?token=1"),
+            "hooks.example.com"
+        );
+    }
+}
