@@ -284,3 +284,112 @@ async fn compare(
     }
     diffs
 }
+
+const COMPOSITES: &str = r#"
+CREATE EXTENSION hstore; CREATE EXTENSION citext;
+CREATE TYPE pair AS (a int, b text);
+CREATE TYPE inner2 AS (p pair, ps pair[], n numeric, t timestamptz, h hstore, tags text[], f float8);
+CREATE TYPE outer2 AS (i inner2, "is" inner2[], note citext);
+CREATE DOMAIN pair_d AS pair;
+CREATE TYPE empty0 AS ();
+CREATE TABLE comp (id int PRIMARY KEY, p pair, o outer2, os outer2[], pd pair_d, pds pair_d[],
+                   e empty0, ps pair[]);
+"#;
+
+/// Inner values with quotes, backslashes, parentheses, commas, blanks, non-ASCII and control
+/// characters, empty strings and NULL attributes, at every level.
+const COMPOSITE_ROWS: &[&str] = &[
+    r#"INSERT INTO comp VALUES (1,
+        ROW(1, 'q"x\y (a,b) ☃ '),
+        ROW(ROW(ROW(-2, 'a'), ARRAY[ROW(2, 'b "c"')::pair, NULL, ROW(NULL, '')::pair],
+                1.50, '2024-01-02 03:04:05+02', 'a=>1, "b c"=>NULL, "q\"x"=>"\\"',
+                '{x,"y z",NULL}', '1e-7')::inner2,
+            ARRAY[ROW(NULL, '{}', 'NaN', 'infinity', '', '{}', 'Infinity')::inner2, NULL],
+            'MiXeD'),
+        ARRAY[ROW(NULL, NULL, 'ünï')::outer2, NULL, ROW(ROW(NULL, NULL, NULL, NULL, NULL, NULL, NULL), '{}', '')::outer2],
+        ROW(3, E'tab\there\nnl\x01'), ARRAY[ROW(4, ',')::pair_d, ROW(5, ')')::pair_d],
+        ROW(), ARRAY[ROW(6, '"')::pair, ROW(7, '\')::pair])"#,
+    r#"INSERT INTO comp VALUES (2, ROW(NULL, NULL), ROW(NULL, NULL, NULL), '{}', ROW(NULL, ''),
+        '{NULL}', ROW(), '{}')"#,
+    "INSERT INTO comp (id) VALUES (3)",
+    r#"INSERT INTO comp VALUES (4, ROW(0, 'NULL'), ROW(ROW(ROW(0, ' '), NULL, '12345678901234567890.123456789012345678901234567890', '0044-03-15 12:34:56.5 BC', '', NULL, '-0'), NULL, ''),
+        NULL, ROW(0, 'null'), NULL, ROW(), ARRAY[ROW(NULL, NULL)::pair])"#,
+];
+
+#[tokio::test]
+async fn composites_equal_to_jsonb() {
+    let db = TestDb::new();
+    let client = session(&db).await;
+    client.batch_execute(COMPOSITES).await.unwrap();
+    let mut p = start(&db.config(&sub("comp", "comp", ALL, "")))
+        .await
+        .unwrap();
+    for sql in COMPOSITE_ROWS {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let inserted = p.take(COMPOSITE_ROWS.len()).await;
+    let diffs = compare(&client, "comp", inserted.clone()).await;
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    // An UPDATE and a DELETE render new and old rows the same way.
+    client
+        .batch_execute("UPDATE comp SET id = 5 WHERE id = 4; DELETE FROM comp WHERE id = 2")
+        .await
+        .unwrap();
+    let changed = p.take(2).await;
+    let want_update: String = client
+        .query_one("SELECT to_jsonb(comp)::text FROM comp WHERE id = 5", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        changed[0].1["record"],
+        serde_json::from_str::<Value>(&want_update).unwrap()
+    );
+    assert_eq!(changed[1].1["event"], "DELETE");
+    assert_eq!(changed[1].1["record"], inserted[1].1["record"]);
+    p.stop().await;
+}
+
+/// `ALTER TYPE` sends no Relation message: a value with more or fewer fields than the cached
+/// attributes makes the decoder re-read the type. Each row is streamed before the next ALTER,
+/// so the catalog matches the row's own type.
+#[tokio::test]
+async fn composites_follow_alter_type() {
+    let db = TestDb::new();
+    let client = session(&db).await;
+    client
+        .batch_execute(
+            "CREATE TYPE pair AS (a int, b text);
+             CREATE TABLE alt (id int PRIMARY KEY, p pair, ps pair[])",
+        )
+        .await
+        .unwrap();
+    let mut p = start(&db.config(&sub("alt", "alt", ALL, "")))
+        .await
+        .unwrap();
+    let steps = [
+        ("", "INSERT INTO alt VALUES (1, ROW(1, 'a'), ARRAY[ROW(2, 'b')::pair])"),
+        (
+            "ALTER TYPE pair ADD ATTRIBUTE c bool",
+            "INSERT INTO alt VALUES (2, ROW(1, 'a', true), ARRAY[ROW(2, 'b', NULL)::pair])",
+        ),
+        (
+            "ALTER TYPE pair DROP ATTRIBUTE a",
+            "INSERT INTO alt VALUES (3, ROW('z', false), ARRAY[ROW('y', true)::pair])",
+        ),
+    ];
+    for (ddl, insert) in steps {
+        if !ddl.is_empty() {
+            client.batch_execute(ddl).await.unwrap();
+        }
+        let want: String = client
+            .query_one(&format!("{insert} RETURNING to_jsonb(alt)::text"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        let want: Value = serde_json::from_str(&want).unwrap();
+        let got = p.take(1).await;
+        assert_eq!(got[0].1["record"], want, "after {ddl:?}");
+    }
+    p.stop().await;
+}
