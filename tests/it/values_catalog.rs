@@ -393,3 +393,53 @@ async fn composites_follow_alter_type() {
     }
     p.stop().await;
 }
+
+/// `walhook check` names each column whose value cannot equal `to_jsonb`'s, and why; a table
+/// without such columns gets one "ok" line.
+#[tokio::test]
+async fn check_reports_columns_that_differ_from_to_jsonb() {
+    let db = TestDb::new();
+    db.sql(
+        "CREATE EXTENSION hstore;
+         CREATE TYPE jcolor AS ENUM ('red', 'green');
+         CREATE FUNCTION jcolor_json(jcolor) RETURNS json LANGUAGE sql IMMUTABLE
+             AS $$ SELECT json_build_object('color', $1::text) $$;
+         CREATE CAST (jcolor AS json) WITH FUNCTION jcolor_json(jcolor);
+         CREATE TYPE painted AS (n int, c jcolor);
+         CREATE DOMAIN jcolor_d AS jcolor;
+         CREATE TABLE odd (id int PRIMARY KEY, h hstore, c jcolor, cs jcolor[], p painted,
+                           d jcolor_d, twice int GENERATED ALWAYS AS (id * 2) STORED);
+         CREATE TYPE pair AS (a int, b text);
+         CREATE TABLE plain (id int PRIMARY KEY, h hstore, ps pair[])",
+    );
+    let subs = sub("odd", "odd", ALL, "") + &sub("plain", "plain", ALL, "");
+    let report = walhook::cmd::check::run(&db.config(&subs)).await;
+    let lines: Vec<String> = report
+        .lines
+        .iter()
+        .map(|(l, m)| format!("{l:?} {m}"))
+        .filter(|l| l.contains("to_jsonb"))
+        .collect();
+    let cast = |col: &str, ty: &str| {
+        format!(
+            "Warn table public.odd: column {col} ({ty}) is sent as its text: its type has a cast to \
+             json, which to_jsonb(row) applies and walhook does not (only hstore's is reproduced)"
+        )
+    };
+    // Postgres 15: generated columns are never published.
+    let generated = "Warn table public.odd: generated column twice is not in record (pgoutput publishes \
+        stored generated columns from PostgreSQL 18 on, virtual ones never); to_jsonb(row) \
+        includes it";
+    assert_eq!(
+        lines,
+        [
+            cast("c", "jcolor"),
+            cast("cs", "jcolor[]"),
+            cast("p", "painted"),
+            cast("d", "jcolor_d"),
+            generated.to_string(),
+            "Ok table public.plain: every column's value in record equals to_jsonb(row)".to_string(),
+        ],
+        "{report}"
+    );
+}
