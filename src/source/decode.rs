@@ -13,13 +13,15 @@
 //! - composite types follow `ALTER TYPE`: a Relation message re-reads the composites its columns
 //!   use, and a row whose composite value does not fit the cached attributes makes [`decode`]
 //!   re-read them (at most once per relation and transaction) and decode the row again; a value
-//!   that still does not fit is sent as its text, with a warning. Type information is read only
-//!   at those moments, never per row.
+//!   that still does not fit is sent as its text, with a warning. A row also re-reads them when
+//!   they were read over 30 s ago (a RENAME ATTRIBUTE keeps the count). Type information is read
+//!   only at those moments, never per row.
 //!
 //! [`decode`]: ChangeDecoder::decode
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -38,7 +40,13 @@ struct RelationEntry {
     shape: Arc<TableShape>,
     kinds: Vec<TypeKind>,
     type_oids: Vec<u32>,
+    /// When its composite column types were last read; `None` without composite columns.
+    composites_read: Option<Instant>,
 }
+
+/// How long composite attributes are trusted before a row re-reads them: an `ALTER TYPE …
+/// RENAME ATTRIBUTE` keeps the field count, so only this bounds how long old names are used.
+const COMPOSITE_TTL: Duration = Duration::from_secs(30);
 
 /// What one pgoutput message meant for the pipeline.
 #[derive(Debug)]
@@ -119,16 +127,50 @@ impl ChangeDecoder {
                 self.install_relation(rel, &pk);
                 Ok(Decoded::Other)
             }
-            other => match self.step(&other, true)? {
-                Step::Done(d) => Ok(d),
-                Step::StaleTypes(relation_id) => {
-                    self.refresh_relation(client, relation_id).await?;
-                    match self.step(&other, false)? {
-                        Step::Done(d) => Ok(d),
-                        Step::StaleTypes(_) => unreachable!("no retry requested"),
-                    }
+            other => {
+                self.refresh_if_old(client, &other).await?;
+                self.decode_row(client, other).await
+            }
+        }
+    }
+
+    /// Re-reads a row's relation's composite types when they were read over [`COMPOSITE_TTL`] ago.
+    async fn refresh_if_old(&mut self, client: &Client, msg: &Message) -> Result<(), SourceError> {
+        let id = match msg {
+            Message::Insert { relation_id, .. }
+            | Message::Update { relation_id, .. }
+            | Message::Delete { relation_id, .. } => *relation_id,
+            _ => return Ok(()),
+        };
+        let old = self
+            .relations
+            .get(&id)
+            .and_then(|r| r.composites_read)
+            .is_some_and(|t| t.elapsed() >= COMPOSITE_TTL);
+        if old {
+            self.refresh_relation(client, id).await?;
+        }
+        Ok(())
+    }
+
+    async fn decode_row(
+        &mut self,
+        client: &Client,
+        other: Message,
+    ) -> Result<Decoded, SourceError> {
+        match self.step(&other, true)? {
+            Step::Done(d) => Ok(d),
+            Step::StaleTypes(relation_id) => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.refreshed.insert(relation_id);
                 }
-            },
+                info!(relation_id, "a composite value does not fit its type's cached attributes; re-reading the type");
+                self.refresh_relation(client, relation_id).await?;
+                match self.step(&other, false)? {
+                    Step::Done(d) => Ok(d),
+                    Step::StaleTypes(_) => unreachable!("no retry requested"),
+                }
+            }
         }
     }
 
@@ -138,17 +180,14 @@ impl ChangeDecoder {
         client: &Client,
         relation_id: u32,
     ) -> Result<(), SourceError> {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.refreshed.insert(relation_id);
-        }
         let Some(rel) = self.relations.get(&relation_id) else {
             return Ok(());
         };
         let oids = rel.type_oids.clone();
-        info!(table = %rel.shape.table, "a composite value does not fit its type's cached attributes; re-reading the type");
         self.types.refresh(client, &oids).await?;
         let kinds = self.kinds_of(&oids);
         if let Some(rel) = self.relations.get_mut(&relation_id) {
+            rel.composites_read = read_at(&kinds);
             rel.kinds = kinds;
         }
         Ok(())
@@ -194,6 +233,7 @@ impl ChangeDecoder {
                     columns,
                     key_columns,
                 }),
+                composites_read: read_at(&kinds),
                 kinds,
                 type_oids,
             },
@@ -376,6 +416,10 @@ impl ChangeDecoder {
     }
 }
 
+fn read_at(kinds: &[TypeKind]) -> Option<Instant> {
+    kinds.iter().any(TypeKind::has_composite).then(Instant::now)
+}
+
 fn warn_no_old(warned: &mut HashSet<u32>, relation_id: u32, table: &TableName) {
     if warned.insert(relation_id) {
         warn!(table = %table, "no full old row in the stream (REPLICA IDENTITY is not FULL): \
@@ -462,6 +506,7 @@ mod tests {
             }),
             kinds: vec![TypeKind::Integer, TypeKind::Text, TypeKind::Integer],
             type_oids: vec![23, 25, 23],
+            composites_read: None,
         }
     }
 

@@ -64,10 +64,7 @@ pub async fn deviations(client: &Client, table_oid: u32) -> Result<Vec<Deviation
         let column: String = r.get(0);
         if r.get::<_, bool>(3) {
             out.push(Deviation::GeneratedNotPublished { column });
-        } else if types
-            .get(r.get(1))
-            .is_some_and(|k| k.has_cast_fallback())
-        {
+        } else if types.get(r.get(1)).is_some_and(|k| k.has_cast_fallback()) {
             out.push(Deviation::CastNotReproduced {
                 column,
                 type_name: r.get(2),

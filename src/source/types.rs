@@ -305,6 +305,11 @@ impl TypeResolver {
         TypeResolver { cache }
     }
 
+    /// Describes a type without the catalog (benchmarks, tests); replaces a cached kind.
+    pub fn insert(&mut self, oid: u32, kind: TypeKind) {
+        self.cache.insert(oid, kind);
+    }
+
     /// Cached or built-in kind; never does I/O.
     pub fn get(&self, oid: u32) -> Option<&TypeKind> {
         self.cache.get(&oid)
@@ -425,7 +430,12 @@ impl TypeResolver {
             let fields = t
                 .attributes
                 .iter()
-                .map(|(name, ty)| (name.clone(), self.kind_from_catalog(*ty, catalog, depth + 1)))
+                .map(|(name, ty)| {
+                    (
+                        name.clone(),
+                        self.kind_from_catalog(*ty, catalog, depth + 1),
+                    )
+                })
                 .collect();
             return TypeKind::composite(oid, fields);
         }

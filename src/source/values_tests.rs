@@ -46,7 +46,10 @@ fn all_kinds() -> Vec<TypeKind> {
 fn pair() -> TypeKind {
     TypeKind::composite(
         1,
-        vec![("a".into(), TypeKind::Integer), ("b".into(), TypeKind::Text)],
+        vec![
+            ("a".into(), TypeKind::Integer),
+            ("b".into(), TypeKind::Text),
+        ],
     )
 }
 
@@ -113,7 +116,10 @@ fn composite_that_does_not_fit_is_text_and_flagged() {
 #[test]
 fn hstore_becomes_object_of_strings() {
     let h = |s| text_to_json(&TypeKind::Hstore, s);
-    assert_eq!(h(r#""a"=>"1", "b c"=>NULL"#), json!({"a": "1", "b c": null}));
+    assert_eq!(
+        h(r#""a"=>"1", "b c"=>NULL"#),
+        json!({"a": "1", "b c": null})
+    );
     assert_eq!(h(""), json!({}));
     assert_eq!(
         h(r#"""=>"", "q\"x"=>"back\\slash", "NULL"=>NULL"#),

@@ -46,27 +46,126 @@ END $$;
 /// and exotic numbers, infinities, BC dates, empty and blank strings, quotes, backslashes,
 /// non-ASCII and control characters.
 const POOL: &[&str] = &[
-    "0", "1", "-1", "32767", "-32768", "2147483647", "-2147483648", "9223372036854775807",
-    "-9223372036854775808", "4294967295", "1.5", "0.1", "-0.0001", "123.4500", "0.000",
-    "12345678901234567890.123456789012345678901234567890", "1e-7", "1.5e-7", "1e100", "2.5e3",
-    "1.7976931348623157e308", "5e-324", "3.4028235e38", "-0", "NaN", "Infinity", "-Infinity",
-    "t", "f", "true", "x", "a", "ab", "", " ", "NULL", "null", "a b", " sp ",
-    "héllo \"q\" \\ back\ttab ☃", "\u{1}ctl\u{1f}\u{7f}", "line\nbreak", "(1,\"x\")", "{}",
-    "2024-01-02", "0044-03-15 BC", "infinity", "-infinity", "2024-01-02 03:04:05.123456",
-    "2024-06-30 12:00:00.000001+02", "1999-12-31 23:59:59.5-08", "0044-03-15 12:34:56.5 BC",
-    "12:34:56.789", "24:00", "12:00+02", "23:59:59.999999-05:30", "00:00+14",
-    "1 year 2 mons -3 days 04:05:06.7", "-1 days", "00:00:00.000001", "\\x00ff", "\\x",
-    "192.168.0.1/24", "10.0.0.0/8", "::1", "::/0", "08:00:2b:01:02:03",
-    "08:00:2b:01:02:03:04:05", "12.34", "(1,2)", "(1.5,-2)", "((0,0),(1,1))", "(1,2),(3,4)",
-    "[(0,0),(1,1)]", "((0,0),(1,1),(2,0))", "<(1,2),3>", "{1,2,3}", "[1,5)", "empty", "(,)",
-    "[2024-01-01,2024-02-01)", "[\"2024-01-01 00:00+00\",infinity)", "{[1,5), [7,9)}", "{empty}",
-    "a fat:2 cat", "fat & !cat", "101", "1 2", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-    "{\"a\":[1.50, 1e3, -0, 1E-2],\"a\":2, \"s\":\"\\u00e9\"}", "[]", "\"\\u2603\"",
-    "{\"x\":[1,2,{\"y\":null}],\"n\":1.0e+2}", "$.a[*] ? (@ > 1)", "10:20:10,14,15",
-    "0/16B3748", "(0,1)", "pg_catalog", "int4", "pg_class", "now", "+(int4,int4)", "english",
-    "simple", "\"C\"", "<a>x &amp; y</a>", "a.b.c", "Top.*{1,2}.c", "Europe & Russia*@",
-    "(1.5e-7, 2), (3, 4)", "(1,2,3)", "MiXeD CaSe", "\"a\"=>\"1\", \"b c\"=>NULL", "a=>\"q\\\"x\"",
-    "happy", "so \"so\"", "ünï cödé", "red", "YES", "{a,\"b c\",NULL}",
+    "0",
+    "1",
+    "-1",
+    "32767",
+    "-32768",
+    "2147483647",
+    "-2147483648",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "4294967295",
+    "1.5",
+    "0.1",
+    "-0.0001",
+    "123.4500",
+    "0.000",
+    "12345678901234567890.123456789012345678901234567890",
+    "1e-7",
+    "1.5e-7",
+    "1e100",
+    "2.5e3",
+    "1.7976931348623157e308",
+    "5e-324",
+    "3.4028235e38",
+    "-0",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "t",
+    "f",
+    "true",
+    "x",
+    "a",
+    "ab",
+    "",
+    " ",
+    "NULL",
+    "null",
+    "a b",
+    " sp ",
+    "héllo \"q\" \\ back\ttab ☃",
+    "\u{1}ctl\u{1f}\u{7f}",
+    "line\nbreak",
+    "(1,\"x\")",
+    "{}",
+    "2024-01-02",
+    "0044-03-15 BC",
+    "infinity",
+    "-infinity",
+    "2024-01-02 03:04:05.123456",
+    "2024-06-30 12:00:00.000001+02",
+    "1999-12-31 23:59:59.5-08",
+    "0044-03-15 12:34:56.5 BC",
+    "12:34:56.789",
+    "24:00",
+    "12:00+02",
+    "23:59:59.999999-05:30",
+    "00:00+14",
+    "1 year 2 mons -3 days 04:05:06.7",
+    "-1 days",
+    "00:00:00.000001",
+    "\\x00ff",
+    "\\x",
+    "192.168.0.1/24",
+    "10.0.0.0/8",
+    "::1",
+    "::/0",
+    "08:00:2b:01:02:03",
+    "08:00:2b:01:02:03:04:05",
+    "12.34",
+    "(1,2)",
+    "(1.5,-2)",
+    "((0,0),(1,1))",
+    "(1,2),(3,4)",
+    "[(0,0),(1,1)]",
+    "((0,0),(1,1),(2,0))",
+    "<(1,2),3>",
+    "{1,2,3}",
+    "[1,5)",
+    "empty",
+    "(,)",
+    "[2024-01-01,2024-02-01)",
+    "[\"2024-01-01 00:00+00\",infinity)",
+    "{[1,5), [7,9)}",
+    "{empty}",
+    "a fat:2 cat",
+    "fat & !cat",
+    "101",
+    "1 2",
+    "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+    "{\"a\":[1.50, 1e3, -0, 1E-2],\"a\":2, \"s\":\"\\u00e9\"}",
+    "[]",
+    "\"\\u2603\"",
+    "{\"x\":[1,2,{\"y\":null}],\"n\":1.0e+2}",
+    "$.a[*] ? (@ > 1)",
+    "10:20:10,14,15",
+    "0/16B3748",
+    "(0,1)",
+    "pg_catalog",
+    "int4",
+    "pg_class",
+    "now",
+    "+(int4,int4)",
+    "english",
+    "simple",
+    "\"C\"",
+    "<a>x &amp; y</a>",
+    "a.b.c",
+    "Top.*{1,2}.c",
+    "Europe & Russia*@",
+    "(1.5e-7, 2), (3, 4)",
+    "(1,2,3)",
+    "MiXeD CaSe",
+    "\"a\"=>\"1\", \"b c\"=>NULL",
+    "a=>\"q\\\"x\"",
+    "happy",
+    "so \"so\"",
+    "ünï cödé",
+    "red",
+    "YES",
+    "{a,\"b c\",NULL}",
 ];
 
 /// Samples kept per type (first ones of the pool that the type accepts).
@@ -205,7 +304,12 @@ async fn every_catalog_type_equals_to_jsonb() {
         names.join(" ")
     );
     println!("no sample literal for: {}", cat.without_sample.join(" "));
-    for ext in ["public.hstore", "public.citext", "public.ltree", "public.cube"] {
+    for ext in [
+        "public.hstore",
+        "public.citext",
+        "public.ltree",
+        "public.cube",
+    ] {
         assert!(names.contains(&ext), "{ext} not covered");
     }
     assert!(names.len() >= 60, "only {} types covered", names.len());
@@ -275,7 +379,10 @@ async fn compare(
         ours_sorted.sort();
         let mut theirs_sorted = theirs.clone();
         theirs_sorted.sort();
-        assert_eq!(ours_sorted, theirs_sorted, "{table} row {id}: columns differ");
+        assert_eq!(
+            ours_sorted, theirs_sorted,
+            "{table} row {id}: columns differ"
+        );
         for (col, v) in &record {
             if v != &server[col] {
                 diffs.push((id.clone(), col.clone(), v.clone(), server[col].clone()));
@@ -368,7 +475,10 @@ async fn composites_follow_alter_type() {
         .await
         .unwrap();
     let steps = [
-        ("", "INSERT INTO alt VALUES (1, ROW(1, 'a'), ARRAY[ROW(2, 'b')::pair])"),
+        (
+            "",
+            "INSERT INTO alt VALUES (1, ROW(1, 'a'), ARRAY[ROW(2, 'b')::pair])",
+        ),
         (
             "ALTER TYPE pair ADD ATTRIBUTE c bool",
             "INSERT INTO alt VALUES (2, ROW(1, 'a', true), ARRAY[ROW(2, 'b', NULL)::pair])",
@@ -427,7 +537,8 @@ async fn check_reports_columns_that_differ_from_to_jsonb() {
         )
     };
     // Postgres 15: generated columns are never published.
-    let generated = "Warn table public.odd: generated column twice is not in record (pgoutput publishes \
+    let generated =
+        "Warn table public.odd: generated column twice is not in record (pgoutput publishes \
         stored generated columns from PostgreSQL 18 on, virtual ones never); to_jsonb(row) \
         includes it";
     assert_eq!(
@@ -438,7 +549,8 @@ async fn check_reports_columns_that_differ_from_to_jsonb() {
             cast("p", "painted"),
             cast("d", "jcolor_d"),
             generated.to_string(),
-            "Ok table public.plain: every column's value in record equals to_jsonb(row)".to_string(),
+            "Ok table public.plain: every column's value in record equals to_jsonb(row)"
+                .to_string(),
         ],
         "{report}"
     );

@@ -229,7 +229,10 @@ async fn composite_types_resolve_to_their_attributes() {
     resolver.resolve(&client, &[oid, 999_999]).await.unwrap();
     let pair = TypeKind::composite(
         oid,
-        vec![("a".into(), TypeKind::Integer), ("b".into(), TypeKind::Text)],
+        vec![
+            ("a".into(), TypeKind::Integer),
+            ("b".into(), TypeKind::Text),
+        ],
     );
     assert_eq!(resolver.get(oid), Some(&pair));
     assert_eq!(resolver.get(999_999), Some(&TypeKind::Text));
