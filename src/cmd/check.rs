@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::pg::tls;
 use crate::route::Router;
+use crate::source::fidelity::deviations;
 use crate::source::setup::{describe_tables, slot_state};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +158,21 @@ async fn table_checks(client: &Client, config: &Config, router: &Router, r: &mut
         } else {
             format!("primary key ({})", info.primary_key.join(", "))
         };
+        match deviations(client, info.oid).await {
+            Ok(ds) if ds.is_empty() => r.push(
+                Level::Ok,
+                format!("table {t}: every column's value in record equals to_jsonb(row)"),
+            ),
+            Ok(ds) => {
+                for d in ds {
+                    r.push(Level::Warn, d.describe(&t));
+                }
+            }
+            Err(e) => r.push(
+                Level::Warn,
+                format!("table {t}: column types not checked against to_jsonb: {e}"),
+            ),
+        }
         match (info.replica_identity, manage) {
             ('f', _) => r.push(Level::Ok, format!("table {t}: {} columns, {pk}, REPLICA IDENTITY FULL", info.columns.len())),
             (_, true) => r.push(

@@ -9,10 +9,19 @@
 //!   old tuple (REPLICA IDENTITY FULL sends it); if the old value is not available the column is
 //!   left out of the record and reported with an error log, never invented as `null`;
 //! - a change for a relation that was never described is an error (the stream is corrupt), not a
-//!   silent drop.
+//!   silent drop;
+//! - composite types follow `ALTER TYPE`: a Relation message re-reads the composites its columns
+//!   use, and a row whose composite value does not fit the cached attributes makes [`decode`]
+//!   re-read them (at most once per relation and transaction) and decode the row again; a value
+//!   that still does not fit is sent as its text, with a warning. A row also re-reads them when
+//!   they were read over 30 s ago (a RENAME ATTRIBUTE keeps the count). Type information is read
+//!   only at those moments, never per row.
+//!
+//! [`decode`]: ChangeDecoder::decode
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -22,7 +31,7 @@ use tracing::{debug, error, info, warn};
 use super::error::SourceError;
 use super::pgoutput::{self, Message, OldTuple, Relation, Tuple, TupleValue};
 use super::types::{TypeKind, TypeResolver};
-use super::values::text_to_json;
+use super::values::render;
 use crate::model::change::{RowChange, TableShape};
 use crate::model::Lsn;
 use crate::model::{EventKind, TableName};
@@ -30,7 +39,14 @@ use crate::model::{EventKind, TableName};
 struct RelationEntry {
     shape: Arc<TableShape>,
     kinds: Vec<TypeKind>,
+    type_oids: Vec<u32>,
+    /// When its composite column types were last read; `None` without composite columns.
+    composites_read: Option<Instant>,
 }
+
+/// How long composite attributes are trusted before a row re-reads them: an `ALTER TYPE …
+/// RENAME ATTRIBUTE` keeps the field count, so only this bounds how long old names are used.
+const COMPOSITE_TTL: Duration = Duration::from_secs(30);
 
 /// What one pgoutput message meant for the pipeline.
 #[derive(Debug)]
@@ -54,6 +70,14 @@ struct Tx {
     final_lsn: Lsn,
     commit_ts: i64,
     ordinal: u32,
+    /// Relations whose composite types were re-read (or found stale) in this transaction.
+    refreshed: HashSet<u32>,
+}
+
+/// What applying a message came to: done, or a row that needs fresher composite types.
+enum Step {
+    Done(Decoded),
+    StaleTypes(u32),
 }
 
 pub struct ChangeDecoder {
@@ -89,35 +113,102 @@ impl ChangeDecoder {
     pub async fn decode(&mut self, client: &Client, data: Bytes) -> Result<Decoded, SourceError> {
         match pgoutput::decode(data).map_err(|e| SourceError::Decode(e.to_string()))? {
             Message::Relation(rel) => {
-                let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
-                let unknown: Vec<u32> = oids
-                    .into_iter()
-                    .filter(|o| self.types.get(*o).is_none())
+                // Unknown types, and composites (ALTER TYPE sends no message of its own).
+                let oids: Vec<u32> = rel
+                    .columns
+                    .iter()
+                    .map(|c| c.type_oid)
+                    .filter(|o| self.types.get(*o).is_none_or(TypeKind::has_composite))
                     .collect();
-                if !unknown.is_empty() {
-                    self.types.resolve(client, &unknown).await?;
+                if !oids.is_empty() {
+                    self.types.refresh(client, &oids).await?;
                 }
                 let pk = super::setup::primary_key(client, rel.id).await?;
                 self.install_relation(rel, &pk);
                 Ok(Decoded::Other)
             }
-            other => self.apply(other),
+            other => {
+                self.refresh_if_old(client, &other).await?;
+                self.decode_row(client, other).await
+            }
         }
+    }
+
+    /// Re-reads a row's relation's composite types when they were read over [`COMPOSITE_TTL`] ago.
+    async fn refresh_if_old(&mut self, client: &Client, msg: &Message) -> Result<(), SourceError> {
+        let id = match msg {
+            Message::Insert { relation_id, .. }
+            | Message::Update { relation_id, .. }
+            | Message::Delete { relation_id, .. } => *relation_id,
+            _ => return Ok(()),
+        };
+        let old = self
+            .relations
+            .get(&id)
+            .and_then(|r| r.composites_read)
+            .is_some_and(|t| t.elapsed() >= COMPOSITE_TTL);
+        if old {
+            self.refresh_relation(client, id).await?;
+        }
+        Ok(())
+    }
+
+    async fn decode_row(
+        &mut self,
+        client: &Client,
+        other: Message,
+    ) -> Result<Decoded, SourceError> {
+        match self.step(&other, true)? {
+            Step::Done(d) => Ok(d),
+            Step::StaleTypes(relation_id) => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.refreshed.insert(relation_id);
+                }
+                info!(relation_id, "a composite value does not fit its type's cached attributes; re-reading the type");
+                self.refresh_relation(client, relation_id).await?;
+                match self.step(&other, false)? {
+                    Step::Done(d) => Ok(d),
+                    Step::StaleTypes(_) => unreachable!("no retry requested"),
+                }
+            }
+        }
+    }
+
+    /// Re-reads a relation's composite column types and rebuilds its kinds.
+    async fn refresh_relation(
+        &mut self,
+        client: &Client,
+        relation_id: u32,
+    ) -> Result<(), SourceError> {
+        let Some(rel) = self.relations.get(&relation_id) else {
+            return Ok(());
+        };
+        let oids = rel.type_oids.clone();
+        self.types.refresh(client, &oids).await?;
+        let kinds = self.kinds_of(&oids);
+        if let Some(rel) = self.relations.get_mut(&relation_id) {
+            rel.composites_read = read_at(&kinds);
+            rel.kinds = kinds;
+        }
+        Ok(())
+    }
+
+    fn kinds_of(&self, oids: &[u32]) -> Vec<TypeKind> {
+        oids.iter()
+            .map(|o| self.types.get(*o).cloned().unwrap_or(TypeKind::Text))
+            .collect()
+    }
+
+    /// The type resolver, e.g. to describe composite types without a database (benchmarks).
+    pub fn types_mut(&mut self) -> &mut TypeResolver {
+        &mut self.types
     }
 
     /// Replaces the cached shape of a relation. Types must already be known to the resolver
     /// (built-ins always are); unknown ones are rendered as text.
     pub fn install_relation(&mut self, rel: Relation, primary_key: &[String]) {
-        let kinds = rel
-            .columns
-            .iter()
-            .map(|c| {
-                self.types
-                    .get(c.type_oid)
-                    .cloned()
-                    .unwrap_or(TypeKind::Text)
-            })
-            .collect();
+        let type_oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
+        let kinds = self.kinds_of(&type_oids);
         let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
         let key_columns = primary_key
             .iter()
@@ -142,15 +233,27 @@ impl ChangeDecoder {
                     columns,
                     key_columns,
                 }),
+                composites_read: read_at(&kinds),
                 kinds,
+                type_oids,
             },
         );
     }
 
     /// Applies any message but Relation (which needs the catalog: see [`ChangeDecoder::decode`]).
+    /// Composite values that do not fit their cached types are sent as text.
     pub fn apply(&mut self, msg: Message) -> Result<Decoded, SourceError> {
-        Ok(match msg {
-            Message::Begin {
+        match self.step(&msg, false)? {
+            Step::Done(d) => Ok(d),
+            Step::StaleTypes(_) => unreachable!("no retry requested"),
+        }
+    }
+
+    /// `retry`: answer [`Step::StaleTypes`] (changing nothing) for a row whose composite values
+    /// do not fit, unless the relation was already refreshed in this transaction.
+    fn step(&mut self, msg: &Message, retry: bool) -> Result<Step, SourceError> {
+        Ok(Step::Done(match msg {
+            &Message::Begin {
                 final_lsn,
                 commit_ts,
                 xid,
@@ -159,6 +262,7 @@ impl ChangeDecoder {
                     final_lsn,
                     commit_ts,
                     ordinal: 0,
+                    refreshed: HashSet::new(),
                 });
                 Decoded::Begin {
                     final_lsn,
@@ -166,7 +270,7 @@ impl ChangeDecoder {
                     xid,
                 }
             }
-            Message::Commit {
+            &Message::Commit {
                 commit_lsn,
                 end_lsn,
                 commit_ts,
@@ -186,15 +290,30 @@ impl ChangeDecoder {
                 )))
             }
             Message::Insert { relation_id, new } => {
-                Decoded::Change(self.change(relation_id, EventKind::Insert, None, Some(new))?)
+                match self.change(*relation_id, EventKind::Insert, None, Some(new), retry)? {
+                    Some(c) => Decoded::Change(c),
+                    None => return Ok(Step::StaleTypes(*relation_id)),
+                }
             }
             Message::Update {
                 relation_id,
                 old,
                 new,
-            } => Decoded::Change(self.change(relation_id, EventKind::Update, old, Some(new))?),
+            } => match self.change(
+                *relation_id,
+                EventKind::Update,
+                old.as_ref(),
+                Some(new),
+                retry,
+            )? {
+                Some(c) => Decoded::Change(c),
+                None => return Ok(Step::StaleTypes(*relation_id)),
+            },
             Message::Delete { relation_id, old } => {
-                Decoded::Change(self.change(relation_id, EventKind::Delete, Some(old), None)?)
+                match self.change(*relation_id, EventKind::Delete, Some(old), None, retry)? {
+                    Some(c) => Decoded::Change(c),
+                    None => return Ok(Step::StaleTypes(*relation_id)),
+                }
             }
             Message::Truncate { relation_ids, .. } => {
                 warn!(?relation_ids, "TRUNCATE is not delivered as webhooks");
@@ -203,42 +322,48 @@ impl ChangeDecoder {
             Message::Type { .. } | Message::Origin { .. } | Message::LogicalMessage { .. } => {
                 Decoded::Other
             }
-        })
+        }))
     }
 
+    /// The row change, or `None` (with nothing changed) when `retry` is asked and a composite
+    /// value did not fit its cached type.
     fn change(
         &mut self,
         relation_id: u32,
         kind: EventKind,
-        old: Option<OldTuple>,
-        new: Option<Tuple>,
-    ) -> Result<RowChange, SourceError> {
+        old: Option<&OldTuple>,
+        new: Option<&Tuple>,
+        retry: bool,
+    ) -> Result<Option<RowChange>, SourceError> {
         let tx = self.tx.as_mut().ok_or_else(|| {
             SourceError::Decode(format!("{} outside a transaction", kind.as_str()))
         })?;
-        let ordinal = tx.ordinal;
-        tx.ordinal += 1;
-        let (commit_lsn, commit_ts) = (tx.final_lsn, tx.commit_ts);
+        let retry = retry && !tx.refreshed.contains(&relation_id);
         let rel = self.relations.get(&relation_id).ok_or_else(|| {
             SourceError::Decode(format!(
                 "{} for relation {relation_id} that was never described",
                 kind.as_str()
             ))
         })?;
-        let old_full = match &old {
+        let old_full = match old {
             Some(OldTuple::Full(t)) => Some(t),
             _ => None,
         };
-        let (record, changed) = match (kind, &new) {
+        let mut stale = false;
+        let (record, changed) = match (kind, new) {
             (EventKind::Delete, _) => {
-                let old_t = match &old {
+                let old_t = match old {
                     Some(OldTuple::Full(t)) | Some(OldTuple::Key(t)) => t,
                     None => return Err(SourceError::Decode("DELETE without an old tuple".into())),
                 };
+                let record = to_record(rel, old_t, None, true, &mut stale);
+                if stale && retry {
+                    return Ok(None);
+                }
                 if matches!(old, Some(OldTuple::Key(_))) {
                     warn_no_old(&mut self.warned_no_old, relation_id, &rel.shape.table);
                 }
-                (to_record(rel, old_t, None, true), Vec::new())
+                (record, Vec::new())
             }
             (_, Some(new_t)) => {
                 let record = to_record(
@@ -246,7 +371,11 @@ impl ChangeDecoder {
                     new_t,
                     old_full,
                     kind == EventKind::Update && old_full.is_none(),
+                    &mut stale,
                 );
+                if stale && retry {
+                    return Ok(None);
+                }
                 let changed = if kind == EventKind::Update {
                     match old_full {
                         Some(o) => changed_columns(o, new_t),
@@ -267,16 +396,28 @@ impl ChangeDecoder {
                 )))
             }
         };
-        Ok(RowChange {
-            commit_lsn,
-            commit_ts,
+        let tx = self.tx.as_mut().expect("checked above");
+        if stale && tx.refreshed.insert(relation_id) {
+            warn!(table = %rel.shape.table, "a composite value does not fit its type's attributes \
+                  as the catalog now has them (the type was altered after this change was written); \
+                  such values are sent as their text");
+        }
+        let ordinal = tx.ordinal;
+        tx.ordinal += 1;
+        Ok(Some(RowChange {
+            commit_lsn: tx.final_lsn,
+            commit_ts: tx.commit_ts,
             ordinal,
             shape: rel.shape.clone(),
             kind,
             record,
             changed,
-        })
+        }))
     }
+}
+
+fn read_at(kinds: &[TypeKind]) -> Option<Instant> {
+    kinds.iter().any(TypeKind::has_composite).then(Instant::now)
 }
 
 fn warn_no_old(warned: &mut HashSet<u32>, relation_id: u32, table: &TableName) {
@@ -291,6 +432,7 @@ fn to_record(
     t: &Tuple,
     old: Option<&Tuple>,
     toast_unknown_expected: bool,
+    stale: &mut bool,
 ) -> Map<String, Value> {
     let mut m = Map::with_capacity(t.0.len());
     for (i, v) in t.0.iter().enumerate() {
@@ -308,16 +450,16 @@ fn to_record(
             },
             other => other,
         };
-        m.insert(name.clone(), value_json(kind, v));
+        m.insert(name.clone(), value_json(kind, v, stale));
     }
     m
 }
 
-fn value_json(kind: &TypeKind, v: &TupleValue) -> Value {
+fn value_json(kind: &TypeKind, v: &TupleValue, stale: &mut bool) -> Value {
     match v {
         TupleValue::Null => Value::Null,
         TupleValue::Text(b) => match std::str::from_utf8(b) {
-            Ok(s) => text_to_json(kind, s),
+            Ok(s) => render(kind, s, stale),
             Err(_) => Value::String(String::from_utf8_lossy(b).into_owned()),
         },
         // We never ask for binary; should a server send it, keep the bytes visible, not lost.
@@ -363,6 +505,8 @@ mod tests {
                 key_columns: vec![0],
             }),
             kinds: vec![TypeKind::Integer, TypeKind::Text, TypeKind::Integer],
+            type_oids: vec![23, 25, 23],
+            composites_read: None,
         }
     }
 
@@ -370,7 +514,7 @@ mod tests {
     fn unchanged_toast_is_filled_from_old_row_and_not_changed() {
         let old = t(&[Some("1"), Some("big text"), Some("1")]);
         let new = t(&[Some("1"), Some("<toast>"), Some("2")]);
-        let rec = to_record(&entry(), &new, Some(&old), false);
+        let rec = to_record(&entry(), &new, Some(&old), false, &mut false);
         assert_eq!(
             serde_json::to_string(&rec).unwrap(),
             r#"{"id":1,"body":"big text","n":2}"#
@@ -381,7 +525,7 @@ mod tests {
     #[test]
     fn unchanged_toast_without_old_row_is_left_out_not_null() {
         let new = t(&[Some("1"), Some("<toast>"), None]);
-        let rec = to_record(&entry(), &new, None, true);
+        let rec = to_record(&entry(), &new, None, true, &mut false);
         assert_eq!(serde_json::to_string(&rec).unwrap(), r#"{"id":1,"n":null}"#);
     }
 

@@ -5,6 +5,7 @@
 pub mod conn;
 pub mod decode;
 pub mod error;
+pub mod fidelity;
 pub mod pgoutput;
 pub mod setup;
 pub mod stream;

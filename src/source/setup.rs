@@ -9,7 +9,9 @@
 //! - DDL runs with a short `lock_timeout` and is retried, so walhook never queues the app's
 //!   queries behind its own ACCESS EXCLUSIVE lock request for long;
 //! - the publication publishes INSERT, UPDATE and DELETE of exactly the subscribed tables
-//!   (`remove_extra`), or at least them (`walhook tail`, which must not disturb the daemon).
+//!   (`remove_extra`), or at least them (`walhook tail`, which must not disturb the daemon), and
+//!   on PostgreSQL 18+ their stored generated columns too (`publish_generated_columns`); columns
+//!   whose values cannot equal `to_jsonb`'s are logged at start ([`super::fidelity`]).
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use super::error::SourceError;
+use super::fidelity::{deviations, GENERATED_COLUMNS_VERSION};
 use crate::backoff::Backoff;
 use crate::model::Lsn;
 use crate::model::{quote_ident, TableName};
@@ -70,7 +73,9 @@ pub async fn describe_tables(
             "SELECT c.oid, c.relreplident::text, c.relkind::text,
                ARRAY(SELECT a.attname::text FROM pg_attribute a
                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                       AND a.attgenerated = ''
+                       AND (a.attgenerated = ''
+                            OR (a.attgenerated = 's'
+                                AND current_setting('server_version_num')::int >= 180000))
                      ORDER BY a.attnum),
                c.relpersistence::text,
                EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) AND c.relkind = 'r',
@@ -338,10 +343,22 @@ pub async fn sync_publication(
     remove_extra: bool,
 ) -> Result<(), SourceError> {
     let pub_q = quote_ident(publication);
+    // PostgreSQL 18+ can publish stored generated columns, which to_jsonb(row) includes.
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    let gencols = if version >= GENERATED_COLUMNS_VERSION {
+        ", publish_generated_columns = stored"
+    } else {
+        ""
+    };
+    // `pubgencols` exists from 18 on ('s' = stored); earlier releases count as "as wanted".
     let row = client
         .query_opt(
             "SELECT puballtables, pubinsert AND pubupdate AND pubdelete AND pubviaroot
-             FROM pg_publication WHERE pubname = $1",
+                    AND coalesce(to_jsonb(p) ->> 'pubgencols', 's') IN ('s', 'true')
+             FROM pg_publication p WHERE pubname = $1",
             &[&publication],
         )
         .await?;
@@ -350,7 +367,7 @@ pub async fn sync_publication(
             // Via the root: a partitioned table's changes carry the subscribed table's name.
             let sql = format!(
                 "CREATE PUBLICATION {pub_q} WITH (publish = 'insert, update, delete', \
-                 publish_via_partition_root = true)"
+                 publish_via_partition_root = true{gencols})"
             );
             match client.batch_execute(&sql).await {
                 Ok(()) => info!(publication, "created publication"),
@@ -371,7 +388,7 @@ pub async fn sync_publication(
                 client
                     .batch_execute(&format!(
                         "ALTER PUBLICATION {pub_q} SET (publish = 'insert, update, delete', \
-                         publish_via_partition_root = true)"
+                         publish_via_partition_root = true{gencols})"
                     ))
                     .await?;
                 info!(
@@ -499,6 +516,11 @@ pub async fn prepare<E: std::fmt::Display>(
         check(i).map_err(|reason| table_err(&i.table, reason.to_string()))?;
     }
     check_manageable(client, &infos, publication).await?;
+    for i in &infos {
+        for d in deviations(client, i.oid).await? {
+            warn!("{}", d.describe(&i.table));
+        }
+    }
     ensure_replica_identity(client, &mut infos, manage_replica_identity).await?;
     sync_publication(client, publication, tables, remove_extra).await?;
     Ok(infos)

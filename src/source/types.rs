@@ -7,16 +7,24 @@
 //! - [`TypeResolver`] answers every OID it was asked to resolve: domains become their base type
 //!   (through any number of levels), true array types (those `to_jsonb` treats as arrays:
 //!   `typelem <> 0 AND typlen = -1`) become [`TypeKind::Array`] of their element's kind with the
-//!   element's `typdelim`, and everything else (enums, ranges, composites, extension types)
-//!   becomes [`TypeKind::Text`]. OIDs the catalog does not know become `Text` with a warning.
-//! - Composite types are `Text`: `to_jsonb` would nest an object, we pass the row literal through
-//!   as a string (documented deviation). User-defined casts to `json` are not consulted either.
+//!   element's `typdelim`, composite types become [`TypeKind::Composite`] with their live
+//!   attributes' names and kinds in `attnum` order, and everything else (enums, ranges, extension
+//!   types) becomes [`TypeKind::Text`]. OIDs the catalog does not know become `Text` with a
+//!   warning.
+//! - Casts to `json`, which `to_jsonb` uses for non-built-in types (OID ≥ 16384, after resolving
+//!   domains): `hstore`'s is reproduced ([`TypeKind::Hstore`]); any other such type becomes
+//!   [`TypeKind::CastFallback`], rendered as its text (a documented deviation that
+//!   `walhook check` reports per column).
+//! - Composite attributes can change (`ALTER TYPE … ADD/DROP/RENAME ATTRIBUTE`) without a new
+//!   OID: [`TypeResolver::refresh`] re-reads every composite reachable from the OIDs it is given,
+//!   while other kinds stay cached for the resolver's lifetime (they cannot change under an OID).
 //!
 //! `int2vector` and `oidvector` are true arrays for `to_jsonb` (`[1, 2]`), but their text output
 //! is space-separated without braces (`1 2`). They are modelled as arrays with delimiter `b' '`,
 //! which the value parser reads as that brace-less form.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tracing::warn;
 
@@ -35,13 +43,51 @@ pub enum TypeKind {
         element: Box<TypeKind>,
         delimiter: u8,
     },
+    /// A row type: rendered as an object keyed by attribute name.
+    Composite(Arc<Composite>),
+    /// The `hstore` extension type: rendered as its json cast does (string or null values).
+    Hstore,
+    /// A non-built-in type with a cast to json that walhook does not reproduce: sent as text.
+    CastFallback,
+}
+
+/// A composite type's live attributes (dropped ones excluded), in `attnum` order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Composite {
+    pub oid: u32,
+    pub fields: Vec<(String, TypeKind)>,
 }
 
 impl TypeKind {
-    fn array_of(element: TypeKind, delimiter: u8) -> TypeKind {
+    pub fn array_of(element: TypeKind, delimiter: u8) -> TypeKind {
         TypeKind::Array {
             element: Box::new(element),
             delimiter,
+        }
+    }
+
+    /// A composite kind from (attribute name, kind) pairs; `oid` only identifies it in logs.
+    pub fn composite(oid: u32, fields: Vec<(String, TypeKind)>) -> TypeKind {
+        TypeKind::Composite(Arc::new(Composite { oid, fields }))
+    }
+
+    /// Whether a composite appears anywhere inside (its attributes may change under the OID).
+    pub fn has_composite(&self) -> bool {
+        match self {
+            TypeKind::Composite(_) => true,
+            TypeKind::Array { element, .. } => element.has_composite(),
+            _ => false,
+        }
+    }
+
+    /// Whether any part of a value of this kind is sent as text where `to_jsonb` would apply a
+    /// json cast.
+    pub fn has_cast_fallback(&self) -> bool {
+        match self {
+            TypeKind::CastFallback => true,
+            TypeKind::Array { element, .. } => element.has_cast_fallback(),
+            TypeKind::Composite(c) => c.fields.iter().any(|(_, k)| k.has_cast_fallback()),
+            _ => false,
         }
     }
 }
@@ -197,6 +243,11 @@ struct CatalogType {
     elem: u32,
     is_array: bool,
     delimiter: u8,
+    /// Composite attributes (name, type OID); empty for other types.
+    attributes: Vec<(String, u32)>,
+    /// Name of the function of a cast to json, for non-built-in types that have one.
+    json_cast: Option<String>,
+    name: String,
 }
 
 /// Nesting bound: real catalogs are shallow; this only stops a corrupt cycle.
@@ -215,18 +266,35 @@ impl Default for TypeResolver {
     }
 }
 
-// Follows domains and array elements from the requested OIDs in one round trip.
+// Follows domains, array elements and composite attributes from the requested OIDs in one
+// round trip. 114 is `json`: `to_jsonb` looks for a function cast to json (not jsonb), and only
+// for types that are not built in.
 const RESOLVE_SQL: &str = "\
 WITH RECURSIVE wanted(oid) AS ( \
     SELECT unnest($1::oid[]) \
   UNION \
     SELECT x.oid FROM wanted w \
     JOIN pg_catalog.pg_type t ON t.oid = w.oid \
-    CROSS JOIN LATERAL (VALUES (t.typbasetype), (t.typelem)) AS x(oid) \
+    CROSS JOIN LATERAL ( \
+        SELECT t.typbasetype UNION ALL SELECT t.typelem \
+        UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+        WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped \
+    ) AS x(oid) \
     WHERE x.oid <> 0 \
 ) \
 SELECT t.oid, t.typtype::text, t.typbasetype, t.typelem, \
-       (t.typelem <> 0 AND t.typlen = -1) AS is_array, t.typdelim::text \
+       (t.typelem <> 0 AND t.typlen = -1) AS is_array, t.typdelim::text, \
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+             WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 \
+               AND NOT a.attisdropped ORDER BY a.attnum), \
+       ARRAY(SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+             WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 \
+               AND NOT a.attisdropped ORDER BY a.attnum), \
+       (SELECT p.proname::text FROM pg_catalog.pg_cast c \
+        JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc \
+        WHERE t.oid >= 16384 AND c.castsource = t.oid AND c.casttarget = 114 \
+          AND c.castmethod = 'f'), \
+       t.typname::text \
 FROM wanted w JOIN pg_catalog.pg_type t ON t.oid = w.oid";
 
 impl TypeResolver {
@@ -235,6 +303,11 @@ impl TypeResolver {
             .filter_map(|oid| Some((oid, builtin_kind(oid)?)))
             .collect();
         TypeResolver { cache }
+    }
+
+    /// Describes a type without the catalog (benchmarks, tests); replaces a cached kind.
+    pub fn insert(&mut self, oid: u32, kind: TypeKind) {
+        self.cache.insert(oid, kind);
     }
 
     /// Cached or built-in kind; never does I/O.
@@ -248,10 +321,32 @@ impl TypeResolver {
         client: &tokio_postgres::Client,
         oids: &[u32],
     ) -> Result<(), tokio_postgres::Error> {
+        self.load(client, oids, false).await
+    }
+
+    /// Like [`TypeResolver::resolve`], and also re-reads every OID whose kind holds a composite
+    /// (whose attributes may have changed since), with one query.
+    pub async fn refresh(
+        &mut self,
+        client: &tokio_postgres::Client,
+        oids: &[u32],
+    ) -> Result<(), tokio_postgres::Error> {
+        self.load(client, oids, true).await
+    }
+
+    async fn load(
+        &mut self,
+        client: &tokio_postgres::Client,
+        oids: &[u32],
+        fresh: bool,
+    ) -> Result<(), tokio_postgres::Error> {
         let mut missing: Vec<u32> = oids
             .iter()
             .copied()
-            .filter(|o| !self.cache.contains_key(o))
+            .filter(|o| match self.cache.get(o) {
+                None => true,
+                Some(k) => fresh && k.has_composite(),
+            })
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -277,6 +372,13 @@ impl TypeResolver {
                     } else {
                         b','
                     },
+                    attributes: row
+                        .try_get::<_, Vec<String>>(6)?
+                        .into_iter()
+                        .zip(row.try_get::<_, Vec<u32>>(7)?)
+                        .collect(),
+                    json_cast: row.try_get(8)?,
+                    name: row.try_get(9)?,
                 },
             );
         }
@@ -293,8 +395,11 @@ impl TypeResolver {
         catalog: &HashMap<u32, CatalogType>,
         depth: usize,
     ) -> TypeKind {
+        // A cached composite is stale when the catalog was just read for it.
         if let Some(kind) = self.cache.get(&oid) {
-            return kind.clone();
+            if !kind.has_composite() || !catalog.contains_key(&oid) {
+                return kind.clone();
+            }
         }
         let Some(t) = catalog.get(&oid) else {
             warn!(
@@ -321,7 +426,24 @@ impl TypeResolver {
             let element = self.kind_from_catalog(t.elem, catalog, depth + 1);
             return TypeKind::array_of(element, delimiter);
         }
-        TypeKind::Text
+        if t.typtype == b'c' {
+            let fields = t
+                .attributes
+                .iter()
+                .map(|(name, ty)| {
+                    (
+                        name.clone(),
+                        self.kind_from_catalog(*ty, catalog, depth + 1),
+                    )
+                })
+                .collect();
+            return TypeKind::composite(oid, fields);
+        }
+        match t.json_cast.as_deref() {
+            Some("hstore_to_json") if t.name == "hstore" => TypeKind::Hstore,
+            Some(_) => TypeKind::CastFallback,
+            None => TypeKind::Text,
+        }
     }
 }
 

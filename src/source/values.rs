@@ -16,10 +16,13 @@
 //!   (`0044-03-15T12:34:56.5+00:00 BC`);
 //! - arrays become (nested) JSON arrays; dimension bounds decoration is dropped like `to_jsonb`
 //!   does;
+//! - composite values (`record_out`'s `(1,"a ""b""",)`) become objects keyed by attribute name,
+//!   each attribute rendered by its own kind, empty fields as `null`; a value whose field count
+//!   differs from the kind's attribute count (the type was altered) stays a string of its text and
+//!   is reported through [`render`]'s `stale` flag;
+//! - `hstore` (`"a"=>"1", "b"=>NULL`) becomes an object of string or null values, as its json
+//!   cast gives;
 //! - everything else is a JSON string of the text as is.
-//!
-//! Not like `to_jsonb`: composite values (and arrays of them) stay strings of their row literal
-//! (`(1,"a b")`) instead of nested objects.
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -33,6 +36,11 @@ use super::types::TypeKind;
 const NUMERIC_MAX_EXPONENT: i64 = 1000;
 
 pub fn text_to_json(kind: &TypeKind, text: &str) -> Value {
+    render(kind, text, &mut false)
+}
+
+/// [`text_to_json`], setting `stale` when a composite value did not fit its kind's attributes.
+pub fn render(kind: &TypeKind, text: &str, stale: &mut bool) -> Value {
     match kind {
         TypeKind::Bool => match text {
             "t" => Value::Bool(true),
@@ -44,12 +52,17 @@ pub fn text_to_json(kind: &TypeKind, text: &str) -> Value {
             None => raw(text),
         },
         TypeKind::Json => json(text),
-        TypeKind::Date | TypeKind::Text => raw(text),
+        TypeKind::Date | TypeKind::Text | TypeKind::CastFallback => raw(text),
         TypeKind::Timestamp => Value::String(timestamp(text, false)),
         TypeKind::TimestampTz => Value::String(timestamp(text, true)),
         TypeKind::Array { element, delimiter } => {
-            array(element, *delimiter, text).unwrap_or_else(|| raw(text))
+            array(element, *delimiter, text, stale).unwrap_or_else(|| raw(text))
         }
+        TypeKind::Composite(c) => match composite::record(c, text, stale) {
+            Some(v) => v,
+            None => raw(text),
+        },
+        TypeKind::Hstore => composite::hstore(text).unwrap_or_else(|| raw(text)),
     }
 }
 
@@ -251,7 +264,7 @@ fn timestamp(text: &str, with_zone: bool) -> String {
 }
 
 /// Postgres array literal → JSON array; `None` when the text is not a well-formed literal.
-fn array(element: &TypeKind, delimiter: u8, text: &str) -> Option<Value> {
+fn array(element: &TypeKind, delimiter: u8, text: &str, stale: &mut bool) -> Option<Value> {
     let b = text.as_bytes();
     let mut i = 0;
     if b.first() == Some(&b'[') {
@@ -261,7 +274,7 @@ fn array(element: &TypeKind, delimiter: u8, text: &str) -> Option<Value> {
         // int2vector / oidvector: `1 2 3`, never quoted, no NULLs.
         return Some(Value::Array(
             text.split_ascii_whitespace()
-                .map(|e| text_to_json(element, e))
+                .map(|e| render(element, e, stale))
                 .collect(),
         ));
     }
@@ -271,6 +284,7 @@ fn array(element: &TypeKind, delimiter: u8, text: &str) -> Option<Value> {
         i,
         element,
         delimiter,
+        stale,
     };
     p.skip_ws();
     let v = p.dimension(0)?;
@@ -278,18 +292,19 @@ fn array(element: &TypeKind, delimiter: u8, text: &str) -> Option<Value> {
     (p.i == b.len()).then_some(v)
 }
 
-struct ArrayParser<'a> {
+struct ArrayParser<'a, 's> {
     b: &'a [u8],
     text: &'a str,
     i: usize,
     element: &'a TypeKind,
     delimiter: u8,
+    stale: &'s mut bool,
 }
 
 /// Postgres allows at most 6 dimensions; beyond that the text is garbage.
 const MAX_DIMENSIONS: usize = 6;
 
-impl<'a> ArrayParser<'a> {
+impl<'a> ArrayParser<'a, '_> {
     fn skip_ws(&mut self) {
         while self.i < self.b.len() && self.b[self.i].is_ascii_whitespace() {
             self.i += 1;
@@ -318,11 +333,11 @@ impl<'a> ArrayParser<'a> {
                 b'{' => self.dimension(depth + 1)?,
                 b'"' => {
                     let s = self.quoted()?;
-                    text_to_json(self.element, &s)
+                    render(self.element, &s, self.stale)
                 }
                 _ => match self.unquoted()? {
                     None => Value::Null,
-                    Some(s) => text_to_json(self.element, &s),
+                    Some(s) => render(self.element, &s, self.stale),
                 },
             };
             items.push(item);
@@ -424,6 +439,9 @@ impl<'a> ArrayParser<'a> {
         }
     }
 }
+
+#[path = "values_composite.rs"]
+mod composite;
 
 #[cfg(test)]
 #[path = "values_tests.rs"]

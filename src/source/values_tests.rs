@@ -27,6 +27,10 @@ fn all_kinds() -> Vec<TypeKind> {
         TypeKind::Timestamp,
         TypeKind::TimestampTz,
         TypeKind::Text,
+        TypeKind::Hstore,
+        TypeKind::CastFallback,
+        pair(),
+        nested(),
     ];
     let mut all = scalars.clone();
     for s in &scalars {
@@ -36,6 +40,93 @@ fn all_kinds() -> Vec<TypeKind> {
         all.push(arr(arr(s.clone(), b','), b','));
     }
     all
+}
+
+/// `(a int, b text)`
+fn pair() -> TypeKind {
+    TypeKind::composite(
+        1,
+        vec![
+            ("a".into(), TypeKind::Integer),
+            ("b".into(), TypeKind::Text),
+        ],
+    )
+}
+
+/// `(p pair, ps pair[], t timestamptz, h hstore)`
+fn nested() -> TypeKind {
+    TypeKind::composite(
+        2,
+        vec![
+            ("p".into(), pair()),
+            ("ps".into(), arr(pair(), b',')),
+            ("t".into(), TypeKind::TimestampTz),
+            ("h".into(), TypeKind::Hstore),
+        ],
+    )
+}
+
+#[test]
+fn composites_become_objects() {
+    let f = |k: &TypeKind, s| text_to_json(k, s);
+    assert_eq!(f(&pair(), "(7,q)"), json!({"a": 7, "b": "q"}));
+    assert_eq!(f(&pair(), r#"(7,"q""x")"#), json!({"a": 7, "b": "q\"x"}));
+    assert_eq!(f(&pair(), "(,)"), json!({"a": null, "b": null}));
+    assert_eq!(f(&pair(), r#"(,"")"#), json!({"a": null, "b": ""}));
+    assert_eq!(
+        f(&pair(), r#"(-1,"a\\b (c), d")"#),
+        json!({"a": -1, "b": "a\\b (c), d"})
+    );
+    assert_eq!(f(&pair(), "(1,héllo☃)"), json!({"a": 1, "b": "héllo☃"}));
+    // Text from Postgres 15 for ROW(ROW(1,'x y'), ARRAY[ROW(2,'"q"'), NULL], '2024-01-02
+    // 03:04:05+02', 'a=>1, "b c"=>NULL')::nested.
+    let text = r#"("(1,""x y"")","{""(2,\\""\\""\\""q\\""\\""\\"")"",NULL}","2024-01-02 01:04:05+00","""a""=>""1"", ""b c""=>NULL")"#;
+    assert_eq!(
+        f(&nested(), text),
+        json!({
+            "p": {"a": 1, "b": "x y"},
+            "ps": [{"a": 2, "b": "\"q\""}, null],
+            "t": "2024-01-02T01:04:05+00:00",
+            "h": {"a": "1", "b c": null}
+        })
+    );
+    let zero = TypeKind::composite(3, vec![]);
+    assert_eq!(f(&zero, "()"), json!({}));
+    let one = TypeKind::composite(4, vec![("x".into(), TypeKind::Text)]);
+    assert_eq!(f(&one, "()"), json!({"x": null}));
+}
+
+#[test]
+fn composite_that_does_not_fit_is_text_and_flagged() {
+    for text in ["(1)", "(1,a,b)"] {
+        let mut stale = false;
+        assert_eq!(render(&pair(), text, &mut stale), json!(text));
+        assert!(stale, "{text}");
+    }
+    let mut stale = false;
+    // Malformed text is not a type change.
+    assert_eq!(render(&pair(), "(1,a", &mut stale), json!("(1,a"));
+    assert!(!stale);
+    // In an array, the flag comes up through the elements.
+    let mut stale = false;
+    render(&arr(pair(), b','), r#"{"(1,a,b)"}"#, &mut stale);
+    assert!(stale);
+}
+
+#[test]
+fn hstore_becomes_object_of_strings() {
+    let h = |s| text_to_json(&TypeKind::Hstore, s);
+    assert_eq!(
+        h(r#""a"=>"1", "b c"=>NULL"#),
+        json!({"a": "1", "b c": null})
+    );
+    assert_eq!(h(""), json!({}));
+    assert_eq!(
+        h(r#"""=>"", "q\"x"=>"back\\slash", "NULL"=>NULL"#),
+        json!({"": "", "q\"x": "back\\slash", "NULL": null})
+    );
+    assert_eq!(h("garbage"), json!("garbage"));
+    assert_eq!(text_to_json(&TypeKind::CastFallback, "x"), json!("x"));
 }
 
 #[test]

@@ -29,4 +29,5 @@ mod receivers;
 mod replication_conn;
 mod signatures;
 mod tls;
+mod values_catalog;
 mod values_to_jsonb;

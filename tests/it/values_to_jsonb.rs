@@ -212,9 +212,9 @@ async fn records_equal_server_to_jsonb() {
     );
 }
 
-/// Known deviation, pinned so a change is noticed: composites stay row-literal strings.
+/// Composite types resolve to their attributes' names and kinds; unknown OIDs to text.
 #[tokio::test]
-async fn composite_values_are_text_fallback() {
+async fn composite_types_resolve_to_their_attributes() {
     let client = connect().await;
     client
         .batch_execute("CREATE TYPE pair AS (a int, b text)")
@@ -227,8 +227,14 @@ async fn composite_values_are_text_fallback() {
         .get(0);
     let mut resolver = TypeResolver::new();
     resolver.resolve(&client, &[oid, 999_999]).await.unwrap();
-    assert_eq!(resolver.get(oid), Some(&TypeKind::Text));
-    // Unknown OIDs fall back to Text too.
+    let pair = TypeKind::composite(
+        oid,
+        vec![
+            ("a".into(), TypeKind::Integer),
+            ("b".into(), TypeKind::Text),
+        ],
+    );
+    assert_eq!(resolver.get(oid), Some(&pair));
     assert_eq!(resolver.get(999_999), Some(&TypeKind::Text));
     let text: String = client
         .query_one("SELECT ROW(1, 'a b')::pair::text", &[])
@@ -237,6 +243,19 @@ async fn composite_values_are_text_fallback() {
         .get(0);
     assert_eq!(
         text_to_json(resolver.get(oid).unwrap(), &text),
-        Value::String("(1,\"a b\")".into())
+        serde_json::json!({"a": 1, "b": "a b"})
     );
+    // ALTER TYPE keeps the OID: resolve() keeps the cached kind, refresh() re-reads it.
+    client
+        .batch_execute("ALTER TYPE pair ADD ATTRIBUTE c bool")
+        .await
+        .unwrap();
+    resolver.resolve(&client, &[oid]).await.unwrap();
+    assert_eq!(resolver.get(oid), Some(&pair));
+    resolver.refresh(&client, &[oid]).await.unwrap();
+    let TypeKind::Composite(c) = resolver.get(oid).unwrap() else {
+        panic!("not a composite")
+    };
+    let names: Vec<&str> = c.fields.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
 }

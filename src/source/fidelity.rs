@@ -1,0 +1,75 @@
+//! Which columns of a table a payload's `record` cannot render as `to_jsonb(row)` does, and why.
+//!
+//! Guarantees: [`deviations`] reads the catalog only (nothing is changed) and names every column
+//! that differs from `to_jsonb` on this server: generated columns pgoutput does not publish
+//! (all of them before PostgreSQL 18; virtual ones on 18+), and columns whose type (directly or
+//! inside an array, domain or composite) has a cast to json that walhook does not reproduce.
+//! `walhook check` prints them per column; the source logs them once at start.
+
+use tokio_postgres::Client;
+
+use super::error::SourceError;
+use super::types::TypeResolver;
+use crate::model::TableName;
+
+/// The first release whose pgoutput publishes stored generated columns
+/// (`publish_generated_columns`).
+pub const GENERATED_COLUMNS_VERSION: i32 = 180_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deviation {
+    /// A generated column pgoutput does not send: it is missing from `record`.
+    GeneratedNotPublished { column: String },
+    /// A column sent as its text where `to_jsonb` would apply the type's cast to json.
+    CastNotReproduced { column: String, type_name: String },
+}
+
+impl Deviation {
+    /// One line for `walhook check` and the start-up log, saying what differs and why.
+    pub fn describe(&self, table: &TableName) -> String {
+        match self {
+            Deviation::GeneratedNotPublished { column } => format!(
+                "table {table}: generated column {column} is not in record (pgoutput publishes \
+                 stored generated columns from PostgreSQL 18 on, virtual ones never); \
+                 to_jsonb(row) includes it"
+            ),
+            Deviation::CastNotReproduced { column, type_name } => format!(
+                "table {table}: column {column} ({type_name}) is sent as its text: its type has a \
+                 cast to json, which to_jsonb(row) applies and walhook does not (only hstore's is \
+                 reproduced)"
+            ),
+        }
+    }
+}
+
+/// The columns of `table` (by OID) whose values in `record` differ from `to_jsonb(row)`.
+pub async fn deviations(client: &Client, table_oid: u32) -> Result<Vec<Deviation>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod),
+                    a.attgenerated <> ''
+                    AND (a.attgenerated <> 's'
+                         OR current_setting('server_version_num')::int < $2)
+             FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&table_oid, &GENERATED_COLUMNS_VERSION],
+        )
+        .await?;
+    let oids: Vec<u32> = rows.iter().map(|r| r.get(1)).collect();
+    let mut types = TypeResolver::new();
+    types.resolve(client, &oids).await?;
+    let mut out = Vec::new();
+    for r in &rows {
+        let column: String = r.get(0);
+        if r.get::<_, bool>(3) {
+            out.push(Deviation::GeneratedNotPublished { column });
+        } else if types.get(r.get(1)).is_some_and(|k| k.has_cast_fallback()) {
+            out.push(Deviation::CastNotReproduced {
+                column,
+                type_name: r.get(2),
+            });
+        }
+    }
+    Ok(out)
+}
