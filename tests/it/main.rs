@@ -28,6 +28,7 @@ mod promises;
 mod receivers;
 mod replication_conn;
 mod signatures;
+mod terminate;
 mod tls;
 mod values_catalog;
 mod values_to_jsonb;
