@@ -176,6 +176,10 @@ pub(super) struct Pump {
     /// The running claim was started in outbox mode, and nothing sent the pump back to the
     /// outbox since: its answer may switch to memory mode.
     may_switch: bool,
+    /// Attempts that failed and are not recorded yet: the outbox does not show them failed,
+    /// and holding them hides them from a claim's count, so no claim may switch to memory mode
+    /// meanwhile (rows of their keys must wait in the outbox).
+    failed_unrecorded: usize,
     in_flight: JoinSet<Done>,
     done: Vec<Done>,
     /// The last claim filled its limit: there is probably more due right now.
@@ -212,6 +216,7 @@ impl Pump {
             handed_during_claim: HashSet::new(),
             claim_running: false,
             may_switch: false,
+            failed_unrecorded: 0,
             in_flight: JoinSet::new(),
             done: Vec::new(),
             more_due: true,
@@ -353,6 +358,7 @@ impl Pump {
                 let success = done.outcome.is_success();
                 self.lanes.finished(&done.claimed, success);
                 if !success {
+                    self.failed_unrecorded += 1;
                     // Retries and what waits behind them are the outbox's business.
                     self.back_to_outbox();
                 }
@@ -524,7 +530,7 @@ impl Pump {
             // the answer's last sequence number.
             self.slot.take();
             self.slot.accept(true);
-            self.may_switch = true;
+            self.may_switch = self.failed_unrecorded == 0;
         }
         self.handed_during_claim.clear();
         self.claim_running = true;
@@ -692,6 +698,7 @@ impl Pump {
         for id in ids {
             self.lanes.recorded(id);
         }
+        self.failed_unrecorded = 0;
         self.done.clear();
         // In outbox mode, a finished delivery may unblock the next one of its key.
         if self.mode == Mode::Outbox {

@@ -25,7 +25,11 @@ async fn cancel_and_terminate_of_every_walhook_backend_under_load_lose_nothing()
     );
     let d = Daemon::start_standby_named(&db, "walhook_victim", &fast_delivery(""), &subs).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !d.handles.streaming.load(std::sync::atomic::Ordering::Relaxed) {
+    while !d
+        .handles
+        .streaming
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
         assert!(Instant::now() < deadline, "not streaming after 30 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -116,8 +120,15 @@ async fn cancel_and_terminate_of_every_walhook_backend_under_load_lose_nothing()
     .await;
     // And walhook is still running: it streams again and stops cleanly.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !d.handles.streaming.load(std::sync::atomic::Ordering::Relaxed) {
-        assert!(Instant::now() < deadline, "walhook stopped streaming for good");
+    while !d
+        .handles
+        .streaming
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "walhook stopped streaming for good"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     d.stop().await;
