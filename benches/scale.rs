@@ -227,6 +227,7 @@ impl ConnMonitor {
             pg.port(),
         );
         tokio::spawn(async move {
+            let mut seen_detail = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if let Ok(row) = client
                     .query_one(
@@ -237,7 +238,30 @@ impl ConnMonitor {
                 {
                     a.fetch_max(row.get::<_, i64>(0) as u64, Ordering::Relaxed);
                 }
-                s.fetch_max(pg_sockets(pid, port), Ordering::Relaxed);
+                let ports = pg_sockets(pid, port);
+                s.fetch_max(ports.len() as u64, Ordering::Relaxed);
+                if ports.len() as u64 > a.load(Ordering::Relaxed) {
+                    // Which sessions are these? (Printed once per new maximum.)
+                    if let Ok(row) = client
+                        .query_one(
+                            "SELECT count(*), string_agg(DISTINCT format('%s/%s', coalesce(application_name, ''),
+                                    backend_type), ', ')
+                             FROM pg_stat_activity WHERE client_port = ANY($1)",
+                            &[&ports],
+                        )
+                        .await
+                    {
+                        let n: i64 = row.get(0);
+                        if n as u64 > seen_detail {
+                            seen_detail = n as u64;
+                            println!(
+                                "  (walhook's sockets to Postgres: {}; their sessions: {n}, as {})",
+                                ports.len(),
+                                row.get::<_, Option<String>>(1).unwrap_or_default()
+                            );
+                        }
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -258,10 +282,11 @@ impl Drop for ConnMonitor {
     }
 }
 
-/// Established TCP sockets of process `pid` whose remote port is `port` (IPv4 and IPv6).
-fn pg_sockets(pid: u32, port: u16) -> u64 {
+/// Local ports of the established TCP sockets of process `pid` whose remote port is `port`.
+fn pg_sockets(pid: u32, port: u16) -> Vec<i32> {
+    let mut ports = Vec::new();
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
+        return ports;
     };
     let inodes: std::collections::HashSet<String> = fds
         .flatten()
@@ -273,25 +298,29 @@ fn pg_sockets(pid: u32, port: u16) -> u64 {
                 .map(str::to_string)
         })
         .collect();
-    let mut n = 0;
     for table in ["tcp", "tcp6"] {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
             continue;
         };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(rem), Some(state), Some(inode)) = (f.get(2), f.get(3), f.get(9)) else {
+            let (Some(loc), Some(rem), Some(state), Some(inode)) =
+                (f.get(1), f.get(2), f.get(3), f.get(9))
+            else {
                 continue;
             };
             let rport = rem
                 .rsplit_once(':')
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            let lport = loc
+                .rsplit_once(':')
+                .and_then(|(_, p)| i32::from_str_radix(p, 16).ok());
             if rport == Some(port) && *state == "01" && inodes.contains(*inode) {
-                n += 1;
+                ports.extend(lport);
             }
         }
     }
-    n
+    ports
 }
 
 async fn connect(pg: &PgServer, db: &str) -> anyhow::Result<tokio_postgres::Client> {
@@ -458,6 +487,22 @@ async fn many_subscriptions(
         owned.as_secs_f64(),
         start.elapsed().as_secs_f64()
     );
+    // The API answers 201 before ingest's routing includes the new subscription: a change
+    // committed in between is not sent to it. So wait for routing to have all of them (its log
+    // line; nothing else shows it) and print how long that took after the last 201.
+    let want = format!("routing updated subscriptions={TOTAL}");
+    let t_routing = Instant::now();
+    while !std::fs::read_to_string(&w.log)?.contains(&want) {
+        w.alive()?;
+        anyhow::ensure!(
+            t_routing.elapsed() < Duration::from_secs(120),
+            "ingest routing never logged `{want}` (walhook log: {})",
+            w.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let routing_lag = t.elapsed().as_secs_f64() - api_secs;
+    println!("  ingest routing has all {TOTAL} {routing_lag:.1} s after the last API 201");
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     rx.reset(scale_rx::IDS);
@@ -499,6 +544,10 @@ async fn many_subscriptions(
             format!("{conns} / {sockets}"),
         ),
         ("1. walhook RSS, VmHWM (target ≤ 200 MB)".into(), mib(rss)),
+        (
+            "1. last API 201 → ingest routing includes every API subscription (changes committed in between are not sent to them)".into(),
+            format!("{routing_lag:.1} s"),
+        ),
         (
             "1. start → all owned; API creates".into(),
             format!(
