@@ -739,11 +739,7 @@ async fn bad_endpoints(
 }
 
 /// Scenario 3: 100 subscriptions on W1 at 1/10 scale.
-async fn fan_out(
-    pg: &PgServer,
-    rx: &Rx,
-    rx_url: &str,
-) -> anyhow::Result<Vec<(String, String)>> {
+async fn fan_out(pg: &PgServer, rx: &Rx, rx_url: &str) -> anyhow::Result<Vec<(String, String)>> {
     const SUBS: i64 = 100;
     let txns: usize = std::env::var("SCALE_FANOUT_TXNS")
         .ok()
@@ -797,10 +793,7 @@ async fn fan_out(
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
         if last_report.elapsed() > Duration::from_secs(30) {
-            println!(
-                "  … {:.0} s: {n} received",
-                start.elapsed().as_secs_f64()
-            );
+            println!("  … {:.0} s: {n} received", start.elapsed().as_secs_f64());
             last_report = Instant::now();
         }
         anyhow::ensure!(
