@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bare_http;
+pub mod scale_rx;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -91,9 +92,14 @@ pub fn psql_file(pg: &PgServer, db: &str, sql: &str) -> anyhow::Result<()> {
 }
 
 pub fn w1_workload() -> String {
+    w1_workload_n(TXNS)
+}
+
+/// W1 with `txns` transactions of each kind (W1 itself is [`TXNS`]).
+pub fn w1_workload_n(txns: usize) -> String {
     let mut sql = String::new();
     let row_meta = "jsonb_build_object('sku', 'sku-'||g, 'qty', g % 7)";
-    for t in 0..TXNS {
+    for t in 0..txns {
         let (a, b) = (t * ROWS_PER_TXN + 1, (t + 1) * ROWS_PER_TXN);
         sql.push_str(&format!(
             "INSERT INTO orders (total, status, customer_id, meta) \
@@ -102,13 +108,13 @@ pub fn w1_workload() -> String {
         ));
     }
     // `total` is unique and increasing in g, so [a, b+1) selects exactly one batch of 1000.
-    for t in 0..TXNS {
+    for t in 0..txns {
         let (a, b) = (t * ROWS_PER_TXN + 1, (t + 1) * ROWS_PER_TXN + 1);
         sql.push_str(&format!(
             "UPDATE orders SET status = 'shipped' WHERE total >= {a} AND total < {b};\n"
         ));
     }
-    for t in 0..TXNS {
+    for t in 0..txns {
         let (a, b) = (t * ROWS_PER_TXN + 1, (t + 1) * ROWS_PER_TXN + 1);
         sql.push_str(&format!(
             "DELETE FROM orders WHERE total >= {a} AND total < {b};\n"
