@@ -49,6 +49,8 @@ pub struct Handles {
     pub streaming: Arc<AtomicBool>,
     /// Notify after changing the subscriptions table; routing and the publication follow.
     pub changed: Arc<Notify>,
+    /// Lets the API answer a subscription change once routing includes it.
+    pub routing: Arc<crate::ingest::reload::RoutingSync>,
 }
 
 impl Default for Handles {
@@ -57,6 +59,7 @@ impl Default for Handles {
             metrics: Arc::new(Metrics::new()),
             streaming: Arc::new(AtomicBool::new(false)),
             changed: Arc::new(Notify::new()),
+            routing: crate::ingest::reload::RoutingSync::new(),
         }
     }
 }
@@ -97,9 +100,11 @@ pub async fn run_with(
         router_rx.clone(),
         cancel.clone(),
     ));
+    let routing = handles.routing.clone();
     tasks.spawn(changes_loop(
         reloader.clone(),
         handles.changed.clone(),
+        routing.clone(),
         cancel.clone(),
     ));
     if config.delivery.enabled {
@@ -141,6 +146,7 @@ pub async fn run_with(
                 streaming: handles.streaming.clone(),
                 changed: handles.changed.clone(),
                 handoff: handoff.clone(),
+                routing: routing.clone(),
             });
             let cancel = cancel.clone();
             let app = crate::api::router(state.clone())

@@ -67,8 +67,30 @@ pub struct ApiState {
     pub streaming: Arc<AtomicBool>,
     /// Notified after every create/update/delete/reactivation of a subscription.
     pub changed: Arc<Notify>,
+    /// Answers wait until routing includes a stored subscription change.
+    pub routing: Arc<crate::ingest::reload::RoutingSync>,
     /// Tells this process's delivery pumps about replays (they probe an open breaker at once).
     pub handoff: Arc<crate::outbox::handoff::Handoff>,
+}
+
+/// Longest an answer waits for routing to include a stored subscription change.
+const ROUTING_WAIT: Duration = Duration::from_secs(5);
+
+impl ApiState {
+    /// After a subscription change committed: routing picks it up before the caller is
+    /// answered, so a row committed after the answer is routed by the new version (without this
+    /// wait, changes committed in the ~2 s before a busy reload finished were never sent to a
+    /// new subscription). Bounded: a reload that fails or lags is logged, and the answer goes.
+    pub async fn subscriptions_changed(&self) {
+        let ticket = self.routing.ticket();
+        self.changed.notify_one();
+        if !self.routing.wait(ticket, ROUTING_WAIT).await {
+            tracing::warn!(
+                waited_s = ROUTING_WAIT.as_secs(),
+                "routing has not picked up the subscription change yet; changes committed before it does are not routed to it"
+            );
+        }
+    }
 }
 
 /// Longest a request may take, test sends (bounded by `[delivery] timeout`) included.

@@ -180,7 +180,7 @@ pub(crate) async fn create_from(ctx: &Ctx, fields: &WebhookFields) -> Result<Sto
     let client = ctx.outbox().await?;
     let sub = subscriptions::create(&client, &ctx.state.schema, &new).await?;
     tracing::info!(id = %sub.id, table = %sub.table, "webhook created through the API");
-    ctx.state.changed.notify_one();
+    ctx.state.subscriptions_changed().await;
     Ok(sub)
 }
 
@@ -218,7 +218,7 @@ pub(crate) async fn update_from(
     new.active |= reactivate;
     let sub = editing.update(&new).await?;
     tracing::info!(id = %sub.id, "webhook updated through the API");
-    ctx.state.changed.notify_one();
+    ctx.state.subscriptions_changed().await;
     Ok(sub)
 }
 
@@ -242,7 +242,7 @@ pub(crate) async fn delete_by_id(ctx: &Ctx, id: &str) -> Result<(), ApiError> {
     }
     let removed = editing.delete().await?;
     tracing::info!(id = %id, deliveries = removed, "webhook deleted through the API");
-    ctx.state.changed.notify_one();
+    ctx.state.subscriptions_changed().await;
     Ok(())
 }
 

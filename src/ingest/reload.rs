@@ -9,6 +9,7 @@
 //!   naming it, so one stale subscription never stops the others.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -266,24 +267,74 @@ fn sections_needing_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 /// Follows changes made through the API (or by delivery, on 410 Gone).
+/// Lets whoever stored a subscription change wait until routing includes it, so that a change
+/// committed after the API answered is routed by the new version.
+#[derive(Debug)]
+pub struct RoutingSync {
+    /// Tickets handed out, one per stored change (taken after its commit).
+    requested: AtomicU64,
+    /// Every ticket up to this one is covered by the routing in force.
+    applied: watch::Sender<u64>,
+    /// Set once a reload loop runs; until then nobody waits (an API without `walhook run`).
+    live: std::sync::atomic::AtomicBool,
+}
+
+impl RoutingSync {
+    pub fn new() -> Arc<RoutingSync> {
+        Arc::new(RoutingSync {
+            requested: AtomicU64::new(0),
+            applied: watch::Sender::new(0),
+            live: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Takes a ticket for a change that is committed; then notify the reload loop.
+    pub fn ticket(&self) -> u64 {
+        self.requested.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Waits until a reload that started after `ticket` was taken has switched routing; false
+    /// when `timeout` ran out first (the reload failed or is slow).
+    pub async fn wait(&self, ticket: u64, timeout: Duration) -> bool {
+        if !self.live.load(Ordering::SeqCst) {
+            return true;
+        }
+        let mut rx = self.applied.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|a| *a >= ticket))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        reached
+    }
+}
+
 pub async fn changes_loop(
     reloader: Arc<Reloader>,
     changed: Arc<Notify>,
+    routing: Arc<RoutingSync>,
     cancel: CancellationToken,
 ) {
+    routing.live.store(true, Ordering::SeqCst);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = changed.notified() => {}
         }
         let config = reloader.current.lock().await;
+        // Read before the subscriptions are: every ticket up to here was taken after its
+        // change committed, so this reload sees those changes.
+        let covering = routing.requested.load(Ordering::SeqCst);
         // Stopping never waits on a statement stuck on a dead connection.
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
             r = reloader.apply(&config) => r,
         };
         match result {
-            Ok(n) => info!(subscriptions = n, "subscriptions changed; routing updated"),
+            Ok(n) => {
+                info!(subscriptions = n, "subscriptions changed; routing updated");
+                routing
+                    .applied
+                    .send_if_modified(|a| std::mem::replace(a, covering.max(*a)) < covering);
+            }
             Err(e) => {
                 error!(error = %e, "subscriptions changed but could not be applied; keeping the previous routing")
             }

@@ -218,3 +218,52 @@ async fn serve_for_fuzzing() {
     cancel.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// A subscription created through the API receives a change committed right after the 201, on a
+/// table walhook never heard of: the answer waits until routing (and the publication) include
+/// it. Before, a change committed while a reload was still running was never sent to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_committed_right_after_the_201_is_delivered() {
+    let db = TestDb::new();
+    let delivery = fast_delivery("");
+    let config =
+        walhook::config::Config::parse(&config_text(&db, &delivery, ""), "t.toml").unwrap();
+    // Many subscriptions make a reload take long enough for the race to show.
+    db.sql("CREATE TABLE other(id int PRIMARY KEY)");
+    let receiver = Receiver::ok().await;
+    let others: String = (0..800)
+        .map(|i| {
+            format!(
+                "[[subscriptions]]\nid = \"o{i}\"\ntable = \"other\"\nevents = [\"INSERT\"]\n\
+                 url = \"{}/other\"\nsecret = \"k\"\n",
+                receiver.url
+            )
+        })
+        .collect();
+    let daemon = Daemon::start(&db, &delivery, &others).await;
+    let api = start_on(
+        db,
+        "test-project",
+        true,
+        config.delivery.clone(),
+        &daemon.handles,
+    )
+    .await;
+    let db = &api.db;
+    for n in 1..=3 {
+        db.sql(&format!("CREATE TABLE fresh{n}(id int PRIMARY KEY)"));
+        let r = api
+            .create(json!({
+                "projectId": "test-project", "environment": "master", "table": format!("fresh{n}"),
+                "events": ["INSERT"], "url": format!("{}/hook{n}", receiver.url), "secret": "k",
+            }))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        // No waiting for the publication: the answer came after routing included it.
+        db.sql(&format!("INSERT INTO fresh{n} VALUES ({n})"));
+        let got = receiver.wait_for(n, Duration::from_secs(20)).await;
+        assert_eq!(got[n - 1].path, format!("/hook{n}"));
+        assert_eq!(got[n - 1].json()["record"], json!({ "id": n }));
+    }
+    daemon.stop().await;
+}

@@ -149,6 +149,7 @@ pub async fn start_with_source(
         delivery,
         metrics: handles.metrics.clone(),
         handoff: walhook::outbox::handoff::Handoff::new(),
+        routing: handles.routing.clone(),
         streaming: handles.streaming.clone(),
         changed: handles.changed.clone(),
     });
