@@ -118,7 +118,11 @@ pub async fn start_temporary(config: &Config, router: &Router) -> Result<SourceL
     let receive_timeout = receive_timeout(&client).await?.max(Duration::from_secs(30));
     Ok(SourceLoop {
         stream,
-        decoder: ChangeDecoder::new(),
+        decoder: {
+            let mut d = ChangeDecoder::new();
+            d.limit_values(config.delivery.max_payload_bytes);
+            d
+        },
         client,
         status_interval: Duration::from_secs(10),
         flushed: start,

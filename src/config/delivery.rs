@@ -53,6 +53,11 @@ pub struct DeliveryConfig {
     /// PEM file of CA certificates trusted for receivers in addition to the built-in roots.
     #[serde(default)]
     pub ca_file: Option<EnvString>,
+    /// The largest payload walhook stores and sends. A change whose payload would be larger is
+    /// delivered without its large columns, saying so (`oversize`), never dropped and never a
+    /// reason to stop; a single value larger than this is not even decoded into memory.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -72,6 +77,7 @@ impl Default for DeliveryConfig {
             poll_interval: default_poll_interval(),
             ca_file: None,
             pool_size: default_pool_size(),
+            max_payload_bytes: default_max_payload_bytes(),
         }
     }
 }
@@ -91,6 +97,14 @@ impl DeliveryConfig {
         }
         if self.max_in_flight == 0 {
             return Err("delivery.max_in_flight: must be at least 1".into());
+        }
+        if !(MIN_PAYLOAD_BYTES..=MAX_PAYLOAD_BYTES).contains(&self.max_payload_bytes) {
+            return Err(format!(
+                "delivery.max_payload_bytes: {} is out of range; use {MIN_PAYLOAD_BYTES} (1 KiB) to {MAX_PAYLOAD_BYTES} (256 MiB); the default is {}",
+                self.max_payload_bytes,
+                default_max_payload_bytes()
+            )
+            .into());
         }
         for (key, d) in [
             ("delivery.connect_timeout", self.connect_timeout),
@@ -166,6 +180,12 @@ fn default_timeout() -> Duration {
 fn default_lease() -> Duration {
     secs(60)
 }
+/// Receivers commonly refuse bodies above a few MiB; 8 MiB leaves room and bounds memory.
+fn default_max_payload_bytes() -> usize {
+    8 << 20
+}
+const MIN_PAYLOAD_BYTES: usize = 1 << 10;
+const MAX_PAYLOAD_BYTES: usize = 256 << 20;
 fn default_pool_size() -> usize {
     8
 }

@@ -138,7 +138,11 @@ async fn ingest_once(
     let receive_timeout = receive_timeout(&source_client).await?;
     let source = SourceLoop {
         stream,
-        decoder: ChangeDecoder::new(),
+        decoder: {
+            let mut d = ChangeDecoder::new();
+            d.limit_values(config.delivery.max_payload_bytes);
+            d
+        },
         client: source_client,
         status_interval: Duration::from_secs(1),
         flushed: confirmed.max(checkpoint),

@@ -51,6 +51,17 @@ pub struct RowChange {
     pub record: Map<String, Value>,
     /// UPDATE: positions of the columns whose value differs between old and new row.
     pub changed: Vec<usize>,
+    /// Columns left out of `record` because their value alone was larger than the payload
+    /// limit (never decoded into memory); the payload says so.
+    pub omitted: Vec<Omitted>,
+}
+
+/// A column left out of a record for its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Omitted {
+    pub column: String,
+    /// The value's size in its text form as the server sent it.
+    pub bytes: usize,
 }
 
 /// Deterministic event id: `evt_` + 16 hex digits of the commit LSN + 8 of the ordinal.

@@ -98,7 +98,8 @@ impl Router {
             PayloadContext::new(
                 config.project.id.as_str(),
                 config.project.environment.as_str(),
-            ),
+            )
+            .with_limit(config.delivery.max_payload_bytes),
             subs,
         )
     }
@@ -176,6 +177,7 @@ impl Router {
                     build_payload(&self.ctx, change, &rec, &changed)
                 }
             };
+            let body = payload::bounded(&self.ctx, change, body, &changed, r.select.as_deref());
             out.push(Routed {
                 subscription: id.clone(),
                 event_id: change.event_id(),

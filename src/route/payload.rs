@@ -1,5 +1,10 @@
 //! The Archie payload: `id, timestamp, project_id, environment, table, event, record, data,
 //! changed_fields`, in that order, as compact JSON. `data` is byte-for-byte the same as `record`.
+//!
+//! Guarantee: no payload exceeds the context's `max_payload_bytes` (short of a key that alone
+//! does). A change that would is delivered with an `oversize` object after `changed_fields`
+//! naming the limit, the full size where known, and every column left out with its size;
+//! `record` then keeps what fits (all but the omitted columns, or only the key).
 
 use serde_json::{Map, Value};
 
@@ -10,6 +15,8 @@ use crate::model::change::{rfc3339_from_pg_micros, RowChange};
 pub struct PayloadContext {
     project_id: String,
     environment: String,
+    /// `[delivery] max_payload_bytes`; `usize::MAX` when unset.
+    max_payload_bytes: usize,
 }
 
 fn json_str(s: &str) -> String {
@@ -21,8 +28,74 @@ impl PayloadContext {
         PayloadContext {
             project_id: json_str(project_id),
             environment: json_str(environment),
+            max_payload_bytes: usize::MAX,
         }
     }
+
+    pub fn with_limit(mut self, max_payload_bytes: usize) -> Self {
+        self.max_payload_bytes = max_payload_bytes;
+        self
+    }
+}
+
+/// `body` as is when it fits and nothing was left out at decoding; otherwise the explicit
+/// oversize form (see the module doc).
+pub fn bounded(
+    ctx: &PayloadContext,
+    change: &RowChange,
+    body: String,
+    changed: &[&str],
+    select: Option<&[String]>,
+) -> String {
+    if change.omitted.is_empty() && body.len() <= ctx.max_payload_bytes {
+        return body;
+    }
+    let mut omitted: Vec<(String, usize)> = change
+        .omitted
+        .iter()
+        .map(|o| (o.column.clone(), o.bytes))
+        .collect();
+    let (body, full) = if body.len() <= ctx.max_payload_bytes {
+        (body, None)
+    } else {
+        // Only the key stays; every other column goes, with the size of its JSON.
+        let key: Vec<&str> = change
+            .shape
+            .key_columns
+            .iter()
+            .filter_map(|&i| change.shape.columns.get(i).map(String::as_str))
+            .collect();
+        let mut record = Map::new();
+        for (k, v) in &change.record {
+            if select.is_some_and(|s| !s.iter().any(|c| c == k)) {
+                continue;
+            }
+            if key.contains(&k.as_str()) {
+                record.insert(k.clone(), v.clone());
+            } else {
+                let size = serde_json::to_string(v).map_or(0, |s| s.len());
+                omitted.push((k.clone(), size));
+            }
+        }
+        let rec = serde_json::to_string(&record).expect("JSON values always serialize");
+        (build_payload(ctx, change, &rec, changed), Some(body.len()))
+    };
+    let mut out = body;
+    out.pop(); // the closing brace
+    out.push_str(",\"oversize\":");
+    out.push_str(
+        &serde_json::json!({
+            "limit_bytes": ctx.max_payload_bytes,
+            "payload_bytes": full,
+            "omitted_columns": omitted
+                .iter()
+                .map(|(c, b)| serde_json::json!({"column": c, "bytes": b}))
+                .collect::<Vec<_>>(),
+        })
+        .to_string(),
+    );
+    out.push('}');
+    out
 }
 
 /// The record as JSON, narrowed to `select` (in the record's column order) when given.

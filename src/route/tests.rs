@@ -15,6 +15,7 @@ fn shape() -> Arc<TableShape> {
 
 fn change(kind: EventKind, record: Value, changed: Vec<usize>) -> RowChange {
     RowChange {
+        omitted: Vec::new(),
         commit_lsn: Lsn(0x1_0000_0020),
         commit_ts: 819_126_000_000_000,
         ordinal: 2,
@@ -173,4 +174,57 @@ fn retain_only_keeps_one_subscription() {
     assert_eq!(out.len(), 1);
     assert_eq!(&*out[0].subscription, "b");
     assert!(!r.retain_only("zzz"));
+}
+
+#[test]
+fn oversize_changes_say_what_was_left_out_and_stay_within_the_limit() {
+    use crate::model::change::Omitted;
+    let subs = vec![route("s", &[EventKind::Insert], None, None)];
+    let r = Router::new(
+        PayloadContext::new("my-project", "master").with_limit(400),
+        subs,
+    );
+    // A value left out at decoding: the rest of the record is sent, with `oversize`.
+    let mut c = change(
+        EventKind::Insert,
+        json!({"id": 7, "total": "1.50", "status": "new"}),
+        vec![],
+    );
+    c.omitted = vec![Omitted {
+        column: "note".into(),
+        bytes: 600_000_000,
+    }];
+    let out = run(&r, &c);
+    let v: Value = serde_json::from_str(&out[0].body).unwrap();
+    assert_eq!(
+        v["record"],
+        json!({"id": 7, "total": "1.50", "status": "new"})
+    );
+    assert_eq!(
+        v["oversize"],
+        json!({"limit_bytes": 400, "payload_bytes": null,
+               "omitted_columns": [{"column": "note", "bytes": 600_000_000}]})
+    );
+    // A payload over the limit: only the key stays, every other column is named with its size.
+    let c = change(
+        EventKind::Insert,
+        json!({"id": 8, "total": "2.00", "status": "new", "note": "x".repeat(500)}),
+        vec![],
+    );
+    let out = run(&r, &c);
+    assert!(out[0].body.len() <= 400, "{}", out[0].body);
+    let v: Value = serde_json::from_str(&out[0].body).unwrap();
+    assert_eq!(v["record"], json!({"id": 8}));
+    assert_eq!(v["data"], json!({"id": 8}));
+    assert_eq!(v["id"], c.event_id().as_str());
+    assert_eq!(v["oversize"]["limit_bytes"], 400);
+    assert!(v["oversize"]["payload_bytes"].as_u64().unwrap() > 400);
+    assert_eq!(
+        v["oversize"]["omitted_columns"],
+        json!([{"column": "total", "bytes": 6}, {"column": "status", "bytes": 5},
+               {"column": "note", "bytes": 502}])
+    );
+    // Within the limit, nothing changes.
+    let small = change(EventKind::Insert, json!({"id": 9}), vec![]);
+    assert!(!run(&r, &small)[0].body.contains("oversize"));
 }

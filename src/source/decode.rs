@@ -32,7 +32,7 @@ use super::error::SourceError;
 use super::pgoutput::{self, Message, OldTuple, Relation, Tuple, TupleValue};
 use super::types::{TypeKind, TypeResolver};
 use super::values::render;
-use crate::model::change::{RowChange, TableShape};
+use crate::model::change::{Omitted, RowChange, TableShape};
 use crate::model::Lsn;
 use crate::model::{EventKind, TableName};
 
@@ -85,6 +85,8 @@ pub struct ChangeDecoder {
     types: TypeResolver,
     tx: Option<Tx>,
     warned_no_old: HashSet<u32>,
+    /// Values above this size are left out of records (see [`ChangeDecoder::limit_values`]).
+    max_value_bytes: usize,
 }
 
 impl Default for ChangeDecoder {
@@ -100,7 +102,15 @@ impl ChangeDecoder {
             types: TypeResolver::new(),
             tx: None,
             warned_no_old: HashSet::new(),
+            max_value_bytes: usize::MAX,
         }
+    }
+
+    /// Values larger than `bytes` (in the server's text form) are left out of records and
+    /// listed in [`RowChange::omitted`], without being converted: a 300 MB bytea costs its
+    /// received bytes once, not several copies.
+    pub fn limit_values(&mut self, bytes: usize) {
+        self.max_value_bytes = bytes;
     }
 
     /// The table's current shape, if the stream has described it.
@@ -350,13 +360,15 @@ impl ChangeDecoder {
             _ => None,
         };
         let mut stale = false;
+        let mut omitted = Vec::new();
+        let limit = self.max_value_bytes;
         let (record, changed) = match (kind, new) {
             (EventKind::Delete, _) => {
                 let old_t = match old {
                     Some(OldTuple::Full(t)) | Some(OldTuple::Key(t)) => t,
                     None => return Err(SourceError::Decode("DELETE without an old tuple".into())),
                 };
-                let record = to_record(rel, old_t, None, true, &mut stale);
+                let record = to_record(rel, old_t, None, true, &mut stale, limit, &mut omitted);
                 if stale && retry {
                     return Ok(None);
                 }
@@ -372,6 +384,8 @@ impl ChangeDecoder {
                     old_full,
                     kind == EventKind::Update && old_full.is_none(),
                     &mut stale,
+                    limit,
+                    &mut omitted,
                 );
                 if stale && retry {
                     return Ok(None);
@@ -412,6 +426,7 @@ impl ChangeDecoder {
             kind,
             record,
             changed,
+            omitted,
         }))
     }
 }
@@ -433,6 +448,8 @@ fn to_record(
     old: Option<&Tuple>,
     toast_unknown_expected: bool,
     stale: &mut bool,
+    limit: usize,
+    omitted: &mut Vec<Omitted>,
 ) -> Map<String, Value> {
     let mut m = Map::with_capacity(t.0.len());
     for (i, v) in t.0.iter().enumerate() {
@@ -450,6 +467,17 @@ fn to_record(
             },
             other => other,
         };
+        if let TupleValue::Text(b) | TupleValue::Binary(b) = v {
+            if b.len() > limit {
+                warn!(table = %rel.shape.table, column = %name, bytes = b.len(), limit,
+                      "value larger than delivery.max_payload_bytes: left out of the payload, which says so");
+                omitted.push(Omitted {
+                    column: name.clone(),
+                    bytes: b.len(),
+                });
+                continue;
+            }
+        }
         m.insert(name.clone(), value_json(kind, v, stale));
     }
     m
@@ -514,7 +542,15 @@ mod tests {
     fn unchanged_toast_is_filled_from_old_row_and_not_changed() {
         let old = t(&[Some("1"), Some("big text"), Some("1")]);
         let new = t(&[Some("1"), Some("<toast>"), Some("2")]);
-        let rec = to_record(&entry(), &new, Some(&old), false, &mut false);
+        let rec = to_record(
+            &entry(),
+            &new,
+            Some(&old),
+            false,
+            &mut false,
+            usize::MAX,
+            &mut Vec::new(),
+        );
         assert_eq!(
             serde_json::to_string(&rec).unwrap(),
             r#"{"id":1,"body":"big text","n":2}"#
@@ -525,7 +561,15 @@ mod tests {
     #[test]
     fn unchanged_toast_without_old_row_is_left_out_not_null() {
         let new = t(&[Some("1"), Some("<toast>"), None]);
-        let rec = to_record(&entry(), &new, None, true, &mut false);
+        let rec = to_record(
+            &entry(),
+            &new,
+            None,
+            true,
+            &mut false,
+            usize::MAX,
+            &mut Vec::new(),
+        );
         assert_eq!(serde_json::to_string(&rec).unwrap(), r#"{"id":1,"n":null}"#);
     }
 

@@ -515,3 +515,78 @@ async fn one_huge_transaction_is_ingested_in_bounded_memory() {
     );
     eprintln!("[big-tx] done in {:?}", started.elapsed());
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. A poison row: a value far larger than any payload may be.
+// ---------------------------------------------------------------------------------------------
+
+/// A 300 MB bytea is never decoded into memory: the change is delivered without it, saying so
+/// (`oversize`), later changes are delivered, the slot moves past it, and walhook's peak RSS
+/// stays under 1 GB (the server sends the value as 600 MB of hex in one message, which walhook
+/// receives once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_300_mb_value_is_delivered_as_an_explicit_oversize_change_in_bounded_memory() {
+    let db = crate::support::TestDb::new();
+    db.sql("CREATE TABLE blobs(id int PRIMARY KEY, note text, data bytea)");
+    let rx = crate::support::receiver::Receiver::ok().await;
+    let text = crate::support::config_text(
+        &db.url(),
+        &db.name,
+        "p",
+        "[delivery]\nallow_http = true\nallow_private_networks = true\n",
+        &format!(
+            "[[subscriptions]]\nid = \"b\"\ntable = \"blobs\"\nevents = [\"INSERT\"]\n\
+             url = \"{}/blobs\"\nsecret = \"k\"\n",
+            rx.url
+        ),
+    );
+    let daemon = Runs::new(&db.name, &text);
+    let child = daemon.spawn();
+    wait_slot_active(db.pg, &db.name, &daemon).await;
+    let pid = child.child.id().unwrap();
+    // Repetitive bytes: TOAST compresses them, so the table and the WAL stay small; decoding
+    // sends them whole.
+    db.sql("INSERT INTO blobs SELECT 1, 'big', decode(repeat('ab', 300 * 1024 * 1024), 'hex')");
+    db.sql("INSERT INTO blobs VALUES (2, 'after', '\\x00')");
+    let after = db.sql("SELECT pg_current_wal_lsn()");
+    let got = rx.wait_for(2, Duration::from_secs(180)).await;
+    let peak = peak_rss_kib(pid);
+    let big = got[0].json();
+    assert_eq!(big["record"], serde_json::json!({"id": 1, "note": "big"}));
+    assert_eq!(big["data"], big["record"]);
+    assert_eq!(
+        big["oversize"],
+        serde_json::json!({
+            "limit_bytes": 8 << 20,
+            "payload_bytes": null,
+            "omitted_columns": [{"column": "data", "bytes": 2 + 2 * 300 * 1024 * 1024}],
+        })
+    );
+    assert_eq!(
+        got[1].json()["record"],
+        serde_json::json!({"id": 2, "note": "after", "data": "\\x00"})
+    );
+    let moved = poll_value(
+        db.pg,
+        &db.name,
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{after}' FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.name
+        ),
+        "t",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(moved, "the slot did not move past the big row");
+    let log = daemon.log_tail(20);
+    assert!(stop(child).await.success());
+    assert!(
+        log.contains("larger than delivery.max_payload_bytes"),
+        "the log names the value left out:\n{log}"
+    );
+    eprintln!("[poison] walhook VmHWM {peak} kB");
+    assert!(
+        peak <= 1024 * 1024,
+        "walhook's peak RSS {peak} kB exceeds 1 GB"
+    );
+}
