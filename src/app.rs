@@ -76,7 +76,7 @@ pub async fn run_with(
     cancel: CancellationToken,
     handles: Handles,
 ) -> Result<(), AppError> {
-    let router = match initial_router(&config, &cancel).await? {
+    let router = match initial_router(&config, &handles.metrics, &cancel).await? {
         Some(r) => r,
         None => return Ok(()),
     };
@@ -91,7 +91,12 @@ pub async fn run_with(
         config.outbox.dead_retention.0,
         cancel.clone(),
     ));
-    let reloader = Arc::new(Reloader::new(router_tx, subs_tx, config.clone()));
+    let reloader = Arc::new(Reloader::new(
+        router_tx,
+        subs_tx,
+        config.clone(),
+        handles.metrics.clone(),
+    ));
     if let Some(path) = path {
         tasks.spawn(reload_loop(path, reloader.clone(), cancel.clone()));
     }

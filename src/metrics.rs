@@ -173,6 +173,10 @@ pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
     breaker: Family<SubscriptionLabels, Gauge>,
+    /// 1 for each subscription left out of routing (its table or columns are gone).
+    left_out: Family<SubscriptionLabels, Gauge>,
+    /// Why each of those is left out.
+    left_out_reasons: Mutex<Vec<(String, String)>>,
     rate_waits: Family<SubscriptionLabels, Counter>,
     rate_wait_seconds: Family<SubscriptionLabels, Counter<f64, AtomicU64>>,
     latency: Histogram,
@@ -224,6 +228,12 @@ impl Metrics {
             "Circuit breaker per subscription (0 closed, 1 open, 2 half-open)",
             breaker.clone(),
         );
+        let left_out = Family::default();
+        registry.register(
+            "subscription_left_out",
+            "1 for a subscription left out of routing until it is fixed or deleted (its table or a column it names is gone)",
+            left_out.clone(),
+        );
         let rate_waits = Family::default();
         registry.register(
             "rate_limit_waits",
@@ -253,6 +263,8 @@ impl Metrics {
             attempts,
             deliveries,
             breaker,
+            left_out,
+            left_out_reasons: Mutex::new(Vec::new()),
             rate_waits,
             rate_wait_seconds,
             latency,
@@ -326,6 +338,35 @@ impl Metrics {
                 subscription: subscription.to_string(),
             })
             .set(state as i64);
+    }
+
+    /// The subscriptions routing leaves out, with why (replaces the previous reading).
+    pub fn set_left_out(&self, subs: Vec<(String, String)>) {
+        let mut reasons = self
+            .left_out_reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (id, _) in reasons.iter() {
+            self.left_out.remove(&SubscriptionLabels {
+                subscription: id.clone(),
+            });
+        }
+        for (id, _) in &subs {
+            self.left_out
+                .get_or_create(&SubscriptionLabels {
+                    subscription: id.clone(),
+                })
+                .set(1);
+        }
+        *reasons = subs;
+    }
+
+    /// The subscriptions routing leaves out, with why.
+    pub fn left_out(&self) -> Vec<(String, String)> {
+        self.left_out_reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A request was held back by the subscription's rate limit for `waited`.

@@ -52,7 +52,16 @@ pub async fn readyz(State(ctx): State<Ctx>) -> Response {
     if !outbox_ok {
         return not_ready("the outbox database does not answer");
     }
-    Json(json!({ "status": "ready" })).into_response()
+    // A subscription left out of routing does not make walhook unready (the others are
+    // served), but it is named here with why.
+    let left_out: Vec<serde_json::Value> = ctx
+        .state
+        .metrics
+        .left_out()
+        .into_iter()
+        .map(|(id, reason)| json!({ "subscription": id, "reason": reason }))
+        .collect();
+    Json(json!({ "status": "ready", "subscriptions_left_out": left_out })).into_response()
 }
 
 pub async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {

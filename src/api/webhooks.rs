@@ -62,10 +62,16 @@ fn breaker_view(metrics: &crate::metrics::Metrics, id: &str) -> Value {
     })
 }
 
-/// The public view of a subscription with its breaker.
+/// The public view of a subscription with its live state: its breaker, and whether routing
+/// includes it (`left_out` with the reason when its table or a column it names is gone).
 fn view_with_breaker(s: &Stored, metrics: &crate::metrics::Metrics) -> Value {
     let mut v = view(s);
     v["breaker"] = breaker_view(metrics, &s.id);
+    let left_out = metrics.left_out().into_iter().find(|(id, _)| *id == s.id);
+    v["routing"] = match left_out {
+        Some((_, reason)) => json!({ "state": "left_out", "reason": reason }),
+        None => json!({ "state": "routed", "reason": null }),
+    };
     v
 }
 

@@ -54,6 +54,7 @@ fn check_own_schema(config: &Config, router: &Router) -> Result<(), IngestError>
 /// subscriptions table; waits for the database if it is not up yet. None when cancelled.
 pub async fn initial_router(
     config: &Config,
+    metrics: &crate::metrics::Metrics,
     cancel: &CancellationToken,
 ) -> Result<Option<Router>, IngestError> {
     let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
@@ -69,7 +70,11 @@ pub async fn initial_router(
             Ok::<_, IngestError>(without_broken_api_subscriptions(&source, stored).await)
         };
         match attempt.await {
-            Ok(stored) => return Ok(Some(router_for_stored(config, &stored)?)),
+            Ok((stored, left_out)) => {
+                let router = router_for_stored(config, &stored)?;
+                metrics.set_left_out(left_out);
+                return Ok(Some(router));
+            }
             Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox database not reachable yet");
@@ -97,6 +102,8 @@ pub struct Reloader {
     subs_tx: watch::Sender<u64>,
     /// The config in force (replaced by a successful SIGHUP reload).
     current: Mutex<Config>,
+    /// Where the subscriptions left out of routing are shown (API, /readyz, /metrics).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Reloader {
@@ -104,11 +111,13 @@ impl Reloader {
         router_tx: watch::Sender<Router>,
         subs_tx: watch::Sender<u64>,
         config: Config,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Reloader {
         Reloader {
             router_tx,
             subs_tx,
             current: Mutex::new(config),
+            metrics,
         }
     }
 
@@ -120,10 +129,11 @@ impl Reloader {
         let schema = Schema::new(config.outbox.schema.as_str());
         let stored = subscriptions::load_all(&outbox_client, &schema).await?;
         let client = tls::connect_sql(&config.pg_config()).await?;
-        let stored = without_broken_api_subscriptions(&client, stored).await;
+        let (stored, left_out) = without_broken_api_subscriptions(&client, stored).await;
         let router = router_for_stored(config, &stored)?;
         validate_columns(&client, &router).await?;
         self.router_tx.send_replace(router.clone());
+        self.metrics.set_left_out(left_out);
         prepare(
             &client,
             &router.tables(),
@@ -144,8 +154,9 @@ impl Reloader {
 async fn without_broken_api_subscriptions(
     client: &tokio_postgres::Client,
     stored: Vec<Stored>,
-) -> Vec<Stored> {
+) -> (Vec<Stored>, Vec<(String, String)>) {
     let mut keep = Vec::with_capacity(stored.len());
+    let mut left_out = Vec::new();
     for sub in stored {
         if sub.origin == Origin::Api {
             let problem = {
@@ -165,12 +176,13 @@ async fn without_broken_api_subscriptions(
             };
             if let Some(problem) = problem {
                 error!(subscription = %sub.id, error = %problem, "subscription left out of routing until it is fixed or deleted");
+                left_out.push((sub.id.clone(), problem));
                 continue;
             }
         }
         keep.push(sub);
     }
-    keep
+    (keep, left_out)
 }
 
 /// Every table exists and has the columns that filters and selects name.

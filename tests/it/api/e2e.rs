@@ -267,3 +267,90 @@ async fn a_change_committed_right_after_the_201_is_delivered() {
     }
     daemon.stop().await;
 }
+
+/// An API subscription whose column was dropped is left out of routing, and says so in its view,
+/// in /readyz and in /metrics; it does not hold back another subscription's PATCH nor its
+/// deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_subscription_is_shown_left_out_and_holds_nobody_back() {
+    let db = TestDb::new();
+    let delivery = fast_delivery("");
+    let config =
+        walhook::config::Config::parse(&config_text(&db, &delivery, ""), "t.toml").unwrap();
+    db.sql("CREATE TABLE a(id int PRIMARY KEY, x text); CREATE TABLE b(id int PRIMARY KEY)");
+    let daemon = Daemon::start(&db, &delivery, "").await;
+    let receiver = Receiver::ok().await;
+    let api = start_on(
+        db,
+        "test-project",
+        true,
+        config.delivery.clone(),
+        &daemon.handles,
+    )
+    .await;
+    let db = &api.db;
+    let mk = |table: &str, extra: Value| {
+        let mut body = json!({
+            "projectId": "test-project", "environment": "master", "table": table,
+            "events": ["INSERT"], "url": format!("{}/{table}", receiver.url), "secret": "k",
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let broken = api.create(mk("a", json!({ "select": ["id", "x"] }))).await;
+    assert_eq!(broken.status, StatusCode::CREATED, "{}", broken.text);
+    let broken = broken.json()["id"].as_str().unwrap().to_string();
+    let healthy = api.create(mk("b", json!({}))).await;
+    let healthy = healthy.json()["id"].as_str().unwrap().to_string();
+
+    db.sql("ALTER TABLE a DROP COLUMN x");
+    // Another subscription's change goes through, and makes routing re-read everything.
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("/api/rest/_webhooks/{healthy}"),
+            Some(&json!({ "url": format!("{}/b2", receiver.url) }).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    db.sql("INSERT INTO b VALUES (1)");
+    let got = receiver.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].path, "/b2");
+
+    let view = api
+        .call(Method::GET, &format!("/api/rest/_webhooks/{broken}"), None)
+        .await
+        .json();
+    assert_eq!(view["webhook"]["routing"]["state"], "left_out", "{view}");
+    let reason = view["webhook"]["routing"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains('x'),
+        "the reason names the column: {reason}"
+    );
+    let view = api
+        .call(Method::GET, &format!("/api/rest/_webhooks/{healthy}"), None)
+        .await
+        .json();
+    assert_eq!(view["webhook"]["routing"]["state"], "routed");
+    assert_eq!(view["webhook"]["breaker"]["state"], "closed");
+
+    let ready = api.send(Method::GET, "/readyz", &[], None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
+    assert_eq!(
+        ready.json()["subscriptions_left_out"],
+        json!([{ "subscription": broken, "reason": reason }])
+    );
+    let metrics = api.send(Method::GET, "/metrics", &[], None).await.text;
+    assert!(
+        metrics.contains(&format!(
+            "walhook_subscription_left_out{{subscription=\"{broken}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&format!(
+        "walhook_subscription_left_out{{subscription=\"{healthy}\"}}"
+    )));
+    daemon.stop().await;
+}
