@@ -176,7 +176,12 @@ impl Queue {
                      WHERE s.active
                        AND NOT EXISTS (SELECT 1 FROM {o} o WHERE o.subscription_id = s.id)
                      ON CONFLICT (subscription_id) DO NOTHING
-                     RETURNING subscription_id)
+                     RETURNING subscription_id),
+                 -- Ownership of a deleted or inactive subscription is nobody's business any
+                 -- more: without this, its owner renewed the row until it restarted.
+                 gone AS (
+                     DELETE FROM {o} o
+                     WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE s.id = o.subscription_id AND s.active))
                  SELECT subscription_id FROM moved UNION ALL SELECT subscription_id FROM added"
             ),
             renew_all: format!(

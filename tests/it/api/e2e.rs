@@ -352,5 +352,23 @@ async fn a_broken_subscription_is_shown_left_out_and_holds_nobody_back() {
     assert!(!metrics.contains(&format!(
         "walhook_subscription_left_out{{subscription=\"{healthy}\"}}"
     )));
+    // Deleted, it is gone from routing's problems and nobody keeps owning it.
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("/api/rest/_webhooks/{broken}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    wait_value(
+        db,
+        &format!("SELECT count(*) FROM walhook.delivery_owners WHERE subscription_id = '{broken}'"),
+        "0",
+        20,
+    )
+    .await;
+    let ready = api.send(Method::GET, "/readyz", &[], None).await;
+    assert_eq!(ready.json()["subscriptions_left_out"], json!([]));
     daemon.stop().await;
 }
