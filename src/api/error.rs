@@ -114,7 +114,11 @@ impl From<OutboxError> for ApiError {
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(e: deadpool_postgres::PoolError) -> ApiError {
-        ApiError::from_db("outbox", &e, true)
+        ApiError::from_db(
+            "outbox",
+            &crate::pg::pool_error_text(&e),
+            crate::pg::pool_error_is_retryable(&e),
+        )
     }
 }
 

@@ -107,8 +107,8 @@ impl Engine {
         match tokio::time::timeout(POOL_WAIT, self.pool.get()).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(DeliverError::Outbox {
-                message: format!("pool: {e}"),
-                retryable: true,
+                message: crate::pg::pool_error_text(&e),
+                retryable: crate::pg::pool_error_is_retryable(&e),
             }),
             Err(_) => Err(DeliverError::PoolTimeout {
                 waited_s: POOL_WAIT.as_secs(),

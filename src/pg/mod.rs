@@ -157,8 +157,47 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
     text
 }
 
+/// A connection pool's error as what happened and what to do, instead of the pool crate's
+/// own words ("Error occurred while creating a new object"); the database's text is kept.
+pub fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(pg) => format!(
+            "cannot open a connection to the database: {} (walhook retries; check that the server is up and the connection string is right)",
+            error_text(pg)
+        ),
+        PoolError::Timeout(_) => {
+            "timed out opening a connection to the database (walhook retries; check the network and the server's load)".into()
+        }
+        PoolError::Closed => "the connection pool was closed (walhook is stopping)".into(),
+        PoolError::NoRuntimeSpecified => "internal error: the connection pool has no runtime".into(),
+        PoolError::PostCreateHook(h) => format!("setting up a new database connection failed: {h}"),
+    }
+}
+
+/// Whether a pool error may go away by itself (everything but a closed pool).
+pub fn pool_error_is_retryable(e: &deadpool_postgres::PoolError) -> bool {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => classify(pg).is_retryable(),
+        deadpool_postgres::PoolError::Closed => false,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pool_errors_say_what_happened_not_the_crates_words() {
+        use deadpool_postgres::{PoolError, TimeoutType};
+        let t = super::pool_error_text(&PoolError::Timeout(TimeoutType::Create));
+        assert!(t.starts_with("timed out opening a connection"), "{t}");
+        assert!(!t.contains("object"), "{t}");
+        assert!(super::pool_error_is_retryable(&PoolError::Timeout(
+            TimeoutType::Wait
+        )));
+        assert!(!super::pool_error_is_retryable(&PoolError::Closed));
+    }
+
     use super::*;
 
     #[test]
