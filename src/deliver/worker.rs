@@ -332,8 +332,8 @@ impl Pump {
     }
 
     /// Takes the new version of the subscription; when what a receiver checks changed (URL,
-    /// secrets, signature or format) an open breaker sends its probe now: the operator fixed
-    /// something, and waiting out the cooldown would only delay the proof.
+    /// secrets, signature, format, headers or batching) an open breaker sends its probe now: the
+    /// operator fixed something, and waiting out the cooldown would only delay the proof.
     fn subscription_changed(&mut self) {
         let new = self.sub_rx.borrow_and_update().clone();
         let fix = new.url != self.sub.url
@@ -343,7 +343,8 @@ impl Pump {
             || new.format != self.sub.format
             || new.headers != self.sub.headers
             || new.signature_header != self.sub.signature_header
-            || new.template != self.sub.template;
+            || new.template != self.sub.template
+            || new.batch != self.sub.batch;
         self.sub = new;
         if fix && self.breaker.probe_now() {
             self.report_breaker(Some("the subscription changed; probing now".into()));
