@@ -244,6 +244,7 @@ fn main() {
         signature_header: None,
         template: None,
         rate_limit: None,
+        batch: None,
     };
     let router = Router::new(
         PayloadContext::new("bench", "master"),

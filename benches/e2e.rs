@@ -4,6 +4,8 @@
 //!    the same WAL (the limit); then `target/release/walhook run` with delivery on, against a
 //!    fast in-process receiver, timed from process start until the receiver has every change and
 //!    the outbox shows every delivery `delivered`. Peak RSS of walhook.
+//!    Then the same again with `batch = { max_events = 100, max_wait = "50ms" }` (opt-in
+//!    batching), its events/s printed beside the unbatched run's.
 //! 2. The delivery limit: a bare HTTP/1.1 client ([`support::bare_http`]) posts W1's own payloads,
 //!    signed, to the same receiver over the same number of connections.
 //! 3. Latency: with walhook running and caught up, a generator commits 50 (then 200) rows every
@@ -11,7 +13,8 @@
 //!    of each distinct event id. The bench fails unless every change sent arrived (as many
 //!    distinct event ids as rows inserted): figures over a partial set would flatter the tail.
 //!
-//! Needs the release binary: run through `bash bench/e2e.sh`.
+//! Needs the release binary: run through `bash bench/e2e.sh`. `E2E_W1_ONLY=1` runs only the two
+//! W1 end-to-end runs (unbatched and batched), for a quicker comparison.
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -29,6 +32,8 @@ const MAX_IN_FLIGHT: usize = 64;
 #[derive(Default)]
 struct Received {
     count: AtomicU64,
+    /// Events received: a batched request counts its `X-Walhook-Batch-Size`.
+    events: AtomicU64,
     /// Commit → first arrival of each event id, microseconds (only while `record_latency`).
     latencies: Mutex<Vec<u64>>,
     /// The distinct event ids (payload `id`) that arrived while `record_latency`.
@@ -52,10 +57,15 @@ fn main() {
 
 async fn receiver(state: Arc<Received>) -> anyhow::Result<String> {
     use axum::body::Bytes;
-    let app = axum::Router::new().fallback(move |body: Bytes| {
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: Bytes| {
         let state = state.clone();
         async move {
             state.count.fetch_add(1, Ordering::Relaxed);
+            let events = headers
+                .get("x-walhook-batch-size")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1);
+            state.events.fetch_add(events, Ordering::Relaxed);
             if state.record_latency.load(Ordering::Relaxed) {
                 match arrival(&body) {
                     Some((id, lat)) => {
@@ -89,7 +99,14 @@ fn arrival(body: &[u8]) -> Option<(String, u64)> {
     Some((v["id"].as_str()?.to_string(), micros))
 }
 
-fn config(pg: &PgServer, db: &str, slot: &str, url: &str) -> anyhow::Result<tempfile::TempPath> {
+/// `extra`: more lines of the subscription (e.g. its `batch`).
+fn config(
+    pg: &PgServer,
+    db: &str,
+    slot: &str,
+    url: &str,
+    extra: &str,
+) -> anyhow::Result<tempfile::TempPath> {
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(
         file.path(),
@@ -99,7 +116,7 @@ fn config(pg: &PgServer, db: &str, slot: &str, url: &str) -> anyhow::Result<temp
              [delivery]\nallow_http = true\nallow_private_networks = true\n\
              max_in_flight = {MAX_IN_FLIGHT}\n\n\
              [[subscriptions]]\nid = \"orders-all\"\ntable = \"orders\"\n\
-             events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"{url}\"\nsecret = \"s\"\n",
+             events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"{url}\"\nsecret = \"s\"\n{extra}\n",
             pg.url(db)
         ),
     )?;
@@ -168,7 +185,7 @@ async fn bench() -> anyhow::Result<()> {
         &db,
         "CREATE EXTENSION pg_stat_statements; SELECT pg_stat_statements_reset()",
     )?;
-    let cfg = config(&pg, &db, "walhook", &url)?;
+    let cfg = config(&pg, &db, "walhook", &url, "")?;
     let cpu_before = cpu_snapshot();
     let start = Instant::now();
     let child = spawn_walhook(&cfg, "w1")?;
@@ -178,7 +195,7 @@ async fn bench() -> anyhow::Result<()> {
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         peak_rss = peak_rss.max(proc_kib(pid, "VmRSS:").unwrap_or(0));
-        let n = state.count.load(Ordering::Relaxed) as i64;
+        let n = state.events.load(Ordering::Relaxed) as i64;
         if n >= W1_CHANGES && received_all.is_none() {
             received_all = Some(start.elapsed());
         }
@@ -226,6 +243,24 @@ async fn bench() -> anyhow::Result<()> {
         )?
     );
 
+    // 1b. The same with batches of up to 100 events.
+    let batched = w1_batched(&pg, &state, &url).await?;
+    println!(
+        "walhook e2e, batch.max_events = 100: {:.2} s ({:.0} events/s, {} requests); unbatched {e2e_rate:.0} events/s",
+        batched.secs, batched.rate, batched.requests
+    );
+    if std::env::var_os("E2E_W1_ONLY").is_some() {
+        println!("\n| measure | value |");
+        println!("|---|---|");
+        println!("| W1 pg_recvlogical (the limit) | {recv_rate:.0} changes/s |");
+        println!("| W1 end to end, max_in_flight {MAX_IN_FLIGHT}, one event per request | {e2e_rate:.0} events/s ({:.2} s) |", e2e.as_secs_f64());
+        println!(
+            "| W1 end to end, batch.max_events = 100 | {:.0} events/s ({:.2} s, {} requests) |",
+            batched.rate, batched.secs, batched.requests
+        );
+        return Ok(());
+    }
+
     // 2. The delivery limit: the same number of equally sized signed bodies (W1's own payloads,
     //    read back from the outbox), to the same receiver, over the same number of connections.
     let bodies: Vec<String> = pg
@@ -259,7 +294,7 @@ async fn bench() -> anyhow::Result<()> {
              customer_id text, created_at timestamptz DEFAULT now(), meta jsonb);
          ALTER TABLE orders REPLICA IDENTITY FULL;",
     )?;
-    let cfg2 = config(&pg, &db2, "walhook_lat", &url)?;
+    let cfg2 = config(&pg, &db2, "walhook_lat", &url, "")?;
     let child2 = spawn_walhook(&cfg2, "latency")?;
     let (client, conn) = tokio_postgres::connect(&pg.url(&db2), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
@@ -291,6 +326,10 @@ async fn bench() -> anyhow::Result<()> {
         e2e.as_secs_f64()
     );
     println!(
+        "| W1 end to end, batch.max_events = 100 | {:.0} events/s ({:.2} s, {} requests) |",
+        batched.rate, batched.secs, batched.requests
+    );
+    println!(
         "| ratio end to end / pg_recvlogical | {:.2} |",
         e2e_rate / recv_rate
     );
@@ -317,6 +356,54 @@ async fn bench() -> anyhow::Result<()> {
     );
     drop(pg);
     Ok(())
+}
+
+struct Batched {
+    rate: f64,
+    secs: f64,
+    requests: u64,
+}
+
+/// W1 end to end (as phase 1) on a fresh database, the subscription batching up to 100 events
+/// per request; timed until the receiver has every event and the outbox shows all delivered.
+async fn w1_batched(pg: &PgServer, state: &Received, url: &str) -> anyhow::Result<Batched> {
+    let db = setup_db(pg, &["walhook_batch"])?;
+    psql_file(pg, &db, &w1_workload())?;
+    let cfg = config(
+        pg,
+        &db,
+        "walhook_batch",
+        url,
+        "batch = { max_events = 100, max_wait = \"50ms\" }",
+    )?;
+    state.count.store(0, Ordering::Relaxed);
+    state.events.store(0, Ordering::Relaxed);
+    let start = Instant::now();
+    let child = spawn_walhook(&cfg, "w1-batch")?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let n = state.events.load(Ordering::Relaxed) as i64;
+        if n >= W1_CHANGES {
+            let left = pg.psql(
+                &db,
+                "SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered'",
+            )?;
+            if left == "0" {
+                break;
+            }
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(900),
+            "batched: not delivered after 900 s ({n} events received)"
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    stop(child)?;
+    Ok(Batched {
+        rate: W1_CHANGES as f64 / secs,
+        secs,
+        requests: state.count.load(Ordering::Relaxed),
+    })
 }
 
 struct Latency {

@@ -39,6 +39,13 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
 ];
 
+/// Upper bounds of the events-per-batched-request histogram.
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(BATCH_BUCKETS)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum BreakerState {
     Closed = 0,
@@ -179,6 +186,7 @@ pub struct Metrics {
     left_out_reasons: Mutex<Vec<(String, String)>>,
     rate_waits: Family<SubscriptionLabels, Counter>,
     rate_wait_seconds: Family<SubscriptionLabels, Counter<f64, AtomicU64>>,
+    batch_size: Family<SubscriptionLabels, Histogram, fn() -> Histogram>,
     latency: Histogram,
     db: Arc<DbCollector>,
     /// Deliveries finished (any outcome), for the console's rate chart.
@@ -247,6 +255,13 @@ impl Metrics {
             Unit::Seconds,
             rate_wait_seconds.clone(),
         );
+        let batch_size: Family<_, _, fn() -> Histogram> =
+            Family::new_with_constructor(batch_histogram);
+        registry.register(
+            "delivery_batch_size",
+            "Events per request of subscriptions that batch (option batch), by subscription",
+            batch_size.clone(),
+        );
         let latency = Histogram::new(LATENCY_BUCKETS);
         registry.register_with_unit(
             "delivery_latency",
@@ -267,6 +282,7 @@ impl Metrics {
             left_out_reasons: Mutex::new(Vec::new()),
             rate_waits,
             rate_wait_seconds,
+            batch_size,
             latency,
             db,
             finished_total: AtomicU64::new(0),
@@ -380,6 +396,15 @@ impl Metrics {
             .inc_by(waited.as_secs_f64());
     }
 
+    /// A batched request of `events` events was sent.
+    pub fn batch_sent(&self, subscription: &str, events: usize) {
+        self.batch_size
+            .get_or_create(&SubscriptionLabels {
+                subscription: subscription.to_string(),
+            })
+            .observe(events as f64);
+    }
+
     /// Time from the source commit to the receiver's 2xx.
     pub fn delivered_latency(&self, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
@@ -408,6 +433,7 @@ impl Metrics {
         let labels = SubscriptionLabels { subscription };
         self.rate_waits.remove(&labels);
         self.rate_wait_seconds.remove(&labels);
+        self.batch_size.remove(&labels);
         self.breaker.remove(&labels);
     }
 

@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use crate::model::options::DEFAULT_BATCH_WAIT;
 use crate::model::subscription::MAX_TABLE;
-use crate::model::{EventKind, Filter, Format, RateLimit, SignatureScheme, TableName};
+use crate::model::{Batch, EventKind, Filter, Format, RateLimit, SignatureScheme, TableName};
 
 /// A field that PATCH may leave out, set, or (where nullable) clear with `null`.
 pub type Nullable<T> = Option<Option<T>>;
@@ -41,6 +42,7 @@ pub struct WebhookFields {
     pub signature_header: Nullable<String>,
     pub template: Nullable<String>,
     pub rate_limit: Nullable<String>,
+    pub batch: Nullable<Batch>,
 }
 
 const WEBHOOK_FIELDS: &[&str] = &[
@@ -61,6 +63,7 @@ const WEBHOOK_FIELDS: &[&str] = &[
     "signature_header",
     "template",
     "rate_limit",
+    "batch",
 ];
 
 /// Parses a body that must be a JSON object; `allow_empty` treats an empty body as `{}`.
@@ -175,6 +178,7 @@ pub fn parse_webhook(bytes: &[u8]) -> Result<WebhookFields, ApiError> {
         signature_header: nullable_string(&map, "signature_header")?,
         template: nullable_string(&map, "template")?,
         rate_limit: nullable_string(&map, "rate_limit")?,
+        batch: batch(&map)?,
         project_id: string(&map, "projectId")?,
         environment: string(&map, "environment")?,
         table: string(&map, "table")?,
@@ -279,6 +283,37 @@ pub fn signature(s: &str) -> Result<SignatureScheme, ApiError> {
 
 pub fn rate_limit(s: &str) -> Result<RateLimit, ApiError> {
     RateLimit::parse(s).map_err(|m| ApiError::invalid("rate_limit", format!("rate_limit: {m}")))
+}
+
+/// `"batch": {"max_events": 100, "max_wait": "50ms"}` (max_wait optional) or null.
+fn batch(map: &Map<String, Value>) -> Result<Nullable<Batch>, ApiError> {
+    const SHAPE: &str =
+        "batch: expected {\"max_events\": <1..1000>, \"max_wait\": \"50ms\"} or null";
+    let b = match map.get("batch") {
+        None => return Ok(None),
+        Some(Value::Null) => return Ok(Some(None)),
+        Some(Value::Object(b)) => b,
+        Some(_) => return Err(ApiError::bad("batch", SHAPE)),
+    };
+    if let Some(k) = b.keys().find(|k| *k != "max_events" && *k != "max_wait") {
+        return Err(ApiError::bad(
+            "batch",
+            format!("batch: unknown field {:?}; {SHAPE}", truncate(k)),
+        ));
+    }
+    let max_events = b
+        .get("max_events")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| ApiError::bad("batch", SHAPE))?;
+    let max_wait = match b.get("max_wait") {
+        None => DEFAULT_BATCH_WAIT,
+        Some(Value::String(w)) => crate::config::duration::parse(w)
+            .map_err(|m| ApiError::invalid("batch", format!("batch: max_wait: {m}")))?,
+        Some(_) => return Err(ApiError::bad("batch", SHAPE)),
+    };
+    Batch::new(max_events, max_wait)
+        .map(|b| Some(Some(b)))
+        .map_err(|m| ApiError::invalid("batch", format!("batch: {m}")))
 }
 
 /// A filter from the API: as in config.toml, but without `${ENV}` expansion (see module doc).

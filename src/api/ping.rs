@@ -92,7 +92,18 @@ async fn transport(
         event: "PING",
         sequence: None,
     };
-    let (headers, body) = request::build(sub, &event, now).map_err(PingError::Prepare)?;
+    // A batching subscription gets a batch of one, as its receiver parses every delivery.
+    let (headers, body) = match sub.batch {
+        None => request::build(sub, &event, now),
+        Some(_) => request::render(sub, &event).and_then(|one| {
+            let item = request::BatchItem {
+                event_id,
+                body: &one,
+            };
+            request::build_batch(sub, &[item], now)
+        }),
+    }
+    .map_err(PingError::Prepare)?;
     let sender = HttpSender::new(delivery).map_err(|e| PingError::Client(e.to_string()))?;
     let outcome = sender.post(&sub.url, &headers, Bytes::from(body)).await;
     Ok(PingResult {

@@ -94,6 +94,7 @@ pub(super) fn view(s: &Stored) -> Value {
         "signature_header": s.signature_header,
         "template": s.template,
         "rate_limit": s.rate_limit.map(|r| r.to_string()),
+        "batch": s.batch.map(|b| json!({"max_events": b.max_events, "max_wait": b.max_wait_text()})),
         "deactivatedReason": s.deactivated_reason,
         "createdAt": time(s.created_at),
         "updatedAt": time(s.updated_at),
@@ -347,11 +348,17 @@ fn apply(id: &str, f: &WebhookFields, base: Option<&Stored>) -> Result<Subscript
         (Some(None), _) | (None, None) => None,
         (None, Some(b)) => b.rate_limit,
     };
+    let batch = match (&f.batch, base) {
+        (Some(b), _) => *b,
+        (None, Some(b)) => b.batch,
+        (None, None) => None,
+    };
     Ok(Subscription {
         headers,
         signature_header,
         template,
         rate_limit,
+        batch,
         id: id.to_string(),
         origin: Origin::Api,
         table,

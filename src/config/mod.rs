@@ -9,7 +9,7 @@
 //! Checks that need the database (tables and columns exist) live in `route` and `check`.
 
 mod delivery;
-mod duration;
+pub mod duration;
 mod env;
 
 use std::path::Path;
@@ -18,10 +18,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::egress::EgressPolicy;
+use crate::model::options::DEFAULT_BATCH_WAIT;
 pub use crate::model::subscription::{check_standard_secret, Format, SignatureScheme};
 use crate::model::subscription::{dedup_events, Invalid, Origin, Rules, Subscription};
 pub use crate::model::{
-    quote_ident, Condition, EventKind, Filter, Op, RateLimit, Secret, TableName,
+    quote_ident, Batch, Condition, EventKind, Filter, Op, RateLimit, Secret, TableName,
 };
 pub use delivery::{ApiConfig, DeliveryConfig};
 pub use duration::Duration;
@@ -154,6 +155,17 @@ struct RawSubscription {
     /// `"50/s"`, `"100/m"`, `"1000/h"`.
     #[serde(default)]
     rate_limit: Option<EnvString>,
+    /// `{ max_events = 100, max_wait = "50ms" }`.
+    #[serde(default)]
+    batch: Option<RawBatch>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    max_events: i64,
+    #[serde(default)]
+    max_wait: Option<Duration>,
 }
 
 fn default_walhook() -> EnvString {
@@ -352,6 +364,13 @@ fn subscription_from_raw(r: RawSubscription) -> Result<Subscription, Invalid> {
         .rate_limit
         .map(|r| RateLimit::parse(r.as_str()).map_err(|m| bad("rate_limit", m.0)))
         .transpose()?;
+    let batch = r
+        .batch
+        .map(|b| {
+            let wait = b.max_wait.map_or(DEFAULT_BATCH_WAIT, |d| d.0);
+            Batch::new(b.max_events, wait).map_err(|m| bad("batch", m.0))
+        })
+        .transpose()?;
     Ok(Subscription {
         id: r.id.0,
         origin: Origin::Config,
@@ -370,6 +389,7 @@ fn subscription_from_raw(r: RawSubscription) -> Result<Subscription, Invalid> {
         signature_header: r.signature_header.map(|h| h.0),
         template: r.template,
         rate_limit,
+        batch,
     })
 }
 

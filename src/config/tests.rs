@@ -127,3 +127,25 @@ fn default_delivery_is_the_safe_egress_default() {
         EgressPolicy::default()
     );
 }
+
+#[test]
+fn batch_is_off_by_default_and_checked() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.subscriptions().next().unwrap().batch, None);
+    let with = |b: &str| GOOD.replace("select =", &format!("batch = {b}\nselect ="));
+    let c = parse(&with(r#"{ max_events = 100, max_wait = "20ms" }"#)).unwrap();
+    let b = c.subscriptions().next().unwrap().batch.unwrap();
+    assert_eq!(
+        (b.max_events, b.max_wait),
+        (100, std::time::Duration::from_millis(20))
+    );
+    let c = parse(&with("{ max_events = 5 }")).unwrap();
+    let b = c.subscriptions().next().unwrap().batch.unwrap();
+    assert_eq!(b.max_wait, crate::model::options::DEFAULT_BATCH_WAIT);
+    let e = err(&with("{ max_events = 0 }"));
+    assert!(e.contains("batch") && e.contains("max_events"), "{e}");
+    let e = err(&with(r#"{ max_events = 5, max_wait = "1m" }"#));
+    assert!(e.contains("batch") && e.contains("max_wait"), "{e}");
+    let e = err(&with("{ max_event = 5 }"));
+    assert!(e.contains("max_event"), "{e}");
+}

@@ -1,10 +1,19 @@
-//! One attempt's side helpers for the pump: sending a claimed row, reporting the breaker, and
-//! what is logged or stored of an attempt (never a URL's path or credentials; no NUL bytes).
+//! One attempt's side helpers for the pump: sending a claimed row (or a batch of rows), reporting
+//! the breaker, and what is logged or stored of an attempt (never a URL's path or credentials; no
+//! NUL bytes). A panic while building or sending a request is that attempt's failure (retried on
+//! the schedule), never a row held forever.
 
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
+use futures_util::FutureExt;
+use rand::Rng;
+use tracing::error;
+
+use super::batching;
 
 use super::http::{AttemptOutcome, ErrorKind, HttpSender};
 use super::policy::{Breaker, Permit};
@@ -13,8 +22,87 @@ use crate::metrics::Metrics;
 use crate::outbox::queue::Claimed;
 use crate::outbox::subscriptions::Stored;
 
+/// A finished attempt of one row, waiting to be recorded.
+pub(super) struct Done {
+    pub claimed: Claimed,
+    pub outcome: AttemptOutcome,
+    pub attempted_at: chrono::DateTime<Utc>,
+    /// The retry schedule's jitter: one draw per request, so a failed batch's rows come due
+    /// together and are claimed (and sent) together again.
+    pub jitter: f64,
+    /// The request's first row: the breaker counts requests, not rows.
+    pub head: bool,
+}
+
+fn jitter() -> f64 {
+    rand::thread_rng().gen_range(-1.0..=1.0)
+}
+
+/// The task of one single-row request.
+pub(super) async fn attempt_one(
+    sender: HttpSender,
+    sub: Arc<Stored>,
+    claimed: Claimed,
+) -> Vec<Done> {
+    let attempted_at = Utc::now();
+    let outcome = AssertUnwindSafe(send(&sender, &sub, &claimed, attempted_at))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            error!(subscription = %sub.id, event_id = %claimed.event_id, "building or sending a request panicked; the attempt counts as failed");
+            panicked()
+        });
+    vec![Done {
+        claimed,
+        outcome,
+        attempted_at,
+        jitter: jitter(),
+        head: true,
+    }]
+}
+
+/// The task of one batched request ([`batching::send`]): every row gets an outcome.
+pub(super) async fn attempt_batch(
+    sender: HttpSender,
+    sub: Arc<Stored>,
+    rows: Vec<Claimed>,
+) -> Vec<Done> {
+    let attempted_at = Utc::now();
+    let jitter = jitter();
+    let outcomes = AssertUnwindSafe(batching::send(&sender, &sub, &rows, attempted_at))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            error!(subscription = %sub.id, events = rows.len(), "building or sending a batch panicked; the attempt counts as failed");
+            vec![panicked(); rows.len()]
+        });
+    rows.into_iter()
+        .zip(outcomes)
+        .enumerate()
+        .map(|(i, (claimed, outcome))| Done {
+            claimed,
+            outcome,
+            attempted_at,
+            jitter,
+            head: i == 0,
+        })
+        .collect()
+}
+
+/// A request that panicked while being built or sent: a failed attempt.
+fn panicked() -> AttemptOutcome {
+    AttemptOutcome {
+        http_status: None,
+        error_kind: Some(ErrorKind::Other),
+        error: Some("internal error while sending (see walhook's log)".into()),
+        response_body: String::new(),
+        retry_after: None,
+        duration: Duration::ZERO,
+    }
+}
+
 /// One HTTP attempt: body in the subscription's format, headers signed with its secret.
-pub(super) async fn send(
+async fn send(
     sender: &HttpSender,
     sub: &Stored,
     c: &Claimed,

@@ -7,6 +7,9 @@
 //!   admitted (commit order). A table without a primary key has the empty key: no ordering;
 //! - after a failure the rows waiting behind it are let go (no longer held), so the outbox,
 //!   which keeps them behind the failed row, decides when they go;
+//! - a batch ([`Lanes::next_ready_run`]) may take a key's ready row together with the rows
+//!   waiting behind it: they are consecutive in commit order and go in that order in one request,
+//!   so the key still has one request in flight at a time;
 //! - a row is held from admission until its result is recorded (or it is let go), so a claim
 //!   that passes [`Lanes::held_ids`] never returns a row already in the pump's hands.
 
@@ -55,6 +58,34 @@ impl Lanes {
             k.flying = true;
         }
         Some(row)
+    }
+
+    /// The next ready row and, for a keyed row, up to `room - 1` rows waiting behind it (in
+    /// order); the key is busy until [`Lanes::finished`] is called once for it.
+    pub fn next_ready_run(&mut self, room: usize) -> Option<Vec<Claimed>> {
+        let row = self.ready.pop_front()?;
+        let mut run = vec![row];
+        if let Some(k) = self.keys.get_mut(&run[0].ordering_key) {
+            k.flying = true;
+            let more = k.waiting.len().min(room.saturating_sub(1));
+            run.extend(k.waiting.drain(..more));
+        }
+        Some(run)
+    }
+
+    /// How many rows [`Lanes::next_ready_run`] could hand out now, counted up to `cap`.
+    pub fn sendable_len(&self, cap: usize) -> usize {
+        let mut n = 0;
+        for r in &self.ready {
+            n += 1 + self
+                .keys
+                .get(&r.ordering_key)
+                .map_or(0, |k| k.waiting.len());
+            if n >= cap {
+                return cap;
+            }
+        }
+        n
     }
 
     /// A row handed out by [`Lanes::next_ready`] got its answer. On success the next row of
@@ -175,6 +206,30 @@ mod tests {
         // The key is free again: the outbox's next head of it may be admitted.
         assert!(l.admit(row(2, "a")));
         assert_eq!(ids(&mut l), vec![2]);
+    }
+
+    #[test]
+    fn a_run_takes_a_keys_waiting_rows_in_order() {
+        let mut l = Lanes::default();
+        for (id, key) in [(1, "a"), (2, "b"), (3, "a"), (4, "a"), (5, "")] {
+            l.admit(row(id, key));
+        }
+        assert_eq!(l.sendable_len(100), 5);
+        assert_eq!(l.sendable_len(2), 2);
+        let run = |l: &mut Lanes, room| {
+            l.next_ready_run(room)
+                .map(|r| r.iter().map(|c| c.id).collect::<Vec<_>>())
+        };
+        assert_eq!(run(&mut l, 2), Some(vec![1, 3]));
+        assert_eq!(run(&mut l, 10), Some(vec![2]));
+        assert_eq!(run(&mut l, 10), Some(vec![5]));
+        assert_eq!(
+            run(&mut l, 10),
+            None,
+            "4 waits until the key's run finished"
+        );
+        l.finished(&row(3, "a"), true);
+        assert_eq!(run(&mut l, 10), Some(vec![4]));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod attempt;
 pub mod batch;
+pub mod batching;
 pub mod egress;
 pub mod format;
 pub mod http;

@@ -20,21 +20,18 @@
 //!   from the outbox ("outbox mode"), which stays the truth; a pump also claims every
 //!   `poll_interval` in either mode, which finds what no handoff announced (replays, rows
 //!   another instance stored);
-//! - rows of a key go out one at a time in commit order in both modes ([`super::lanes`]);
+//! - rows of a key go out one at a time in commit order in both modes ([`super::lanes`]); a
+//!   subscription with `batch` sends several rows per request ([`super::batching`]), a key's
+//!   consecutive rows together, one request per key at a time;
 //! - an open breaker sends nothing and forgets its queue without consuming attempts;
 //! - on shutdown, requests in flight finish (bounded by `timeout`) and are recorded, then
 //!   ownership is given up; nothing is marked delivered without a 2xx.
 
 use super::DeliverError;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::panic::AssertUnwindSafe;
-
-use chrono::Utc;
-use futures_util::FutureExt;
-use rand::Rng;
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::lanes::Lanes;
@@ -44,9 +41,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use super::attempt::{clean_text, commit_latency, host_of, report_breaker, send};
+use super::attempt::{
+    attempt_batch, attempt_one, clean_text, commit_latency, host_of, report_breaker, Done,
+};
 use super::batch::Batcher;
-use super::http::{AttemptOutcome, ErrorKind, HttpSender};
+use super::batching::{self, Gatherer};
+use super::http::{ErrorKind, HttpSender};
 use super::owner::Owned;
 use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
 use super::rate;
@@ -146,13 +146,6 @@ enum Mode {
     Memory { next: i64 },
 }
 
-/// A finished request, waiting to be recorded.
-struct Done {
-    claimed: Claimed,
-    outcome: AttemptOutcome,
-    attempted_at: chrono::DateTime<Utc>,
-}
-
 pub(super) struct Pump {
     engine: Arc<Engine>,
     batcher: Batcher,
@@ -180,7 +173,8 @@ pub(super) struct Pump {
     /// and holding them hides them from a claim's count, so no claim may switch to memory mode
     /// meanwhile (rows of their keys must wait in the outbox).
     failed_unrecorded: usize,
-    in_flight: JoinSet<Done>,
+    /// One entry per request: its rows' results.
+    in_flight: JoinSet<Vec<Done>>,
     done: Vec<Done>,
     /// The last claim filled its limit: there is probably more due right now.
     more_due: bool,
@@ -188,6 +182,10 @@ pub(super) struct Pump {
     rate: rate::Gate,
     /// The last `start_sends` stopped for the rate limit (claims go on meanwhile).
     rate_held: bool,
+    /// When a partial batch goes out (subscriptions with `batch` only).
+    gather: Gatherer,
+    /// The last `start_sends` waits for a batch to fill (claims go on meanwhile).
+    batch_held: bool,
 }
 
 impl Pump {
@@ -222,6 +220,8 @@ impl Pump {
             more_due: true,
             rate: rate::Gate::default(),
             rate_held: false,
+            gather: Gatherer::default(),
+            batch_held: false,
         }
     }
 
@@ -245,7 +245,7 @@ impl Pump {
         // Let requests in flight finish and record them; give back what was never sent.
         while let Some(joined) = self.in_flight.join_next().await {
             if let Ok(done) = joined {
-                self.done.push(done);
+                self.done.extend(done);
             }
         }
         if let Err(e) = self.record().await {
@@ -290,8 +290,8 @@ impl Pump {
             // Refill before the queue runs dry, so sends never wait for a claim.
             if self.owns
                 && self.more_due
-                && (wait_until.is_none() || self.rate_held)
-                && self.lanes.queued_len() < max
+                && (wait_until.is_none() || self.rate_held || self.batch_held)
+                && self.lanes.queued_len() < max * self.per_request()
                 && claiming.is_none()
             {
                 claiming = self.start_claim();
@@ -332,8 +332,8 @@ impl Pump {
     }
 
     /// Takes the new version of the subscription; when what a receiver checks changed (URL,
-    /// secrets, signature or format) an open breaker sends its probe now: the operator fixed
-    /// something, and waiting out the cooldown would only delay the proof.
+    /// secrets, signature, format, headers or batching) an open breaker sends its probe now: the
+    /// operator fixed something, and waiting out the cooldown would only delay the proof.
     fn subscription_changed(&mut self) {
         let new = self.sub_rx.borrow_and_update().clone();
         let fix = new.url != self.sub.url
@@ -343,7 +343,8 @@ impl Pump {
             || new.format != self.sub.format
             || new.headers != self.sub.headers
             || new.signature_header != self.sub.signature_header
-            || new.template != self.sub.template;
+            || new.template != self.sub.template
+            || new.batch != self.sub.batch;
         self.sub = new;
         if fix && self.breaker.probe_now() {
             self.report_breaker(Some("the subscription changed; probing now".into()));
@@ -352,17 +353,30 @@ impl Pump {
         }
     }
 
-    fn finished(&mut self, joined: Result<Done, tokio::task::JoinError>) {
+    fn finished(&mut self, joined: Result<Vec<Done>, tokio::task::JoinError>) {
         match joined {
-            Ok(done) => {
-                let success = done.outcome.is_success();
-                self.lanes.finished(&done.claimed, success);
-                if !success {
-                    self.failed_unrecorded += 1;
+            Ok(dones) => {
+                // A key's rows in one batch are consecutive: its lane moves on once, after
+                // the last of them (which has the outcome of the others, or a failure).
+                let last: HashMap<&str, usize> = dones
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (d.claimed.ordering_key.as_str(), i))
+                    .collect();
+                let mut failed = 0;
+                for (i, done) in dones.iter().enumerate() {
+                    let success = done.outcome.is_success();
+                    if last.get(done.claimed.ordering_key.as_str()) == Some(&i) {
+                        self.lanes.finished(&done.claimed, success);
+                    }
+                    failed += usize::from(!success);
+                }
+                if failed > 0 {
+                    self.failed_unrecorded += failed;
                     // Retries and what waits behind them are the outbox's business.
                     self.back_to_outbox();
                 }
-                self.done.push(done);
+                self.done.extend(dones);
             }
             Err(e) => {
                 error!(subscription = %self.sub.id, error = %e, "a delivery request panicked; its lease will expire and it will be sent again")
@@ -437,7 +451,7 @@ impl Pump {
             return;
         }
         // A slow receiver must not make the pump hold everything ingest hands over.
-        let cap = (PREFETCH * self.engine.config.max_in_flight).max(MEMORY_QUEUE_MIN);
+        let cap = self.prefetch().max(MEMORY_QUEUE_MIN);
         if self.lanes.queued_len() + taken.rows.len() > cap {
             self.forget_queue();
             return;
@@ -469,6 +483,7 @@ impl Pump {
         }
         let max = self.engine.config.max_in_flight;
         self.rate_held = false;
+        self.batch_held = false;
         while self.in_flight.len() < max {
             match self.breaker.permit(Instant::now()) {
                 Permit::Open => {}
@@ -488,6 +503,13 @@ impl Pump {
             if self.lanes.ready_len() == 0 {
                 break;
             }
+            if let Some(batch) = self.sub.batch {
+                let probe = matches!(self.breaker.permit(Instant::now()), Permit::Probe);
+                if let Some(until) = self.gather.wait(&self.lanes, batch, probe, Instant::now()) {
+                    self.batch_held = true;
+                    return Some(until);
+                }
+            }
             // The rate limit holds the queue (claimed rows stay pending, no attempt is used).
             match self.rate.try_acquire(self.sub.rate_limit, Instant::now()) {
                 rate::Acquire::Wait(d) => {
@@ -498,6 +520,15 @@ impl Pump {
                     self.engine.metrics.rate_limited(&self.sub.id, w)
                 }
                 rate::Acquire::Go { waited: None } => {}
+            }
+            if let Some(batch) = self.sub.batch {
+                let rows = self.gather.take(&mut self.lanes, batch);
+                if matches!(self.breaker.permit(Instant::now()), Permit::Probe) {
+                    self.breaker.probe_sent();
+                    info!(subscription = %self.sub.id, events = rows.len(), "circuit breaker half-open: sending one probe batch");
+                }
+                self.spawn_batch(rows);
+                continue;
             }
             let Some(claimed) = self.lanes.next_ready() else {
                 break;
@@ -511,13 +542,26 @@ impl Pump {
         None
     }
 
+    /// Rows one request carries at most: 1, or the batch's `max_events`.
+    fn per_request(&self) -> usize {
+        self.sub.batch.map_or(1, |b| b.max_events as usize)
+    }
+
+    /// Rows to hold (claimed or handed over, unsent or in flight) for `max_in_flight` requests.
+    fn prefetch(&self) -> usize {
+        let max = self.engine.config.max_in_flight;
+        match self.sub.batch {
+            None => PREFETCH * max,
+            Some(_) => (PREFETCH * max * self.per_request()).min(batching::MAX_HELD),
+        }
+    }
+
     /// Starts reading the next due rows, unless the breaker or the prefetch limit says no.
     fn start_claim(&mut self) -> Option<Claiming> {
-        let max = self.engine.config.max_in_flight;
         // A half-open breaker needs one row only.
         let want = match self.breaker.permit(Instant::now()) {
             Permit::Probe if self.in_flight.is_empty() && self.lanes.queued_len() == 0 => 1,
-            Permit::Open => (PREFETCH * max).saturating_sub(self.lanes.held_len()),
+            Permit::Open => self.prefetch().saturating_sub(self.lanes.held_len()),
             _ => 0,
         };
         self.more_due = false;
@@ -584,32 +628,15 @@ impl Pump {
     }
 
     fn spawn_send(&mut self, claimed: Claimed) {
-        let sub = self.sub.clone();
-        let sender = self.engine.sender.clone();
-        self.in_flight.spawn(async move {
-            let attempted_at = Utc::now();
-            // A panic while building or sending a request is this attempt's failure (retried
-            // on the schedule), not a row held forever.
-            let outcome = AssertUnwindSafe(send(&sender, &sub, &claimed, attempted_at))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    error!(subscription = %sub.id, event_id = %claimed.event_id, "building or sending a request panicked; the attempt counts as failed");
-                    AttemptOutcome {
-                        http_status: None,
-                        error_kind: Some(ErrorKind::Other),
-                        error: Some("internal error while sending (see walhook's log)".into()),
-                        response_body: String::new(),
-                        retry_after: None,
-                        duration: Duration::ZERO,
-                    }
-                });
-            Done {
-                claimed,
-                outcome,
-                attempted_at,
-            }
-        });
+        let (sub, sender) = (self.sub.clone(), self.engine.sender.clone());
+        self.in_flight.spawn(attempt_one(sender, sub, claimed));
+    }
+
+    /// One request for a batch of rows; every row gets its outcome ([`batching::send`]).
+    fn spawn_batch(&mut self, rows: Vec<Claimed>) {
+        let (sub, sender) = (self.sub.clone(), self.engine.sender.clone());
+        self.engine.metrics.batch_sent(&sub.id, rows.len());
+        self.in_flight.spawn(attempt_batch(sender, sub, rows));
     }
 
     /// Decides and records every finished attempt; returns true when the subscription is gone.
@@ -631,9 +658,9 @@ impl Pump {
                     http_status: o.http_status,
                     retry_after: o.retry_after,
                 },
-                rand::thread_rng().gen_range(-1.0..=1.0),
+                done.jitter,
             );
-            if self.breaker.record(o.is_success(), Instant::now()) {
+            if done.head && self.breaker.record(o.is_success(), Instant::now()) {
                 let reason = match (o.http_status, &o.error) {
                     (_, Some(e)) => Some(e.clone()),
                     (Some(s), None) => Some(format!("HTTP {s}")),

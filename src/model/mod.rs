@@ -47,7 +47,7 @@ impl From<String> for BadValue {
 pub use change::{event_id, rfc3339_from_pg_micros, EventKind, RowChange, TableShape};
 pub use filter::{Condition, Filter, Op};
 pub use lsn::Lsn;
-pub use options::RateLimit;
+pub use options::{Batch, RateLimit};
 pub use secret::Secret;
 pub use subscription::{Format, Origin, SignatureScheme, Subscription};
 pub use table::{quote_ident, TableName};

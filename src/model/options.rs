@@ -7,7 +7,8 @@
 //!   (`Host`, `Content-Length`, `Transfer-Encoding`, ...): such a name is refused, by name;
 //! - header names are RFC 9110 tokens and values visible ASCII (no CR/LF: no header splitting);
 //!   messages name the header, never its value (values are secrets: `Authorization` tokens);
-//! - a rate limit is `<count>/<s|m|h>` with a count ≥ 1; it always has a positive period.
+//! - a rate limit is `<count>/<s|m|h>` with a count ≥ 1; it always has a positive period;
+//! - a batch holds 1 to [`MAX_BATCH_EVENTS`] events and waits at most [`MAX_BATCH_WAIT`] to fill.
 
 use std::time::Duration;
 
@@ -152,9 +153,71 @@ impl std::fmt::Display for RateLimit {
     }
 }
 
+/// Events per batch, at most: a request body stays a few megabytes at worst.
+pub const MAX_BATCH_EVENTS: u32 = 1000;
+/// The longest a partial batch may wait for more events: latency stays bounded.
+pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(10);
+/// `max_wait` when a subscription leaves it out.
+pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(50);
+
+/// Opt-in batching: up to `max_events` of a subscription's events in one request
+/// (`{"events": [...]}`), sent when full or once the oldest has waited `max_wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Batch {
+    pub max_events: u32,
+    pub max_wait: Duration,
+}
+
+impl Batch {
+    /// Checks the bounds; the message names the sub-field.
+    pub fn new(max_events: i64, max_wait: Duration) -> Result<Batch, BadValue> {
+        let max_events = u32::try_from(max_events)
+            .ok()
+            .filter(|n| (1..=MAX_BATCH_EVENTS).contains(n))
+            .ok_or_else(|| {
+                BadValue(format!(
+                    "max_events must be a whole number from 1 to {MAX_BATCH_EVENTS}, e.g. 100"
+                ))
+            })?;
+        if max_wait > MAX_BATCH_WAIT {
+            return Err(BadValue(format!(
+                "max_wait must be at most {}s, e.g. \"50ms\"",
+                MAX_BATCH_WAIT.as_secs()
+            )));
+        }
+        Ok(Batch {
+            max_events,
+            max_wait,
+        })
+    }
+
+    /// `max_wait` as config.toml and the API write it: `"50ms"`.
+    pub fn max_wait_text(&self) -> String {
+        format!("{}ms", self.max_wait.as_millis())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_bounds() {
+        let b = Batch::new(100, Duration::from_millis(50)).unwrap();
+        assert_eq!((b.max_events, b.max_wait_text().as_str()), (100, "50ms"));
+        assert!(Batch::new(1, Duration::ZERO).is_ok());
+        assert!(Batch::new(1000, MAX_BATCH_WAIT).is_ok());
+        for n in [0, -1, 1001, i64::MAX] {
+            assert!(Batch::new(n, Duration::ZERO)
+                .unwrap_err()
+                .0
+                .starts_with("max_events"));
+        }
+        assert!(Batch::new(10, Duration::from_secs(11))
+            .unwrap_err()
+            .0
+            .starts_with("max_wait"));
+    }
 
     #[test]
     fn rates_parse_and_print() {

@@ -14,8 +14,8 @@
 use chrono::{DateTime, Utc};
 
 use super::egress::EgressPolicy;
-pub use super::options::RateLimit;
 use super::options::{check_header_name, check_header_value, is_reserved, MAX_HEADERS};
+pub use super::options::{Batch, RateLimit};
 use super::{BadValue, EventKind, Filter, Secret, TableName};
 
 pub const MAX_TABLE: usize = 255;
@@ -161,6 +161,8 @@ pub struct Subscription {
     pub template: Option<String>,
     /// At most this many requests per second, minute or hour.
     pub rate_limit: Option<RateLimit>,
+    /// Opt-in: several events per request (`{"events": [...]}`); None sends one per request.
+    pub batch: Option<Batch>,
 }
 
 /// A value that cannot be accepted, with the field at fault.
@@ -299,6 +301,12 @@ impl Subscription {
             }
             super::template::check(t).map_err(|m| invalid("template", m.0))?;
         }
+        if self.batch.is_some() && self.format != Format::Json {
+            return Err(invalid(
+                "batch",
+                "a batch is a JSON body {\"events\": [...]}: use it with format = \"json\" (slack, discord and cloudevents send one event per request)",
+            ));
+        }
         Ok(())
     }
 
@@ -390,6 +398,7 @@ mod tests {
             signature_header: None,
             template: None,
             rate_limit: None,
+            batch: None,
         }
     }
 
@@ -401,7 +410,14 @@ mod tests {
         s.signature_header = Some("X-Archivus-Signature".into());
         s.template = Some(r#"{"id":{{ id }},"data":{{ record }}}"#.into());
         s.rate_limit = Some(RateLimit::parse("50/s").unwrap());
+        s.batch = Some(Batch::new(100, std::time::Duration::from_millis(50)).unwrap());
         assert!(s.validate(&r).is_ok());
+        for f in [Format::Slack, Format::Discord, Format::CloudEvents] {
+            let mut s = sub();
+            s.format = f;
+            s.batch = Some(Batch::new(10, std::time::Duration::ZERO).unwrap());
+            assert_eq!(s.validate(&r).unwrap_err().field, "batch");
+        }
         for name in [
             "X-Archie-Signature",
             "content-type",

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../../sql/003_owners.sql")),
     (4, include_str!("../../sql/004_sessions_sequences.sql")),
     (5, include_str!("../../sql/005_delivery_options.sql")),
+    (7, include_str!("../../sql/007_batching.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,8 @@ use tokio_postgres::{Client, GenericClient, Row, Transaction};
 
 use super::{OutboxError, Schema};
 use crate::model::{
-    EventKind, Filter, Format, Origin, RateLimit, Secret, SignatureScheme, Subscription, TableName,
+    Batch, EventKind, Filter, Format, Origin, RateLimit, Secret, SignatureScheme, Subscription,
+    TableName,
 };
 
 /// A subscription as stored: the model plus what the outbox records about it. Derefs to the
@@ -45,7 +46,8 @@ impl std::ops::Deref for Stored {
 /// The column list [`Stored::from_row`] reads, for `SELECT {COLUMNS} FROM ...`.
 pub const COLUMNS: &str = "id, source, table_name, events, url, secret, active, filter, \
      select_columns, format, signature, previous_secret, previous_secret_expires_at, \
-     headers, signature_header, template, rate_limit, deactivated_reason, created_at, updated_at";
+     headers, signature_header, template, rate_limit, batch_max_events, batch_max_wait_ms, \
+     deactivated_reason, created_at, updated_at";
 
 impl Stored {
     pub fn from_row(row: &Row) -> Result<Stored, OutboxError> {
@@ -82,6 +84,16 @@ impl Stored {
             .try_get::<_, Option<&str>>("rate_limit")?
             .map(|r| RateLimit::parse(r).map_err(|m| bad("rate_limit", m.0)))
             .transpose()?;
+        let batch = match (
+            row.try_get::<_, Option<i32>>("batch_max_events")?,
+            row.try_get::<_, Option<i32>>("batch_max_wait_ms")?,
+        ) {
+            (Some(n), Some(ms)) => Some(
+                Batch::new(n.into(), std::time::Duration::from_millis(ms.max(0) as u64))
+                    .map_err(|m| bad("batch", m.0))?,
+            ),
+            _ => None,
+        };
         let sig_s: &str = row.try_get("signature")?;
         let signature = SignatureScheme::parse(sig_s)
             .ok_or_else(|| bad("signature", format!("unknown signature scheme {sig_s:?}")))?;
@@ -105,6 +117,7 @@ impl Stored {
                 signature_header: row.try_get("signature_header")?,
                 template: row.try_get("template")?,
                 rate_limit,
+                batch,
                 id,
             },
             deactivated_reason: row.try_get("deactivated_reason")?,
@@ -196,6 +209,8 @@ struct Columns<'a> {
     signature: &'static str,
     headers: serde_json::Value,
     rate_limit: Option<String>,
+    batch_max_events: Option<i32>,
+    batch_max_wait_ms: Option<i32>,
 }
 
 impl<'a> Columns<'a> {
@@ -211,13 +226,15 @@ impl<'a> Columns<'a> {
             signature: sub.signature.as_str(),
             headers: headers_to_json(&sub.headers),
             rate_limit: sub.rate_limit.map(|r| r.to_string()),
+            batch_max_events: sub.batch.map(|b| b.max_events as i32),
+            batch_max_wait_ms: sub.batch.map(|b| b.max_wait.as_millis() as i32),
         }
     }
 
-    /// $1..$16 of every insert and update: id, table_name, events, url, secret, active, filter,
+    /// $1..$18 of every insert and update: id, table_name, events, url, secret, active, filter,
     /// select_columns, format, signature, previous_secret, previous_secret_expires_at, headers,
-    /// signature_header, template, rate_limit.
-    fn params(&'a self, id: &'a String) -> [&'a (dyn ToSql + Sync); 16] {
+    /// signature_header, template, rate_limit, batch_max_events, batch_max_wait_ms.
+    fn params(&'a self, id: &'a String) -> [&'a (dyn ToSql + Sync); 18] {
         [
             id,
             &self.table,
@@ -235,6 +252,8 @@ impl<'a> Columns<'a> {
             &self.sub.signature_header,
             &self.sub.template,
             &self.rate_limit,
+            &self.batch_max_events,
+            &self.batch_max_wait_ms,
         ]
     }
 }
@@ -251,8 +270,10 @@ pub async fn create(
             &format!(
                 "INSERT INTO {} (id, source, table_name, events, url, secret, active, filter,
                      select_columns, format, signature, previous_secret, previous_secret_expires_at,
-                     headers, signature_header, template, rate_limit)
-                 VALUES ($1, 'api', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                     headers, signature_header, template, rate_limit, batch_max_events,
+                     batch_max_wait_ms)
+                 VALUES ($1, 'api', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                         $17, $18)
                  RETURNING {COLUMNS}",
                 schema.table("subscriptions")
             ),
@@ -299,6 +320,7 @@ impl Editing<'_> {
                          filter = $7, select_columns = $8, format = $9, signature = $10,
                          previous_secret = $11, previous_secret_expires_at = $12,
                          headers = $13, signature_header = $14, template = $15, rate_limit = $16,
+                         batch_max_events = $17, batch_max_wait_ms = $18,
                          deactivated_at = CASE WHEN $6 THEN NULL ELSE deactivated_at END,
                          deactivated_reason = CASE WHEN $6 THEN NULL ELSE deactivated_reason END,
                          updated_at = now()
@@ -385,13 +407,15 @@ pub async fn sync_config_subscriptions(
         .prepare(&format!(
             "INSERT INTO {t} (id, source, table_name, events, url, secret, active, filter, select_columns,
                               format, signature, previous_secret, previous_secret_expires_at,
-                              headers, signature_header, template, rate_limit)
-             VALUES ($1, 'config', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                              headers, signature_header, template, rate_limit, batch_max_events,
+                              batch_max_wait_ms)
+             VALUES ($1, 'config', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                     $17, $18)
              ON CONFLICT (id) DO UPDATE SET source = 'config', table_name = $2, events = $3, url = $4,
                  secret = $5, filter = $7, select_columns = $8, format = $9,
                  signature = $10, previous_secret = $11,
                  previous_secret_expires_at = $12, headers = $13, signature_header = $14,
-                 template = $15, rate_limit = $16,
+                 template = $15, rate_limit = $16, batch_max_events = $17, batch_max_wait_ms = $18,
                  -- A receiver's 410 Gone sticks until the config gives another URL.
                  active = CASE WHEN {t}.deactivated_at IS NOT NULL AND {t}.url = $4
                                THEN false ELSE $6 END,

@@ -50,6 +50,7 @@ fn route(
         signature_header: None,
         template: None,
         rate_limit: None,
+        batch: None,
     }
 }
 
