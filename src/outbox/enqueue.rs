@@ -10,8 +10,8 @@
 //! - each stored delivery gets its subscription's next sequence number (1, 2, …), and the last
 //!   number per subscription is stored in the same outbox transaction as the rows, so numbers
 //!   are assigned once, without gaps or reuse; a new `Enqueuer` (after any failure) reloads them;
-//! - each row's id is taken from the table's identity sequence before it is written (in blocks
-//!   of [`ID_BLOCK`]), ascending in write order, so the writer can hand the stored rows to this
+//! - each row's id is taken from the table's identity sequence before it is written (in blocks:
+//!   one nextval reserves as many ids as the sequence's increment, 4096), ascending in write order, so the writer can hand the stored rows to this
 //!   process's delivery pumps after the commit ([`super::handoff`]) without reading them back.
 
 use std::collections::HashMap;
@@ -25,10 +25,6 @@ use tokio_postgres::Client;
 use super::{OutboxError, Schema};
 use crate::model::Lsn;
 use crate::route::Routed;
-
-/// Ids taken from the identity sequence per round trip. Unused ones are used by the next
-/// transaction; those of a dropped `Enqueuer` are simply never used (sequences have gaps).
-pub const ID_BLOCK: i64 = 4096;
 
 /// Where a written delivery landed.
 #[derive(Debug, Clone, Copy)]
@@ -118,25 +114,20 @@ impl Enqueuer {
         Ok(Written { id, sequence })
     }
 
+    /// Reserves the next block of ids: one nextval, whose increment (4096 since migration 8)
+    /// is the block's size.
     async fn take_ids(&mut self) -> Result<(), OutboxError> {
         let row = self
             .client
             .query_one(
-                &format!(
-                    "SELECT min(v), max(v) FROM (SELECT nextval(pg_get_serial_sequence($1, 'id')) AS v
-                     FROM generate_series(1, {ID_BLOCK})) s"
-                ),
+                "SELECT nextval(pg_get_serial_sequence($1, 'id')),
+                        (SELECT seqincrement FROM pg_sequence
+                         WHERE seqrelid = pg_get_serial_sequence($1, 'id')::regclass)",
                 &[&self.schema.table("deliveries")],
             )
             .await?;
-        let (lo, hi): (i64, i64) = (row.get(0), row.get(1));
-        // One caller of the sequence at a time gives a contiguous block; if another took values
-        // in between, fall back to the top value alone rather than reuse someone else's.
-        self.ids = if hi - lo + 1 == ID_BLOCK {
-            lo..hi + 1
-        } else {
-            hi..hi + 1
-        };
+        let (first, size): (i64, i64) = (row.get(0), row.get(1));
+        self.ids = first..first + size.max(1);
         Ok(())
     }
 

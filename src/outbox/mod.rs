@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../../sql/004_sessions_sequences.sql")),
     (5, include_str!("../../sql/005_delivery_options.sql")),
     (7, include_str!("../../sql/007_batching.sql")),
+    (8, include_str!("../../sql/008_id_blocks.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
