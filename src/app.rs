@@ -49,6 +49,8 @@ pub struct Handles {
     pub streaming: Arc<AtomicBool>,
     /// Notify after changing the subscriptions table; routing and the publication follow.
     pub changed: Arc<Notify>,
+    /// Bumped after a backfill is created or cancelled; the backfill runners look again.
+    pub backfills: Arc<watch::Sender<u64>>,
 }
 
 impl Default for Handles {
@@ -57,6 +59,7 @@ impl Default for Handles {
             metrics: Arc::new(Metrics::new()),
             streaming: Arc::new(AtomicBool::new(false)),
             changed: Arc::new(Notify::new()),
+            backfills: Arc::new(watch::channel(0).0),
         }
     }
 }
@@ -141,6 +144,7 @@ pub async fn run_with(
                 streaming: handles.streaming.clone(),
                 changed: handles.changed.clone(),
                 handoff: handoff.clone(),
+                backfills: handles.backfills.clone(),
             });
             let cancel = cancel.clone();
             let app = crate::api::router(state.clone())
@@ -153,9 +157,22 @@ pub async fn run_with(
         }
         None => info!("management API off: set [api] token to enable it"),
     }
+    let exchange = crate::ingest::backfill::Exchange::new();
+    tasks.spawn(crate::ingest::backfill::backfill_loop(
+        Arc::new(crate::ingest::backfill::Backfills {
+            config: config.clone(),
+            router: router_rx.clone(),
+            exchange: exchange.clone(),
+            streaming: handles.streaming.clone(),
+            wake: handles.backfills.subscribe(),
+            metrics: handles.metrics.clone(),
+        }),
+        cancel.clone(),
+    ));
     let hooks = Hooks {
         handoff: config.delivery.enabled.then(|| handoff.clone()),
         metrics: Some(handles.metrics.clone()),
+        backfill: Some(exchange),
     };
     let result = ingest_loop(&config, router_rx, hooks, &handles.streaming, &cancel)
         .await
