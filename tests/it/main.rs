@@ -7,6 +7,7 @@
 mod support;
 
 mod api;
+mod backfill;
 mod cdc;
 mod cli;
 mod config_example;
