@@ -319,11 +319,11 @@ pub fn check_where_syntax(expr: &str) -> Result<(), String> {
                     "contains a comment (/*); it must be a single boolean expression".into(),
                 )
             }
-            b'$' if i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_') => {
-                // A dollar-quoted string could hide anything from this scan.
-                if b.get(i + 1).is_some_and(|c| !c.is_ascii_digit()) {
-                    return Err("contains a dollar-quoted string; use '…' quotes".into());
-                }
+            // A dollar-quoted string could hide anything from this scan ($1 is a parameter).
+            b'$' if (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'))
+                && b.get(i + 1).is_some_and(|c| !c.is_ascii_digit()) =>
+            {
+                return Err("contains a dollar-quoted string; use '…' quotes".into());
             }
             b'\''
                 if i > 0
