@@ -88,6 +88,29 @@ async fn spawn(db: &TestDb, subs: &str, tag: &str) -> (Walhook, Api) {
     (child, api)
 }
 
+/// Stops the daemon and drops the test's slot (slots are cluster-wide and limited on the shared
+/// server).
+async fn stop(child: Walhook, db: &TestDb) {
+    child.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        db.sql(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+             WHERE slot_name = '{}' AND NOT active",
+            db.name
+        ));
+        let left = db.sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.name
+        ));
+        if left == "0" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "slot {} still active", db.name);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `to_jsonb(row)` of every row, by id.
 fn rows_jsonb(db: &TestDb, table: &str) -> HashMap<i64, Value> {
     let out = db.sql(&format!(
@@ -158,7 +181,7 @@ async fn refused_requests_run_nothing() {
     assert_eq!(db.sql("SELECT count(*) FROM items"), "10");
     assert_eq!(db.sql("SELECT count(*) FROM walhook.deliveries"), "0");
     assert_eq!(rx.count(), 0);
-    child.stop().await;
+    stop(child, &db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +275,7 @@ async fn rows_arrive_as_read_events_equal_to_to_jsonb() {
     db.sql("UPDATE items SET status = 'paid' WHERE id = 1");
     let reqs = rx.wait_for(3500 + 1, Duration::from_secs(20)).await;
     assert!(reqs[3500..].iter().all(|r| r.json()["event"] == "UPDATE"));
-    child.stop().await;
+    stop(child, &db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,6 +290,39 @@ async fn cancel_stops_at_once() {
     assert_eq!(status, 202, "{b}");
     let bid = b["id"].as_str().unwrap().to_string();
     rx.wait_for(100, Duration::from_secs(20)).await;
+    // Progress per backfill in /metrics while it runs (set once the runner hears of the commit).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (metrics, done_line) = loop {
+        let metrics = api
+            .http
+            .get(format!("{}/metrics", api.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("walhook_backfill_rows_done{"))
+            .map(str::to_string);
+        if let Some(line) = line {
+            break (metrics, line);
+        }
+        assert!(Instant::now() < deadline, "no backfill metrics: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        done_line.contains(&format!("backfill=\"{bid}\""))
+            && done_line.contains("subscription=\"s\""),
+        "{done_line}"
+    );
+    let rows: i64 = done_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(rows >= 100 && rows % 100 == 0, "{done_line}");
+    assert!(
+        metrics.contains("walhook_backfill_rows_estimated{"),
+        "{metrics}"
+    );
     let (status, c) = api
         .send(reqwest::Method::DELETE, &format!("s/backfills/{bid}"), None)
         .await;
@@ -288,7 +344,7 @@ async fn cancel_stops_at_once() {
         .send(reqwest::Method::GET, "s/backfills/bf_999", None)
         .await;
     assert_eq!(status, 404);
-    child.stop().await;
+    stop(child, &db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,13 +408,27 @@ async fn kill_9_resumes_after_the_last_stored_chunk() {
         ),
         "20000 20000 20000"
     );
-    let reqs = rx.wait_for(20_000, Duration::from_secs(60)).await;
-    let ids: HashSet<i64> = reqs
-        .iter()
-        .map(|r| r.json()["record"]["id"].as_i64().unwrap())
-        .collect();
-    assert_eq!(ids.len(), 20_000);
-    child.stop().await;
+    // Every row reaches the receiver (a delivery sent but not recorded before the kill is sent
+    // again: at-least-once, same event id).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reqs = rx.snapshot();
+        let ids: HashSet<i64> = reqs
+            .iter()
+            .map(|r| r.json()["record"]["id"].as_i64().unwrap())
+            .collect();
+        let events: HashSet<String> = reqs
+            .iter()
+            .map(|r| r.header("x-archie-delivery").to_string())
+            .collect();
+        assert_eq!(ids.len(), events.len(), "one event id per row");
+        if ids.len() == 20_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} rows received", ids.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop(child, &db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,5 +540,5 @@ async fn concurrent_writer_last_event_per_key_is_the_final_row() {
             assert!(last.contains_key(&id), "key {id} never sent");
         }
     }
-    child.stop().await;
+    stop(child, &db).await;
 }
