@@ -544,6 +544,10 @@ impl Runner {
         backfills::emit_watermark(source, &format!("low:{token}"))
             .await
             .map_err(from_source)?;
+        // Everything before the low watermark in the WAL must be visible to the chunk's read.
+        backfills::settle_commits(source)
+            .await
+            .map_err(from_source)?;
         let texts = backfills::read_chunk(
             source,
             &shape.table,

@@ -15,7 +15,10 @@
 //!   they arrive, so a transaction of any size is never held in memory;
 //! - the durable position (what the slot may confirm) is published by the writer only after its
 //!   COMMIT; `idle` is true only when every handed-over commit is durable;
-//! - routing changes (SIGHUP) take effect between transactions, never inside one.
+//! - routing changes (SIGHUP) take effect between transactions, never inside one;
+//! - backfills ([`super::backfill`]): the keys changed between a chunk's watermarks are recorded
+//!   here, and at the high watermark the chunk's other rows and its progress are written into
+//!   the same outbox transaction as the watermark's source transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -410,6 +410,50 @@ async fn read_only(
     Ok(tx)
 }
 
+/// Longest [`settle_commits`] waits for the transactions it saw in progress.
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the transactions in progress now have ended (at most [`SETTLE_MAX`]).
+///
+/// Called after the low watermark committed and before the chunk is read. A transaction whose
+/// commit record precedes the watermark in the WAL may still be invisible to a snapshot taken
+/// just after the watermark's commit returned (it has written its commit record but not yet
+/// left the proc array); the chunk read would miss its change while the stream, placing it
+/// before the watermark, would not record it in the window, and the chunk's stale row would
+/// overtake it. Such a transaction is only instants from visible (the watermark's own flush
+/// covered its commit record), so waiting for the transactions in progress closes the gap; one
+/// still in progress after [`SETTLE_MAX`] is a long transaction, which commits after the
+/// watermark and is recorded in the window.
+pub async fn settle_commits(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let xids: Vec<String> = client
+        .query_one(
+            "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x",
+            &[],
+        )
+        .await?
+        .get(0);
+    if xids.is_empty() {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + SETTLE_MAX;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let open: i64 = client
+            .query_one(
+                "SELECT count(*) FROM unnest($1::text[]) x
+                 WHERE pg_xact_status(x::xid8) = 'in progress'",
+                &[&xids],
+            )
+            .await?
+            .get(0);
+        if open == 0 || std::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Reads the next chunk: up to `limit` rows after `after` (the last key read), in primary-key
 /// order, each as `to_jsonb(row)` text. One short READ ONLY transaction.
 pub async fn read_chunk(
