@@ -60,6 +60,10 @@ impl Api {
     }
 }
 
+fn config_path(db: &TestDb, tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("walhook-bf-{}-{tag}.toml", db.name))
+}
+
 /// `walhook run` spawned with the API on port 0; waits until it streams.
 async fn spawn(db: &TestDb, subs: &str, tag: &str) -> (Walhook, Api) {
     let text = config_text(
@@ -69,7 +73,7 @@ async fn spawn(db: &TestDb, subs: &str, tag: &str) -> (Walhook, Api) {
         )),
         subs,
     );
-    let path = std::env::temp_dir().join(format!("walhook-bf-{}-{tag}.toml", db.name));
+    let path = config_path(db, tag);
     std::fs::write(&path, text).unwrap();
     let mut cmd = bin::with_config("run", &path);
     cmd.stdout(Stdio::null());
@@ -586,5 +590,59 @@ async fn concurrent_writer_last_event_per_key_is_the_final_row() {
             assert!(last.contains_key(&id), "key {id} never sent");
         }
     }
+    stop(child, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_twin_checks_starts_and_follows_to_done() {
+    let db = TestDb::new();
+    items(&db, 2000);
+    let rx = Receiver::ok().await;
+    let (child, _api) = spawn(&db, &sub("s", "items", &rx.url, ""), "cli").await;
+    let cfg = config_path(&db, "cli");
+    let refused = bin::with_config("backfill", &cfg)
+        .args(["--subscription", "s", "--where", "true; DELETE FROM items"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("where: contains ';'"), "{err}");
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.backfills"), "0");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        bin::with_config("backfill", &cfg)
+            .args([
+                "--subscription",
+                "s",
+                "--where",
+                "id <= 1200",
+                "--chunk-size",
+                "300",
+            ])
+            .output(),
+    )
+    .await
+    .expect("walhook backfill ends")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not a terminal: plain lines, the first one saying what started, the last one the end.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("backfill bf_1 of s started"),
+        "{stdout}"
+    );
+    assert!(
+        lines.last().unwrap().starts_with("bf_1 done: 1200"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains('\r'), "{stdout:?}");
+    let reqs = wait_distinct(&rx, 1200, 30).await;
+    assert!(reqs.iter().all(|r| r.json()["event"] == "READ"));
     stop(child, &db).await;
 }
