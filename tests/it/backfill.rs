@@ -646,3 +646,85 @@ async fn cli_twin_checks_starts_and_follows_to_done() {
     assert!(reqs.iter().all(|r| r.json()["event"] == "READ"));
     stop(child, &db).await;
 }
+
+/// Benchmark (ignored; run with `cargo test --release --test it backfill::bench -- --ignored
+/// --nocapture`, rows from `BACKFILL_BENCH_ROWS`, default 200000): a W1-shaped table backfilled
+/// through to a loopback receiver, next to `COPY (SELECT to_jsonb(t) FROM t) TO STDOUT` drained
+/// in the same run (the limit), with the daemon's peak RSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_w1_shaped_backfill() {
+    use futures_util::StreamExt;
+    let n: i64 = std::env::var("BACKFILL_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let db = TestDb::new();
+    db.sql(&format!(
+        "CREATE TABLE orders (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), total numeric(12,2),
+             status text, customer_id text, created_at timestamptz DEFAULT now(), meta jsonb);
+         ALTER TABLE orders REPLICA IDENTITY FULL;
+         INSERT INTO orders (total, status, customer_id, meta)
+         SELECT g + (g % 100) / 100.0, 'new', 'cust-' || (g % 5000),
+                jsonb_build_object('sku', 'sku-'||g, 'qty', g % 7)
+         FROM generate_series(1, {n}) g;
+         ANALYZE orders"
+    ));
+    let client = db.client().await;
+    let t = Instant::now();
+    let stream = client
+        .copy_out("COPY (SELECT to_jsonb(t) FROM orders t) TO STDOUT")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(stream);
+    let mut bytes = 0usize;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk.unwrap().len();
+    }
+    let copy_rate = n as f64 / t.elapsed().as_secs_f64();
+    let rx = Receiver::ok().await;
+    let (child, api) = spawn(&db, &sub("s", "orders", &rx.url, ""), "bench").await;
+    let pid = child.child.id().unwrap();
+    let t = Instant::now();
+    let (status, b) = api.start("s", json!({ "chunk_size": 5000 })).await;
+    assert_eq!(status, 202, "{b}");
+    let bid: i64 = b["id"].as_str().unwrap()[3..].parse().unwrap();
+    let mut hwm = 0u64;
+    loop {
+        let state: String = client
+            .query_one("SELECT state FROM walhook.backfills WHERE id = $1", &[&bid])
+            .await
+            .unwrap()
+            .get(0);
+        hwm = hwm.max(vm_hwm_kb(pid));
+        if state == "done" {
+            break;
+        }
+        assert_eq!(state, "running");
+        assert!(t.elapsed() < Duration::from_secs(1800));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored_rate = n as f64 / t.elapsed().as_secs_f64();
+    wait_distinct(&rx, n as usize, 1800).await;
+    let delivered_rate = n as f64 / t.elapsed().as_secs_f64();
+    hwm = hwm.max(vm_hwm_kb(pid));
+    eprintln!(
+        "backfill bench, {n} rows: COPY to_jsonb {copy_rate:.0} rows/s ({bytes} bytes); \
+         backfill stored {stored_rate:.0} rows/s ({:.2} of COPY), delivered {delivered_rate:.0} rows/s \
+         ({:.2} of COPY); daemon peak RSS {} MB",
+        stored_rate / copy_rate,
+        delivered_rate / copy_rate,
+        hwm / 1024
+    );
+    stop(child, &db).await;
+}
+
+fn vm_hwm_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
