@@ -51,6 +51,8 @@ pub struct Handles {
     pub changed: Arc<Notify>,
     /// Lets the API answer a subscription change once routing includes it.
     pub routing: Arc<crate::ingest::reload::RoutingSync>,
+    /// Bumped after a backfill is created or cancelled; the backfill runners look again.
+    pub backfills: Arc<watch::Sender<u64>>,
 }
 
 impl Default for Handles {
@@ -60,6 +62,7 @@ impl Default for Handles {
             streaming: Arc::new(AtomicBool::new(false)),
             changed: Arc::new(Notify::new()),
             routing: crate::ingest::reload::RoutingSync::new(),
+            backfills: Arc::new(watch::channel(0).0),
         }
     }
 }
@@ -152,6 +155,7 @@ pub async fn run_with(
                 changed: handles.changed.clone(),
                 handoff: handoff.clone(),
                 routing: routing.clone(),
+                backfills: handles.backfills.clone(),
             });
             let cancel = cancel.clone();
             let app = crate::api::router(state.clone())
@@ -164,9 +168,22 @@ pub async fn run_with(
         }
         None => info!("management API off: set [api] token to enable it"),
     }
+    let exchange = crate::ingest::backfill::Exchange::new();
+    tasks.spawn(crate::ingest::backfill::backfill_loop(
+        Arc::new(crate::ingest::backfill::Backfills {
+            config: config.clone(),
+            router: router_rx.clone(),
+            exchange: exchange.clone(),
+            streaming: handles.streaming.clone(),
+            wake: handles.backfills.subscribe(),
+            metrics: handles.metrics.clone(),
+        }),
+        cancel.clone(),
+    ));
     let hooks = Hooks {
         handoff: config.delivery.enabled.then(|| handoff.clone()),
         metrics: Some(handles.metrics.clone()),
+        backfill: Some(exchange),
     };
     let result = ingest_loop(&config, router_rx, hooks, &handles.streaming, &cancel)
         .await

@@ -63,6 +63,22 @@ enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// Send a subscription's existing rows as READ events (performed by `walhook run`) and
+    /// follow the progress.
+    Backfill {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        subscription: String,
+        /// A boolean SQL expression on the table, e.g. "updated_at >= '2025-12-01'".
+        #[arg(long = "where")]
+        where_sql: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        chunk_size: i32,
+        /// Pause between two chunks, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: i32,
+    },
     /// Send a signed PING to a subscription's URL and print the receiver's status and time.
     SendTest {
         #[arg(long, short, default_value = "config.toml")]
@@ -193,6 +209,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Deliveries { command } => deliveries(command).await,
+        Command::Backfill {
+            config,
+            subscription,
+            where_sql,
+            chunk_size,
+            pause_ms,
+        } => {
+            use std::io::IsTerminal;
+            let config = load(&config)?;
+            let cancel = cancel_on_signals()?;
+            let req = walhook::cmd::backfill::Request {
+                subscription: &subscription,
+                where_sql: where_sql.as_deref(),
+                chunk_size,
+                pause_ms,
+            };
+            let terminal = std::io::stdout().is_terminal();
+            let done = walhook::cmd::backfill::run(
+                &config,
+                &req,
+                terminal,
+                &mut std::io::stdout(),
+                &cancel,
+            )
+            .await
+            .context("walhook backfill")?;
+            Ok(if done {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::SendTest {
             config,
             subscription,

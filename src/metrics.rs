@@ -121,6 +121,12 @@ struct SubscriptionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackfillLabels {
+    backfill: String,
+    subscription: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     subscription: String,
     result: Attempt,
@@ -188,6 +194,10 @@ pub struct Metrics {
     rate_wait_seconds: Family<SubscriptionLabels, Counter<f64, AtomicU64>>,
     batch_size: Family<SubscriptionLabels, Histogram, fn() -> Histogram>,
     latency: Histogram,
+    backfill_done: Family<BackfillLabels, Gauge>,
+    backfill_estimated: Family<BackfillLabels, Gauge>,
+    /// Each running backfill's labels, to remove its series when it ends.
+    backfills: Mutex<HashMap<i64, BackfillLabels>>,
     db: Arc<DbCollector>,
     /// Deliveries finished (any outcome), for the console's rate chart.
     finished_total: AtomicU64,
@@ -269,6 +279,18 @@ impl Metrics {
             Unit::Seconds,
             latency.clone(),
         );
+        let backfill_done = Family::default();
+        registry.register(
+            "backfill_rows_done",
+            "Rows a running backfill has read and stored so far",
+            backfill_done.clone(),
+        );
+        let backfill_estimated = Family::default();
+        registry.register(
+            "backfill_rows_estimated",
+            "The planner's estimate of the rows a running backfill reads",
+            backfill_estimated.clone(),
+        );
         let db = Arc::new(DbCollector::default());
         registry.register_collector(Box::new(db.clone()));
         Metrics {
@@ -284,6 +306,9 @@ impl Metrics {
             rate_wait_seconds,
             batch_size,
             latency,
+            backfill_done,
+            backfill_estimated,
+            backfills: Mutex::new(HashMap::new()),
             db,
             finished_total: AtomicU64::new(0),
             breakers: Mutex::new(HashMap::new()),
@@ -408,6 +433,41 @@ impl Metrics {
     /// Time from the source commit to the receiver's 2xx.
     pub fn delivered_latency(&self, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
+    }
+
+    /// A running backfill's progress.
+    pub fn backfill_progress(
+        &self,
+        id: i64,
+        subscription: &str,
+        done: i64,
+        estimated: Option<i64>,
+    ) {
+        let labels = BackfillLabels {
+            backfill: format!("bf_{id}"),
+            subscription: subscription.to_string(),
+        };
+        self.backfill_done.get_or_create(&labels).set(done);
+        if let Some(e) = estimated {
+            self.backfill_estimated.get_or_create(&labels).set(e);
+        }
+        self.backfills
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, labels);
+    }
+
+    /// Removes a backfill's series once it stopped running in this process.
+    pub fn forget_backfill(&self, id: i64) {
+        let labels = self
+            .backfills
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Some(l) = labels {
+            self.backfill_done.remove(&l);
+            self.backfill_estimated.remove(&l);
+        }
     }
 
     /// Removes every series of a subscription that no longer exists, so that dashboards do not

@@ -18,6 +18,7 @@
 //! example works with only the host changed.
 
 mod auth;
+mod backfills;
 pub mod body;
 
 pub mod common;
@@ -71,6 +72,8 @@ pub struct ApiState {
     pub routing: Arc<crate::ingest::reload::RoutingSync>,
     /// Tells this process's delivery pumps about replays (they probe an open breaker at once).
     pub handoff: Arc<crate::outbox::handoff::Handoff>,
+    /// Bumped after a backfill is created or cancelled, so this process's runners look again.
+    pub backfills: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Longest an answer waits for routing to include a stored subscription change.
@@ -172,6 +175,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
             post(deliveries::replay_dead_handler),
         )
         .route("/api/rest/_webhooks/{id}/test", post(ping::handler))
+        .route("/api/rest/_webhooks/{id}/backfill", post(backfills::create))
+        .route("/api/rest/_webhooks/{id}/backfills", get(backfills::list))
+        .route(
+            "/api/rest/_webhooks/{id}/backfills/{backfill_id}",
+            get(backfills::get_one).delete(backfills::cancel),
+        )
         // route_layer: unknown paths get the JSON 404, not a 401.
         .route_layer(middleware::from_fn_with_state(
             ctx.clone(),

@@ -5,6 +5,7 @@
 //! layers (`outbox/` for SQL, `api/` for the views and test sends), so the CLI and the API can
 //! never disagree.
 
+pub mod backfill;
 pub mod check;
 pub mod deliveries;
 pub mod tail;

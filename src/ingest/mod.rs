@@ -9,6 +9,7 @@
 //!   transactions, with the router updated before the publication gains a table, so no change
 //!   of a newly subscribed table is dropped ([`reload`]).
 
+pub mod backfill;
 pub mod reload;
 pub mod sink;
 pub mod stream;

@@ -15,7 +15,10 @@
 //!   they arrive, so a transaction of any size is never held in memory;
 //! - the durable position (what the slot may confirm) is published by the writer only after its
 //!   COMMIT; `idle` is true only when every handed-over commit is durable;
-//! - routing changes (SIGHUP) take effect between transactions, never inside one.
+//! - routing changes (SIGHUP) take effect between transactions, never inside one;
+//! - backfills ([`super::backfill`]): the keys changed between a chunk's watermarks are recorded
+//!   here, and at the high watermark the chunk's other rows and its progress are written into
+//!   the same outbox transaction as the watermark's source transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -38,7 +41,17 @@ use crate::source::stream::Sink;
 /// What the front hands to the writer.
 enum Item {
     Row(Routed, Lsn),
-    Commit { commit_lsn: Lsn, end_lsn: Lsn },
+    /// A backfill row: stored as event `READ`.
+    Read(Routed, Lsn),
+    /// A backfill chunk's progress, stored with the open group; `done` hears when it is.
+    Progress(
+        crate::outbox::backfills::Progress,
+        tokio::sync::oneshot::Sender<super::backfill::Outcome>,
+    ),
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+    },
 }
 
 const CHANNEL: usize = 8192;
@@ -58,9 +71,12 @@ const HANDOFF_ROW_OVERHEAD: usize = 128;
 pub struct Hooks {
     pub handoff: Option<Arc<Handoff>>,
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    /// Where backfill runners hand over their chunks.
+    pub backfill: Option<Arc<super::backfill::Exchange>>,
 }
 
 pub struct OutboxSink {
+    watermarks: Option<super::backfill::Watermarks>,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     router: Router,
     reload: watch::Receiver<Router>,
@@ -104,8 +120,10 @@ impl OutboxSink {
             kept: HashMap::new(),
             kept_bytes: 0,
             dropped: HashSet::new(),
+            backfill_done: Vec::new(),
         };
         OutboxSink {
+            watermarks: hooks.backfill.clone().map(super::backfill::Watermarks::new),
             metrics: hooks.metrics,
             router,
             reload,
@@ -164,6 +182,9 @@ impl Sink for OutboxSink {
             );
         }
         self.skipping = final_lsn <= self.checkpoint;
+        if let Some(w) = &mut self.watermarks {
+            w.begin();
+        }
         if self.skipping {
             debug!(commit_lsn = %final_lsn, checkpoint = %self.checkpoint, "skipping transaction already in the outbox");
         }
@@ -178,6 +199,9 @@ impl Sink for OutboxSink {
         if let Some(m) = &self.metrics {
             m.add_changes(1);
         }
+        if let Some(w) = &mut self.watermarks {
+            w.observe(&change);
+        }
         self.buf.clear();
         self.router.route(&change, &mut self.buf);
         let lsn = self.commit_lsn;
@@ -188,6 +212,25 @@ impl Sink for OutboxSink {
         }
         self.buf = rows;
         Ok(())
+    }
+
+    async fn message(&mut self, prefix: &str, content: &[u8]) -> Result<(), IngestError> {
+        if self.skipping {
+            return Ok(());
+        }
+        let Some(ready) = self
+            .watermarks
+            .as_mut()
+            .and_then(|w| w.message(prefix, content))
+        else {
+            return Ok(());
+        };
+        // A backfill chunk, stored at its high watermark's place in the stream.
+        let lsn = self.commit_lsn;
+        for r in ready.rows {
+            self.send(Item::Read(r, lsn)).await?;
+        }
+        self.send(Item::Progress(ready.progress, ready.done)).await
     }
 
     async fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn) -> Result<Lsn, IngestError> {
@@ -248,6 +291,8 @@ struct Writer {
     kept_bytes: usize,
     /// Subscriptions whose rows of the open group were not kept.
     dropped: HashSet<Arc<str>>,
+    /// Backfill runners waiting for the open group's commit.
+    backfill_done: Vec<tokio::sync::oneshot::Sender<super::backfill::Outcome>>,
 }
 
 impl Writer {
@@ -272,9 +317,20 @@ impl Writer {
             match item {
                 Item::Row(r, lsn) => {
                     let written = self.out.write(&r, lsn).await?;
-                    self.keep(r, written);
+                    let event = r.event.as_str();
+                    self.keep(r, event, written);
                     self.rows_in_group += 1;
                     self.rows_since_commit += 1;
+                }
+                Item::Read(r, lsn) => {
+                    let written = self.out.write_as(&r, "READ", lsn).await?;
+                    self.keep(r, "READ", written);
+                    self.rows_in_group += 1;
+                    self.rows_since_commit += 1;
+                }
+                Item::Progress(p, done) => {
+                    self.out.note_progress(p).await?;
+                    self.backfill_done.push(done);
                 }
                 Item::Commit {
                     commit_lsn,
@@ -307,6 +363,9 @@ impl Writer {
         }
         self.checkpoint = commit_lsn;
         self.durable.send_if_modified(|d| bump(d, end_lsn));
+        for done in self.backfill_done.drain(..) {
+            let _ = done.send(super::backfill::Outcome::Stored);
+        }
         self.total_rows += self.rows_in_group;
         if let Some(m) = &self.hooks.metrics {
             m.add_enqueued(self.rows_in_group);
@@ -324,7 +383,7 @@ impl Writer {
     }
 
     /// Keeps a stored row for the handoff, within [`HANDOFF_BYTES`] per group.
-    fn keep(&mut self, r: Routed, written: crate::outbox::enqueue::Written) {
+    fn keep(&mut self, r: Routed, event: &str, written: crate::outbox::enqueue::Written) {
         let Some(h) = &self.hooks.handoff else {
             return;
         };
@@ -344,7 +403,7 @@ impl Writer {
         self.kept.entry(r.subscription).or_default().push(Claimed {
             id: written.id,
             event_id: r.event_id,
-            event: r.event.as_str().to_string(),
+            event: event.to_string(),
             ordering_key: r.key,
             payload: r.body,
             attempts: 0,

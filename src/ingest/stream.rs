@@ -113,6 +113,13 @@ async fn ingest_once(
         .and_then(|s| s.confirmed_flush)
         .unwrap_or(Lsn::ZERO);
 
+    // pgoutput sends logical messages (the backfills' watermarks) from PostgreSQL 14 on.
+    let version: i32 = source_client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(crate::source::SourceError::from)?
+        .get(0);
+    let messages = if version >= 140_000 { "true" } else { "false" };
     let repl = ReplicationClient::connect(&pg).await?;
     let pub_names = format!("\"{publication}\"");
     // The server starts at max(requested, confirmed_flush); transactions at or below the
@@ -121,7 +128,12 @@ async fn ingest_once(
         .start_logical(
             slot,
             checkpoint,
-            &[("proto_version", "1"), ("publication_names", &pub_names)],
+            &[
+                ("proto_version", "1"),
+                ("publication_names", &pub_names),
+                // Transactional logical messages: the backfills' watermarks.
+                ("messages", messages),
+            ],
         )
         .await?;
     info!(slot, checkpoint = %checkpoint, confirmed_flush = %confirmed, "streaming");

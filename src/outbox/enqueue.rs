@@ -46,6 +46,8 @@ pub struct Enqueuer {
     sequences_dirty: HashMap<Arc<str>, i64>,
     /// Ids taken from the sequence and not used yet.
     ids: std::ops::Range<i64>,
+    /// Backfill progress stored with the open transaction.
+    progress: Vec<super::backfills::Progress>,
 }
 
 impl Enqueuer {
@@ -58,6 +60,7 @@ impl Enqueuer {
             sequences: None,
             sequences_dirty: HashMap::new(),
             ids: 0..0,
+            progress: Vec::new(),
         }
     }
 
@@ -74,6 +77,16 @@ impl Enqueuer {
     /// Writes one delivery of the source transaction committed at `commit_lsn`, opening the
     /// outbox transaction first if none is open.
     pub async fn write(&mut self, r: &Routed, commit_lsn: Lsn) -> Result<Written, OutboxError> {
+        self.write_as(r, r.event.as_str(), commit_lsn).await
+    }
+
+    /// [`Enqueuer::write`] with the stored event named `event` (a backfill's `READ`).
+    pub async fn write_as(
+        &mut self,
+        r: &Routed,
+        event: &str,
+        commit_lsn: Lsn,
+    ) -> Result<Written, OutboxError> {
         if self.copy.is_none() {
             self.open().await?;
         }
@@ -104,7 +117,7 @@ impl Enqueuer {
                 &id,
                 &sub,
                 &r.event_id,
-                &r.event.as_str(),
+                &event,
                 &r.key,
                 &r.body,
                 &(commit_lsn.0 as i64),
@@ -178,6 +191,18 @@ impl Enqueuer {
         Ok(())
     }
 
+    /// Stores a backfill chunk's progress with the open transaction (opening one if none is).
+    pub async fn note_progress(
+        &mut self,
+        p: super::backfills::Progress,
+    ) -> Result<(), OutboxError> {
+        if self.copy.is_none() {
+            self.open().await?;
+        }
+        self.progress.push(p);
+        Ok(())
+    }
+
     /// Ends the COPY, raises the checkpoint to `commit_lsn` and commits; false when nothing was
     /// open (nothing to commit).
     pub async fn commit(&mut self, commit_lsn: Lsn) -> Result<bool, OutboxError> {
@@ -199,6 +224,10 @@ impl Enqueuer {
             )
             .await?;
         self.sequences_dirty.clear();
+        if !self.progress.is_empty() {
+            super::backfills::store_progress(&self.client, &self.schema, &self.progress).await?;
+            self.progress.clear();
+        }
         self.client
             .execute(
                 &format!(

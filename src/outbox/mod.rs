@@ -7,6 +7,7 @@
 //! moves forward; migrations are applied once, in order, under an advisory lock, so several
 //! instances starting together do not race.
 
+pub mod backfills;
 pub mod console;
 pub mod deliveries;
 pub mod enqueue;
@@ -31,6 +32,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../../sql/003_owners.sql")),
     (4, include_str!("../../sql/004_sessions_sequences.sql")),
     (5, include_str!("../../sql/005_delivery_options.sql")),
+    (6, include_str!("../../sql/006_backfills.sql")),
     (7, include_str!("../../sql/007_batching.sql")),
     (8, include_str!("../../sql/008_id_blocks.sql")),
 ];

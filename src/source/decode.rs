@@ -62,8 +62,26 @@ pub enum Decoded {
         end_lsn: Lsn,
         commit_ts: i64,
     },
-    /// Relation, Type, Origin, Truncate, logical messages: nothing to route.
+    /// A transactional logical message (`pg_logical_emit_message(true, …)`), in its
+    /// transaction's place in the stream (backfill watermarks).
+    Message {
+        prefix: String,
+        content: Bytes,
+    },
+    /// Relation, Type, Origin, Truncate, non-transactional logical messages: nothing to route.
     Other,
+}
+
+/// A logical message: transactional ones keep their place in the stream; the others arrive
+/// outside any transaction, have no commit position, and are not passed on.
+fn logical_message(transactional: bool, prefix: &str, content: &Bytes) -> Decoded {
+    if !transactional {
+        return Decoded::Other;
+    }
+    Decoded::Message {
+        prefix: prefix.to_string(),
+        content: content.clone(),
+    }
 }
 
 struct Tx {
@@ -329,9 +347,13 @@ impl ChangeDecoder {
                 warn!(?relation_ids, "TRUNCATE is not delivered as webhooks");
                 Decoded::Other
             }
-            Message::Type { .. } | Message::Origin { .. } | Message::LogicalMessage { .. } => {
-                Decoded::Other
-            }
+            Message::LogicalMessage {
+                transactional,
+                prefix,
+                content,
+                ..
+            } => logical_message(*transactional, prefix, content),
+            Message::Type { .. } | Message::Origin { .. } => Decoded::Other,
         }))
     }
 

@@ -30,6 +30,10 @@ pub trait Sink {
     async fn begin(&mut self, final_lsn: Lsn, commit_ts: i64) -> Result<(), Self::Error>;
     async fn change(&mut self, change: RowChange) -> Result<(), Self::Error>;
     async fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn) -> Result<Lsn, Self::Error>;
+    /// A transactional logical message, between `begin` and `commit` of its transaction.
+    async fn message(&mut self, _prefix: &str, _content: &[u8]) -> Result<(), Self::Error> {
+        Ok(())
+    }
     /// Durable position now (a sink that stores in the background moves it later than commit).
     fn durable(&self) -> Lsn {
         Lsn::ZERO
@@ -120,6 +124,9 @@ impl SourceLoop {
                                         Ok(lsn) => durable = durable.max(lsn),
                                         Err(e) => break Err(e),
                                     }
+                                }
+                                Ok(Decoded::Message { prefix, content }) => {
+                                    if let Err(e) = sink.message(&prefix, &content).await { break Err(e) }
                                 }
                                 Ok(Decoded::Other) => {}
                             }

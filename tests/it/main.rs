@@ -7,6 +7,7 @@
 mod support;
 
 mod api;
+mod backfill;
 mod batching;
 mod cdc;
 mod cli;

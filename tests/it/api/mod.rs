@@ -152,6 +152,7 @@ pub async fn start_with_source(
         routing: handles.routing.clone(),
         streaming: handles.streaming.clone(),
         changed: handles.changed.clone(),
+        backfills: handles.backfills.clone(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -1,0 +1,719 @@
+//! Backfills: the existing rows of a subscription's table sent as `READ` deliveries, in
+//! primary-key order, chunk by chunk, consistent with the live stream (the watermark method of
+//! Netflix's DBLog).
+//!
+//! For each chunk the runner writes a low watermark through the WAL (a transactional logical
+//! message), reads the chunk (one short READ ONLY statement), hands the rendered rows to the
+//! [`Exchange`], and writes a high watermark. The ingest sink ([`Watermarks`]) records the keys
+//! of the table that change between the two watermarks; at the high watermark it drops the
+//! chunk's rows whose key changed (the streamed change is newer) and stores the others, with the
+//! chunk's progress, in the outbox transaction of the high watermark's source transaction.
+//!
+//! Guarantees:
+//! - for every key, the last event stored reflects the row's latest committed state, and per-key
+//!   order holds across backfill and stream events: a chunk row is stored at the high
+//!   watermark's place in the stream, and only when no change of its key lies between the
+//!   watermarks (a change before the low watermark is already in the row);
+//! - exactly once per chunk into the outbox, resumable: a chunk's rows and its progress commit
+//!   together (invariant 1); after a crash the backfill continues after the last stored chunk,
+//!   re-reading at most the chunk in flight, whose rows keep their event ids
+//!   (`evt_bf_<backfill>_<hash of key>`);
+//! - bounded: one chunk per running backfill in memory; the keys recorded in a window are capped
+//!   ([`MAX_WINDOW_KEYS`]); a window that overflows, or that the sink did not see open (it
+//!   restarted in between), makes the runner read the chunk again, never store it unchecked;
+//! - a backfill runs only while this process streams from the slot (only its sink sees the
+//!   watermarks); cancel (the API's DELETE) is seen between chunks and while waiting, at once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::{EventKind, Lsn, RowChange, TableName, TableShape};
+use crate::outbox::backfills::{self, Backfill, Progress, TableInfo, WATERMARK_PREFIX};
+use crate::outbox::{self, Schema};
+use crate::pg::tls;
+use crate::route::{Routed, Router};
+
+/// Keys recorded between one chunk's watermarks, at most; beyond it the chunk is read again.
+pub const MAX_WINDOW_KEYS: usize = 1_000_000;
+/// Longest a runner waits for the sink to store a chunk before it reads the chunk again.
+const CHUNK_WAIT: Duration = Duration::from_secs(60);
+/// How often running backfills are looked for (also woken by the API).
+const SCAN_EVERY: Duration = Duration::from_secs(5);
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What became of a chunk handed to the sink.
+#[derive(Debug)]
+pub enum Outcome {
+    Stored,
+    /// Not stored; read it again.
+    Retry(&'static str),
+}
+
+/// A rendered chunk: its rows (with their ordering keys) and the progress it completes.
+pub struct Chunk {
+    pub rows: Vec<Routed>,
+    pub progress: Progress,
+}
+
+struct Pending {
+    table: TableName,
+    chunk: Option<Chunk>,
+    done: oneshot::Sender<Outcome>,
+}
+
+/// Where runners hand chunks to the ingest sink: at most one pending chunk per running backfill.
+#[derive(Default)]
+pub struct Exchange {
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+impl Exchange {
+    pub fn new() -> Arc<Exchange> {
+        Arc::new(Exchange::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, token: &str, table: TableName) -> oneshot::Receiver<Outcome> {
+        let (done, rx) = oneshot::channel();
+        self.lock().insert(
+            token.to_string(),
+            Pending {
+                table,
+                chunk: None,
+                done,
+            },
+        );
+        rx
+    }
+
+    fn fill(&self, token: &str, chunk: Chunk) {
+        if let Some(p) = self.lock().get_mut(token) {
+            p.chunk = Some(chunk);
+        }
+    }
+
+    fn abandon(&self, token: &str) {
+        self.lock().remove(token);
+    }
+
+    fn table_of(&self, token: &str) -> Option<TableName> {
+        self.lock().get(token).map(|p| p.table.clone())
+    }
+
+    fn take(&self, token: &str) -> Option<Pending> {
+        self.lock().remove(token)
+    }
+}
+
+/// A chunk ready to be stored by the sink's writer.
+pub struct Ready {
+    pub rows: Vec<Routed>,
+    pub progress: Progress,
+    pub done: oneshot::Sender<Outcome>,
+}
+
+struct Window {
+    table: TableName,
+    keys: HashSet<String>,
+    overflow: bool,
+}
+
+/// The sink's side: windows between low and high watermarks, and the keys changed in them.
+pub struct Watermarks {
+    exchange: Arc<Exchange>,
+    windows: HashMap<String, Window>,
+}
+
+impl Watermarks {
+    pub fn new(exchange: Arc<Exchange>) -> Watermarks {
+        Watermarks {
+            exchange,
+            windows: HashMap::new(),
+        }
+    }
+
+    /// At each source transaction: forgets windows whose runner gave up.
+    pub fn begin(&mut self) {
+        if !self.windows.is_empty() {
+            let ex = &self.exchange;
+            self.windows.retain(|t, _| ex.table_of(t).is_some());
+        }
+    }
+
+    /// Records the key of a change inside an open window of its table.
+    pub fn observe(&mut self, change: &RowChange) {
+        if self.windows.is_empty() {
+            return;
+        }
+        let mut key: Option<String> = None;
+        for w in self.windows.values_mut() {
+            if w.table != change.shape.table || w.overflow {
+                continue;
+            }
+            if w.keys.len() >= MAX_WINDOW_KEYS {
+                w.overflow = true;
+                w.keys = HashSet::new();
+                continue;
+            }
+            w.keys
+                .insert(key.get_or_insert_with(|| row_key(change)).clone());
+        }
+    }
+
+    /// A logical message of a stored (not skipped) transaction; a high watermark whose chunk is
+    /// complete yields the rows to store now.
+    pub fn message(&mut self, prefix: &str, content: &[u8]) -> Option<Ready> {
+        if prefix != WATERMARK_PREFIX {
+            return None;
+        }
+        let content = std::str::from_utf8(content).ok()?;
+        if let Some(token) = content.strip_prefix("low:") {
+            if let Some(table) = self.exchange.table_of(token) {
+                self.windows.insert(
+                    token.to_string(),
+                    Window {
+                        table,
+                        keys: HashSet::new(),
+                        overflow: false,
+                    },
+                );
+            }
+            return None;
+        }
+        let token = content.strip_prefix("high:")?;
+        let window = self.windows.remove(token);
+        let pending = self.exchange.take(token)?;
+        let Some(chunk) = pending.chunk else {
+            let _ = pending.done.send(Outcome::Retry("the chunk was not ready"));
+            return None;
+        };
+        let window = match window {
+            None => {
+                let _ = pending
+                    .done
+                    .send(Outcome::Retry("the low watermark was not seen"));
+                return None;
+            }
+            Some(w) if w.overflow => {
+                let _ = pending
+                    .done
+                    .send(Outcome::Retry("too many changes during the chunk"));
+                return None;
+            }
+            Some(w) => w,
+        };
+        let mut rows = chunk.rows;
+        rows.retain(|r| !window.keys.contains(&r.key));
+        Some(Ready {
+            rows,
+            progress: chunk.progress,
+            done: pending.done,
+        })
+    }
+}
+
+/// The primary-key values as a JSON array, as routing renders a change's ordering key.
+fn row_key(change: &RowChange) -> String {
+    let vals: Vec<&Value> = change
+        .shape
+        .key_columns
+        .iter()
+        .filter_map(|i| change.shape.columns.get(*i))
+        .map(|c| change.record.get(c).unwrap_or(&Value::Null))
+        .collect();
+    serde_json::to_string(&vals).unwrap_or_default()
+}
+
+/// A backfill row's event id: stable for (backfill, key).
+pub fn event_id(backfill: i64, key: &str) -> String {
+    let h = Sha256::digest(key.as_bytes());
+    format!("evt_bf_{backfill}_{}", hex::encode(&h[..8]))
+}
+
+/// Everything runners share.
+pub struct Backfills {
+    pub config: Config,
+    pub router: watch::Receiver<Router>,
+    pub exchange: Arc<Exchange>,
+    pub streaming: Arc<AtomicBool>,
+    /// Bumped by the API after a create or cancel.
+    pub wake: watch::Receiver<u64>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs every running backfill (resumed at start) until `cancel`.
+pub async fn backfill_loop(b: Arc<Backfills>, cancel: CancellationToken) {
+    let schema = Schema::new(b.config.outbox.schema.as_str());
+    let mut wake = b.wake.clone();
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut runners: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        runners.retain(|_, h| !h.is_finished());
+        if b.streaming.load(Ordering::Relaxed) {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = outbox::connect(&b.config).await.ok();
+            }
+            if let Some(c) = &client {
+                match backfills::running(c, &schema).await {
+                    Ok(list) => {
+                        for bf in list {
+                            if runners.contains_key(&bf.id) {
+                                continue;
+                            }
+                            let (b2, cancel2) = (b.clone(), cancel.clone());
+                            let id = bf.id;
+                            runners.insert(id, tokio::spawn(run_one(b2, bf, cancel2)));
+                        }
+                    }
+                    // Before the first migration the table may not exist yet.
+                    Err(e) => {
+                        warn!(error = %e, "reading running backfills failed");
+                        client = None;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = woken(&mut wake) => {}
+            _ = tokio::time::sleep(SCAN_EVERY) => {}
+        }
+    }
+    for (_, h) in runners {
+        let _ = h.await;
+    }
+}
+
+/// A wake-up from the API; never, once the API is gone.
+async fn woken(rx: &mut watch::Receiver<u64>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Why one backfill stopped short of `done`.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    /// Retry later (a connection, the stream).
+    #[error("{0}")]
+    Transient(String),
+    /// The backfill failed; the message is stored.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<outbox::OutboxError> for RunError {
+    fn from(e: outbox::OutboxError) -> Self {
+        if e.is_retryable() {
+            RunError::Transient(e.to_string())
+        } else {
+            RunError::Fatal(e.to_string())
+        }
+    }
+}
+
+fn from_source(e: tokio_postgres::Error) -> RunError {
+    let text = crate::pg::error_text(&e);
+    if crate::pg::classify(&e).is_retryable() {
+        RunError::Transient(text)
+    } else {
+        RunError::Fatal(text)
+    }
+}
+
+async fn run_one(b: Arc<Backfills>, bf: Backfill, cancel: CancellationToken) {
+    let id = bf.id;
+    let schema = Schema::new(b.config.outbox.schema.as_str());
+    let mut runner = Runner::new(b.clone(), bf);
+    loop {
+        match runner.run(&cancel).await {
+            Ok(()) => break,
+            Err(RunError::Transient(e)) => {
+                warn!(backfill = id, error = %e, "backfill interrupted; retrying");
+                if !crate::backoff::sleep_or_cancel(Duration::from_secs(1), &cancel).await {
+                    break;
+                }
+                if !b.streaming.load(Ordering::Relaxed) {
+                    // Resumed by the scan once streaming again.
+                    break;
+                }
+            }
+            Err(RunError::Fatal(e)) => {
+                warn!(backfill = id, error = %e, "backfill failed");
+                if let Ok(c) = outbox::connect(&b.config).await {
+                    let _ = backfills::finish(&c, &schema, id, Some(&e)).await;
+                }
+                break;
+            }
+        }
+    }
+    b.metrics.forget_backfill(id);
+}
+
+struct Runner {
+    b: Arc<Backfills>,
+    bf: Backfill,
+    /// Distinguishes this run's watermarks from those of earlier runs still in the WAL.
+    nonce: u64,
+    chunk_no: u64,
+}
+
+impl Runner {
+    fn new(b: Arc<Backfills>, bf: Backfill) -> Runner {
+        Runner {
+            b,
+            bf,
+            nonce: rand::random(),
+            chunk_no: 0,
+        }
+    }
+
+    async fn run(&mut self, cancel: &CancellationToken) -> Result<(), RunError> {
+        let schema = Schema::new(self.b.config.outbox.schema.as_str());
+        let outbox_client = outbox::connect(&self.b.config).await?;
+        let mut source = tls::connect_sql(&self.b.config.pg_config())
+            .await
+            .map_err(|e| RunError::Transient(e.to_string()))?;
+        let sub = self
+            .b
+            .router
+            .borrow()
+            .subscriptions()
+            .find(|s| s.id == self.bf.subscription_id)
+            .cloned();
+        let Some(mut sub) = sub else {
+            return Err(RunError::Fatal(format!(
+                "subscription {:?} is not routed (deleted, or its table is unavailable)",
+                self.bf.subscription_id
+            )));
+        };
+        let table = sub.table.clone();
+        let info = backfills::table_info(&source, &table)
+            .await
+            .map_err(|e| match e {
+                backfills::BackfillRefused::Db(e) => RunError::from(e),
+                other => RunError::Fatal(other.to_string()),
+            })?;
+        // Every existing row goes to this subscription, whatever events it streams.
+        sub.active = true;
+        sub.events = vec![EventKind::Insert, EventKind::Update, EventKind::Delete];
+        let router = Router::with_project(&self.b.config, [sub]);
+        let shape = Arc::new(TableShape {
+            table: table.clone(),
+            columns: info.columns.clone(),
+            key_columns: info
+                .key
+                .iter()
+                .filter_map(|(k, _)| info.columns.iter().position(|c| c == k))
+                .collect(),
+        });
+        let mut wake = self.b.wake.clone();
+        let mut last_log = Instant::now();
+        let mut rows_at_log = self.bf.rows_done;
+        info!(backfill = self.bf.id, subscription = %self.bf.subscription_id, table = %table, rows_done = self.bf.rows_done, "backfill running");
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            match backfills::get(
+                &outbox_client,
+                &schema,
+                &self.bf.subscription_id,
+                self.bf.id,
+            )
+            .await?
+            {
+                Some(now) if now.state == "running" => {}
+                _ => {
+                    info!(
+                        backfill = self.bf.id,
+                        "backfill no longer running (cancelled or deleted)"
+                    );
+                    return Ok(());
+                }
+            }
+            if !self.b.streaming.load(Ordering::Relaxed) {
+                return Err(RunError::Transient("the replication stream is down".into()));
+            }
+            self.chunk_no += 1;
+            let token = format!("{}:{:x}:{}", self.bf.id, self.nonce, self.chunk_no);
+            let done_rx = self.b.exchange.register(&token, table.clone());
+            let result = self
+                .chunk(
+                    (&mut source, &outbox_client, &schema),
+                    &router,
+                    &shape,
+                    &info,
+                    &token,
+                    done_rx,
+                    &mut wake,
+                )
+                .await;
+            self.b.exchange.abandon(&token);
+            match result? {
+                ChunkResult::Stored {
+                    last_key,
+                    rows,
+                    finished,
+                } => {
+                    self.bf.last_key = Some(last_key);
+                    self.bf.rows_done += rows;
+                    self.b.metrics.backfill_progress(
+                        self.bf.id,
+                        &self.bf.subscription_id,
+                        self.bf.rows_done,
+                        self.bf.rows_estimated,
+                    );
+                    if finished {
+                        info!(
+                            backfill = self.bf.id,
+                            rows_done = self.bf.rows_done,
+                            "backfill done"
+                        );
+                        return Ok(());
+                    }
+                }
+                ChunkResult::Empty => {
+                    backfills::finish(&outbox_client, &schema, self.bf.id, None).await?;
+                    info!(
+                        backfill = self.bf.id,
+                        rows_done = self.bf.rows_done,
+                        "backfill done"
+                    );
+                    return Ok(());
+                }
+                ChunkResult::Again(why) => {
+                    info!(
+                        backfill = self.bf.id,
+                        reason = why,
+                        "reading the chunk again"
+                    );
+                }
+                ChunkResult::Woken => continue,
+            }
+            if last_log.elapsed() >= LOG_EVERY {
+                let rows = self.bf.rows_done - rows_at_log;
+                info!(
+                    backfill = self.bf.id,
+                    rows_done = self.bf.rows_done,
+                    rows_estimated = self.bf.rows_estimated,
+                    per_sec = (rows as f64 / last_log.elapsed().as_secs_f64()) as u64,
+                    "backfill progress"
+                );
+                last_log = Instant::now();
+                rows_at_log = self.bf.rows_done;
+            }
+            if self.bf.pause_ms > 0 {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = woken(&mut wake) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(self.bf.pause_ms as u64)) => {}
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn chunk(
+        &self,
+        (source, outbox_client, schema): (
+            &mut tokio_postgres::Client,
+            &tokio_postgres::Client,
+            &Schema,
+        ),
+        router: &Router,
+        shape: &Arc<TableShape>,
+        info: &TableInfo,
+        token: &str,
+        done_rx: oneshot::Receiver<Outcome>,
+        wake: &mut watch::Receiver<u64>,
+    ) -> Result<ChunkResult, RunError> {
+        backfills::emit_watermark(source, &format!("low:{token}"))
+            .await
+            .map_err(from_source)?;
+        // Everything before the low watermark in the WAL must be visible to the chunk's read.
+        backfills::settle_commits(source)
+            .await
+            .map_err(from_source)?;
+        let texts = backfills::read_chunk(
+            source,
+            &shape.table,
+            info,
+            self.bf.where_sql.as_deref(),
+            self.bf.last_key.as_ref(),
+            self.bf.chunk_size,
+        )
+        .await
+        .map_err(from_source)?;
+        if texts.is_empty() {
+            return Ok(ChunkResult::Empty);
+        }
+        let n = texts.len();
+        let now_pg =
+            chrono::Utc::now().timestamp_micros() - crate::model::change::PG_EPOCH_UNIX_MICROS;
+        let mut rows = Vec::with_capacity(n);
+        let mut last_record = Map::new();
+        for text in &texts {
+            let record = in_column_order(text, &shape.columns)?;
+            let change = RowChange {
+                omitted: Vec::new(),
+                commit_lsn: Lsn::ZERO,
+                commit_ts: now_pg,
+                ordinal: 0,
+                shape: shape.clone(),
+                kind: EventKind::Insert,
+                record,
+                changed: Vec::new(),
+            };
+            let mut out = Vec::with_capacity(1);
+            router.route(&change, &mut out);
+            for mut r in out {
+                let id = event_id(self.bf.id, &r.key);
+                r.body = as_read(&r.body, &change.event_id(), &id)?;
+                r.event_id = id;
+                rows.push(r);
+            }
+            last_record = change.record;
+        }
+        drop(texts);
+        let last_key: Map<String, Value> = info
+            .key
+            .iter()
+            .map(|(c, _)| {
+                (
+                    c.clone(),
+                    last_record.get(c).cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect();
+        let last_key = Value::Object(last_key);
+        let finished = n < self.bf.chunk_size as usize;
+        let progress = Progress {
+            backfill_id: self.bf.id,
+            last_key: last_key.clone(),
+            rows_done: self.bf.rows_done + n as i64,
+            finished,
+        };
+        self.b.exchange.fill(token, Chunk { rows, progress });
+        backfills::emit_watermark(source, &format!("high:{token}"))
+            .await
+            .map_err(from_source)?;
+        let mut done_rx = done_rx;
+        let deadline = tokio::time::Instant::now() + CHUNK_WAIT;
+        let outcome = loop {
+            tokio::select! {
+                o = &mut done_rx => break o,
+                _ = woken(wake) => {
+                    // A cancel stops at once; anything else (another backfill) does not matter.
+                    let now = backfills::get(outbox_client, schema, &self.bf.subscription_id, self.bf.id).await?;
+                    if now.is_none_or(|b| b.state != "running") {
+                        return Ok(ChunkResult::Woken);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Ok(ChunkResult::Again("the chunk was not stored in time")),
+            }
+        };
+        Ok(match outcome {
+            Ok(Outcome::Stored) => ChunkResult::Stored {
+                last_key,
+                rows: n as i64,
+                finished,
+            },
+            Ok(Outcome::Retry(why)) => ChunkResult::Again(why),
+            Err(_) => ChunkResult::Again("the outbox writer stopped"),
+        })
+    }
+}
+
+enum ChunkResult {
+    Stored {
+        last_key: Value,
+        rows: i64,
+        finished: bool,
+    },
+    Empty,
+    Again(&'static str),
+    /// The API changed something (a cancel?): look at the state again.
+    Woken,
+}
+
+/// `to_jsonb(row)` text → the record in the table's column order, as the stream renders it.
+fn in_column_order(text: &str, columns: &[String]) -> Result<Map<String, Value>, RunError> {
+    let mut obj: Map<String, Value> = serde_json::from_str(text)
+        .map_err(|e| RunError::Fatal(format!("to_jsonb returned invalid JSON: {e}")))?;
+    let mut record = Map::with_capacity(obj.len());
+    for c in columns {
+        if let Some(v) = obj.shift_remove(c) {
+            record.insert(c.clone(), v);
+        }
+    }
+    // Columns the catalog read did not know (added since): kept, after the others.
+    record.extend(obj);
+    Ok(record)
+}
+
+/// The router's payload for a row turned into its READ event: the event id and the event name.
+fn as_read(body: &str, routed_id: &str, id: &str) -> Result<String, RunError> {
+    let head = format!("{{\"id\":\"{routed_id}\"");
+    let rest = body
+        .strip_prefix(&head)
+        .ok_or_else(|| RunError::Fatal("unexpected payload layout (id)".into()))?;
+    // Earlier fields are JSON strings, whose quotes are escaped: the first match is the field.
+    const EVENT: &str = ",\"event\":\"INSERT\",";
+    let at = rest
+        .find(EVENT)
+        .ok_or_else(|| RunError::Fatal("unexpected payload layout (event)".into()))?;
+    Ok(format!(
+        "{{\"id\":\"{id}\"{},\"event\":\"READ\",{}",
+        &rest[..at],
+        &rest[at + EVENT.len()..]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_payload_keeps_everything_but_id_and_event() {
+        let body = r#"{"id":"evt_1","timestamp":"t","table":"x,\"event\":\"INSERT\",","event":"INSERT","record":{"a":1}}"#;
+        assert_eq!(
+            as_read(body, "evt_1", "evt_bf_1_ab").unwrap(),
+            r#"{"id":"evt_bf_1_ab","timestamp":"t","table":"x,\"event\":\"INSERT\",","event":"READ","record":{"a":1}}"#
+        );
+    }
+
+    #[test]
+    fn event_ids_are_stable_per_key() {
+        assert_eq!(event_id(3, "[1]"), event_id(3, "[1]"));
+        assert_ne!(event_id(3, "[1]"), event_id(3, "[2]"));
+        assert_ne!(event_id(3, "[1]"), event_id(4, "[1]"));
+        assert!(event_id(3, "[1]").starts_with("evt_bf_3_"));
+    }
+
+    #[test]
+    fn records_follow_the_table_order() {
+        let r = in_column_order(
+            r#"{"id": 1, "name": "a", "created": 2}"#,
+            &["name".into(), "id".into(), "created".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"name":"a","id":1,"created":2}"#
+        );
+    }
+}

@@ -1,0 +1,541 @@
+//! Every statement of backfills: the `backfills` rows (create, list, cancel, progress, finish),
+//! and the reads a backfill makes on the app's table (its primary key, the check of a `where`
+//! expression, one chunk, the watermarks written through the WAL).
+//!
+//! Guarantees (ARCHITECTURE.md invariant 5):
+//! - every read of the app's table runs in its own short READ ONLY transaction with a
+//!   `statement_timeout` and a `lock_timeout`, so a backfill never holds more than ACCESS SHARE,
+//!   never for long, and never waits long behind a lock;
+//! - a `where` expression is accepted only when it is one parenthesised boolean expression: no
+//!   `;`, no comment, balanced parentheses outside quotes, and `EXPLAIN` (which plans but runs
+//!   nothing) of `SELECT 1 FROM <table> WHERE (<expr>)` succeeds in a READ ONLY transaction;
+//! - progress ([`store_progress`]) is written by the ingest writer inside the outbox transaction
+//!   that stores the chunk's deliveries, and only while the backfill is `running`: a cancelled
+//!   backfill's row never moves again.
+
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use super::{OutboxError, Schema};
+use crate::model::{quote_ident, TableName};
+
+/// The prefix of walhook's logical messages marking a chunk's watermarks.
+pub const WATERMARK_PREFIX: &str = "walhook.backfill";
+
+/// Longest a read of the app's table may run.
+pub const STATEMENT_TIMEOUT_MS: u32 = 30_000;
+/// Longest a read waits for its ACCESS SHARE lock (behind a pending DDL, say).
+const LOCK_TIMEOUT_MS: u32 = 5_000;
+
+/// One `backfills` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backfill {
+    pub id: i64,
+    pub subscription_id: String,
+    pub where_sql: Option<String>,
+    pub chunk_size: i32,
+    /// Pause between two chunks, in milliseconds.
+    pub pause_ms: i32,
+    /// `running`, `done`, `cancelled` or `failed`.
+    pub state: String,
+    pub last_key: Option<Value>,
+    pub rows_done: i64,
+    pub rows_estimated: Option<i64>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub error: Option<String>,
+}
+
+/// A chunk's progress, stored with its deliveries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub backfill_id: i64,
+    /// The primary-key columns of the chunk's last row.
+    pub last_key: Value,
+    /// Rows read so far, this chunk included.
+    pub rows_done: i64,
+    /// The chunk was the last one (shorter than the chunk size).
+    pub finished: bool,
+}
+
+const COLUMNS: &str =
+    "id, subscription_id, where_sql, chunk_size, pause_ms, state, last_key, rows_done, \
+                       rows_estimated, started_at, finished_at, error";
+
+fn from_row(r: &tokio_postgres::Row) -> Backfill {
+    Backfill {
+        id: r.get(0),
+        subscription_id: r.get(1),
+        where_sql: r.get(2),
+        chunk_size: r.get(3),
+        pause_ms: r.get(4),
+        state: r.get(5),
+        last_key: r.get(6),
+        rows_done: r.get(7),
+        rows_estimated: r.get(8),
+        started_at: r.get(9),
+        finished_at: r.get(10),
+        error: r.get(11),
+    }
+}
+
+/// Stores a new running backfill; returns it.
+pub async fn create(
+    client: &Client,
+    schema: &Schema,
+    subscription_id: &str,
+    where_sql: Option<&str>,
+    chunk_size: i32,
+    pause_ms: i32,
+    rows_estimated: Option<i64>,
+) -> Result<Backfill, OutboxError> {
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO {} (subscription_id, where_sql, chunk_size, pause_ms, rows_estimated)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}",
+                schema.table("backfills")
+            ),
+            &[
+                &subscription_id,
+                &where_sql,
+                &chunk_size,
+                &pause_ms,
+                &rows_estimated,
+            ],
+        )
+        .await?;
+    Ok(from_row(&row))
+}
+
+/// A subscription's backfills, newest first (at most `limit`).
+pub async fn list(
+    client: &Client,
+    schema: &Schema,
+    subscription_id: &str,
+    limit: i64,
+) -> Result<Vec<Backfill>, OutboxError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM {} WHERE subscription_id = $1 ORDER BY id DESC LIMIT $2",
+                schema.table("backfills")
+            ),
+            &[&subscription_id, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// One backfill of a subscription.
+pub async fn get(
+    client: &Client,
+    schema: &Schema,
+    subscription_id: &str,
+    id: i64,
+) -> Result<Option<Backfill>, OutboxError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {COLUMNS} FROM {} WHERE subscription_id = $1 AND id = $2",
+                schema.table("backfills")
+            ),
+            &[&subscription_id, &id],
+        )
+        .await?;
+    Ok(row.as_ref().map(from_row))
+}
+
+/// Every running backfill, oldest first.
+pub async fn running(client: &Client, schema: &Schema) -> Result<Vec<Backfill>, OutboxError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM {} WHERE state = 'running' ORDER BY id",
+                schema.table("backfills")
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// Cancels a running backfill; returns the row as it is now (None: no such backfill).
+pub async fn cancel(
+    client: &Client,
+    schema: &Schema,
+    subscription_id: &str,
+    id: i64,
+) -> Result<Option<Backfill>, OutboxError> {
+    client
+        .execute(
+            &format!(
+                "UPDATE {} SET state = 'cancelled', finished_at = now()
+                 WHERE subscription_id = $1 AND id = $2 AND state = 'running'",
+                schema.table("backfills")
+            ),
+            &[&subscription_id, &id],
+        )
+        .await?;
+    get(client, schema, subscription_id, id).await
+}
+
+/// Ends a running backfill as `done` or `failed` (with the error).
+pub async fn finish(
+    client: &Client,
+    schema: &Schema,
+    id: i64,
+    error: Option<&str>,
+) -> Result<(), OutboxError> {
+    let state = if error.is_some() { "failed" } else { "done" };
+    client
+        .execute(
+            &format!(
+                "UPDATE {} SET state = $2, error = $3, finished_at = now()
+                 WHERE id = $1 AND state = 'running'",
+                schema.table("backfills")
+            ),
+            &[&id, &state, &error],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Stores chunks' progress; called inside the outbox transaction holding their deliveries.
+pub async fn store_progress(
+    client: &Client,
+    schema: &Schema,
+    progress: &[Progress],
+) -> Result<(), OutboxError> {
+    let sql = format!(
+        "UPDATE {} SET last_key = $2, rows_done = $3,
+             state = CASE WHEN $4 THEN 'done' ELSE state END,
+             finished_at = CASE WHEN $4 THEN now() ELSE finished_at END
+         WHERE id = $1 AND state = 'running'",
+        schema.table("backfills")
+    );
+    for p in progress {
+        client
+            .execute(
+                &sql,
+                &[&p.backfill_id, &p.last_key, &p.rows_done, &p.finished],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+// ---- reads of the app's table (the source database) ----
+
+/// What a backfill needs to know of its table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableInfo {
+    /// Every column, in table order.
+    pub columns: Vec<String>,
+    /// The primary-key columns in key order, with their SQL types (`format_type`).
+    pub key: Vec<(String, String)>,
+}
+
+/// Why a backfill of a table cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillRefused {
+    #[error("table {0} does not exist")]
+    NoTable(String),
+    #[error("table {0} has no primary key: a backfill reads it in primary-key order, chunk after chunk, and resumes after the last key it stored; add a PRIMARY KEY to backfill it")]
+    NoPrimaryKey(String),
+    #[error("where: {0}")]
+    BadWhere(String),
+    #[error(transparent)]
+    Db(#[from] OutboxError),
+}
+
+/// The table's columns and primary key.
+pub async fn table_info(client: &Client, table: &TableName) -> Result<TableInfo, BackfillRefused> {
+    let oid: Option<u32> = client
+        .query_one("SELECT to_regclass($1)::oid", &[&table.quoted()])
+        .await
+        .map_err(OutboxError::from)?
+        .get(0);
+    let Some(oid) = oid else {
+        return Err(BackfillRefused::NoTable(table.to_string()));
+    };
+    let columns: Vec<String> = client
+        .query(
+            "SELECT attname::text FROM pg_attribute
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(OutboxError::from)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let key: Vec<(String, String)> = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+             FROM pg_index i
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+            &[&oid],
+        )
+        .await
+        .map_err(OutboxError::from)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if key.is_empty() {
+        return Err(BackfillRefused::NoPrimaryKey(table.to_string()));
+    }
+    Ok(TableInfo { columns, key })
+}
+
+/// The syntactic half of the `where` check: one expression that cannot close the parentheses
+/// it is put in, with no statement separator and no comment.
+pub fn check_where_syntax(expr: &str) -> Result<(), String> {
+    if expr.trim().is_empty() {
+        return Err("is empty; leave it out to backfill every row".into());
+    }
+    if expr.contains('\0') {
+        return Err("contains a NUL character".into());
+    }
+    let b = expr.as_bytes();
+    let mut depth: i32 = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b';' => {
+                return Err(
+                    "contains ';': it must be a single boolean expression, not statements".into(),
+                )
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                return Err(
+                    "contains a comment (--); it must be a single boolean expression".into(),
+                )
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                return Err(
+                    "contains a comment (/*); it must be a single boolean expression".into(),
+                )
+            }
+            // A dollar-quoted string could hide anything from this scan ($1 is a parameter).
+            b'$' if (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'))
+                && b.get(i + 1).is_some_and(|c| !c.is_ascii_digit()) =>
+            {
+                return Err("contains a dollar-quoted string; use '…' quotes".into());
+            }
+            b'\''
+                if i > 0
+                    && matches!(b[i - 1], b'e' | b'E')
+                    && (i == 1 || !(b[i - 2].is_ascii_alphanumeric() || b[i - 2] == b'_')) =>
+            {
+                // Backslash escapes would make quotes end where this scan does not see it.
+                return Err("contains an E'…' string; use plain '…' quotes".into());
+            }
+            q @ (b'\'' | b'"') => {
+                // Skip to the closing quote ('' and "" are escapes and simply reopen).
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+                if i == b.len() {
+                    return Err("has an unterminated quote".into());
+                }
+            }
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(
+                        "has a ')' without its '(': it must be a single boolean expression".into(),
+                    );
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth != 0 {
+        return Err("has an unclosed '('".into());
+    }
+    Ok(())
+}
+
+/// Checks `where` (syntax, then `EXPLAIN` in a READ ONLY transaction: nothing runs) and returns
+/// the planner's estimate of the rows it selects.
+pub async fn check_where(
+    client: &mut Client,
+    table: &TableName,
+    expr: Option<&str>,
+) -> Result<Option<i64>, BackfillRefused> {
+    if let Some(e) = expr {
+        check_where_syntax(e).map_err(BackfillRefused::BadWhere)?;
+    }
+    let tx = read_only(client).await.map_err(OutboxError::from)?;
+    let sql = format!(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE ({})",
+        table.quoted(),
+        expr.unwrap_or("true")
+    );
+    let plan = match tx.query_one(&sql, &[]).await {
+        Ok(r) => r.get::<_, Value>(0),
+        Err(e) => {
+            let msg = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| crate::pg::error_text(&e));
+            return Err(match e.as_db_error() {
+                // Not the user's expression: the connection, the server.
+                None => BackfillRefused::Db(OutboxError::Sql(e)),
+                Some(_) => BackfillRefused::BadWhere(msg),
+            });
+        }
+    };
+    tx.rollback().await.map_err(OutboxError::from)?;
+    Ok(plan
+        .pointer("/0/Plan/Plan Rows")
+        .and_then(Value::as_f64)
+        .map(|r| r as i64))
+}
+
+async fn read_only(
+    client: &mut Client,
+) -> Result<tokio_postgres::Transaction<'_>, tokio_postgres::Error> {
+    let tx = client.build_transaction().read_only(true).start().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}; SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"
+    ))
+    .await?;
+    Ok(tx)
+}
+
+/// Longest [`settle_commits`] waits for the transactions it saw in progress.
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the transactions in progress now have ended (at most [`SETTLE_MAX`]).
+///
+/// Called after the low watermark committed and before the chunk is read. A transaction whose
+/// commit record precedes the watermark in the WAL may still be invisible to a snapshot taken
+/// just after the watermark's commit returned (it has written its commit record but not yet
+/// left the proc array); the chunk read would miss its change while the stream, placing it
+/// before the watermark, would not record it in the window, and the chunk's stale row would
+/// overtake it. Such a transaction is only instants from visible (the watermark's own flush
+/// covered its commit record), so waiting for the transactions in progress closes the gap; one
+/// still in progress after [`SETTLE_MAX`] is a long transaction, which commits after the
+/// watermark and is recorded in the window.
+pub async fn settle_commits(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let xids: Vec<String> = client
+        .query_one(
+            "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x",
+            &[],
+        )
+        .await?
+        .get(0);
+    if xids.is_empty() {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + SETTLE_MAX;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let open: i64 = client
+            .query_one(
+                "SELECT count(*) FROM unnest($1::text[]) x
+                 WHERE pg_xact_status(x::xid8) = 'in progress'",
+                &[&xids],
+            )
+            .await?
+            .get(0);
+        if open == 0 || std::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Reads the next chunk: up to `limit` rows after `after` (the last key read), in primary-key
+/// order, each as `to_jsonb(row)` text. One short READ ONLY transaction.
+pub async fn read_chunk(
+    client: &mut Client,
+    table: &TableName,
+    info: &TableInfo,
+    where_sql: Option<&str>,
+    after: Option<&Value>,
+    limit: i32,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let cols: Vec<String> = info
+        .key
+        .iter()
+        .map(|(c, _)| format!("t.{}", quote_ident(c)))
+        .collect();
+    let cols = cols.join(", ");
+    let keyset = match after {
+        None => "true".to_string(),
+        Some(_) => {
+            // The stored key is to_jsonb's rendering; its text casts back to the column type.
+            let vals: Vec<String> = info
+                .key
+                .iter()
+                .map(|(c, ty)| format!("($1::jsonb ->> {})::{ty}", literal(c)))
+                .collect();
+            format!("({cols}) > ({})", vals.join(", "))
+        }
+    };
+    let sql = format!(
+        "SELECT to_jsonb(t)::text FROM {} t WHERE {keyset} AND ({}) ORDER BY {cols} LIMIT {limit}",
+        table.quoted(),
+        where_sql.unwrap_or("true"),
+    );
+    let tx = read_only(client).await?;
+    let rows = match after {
+        None => tx.query(&sql, &[]).await?,
+        Some(k) => tx.query(&sql, &[k]).await?,
+    };
+    tx.commit().await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A SQL string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Writes one watermark (`low:<token>` or `high:<token>`) through the WAL, in its own
+/// transaction, so the stream sees it at that transaction's commit.
+pub async fn emit_watermark(client: &Client, content: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_logical_emit_message(true, $1, $2)",
+            &[&WATERMARK_PREFIX, &content],
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_where_syntax;
+
+    #[test]
+    fn where_must_be_one_expression() {
+        assert!(check_where_syntax("id > 5 AND status = 'paid'").is_ok());
+        assert!(check_where_syntax("name = 'a;b'").is_ok());
+        assert!(check_where_syntax("(a) OR (b)").is_ok());
+        assert!(check_where_syntax("\"we;ird\" = 1").is_ok());
+        assert!(check_where_syntax("x = 'it''s'").is_ok());
+        for bad in [
+            "true; DROP TABLE t",
+            "true -- x",
+            "true /* x */",
+            "true) UNION SELECT 1 FROM pg_sleep(10) WHERE (true",
+            "(true",
+            "'open",
+            "x = $$a$$",
+            "x = E'\\'' ) OR (true",
+            "  ",
+        ] {
+            assert!(check_where_syntax(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,730 @@
+//! Backfills (`POST /api/rest/_webhooks/{id}/backfill`): validation refuses and runs nothing;
+//! existing rows arrive as READ events equal to `to_jsonb(row)` with filter/select/where
+//! applied; kill -9 mid-backfill resumes without re-storing finished chunks; a backfill racing a
+//! writer ends with every key's last event equal to the row's final state.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::bin::{self, Walhook};
+use crate::support::daemon::{config_text, fast_delivery, wait_value};
+use crate::support::receiver::Receiver;
+use crate::support::TestDb;
+
+const TOKEN: &str = "bf-token";
+
+fn sub(id: &str, table: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[subscriptions]]\nid = \"{id}\"\ntable = \"{table}\"\n\
+         events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"{url}/{id}\"\nsecret = \"whsec_bf\"\n{extra}\n"
+    )
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/rest/_webhooks/{path}", self.base))
+            .bearer_auth(TOKEN)
+            .header("X-Project-ID", "test-project")
+            .header("environment", "master");
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn start(&self, sub: &str, body: Value) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            &format!("{sub}/backfill"),
+            Some(body),
+        )
+        .await
+    }
+}
+
+fn config_path(db: &TestDb, tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("walhook-bf-{}-{tag}.toml", db.name))
+}
+
+/// `walhook run` spawned with the API on port 0; waits until it streams.
+async fn spawn(db: &TestDb, subs: &str, tag: &str) -> (Walhook, Api) {
+    let text = config_text(
+        db,
+        &fast_delivery(&format!(
+            "[api]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+        )),
+        subs,
+    );
+    let path = config_path(db, tag);
+    std::fs::write(&path, text).unwrap();
+    let mut cmd = bin::with_config("run", &path);
+    cmd.stdout(Stdio::null());
+    let log = std::env::temp_dir().join(format!("walhook-test-bf-{}.log", db.name));
+    let mut child = Walhook::spawn_logging(cmd, &log);
+    let addr = child.api_addr().await;
+    child.wait_log("streaming", Duration::from_secs(30)).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = Api {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        base: format!("http://{addr}"),
+    };
+    (child, api)
+}
+
+/// Stops the daemon and drops the test's slot (slots are cluster-wide and limited on the shared
+/// server).
+async fn stop(child: Walhook, db: &TestDb) {
+    child.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        db.sql(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+             WHERE slot_name = '{}' AND NOT active",
+            db.name
+        ));
+        let left = db.sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.name
+        ));
+        if left == "0" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "slot {} still active", db.name);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The receiver's requests once it has `n` distinct deliveries (`X-Archie-Delivery`): a request
+/// that timed out on a loaded machine is sent again (at-least-once), so counting requests alone
+/// could stop early.
+async fn wait_distinct(
+    rx: &Receiver,
+    n: usize,
+    secs: u64,
+) -> Vec<crate::support::receiver::Request> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let reqs = rx.snapshot();
+        let ids: HashSet<&str> = reqs.iter().map(|r| r.header("x-archie-delivery")).collect();
+        if ids.len() >= n {
+            return reqs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} deliveries received",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `to_jsonb(row)` of every row, by id.
+fn rows_jsonb(db: &TestDb, table: &str) -> HashMap<i64, Value> {
+    let out = db.sql(&format!(
+        "SELECT coalesce(json_agg(json_build_array(id, to_jsonb(t))), '[]') FROM {table} t"
+    ));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_i64().unwrap(), p[1].clone()))
+        .collect()
+}
+
+fn items(db: &TestDb, n: i64) {
+    db.sql(&format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, status text, total numeric(10,2),
+                             at timestamptz, tags text[], doc jsonb);
+         ALTER TABLE items REPLICA IDENTITY FULL;
+         INSERT INTO items SELECT g, CASE WHEN g % 3 = 0 THEN 'paid' ELSE 'open' END,
+                (g * 1.25)::numeric(10,2), timestamptz '2025-01-01 00:00:00+00' + g * interval '1 minute',
+                ARRAY['a', g::text], jsonb_build_object('k', g, 'nested', jsonb_build_object('x', 'y'))
+         FROM generate_series(1, {n}) g"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_run_nothing() {
+    let db = TestDb::new();
+    db.sql(
+        "CREATE TABLE nopk (a int, b text); ALTER TABLE nopk REPLICA IDENTITY FULL;
+         INSERT INTO nopk VALUES (1, 'x')",
+    );
+    items(&db, 10);
+    let rx = Receiver::ok().await;
+    let subs = sub("nopk", "nopk", &rx.url, "") + &sub("items", "items", &rx.url, "");
+    let (child, api) = spawn(&db, &subs, "refused").await;
+
+    let (status, body) = api.start("nopk", json!({})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("has no primary key"),
+        "{body}"
+    );
+    for (expr, says) in [
+        ("true; DELETE FROM items", "';'"),
+        ("id > 1; SELECT 1", "';'"),
+        ("true) OR (SELECT count(*) FROM pg_sleep(5)) > (0", "')'"),
+        ("id > 0 SELECT 1", "syntax error"),
+        ("no_such_column = 1", "no_such_column"),
+        ("id", "boolean"),
+        ("true -- comment", "comment"),
+    ] {
+        let (status, body) = api.start("items", json!({ "where": expr })).await;
+        assert_eq!(status, 422, "{expr}: {body}");
+        assert_eq!(body["field"], "where", "{expr}: {body}");
+        let msg = body["error"].as_str().unwrap();
+        assert!(msg.contains(says), "{expr}: {msg}");
+    }
+    let (status, body) = api.start("items", json!({ "chunk_size": 0 })).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, _) = api.start("missing", json!({})).await;
+    assert_eq!(status, 404);
+    // Nothing ran: no backfill stored, the table untouched, nothing sent.
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.backfills"), "0");
+    assert_eq!(db.sql("SELECT count(*) FROM items"), "10");
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.deliveries"), "0");
+    assert_eq!(rx.count(), 0);
+    stop(child, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_arrive_as_read_events_equal_to_to_jsonb() {
+    let db = TestDb::new();
+    items(&db, 3000);
+    let rx = Receiver::ok().await;
+    let subs = sub("all", "items", &rx.url, "")
+        + &sub(
+            "narrow",
+            "items",
+            &rx.url,
+            "filter = { status = \"paid\" }\nselect = [\"id\", \"total\", \"doc\"]",
+        );
+    let (child, api) = spawn(&db, &subs, "read").await;
+    let (status, all) = api.start("all", json!({ "chunk_size": 700 })).await;
+    assert_eq!(status, 202, "{all}");
+    let (status, narrow) = api
+        .start("narrow", json!({ "where": "id <= 1500 AND status <> 'x'" }))
+        .await;
+    assert_eq!(status, 202, "{narrow}");
+    assert_eq!(all["state"], "running");
+    assert!(all["id"].as_str().unwrap().starts_with("bf_"));
+    // 3000 rows to `all`; to `narrow`, the paid rows (every third) among ids 1..=1500.
+    let reqs = wait_distinct(&rx, 3000 + 500, 60).await;
+    let want = rows_jsonb(&db, "items");
+    let mut seen: HashMap<&str, HashSet<i64>> = HashMap::new();
+    for r in &reqs {
+        let v = r.json();
+        assert_eq!(v["event"], "READ", "{v}");
+        assert_eq!(r.header("x-archie-event"), "READ");
+        assert_eq!(v["changed_fields"], json!([]));
+        assert_eq!(v["record"], v["data"]);
+        assert_eq!(v["table"], "items");
+        let id = v["record"]["id"].as_i64().unwrap();
+        let which = r.path.trim_start_matches('/');
+        let expected = match which {
+            "all" => want[&id].clone(),
+            "narrow" => {
+                assert_eq!(id % 3, 0, "filter applies: {v}");
+                assert!(id <= 1500, "where applies: {v}");
+                let w = &want[&id];
+                json!({ "id": w["id"], "total": w["total"], "doc": w["doc"] })
+            }
+            other => panic!("unexpected path {other}"),
+        };
+        assert_eq!(v["record"], expected, "{which} row {id}");
+        let eid = v["id"].as_str().unwrap();
+        assert!(eid.starts_with("evt_bf_"), "{eid}");
+        assert_eq!(r.header("x-archie-delivery"), eid);
+        seen.entry(if which == "all" { "all" } else { "narrow" })
+            .or_default()
+            .insert(id);
+    }
+    assert_eq!(seen["all"].len(), 3000);
+    assert_eq!(seen["narrow"].len(), 500);
+    // Columns keep the table's order, as the stream renders them.
+    let first = reqs.iter().find(|r| r.path == "/all").unwrap();
+    let body = String::from_utf8_lossy(&first.body).to_string();
+    assert!(body.contains("\"record\":{\"id\":"), "{body}");
+    let bid = all["id"].as_str().unwrap();
+    wait_value(
+        &db,
+        &format!(
+            "SELECT state || ' ' || rows_done FROM walhook.backfills WHERE id = {}",
+            &bid[3..]
+        ),
+        "done 3000",
+        30,
+    )
+    .await;
+    let (status, one) = api
+        .send(reqwest::Method::GET, &format!("all/backfills/{bid}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(one["state"], "done", "{one}");
+    assert_eq!(one["rowsDone"], 3000);
+    assert!(one["finishedAt"].is_string());
+    let (_, list) = api
+        .send(reqwest::Method::GET, "narrow/backfills", None)
+        .await;
+    assert_eq!(list["backfills"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(
+        list["backfills"][0]["where"],
+        "id <= 1500 AND status <> 'x'"
+    );
+    // The stream goes on after the backfill (`narrow` selects no changed column: not sent).
+    db.sql("UPDATE items SET status = 'paid' WHERE id = 1");
+    let reqs = wait_distinct(&rx, 3500 + 1, 20).await;
+    let last = reqs.last().unwrap().json();
+    assert_eq!(
+        (&last["event"], &last["record"]["id"]),
+        (&json!("UPDATE"), &json!(1)),
+        "{last}"
+    );
+    stop(child, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_at_once() {
+    let db = TestDb::new();
+    items(&db, 5000);
+    let rx = Receiver::ok().await;
+    let (child, api) = spawn(&db, &sub("s", "items", &rx.url, ""), "cancel").await;
+    let (status, b) = api
+        .start("s", json!({ "chunk_size": 100, "pause_ms": 200 }))
+        .await;
+    assert_eq!(status, 202, "{b}");
+    let bid = b["id"].as_str().unwrap().to_string();
+    rx.wait_for(100, Duration::from_secs(20)).await;
+    // Progress per backfill in /metrics while it runs (set once the runner hears of the commit).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (metrics, done_line) = loop {
+        let metrics = api
+            .http
+            .get(format!("{}/metrics", api.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("walhook_backfill_rows_done{"))
+            .map(str::to_string);
+        if let Some(line) = line {
+            break (metrics, line);
+        }
+        assert!(Instant::now() < deadline, "no backfill metrics: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        done_line.contains(&format!("backfill=\"{bid}\""))
+            && done_line.contains("subscription=\"s\""),
+        "{done_line}"
+    );
+    let rows: i64 = done_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(rows >= 100 && rows % 100 == 0, "{done_line}");
+    assert!(
+        metrics.contains("walhook_backfill_rows_estimated{"),
+        "{metrics}"
+    );
+    let (status, c) = api
+        .send(reqwest::Method::DELETE, &format!("s/backfills/{bid}"), None)
+        .await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["state"], "cancelled");
+    let stored = db.sql("SELECT count(*) FROM walhook.deliveries");
+    // At most the chunk in flight is stored after the cancel.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: i64 = db
+        .sql("SELECT count(*) FROM walhook.deliveries")
+        .parse()
+        .unwrap();
+    assert!(
+        after <= stored.parse::<i64>().unwrap() + 100,
+        "{stored} → {after}"
+    );
+    assert!(after < 5000);
+    let (status, _) = api
+        .send(reqwest::Method::GET, "s/backfills/bf_999", None)
+        .await;
+    assert_eq!(status, 404);
+    stop(child, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_resumes_after_the_last_stored_chunk() {
+    let db = TestDb::new();
+    items(&db, 20_000);
+    let rx = Receiver::ok().await;
+    let subs = sub("s", "items", &rx.url, "");
+    let (mut child, api) = spawn(&db, &subs, "kill1").await;
+    let (status, b) = api
+        .start("s", json!({ "chunk_size": 500, "pause_ms": 50 }))
+        .await;
+    assert_eq!(status, 202, "{b}");
+    let bid = b["id"].as_str().unwrap()[3..].to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done: i64 = db
+            .sql(&format!(
+                "SELECT rows_done FROM walhook.backfills WHERE id = {bid}"
+            ))
+            .parse()
+            .unwrap();
+        if done >= 5000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backfill stuck at {done}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.sigkill().await;
+    let at_kill: i64 = db
+        .sql(&format!(
+            "SELECT rows_done FROM walhook.backfills WHERE id = {bid}"
+        ))
+        .parse()
+        .unwrap();
+    assert!(at_kill < 20_000, "finished before the kill");
+    // Progress and rows are stored together: exactly the finished chunks are in the outbox.
+    assert_eq!(
+        db.sql("SELECT count(*) FROM walhook.deliveries WHERE event = 'READ'"),
+        at_kill.to_string()
+    );
+    let (child, _api) = spawn(&db, &subs, "kill2").await;
+    wait_value(
+        &db,
+        &format!("SELECT state || ' ' || rows_done FROM walhook.backfills WHERE id = {bid}"),
+        "done 20000",
+        60,
+    )
+    .await;
+    let log = child.log();
+    assert!(
+        log.contains(&format!("rows_done={at_kill}")),
+        "the restart resumed from the stored chunk: {}",
+        child.log_tail(30)
+    );
+    // Finished chunks were not stored again: every row once, with its stable event id.
+    assert_eq!(
+        db.sql(
+            "SELECT count(*) || ' ' || count(DISTINCT event_id) || ' ' || count(DISTINCT ordering_key)
+             FROM walhook.deliveries WHERE event = 'READ'"
+        ),
+        "20000 20000 20000"
+    );
+    // Every row reaches the receiver (a delivery sent but not recorded before the kill is sent
+    // again: at-least-once, same event id).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reqs = rx.snapshot();
+        let ids: HashSet<i64> = reqs
+            .iter()
+            .map(|r| r.json()["record"]["id"].as_i64().unwrap())
+            .collect();
+        let events: HashSet<String> = reqs
+            .iter()
+            .map(|r| r.header("x-archie-delivery").to_string())
+            .collect();
+        assert_eq!(ids.len(), events.len(), "one event id per row");
+        if ids.len() == 20_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} rows received", ids.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop(child, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writer_last_event_per_key_is_the_final_row() {
+    let db = TestDb::new();
+    const N: i64 = 20_000;
+    items(&db, N);
+    let rx = Receiver::ok().await;
+    let (child, api) = spawn(&db, &sub("s", "items", &rx.url, ""), "race").await;
+    // Paced, so that the writer below runs through many chunks.
+    let (status, b) = api
+        .start("s", json!({ "chunk_size": 200, "pause_ms": 30 }))
+        .await;
+    assert_eq!(status, 202, "{b}");
+    let bid = b["id"].as_str().unwrap()[3..].to_string();
+    // The writer: random UPDATEs, DELETEs and new INSERTs while the backfill runs.
+    let client = db.client().await;
+    let start = Instant::now();
+    let mut next = N + 1;
+    let mut deleted: HashSet<i64> = HashSet::new();
+    let mut round = 0u64;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT state, coalesce((last_key ->> 'id')::int8, 0) FROM walhook.backfills WHERE id = $1",
+                &[&bid.parse::<i64>().unwrap()],
+            )
+            .await
+            .unwrap();
+        let (state, cursor): (String, i64) = (row.get(0), row.get(1));
+        if state != "running" && round > 20 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "backfill not done"
+        );
+        round += 1;
+        // Most writes land just ahead of the backfill's cursor, in the chunk being read, where
+        // a stale READ would overtake a streamed change; the others anywhere.
+        let near = |r: i64| {
+            if r % 4 != 0 {
+                (cursor + r.rem_euclid(600)).min(N - 1) + 1
+            } else {
+                r.rem_euclid(N) + 1
+            }
+        };
+        let (a, b, c, d) = (
+            near(rand::random()),
+            near(rand::random()),
+            near(rand::random()),
+            near(rand::random()),
+        );
+        // Three statements, three transactions: ~1k row changes a second with the pause below.
+        client
+            .batch_execute(&format!(
+                "UPDATE items SET status = 'u{round}', total = total + 1 WHERE id IN ({a}, {b}, {c});
+                 DELETE FROM items WHERE id = {d};
+                 INSERT INTO items (id, status) VALUES ({next}, 'new')"
+            ))
+            .await
+            .unwrap();
+        deleted.insert(d);
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let want = rows_jsonb(&db, "items");
+    let dropped = db.sql(&format!(
+        "SELECT b.rows_done - (SELECT count(*) FROM walhook.deliveries WHERE event = 'READ')
+         FROM walhook.backfills b WHERE id = {bid}"
+    ));
+    eprintln!("backfill rows left to the stream (changed during their chunk): {dropped}; writer rounds: {round}");
+    // A last row: once its delivery is stored, ingest has stored every change before it.
+    client
+        .batch_execute("INSERT INTO items (id, status) VALUES (0, 'end')")
+        .await
+        .unwrap();
+    wait_value(
+        &db,
+        "SELECT count(*) FROM walhook.deliveries WHERE ordering_key = '[0]'",
+        "1",
+        60,
+    )
+    .await;
+    wait_value(
+        &db,
+        "SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered'",
+        "0",
+        120,
+    )
+    .await;
+    let total: usize = db
+        .sql("SELECT count(*) FROM walhook.deliveries")
+        .parse()
+        .unwrap();
+    let reqs = wait_distinct(&rx, total, 30).await;
+    let mut last: HashMap<i64, Value> = HashMap::new();
+    let mut seq: HashMap<i64, i64> = HashMap::new();
+    for r in &reqs {
+        let v = r.json();
+        let id = v["record"]["id"].as_i64().unwrap();
+        let s: i64 = r.header("x-walhook-sequence").parse().unwrap();
+        // Per-key order: deliveries of a key arrive in sequence order.
+        // Per-key order: deliveries of a key arrive in sequence order (a repeat of the same
+        // delivery, after a timed-out attempt, comes before the next one).
+        if let Some(prev) = seq.insert(id, s) {
+            assert!(s >= prev, "key {id}: sequence {s} after {prev}");
+        }
+        last.insert(id, v);
+    }
+    for id in 1..next {
+        let got = last.get(&id);
+        match want.get(&id) {
+            Some(row) => {
+                let got = got.unwrap_or_else(|| panic!("key {id} never sent"));
+                assert_ne!(got["event"], "DELETE", "key {id}");
+                assert_eq!(&got["record"], row, "key {id}: {}", got["event"]);
+            }
+            None if deleted.contains(&id) => {
+                let got = got.unwrap_or_else(|| panic!("deleted key {id}: no event"));
+                assert_eq!(got["event"], "DELETE", "deleted key {id}");
+            }
+            None => {}
+        }
+    }
+    // Keys present at the start and never deleted were all sent.
+    for id in 1..=N {
+        if !deleted.contains(&id) {
+            assert!(last.contains_key(&id), "key {id} never sent");
+        }
+    }
+    stop(child, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_twin_checks_starts_and_follows_to_done() {
+    let db = TestDb::new();
+    items(&db, 2000);
+    let rx = Receiver::ok().await;
+    let (child, _api) = spawn(&db, &sub("s", "items", &rx.url, ""), "cli").await;
+    let cfg = config_path(&db, "cli");
+    let refused = bin::with_config("backfill", &cfg)
+        .args(["--subscription", "s", "--where", "true; DELETE FROM items"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("where: contains ';'"), "{err}");
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.backfills"), "0");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        bin::with_config("backfill", &cfg)
+            .args([
+                "--subscription",
+                "s",
+                "--where",
+                "id <= 1200",
+                "--chunk-size",
+                "300",
+            ])
+            .output(),
+    )
+    .await
+    .expect("walhook backfill ends")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not a terminal: plain lines, the first one saying what started, the last one the end.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("backfill bf_1 of s started"),
+        "{stdout}"
+    );
+    assert!(
+        lines.last().unwrap().starts_with("bf_1 done: 1200"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains('\r'), "{stdout:?}");
+    let reqs = wait_distinct(&rx, 1200, 30).await;
+    assert!(reqs.iter().all(|r| r.json()["event"] == "READ"));
+    stop(child, &db).await;
+}
+
+/// Benchmark (ignored; run with `cargo test --release --test it backfill::bench -- --ignored
+/// --nocapture`, rows from `BACKFILL_BENCH_ROWS`, default 200000): a W1-shaped table backfilled
+/// through to a loopback receiver, next to `COPY (SELECT to_jsonb(t) FROM t) TO STDOUT` drained
+/// in the same run (the limit), with the daemon's peak RSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_w1_shaped_backfill() {
+    use futures_util::StreamExt;
+    let n: i64 = std::env::var("BACKFILL_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let db = TestDb::new();
+    db.sql(&format!(
+        "CREATE TABLE orders (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), total numeric(12,2),
+             status text, customer_id text, created_at timestamptz DEFAULT now(), meta jsonb);
+         ALTER TABLE orders REPLICA IDENTITY FULL;
+         INSERT INTO orders (total, status, customer_id, meta)
+         SELECT g + (g % 100) / 100.0, 'new', 'cust-' || (g % 5000),
+                jsonb_build_object('sku', 'sku-'||g, 'qty', g % 7)
+         FROM generate_series(1, {n}) g;
+         ANALYZE orders"
+    ));
+    let client = db.client().await;
+    let t = Instant::now();
+    let stream = client
+        .copy_out("COPY (SELECT to_jsonb(t) FROM orders t) TO STDOUT")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(stream);
+    let mut bytes = 0usize;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk.unwrap().len();
+    }
+    let copy_rate = n as f64 / t.elapsed().as_secs_f64();
+    let rx = Receiver::ok().await;
+    let (child, api) = spawn(&db, &sub("s", "orders", &rx.url, ""), "bench").await;
+    let pid = child.child.id().unwrap();
+    let t = Instant::now();
+    let (status, b) = api.start("s", json!({ "chunk_size": 5000 })).await;
+    assert_eq!(status, 202, "{b}");
+    let bid: i64 = b["id"].as_str().unwrap()[3..].parse().unwrap();
+    let mut hwm = 0u64;
+    loop {
+        let state: String = client
+            .query_one("SELECT state FROM walhook.backfills WHERE id = $1", &[&bid])
+            .await
+            .unwrap()
+            .get(0);
+        hwm = hwm.max(vm_hwm_kb(pid));
+        if state == "done" {
+            break;
+        }
+        assert_eq!(state, "running");
+        assert!(t.elapsed() < Duration::from_secs(1800));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored_rate = n as f64 / t.elapsed().as_secs_f64();
+    wait_distinct(&rx, n as usize, 1800).await;
+    let delivered_rate = n as f64 / t.elapsed().as_secs_f64();
+    hwm = hwm.max(vm_hwm_kb(pid));
+    eprintln!(
+        "backfill bench, {n} rows: COPY to_jsonb {copy_rate:.0} rows/s ({bytes} bytes); \
+         backfill stored {stored_rate:.0} rows/s ({:.2} of COPY), delivered {delivered_rate:.0} rows/s \
+         ({:.2} of COPY); daemon peak RSS {} MB",
+        stored_rate / copy_rate,
+        delivered_rate / copy_rate,
+        hwm / 1024
+    );
+    stop(child, &db).await;
+}
+
+fn vm_hwm_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
