@@ -237,9 +237,11 @@ impl PgServer {
             .append(true)
             .open(self.data_dir.join("postgresql.conf"))
             .map_err(|e| step("opening postgresql.conf", e))?;
+        // Slots are cluster-wide and a test suite on one server creates one per test database
+        // (about 170): 40 ran out once the suite grew.
         let mut lines = format!(
             "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             wal_level = logical\nmax_replication_slots = 40\nmax_wal_senders = 40\n\
+             wal_level = logical\nmax_replication_slots = 200\nmax_wal_senders = 100\n\
              max_connections = 200\nfsync = off\nfull_page_writes = off\n\
              wal_sender_timeout = '60s'\npassword_encryption = 'scram-sha-256'\n",
             self.socket_dir.display()

@@ -306,7 +306,7 @@ async fn cli_twins_list_and_replay_deliveries() {
         .unwrap()
         .to_string();
     let dead = api.delivery(&id, "evt_cli", "dead", "");
-    api.delivery(&id, "evt_ok", "delivered", "");
+    let ok_id = api.delivery(&id, "evt_ok", "delivered", "");
     let cfg = crate::support::write_config(&format!(
         "[source]\nurl = \"{}\"\n[project]\nid = \"{PROJECT}\"\n\
              [delivery]\nallow_http = true\nallow_private_networks = true\n",
@@ -333,8 +333,7 @@ async fn cli_twins_list_and_replay_deliveries() {
     assert_eq!(lines.len(), 2, "{out}");
     assert!(
         lines[0].starts_with(&format!(
-            "del_{}\tevt_ok\tINSERT\tdelivered\thttp=500\tattempts=5",
-            dead + 1
+            "del_{ok_id}\tevt_ok\tINSERT\tdelivered\thttp=500\tattempts=5"
         )),
         "{out}"
     );
