@@ -98,28 +98,10 @@ fn parse(body: &[u8]) -> Result<Request, ApiError> {
                 _ => return Err(ApiError::bad("where", "where must be a string")),
             },
             "chunk_size" | "chunkSize" => {
-                let n = v
-                    .as_i64()
-                    .ok_or_else(|| ApiError::bad("chunk_size", "chunk_size must be an integer"))?;
-                if !(1..=MAX_CHUNK).contains(&n) {
-                    return Err(ApiError::invalid(
-                        "chunk_size",
-                        format!("chunk_size must be between 1 and {MAX_CHUNK}"),
-                    ));
-                }
-                req.chunk_size = n as i32;
+                req.chunk_size = int_in("chunk_size", &v, 1, MAX_CHUNK)?;
             }
             "pause_ms" | "pauseMs" => {
-                let n = v
-                    .as_i64()
-                    .ok_or_else(|| ApiError::bad("pause_ms", "pause_ms must be an integer"))?;
-                if !(0..=MAX_PAUSE_MS).contains(&n) {
-                    return Err(ApiError::invalid(
-                        "pause_ms",
-                        format!("pause_ms must be between 0 and {MAX_PAUSE_MS}"),
-                    ));
-                }
-                req.pause_ms = n as i32;
+                req.pause_ms = int_in("pause_ms", &v, 0, MAX_PAUSE_MS)?;
             }
             other => {
                 return Err(ApiError::bad(
@@ -226,6 +208,21 @@ pub(super) async fn cancel(
     ctx.state.backfills.send_modify(|n| *n += 1);
     tracing::info!(webhook = %id, backfill = n, state = %b.state, "backfill cancel requested");
     Ok(Json(view(&b)))
+}
+
+/// `v` as an integer within `min..=max`: 400 when it is not an integer, 422 when out of range,
+/// both naming `field`.
+fn int_in(field: &str, v: &Value, min: i64, max: i64) -> Result<i32, ApiError> {
+    let n = v
+        .as_i64()
+        .ok_or_else(|| ApiError::bad(field, format!("{field} must be an integer")))?;
+    if !(min..=max).contains(&n) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must be between {min} and {max}"),
+        ));
+    }
+    Ok(n as i32)
 }
 
 #[cfg(test)]
