@@ -121,6 +121,11 @@ struct SubscriptionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotStateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackfillLabels {
     backfill: String,
     subscription: String,
@@ -198,6 +203,10 @@ pub struct Metrics {
     backfill_estimated: Family<BackfillLabels, Gauge>,
     /// Each running backfill's labels, to remove its series when it ends.
     backfills: Mutex<HashMap<i64, BackfillLabels>>,
+    /// 1 for the slot's current health (`ok`, `lost`, `missing`, `moved`, …), 0 for the others.
+    slot_state: Family<SlotStateLabels, Gauge>,
+    /// The slot's retained WAL as a fraction of `max_slot_wal_keep_size`.
+    slot_retained_fraction: Gauge<f64, AtomicU64>,
     db: Arc<DbCollector>,
     /// Deliveries finished (any outcome), for the console's rate chart.
     finished_total: AtomicU64,
@@ -291,6 +300,18 @@ impl Metrics {
             "The planner's estimate of the rows a running backfill reads",
             backfill_estimated.clone(),
         );
+        let slot_state = Family::default();
+        registry.register(
+            "slot_state",
+            "1 for the replication slot's current state (ok; lost, missing or moved: changes after the checkpoint are missing and `walhook slot recover` is needed), 0 for the others",
+            slot_state.clone(),
+        );
+        let slot_retained_fraction = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "slot_wal_retained_fraction",
+            "The slot's retained WAL as a fraction of max_slot_wal_keep_size (absent when there is no cap)",
+            slot_retained_fraction.clone(),
+        );
         let db = Arc::new(DbCollector::default());
         registry.register_collector(Box::new(db.clone()));
         Metrics {
@@ -309,6 +330,8 @@ impl Metrics {
             backfill_done,
             backfill_estimated,
             backfills: Mutex::new(HashMap::new()),
+            slot_state,
+            slot_retained_fraction,
             db,
             finished_total: AtomicU64::new(0),
             breakers: Mutex::new(HashMap::new()),
@@ -455,6 +478,21 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, labels);
+    }
+
+    /// The slot's state: `current` is 1, every other of `all` 0.
+    pub fn set_slot_state<const N: usize>(&self, current: &str, all: [&str; N]) {
+        for s in all {
+            self.slot_state
+                .get_or_create(&SlotStateLabels {
+                    state: s.to_string(),
+                })
+                .set(i64::from(s == current));
+        }
+    }
+
+    pub fn set_slot_retained_fraction(&self, fraction: f64) {
+        self.slot_retained_fraction.set(fraction);
     }
 
     /// Removes a backfill's series once it stopped running in this process.
