@@ -431,7 +431,8 @@ pub async fn wait_broken(
     cancel: &CancellationToken,
 ) -> Option<()> {
     let control = &ctx.control;
-    if control.report() != report {
+    // Said once: the monitor may have said it already.
+    if control.report().health != report.health {
         log_broken(&report);
     }
     control.set(report, &ctx.metrics);
