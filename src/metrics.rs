@@ -121,6 +121,11 @@ struct SubscriptionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotLabels {
+    slot: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SlotStateLabels {
     state: String,
 }
@@ -205,8 +210,8 @@ pub struct Metrics {
     backfills: Mutex<HashMap<i64, BackfillLabels>>,
     /// 1 for the slot's current health (`ok`, `lost`, `missing`, `moved`, …), 0 for the others.
     slot_state: Family<SlotStateLabels, Gauge>,
-    /// The slot's retained WAL as a fraction of `max_slot_wal_keep_size`.
-    slot_retained_fraction: Gauge<f64, AtomicU64>,
+    /// The slot's retained WAL as a fraction of `max_slot_wal_keep_size`; no series until known.
+    slot_retained_fraction: Family<SlotLabels, Gauge<f64, AtomicU64>>,
     db: Arc<DbCollector>,
     /// Deliveries finished (any outcome), for the console's rate chart.
     finished_total: AtomicU64,
@@ -306,7 +311,7 @@ impl Metrics {
             "1 for the replication slot's current state (ok; lost, missing or moved: changes after the checkpoint are missing and `walhook slot recover` is needed), 0 for the others",
             slot_state.clone(),
         );
-        let slot_retained_fraction = Gauge::<f64, AtomicU64>::default();
+        let slot_retained_fraction = Family::<SlotLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "slot_wal_retained_fraction",
             "The slot's retained WAL as a fraction of max_slot_wal_keep_size (absent when there is no cap)",
@@ -491,8 +496,12 @@ impl Metrics {
         }
     }
 
-    pub fn set_slot_retained_fraction(&self, fraction: f64) {
-        self.slot_retained_fraction.set(fraction);
+    pub fn set_slot_retained_fraction(&self, slot: &str, fraction: f64) {
+        self.slot_retained_fraction
+            .get_or_create(&SlotLabels {
+                slot: slot.to_string(),
+            })
+            .set(fraction);
     }
 
     /// Removes a backfill's series once it stopped running in this process.

@@ -207,7 +207,7 @@ impl SlotControl {
     pub fn set(&self, report: Report, metrics: &Metrics) {
         metrics.set_slot_state(report.health.as_str(), Health::ALL.map(Health::as_str));
         if let Some(f) = report.retained_fraction() {
-            metrics.set_slot_retained_fraction(f);
+            metrics.set_slot_retained_fraction(&report.slot, f);
         }
         *self.report.lock().unwrap_or_else(|e| e.into_inner()) = report;
     }
@@ -379,7 +379,7 @@ pub async fn monitor_loop(
             } else if report.health == current {
                 control.set(report, &metrics);
             } else if let Some(f) = report.retained_fraction() {
-                metrics.set_slot_retained_fraction(f);
+                metrics.set_slot_retained_fraction(&report.slot, f);
             }
         }
         tokio::select! {

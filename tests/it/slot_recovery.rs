@@ -245,6 +245,18 @@ async fn invalidated_slot_warns_then_is_reported_and_recovered_by_the_cli() {
         warned.contains("PostgreSQL invalidates it at 100%"),
         "{warned}"
     );
+    let (_, metrics) = run.get("/metrics").await;
+    let fraction: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "walhook_slot_wal_retained_fraction{{slot=\"{db}\"}} "
+            ))
+        })
+        .unwrap_or_else(|| panic!("no retained fraction in {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(fraction >= 0.5 && fraction < 1.0, "{fraction}");
     run.child
         .wait_log("streaming", Duration::from_secs(30))
         .await;
