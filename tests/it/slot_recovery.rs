@@ -89,6 +89,39 @@ impl Run {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
+    /// The console's overview page, signed in with the management token.
+    async fn console_overview(&self) -> String {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let resp = http
+            .post(format!("{}/console/sign-in", self.base))
+            .header("cookie", "walhook_signin=presign-slot-test")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf=presign-slot-test&token={TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        let session = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| c.strip_prefix("walhook_session="))
+            .and_then(|c| c.split(';').next())
+            .unwrap_or_else(|| panic!("no session cookie: {resp:?}"))
+            .to_string();
+        http.get(format!("{}/console", self.base))
+            .header("cookie", format!("walhook_session={session}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Polls `/readyz` until its status is `want`; returns the body.
     async fn wait_ready(&self, want: u16, secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -140,6 +173,11 @@ impl Run {
         assert!(
             metrics.contains("walhook_slot_state{state=\"ok\"} 0"),
             "{metrics}"
+        );
+        let page = self.console_overview().await;
+        assert!(
+            page.contains(&format!("is {state}:")) && page.contains("id=\"slot-broken\""),
+            "{page}"
         );
     }
 }
