@@ -503,3 +503,62 @@ async fn quick_health(config: &Config) -> Option<Health> {
         .ok()
         .map(|d| d.report.health)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broken(health: Health) -> Report {
+        Report {
+            health,
+            slot: "walhook".into(),
+            detail: "it does not exist".into(),
+            since: Some(CheckpointInfo {
+                lsn: Lsn(0x3A1B2C8),
+                time: chrono::DateTime::parse_from_rfc3339("2026-12-01T13:38:37.162Z")
+                    .unwrap()
+                    .into(),
+                commit_time: true,
+            }),
+            retained_bytes: Some(48 << 20),
+            cap_bytes: Some(64 << 20),
+        }
+    }
+
+    #[test]
+    fn the_message_says_what_since_when_and_what_to_do() {
+        let m = broken(Health::Missing).message();
+        assert!(
+            m.starts_with(
+                "replication slot walhook is missing: it does not exist; changes committed after \
+                 checkpoint 0/3A1B2C8 (committed 2026-12-01T13:38:37.162Z) are missing; run \
+                 `walhook slot recover"
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains("rows deleted in the gap cannot be replayed"),
+            "{m}"
+        );
+        let v = broken(Health::Lost).view();
+        assert_eq!(v["state"], "lost");
+        assert_eq!(v["ready"], false);
+        assert_eq!(v["missingSince"]["lsn"], "0/3A1B2C8");
+        assert_eq!(v["retainedFraction"], 0.75);
+        assert!(Health::Moved.is_broken() && !Health::Recovering.is_broken());
+    }
+
+    #[test]
+    fn the_warning_is_logged_once_per_crossing() {
+        let control = SlotControl::new("walhook");
+        let mut r = broken(Health::Ok);
+        check_retained(&control, &r, 0.7);
+        assert!(control.warned.load(Ordering::Relaxed));
+        r.retained_bytes = Some(1 << 20);
+        check_retained(&control, &r, 0.7);
+        assert!(
+            !control.warned.load(Ordering::Relaxed),
+            "back under: armed again"
+        );
+    }
+}
