@@ -294,7 +294,7 @@ async fn invalidated_slot_warns_then_is_reported_and_recovered_by_the_cli() {
         .unwrap_or_else(|| panic!("no retained fraction in {metrics}"))
         .parse()
         .unwrap();
-    assert!(fraction >= 0.5 && fraction < 1.0, "{fraction}");
+    assert!((0.5..1.0).contains(&fraction), "{fraction}");
     run.child
         .wait_log("streaming", Duration::from_secs(30))
         .await;
