@@ -191,7 +191,7 @@ impl Router {
 
 impl Router {
     /// One `RESYNC` marker per active subscription, for a recovery of the slot (issue #18):
-    /// the Archie payload's fields with `event` `RESYNC`, `record` and `data` null,
+    /// the Archie payload's fields with `event` `RESYNC`, `record` and `data` empty objects (as a PING's),
     /// `changed_fields` empty, and `resync` (the recovery's JSON object: why, and since which
     /// checkpoint changes are missing) after them. The ordering key is empty: a marker belongs
     /// to no row.

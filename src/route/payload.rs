@@ -153,7 +153,7 @@ pub(crate) fn marker(
 ) -> String {
     format!(
         "{{\"id\":{},\"timestamp\":\"{}\",\"project_id\":{},\"environment\":{},\"table\":{},\
-         \"event\":\"RESYNC\",\"record\":null,\"data\":null,\"changed_fields\":[],\"resync\":{}}}",
+         \"event\":\"RESYNC\",\"record\":{{}},\"data\":{{}},\"changed_fields\":[],\"resync\":{}}}",
         json_str(event_id),
         rfc3339_from_pg_micros(commit_ts),
         ctx.project_id,

@@ -256,7 +256,7 @@ fn resync_markers_go_to_every_active_subscription_with_the_archie_shape() {
     assert_eq!(out[0].key, "", "a marker belongs to no row");
     assert_eq!(
         out[0].body,
-        r#"{"id":"evt_resync_7","timestamp":"2025-12-15T15:00:00.000000Z","project_id":"p1","environment":"master","table":"orders","event":"RESYNC","record":null,"data":null,"changed_fields":[],"resync":{"recovery":7,"reason":"lost"}}"#
+        r#"{"id":"evt_resync_7","timestamp":"2025-12-15T15:00:00.000000Z","project_id":"p1","environment":"master","table":"orders","event":"RESYNC","record":{},"data":{},"changed_fields":[],"resync":{"recovery":7,"reason":"lost"}}"#
     );
     let v: Value = serde_json::from_str(&out[0].body).unwrap();
     assert_eq!(v["event"], "RESYNC");

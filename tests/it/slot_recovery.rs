@@ -224,8 +224,8 @@ fn assert_marker_first(reqs: &[Request], path: &str, table: &str, reason: &str) 
     assert_eq!(m["event"], "RESYNC");
     assert_eq!(m["table"], table);
     assert_eq!(m["project_id"], "test-project");
-    assert_eq!(m["record"], Value::Null);
-    assert_eq!(m["data"], Value::Null);
+    assert_eq!(m["record"], serde_json::json!({}));
+    assert_eq!(m["data"], serde_json::json!({}));
     assert_eq!(m["changed_fields"], serde_json::json!([]));
     assert_eq!(m["resync"]["reason"], reason);
     assert!(m["resync"]["missing_since_lsn"].is_string(), "{m}");
@@ -528,6 +528,77 @@ async fn slot_recreated_by_someone_else_is_moved_and_recovered_automatically() {
             serde_json::json!({"id": 2, "name": "two"}),
         ]
     );
+    run.wait_ready(200, 30).await;
+    stop_and_drop(run.child, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_dropped_while_running_is_detected_at_the_reconnect() {
+    let db = crate::support::TestDb::new();
+    db.sql("CREATE TABLE items(id int PRIMARY KEY, name text)");
+    let rx = Receiver::ok().await;
+    let cfg = write_config(&config(
+        &db.url(),
+        &db.name,
+        "",
+        &sub("items", "items", &rx.url, ""),
+    ));
+    let mut run = Run::spawn(cfg.path(), &format!("slot-{}-8", std::process::id())).await;
+    run.child
+        .wait_log("streaming", Duration::from_secs(30))
+        .await;
+    db.sql("INSERT INTO items VALUES (1, 'one')");
+    wait_until(&rx, 30, "the first insert", |r| {
+        to(r, "/items", "INSERT").len() == 1
+    })
+    .await;
+    run.wait_ready(200, 30).await;
+
+    // Taken away from the running daemon: its walsender ended, the slot dropped.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        db.sql(&format!(
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots
+             WHERE slot_name = '{}' AND active",
+            db.name
+        ));
+        if db
+            .pg
+            .psql(
+                &db.name,
+                &format!("SELECT pg_drop_replication_slot('{}')", db.name),
+            )
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot could not be dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.sql("INSERT INTO items VALUES (2, 'two')");
+    run.assert_broken("missing").await;
+    // Nothing was recreated behind the operator's back.
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.name
+        )),
+        "0"
+    );
+    let recover = bin::command(["slot", "recover", "--config"])
+        .arg(cfg.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        recover.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recover.stdout)
+    );
+    wait_until(&rx, 60, "the backfill", |r| {
+        to(r, "/items", "READ").len() >= 2
+    })
+    .await;
     run.wait_ready(200, 30).await;
     stop_and_drop(run.child, &db).await;
 }
