@@ -51,6 +51,8 @@ pub struct Recreated {
     pub recovery: Recovery,
     /// The active subscriptions at the time: each gets a marker and a backfill.
     pub subscriptions: Vec<Subscription>,
+    /// API subscriptions left out (their table or a column is gone), with why.
+    pub left_out: Vec<(String, String)>,
 }
 
 /// What the second half did.
@@ -119,6 +121,8 @@ async fn recreate_locked(
         )));
     }
     let stored = subscriptions::load_all(outbox_client, schema).await?;
+    // As at start: an API subscription whose table or column is gone is left out, named.
+    let (stored, left_out) = super::reload::without_broken_api_subscriptions(&source, stored).await;
     let subs: Vec<Subscription> = stored.into_iter().map(|s| s.sub).collect();
     let router = Router::with_project(config, subs.iter().cloned());
     prepare(
@@ -163,6 +167,7 @@ async fn recreate_locked(
     Ok(Recreated {
         recovery,
         subscriptions: subs.into_iter().filter(|s| s.active).collect(),
+        left_out,
     })
 }
 
@@ -178,7 +183,10 @@ pub async fn finish(
     let wait = wait.unwrap_or(Duration::from_secs(60));
     let client = outbox::connect(config).await?;
     let event_id = store::marker_event_id(r.recovery.id);
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        skipped: r.left_out.clone(),
+        ..Summary::default()
+    };
     let deadline = Instant::now() + wait;
     while !r.subscriptions.is_empty() {
         let (stored, finished) = store::markers(&client, &schema, &event_id).await?;
