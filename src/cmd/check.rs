@@ -290,6 +290,8 @@ async fn slot_checks(client: &Client, config: &Config, r: &mut Report) {
                 );
             }
         }
+        // Reported by the health check below, with what to do.
+        Ok(Some(s)) if s.is_lost() => {}
         Ok(Some(s)) => {
             let retained = s.retained_bytes.unwrap_or(0);
             let level = if retained > 1 << 30 {
