@@ -28,10 +28,21 @@ fn sub(id: &str, table: &str, url: &str, extra: &str) -> String {
 
 /// A config whose `[source]` carries `source_extra` (e.g. `on_slot_lost`), with the API on port 0.
 fn config(url: &str, slot: &str, source_extra: &str, subs: &str) -> String {
+    config_with(url, slot, source_extra, "", subs)
+}
+
+/// [`config`] with `delivery_extra` in `[delivery]` (e.g. `enabled = false`).
+fn config_with(
+    url: &str,
+    slot: &str,
+    source_extra: &str,
+    delivery_extra: &str,
+    subs: &str,
+) -> String {
     format!(
         "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\n{source_extra}\n[project]\nid = \"test-project\"\n{}\n{subs}",
         fast_delivery(&format!(
-            "[api]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+            "{delivery_extra}\n[api]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
         ))
     )
 }
@@ -421,13 +432,17 @@ async fn dropped_slot_is_reported_and_recovered_through_the_api() {
     let db = crate::support::TestDb::new();
     db.sql("CREATE TABLE items(id int PRIMARY KEY, name text)");
     let rx = Receiver::ok().await;
-    let cfg = write_config(&config(
+    let subs = sub("items", "items", &rx.url, "");
+    // First without delivery: row 1 waits in the outbox.
+    let quiet = write_config(&config_with(
         &db.url(),
         &db.name,
         "",
-        &sub("items", "items", &rx.url, ""),
+        "enabled = false",
+        &subs,
     ));
-    let mut run = Run::spawn(cfg.path(), &format!("slot-{}-4", std::process::id())).await;
+    let cfg = write_config(&config(&db.url(), &db.name, "", &subs));
+    let mut run = Run::spawn(quiet.path(), &format!("slot-{}-4", std::process::id())).await;
     run.child
         .wait_log("streaming", Duration::from_secs(30))
         .await;
@@ -435,16 +450,20 @@ async fn dropped_slot_is_reported_and_recovered_through_the_api() {
     let (status, body) = run.post("/api/rest/_slot/recover").await;
     assert_eq!(status, 409, "{body}");
     db.sql("INSERT INTO items VALUES (1, 'one')");
-    wait_until(&rx, 30, "the first insert", |r| {
-        to(r, "/items", "INSERT").len() == 1
-    })
-    .await;
+    crate::support::daemon::wait_value(&db, "SELECT count(*) FROM walhook.deliveries", "1", 30)
+        .await;
     run.child.stop().await;
 
     db.sql(&format!("SELECT pg_drop_replication_slot('{}')", db.name));
     db.sql("INSERT INTO items VALUES (2, 'two')");
     let mut run = Run::spawn(cfg.path(), &format!("slot-{}-5", std::process::id())).await;
     run.assert_broken("missing").await;
+    // Up, not ready, and still delivering what the outbox holds.
+    wait_until(&rx, 30, "row 1 from the outbox", |r| {
+        to(r, "/items", "INSERT").len() == 1
+    })
+    .await;
+    run.wait_ready(503, 5).await;
 
     let (status, body) = run.post("/api/rest/_slot/recover").await;
     assert_eq!(status, 202, "{body}");
