@@ -148,7 +148,15 @@ async fn ingest_once(
         |t| router.validate_table(&t.table, &t.columns),
     )
     .await?;
-    ensure_slot(&source_client, slot).await?;
+    // Again after the setup, which takes a while: the slot may have been dropped meanwhile,
+    // and must then be reported, not recreated. Only a fresh start (no checkpoint) creates it.
+    let diagnosis = super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
+    if diagnosis.report.health.is_broken() {
+        return Err(IngestError::SlotBroken(Box::new(diagnosis.report)));
+    }
+    if diagnosis.state.is_none() {
+        ensure_slot(&source_client, slot).await?;
+    }
     let confirmed = slot_state(&source_client, slot)
         .await?
         .and_then(|s| s.confirmed_flush)
@@ -194,6 +202,12 @@ async fn ingest_once(
             ],
         )
         .await?;
+    // Now that this stream holds the slot nobody can drop it; it must still be the slot the
+    // fence describes (it was not dropped and recreated since the diagnosis).
+    let held = super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
+    if held.report.health.is_broken() {
+        return Err(IngestError::SlotBroken(Box::new(held.report)));
+    }
     info!(slot, checkpoint = %checkpoint, confirmed_flush = %confirmed, "streaming");
     streaming.store(true, Ordering::Relaxed);
     let mut sink = OutboxSink::new(
