@@ -4,7 +4,9 @@
 //! that differs from `to_jsonb` on this server: generated columns pgoutput does not publish
 //! (all of them before PostgreSQL 18; virtual ones on 18+), and columns whose type (directly or
 //! inside an array, domain or composite) has a cast to json that walhook does not reproduce.
-//! `walhook check` prints them per column; the source logs them once at start.
+//! `walhook check` prints them per column; the source logs them once at start, and every
+//! change of a table lists its unpublished generated columns under `omitted` (see
+//! [`unpublished_generated`]), so a payload is never silently different from `to_jsonb`.
 
 use tokio_postgres::Client;
 
@@ -72,4 +74,28 @@ pub async fn deviations(client: &Client, table_oid: u32) -> Result<Vec<Deviation
         }
     }
     Ok(out)
+}
+
+/// The generated columns of `table_oid` that a Relation message listing `published` left out,
+/// in column order: those pgoutput does not send on this server. Read once per Relation
+/// message (start of streaming, and after each ALTER TABLE), never per row.
+pub async fn unpublished_generated(
+    client: &Client,
+    table_oid: u32,
+    published: &[&str],
+) -> Result<Vec<String>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated <> ''
+             ORDER BY a.attnum",
+            &[&table_oid],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|c| !published.contains(&c.as_str()))
+        .collect())
 }
