@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{Hooks, IngestError, OutboxSink};
 use crate::backoff::{sleep_or_cancel, Backoff};
@@ -22,6 +22,7 @@ use crate::pg::tls;
 use crate::route::Router;
 use crate::source::conn::ReplicationClient;
 use crate::source::decode::ChangeDecoder;
+use crate::source::leftovers::{self, Snapshot};
 use crate::source::setup::{ensure_slot, prepare, slot_state};
 use crate::source::stream::{receive_timeout, Sink, SourceLoop};
 
@@ -98,44 +99,29 @@ async fn ingest_once(
     let pg = config.pg_config();
     let source_client = tls::connect_sql(&pg).await?;
     let router = router_rx.borrow().clone();
-    prepare(
-        &source_client,
-        &router.tables(),
-        publication,
-        config.source.manage_replica_identity,
-        true,
-        |t| router.validate_table(&t.table, &t.columns),
-    )
-    .await?;
-    ensure_slot(&source_client, slot).await?;
-    let confirmed = slot_state(&source_client, slot)
-        .await?
-        .and_then(|s| s.confirmed_flush)
-        .unwrap_or(Lsn::ZERO);
-
-    // pgoutput sends logical messages (the backfills' watermarks) from PostgreSQL 14 on.
-    let version: i32 = source_client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(crate::source::SourceError::from)?
-        .get(0);
-    let messages = if version >= 140_000 { "true" } else { "false" };
-    let repl = ReplicationClient::connect(&pg).await?;
-    let pub_names = format!("\"{publication}\"");
-    // The server starts at max(requested, confirmed_flush); transactions at or below the
-    // checkpoint that it sends again are skipped by the sink.
-    let stream = repl
-        .start_logical(
-            slot,
-            checkpoint,
-            &[
-                ("proto_version", "1"),
-                ("publication_names", &pub_names),
-                // Transactional logical messages: the backfills' watermarks.
-                ("messages", messages),
-            ],
-        )
-        .await?;
+    let tables = router.tables();
+    // What the host database looks like before this start may change it, so that a start that
+    // fails for good can say what it left (and drop a slot it created).
+    let before = Snapshot::take(&source_client, &tables, publication, slot).await;
+    let started = start_stream(config, &pg, &source_client, &router, &tables, checkpoint).await;
+    let (stream, confirmed) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            if !e.is_retryable() {
+                if let Ok(before) = &before {
+                    let left =
+                        leftovers::report(&source_client, before, &tables, publication, slot).await;
+                    if !left.is_empty() {
+                        error!(
+                            left = %left.join("; "),
+                            "the start failed after changing the database; these changes are left in place (each with the statement that undoes it)"
+                        );
+                    }
+                }
+            }
+            return Err(e);
+        }
+    };
     info!(slot, checkpoint = %checkpoint, confirmed_flush = %confirmed, "streaming");
     streaming.store(true, Ordering::Relaxed);
     let mut sink = OutboxSink::new(
@@ -172,4 +158,58 @@ async fn ingest_once(
     let flushed = result?;
     info!(slot, flushed = %flushed, "ingest stopped");
     Ok(())
+}
+
+/// Everything between connecting and streaming: the replication connection first (it fails
+/// for a role without REPLICATION or a refused login before anything is changed), then the
+/// tables, replica identity and publication, then the slot (last: it pins WAL from then on).
+async fn start_stream(
+    config: &Config,
+    pg: &crate::pg::tls::PgConfig,
+    source_client: &tokio_postgres::Client,
+    router: &Router,
+    tables: &[crate::model::TableName],
+    checkpoint: Lsn,
+) -> Result<(crate::source::conn::ReplicationStream, Lsn), IngestError> {
+    let slot = config.source.slot.as_str();
+    let publication = config.source.publication.as_str();
+    let repl = ReplicationClient::connect(pg).await?;
+    prepare(
+        source_client,
+        tables,
+        publication,
+        config.source.manage_replica_identity,
+        true,
+        |t| router.validate_table(&t.table, &t.columns),
+    )
+    .await?;
+    ensure_slot(source_client, slot).await?;
+    let confirmed = slot_state(source_client, slot)
+        .await?
+        .and_then(|s| s.confirmed_flush)
+        .unwrap_or(Lsn::ZERO);
+
+    // pgoutput sends logical messages (the backfills' watermarks) from PostgreSQL 14 on.
+    let version: i32 = source_client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(crate::source::SourceError::from)?
+        .get(0);
+    let messages = if version >= 140_000 { "true" } else { "false" };
+    let pub_names = format!("\"{publication}\"");
+    // The server starts at max(requested, confirmed_flush); transactions at or below the
+    // checkpoint that it sends again are skipped by the sink.
+    let stream = repl
+        .start_logical(
+            slot,
+            checkpoint,
+            &[
+                ("proto_version", "1"),
+                ("publication_names", &pub_names),
+                // Transactional logical messages: the backfills' watermarks.
+                ("messages", messages),
+            ],
+        )
+        .await?;
+    Ok((stream, confirmed))
 }
