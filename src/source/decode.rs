@@ -8,6 +8,9 @@
 //! - ARCHITECTURE.md invariant 6: an unchanged-TOAST column in an UPDATE's new tuple is filled from the
 //!   old tuple (REPLICA IDENTITY FULL sends it); if the old value is not available the column is
 //!   left out of the record and reported with an error log, never invented as `null`;
+//! - a Relation message is completed from the catalog (key, types, unpublished generated
+//!   columns) only once the transaction being decoded is visible to the catalog read: the
+//!   server may send a transaction before its commit is visible to other sessions;
 //! - a change for a relation that was never described is an error (the stream is corrupt), not a
 //!   silent drop;
 //! - composite types follow `ALTER TYPE`: a Relation message re-reads the composites its columns
@@ -88,6 +91,7 @@ fn logical_message(transactional: bool, prefix: &str, content: &Bytes) -> Decode
 }
 
 struct Tx {
+    xid: u32,
     final_lsn: Lsn,
     commit_ts: i64,
     ordinal: u32,
@@ -144,6 +148,11 @@ impl ChangeDecoder {
     pub async fn decode(&mut self, client: &Client, data: Bytes) -> Result<Decoded, SourceError> {
         match pgoutput::decode(data).map_err(|e| SourceError::Decode(e.to_string()))? {
             Message::Relation(rel) => {
+                // The catalog must show this transaction's own DDL (a column added with the
+                // change being decoded) before it is read.
+                if let Some(tx) = &self.tx {
+                    super::fidelity::wait_visible(client, tx.xid).await?;
+                }
                 // Unknown types, and composites (ALTER TYPE sends no message of its own).
                 let oids: Vec<u32> = rel
                     .columns
@@ -304,6 +313,7 @@ impl ChangeDecoder {
                 xid,
             } => {
                 self.tx = Some(Tx {
+                    xid,
                     final_lsn,
                     commit_ts,
                     ordinal: 0,

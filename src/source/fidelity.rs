@@ -33,7 +33,7 @@ impl Deviation {
             Deviation::GeneratedNotPublished { column } => format!(
                 "table {table}: generated column {column} is not in record (pgoutput publishes \
                  stored generated columns from PostgreSQL 18 on, virtual ones never); \
-                 to_jsonb(row) includes it"
+                 to_jsonb(row) includes it; each payload lists it under \"omitted\""
             ),
             Deviation::CastNotReproduced { column, type_name } => format!(
                 "table {table}: column {column} ({type_name}) is sent as its text: its type has a \
@@ -98,4 +98,34 @@ pub async fn unpublished_generated(
         .map(|r| r.get::<_, String>(0))
         .filter(|c| !published.contains(&c.as_str()))
         .collect())
+}
+
+/// Waits (about a second at most) until transaction `xid` is visible to new snapshots of
+/// `client`'s session. Logical decoding may send a transaction as soon as its commit record is
+/// flushed, a moment before other sessions see it as committed; a catalog read in that moment
+/// would miss the transaction's own DDL (a column it added). Gives up with a warning rather
+/// than stalling the stream.
+pub async fn wait_visible(client: &Client, xid: u32) -> Result<(), SourceError> {
+    // The 32-bit xid in the epoch of the snapshot's xmax (or the one before, if it is ahead).
+    const SQL: &str = "WITH s AS (SELECT pg_current_snapshot() AS snap),
+         x AS (SELECT snap, pg_snapshot_xmax(snap)::text::int8 AS xmax FROM s),
+         c AS (SELECT snap, CASE WHEN ((xmax >> 32) << 32 | $1) > xmax
+                                 THEN (greatest((xmax >> 32) - 1, 0) << 32) | $1
+                                 ELSE ((xmax >> 32) << 32) | $1 END AS full_xid FROM x)
+         SELECT pg_visible_in_snapshot(full_xid::text::xid8, snap) FROM c";
+    for attempt in 0..200 {
+        let visible: bool = client.query_one(SQL, &[&i64::from(xid)]).await?.get(0);
+        if visible {
+            return Ok(());
+        }
+        if attempt == 0 {
+            tracing::debug!(xid, "transaction not yet visible to the catalog; waiting");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tracing::warn!(
+        xid,
+        "a streamed transaction is still not visible after 1 s; reading the catalog anyway"
+    );
+    Ok(())
 }
