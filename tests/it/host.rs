@@ -254,3 +254,55 @@ async fn a_failed_start_changes_nothing_or_says_what_it_left() {
     );
     assert_eq!(state(&db), "d:0:0");
 }
+
+/// `walhook check` finds what `run` would be refused for: a table the role does not own, a
+/// publication it may not create; each line's advice, followed, clears it.
+#[tokio::test]
+async fn check_reports_ownership_and_publication_privilege_and_the_advice_works() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE orders(id int PRIMARY KEY, status text)");
+    let role = format!("chk_{}", db.name);
+    db.sql(&format!(
+        "CREATE ROLE \"{role}\" LOGIN REPLICATION;
+         REVOKE CREATE ON DATABASE \"{db}\" FROM PUBLIC;",
+        db = db.name
+    ));
+    let url = db.url().replacen("postgres@", &format!("{role}@"), 1);
+    let config = db.config_with_url(
+        &url,
+        &sub("orders", "orders", r#"["INSERT", "UPDATE", "DELETE"]"#, ""),
+    );
+    let fails = |report: &walhook::cmd::check::Report| -> Vec<String> {
+        report
+            .lines
+            .iter()
+            .filter(|(l, _)| format!("{l:?}") == "Fail")
+            .map(|(_, m)| m.clone())
+            .collect()
+    };
+    let report = walhook::cmd::check::run(&config).await;
+    let f = fails(&report);
+    assert_eq!(f.len(), 2, "{report}");
+    assert!(
+        f[0].starts_with(&format!(
+            "walhook's role {role} cannot prepare public.orders: it is owned by postgres"
+        )) && f[0].contains(&format!("GRANT \"postgres\" TO \"{role}\";")),
+        "{report}"
+    );
+    let grant_create = format!(
+        "GRANT CREATE ON DATABASE \"{db}\" TO \"{role}\";",
+        db = db.name
+    );
+    assert_eq!(
+        f[1],
+        format!(
+            "publication walhook does not exist yet and role {role} may not create it: run \
+             {grant_create}"
+        ),
+        "{report}"
+    );
+    // Following the advice clears both.
+    db.sql(&format!("GRANT \"postgres\" TO \"{role}\"; {grant_create}"));
+    let report = walhook::cmd::check::run(&config).await;
+    assert!(fails(&report).is_empty(), "{report}");
+}
