@@ -77,7 +77,7 @@ fn cfg(user: &str, sslmode: &str, allow: bool) -> PgConfig {
 fn assert_refusal(text: &str, method: &str, sslmode: &str) {
     assert!(
         text.contains(&format!(
-            "asked for a {method} over an unencrypted connection (sslmode={sslmode})"
+            "asked for {method} over an unencrypted connection (sslmode={sslmode})"
         )),
         "{text}"
     );
@@ -89,7 +89,7 @@ fn assert_refusal(text: &str, method: &str, sslmode: &str) {
 #[tokio::test]
 async fn md5_and_cleartext_without_tls_are_refused_unless_allowed() {
     // The server has no TLS: `prefer` falls back to an unencrypted connection.
-    for (user, method) in [(MD5, "MD5 password"), (PLAIN, "cleartext password")] {
+    for (user, method) in [(MD5, "an MD5 password"), (PLAIN, "a cleartext password")] {
         for mode in ["disable", "prefer"] {
             let what = format!("{user} sslmode={mode}");
             let c = cfg(user, mode, false);
@@ -180,7 +180,7 @@ async fn config_toml_opt_in() {
     let report = walhook::cmd::check::run(&load("")).await;
     let text = report.to_string();
     assert!(text.contains("cannot connect to source.url"), "{text}");
-    assert_refusal(&text, "MD5 password", "prefer");
+    assert_refusal(&text, "an MD5 password", "prefer");
     let report = walhook::cmd::check::run(&load("allow_insecure_password = true")).await;
     let text = report.to_string();
     assert!(!text.contains("cannot connect to source.url"), "{text}");

@@ -47,8 +47,13 @@ impl std::error::Error for Refusal {}
 
 /// The one wording of a refusal, shared with the replication connection.
 pub fn refusal_text(method: &str, host: &str, mode: SslMode) -> String {
+    let article = if method.starts_with(['a', 'e', 'i', 'o', 'u', 'M']) {
+        "an"
+    } else {
+        "a"
+    };
     format!(
-        "the server {host} asked for a {method} over an unencrypted connection (sslmode={mode}); \
+        "the server {host} asked for {article} {method} over an unencrypted connection (sslmode={mode}); \
          walhook does not send a password where it can be read on the network. Fix one of: use \
          TLS (sslmode=require, or verify-full with sslrootcert); or make the server use SCRAM \
          (password_encryption = 'scram-sha-256', a scram-sha-256 line in pg_hba.conf, then set \
