@@ -306,3 +306,40 @@ async fn check_reports_ownership_and_publication_privilege_and_the_advice_works(
     let report = walhook::cmd::check::run(&config).await;
     assert!(fails(&report).is_empty(), "{report}");
 }
+
+/// The leftovers report drops a replication slot the failed start created (it would keep WAL
+/// while walhook is stopped) and lists the rest with the statements that undo it.
+#[tokio::test]
+async fn leftovers_drop_a_slot_the_failed_start_created() {
+    use walhook::model::TableName;
+    use walhook::source::leftovers::{report, Snapshot};
+    let db = TestDb::new();
+    db.sql("CREATE TABLE orders(id int PRIMARY KEY)");
+    let client = db.client().await;
+    let tables = vec![TableName::parse("orders").unwrap()];
+    let slot = format!("s_{}", db.name);
+    let before = Snapshot::take(&client, &tables, "walhook", &slot)
+        .await
+        .unwrap();
+    db.sql("ALTER TABLE orders REPLICA IDENTITY FULL; CREATE PUBLICATION walhook FOR TABLE orders");
+    db.sql(&format!(
+        "SELECT 1 FROM pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+    ));
+    let left = report(&client, &before, &tables, "walhook", &slot).await;
+    assert_eq!(
+        left,
+        [
+            "created publication walhook (to undo: DROP PUBLICATION \"walhook\")",
+            "set REPLICA IDENTITY FULL on public.orders (it was DEFAULT; to undo, once it is in no \
+             publication that publishes UPDATE or DELETE: ALTER TABLE \"public\".\"orders\" \
+             REPLICA IDENTITY DEFAULT)",
+        ]
+    );
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        )),
+        "0",
+        "the slot this start created is gone"
+    );
+}
