@@ -186,3 +186,27 @@ async fn config_toml_opt_in() {
     assert!(!text.contains("cannot connect to source.url"), "{text}");
     assert!(text.contains("wal_level"), "{text}");
 }
+
+/// The guarded connection path reports a refused TCP connection as tokio-postgres does: a
+/// retryable connection failure, not a configuration error.
+#[tokio::test]
+async fn guarded_connect_to_a_closed_port_is_a_retryable_failure() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let c = PgConfig::parse(&format!(
+        "postgres://{MD5}:{PASSWORD}@127.0.0.1:{port}/postgres?sslmode=disable"
+    ))
+    .unwrap();
+    let e = match connect_sql(&c).await {
+        Err(e) => e,
+        Ok(_) => panic!("nothing listens on {port}"),
+    };
+    assert!(e.is_retryable(), "{e:?}");
+    assert!(e.to_string().contains("refused"), "{e}");
+    match pool(&c, 1).get().await {
+        Err(e) => assert!(pool_error_is_retryable(&e), "{}", pool_error_text(&e)),
+        Ok(_) => panic!("nothing listens on {port}"),
+    }
+}
