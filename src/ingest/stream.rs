@@ -4,7 +4,9 @@
 //! Guarantees: streaming starts at the outbox checkpoint (transactions the server sends again
 //! are skipped by the sink); `streaming` is true exactly while the stream is up; on cancel the
 //! open outbox transaction is abandoned (it will be streamed again) and the last committed
-//! checkpoint is reported to the slot.
+//! checkpoint is reported to the slot; a broken slot (invalidated, dropped, moved: see
+//! [`super::slot`]) is diagnosed before anything else and never silently recreated: ingest
+//! waits, reporting it, until it is recovered.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ use crate::source::conn::ReplicationClient;
 use crate::source::decode::ChangeDecoder;
 use crate::source::leftovers::{self, Snapshot};
 use crate::source::setup::{ensure_slot, prepare, slot_state};
-use crate::source::stream::{receive_timeout, Sink, SourceLoop};
+use crate::source::stream::{receive_timeout, Fence, Sink, SourceLoop};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -44,6 +46,24 @@ pub async fn ingest_loop(
         streaming.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => return Ok(()),
+            Err(IngestError::SlotBroken(report)) if hooks.slot.is_some() => {
+                let ctx = hooks.slot.as_ref().expect("checked");
+                if super::slot::wait_broken(config, *report, ctx, cancel)
+                    .await
+                    .is_none()
+                {
+                    return Ok(());
+                }
+                backoff.reset();
+            }
+            // The slot vanished or was invalidated between the diagnosis and the stream's
+            // start, or while streaming: the next attempt diagnoses it.
+            Err(e) if slot_gone(&e) && hooks.slot.is_some() && !cancel.is_cancelled() => {
+                warn!(error = %e, "the replication slot cannot stream; checking it");
+                if !sleep_or_cancel(backoff.next_delay(), cancel).await {
+                    return Ok(());
+                }
+            }
             Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
                 // A connection that streamed for a while was healthy: start the backoff over.
                 if started.elapsed() > Duration::from_secs(60) {
@@ -79,6 +99,14 @@ pub async fn ingest_loop(
     }
 }
 
+/// A server error about the slot itself (it does not exist, or was invalidated).
+fn slot_gone(e: &IngestError) -> bool {
+    let IngestError::Source(s) = e else {
+        return false;
+    };
+    matches!(s.code(), Some("55000") | Some("42704")) && s.to_string().contains("slot")
+}
+
 async fn ingest_once(
     config: &Config,
     router_rx: watch::Receiver<Router>,
@@ -98,16 +126,106 @@ async fn ingest_once(
 
     let pg = config.pg_config();
     let source_client = tls::connect_sql(&pg).await?;
+    // The slot's health before anything is changed: a broken slot is reported, not recreated.
+    let diagnosis = super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
+    if diagnosis.report.health.is_broken() {
+        return Err(IngestError::SlotBroken(Box::new(diagnosis.report)));
+    }
+    if let Some(ctx) = &hooks.slot {
+        super::slot::check_retained(
+            &ctx.control,
+            &diagnosis.report,
+            config.source.slot_wal_warn_fraction,
+        );
+        ctx.control.set(diagnosis.report.clone(), &ctx.metrics);
+    }
     let router = router_rx.borrow().clone();
     let tables = router.tables();
+    // The replication connection first: a role without REPLICATION, or a refused login, fails
+    // here, before anything in the database is changed.
+    let repl = ReplicationClient::connect(&pg).await?;
     // What the host database looks like before this start may change it, so that a start that
     // fails for good can say what it left (and drop a slot it created).
     let before = Snapshot::take(&source_client, &tables, publication, slot).await;
-    let started = start_stream(config, &pg, &source_client, &router, &tables, checkpoint).await;
-    let (stream, confirmed) = match started {
+    let started: Result<_, IngestError> = async {
+        prepare(
+            &source_client,
+            &tables,
+            publication,
+            config.source.manage_replica_identity,
+            true,
+            |t| router.validate_table(&t.table, &t.columns),
+        )
+        .await?;
+        // Again after the setup, which takes a while: the slot may have been dropped meanwhile,
+        // and must then be reported, not recreated. Only a fresh start (no checkpoint) creates it.
+        let diagnosis =
+            super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
+        if diagnosis.report.health.is_broken() {
+            return Err(IngestError::SlotBroken(Box::new(diagnosis.report)));
+        }
+        if diagnosis.state.is_none() {
+            ensure_slot(&source_client, slot).await?;
+        }
+        let confirmed = slot_state(&source_client, slot)
+            .await?
+            .and_then(|s| s.confirmed_flush)
+            .unwrap_or(Lsn::ZERO);
+
+        // The fence: never below where the slot and the checkpoint already are (a slot found
+        // without a fence, before this version's first start, is adopted here).
+        let fence_at = diagnosis
+            .fence
+            .unwrap_or(Lsn::ZERO)
+            .max(checkpoint)
+            .max(confirmed);
+        crate::outbox::slot::raise_fence(&outbox_client, &schema, slot, fence_at).await?;
+        let fence = Fence::new(fence_at);
+        let fence_stop = CancellationToken::new();
+        let _fence_guard = fence_stop.clone().drop_guard();
+        tokio::spawn(super::slot::fence_loop(
+            config.clone(),
+            fence.clone(),
+            fence_stop.clone(),
+        ));
+
+        // pgoutput sends logical messages (the backfills' watermarks) from PostgreSQL 14 on.
+        let version: i32 = source_client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(crate::source::SourceError::from)?
+            .get(0);
+        let messages = if version >= 140_000 { "true" } else { "false" };
+        let pub_names = format!("\"{publication}\"");
+        // The server starts at max(requested, confirmed_flush); transactions at or below the
+        // checkpoint that it sends again are skipped by the sink.
+        let stream = repl
+            .start_logical(
+                slot,
+                checkpoint,
+                &[
+                    ("proto_version", "1"),
+                    ("publication_names", &pub_names),
+                    // Transactional logical messages: the backfills' watermarks.
+                    ("messages", messages),
+                ],
+            )
+            .await?;
+        // Now that this stream holds the slot nobody can drop it; it must still be the slot the
+        // fence describes (it was not dropped and recreated since the diagnosis).
+        let held = super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
+        if held.report.health.is_broken() {
+            return Err(IngestError::SlotBroken(Box::new(held.report)));
+        }
+        Ok((stream, confirmed, fence, _fence_guard))
+    }
+    .await;
+    let (stream, confirmed, fence, _fence_guard) = match started {
         Ok(s) => s,
         Err(e) => {
-            if !e.is_retryable() {
+            // A broken slot is the slot diagnosis's to report; anything else that needs a
+            // human leaves the database as listed.
+            if !e.is_retryable() && !matches!(e, IngestError::SlotBroken(_)) {
                 if let Ok(before) = &before {
                     let left =
                         leftovers::report(&source_client, before, &tables, publication, slot).await;
@@ -145,6 +263,7 @@ async fn ingest_once(
         status_interval: Duration::from_secs(1),
         flushed: confirmed.max(checkpoint),
         receive_timeout,
+        fence: Some(fence),
     };
     let result = source.run(&mut sink, cancel).await;
     if let Err(e) = &result {
@@ -158,58 +277,4 @@ async fn ingest_once(
     let flushed = result?;
     info!(slot, flushed = %flushed, "ingest stopped");
     Ok(())
-}
-
-/// Everything between connecting and streaming: the replication connection first (it fails
-/// for a role without REPLICATION or a refused login before anything is changed), then the
-/// tables, replica identity and publication, then the slot (last: it pins WAL from then on).
-async fn start_stream(
-    config: &Config,
-    pg: &crate::pg::tls::PgConfig,
-    source_client: &tokio_postgres::Client,
-    router: &Router,
-    tables: &[crate::model::TableName],
-    checkpoint: Lsn,
-) -> Result<(crate::source::conn::ReplicationStream, Lsn), IngestError> {
-    let slot = config.source.slot.as_str();
-    let publication = config.source.publication.as_str();
-    let repl = ReplicationClient::connect(pg).await?;
-    prepare(
-        source_client,
-        tables,
-        publication,
-        config.source.manage_replica_identity,
-        true,
-        |t| router.validate_table(&t.table, &t.columns),
-    )
-    .await?;
-    ensure_slot(source_client, slot).await?;
-    let confirmed = slot_state(source_client, slot)
-        .await?
-        .and_then(|s| s.confirmed_flush)
-        .unwrap_or(Lsn::ZERO);
-
-    // pgoutput sends logical messages (the backfills' watermarks) from PostgreSQL 14 on.
-    let version: i32 = source_client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(crate::source::SourceError::from)?
-        .get(0);
-    let messages = if version >= 140_000 { "true" } else { "false" };
-    let pub_names = format!("\"{publication}\"");
-    // The server starts at max(requested, confirmed_flush); transactions at or below the
-    // checkpoint that it sends again are skipped by the sink.
-    let stream = repl
-        .start_logical(
-            slot,
-            checkpoint,
-            &[
-                ("proto_version", "1"),
-                ("publication_names", &pub_names),
-                // Transactional logical messages: the backfills' watermarks.
-                ("messages", messages),
-            ],
-        )
-        .await?;
-    Ok((stream, confirmed))
 }
