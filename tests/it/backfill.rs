@@ -440,7 +440,7 @@ async fn kill_9_resumes_after_the_last_stored_chunk() {
     );
     // Every row reaches the receiver (a delivery sent but not recorded before the kill is sent
     // again: at-least-once, same event id).
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let reqs = rx.snapshot();
         let mut by_row: std::collections::HashMap<i64, HashSet<String>> = Default::default();
