@@ -248,6 +248,13 @@ async fn reload(path: &Path, reloader: &Reloader) -> Result<usize, IngestError> 
     )
     .await?;
     let n = reloader.apply(&config).await?;
+    // After routing includes them: new `backfill = true` subscriptions get their backfill.
+    super::backfill::start_on_create(
+        &outbox_client,
+        &Schema::new(config.outbox.schema.as_str()),
+        config.backfill_on_create(),
+    )
+    .await?;
     *current = config;
     Ok(n)
 }

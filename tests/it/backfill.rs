@@ -14,22 +14,27 @@ use crate::support::daemon::{config_text, fast_delivery, wait_value};
 use crate::support::receiver::Receiver;
 use crate::support::TestDb;
 
-const TOKEN: &str = "bf-token";
+pub(crate) const TOKEN: &str = "bf-token";
 
-fn sub(id: &str, table: &str, url: &str, extra: &str) -> String {
+pub(crate) fn sub(id: &str, table: &str, url: &str, extra: &str) -> String {
     format!(
         "[[subscriptions]]\nid = \"{id}\"\ntable = \"{table}\"\n\
          events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"{url}/{id}\"\nsecret = \"whsec_bf\"\n{extra}\n"
     )
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
+pub(crate) struct Api {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
 }
 
 impl Api {
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .request(method, format!("{}/api/rest/_webhooks/{path}", self.base))
@@ -50,7 +55,7 @@ impl Api {
         )
     }
 
-    async fn start(&self, sub: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn start(&self, sub: &str, body: Value) -> (u16, Value) {
         self.send(
             reqwest::Method::POST,
             &format!("{sub}/backfill"),
@@ -60,12 +65,12 @@ impl Api {
     }
 }
 
-fn config_path(db: &TestDb, tag: &str) -> std::path::PathBuf {
+pub(crate) fn config_path(db: &TestDb, tag: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("walhook-bf-{}-{tag}.toml", db.name))
 }
 
 /// `walhook run` spawned with the API on port 0; waits until it streams.
-async fn spawn(db: &TestDb, subs: &str, tag: &str) -> (Walhook, Api) {
+pub(crate) async fn spawn(db: &TestDb, subs: &str, tag: &str) -> (Walhook, Api) {
     let text = config_text(
         db,
         &fast_delivery(&format!(
@@ -94,7 +99,7 @@ async fn spawn(db: &TestDb, subs: &str, tag: &str) -> (Walhook, Api) {
 
 /// Stops the daemon and drops the test's slot (slots are cluster-wide and limited on the shared
 /// server).
-async fn stop(child: Walhook, db: &TestDb) {
+pub(crate) async fn stop(child: Walhook, db: &TestDb) {
     child.stop().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -118,7 +123,7 @@ async fn stop(child: Walhook, db: &TestDb) {
 /// The receiver's requests once it has `n` distinct deliveries (`X-Archie-Delivery`): a request
 /// that timed out on a loaded machine is sent again (at-least-once), so counting requests alone
 /// could stop early.
-async fn wait_distinct(
+pub(crate) async fn wait_distinct(
     rx: &Receiver,
     n: usize,
     secs: u64,
@@ -140,7 +145,7 @@ async fn wait_distinct(
 }
 
 /// `to_jsonb(row)` of every row, by id.
-fn rows_jsonb(db: &TestDb, table: &str) -> HashMap<i64, Value> {
+pub(crate) fn rows_jsonb(db: &TestDb, table: &str) -> HashMap<i64, Value> {
     let out = db.sql(&format!(
         "SELECT coalesce(json_agg(json_build_array(id, to_jsonb(t))), '[]') FROM {table} t"
     ));
@@ -152,7 +157,7 @@ fn rows_jsonb(db: &TestDb, table: &str) -> HashMap<i64, Value> {
         .collect()
 }
 
-fn items(db: &TestDb, n: i64) {
+pub(crate) fn items(db: &TestDb, n: i64) {
     db.sql(&format!(
         "CREATE TABLE items (id bigint PRIMARY KEY, status text, total numeric(10,2),
                              at timestamptz, tags text[], doc jsonb);

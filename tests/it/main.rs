@@ -8,6 +8,8 @@ mod support;
 
 mod api;
 mod backfill;
+mod backfill_option;
+mod backfill_pg_restart;
 mod batching;
 mod cdc;
 mod cli;
