@@ -66,15 +66,27 @@ async fn config_option_backfills_a_new_subscription_once() {
     items(&db, 300);
     let want = rows_jsonb(&db, "items");
     let rx = Receiver::ok().await;
-    let subs =
-        sub("once", "items", &rx.url, "backfill = true") + &sub("plain", "items", &rx.url, "");
+    db.sql("CREATE TABLE nopk (a int, b text); ALTER TABLE nopk REPLICA IDENTITY FULL");
+    let subs = sub("once", "items", &rx.url, "backfill = true")
+        + &sub("plain", "items", &rx.url, "")
+        + &sub("nopk", "nopk", &rx.url, "backfill = true");
     let (child, _api) = spawn(&db, &subs, "opt").await;
     wait_value(
         &db,
         "SELECT string_agg(subscription_id || ' ' || state || ' ' || rows_done || ' ' || \
-         (rows_estimated IS NOT NULL)::text || ' ' || on_create::text, ',') FROM walhook.backfills",
+         (rows_estimated IS NOT NULL)::text || ' ' || on_create::text, ',') \
+         FROM walhook.backfills WHERE subscription_id = 'once'",
         "once done 300 true true",
         60,
+    )
+    .await;
+    // A table the backfill cannot read: the subscription streams, its backfill failed, saying why.
+    wait_value(
+        &db,
+        "SELECT state || ' ' || (error LIKE '%has no primary key%')::text FROM walhook.backfills \
+         WHERE subscription_id = 'nopk'",
+        "failed true",
+        30,
     )
     .await;
     wait_distinct(&rx, 300, 60).await;
@@ -106,7 +118,7 @@ async fn config_option_backfills_a_new_subscription_once() {
         db.sql(
             "SELECT count(*) || ' ' || count(*) FILTER (WHERE on_create) FROM walhook.backfills"
         ),
-        "1 1"
+        "2 2"
     );
     assert_eq!(
         db.sql("SELECT count(*) FROM walhook.deliveries WHERE event = 'READ'"),
@@ -123,7 +135,7 @@ async fn config_option_backfills_a_new_subscription_once() {
         &db,
         "SELECT string_agg(subscription_id || ' ' || state || ' ' || rows_done, ',' ORDER BY id) \
          FROM walhook.backfills",
-        "once done 300,later done 301",
+        "nopk failed 0,once done 300,later done 301",
         60,
     )
     .await;
