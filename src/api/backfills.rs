@@ -41,14 +41,19 @@ fn parse_id(s: &str) -> Option<i64> {
     digits.parse().ok().filter(|n| *n > 0)
 }
 
-pub(super) fn view(b: &Backfill) -> Value {
+/// Rows per second from the start to the end (or now, while it runs).
+pub(crate) fn rate(b: &Backfill) -> f64 {
     let end = b.finished_at.unwrap_or_else(chrono::Utc::now);
     let secs = (end - b.started_at).num_milliseconds() as f64 / 1000.0;
-    let rate = if secs > 0.0 {
+    if secs > 0.0 {
         (b.rows_done as f64 / secs).round()
     } else {
         0.0
-    };
+    }
+}
+
+pub(super) fn view(b: &Backfill) -> Value {
+    let rate = rate(b);
     json!({
         "id": format_id(b.id),
         "webhookId": b.subscription_id,

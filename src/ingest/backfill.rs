@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -591,6 +591,7 @@ impl Runner {
         done_rx: oneshot::Receiver<Outcome>,
         wake: &mut watch::Receiver<u64>,
     ) -> Result<ChunkResult, RunError> {
+        let t0 = Instant::now();
         backfills::emit_watermark(source, &format!("low:{token}"))
             .await
             .map_err(from_source)?;
@@ -598,6 +599,7 @@ impl Runner {
         backfills::settle_commits(source)
             .await
             .map_err(from_source)?;
+        let t_settled = t0.elapsed();
         let texts = backfills::read_chunk(
             source,
             &shape.table,
@@ -611,6 +613,7 @@ impl Runner {
         if texts.is_empty() {
             return Ok(ChunkResult::Empty);
         }
+        let t_read = t0.elapsed();
         let n = texts.len();
         let now_pg =
             chrono::Utc::now().timestamp_micros() - crate::model::change::PG_EPOCH_UNIX_MICROS;
@@ -657,10 +660,12 @@ impl Runner {
             rows_done: self.bf.rows_done + n as i64,
             finished,
         };
+        let t_rendered = t0.elapsed();
         self.b.exchange.fill(token, Chunk { rows, progress });
         backfills::emit_watermark(source, &format!("high:{token}"))
             .await
             .map_err(from_source)?;
+        let t_high = t0.elapsed();
         let mut done_rx = done_rx;
         let deadline = tokio::time::Instant::now() + CHUNK_WAIT;
         let outcome = loop {
@@ -676,6 +681,17 @@ impl Runner {
                 _ = tokio::time::sleep_until(deadline) => return Ok(ChunkResult::Again("the chunk was not stored in time")),
             }
         };
+        // Where a chunk's time goes, for tuning (`WALHOOK_LOG=walhook::ingest::backfill=debug`).
+        debug!(
+            backfill = self.bf.id,
+            rows = n,
+            settled_ms = t_settled.as_millis() as u64,
+            read_ms = (t_read - t_settled).as_millis() as u64,
+            render_ms = (t_rendered - t_read).as_millis() as u64,
+            high_ms = (t_high - t_rendered).as_millis() as u64,
+            stored_ms = (t0.elapsed() - t_high).as_millis() as u64,
+            "backfill chunk"
+        );
         Ok(match outcome {
             Ok(Outcome::Stored) => ChunkResult::Stored {
                 last_key,

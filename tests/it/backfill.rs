@@ -469,14 +469,14 @@ async fn kill_9_resumes_after_the_last_stored_chunk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writer_last_event_per_key_is_the_final_row() {
     let db = TestDb::new();
-    const N: i64 = 20_000;
+    const N: i64 = 100_000;
+    const CHUNK: i64 = 1000;
     items(&db, N);
     let rx = Receiver::ok().await;
     let (child, api) = spawn(&db, &sub("s", "items", &rx.url, ""), "race").await;
-    // Paced, so that the writer below runs through many chunks.
-    let (status, b) = api
-        .start("s", json!({ "chunk_size": 200, "pause_ms": 30 }))
-        .await;
+    let started = Instant::now();
+    // 100 chunks: the writer below runs through every one of them.
+    let (status, b) = api.start("s", json!({ "chunk_size": CHUNK })).await;
     assert_eq!(status, 202, "{b}");
     let bid = b["id"].as_str().unwrap()[3..].to_string();
     // The writer: random UPDATEs, DELETEs and new INSERTs while the backfill runs.
@@ -506,7 +506,7 @@ async fn concurrent_writer_last_event_per_key_is_the_final_row() {
         // a stale READ would overtake a streamed change; the others anywhere.
         let near = |r: i64| {
             if r % 4 != 0 {
-                (cursor + r.rem_euclid(600)).min(N - 1) + 1
+                (cursor + r.rem_euclid(CHUNK + CHUNK / 2)).min(N - 1) + 1
             } else {
                 r.rem_euclid(N) + 1
             }
@@ -535,7 +535,12 @@ async fn concurrent_writer_last_event_per_key_is_the_final_row() {
         "SELECT b.rows_done - (SELECT count(*) FROM walhook.deliveries WHERE event = 'READ')
          FROM walhook.backfills b WHERE id = {bid}"
     ));
-    eprintln!("backfill rows left to the stream (changed during their chunk): {dropped}; writer rounds: {round}");
+    eprintln!(
+        "backfill rows left to the stream (changed during their chunk): {dropped}; writer rounds: \
+         {round} (~{:.0} row changes/s); backfill done after {:?}",
+        (round * 5) as f64 / started.elapsed().as_secs_f64(),
+        started.elapsed()
+    );
     // A last row: once its delivery is stored, ingest has stored every change before it.
     client
         .batch_execute("INSERT INTO items (id, status) VALUES (0, 'end')")
@@ -560,13 +565,13 @@ async fn concurrent_writer_last_event_per_key_is_the_final_row() {
         .parse()
         .unwrap();
     let reqs = wait_distinct(&rx, total, 30).await;
+    eprintln!("{total} deliveries received after {:?}", started.elapsed());
     let mut last: HashMap<i64, Value> = HashMap::new();
     let mut seq: HashMap<i64, i64> = HashMap::new();
     for r in &reqs {
         let v = r.json();
         let id = v["record"]["id"].as_i64().unwrap();
         let s: i64 = r.header("x-walhook-sequence").parse().unwrap();
-        // Per-key order: deliveries of a key arrive in sequence order.
         // Per-key order: deliveries of a key arrive in sequence order (a repeat of the same
         // delivery, after a timed-out attempt, comes before the next one).
         if let Some(prev) = seq.insert(id, s) {
@@ -650,86 +655,4 @@ async fn cli_twin_checks_starts_and_follows_to_done() {
     let reqs = wait_distinct(&rx, 1200, 30).await;
     assert!(reqs.iter().all(|r| r.json()["event"] == "READ"));
     stop(child, &db).await;
-}
-
-/// Benchmark (ignored; run with `cargo test --release --test it backfill::bench -- --ignored
-/// --nocapture`, rows from `BACKFILL_BENCH_ROWS`, default 200000): a W1-shaped table backfilled
-/// through to a loopback receiver, next to `COPY (SELECT to_jsonb(t) FROM t) TO STDOUT` drained
-/// in the same run (the limit), with the daemon's peak RSS.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn bench_w1_shaped_backfill() {
-    use futures_util::StreamExt;
-    let n: i64 = std::env::var("BACKFILL_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
-    let db = TestDb::new();
-    db.sql(&format!(
-        "CREATE TABLE orders (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), total numeric(12,2),
-             status text, customer_id text, created_at timestamptz DEFAULT now(), meta jsonb);
-         ALTER TABLE orders REPLICA IDENTITY FULL;
-         INSERT INTO orders (total, status, customer_id, meta)
-         SELECT g + (g % 100) / 100.0, 'new', 'cust-' || (g % 5000),
-                jsonb_build_object('sku', 'sku-'||g, 'qty', g % 7)
-         FROM generate_series(1, {n}) g;
-         ANALYZE orders"
-    ));
-    let client = db.client().await;
-    let t = Instant::now();
-    let stream = client
-        .copy_out("COPY (SELECT to_jsonb(t) FROM orders t) TO STDOUT")
-        .await
-        .unwrap();
-    futures_util::pin_mut!(stream);
-    let mut bytes = 0usize;
-    while let Some(chunk) = stream.next().await {
-        bytes += chunk.unwrap().len();
-    }
-    let copy_rate = n as f64 / t.elapsed().as_secs_f64();
-    let rx = Receiver::ok().await;
-    let (child, api) = spawn(&db, &sub("s", "orders", &rx.url, ""), "bench").await;
-    let pid = child.child.id().unwrap();
-    let t = Instant::now();
-    let (status, b) = api.start("s", json!({ "chunk_size": 5000 })).await;
-    assert_eq!(status, 202, "{b}");
-    let bid: i64 = b["id"].as_str().unwrap()[3..].parse().unwrap();
-    let mut hwm = 0u64;
-    loop {
-        let state: String = client
-            .query_one("SELECT state FROM walhook.backfills WHERE id = $1", &[&bid])
-            .await
-            .unwrap()
-            .get(0);
-        hwm = hwm.max(vm_hwm_kb(pid));
-        if state == "done" {
-            break;
-        }
-        assert_eq!(state, "running");
-        assert!(t.elapsed() < Duration::from_secs(1800));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let stored_rate = n as f64 / t.elapsed().as_secs_f64();
-    wait_distinct(&rx, n as usize, 1800).await;
-    let delivered_rate = n as f64 / t.elapsed().as_secs_f64();
-    hwm = hwm.max(vm_hwm_kb(pid));
-    eprintln!(
-        "backfill bench, {n} rows: COPY to_jsonb {copy_rate:.0} rows/s ({bytes} bytes); \
-         backfill stored {stored_rate:.0} rows/s ({:.2} of COPY), delivered {delivered_rate:.0} rows/s \
-         ({:.2} of COPY); daemon peak RSS {} MB",
-        stored_rate / copy_rate,
-        delivered_rate / copy_rate,
-        hwm / 1024
-    );
-    stop(child, &db).await;
-}
-
-fn vm_hwm_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }

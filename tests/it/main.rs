@@ -15,6 +15,7 @@ mod cdc;
 mod cli;
 mod config_example;
 mod console;
+mod console_backfills;
 mod delivery;
 mod delivery_crash;
 mod delivery_owners;
