@@ -73,7 +73,11 @@ fn spawn_walhook(config: &std::path::Path) -> anyhow::Result<(Child, std::path::
     let child = Command::new(bin)
         .args(["run", "--config"])
         .arg(config)
-        .env("WALHOOK_LOG", "info")
+        // `WALHOOK_LOG=info,walhook::ingest::backfill=debug` logs each chunk's timings.
+        .env(
+            "WALHOOK_LOG",
+            std::env::var("WALHOOK_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
