@@ -303,7 +303,7 @@ impl Config {
     }
 
     /// The ids of the subscriptions with `backfill = true`: each is backfilled once, when walhook
-    /// first stores it (see [`crate::outbox::backfills::start_on_create`]).
+    /// first stores it (the backfills mark it `on_create`, so it happens once).
     pub fn backfill_on_create(&self) -> &[String] {
         &self.backfill_on_create
     }
