@@ -14,7 +14,9 @@
 //!    distinct event ids as rows inserted): figures over a partial set would flatter the tail.
 //!
 //! Needs the release binary: run through `bash bench/e2e.sh`. `E2E_W1_ONLY=1` runs only the two
-//! W1 end-to-end runs (unbatched and batched), for a quicker comparison.
+//! W1 end-to-end runs (unbatched and batched), for a quicker comparison; `E2E_LATENCY_ONLY=1` only
+//! step 3. `E2E_WALHOOK_LOG` sets walhook's `WALHOOK_LOG` (default `info`; its log goes to
+//! `$TMPDIR/walhook-e2e-<run>.log`).
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -134,7 +136,10 @@ fn spawn_walhook(config: &std::path::Path, label: &str) -> anyhow::Result<Child>
     Ok(Command::new(bin)
         .args(["run", "--config"])
         .arg(config)
-        .env("WALHOOK_LOG", "info")
+        .env(
+            "WALHOOK_LOG",
+            std::env::var("E2E_WALHOOK_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -163,6 +168,20 @@ async fn bench() -> anyhow::Result<()> {
     let state = Arc::new(Received::default());
     let url = receiver(state.clone()).await?;
     println!("postgres on port {}, receiver {url}", pg.port());
+    if std::env::var_os("E2E_LATENCY_ONLY").is_some() {
+        let (lat5, lat20, hwm2) = latency_phase(&pg, &state, &url).await?;
+        for l in [&lat5, &lat20] {
+            println!(
+                "| commit → receiver latency at {:.0} changes/s: p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |",
+                l.rate, l.p50, l.p99, l.max
+            );
+        }
+        println!(
+            "| walhook peak RSS during the latency run | {:.1} MiB |",
+            hwm2 as f64 / 1024.0
+        );
+        return Ok(());
+    }
 
     // 1. Throughput on W1.
     let db = setup_db(&pg, &["walhook", "recv"])?;
@@ -287,36 +306,7 @@ async fn bench() -> anyhow::Result<()> {
     );
 
     // 3. Latency at steady rates.
-    let db2 = pg.create_database()?;
-    pg.psql(
-        &db2,
-        "CREATE TABLE orders (id bigserial PRIMARY KEY, total numeric(12,2), status text,
-             customer_id text, created_at timestamptz DEFAULT now(), meta jsonb);
-         ALTER TABLE orders REPLICA IDENTITY FULL;",
-    )?;
-    let cfg2 = config(&pg, &db2, "walhook_lat", &url, "")?;
-    let child2 = spawn_walhook(&cfg2, "latency")?;
-    let (client, conn) = tokio_postgres::connect(&pg.url(&db2), tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    let t = Instant::now();
-    loop {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhook_lat' AND active",
-                &[],
-            )
-            .await?
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "slot not streaming");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let lat5 = latency_run(&client, &state, 50).await?;
-    let lat20 = latency_run(&client, &state, 200).await?;
-    let hwm2 = stop(child2)?;
+    let (lat5, lat20, hwm2) = latency_phase(&pg, &state, &url).await?;
 
     println!("\n| measure | value |");
     println!("|---|---|");
@@ -356,6 +346,46 @@ async fn bench() -> anyhow::Result<()> {
     );
     drop(pg);
     Ok(())
+}
+
+/// Step 3: a fresh database and walhook, caught up, then the 5k/s and 20k/s runs; returns both
+/// and walhook's peak RSS.
+async fn latency_phase(
+    pg: &PgServer,
+    state: &Received,
+    url: &str,
+) -> anyhow::Result<(Latency, Latency, u64)> {
+    let db2 = pg.create_database()?;
+    pg.psql(
+        &db2,
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, total numeric(12,2), status text,
+             customer_id text, created_at timestamptz DEFAULT now(), meta jsonb);
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )?;
+    let cfg2 = config(&pg, &db2, "walhook_lat", url, "")?;
+    let child2 = spawn_walhook(&cfg2, "latency")?;
+    let (client, conn) = tokio_postgres::connect(&pg.url(&db2), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let t = Instant::now();
+    loop {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhook_lat' AND active",
+                &[],
+            )
+            .await?
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "slot not streaming");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lat5 = latency_run(&client, state, 50).await?;
+    let lat20 = latency_run(&client, state, 200).await?;
+    let hwm2 = stop(child2)?;
+    Ok((lat5, lat20, hwm2))
 }
 
 struct Batched {
@@ -448,6 +478,33 @@ async fn latency_run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     state.record_latency.store(false, Ordering::Relaxed);
+    // Where the time goes, from the outbox: commit → stored (group commit start), stored →
+    // first attempt, attempt → recorded.
+    let since = client
+        .query_one(
+            "SELECT now() - make_interval(secs => $1)",
+            &[&(gen_start.elapsed().as_secs_f64() + 1.0)],
+        )
+        .await?;
+    let since: std::time::SystemTime = since.get(0);
+    for row in client
+        .query(
+            "WITH d AS (
+                 SELECT 1000 * extract(epoch FROM d.created_at - (d.payload::jsonb->>'timestamp')::timestamptz) AS stored,
+                        1000 * extract(epoch FROM a.attempted_at - d.created_at) AS queued,
+                        1000 * extract(epoch FROM d.finished_at - a.attempted_at) AS recorded
+                 FROM walhook.deliveries d JOIN walhook.attempts a ON a.delivery_id = d.id
+                 WHERE d.created_at >= $1)
+             SELECT m, percentile_cont(0.5) WITHIN GROUP (ORDER BY v), percentile_cont(0.99) WITHIN GROUP (ORDER BY v)
+             FROM d, LATERAL (VALUES ('commit → stored', stored), ('stored → attempt', queued), ('attempt → recorded', recorded)) x(m, v)
+             GROUP BY m ORDER BY m",
+            &[&since],
+        )
+        .await?
+    {
+        let (m, p50, p99): (String, f64, f64) = (row.get(0), row.get(1), row.get(2));
+        println!("  {m}: p50 {p50:.1} ms, p99 {p99:.1} ms");
+    }
     let mut lat = state.latencies.lock().unwrap().clone();
     lat.sort_unstable();
     let received = distinct();

@@ -53,6 +53,8 @@ pub struct Handles {
     pub routing: Arc<crate::ingest::reload::RoutingSync>,
     /// Bumped after a backfill is created or cancelled; the backfill runners look again.
     pub backfills: Arc<watch::Sender<u64>>,
+    /// The replication slot's health and the API's recovery requests (issue #18).
+    pub slot: Option<Arc<crate::ingest::slot::SlotControl>>,
 }
 
 impl Default for Handles {
@@ -63,6 +65,7 @@ impl Default for Handles {
             changed: Arc::new(Notify::new()),
             routing: crate::ingest::reload::RoutingSync::new(),
             backfills: Arc::new(watch::channel(0).0),
+            slot: None,
         }
     }
 }
@@ -84,6 +87,10 @@ pub async fn run_with(
         None => return Ok(()),
     };
     let (router_tx, router_rx) = watch::channel(router);
+    let slot_control = handles
+        .slot
+        .clone()
+        .unwrap_or_else(|| crate::ingest::slot::SlotControl::new(config.source.slot.as_str()));
     let (subs_tx, subs_rx) = watch::channel(0u64);
     let handoff = crate::outbox::handoff::Handoff::new();
     let mut tasks = JoinSet::new();
@@ -156,6 +163,7 @@ pub async fn run_with(
                 handoff: handoff.clone(),
                 routing: routing.clone(),
                 backfills: handles.backfills.clone(),
+                slot_control: slot_control.clone(),
             });
             let cancel = cancel.clone();
             let app = crate::api::router(state.clone())
@@ -168,6 +176,17 @@ pub async fn run_with(
         }
         None => info!("management API off: set [api] token to enable it"),
     }
+    let slot_ctx = crate::ingest::slot_recover::Context {
+        control: slot_control.clone(),
+        metrics: handles.metrics.clone(),
+        backfills: handles.backfills.clone(),
+    };
+    tasks.spawn(crate::ingest::slot::monitor_loop(
+        config.clone(),
+        slot_ctx.control.clone(),
+        handles.metrics.clone(),
+        cancel.clone(),
+    ));
     let exchange = crate::ingest::backfill::Exchange::new();
     tasks.spawn(crate::ingest::backfill::backfill_loop(
         Arc::new(crate::ingest::backfill::Backfills {
@@ -184,6 +203,7 @@ pub async fn run_with(
         handoff: config.delivery.enabled.then(|| handoff.clone()),
         metrics: Some(handles.metrics.clone()),
         backfill: Some(exchange),
+        slot: Some(slot_ctx),
     };
     let result = ingest_loop(&config, router_rx, hooks, &handles.streaming, &cancel)
         .await

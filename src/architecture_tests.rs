@@ -10,6 +10,7 @@ const RANKS: &[(&str, u8)] = &[
     ("model", 0),
     ("backoff", 0),
     ("metrics", 0),
+    ("telemetry", 0),
     ("pg", 1),
     ("embedded_pg", 1),
     ("config", 2),

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod route;
 pub mod source;
+pub mod telemetry;
 
 pub use model::Lsn;
 

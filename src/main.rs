@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -79,12 +80,36 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         pause_ms: i32,
     },
+    /// The replication slot: its health, and recovery after it was invalidated or dropped.
+    Slot {
+        #[command(subcommand)]
+        command: SlotCommand,
+    },
     /// Send a signed PING to a subscription's URL and print the receiver's status and time.
     SendTest {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
         #[arg(long)]
         subscription: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SlotCommand {
+    /// Whether the slot can still deliver every change after the outbox checkpoint; exits
+    /// non-zero when it is lost, missing or moved.
+    Status {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Recreate a lost, missing or moved slot and its publication, send a RESYNC marker to
+    /// every subscription, then backfill every subscribed table (performed by `walhook run`).
+    Recover {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        /// Seconds to wait for `walhook run` to deliver the markers before the backfills start.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
     },
 }
 
@@ -209,6 +234,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Deliveries { command } => deliveries(command).await,
+        Command::Slot { command } => {
+            let mut out = std::io::stdout();
+            let ok = match command {
+                SlotCommand::Status { config } => {
+                    let config = load(&config)?;
+                    walhook::cmd::slot::status(&config, &mut out)
+                        .await
+                        .context("walhook slot status")?
+                }
+                SlotCommand::Recover { config, wait } => {
+                    let config = load(&config)?;
+                    walhook::cmd::slot::recover(&config, Duration::from_secs(wait), &mut out)
+                        .await
+                        .context("walhook slot recover")?
+                }
+            };
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Backfill {
             config,
             subscription,

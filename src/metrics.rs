@@ -121,6 +121,16 @@ struct SubscriptionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotLabels {
+    slot: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotStateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackfillLabels {
     backfill: String,
     subscription: String,
@@ -198,6 +208,10 @@ pub struct Metrics {
     backfill_estimated: Family<BackfillLabels, Gauge>,
     /// Each running backfill's labels, to remove its series when it ends.
     backfills: Mutex<HashMap<i64, BackfillLabels>>,
+    /// 1 for the slot's current health (`ok`, `lost`, `missing`, `moved`, …), 0 for the others.
+    slot_state: Family<SlotStateLabels, Gauge>,
+    /// The slot's retained WAL as a fraction of `max_slot_wal_keep_size`; no series until known.
+    slot_retained_fraction: Family<SlotLabels, Gauge<f64, AtomicU64>>,
     db: Arc<DbCollector>,
     /// Deliveries finished (any outcome), for the console's rate chart.
     finished_total: AtomicU64,
@@ -291,6 +305,18 @@ impl Metrics {
             "The planner's estimate of the rows a running backfill reads",
             backfill_estimated.clone(),
         );
+        let slot_state = Family::default();
+        registry.register(
+            "slot_state",
+            "1 for the replication slot's current state (ok; lost, missing or moved: changes after the checkpoint are missing and `walhook slot recover` is needed), 0 for the others",
+            slot_state.clone(),
+        );
+        let slot_retained_fraction = Family::<SlotLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "slot_wal_retained_fraction",
+            "The slot's retained WAL as a fraction of max_slot_wal_keep_size (absent when there is no cap)",
+            slot_retained_fraction.clone(),
+        );
         let db = Arc::new(DbCollector::default());
         registry.register_collector(Box::new(db.clone()));
         Metrics {
@@ -309,6 +335,8 @@ impl Metrics {
             backfill_done,
             backfill_estimated,
             backfills: Mutex::new(HashMap::new()),
+            slot_state,
+            slot_retained_fraction,
             db,
             finished_total: AtomicU64::new(0),
             breakers: Mutex::new(HashMap::new()),
@@ -455,6 +483,25 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, labels);
+    }
+
+    /// The slot's state: `current` is 1, every other of `all` 0.
+    pub fn set_slot_state<const N: usize>(&self, current: &str, all: [&str; N]) {
+        for s in all {
+            self.slot_state
+                .get_or_create(&SlotStateLabels {
+                    state: s.to_string(),
+                })
+                .set(i64::from(s == current));
+        }
+    }
+
+    pub fn set_slot_retained_fraction(&self, slot: &str, fraction: f64) {
+        self.slot_retained_fraction
+            .get_or_create(&SlotLabels {
+                slot: slot.to_string(),
+            })
+            .set(fraction);
     }
 
     /// Removes a backfill's series once it stopped running in this process.

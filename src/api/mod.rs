@@ -12,7 +12,7 @@
 //!   calls `changed.notify_one()`; `walhook run` then reloads routing and the publication from
 //!   the table. The API itself never alters the source database (no DDL): it only reads the
 //!   catalog to validate tables and columns, and the slot's lag for `/metrics`;
-//! - the API never touches the WAL or the slot.
+//! - the API never touches the WAL or the slot (a slot recovery is asked of ingest).
 //!
 //! The same paths are also served under `/gw` (Archie's gateway prefix), so the seed's curl
 //! example works with only the host changed.
@@ -26,6 +26,7 @@ pub mod deliveries;
 mod error;
 mod ops;
 pub mod ping;
+mod slot;
 pub(crate) mod webhooks;
 
 use std::sync::atomic::AtomicBool;
@@ -74,6 +75,8 @@ pub struct ApiState {
     pub handoff: Arc<crate::outbox::handoff::Handoff>,
     /// Bumped after a backfill is created or cancelled, so this process's runners look again.
     pub backfills: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The replication slot's health; recovery requests go to ingest through it.
+    pub slot_control: Arc<crate::ingest::slot::SlotControl>,
 }
 
 /// Longest an answer waits for routing to include a stored subscription change.
@@ -181,6 +184,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/rest/_webhooks/{id}/backfills/{backfill_id}",
             get(backfills::get_one).delete(backfills::cancel),
         )
+        .route("/api/rest/_slot", get(slot::get))
+        .route("/api/rest/_slot/recover", post(slot::recover))
         // route_layer: unknown paths get the JSON 404, not a 401.
         .route_layer(middleware::from_fn_with_state(
             ctx.clone(),

@@ -3,7 +3,7 @@
 //! Guarantees:
 //! - `/healthz` answers 200 whenever the process serves HTTP; it touches no database;
 //! - `/readyz` is 200 only while the slot streams and the outbox answers `SELECT 1`, else 503
-//!   with the reason;
+//!   with the reason (a lost, missing or moved slot: what happened, since when, what to do);
 //! - `/metrics` always answers 200 with the process counters; figures read from the databases
 //!   (pending and dead deliveries per subscription, slot lag and retained WAL) are left out when a
 //!   database does not answer within [`DB_WAIT`], so a scrape never hangs or fails because of a
@@ -38,6 +38,10 @@ pub async fn readyz(State(ctx): State<Ctx>) -> Response {
         )
             .into_response()
     };
+    let slot = ctx.state.slot_control.report();
+    if slot.health.is_broken() {
+        return not_ready(&slot.message());
+    }
     if !ctx.state.streaming.load(Ordering::Relaxed) {
         return not_ready("the replication slot is not streaming");
     }

@@ -88,7 +88,49 @@ pub async fn run(config: &Config) -> Report {
     table_checks(&client, config, &router, &mut r).await;
     publication_checks(&client, config, &mut r).await;
     slot_checks(&client, config, &mut r).await;
+    slot_health_checks(&client, config, &mut r).await;
     r
+}
+
+/// A lost, missing or moved slot blocks (changes after the checkpoint are missing); retained
+/// WAL past `[source] slot_wal_warn_fraction` of the cap warns.
+async fn slot_health_checks(client: &Client, config: &Config, r: &mut Report) {
+    let Ok(outbox) = crate::outbox::connect(config).await else {
+        return; // reported by the api line above
+    };
+    let schema = crate::outbox::Schema::new(config.outbox.schema.as_str());
+    match crate::ingest::slot::diagnose(client, &outbox, &schema, config.source.slot.as_str()).await
+    {
+        Ok(d) if d.report.health.is_broken() => {
+            // `walhook run` does not create a slot that is missing behind a checkpoint.
+            r.lines
+                .retain(|(_, m)| !m.ends_with("does not exist yet; walhook run creates it"));
+            r.push(Level::Fail, d.report.message())
+        }
+        Ok(d) => {
+            if let Some(f) = d.report.retained_fraction() {
+                let level = if f >= config.source.slot_wal_warn_fraction {
+                    Level::Warn
+                } else {
+                    Level::Ok
+                };
+                r.push(
+                    level,
+                    format!(
+                        "slot {}: retains {:.0}% of max_slot_wal_keep_size ({}); PostgreSQL \
+                         invalidates it at 100%",
+                        config.source.slot.as_str(),
+                        f * 100.0,
+                        human_bytes(d.report.cap_bytes.unwrap_or(0))
+                    ),
+                );
+            }
+        }
+        // Before the first `walhook run` there is no outbox to compare the slot with.
+        Err(crate::ingest::IngestError::Outbox(crate::outbox::OutboxError::Sql(e)))
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {}
+        Err(e) => r.push(Level::Warn, format!("slot health not checked: {e}")),
+    }
 }
 
 async fn server_checks(client: &Client, r: &mut Report) -> Result<(), tokio_postgres::Error> {
@@ -248,6 +290,8 @@ async fn slot_checks(client: &Client, config: &Config, r: &mut Report) {
                 );
             }
         }
+        // Reported by the health check below, with what to do.
+        Ok(Some(s)) if s.is_lost() => {}
         Ok(Some(s)) => {
             let retained = s.retained_bytes.unwrap_or(0);
             let level = if retained > 1 << 30 {

@@ -8,6 +8,7 @@
 pub mod backfill;
 pub mod check;
 pub mod deliveries;
+pub mod slot;
 pub mod tail;
 
 use crate::config::Config;

@@ -127,6 +127,7 @@ pub async fn start_temporary(config: &Config, router: &Router) -> Result<SourceL
         status_interval: Duration::from_secs(10),
         flushed: start,
         receive_timeout,
+        fence: None,
     })
 }
 

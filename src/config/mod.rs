@@ -112,6 +112,28 @@ pub struct SourceConfig {
     pub publication: EnvString,
     #[serde(default = "default_true")]
     pub manage_replica_identity: bool,
+    /// What `walhook run` does when its slot was invalidated, dropped or recreated behind its
+    /// back: stay up and report it (`stop`, the default), or recover by itself (`recover`).
+    #[serde(default)]
+    pub on_slot_lost: OnSlotLost,
+    /// Warn when the slot's retained WAL passes this fraction of `max_slot_wal_keep_size`.
+    #[serde(default = "default_wal_warn_fraction")]
+    pub slot_wal_warn_fraction: f64,
+}
+
+/// `[source] on_slot_lost`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSlotLost {
+    /// Stay up, not ready, until `walhook slot recover` (or the API call).
+    #[default]
+    Stop,
+    /// Recreate the slot and backfill every subscription by itself.
+    Recover,
+}
+
+fn default_wal_warn_fraction() -> f64 {
+    0.8
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -278,6 +300,13 @@ impl Config {
                 line: 1,
                 message: format!("outbox.url: not a valid Postgres connection string: {e}"),
             })?;
+        }
+        let f = self.source.slot_wal_warn_fraction;
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(whole_file(format!(
+                "source.slot_wal_warn_fraction: {f} must be greater than 0 and at most 1 \
+                 (a fraction of max_slot_wal_keep_size, e.g. 0.8)"
+            )));
         }
         for (key, v) in [
             ("source.slot", self.source.slot.as_str()),

@@ -166,3 +166,30 @@ fn backfill_on_create_is_off_by_default_and_listed_by_id() {
     assert_eq!(c.backfill_on_create(), ["orders-completed"]);
     assert!(err(&GOOD.replace("select =", "backfill = \"yes\"\nselect =")).contains("backfill"));
 }
+
+#[test]
+fn slot_loss_settings_default_and_are_checked() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.source.on_slot_lost, OnSlotLost::Stop);
+    assert_eq!(c.source.slot_wal_warn_fraction, 0.8);
+    let with = |extra: &str| GOOD.replacen("[source]\n", &format!("[source]\n{extra}\n"), 1);
+    let c = parse(&with(
+        "on_slot_lost = \"recover\"\nslot_wal_warn_fraction = 0.5",
+    ))
+    .unwrap();
+    assert_eq!(c.source.on_slot_lost, OnSlotLost::Recover);
+    assert_eq!(c.source.slot_wal_warn_fraction, 0.5);
+    let e = parse(&with("on_slot_lost = \"drop\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("on_slot_lost") || e.contains("unknown variant"),
+        "{e}"
+    );
+    for bad in ["0", "1.5", "-0.1"] {
+        let e = parse(&with(&format!("slot_wal_warn_fraction = {bad}")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source.slot_wal_warn_fraction"), "{e}");
+    }
+}

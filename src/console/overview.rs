@@ -236,9 +236,19 @@ async fn render(c: &C, s: &Session) -> Result<Markup, ApiError> {
     });
     let total = rows.len();
     rows.truncate(TOP);
+    let slot = c.ctx.state.slot_control.report();
     Ok(html! {
         h1 { "Overview" }
+        @if slot.health.is_broken() {
+            // Changes after the checkpoint are missing: said first, with what to do.
+            p.error role="alert" id="slot-broken" { (slot.message()) }
+        }
         dl.cards {
+            div { dt { "Slot state" } dd {
+                @if slot.health.is_broken() { span.badge.bad { (slot.health.as_str()) } }
+                @else if slot.health == crate::ingest::slot::Health::Ok { span.badge.ok { (slot.health.as_str()) } }
+                @else { span.badge.warn { (slot.health.as_str()) } }
+            } }
             div { dt { "Slot" } dd { @if streaming { span.badge.ok { "streaming" } } @else { span.badge.bad { "not streaming" } } } }
             div { dt { "Slot lag" } dd { (lag_bytes.map(page::bytes).unwrap_or_else(|| "unknown".into())) } }
             div { dt { "Lag (seconds)" } dd { (lag_s.map(|v| format!("{v:.1} s")).unwrap_or_else(|| if streaming { "0 s (idle)".into() } else { "unknown".into() })) } }

@@ -14,6 +14,7 @@
 pub mod attempt;
 pub mod batch;
 pub mod batching;
+mod decide;
 pub mod egress;
 pub mod format;
 pub mod http;

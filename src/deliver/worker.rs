@@ -41,19 +41,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use super::attempt::{
-    attempt_batch, attempt_one, clean_text, commit_latency, host_of, report_breaker, Done,
-};
+use super::attempt::{attempt_batch, attempt_one, host_of, report_breaker, Done};
 use super::batch::Batcher;
 use super::batching::{self, Gatherer};
-use super::http::{ErrorKind, HttpSender};
+use super::decide::Decided;
+use super::http::HttpSender;
 use super::owner::Owned;
-use super::policy::{AttemptResult, Breaker, Decision, Permit, RetryPolicy};
+use super::policy::{Breaker, Permit, RetryPolicy};
 use super::rate;
 use crate::backoff::{sleep_or_cancel, Backoff};
 use crate::config::DeliveryConfig;
-use crate::metrics::{Attempt, BreakerState, Metrics, Outcome};
-use crate::outbox::queue::{self, Answer, Claimed, NewStatus, Queue, Recorded};
+use crate::metrics::{BreakerState, Metrics};
+use crate::outbox::queue::{self, Answer, Claimed, Queue};
 use crate::outbox::subscriptions::Stored;
 use crate::outbox::Schema;
 
@@ -131,6 +130,16 @@ const RECORD_DELAY: Duration = Duration::from_millis(2);
 /// How often the supervisor re-reads the subscriptions table when nobody told it to.
 pub(super) const RESCAN: Duration = Duration::from_secs(5);
 
+/// Results being written by the shared recorder while the pump goes on sending.
+struct Recording {
+    ids: Vec<i64>,
+    /// Failed attempts among them (see [`Pump::failed_unrecorded`]).
+    failed: usize,
+    /// The receiver answered 410 Gone to one of them.
+    gone: bool,
+    reply: oneshot::Receiver<Result<u64, DeliverError>>,
+}
+
 /// A claim in progress, answered by the shared claimer.
 struct Claiming {
     want: usize,
@@ -169,13 +178,17 @@ pub(super) struct Pump {
     /// The running claim was started in outbox mode, and nothing sent the pump back to the
     /// outbox since: its answer may switch to memory mode.
     may_switch: bool,
+    /// Results handed to the recorder and not confirmed yet (one write at a time, so a pump's
+    /// results reach the outbox in order).
+    recording: Option<Recording>,
     /// Attempts that failed and are not recorded yet: the outbox does not show them failed,
     /// and holding them hides them from a claim's count, so no claim may switch to memory mode
     /// meanwhile (rows of their keys must wait in the outbox).
     failed_unrecorded: usize,
     /// One entry per request: its rows' results.
     in_flight: JoinSet<Vec<Done>>,
-    done: Vec<Done>,
+    /// Results decided as their attempts finished, not handed to the recorder yet.
+    decided: Decided,
     /// The last claim filled its limit: there is probably more due right now.
     more_due: bool,
     /// The subscription's `rate_limit`.
@@ -215,8 +228,9 @@ impl Pump {
             claim_running: false,
             may_switch: false,
             failed_unrecorded: 0,
+            recording: None,
             in_flight: JoinSet::new(),
-            done: Vec::new(),
+            decided: Decided::default(),
             more_due: true,
             rate: rate::Gate::default(),
             rate_held: false,
@@ -244,11 +258,14 @@ impl Pump {
         }
         // Let requests in flight finish and record them; give back what was never sent.
         while let Some(joined) = self.in_flight.join_next().await {
-            if let Ok(done) = joined {
-                self.done.extend(done);
-            }
+            self.finished(joined);
         }
-        if let Err(e) = self.record().await {
+        let last = async {
+            self.recorded().await?;
+            self.start_record();
+            self.recorded().await
+        };
+        if let Err(e) = last.await {
             warn!(subscription = %id, error = %e, "could not record the last results; they will be sent again by the next owner");
         }
         self.forget_queue();
@@ -279,12 +296,15 @@ impl Pump {
             if self.owned_rx.has_changed().unwrap_or(false) {
                 self.check_ownership();
             }
+            // Results are written while sends go on: a pump never waits for its own record
+            // statement, which would cap its rate at one batch per round trip.
             let record_due = first_done_at.is_some_and(|t| t.elapsed() >= RECORD_DELAY);
-            if self.done.len() >= record_batch || self.in_flight.is_empty() || record_due {
+            if self.recording.is_none()
+                && !self.decided.is_empty()
+                && (self.decided.len() >= record_batch || self.in_flight.is_empty() || record_due)
+            {
                 first_done_at = None;
-                if self.record().await? {
-                    return Ok(());
-                }
+                self.start_record();
             }
             let wait_until = self.start_sends();
             // Refill before the queue runs dry, so sends never wait for a claim.
@@ -297,7 +317,7 @@ impl Pump {
                 claiming = self.start_claim();
             }
             let mut sleep_until = wait_until.unwrap_or_else(|| Instant::now() + poll);
-            if let Some(t) = first_done_at {
+            if let Some(t) = first_done_at.filter(|_| self.recording.is_none()) {
                 sleep_until = sleep_until.min(t + RECORD_DELAY);
             }
             tokio::select! {
@@ -308,6 +328,13 @@ impl Pump {
                         self.finished(joined);
                     }
                     first_done_at.get_or_insert_with(Instant::now);
+                }
+                written = async { (&mut self.recording.as_mut().expect("guarded").reply).await }, if self.recording.is_some() => {
+                    let recording = self.recording.take().expect("guarded");
+                    let written = written.unwrap_or(Err(DeliverError::Stopping("the recorder stopped before answering")));
+                    if self.was_recorded(recording, written).await? {
+                        return Ok(());
+                    }
                 }
                 answered = async { (&mut claiming.as_mut().expect("guarded").reply).await }, if claiming.is_some() => {
                     let want = claiming.take().map_or(0, |c| c.want);
@@ -370,13 +397,19 @@ impl Pump {
                         self.lanes.finished(&done.claimed, success);
                     }
                     failed += usize::from(!success);
+                    self.decided.add(
+                        done,
+                        &self.engine.retry,
+                        &mut self.breaker,
+                        &self.engine.metrics,
+                        &self.sub.id,
+                    );
                 }
                 if failed > 0 {
                     self.failed_unrecorded += failed;
                     // Retries and what waits behind them are the outbox's business.
                     self.back_to_outbox();
                 }
-                self.done.extend(dones);
             }
             Err(e) => {
                 error!(subscription = %self.sub.id, error = %e, "a delivery request panicked; its lease will expire and it will be sent again")
@@ -639,99 +672,74 @@ impl Pump {
         self.in_flight.spawn(attempt_batch(sender, sub, rows));
     }
 
-    /// Decides and records every finished attempt; returns true when the subscription is gone.
-    async fn record(&mut self) -> Result<bool, DeliverError> {
-        if self.done.is_empty() {
-            return Ok(false);
+    /// Hands the decided results to the recorder; [`Pump::was_recorded`] finishes when it
+    /// answers.
+    fn start_record(&mut self) {
+        if self.decided.is_empty() || self.recording.is_some() {
+            return;
         }
+        let Decided {
+            batch,
+            failed,
+            gone,
+        } = std::mem::take(&mut self.decided);
+        let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
+        let reply = self.batcher.record(self.sub.id.clone(), batch);
+        self.recording = Some(Recording {
+            ids,
+            failed,
+            gone,
+            reply,
+        });
+    }
+
+    /// Waits for the results being written, if any; true when the subscription is gone.
+    async fn recorded(&mut self) -> Result<bool, DeliverError> {
+        let Some(mut recording) = self.recording.take() else {
+            return Ok(false);
+        };
+        let written = (&mut recording.reply)
+            .await
+            .unwrap_or(Err(DeliverError::Stopping(
+                "the recorder stopped before answering",
+            )));
+        self.was_recorded(recording, written).await
+    }
+
+    /// The recorder answered: the rows are no longer held; true when the subscription is gone.
+    /// When the write failed they are let go too: the outbox still shows them unfinished, so a
+    /// later claim sends them again (same event ids) and their results are decided anew.
+    async fn was_recorded(
+        &mut self,
+        recording: Recording,
+        written: Result<u64, DeliverError>,
+    ) -> Result<bool, DeliverError> {
+        let written = match written {
+            Ok(n) => n,
+            Err(e) => {
+                for id in recording.ids {
+                    self.lanes.recorded(id);
+                }
+                self.failed_unrecorded = self.failed_unrecorded.saturating_sub(recording.failed);
+                self.back_to_outbox();
+                return Err(e);
+            }
+        };
         let engine = self.engine.clone();
         let sub_id = self.sub.id.clone();
-        let mut batch = Vec::with_capacity(self.done.len());
-        let mut gone = false;
-        for done in &self.done {
-            let o = &done.outcome;
-            let attempts_made = done.claimed.attempts as u32 + 1;
-            let decision = engine.retry.decide(
-                attempts_made,
-                AttemptResult {
-                    success: o.is_success(),
-                    http_status: o.http_status,
-                    retry_after: o.retry_after,
-                },
-                done.jitter,
-            );
-            if done.head && self.breaker.record(o.is_success(), Instant::now()) {
-                let reason = match (o.http_status, &o.error) {
-                    (_, Some(e)) => Some(e.clone()),
-                    (Some(s), None) => Some(format!("HTTP {s}")),
-                    (None, None) => None,
-                };
-                report_breaker(
-                    &mut self.breaker,
-                    &engine.metrics,
-                    &sub_id,
-                    reason.filter(|_| !o.is_success()),
-                );
-                warn!(subscription = %sub_id, state = ?self.breaker.state(), "circuit breaker changed state");
-            }
-            let (status, finished) = match decision {
-                Decision::Delivered => {
-                    if let Some(lat) = commit_latency(&done.claimed.payload) {
-                        engine.metrics.delivered_latency(lat);
-                    }
-                    (NewStatus::Delivered, Some(Outcome::Delivered))
-                }
-                Decision::Retry { after } => {
-                    debug!(subscription = %sub_id, delivery = done.claimed.id, event_id = %done.claimed.event_id, attempt = attempts_made, retry_in_ms = after.as_millis() as u64, error = o.error.as_deref().unwrap_or(""), "delivery attempt failed; retrying");
-                    (NewStatus::Failed { retry_in: after }, None)
-                }
-                Decision::Dead => {
-                    warn!(subscription = %sub_id, delivery = done.claimed.id, event_id = %done.claimed.event_id, attempts = attempts_made, http_status = o.http_status, error = o.error.as_deref().unwrap_or(""), "delivery dead-lettered after its last attempt");
-                    (NewStatus::Dead, Some(Outcome::Dead))
-                }
-                Decision::Gone => {
-                    gone = true;
-                    (NewStatus::Dead, Some(Outcome::Dead))
-                }
-            };
-            engine.metrics.attempt(
-                &sub_id,
-                if o.is_success() {
-                    Attempt::Success
-                } else {
-                    Attempt::Failure
-                },
-            );
-            if let Some(outcome) = finished {
-                engine.metrics.finished(&sub_id, outcome);
-            }
-            batch.push(Recorded {
-                id: done.claimed.id,
-                status,
-                attempted_at: done.attempted_at,
-                duration_ms: o.duration.as_millis().min(i32::MAX as u128) as i32,
-                http_status: o.http_status.map(i32::from),
-                error_kind: o.error_kind.map(ErrorKind::as_str),
-                error: o.error.as_deref().map(clean_text),
-                response_body: clean_text(&o.response_body),
-            });
-        }
-        let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
-        let total = batch.len() as u64;
-        let written = self.batcher.record(sub_id.clone(), batch).await?;
+        let total = recording.ids.len() as u64;
         if written < total {
             warn!(subscription = %sub_id, results = total - written, "results not recorded: this instance no longer owns the subscription, and the new owner sends those deliveries again (same event ids)");
         }
-        for id in ids {
+        for id in recording.ids {
             self.lanes.recorded(id);
         }
-        self.failed_unrecorded = 0;
-        self.done.clear();
+        self.failed_unrecorded = self.failed_unrecorded.saturating_sub(recording.failed);
         // In outbox mode, a finished delivery may unblock the next one of its key.
         if self.mode == Mode::Outbox {
             self.more_due = true;
         }
-        if gone {
+        if recording.gone {
             let reason = "receiver answered 410 Gone";
             let client = engine.conn().await?;
             if queue::deactivate(&client, &engine.schema, &sub_id, reason)
@@ -743,6 +751,6 @@ impl Pump {
             engine.changed.notify_one();
             self.more_due = false;
         }
-        Ok(gone)
+        Ok(recording.gone)
     }
 }

@@ -12,6 +12,8 @@
 pub mod backfill;
 pub mod reload;
 pub mod sink;
+pub mod slot;
+pub mod slot_recover;
 pub mod stream;
 
 use crate::config::ConfigError;
@@ -36,6 +38,9 @@ pub enum IngestError {
     Column(#[from] UnknownColumn),
     #[error("table {0} is in walhook's own outbox schema and cannot be subscribed")]
     OwnSchema(TableName),
+    /// The slot was invalidated, dropped or moved: changes after the checkpoint are missing.
+    #[error("{}", .0.message())]
+    SlotBroken(Box<slot::Report>),
 }
 
 impl IngestError {
@@ -44,7 +49,10 @@ impl IngestError {
         match self {
             IngestError::Source(e) => e.is_retryable(),
             IngestError::Outbox(e) => e.is_retryable(),
-            IngestError::Config(_) | IngestError::Column(_) | IngestError::OwnSchema(_) => false,
+            IngestError::Config(_)
+            | IngestError::Column(_)
+            | IngestError::OwnSchema(_)
+            | IngestError::SlotBroken(_) => false,
         }
     }
 }

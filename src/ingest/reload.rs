@@ -151,7 +151,7 @@ impl Reloader {
 /// Leaves out, with an error naming it, an API subscription whose table or columns no longer
 /// exist (dropped after it was created), so that one stale subscription does not stop the others.
 /// config.toml's subscriptions are kept: their errors stop a start or a reload, loudly.
-async fn without_broken_api_subscriptions(
+pub(super) async fn without_broken_api_subscriptions(
     client: &tokio_postgres::Client,
     stored: Vec<Stored>,
 ) -> (Vec<Stored>, Vec<(String, String)>) {

@@ -43,6 +43,8 @@ enum Item {
     Row(Routed, Lsn),
     /// A backfill row: stored as event `READ`.
     Read(Routed, Lsn),
+    /// A slot recovery's marker: stored as event `RESYNC`.
+    Resync(Routed, Lsn),
     /// A backfill chunk's progress, stored with the open group; `done` hears when it is.
     Progress(
         crate::outbox::backfills::Progress,
@@ -73,6 +75,9 @@ pub struct Hooks {
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// Where backfill runners hand over their chunks.
     pub backfill: Option<Arc<super::backfill::Exchange>>,
+    /// The slot's health shown to the API (`walhook run`); without it a broken slot stops
+    /// ingest with an error.
+    pub slot: Option<super::slot_recover::Context>,
 }
 
 pub struct OutboxSink {
@@ -83,6 +88,7 @@ pub struct OutboxSink {
     checkpoint: Lsn,
     skipping: bool,
     commit_lsn: Lsn,
+    commit_ts: i64,
     buf: Vec<Routed>,
     tx: Option<mpsc::Sender<Item>>,
     writer: Option<JoinHandle<Result<(), IngestError>>>,
@@ -130,6 +136,7 @@ impl OutboxSink {
             checkpoint,
             skipping: false,
             commit_lsn: Lsn::ZERO,
+            commit_ts: 0,
             buf: Vec::new(),
             tx: Some(tx),
             writer: Some(tokio::spawn(writer.run())),
@@ -155,6 +162,29 @@ impl OutboxSink {
         }))
     }
 
+    /// A slot recovery's marker message: one `RESYNC` delivery per active subscription, stored
+    /// with the message's source transaction (so before any backfill row the recovery starts).
+    async fn resync(&mut self, content: &[u8]) -> Result<(), IngestError> {
+        let Some((recovery, detail)) = std::str::from_utf8(content)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+            .and_then(|v| Some((v.get("recovery")?.as_i64()?, v.to_string())))
+        else {
+            tracing::warn!("ignoring a malformed slot recovery message");
+            return Ok(());
+        };
+        let id = crate::outbox::slot::marker_event_id(recovery);
+        let lsn = self.commit_lsn;
+        for r in self.router.resync_markers(&id, self.commit_ts, &detail) {
+            self.send(Item::Resync(r, lsn)).await?;
+        }
+        info!(
+            recovery,
+            "RESYNC markers stored for every active subscription"
+        );
+        Ok(())
+    }
+
     async fn join_writer(&mut self) -> Result<(), IngestError> {
         self.tx = None;
         match self.writer.take() {
@@ -173,7 +203,8 @@ impl OutboxSink {
 impl Sink for OutboxSink {
     type Error = IngestError;
 
-    async fn begin(&mut self, final_lsn: Lsn, _commit_ts: i64) -> Result<(), IngestError> {
+    async fn begin(&mut self, final_lsn: Lsn, commit_ts: i64) -> Result<(), IngestError> {
+        self.commit_ts = commit_ts;
         if self.reload.has_changed().unwrap_or(false) {
             self.router = self.reload.borrow_and_update().clone();
             info!(
@@ -217,6 +248,9 @@ impl Sink for OutboxSink {
     async fn message(&mut self, prefix: &str, content: &[u8]) -> Result<(), IngestError> {
         if self.skipping {
             return Ok(());
+        }
+        if prefix == crate::outbox::slot::RESYNC_PREFIX {
+            return self.resync(content).await;
         }
         let Some(ready) = self
             .watermarks
@@ -325,6 +359,12 @@ impl Writer {
                 Item::Read(r, lsn) => {
                     let written = self.out.write_as(&r, "READ", lsn).await?;
                     self.keep(r, "READ", written);
+                    self.rows_in_group += 1;
+                    self.rows_since_commit += 1;
+                }
+                Item::Resync(r, lsn) => {
+                    let written = self.out.write_as(&r, "RESYNC", lsn).await?;
+                    self.keep(r, "RESYNC", written);
                     self.rows_in_group += 1;
                     self.rows_since_commit += 1;
                 }

@@ -4,7 +4,9 @@
 //! Guarantees: streaming starts at the outbox checkpoint (transactions the server sends again
 //! are skipped by the sink); `streaming` is true exactly while the stream is up; on cancel the
 //! open outbox transaction is abandoned (it will be streamed again) and the last committed
-//! checkpoint is reported to the slot.
+//! checkpoint is reported to the slot; a broken slot (invalidated, dropped, moved: see
+//! [`super::slot`]) is diagnosed before anything else and never silently recreated: ingest
+//! waits, reporting it, until it is recovered.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +25,7 @@ use crate::route::Router;
 use crate::source::conn::ReplicationClient;
 use crate::source::decode::ChangeDecoder;
 use crate::source::setup::{ensure_slot, prepare, slot_state};
-use crate::source::stream::{receive_timeout, Sink, SourceLoop};
+use crate::source::stream::{receive_timeout, Fence, Sink, SourceLoop};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -43,6 +45,24 @@ pub async fn ingest_loop(
         streaming.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => return Ok(()),
+            Err(IngestError::SlotBroken(report)) if hooks.slot.is_some() => {
+                let ctx = hooks.slot.as_ref().expect("checked");
+                if super::slot::wait_broken(config, *report, ctx, cancel)
+                    .await
+                    .is_none()
+                {
+                    return Ok(());
+                }
+                backoff.reset();
+            }
+            // The slot vanished or was invalidated between the diagnosis and the stream's
+            // start, or while streaming: the next attempt diagnoses it.
+            Err(e) if slot_gone(&e) && hooks.slot.is_some() && !cancel.is_cancelled() => {
+                warn!(error = %e, "the replication slot cannot stream; checking it");
+                if !sleep_or_cancel(backoff.next_delay(), cancel).await {
+                    return Ok(());
+                }
+            }
             Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
                 // A connection that streamed for a while was healthy: start the backoff over.
                 if started.elapsed() > Duration::from_secs(60) {
@@ -78,6 +98,14 @@ pub async fn ingest_loop(
     }
 }
 
+/// A server error about the slot itself (it does not exist, or was invalidated).
+fn slot_gone(e: &IngestError) -> bool {
+    let IngestError::Source(s) = e else {
+        return false;
+    };
+    matches!(s.code(), Some("55000") | Some("42704")) && s.to_string().contains("slot")
+}
+
 async fn ingest_once(
     config: &Config,
     router_rx: watch::Receiver<Router>,
@@ -97,6 +125,19 @@ async fn ingest_once(
 
     let pg = config.pg_config();
     let source_client = tls::connect_sql(&pg).await?;
+    // The slot's health before anything is changed: a broken slot is reported, not recreated.
+    let diagnosis = super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
+    if diagnosis.report.health.is_broken() {
+        return Err(IngestError::SlotBroken(Box::new(diagnosis.report)));
+    }
+    if let Some(ctx) = &hooks.slot {
+        super::slot::check_retained(
+            &ctx.control,
+            &diagnosis.report,
+            config.source.slot_wal_warn_fraction,
+        );
+        ctx.control.set(diagnosis.report.clone(), &ctx.metrics);
+    }
     let router = router_rx.borrow().clone();
     prepare(
         &source_client,
@@ -107,11 +148,36 @@ async fn ingest_once(
         |t| router.validate_table(&t.table, &t.columns),
     )
     .await?;
-    ensure_slot(&source_client, slot).await?;
+    // Again after the setup, which takes a while: the slot may have been dropped meanwhile,
+    // and must then be reported, not recreated. Only a fresh start (no checkpoint) creates it.
+    let diagnosis = super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
+    if diagnosis.report.health.is_broken() {
+        return Err(IngestError::SlotBroken(Box::new(diagnosis.report)));
+    }
+    if diagnosis.state.is_none() {
+        ensure_slot(&source_client, slot).await?;
+    }
     let confirmed = slot_state(&source_client, slot)
         .await?
         .and_then(|s| s.confirmed_flush)
         .unwrap_or(Lsn::ZERO);
+
+    // The fence: never below where the slot and the checkpoint already are (a slot found
+    // without a fence, before this version's first start, is adopted here).
+    let fence_at = diagnosis
+        .fence
+        .unwrap_or(Lsn::ZERO)
+        .max(checkpoint)
+        .max(confirmed);
+    crate::outbox::slot::raise_fence(&outbox_client, &schema, slot, fence_at).await?;
+    let fence = Fence::new(fence_at);
+    let fence_stop = CancellationToken::new();
+    let _fence_guard = fence_stop.clone().drop_guard();
+    tokio::spawn(super::slot::fence_loop(
+        config.clone(),
+        fence.clone(),
+        fence_stop.clone(),
+    ));
 
     // pgoutput sends logical messages (the backfills' watermarks) from PostgreSQL 14 on.
     let version: i32 = source_client
@@ -136,6 +202,12 @@ async fn ingest_once(
             ],
         )
         .await?;
+    // Now that this stream holds the slot nobody can drop it; it must still be the slot the
+    // fence describes (it was not dropped and recreated since the diagnosis).
+    let held = super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
+    if held.report.health.is_broken() {
+        return Err(IngestError::SlotBroken(Box::new(held.report)));
+    }
     info!(slot, checkpoint = %checkpoint, confirmed_flush = %confirmed, "streaming");
     streaming.store(true, Ordering::Relaxed);
     let mut sink = OutboxSink::new(
@@ -159,6 +231,7 @@ async fn ingest_once(
         status_interval: Duration::from_secs(1),
         flushed: confirmed.max(checkpoint),
         receive_timeout,
+        fence: Some(fence),
     };
     let result = source.run(&mut sink, cancel).await;
     if let Err(e) = &result {

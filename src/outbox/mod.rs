@@ -15,6 +15,7 @@ pub mod gauges;
 pub mod handoff;
 pub mod queue;
 pub mod retention;
+pub mod slot;
 pub mod subscriptions;
 
 pub use subscriptions::sync_config_subscriptions;
@@ -35,6 +36,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../../sql/006_backfills.sql")),
     (7, include_str!("../../sql/007_batching.sql")),
     (8, include_str!("../../sql/008_id_blocks.sql")),
+    (9, include_str!("../../sql/009_slot.sql")),
     (10, include_str!("../../sql/010_backfill_on_create.sql")),
 ];
 

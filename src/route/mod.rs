@@ -189,6 +189,35 @@ impl Router {
     }
 }
 
+impl Router {
+    /// One `RESYNC` marker per active subscription, for a recovery of the slot (issue #18):
+    /// the Archie payload's fields with `event` `RESYNC`, `record` and `data` empty objects (as a PING's),
+    /// `changed_fields` empty, and `resync` (the recovery's JSON object: why, and since which
+    /// checkpoint changes are missing) after them. The ordering key is empty: a marker belongs
+    /// to no row.
+    pub fn resync_markers(&self, event_id: &str, commit_ts: i64, resync: &str) -> Vec<Routed> {
+        let mut out = Vec::new();
+        let mut tables: Vec<&TableName> = self.by_table.keys().collect();
+        tables.sort();
+        for table in tables {
+            for Entry { id, sub } in &self.by_table[table] {
+                if !sub.active {
+                    continue;
+                }
+                out.push(Routed {
+                    subscription: id.clone(),
+                    event_id: event_id.to_string(),
+                    // Stored as `RESYNC`; the kind is not used for a marker.
+                    event: EventKind::Insert,
+                    key: String::new(),
+                    body: payload::marker(&self.ctx, event_id, commit_ts, table, resync),
+                });
+            }
+        }
+        out
+    }
+}
+
 fn changed_names<'a>(
     shape: &'a TableShape,
     changed: &[usize],

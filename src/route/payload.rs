@@ -142,3 +142,23 @@ pub fn build_payload(
     out.push('}');
     out
 }
+
+/// A `RESYNC` marker's payload (see [`super::Router::resync_markers`]).
+pub(crate) fn marker(
+    ctx: &PayloadContext,
+    event_id: &str,
+    commit_ts: i64,
+    table: &crate::model::TableName,
+    resync: &str,
+) -> String {
+    format!(
+        "{{\"id\":{},\"timestamp\":\"{}\",\"project_id\":{},\"environment\":{},\"table\":{},\
+         \"event\":\"RESYNC\",\"record\":{{}},\"data\":{{}},\"changed_fields\":[],\"resync\":{}}}",
+        json_str(event_id),
+        rfc3339_from_pg_micros(commit_ts),
+        ctx.project_id,
+        ctx.environment,
+        json_str(&table.display_name()),
+        resync
+    )
+}

@@ -229,3 +229,35 @@ fn oversize_changes_say_what_was_left_out_and_stay_within_the_limit() {
     let small = change(EventKind::Insert, json!({"id": 9}), vec![]);
     assert!(!run(&r, &small)[0].body.contains("oversize"));
 }
+
+#[test]
+fn resync_markers_go_to_every_active_subscription_with_the_archie_shape() {
+    let mut paused = route("paused", &[EventKind::Insert], None, None);
+    paused.active = false;
+    let r = Router::new(
+        PayloadContext::new("p1", "master"),
+        [
+            route(
+                "a",
+                &[EventKind::Insert],
+                Some(json!({"status": "paid"})),
+                None,
+            ),
+            paused,
+        ],
+    );
+    let out = r.resync_markers(
+        "evt_resync_7",
+        819_126_000_000_000,
+        r#"{"recovery":7,"reason":"lost"}"#,
+    );
+    assert_eq!(out.len(), 1, "the paused subscription gets none");
+    assert_eq!(&*out[0].subscription, "a");
+    assert_eq!(out[0].key, "", "a marker belongs to no row");
+    assert_eq!(
+        out[0].body,
+        r#"{"id":"evt_resync_7","timestamp":"2025-12-15T15:00:00.000000Z","project_id":"p1","environment":"master","table":"orders","event":"RESYNC","record":{},"data":{},"changed_fields":[],"resync":{"recovery":7,"reason":"lost"}}"#
+    );
+    let v: Value = serde_json::from_str(&out[0].body).unwrap();
+    assert_eq!(v["event"], "RESYNC");
+}

@@ -442,6 +442,19 @@ pub struct SlotState {
     pub confirmed_flush: Option<Lsn>,
     /// Bytes of WAL the slot keeps: current WAL position − restart_lsn.
     pub retained_bytes: Option<i64>,
+    /// `pg_replication_slots.wal_status`: reserved, extended, unreserved or lost (invalidated:
+    /// the slot can never stream again).
+    pub wal_status: Option<String>,
+    /// Bytes of WAL that can still be written before the slot is invalidated
+    /// (`safe_wal_size`); None when `max_slot_wal_keep_size` is -1 (no cap).
+    pub safe_wal_size: Option<i64>,
+}
+
+impl SlotState {
+    /// The slot was invalidated (PostgreSQL removed WAL it needed): it can never stream again.
+    pub fn is_lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
 }
 
 /// Reads the slot's state; None when it does not exist. Errors if it exists but is not a
@@ -451,7 +464,8 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         .query_opt(
             "SELECT s.plugin::text, s.database::text, current_database()::text, s.active,
                     s.confirmed_flush_lsn::text,
-                    (pg_current_wal_lsn() - s.restart_lsn)::int8
+                    (pg_current_wal_lsn() - s.restart_lsn)::int8,
+                    s.wal_status, s.safe_wal_size
              FROM pg_replication_slots s WHERE s.slot_name = $1",
             &[&slot],
         )
@@ -475,7 +489,51 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         active: r.get(3),
         confirmed_flush: confirmed.and_then(|s| s.parse().ok()),
         retained_bytes: r.get(5),
+        wal_status: r.get(6),
+        safe_wal_size: r.get(7),
     }))
+}
+
+/// `max_slot_wal_keep_size` in bytes; None when -1 (unlimited).
+pub async fn max_slot_wal_keep_size(client: &Client) -> Result<Option<i64>, SourceError> {
+    let bytes: i64 = client
+        .query_one(
+            "SELECT pg_size_bytes(current_setting('max_slot_wal_keep_size'))",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok((bytes >= 0).then_some(bytes))
+}
+
+/// Creates the pgoutput slot (it must not exist); returns its start (the consistent point).
+pub async fn create_slot(client: &Client, slot: &str) -> Result<Lsn, SourceError> {
+    let r = client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await?;
+    let lsn: String = r.get(0);
+    info!(slot, lsn = %lsn, "created replication slot");
+    lsn.parse()
+        .map_err(|_| SourceError::Decode(format!("slot start {lsn:?} is not an LSN")))
+}
+
+/// Drops the slot if it exists and is not in use (an invalidated or foreign one); true when it
+/// was dropped.
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<bool, SourceError> {
+    let n = client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    if n > 0 {
+        warn!(slot, "dropped replication slot");
+    }
+    Ok(n > 0)
 }
 
 /// Creates the pgoutput slot if missing; returns true when it was created.

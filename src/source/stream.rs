@@ -7,9 +7,14 @@
 //!   keepalives' `wal_end`, so churn in unpublished tables does not pin WAL;
 //! - status updates go out when the server asks and at least every `status_interval`, well inside
 //!   `wal_sender_timeout`;
+//! - with a [`Fence`], a position is reported only once the fence allows it, i.e. once its owner
+//!   recorded it where a later start can compare the slot against it (the outbox's slot fence,
+//!   issue #18): a slot confirmed past it was moved by someone else;
 //! - cancellation is checked first in the loop; on it the loop sends a final status and ends the
 //!   copy stream cleanly.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -54,6 +59,46 @@ pub trait Sink {
     }
 }
 
+/// The highest position the slot may be confirmed at: what the owner recorded durably.
+/// The loop says what it wants ([`Fence::wanted`]); the owner records it, then allows it.
+#[derive(Debug, Default)]
+pub struct Fence {
+    allowed: AtomicU64,
+    wanted: AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+impl Fence {
+    pub fn new(allowed: Lsn) -> Arc<Fence> {
+        Arc::new(Fence {
+            allowed: AtomicU64::new(allowed.0),
+            wanted: AtomicU64::new(allowed.0),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+    pub fn allowed(&self) -> Lsn {
+        Lsn(self.allowed.load(Ordering::Acquire))
+    }
+    pub fn wanted(&self) -> Lsn {
+        Lsn(self.wanted.load(Ordering::Acquire))
+    }
+    /// Raises what may be reported (after it was recorded).
+    pub fn allow(&self, lsn: Lsn) {
+        self.allowed.fetch_max(lsn.0, Ordering::AcqRel);
+    }
+    fn want(&self, lsn: Lsn) {
+        if self.wanted.fetch_max(lsn.0, Ordering::AcqRel) < lsn.0 {
+            self.wake.notify_one();
+        }
+    }
+    /// Returns once more is wanted than allowed.
+    pub async fn more_wanted(&self) {
+        while self.wanted() <= self.allowed() {
+            self.wake.notified().await;
+        }
+    }
+}
+
 pub struct SourceLoop {
     pub stream: ReplicationStream,
     pub decoder: ChangeDecoder,
@@ -66,6 +111,8 @@ pub struct SourceLoop {
     /// path): the loop ends with a retryable timeout. While the server is alive something
     /// arrives at least every `status_interval`, because idle status updates ask for a reply.
     pub receive_timeout: Duration,
+    /// Limits what is reported to what its owner recorded; None: no limit.
+    pub fence: Option<Arc<Fence>>,
 }
 
 /// The receive timeout for a replication stream: the server's `wal_sender_timeout` (the time
@@ -167,7 +214,11 @@ impl SourceLoop {
     }
 
     async fn report(&mut self, durable: Lsn, request_reply: bool) -> Result<(), SourceError> {
-        let flush = durable.max(self.flushed);
+        let mut flush = durable.max(self.flushed);
+        if let Some(f) = &self.fence {
+            f.want(flush);
+            flush = flush.min(f.allowed()).max(self.flushed);
+        }
         self.stream
             .send_status(flush, flush, flush, request_reply)
             .await?;

@@ -448,15 +448,24 @@ async fn kill_9_resumes_after_the_last_stored_chunk() {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let reqs = rx.snapshot();
-        let ids: HashSet<i64> = reqs
-            .iter()
-            .map(|r| r.json()["record"]["id"].as_i64().unwrap())
-            .collect();
-        let events: HashSet<String> = reqs
-            .iter()
-            .map(|r| r.header("x-archie-delivery").to_string())
-            .collect();
-        assert_eq!(ids.len(), events.len(), "one event id per row");
+        let mut by_row: std::collections::HashMap<i64, HashSet<String>> = Default::default();
+        for r in &reqs {
+            by_row
+                .entry(r.json()["record"]["id"].as_i64().unwrap())
+                .or_default()
+                .insert(r.header("x-archie-delivery").to_string());
+        }
+        if let Some((row, events)) = by_row.iter().find(|(_, e)| e.len() > 1) {
+            panic!(
+                "row {row} arrived with event ids {events:?}; its deliveries: {}",
+                db.sql(&format!(
+                    "SELECT string_agg(id || ' ' || event || ' ' || event_id || ' ' || status || ' ' || attempts, '; ')
+                     FROM walhook.deliveries WHERE ordering_key = (SELECT ordering_key FROM walhook.deliveries
+                     WHERE payload::jsonb->'record'->>'id' = '{row}' LIMIT 1)"
+                ))
+            );
+        }
+        let ids: HashSet<i64> = by_row.keys().copied().collect();
         if ids.len() == 20_000 {
             break;
         }

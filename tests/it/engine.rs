@@ -129,11 +129,13 @@ async fn many_subscriptions_one_insert_reaches_all_on_a_small_pool() {
         max_connections = max_connections.max(walhook_connections(&db));
         assert!(
             Instant::now() < deadline,
-            "{} of {n} subscriptions reached after 50 s; outbox: {}; slot: {}; walsender: {}",
+            "{} of {n} subscriptions reached after 50 s; outbox: {}; slot: {}; walsender: {}; \
+             walhook's sessions: {}",
             reached(),
             db.sql("SELECT count(*) || ' deliveries, checkpoint ' || coalesce((SELECT commit_lsn::text FROM walhook.checkpoint), '-') FROM walhook.deliveries"),
             db.sql(&format!("SELECT active || ' ' || confirmed_flush_lsn || ' current ' || pg_current_wal_lsn() FROM pg_replication_slots WHERE slot_name = '{}'", db.name)),
             db.sql("SELECT coalesce(string_agg(r.state || ' sent ' || r.sent_lsn || ' ' || coalesce(a.wait_event, '-') || ' db ' || coalesce(a.datname, '-'), '; '), 'none') FROM pg_stat_replication r JOIN pg_stat_activity a USING (pid)"),
+            db.sql("SELECT coalesce(string_agg(pid || ' ' || coalesce(state, '-') || ' ' || coalesce(wait_event_type || ':' || wait_event, '-') || ' ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 60), '; '), 'none') FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"),
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -370,7 +372,7 @@ async fn upgrade_keeps_deliveries_and_takeover_follows_sessions_then_leases() {
         walhook::outbox::migrate(&mut client, &schema)
             .await
             .unwrap(),
-        [4, 5, 6, 7, 8, 10]
+        [4, 5, 6, 7, 8, 9, 10]
     );
     assert_eq!(
         db.sql("SELECT string_agg(event_id || ':' || status || ':' || attempts || ':' || sequence, ',' ORDER BY id) FROM walhook.deliveries"),

@@ -33,6 +33,7 @@ mod promises;
 mod receivers;
 mod replication_conn;
 mod signatures;
+mod slot_recovery;
 mod terminate;
 mod tls;
 mod values_catalog;

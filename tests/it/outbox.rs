@@ -192,7 +192,7 @@ async fn migrate_command_creates_the_schema_once() {
     let db = TestDb::new();
     let cfg = write_config(&db, "");
     for expected in [
-        "applied migrations: [1, 2, 3, 4, 5, 6, 7, 8, 10]",
+        "applied migrations: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]",
         "applied migrations: []",
     ] {
         let out = crate::support::bin::with_config("migrate", cfg.path())
@@ -211,6 +211,6 @@ async fn migrate_command_creates_the_schema_once() {
     }
     assert_eq!(
         db.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'walhook'"),
-        "attempts,backfills,checkpoint,deliveries,delivery_owners,schema_migrations,sequences,subscriptions"
+        "attempts,backfills,checkpoint,deliveries,delivery_owners,schema_migrations,sequences,slot_fence,slot_recoveries,subscriptions"
     );
 }

@@ -153,6 +153,10 @@ pub async fn start_with_source(
         streaming: handles.streaming.clone(),
         changed: handles.changed.clone(),
         backfills: handles.backfills.clone(),
+        slot_control: handles
+            .slot
+            .clone()
+            .unwrap_or_else(|| walhook::ingest::slot::SlotControl::new(&db.name)),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
