@@ -362,7 +362,7 @@ async fn latency_phase(
              customer_id text, created_at timestamptz DEFAULT now(), meta jsonb);
          ALTER TABLE orders REPLICA IDENTITY FULL;",
     )?;
-    let cfg2 = config(&pg, &db2, "walhook_lat", url, "")?;
+    let cfg2 = config(pg, &db2, "walhook_lat", url, "")?;
     let child2 = spawn_walhook(&cfg2, "latency")?;
     let (client, conn) = tokio_postgres::connect(&pg.url(&db2), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);

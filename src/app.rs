@@ -34,6 +34,8 @@ pub enum AppError {
     Ingest(#[from] IngestError),
     #[error("delivery: {0}")]
     Delivery(#[from] HttpError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     #[error("api.listen: cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -87,6 +89,18 @@ pub async fn run_with(
         None => return Ok(()),
     };
     let (router_tx, router_rx) = watch::channel(router);
+    let telemetry = match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => {
+            let t = crate::telemetry::Telemetry::start(crate::telemetry::Settings {
+                endpoint: endpoint.as_str().to_string(),
+                service_name: config.telemetry.service_name.as_str().to_string(),
+                export_interval: config.telemetry.export_interval.0,
+            })?;
+            info!(endpoint = %endpoint.as_str(), "exporting traces over OTLP/HTTP");
+            t
+        }
+        None => crate::telemetry::Telemetry::off(),
+    };
     let slot_control = handles
         .slot
         .clone()
@@ -124,7 +138,7 @@ pub async fn run_with(
     ));
     if config.delivery.enabled {
         let sender = HttpSender::new(&config.delivery)?;
-        let engine = Arc::new(Engine::new(
+        let mut engine = Engine::new(
             Schema::new(config.outbox.schema.as_str()),
             tls::pool(&config.outbox_pg_config(), config.delivery.pool_size),
             config.delivery.clone(),
@@ -132,7 +146,9 @@ pub async fn run_with(
             handles.metrics.clone(),
             handoff.clone(),
             handles.changed.clone(),
-        ));
+        );
+        engine.telemetry = telemetry.clone();
+        let engine = Arc::new(engine);
         tasks.spawn(supervisor::run(engine, subs_rx, cancel.clone()));
     } else {
         info!("delivery is off ([delivery] enabled = false); deliveries stay in the outbox");
@@ -204,6 +220,7 @@ pub async fn run_with(
         metrics: Some(handles.metrics.clone()),
         backfill: Some(exchange),
         slot: Some(slot_ctx),
+        telemetry: telemetry.clone(),
     };
     let result = ingest_loop(&config, router_rx, hooks, &handles.streaming, &cancel)
         .await
@@ -214,6 +231,8 @@ pub async fn run_with(
             error!(error = %e, "task panicked");
         }
     }
+    // What was traced until the end is sent before the process exits.
+    telemetry.shutdown().await;
     result
 }
 

@@ -73,8 +73,20 @@ impl Telemetry {
     /// on it).
     pub fn start(settings: Settings) -> Result<Telemetry, TelemetryError> {
         let endpoint = format!("{}/v1/traces", settings.endpoint.trim_end_matches('/'));
+        // rustls with ring and the built-in roots, like delivery: walhook installs no
+        // process-wide crypto provider.
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TelemetryError(e.to_string()))?
+        .with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth();
         let client = RuntimeClient {
             http: reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
                 .timeout(Duration::from_secs(10))
                 .build()
                 .map_err(|e| TelemetryError(e.to_string()))?,

@@ -11,6 +11,7 @@
 mod delivery;
 pub mod duration;
 mod env;
+mod telemetry;
 
 use std::path::Path;
 
@@ -27,6 +28,7 @@ pub use crate::model::{
 pub use delivery::{ApiConfig, DeliveryConfig};
 pub use duration::Duration;
 pub use env::EnvString;
+pub use telemetry::TelemetryConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -57,6 +59,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     #[serde(default, rename = "subscriptions")]
     raw_subscriptions: Vec<Spanned<RawSubscription>>,
     /// Filled from `[[subscriptions]]` by [`Config::parse`], every one validated.
@@ -240,6 +244,7 @@ impl Config {
             message,
         };
         self.delivery.validate().map_err(|e| whole_file(e.0))?;
+        self.telemetry.validate().map_err(whole_file)?;
         let rules = Rules {
             egress: EgressPolicy::from_config(&self.delivery),
             own_schema: self

@@ -193,3 +193,27 @@ fn slot_loss_settings_default_and_are_checked() {
         assert!(e.contains("source.slot_wal_warn_fraction"), "{e}");
     }
 }
+
+#[test]
+fn telemetry_is_off_by_default_and_checked() {
+    let c = parse(GOOD).unwrap();
+    assert!(c.telemetry.otlp_endpoint.is_none());
+    assert_eq!(c.telemetry.service_name.as_str(), "walhook");
+    let with = |section: &str| format!("{GOOD}\n[telemetry]\n{section}\n");
+    let c = parse(&with("otlp_endpoint = \"http://127.0.0.1:4318\"")).unwrap();
+    assert_eq!(
+        c.telemetry.otlp_endpoint.as_ref().map(|e| e.as_str()),
+        Some("http://127.0.0.1:4318")
+    );
+    let e = err(&with("otlp_endpoint = \"127.0.0.1:4318\""));
+    assert!(e.contains("telemetry.otlp_endpoint"), "{e}");
+    let e = err(&with("otlp_endpoint = \"ftp://collector\""));
+    assert!(
+        e.contains("telemetry.otlp_endpoint: expected an http"),
+        "{e}"
+    );
+    let e = err(&with("export_interval = \"1ms\""));
+    assert!(e.contains("telemetry.export_interval"), "{e}");
+    let e = err(&with("endpoint = \"http://x\""));
+    assert!(e.contains("endpoint"), "{e}");
+}

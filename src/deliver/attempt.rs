@@ -21,6 +21,7 @@ use super::request;
 use crate::metrics::Metrics;
 use crate::outbox::queue::Claimed;
 use crate::outbox::subscriptions::Stored;
+use crate::telemetry::{AttemptSpan, Telemetry};
 
 /// A finished attempt of one row, waiting to be recorded.
 pub(super) struct Done {
@@ -43,15 +44,29 @@ pub(super) async fn attempt_one(
     sender: HttpSender,
     sub: Arc<Stored>,
     claimed: Claimed,
+    telemetry: Telemetry,
 ) -> Vec<Done> {
     let attempted_at = Utc::now();
-    let outcome = AssertUnwindSafe(send(&sender, &sub, &claimed, attempted_at))
+    let span = telemetry.attempt(AttemptSpan {
+        event_id: &claimed.event_id,
+        subscription: &sub.id,
+        host: &host_of(&sub.url),
+        delivery_id: claimed.id,
+        attempt: claimed.attempts as u32 + 1,
+        events: 1,
+    });
+    let traceparent = span.traceparent();
+    let outcome = AssertUnwindSafe(send(&sender, &sub, &claimed, attempted_at, traceparent))
         .catch_unwind()
         .await
         .unwrap_or_else(|_| {
             error!(subscription = %sub.id, event_id = %claimed.event_id, "building or sending a request panicked; the attempt counts as failed");
             panicked()
         });
+    span.end(
+        outcome.http_status,
+        outcome.error_kind.map(ErrorKind::as_str),
+    );
     vec![Done {
         claimed,
         outcome,
@@ -66,16 +81,31 @@ pub(super) async fn attempt_batch(
     sender: HttpSender,
     sub: Arc<Stored>,
     rows: Vec<Claimed>,
+    telemetry: Telemetry,
 ) -> Vec<Done> {
     let attempted_at = Utc::now();
     let jitter = jitter();
-    let outcomes = AssertUnwindSafe(batching::send(&sender, &sub, &rows, attempted_at))
+    let span = rows.first().map(|first| {
+        telemetry.attempt(AttemptSpan {
+            event_id: &first.event_id,
+            subscription: &sub.id,
+            host: &host_of(&sub.url),
+            delivery_id: first.id,
+            attempt: first.attempts as u32 + 1,
+            events: rows.len(),
+        })
+    });
+    let traceparent = span.as_ref().and_then(|s| s.traceparent());
+    let outcomes = AssertUnwindSafe(batching::send(&sender, &sub, &rows, attempted_at, traceparent))
         .catch_unwind()
         .await
         .unwrap_or_else(|_| {
             error!(subscription = %sub.id, events = rows.len(), "building or sending a batch panicked; the attempt counts as failed");
             vec![panicked(); rows.len()]
         });
+    if let (Some(span), Some(o)) = (span, outcomes.first()) {
+        span.end(o.http_status, o.error_kind.map(ErrorKind::as_str));
+    }
     rows.into_iter()
         .zip(outcomes)
         .enumerate()
@@ -107,6 +137,7 @@ async fn send(
     sub: &Stored,
     c: &Claimed,
     now: chrono::DateTime<Utc>,
+    traceparent: Option<String>,
 ) -> AttemptOutcome {
     let failed = |kind: ErrorKind, error: String| AttemptOutcome {
         http_status: None,
@@ -123,10 +154,13 @@ async fn send(
         event: &c.event,
         sequence: c.sequence,
     };
-    let (headers, body) = match request::build(sub, &event, now) {
+    let (mut headers, body) = match request::build(sub, &event, now) {
         Ok(r) => r,
         Err(e) => return failed(ErrorKind::Other, e),
     };
+    if let Some(tp) = traceparent {
+        headers.push(("traceparent".into(), tp));
+    }
     sender.post(&sub.url, &headers, Bytes::from(body)).await
 }
 

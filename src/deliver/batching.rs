@@ -83,6 +83,7 @@ pub(super) async fn send(
     sub: &Stored,
     rows: &[Claimed],
     now: DateTime<Utc>,
+    traceparent: Option<String>,
 ) -> Vec<AttemptOutcome> {
     let mut outcomes: Vec<Option<AttemptOutcome>> = vec![None; rows.len()];
     let mut bodies: Vec<(usize, Vec<u8>)> = Vec::with_capacity(rows.len());
@@ -122,7 +123,12 @@ pub(super) async fn send(
             })
             .collect();
         let outcome = match request::build_batch(sub, &items, now) {
-            Ok((headers, body)) => sender.post(&sub.url, &headers, Bytes::from(body)).await,
+            Ok((mut headers, body)) => {
+                if let Some(tp) = traceparent {
+                    headers.push(("traceparent".into(), tp));
+                }
+                sender.post(&sub.url, &headers, Bytes::from(body)).await
+            }
             Err(e) => failed(e),
         };
         for (i, _) in &bodies {

@@ -71,6 +71,8 @@ pub struct Engine {
     pub changed: Arc<Notify>,
     /// This instance: it owns its subscriptions, and records results, under this id.
     pub worker: Uuid,
+    /// Traces of each request (off unless `[telemetry]` is set).
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// The longest any delivery task waits for a pooled outbox connection.
@@ -97,6 +99,7 @@ impl Engine {
             handoff,
             changed,
             worker: Uuid::new_v4(),
+            telemetry: crate::telemetry::Telemetry::off(),
         }
     }
 
@@ -662,14 +665,18 @@ impl Pump {
 
     fn spawn_send(&mut self, claimed: Claimed) {
         let (sub, sender) = (self.sub.clone(), self.engine.sender.clone());
-        self.in_flight.spawn(attempt_one(sender, sub, claimed));
+        let telemetry = self.engine.telemetry.clone();
+        self.in_flight
+            .spawn(attempt_one(sender, sub, claimed, telemetry));
     }
 
     /// One request for a batch of rows; every row gets its outcome ([`batching::send`]).
     fn spawn_batch(&mut self, rows: Vec<Claimed>) {
         let (sub, sender) = (self.sub.clone(), self.engine.sender.clone());
         self.engine.metrics.batch_sent(&sub.id, rows.len());
-        self.in_flight.spawn(attempt_batch(sender, sub, rows));
+        let telemetry = self.engine.telemetry.clone();
+        self.in_flight
+            .spawn(attempt_batch(sender, sub, rows, telemetry));
     }
 
     /// Hands the decided results to the recorder; [`Pump::was_recorded`] finishes when it

@@ -41,6 +41,8 @@ use crate::source::stream::Sink;
 /// What the front hands to the writer.
 enum Item {
     Row(Routed, Lsn),
+    /// A change's trace span, ended when its group commits (telemetry on only).
+    Span(crate::telemetry::ChangeSpan),
     /// A backfill row: stored as event `READ`.
     Read(Routed, Lsn),
     /// A slot recovery's marker: stored as event `RESYNC`.
@@ -57,6 +59,15 @@ enum Item {
 }
 
 const CHANNEL: usize = 8192;
+/// Change spans kept per group commit, at most.
+const MAX_SPANS: usize = 10_000;
+
+/// A commit time in Postgres's microseconds since 2000-01-01 as a system time.
+fn pg_time(micros: i64) -> std::time::SystemTime {
+    const PG_EPOCH: std::time::Duration = std::time::Duration::from_secs(946_684_800);
+    let since_unix = PG_EPOCH.as_micros() as i64 + micros;
+    std::time::UNIX_EPOCH + std::time::Duration::from_micros(since_unix.max(0) as u64)
+}
 /// A group commit ends at the first source commit after this many rows.
 const GROUP_ROWS: u64 = 50_000;
 
@@ -78,11 +89,14 @@ pub struct Hooks {
     /// The slot's health shown to the API (`walhook run`); without it a broken slot stops
     /// ingest with an error.
     pub slot: Option<super::slot_recover::Context>,
+    /// Traces: a `walhook.change` span per stored change.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 pub struct OutboxSink {
     watermarks: Option<super::backfill::Watermarks>,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    telemetry: crate::telemetry::Telemetry,
     router: Router,
     reload: watch::Receiver<Router>,
     checkpoint: Lsn,
@@ -127,9 +141,11 @@ impl OutboxSink {
             kept_bytes: 0,
             dropped: HashSet::new(),
             backfill_done: Vec::new(),
+            spans: Vec::new(),
         };
         OutboxSink {
             watermarks: hooks.backfill.clone().map(super::backfill::Watermarks::new),
+            telemetry: hooks.telemetry.clone(),
             metrics: hooks.metrics,
             router,
             reload,
@@ -236,6 +252,17 @@ impl Sink for OutboxSink {
         self.buf.clear();
         self.router.route(&change, &mut self.buf);
         let lsn = self.commit_lsn;
+        if self.telemetry.is_on() && !self.buf.is_empty() {
+            let span = crate::telemetry::ChangeSpan {
+                event_id: self.buf[0].event_id.clone(),
+                table: change.shape.table.to_string(),
+                event: change.kind.as_str(),
+                commit: pg_time(change.commit_ts),
+                commit_lsn: lsn.to_string(),
+                deliveries: self.buf.len(),
+            };
+            self.send(Item::Span(span)).await?;
+        }
         // Taken out so `send` can borrow self; put back to keep its capacity.
         let mut rows = std::mem::take(&mut self.buf);
         for r in rows.drain(..) {
@@ -327,6 +354,8 @@ struct Writer {
     dropped: HashSet<Arc<str>>,
     /// Backfill runners waiting for the open group's commit.
     backfill_done: Vec<tokio::sync::oneshot::Sender<super::backfill::Outcome>>,
+    /// Spans of this group's changes, ended when it commits.
+    spans: Vec<crate::telemetry::ChangeSpan>,
 }
 
 impl Writer {
@@ -349,6 +378,12 @@ impl Writer {
             };
             let Some(item) = item else { break };
             match item {
+                Item::Span(span) => {
+                    // Bounded: a huge group traces its first changes only.
+                    if self.spans.len() < MAX_SPANS {
+                        self.spans.push(span);
+                    }
+                }
                 Item::Row(r, lsn) => {
                     let written = self.out.write(&r, lsn).await?;
                     let event = r.event.as_str();
@@ -405,6 +440,10 @@ impl Writer {
         self.durable.send_if_modified(|d| bump(d, end_lsn));
         for done in self.backfill_done.drain(..) {
             let _ = done.send(super::backfill::Outcome::Stored);
+        }
+        let stored = std::time::SystemTime::now();
+        for span in self.spans.drain(..) {
+            self.hooks.telemetry.change_stored(&span, stored);
         }
         self.total_rows += self.rows_in_group;
         if let Some(m) = &self.hooks.metrics {

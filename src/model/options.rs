@@ -34,6 +34,9 @@ const RESERVED: &[&str] = &[
     "expect",
     "user-agent",
     "x-webhook-signature",
+    // W3C trace context: walhook sets `traceparent` when `[telemetry]` is on.
+    "traceparent",
+    "tracestate",
 ];
 /// Prefixes (lower case) of walhook's own header families.
 const RESERVED_PREFIXES: &[&str] = &["x-archie-", "x-walhook-", "webhook-"];

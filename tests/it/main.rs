@@ -34,6 +34,7 @@ mod receivers;
 mod replication_conn;
 mod signatures;
 mod slot_recovery;
+mod telemetry;
 mod terminate;
 mod tls;
 mod values_catalog;
