@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::pg::tls;
 use crate::route::Router;
 use crate::source::fidelity::deviations;
-use crate::source::setup::{describe_tables, slot_state};
+use crate::source::setup::{check_manageable, describe_tables, slot_state};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -195,6 +195,13 @@ async fn table_checks(client: &Client, config: &Config, router: &Router, r: &mut
             r.push(Level::Fail, e.to_string());
             continue;
         }
+        // Ownership: what `walhook run` would be refused (it checks the same before changing
+        // anything).
+        let publication = config.source.publication.as_str();
+        if let Err(e) = check_manageable(client, std::slice::from_ref(&info), publication).await {
+            r.push(Level::Fail, e.to_string());
+            continue;
+        }
         let pk = if info.primary_key.is_empty() {
             "no primary key (deliveries of this table are ordered table-wide)".to_string()
         } else {
@@ -251,10 +258,34 @@ async fn publication_checks(client: &Client, config: &Config, r: &mut Report) {
             ),
         ),
         Ok(Some(_)) => r.push(Level::Ok, format!("publication {publication} exists")),
-        Ok(None) => r.push(
-            Level::Info,
-            format!("publication {publication} does not exist yet; walhook run creates it"),
-        ),
+        Ok(None) => {
+            // CREATE PUBLICATION needs CREATE on the database.
+            let can = client
+                .query_one(
+                    "SELECT has_database_privilege(current_database(), 'CREATE'),
+                            current_user::text, current_database()::text",
+                    &[],
+                )
+                .await;
+            match can {
+                Ok(row) if !row.get::<_, bool>(0) => {
+                    let (user, db): (String, String) = (row.get(1), row.get(2));
+                    r.push(
+                        Level::Fail,
+                        format!(
+                            "publication {publication} does not exist yet and role {user} may not \
+                             create it: run GRANT CREATE ON DATABASE {} TO {};",
+                            crate::model::quote_ident(&db),
+                            crate::model::quote_ident(&user)
+                        ),
+                    )
+                }
+                _ => r.push(
+                    Level::Info,
+                    format!("publication {publication} does not exist yet; walhook run creates it"),
+                ),
+            }
+        }
         Err(e) => r.push(
             Level::Fail,
             format!("reading publication {publication} failed: {e}"),

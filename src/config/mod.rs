@@ -86,6 +86,9 @@ pub struct OutboxConfig {
     /// Dead-lettered rows are kept this long.
     #[serde(default = "default_dead_retention")]
     pub dead_retention: Duration,
+    /// For `url`: send a cleartext or MD5 password without TLS when the server asks for one.
+    #[serde(default)]
+    pub allow_insecure_password: bool,
 }
 
 impl Default for OutboxConfig {
@@ -95,6 +98,7 @@ impl Default for OutboxConfig {
             url: None,
             retention: default_retention(),
             dead_retention: default_dead_retention(),
+            allow_insecure_password: false,
         }
     }
 }
@@ -116,6 +120,10 @@ pub struct SourceConfig {
     pub publication: EnvString,
     #[serde(default = "default_true")]
     pub manage_replica_identity: bool,
+    /// Send a cleartext or MD5 password without TLS when the server asks for one (refused by
+    /// default: anyone on the path could read or replay it).
+    #[serde(default)]
+    pub allow_insecure_password: bool,
     /// What `walhook run` does when its slot was invalidated, dropped or recreated behind its
     /// back: stay up and report it (`stop`, the default), or recover by itself (`recover`).
     #[serde(default)]
@@ -348,19 +356,26 @@ impl Config {
     }
 
     pub fn pg_config(&self) -> crate::pg::tls::PgConfig {
-        with_app_name(
+        let mut cfg = with_app_name(
             self.source
                 .url
                 .expose()
                 .parse()
                 .expect("source.url validated at load"),
-        )
+        );
+        cfg.allow_insecure_password(self.source.allow_insecure_password);
+        cfg
     }
 
     /// Where the outbox lives: `outbox.url`, or the source database.
     pub fn outbox_pg_config(&self) -> crate::pg::tls::PgConfig {
         match &self.outbox.url {
-            Some(u) => with_app_name(u.expose().parse().expect("outbox.url validated at load")),
+            Some(u) => {
+                let mut cfg =
+                    with_app_name(u.expose().parse().expect("outbox.url validated at load"));
+                cfg.allow_insecure_password(self.outbox.allow_insecure_password);
+                cfg
+            }
             None => self.pg_config(),
         }
     }

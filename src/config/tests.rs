@@ -93,6 +93,11 @@ fn semantic_errors_name_the_subscription() {
     assert!(e.contains(".url") && e.contains("https://"), "{e}");
     let e = err(&GOOD.replace("table = \"orders\"", "table = \"a.b.c\""));
     assert!(e.contains(".table") && e.contains("a.b.c"), "{e}");
+    let e = err(&GOOD.replace("table = \"orders\"", "table = \"pg_catalog.pg_authid\""));
+    assert!(
+        e.contains(".table") && e.contains("pg_catalog.pg_authid is a system catalog table"),
+        "{e}"
+    );
     let e = err(&GOOD.replace("[\"INSERT\", \"UPDATE\", \"DELETE\"]", "[]"));
     assert!(e.contains(".events"), "{e}");
     let e = err(&GOOD.replace("{ gte = 100 }", "{ between = 100 }"));

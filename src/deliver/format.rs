@@ -13,6 +13,10 @@
 //!   the event id, `source` `walhook/<project>/<environment>`, `type`
 //!   `walhook.<table>.<insert|update|delete>`, `time` the commit time, `subject` the row's key
 //!   (absent without one), `datacontenttype` and `data`: the stored payload bytes, unchanged;
+//! - under a subscription's `select`, the row's key (Slack/Discord `Key` and one-liner, the
+//!   CloudEvents `subject`) is shown only when each key value is also the value of a selected
+//!   column in the payload's `record`; otherwise `Key` reads "(not in select)" and `subject` is
+//!   absent, so no value of an unselected column leaves through these formats;
 //! - a subscription's `template` replaces the body with its rendering ([`crate::model::template`]);
 //!   compiled templates are cached by source, in a bounded cache;
 //! - long values are cut on a character boundary and end with "…"; lengths are counted in
@@ -96,18 +100,31 @@ pub fn render_for(sub: &Subscription, payload: &str, key: &str) -> Result<Vec<u8
             .render(payload, key, &sub.id)
             .map(String::into_bytes)
             .map_err(|e| FormatError::Template(e.0)),
-        None => render(sub.format, payload, key),
+        None => render_selected(sub.format, payload, key, sub.select.as_deref()),
     }
 }
 
 /// Renders the body for `format`. `key` is the ordering key (a JSON array of primary-key values,
 /// or "" for a table without one).
 pub fn render(format: Format, payload: &str, key: &str) -> Result<Vec<u8>, FormatError> {
+    render_selected(format, payload, key, None)
+}
+
+/// [`render`] for a subscription with `select`: the key is shown (Slack/Discord `Key`, the
+/// CloudEvents `subject`) only when each of its values is also the value of a column in the
+/// payload's (select-narrowed) `record`, so no value of an unselected column leaves the
+/// database through a chat message or an envelope.
+pub fn render_selected(
+    format: Format,
+    payload: &str,
+    key: &str,
+    select: Option<&[String]>,
+) -> Result<Vec<u8>, FormatError> {
     let slack = match format {
         Format::Json => return Ok(payload.as_bytes().to_vec()),
         Format::Slack => true,
         Format::Discord => false,
-        Format::CloudEvents => return cloudevent(payload, key),
+        Format::CloudEvents => return cloudevent(payload, key, select),
     };
     let s: Summary =
         serde_json::from_str(payload).map_err(|e| FormatError::Payload(e.to_string()))?;
@@ -117,18 +134,24 @@ pub fn render(format: Format, payload: &str, key: &str) -> Result<Vec<u8>, Forma
         None if s.event == "PING" => "",
         None => return Err(FormatError::Payload("missing field `table`".into())),
     };
-    let key = key_display(key)?;
+    let shown = shown_key(payload, key, select)?;
+    let key = match &shown {
+        Shown::Key(k) => Some(k.as_str()),
+        Shown::None => None,
+        Shown::NotSelected => Some(NOT_SELECTED),
+    };
     let view = View {
         s: &s,
         table,
-        key: key.as_deref(),
+        key,
+        key_hidden: matches!(shown, Shown::NotSelected),
     };
     let value = if slack { view.slack() } else { view.discord() };
     serde_json::to_vec(&value).map_err(|e| FormatError::Payload(e.to_string()))
 }
 
 /// The CloudEvents 1.0 structured-mode envelope around the payload bytes.
-fn cloudevent(payload: &str, key: &str) -> Result<Vec<u8>, FormatError> {
+fn cloudevent(payload: &str, key: &str, select: Option<&[String]>) -> Result<Vec<u8>, FormatError> {
     let s: Summary =
         serde_json::from_str(payload).map_err(|e| FormatError::Payload(e.to_string()))?;
     let q = |v: &str| serde_json::to_string(v).expect("strings always serialize");
@@ -151,7 +174,7 @@ fn cloudevent(payload: &str, key: &str) -> Result<Vec<u8>, FormatError> {
     out.push_str(&q(&kind));
     out.push_str(",\"time\":");
     out.push_str(&q(&s.timestamp));
-    if let Some(subject) = key_display(key)? {
+    if let Shown::Key(subject) = shown_key(payload, key, select)? {
         out.push_str(",\"subject\":");
         out.push_str(&q(&subject));
     }
@@ -159,6 +182,43 @@ fn cloudevent(payload: &str, key: &str) -> Result<Vec<u8>, FormatError> {
     out.push_str(payload);
     out.push('}');
     Ok(out.into_bytes())
+}
+
+/// What the Key field shows under `select` when a key value is not a selected column's value.
+const NOT_SELECTED: &str = "(not in select)";
+
+enum Shown {
+    Key(String),
+    /// The table has no primary key.
+    None,
+    /// A key value is not among the selected columns' values.
+    NotSelected,
+}
+
+/// The record of a payload, read only when a subscription has `select`.
+#[derive(Deserialize)]
+struct RecordOnly {
+    #[serde(default)]
+    record: serde_json::Map<String, Value>,
+}
+
+fn shown_key(payload: &str, key: &str, select: Option<&[String]>) -> Result<Shown, FormatError> {
+    let Some(display) = key_display(key)? else {
+        return Ok(Shown::None);
+    };
+    if select.is_none() {
+        return Ok(Shown::Key(display));
+    }
+    let values: Vec<Value> =
+        serde_json::from_str(key).map_err(|e| FormatError::Key(e.to_string()))?;
+    let r: RecordOnly =
+        serde_json::from_str(payload).map_err(|e| FormatError::Payload(e.to_string()))?;
+    let all_selected = values.iter().all(|k| r.record.values().any(|v| v == k));
+    Ok(if all_selected {
+        Shown::Key(display)
+    } else {
+        Shown::NotSelected
+    })
 }
 
 /// `["42"]` → `42`, `[42,"a"]` → `42, a`, `""` → None.
@@ -198,13 +258,15 @@ struct View<'a> {
     s: &'a Summary,
     table: &'a str,
     key: Option<&'a str>,
+    /// The key is [`NOT_SELECTED`]: left out of the one-liner.
+    key_hidden: bool,
 }
 
 impl View<'_> {
     /// `UPDATE on orders (key 42): status, total changed`
     fn one_liner(&self) -> String {
         let mut out = self.title();
-        if let Some(k) = self.key {
+        if let Some(k) = self.key.filter(|_| !self.key_hidden) {
             out.push_str(" (key ");
             out.push_str(k);
             out.push(')');
@@ -413,6 +475,36 @@ mod tests {
                 r#""text":"evt_00000000016B3D28_3 · 2025-12-15T15:00:00Z"}]}]}"#
             )
         );
+    }
+
+    #[test]
+    fn select_hides_a_key_that_is_not_a_selected_value() {
+        let narrowed = r#"{"id":"evt_3","timestamp":"2025-12-15T15:00:00Z","project_id":"p","environment":"master","table":"orders","event":"UPDATE","record":{"status":"paid"},"data":{"status":"paid"},"changed_fields":["status"]}"#;
+        let select = vec!["status".to_string()];
+        let out = |f| {
+            String::from_utf8(render_selected(f, narrowed, "[42]", Some(&select)).unwrap()).unwrap()
+        };
+        let slack = out(Format::Slack);
+        assert!(!slack.contains("42"), "{slack}");
+        assert!(slack.contains(r#"*Key*\n(not in select)"#), "{slack}");
+        assert!(
+            slack.contains(r#""text":"UPDATE on orders: status changed""#),
+            "{slack}"
+        );
+        let discord = out(Format::Discord);
+        assert!(!discord.contains("42"), "{discord}");
+        assert!(
+            discord.contains(r#"{"name":"Key","value":"(not in select)","inline":true}"#),
+            "{discord}"
+        );
+        let ce = out(Format::CloudEvents);
+        assert!(!ce.contains("subject"), "{ce}");
+        // A selected key column: the key is a selected value and is shown.
+        let both = vec!["id".to_string(), "status".to_string()];
+        let s =
+            String::from_utf8(render_selected(Format::Slack, UPDATE, "[42]", Some(&both)).unwrap())
+                .unwrap();
+        assert!(s.contains(r#"*Key*\n42"#), "{s}");
     }
 
     #[test]

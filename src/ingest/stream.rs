@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{Hooks, IngestError, OutboxSink};
 use crate::backoff::{sleep_or_cancel, Backoff};
@@ -24,6 +24,7 @@ use crate::pg::tls;
 use crate::route::Router;
 use crate::source::conn::ReplicationClient;
 use crate::source::decode::ChangeDecoder;
+use crate::source::leftovers::{self, Snapshot};
 use crate::source::setup::{ensure_slot, prepare, slot_state};
 use crate::source::stream::{receive_timeout, Fence, Sink, SourceLoop};
 
@@ -139,75 +140,106 @@ async fn ingest_once(
         ctx.control.set(diagnosis.report.clone(), &ctx.metrics);
     }
     let router = router_rx.borrow().clone();
-    prepare(
-        &source_client,
-        &router.tables(),
-        publication,
-        config.source.manage_replica_identity,
-        true,
-        |t| router.validate_table(&t.table, &t.columns),
-    )
-    .await?;
-    // Again after the setup, which takes a while: the slot may have been dropped meanwhile,
-    // and must then be reported, not recreated. Only a fresh start (no checkpoint) creates it.
-    let diagnosis = super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
-    if diagnosis.report.health.is_broken() {
-        return Err(IngestError::SlotBroken(Box::new(diagnosis.report)));
-    }
-    if diagnosis.state.is_none() {
-        ensure_slot(&source_client, slot).await?;
-    }
-    let confirmed = slot_state(&source_client, slot)
-        .await?
-        .and_then(|s| s.confirmed_flush)
-        .unwrap_or(Lsn::ZERO);
-
-    // The fence: never below where the slot and the checkpoint already are (a slot found
-    // without a fence, before this version's first start, is adopted here).
-    let fence_at = diagnosis
-        .fence
-        .unwrap_or(Lsn::ZERO)
-        .max(checkpoint)
-        .max(confirmed);
-    crate::outbox::slot::raise_fence(&outbox_client, &schema, slot, fence_at).await?;
-    let fence = Fence::new(fence_at);
-    let fence_stop = CancellationToken::new();
-    let _fence_guard = fence_stop.clone().drop_guard();
-    tokio::spawn(super::slot::fence_loop(
-        config.clone(),
-        fence.clone(),
-        fence_stop.clone(),
-    ));
-
-    // pgoutput sends logical messages (the backfills' watermarks) from PostgreSQL 14 on.
-    let version: i32 = source_client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(crate::source::SourceError::from)?
-        .get(0);
-    let messages = if version >= 140_000 { "true" } else { "false" };
+    let tables = router.tables();
+    // The replication connection first: a role without REPLICATION, or a refused login, fails
+    // here, before anything in the database is changed.
     let repl = ReplicationClient::connect(&pg).await?;
-    let pub_names = format!("\"{publication}\"");
-    // The server starts at max(requested, confirmed_flush); transactions at or below the
-    // checkpoint that it sends again are skipped by the sink.
-    let stream = repl
-        .start_logical(
-            slot,
-            checkpoint,
-            &[
-                ("proto_version", "1"),
-                ("publication_names", &pub_names),
-                // Transactional logical messages: the backfills' watermarks.
-                ("messages", messages),
-            ],
+    // What the host database looks like before this start may change it, so that a start that
+    // fails for good can say what it left (and drop a slot it created).
+    let before = Snapshot::take(&source_client, &tables, publication, slot).await;
+    let started: Result<_, IngestError> = async {
+        prepare(
+            &source_client,
+            &tables,
+            publication,
+            config.source.manage_replica_identity,
+            true,
+            |t| router.validate_table(&t.table, &t.columns),
         )
         .await?;
-    // Now that this stream holds the slot nobody can drop it; it must still be the slot the
-    // fence describes (it was not dropped and recreated since the diagnosis).
-    let held = super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
-    if held.report.health.is_broken() {
-        return Err(IngestError::SlotBroken(Box::new(held.report)));
+        // Again after the setup, which takes a while: the slot may have been dropped meanwhile,
+        // and must then be reported, not recreated. Only a fresh start (no checkpoint) creates it.
+        let diagnosis =
+            super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
+        if diagnosis.report.health.is_broken() {
+            return Err(IngestError::SlotBroken(Box::new(diagnosis.report)));
+        }
+        if diagnosis.state.is_none() {
+            ensure_slot(&source_client, slot).await?;
+        }
+        let confirmed = slot_state(&source_client, slot)
+            .await?
+            .and_then(|s| s.confirmed_flush)
+            .unwrap_or(Lsn::ZERO);
+
+        // The fence: never below where the slot and the checkpoint already are (a slot found
+        // without a fence, before this version's first start, is adopted here).
+        let fence_at = diagnosis
+            .fence
+            .unwrap_or(Lsn::ZERO)
+            .max(checkpoint)
+            .max(confirmed);
+        crate::outbox::slot::raise_fence(&outbox_client, &schema, slot, fence_at).await?;
+        let fence = Fence::new(fence_at);
+        let fence_stop = CancellationToken::new();
+        let _fence_guard = fence_stop.clone().drop_guard();
+        tokio::spawn(super::slot::fence_loop(
+            config.clone(),
+            fence.clone(),
+            fence_stop.clone(),
+        ));
+
+        // pgoutput sends logical messages (the backfills' watermarks) from PostgreSQL 14 on.
+        let version: i32 = source_client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(crate::source::SourceError::from)?
+            .get(0);
+        let messages = if version >= 140_000 { "true" } else { "false" };
+        let pub_names = format!("\"{publication}\"");
+        // The server starts at max(requested, confirmed_flush); transactions at or below the
+        // checkpoint that it sends again are skipped by the sink.
+        let stream = repl
+            .start_logical(
+                slot,
+                checkpoint,
+                &[
+                    ("proto_version", "1"),
+                    ("publication_names", &pub_names),
+                    // Transactional logical messages: the backfills' watermarks.
+                    ("messages", messages),
+                ],
+            )
+            .await?;
+        // Now that this stream holds the slot nobody can drop it; it must still be the slot the
+        // fence describes (it was not dropped and recreated since the diagnosis).
+        let held = super::slot::diagnose(&source_client, &outbox_client, &schema, slot).await?;
+        if held.report.health.is_broken() {
+            return Err(IngestError::SlotBroken(Box::new(held.report)));
+        }
+        Ok((stream, confirmed, fence, _fence_guard))
     }
+    .await;
+    let (stream, confirmed, fence, _fence_guard) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            // A broken slot is the slot diagnosis's to report; anything else that needs a
+            // human leaves the database as listed.
+            if !e.is_retryable() && !matches!(e, IngestError::SlotBroken(_)) {
+                if let Ok(before) = &before {
+                    let left =
+                        leftovers::report(&source_client, before, &tables, publication, slot).await;
+                    if !left.is_empty() {
+                        error!(
+                            left = %left.join("; "),
+                            "the start failed after changing the database; these changes are left in place (each with the statement that undoes it)"
+                        );
+                    }
+                }
+            }
+            return Err(e);
+        }
+    };
     info!(slot, checkpoint = %checkpoint, confirmed_flush = %confirmed, "streaming");
     streaming.store(true, Ordering::Relaxed);
     let mut sink = OutboxSink::new(

@@ -51,17 +51,37 @@ pub struct RowChange {
     pub record: Map<String, Value>,
     /// UPDATE: positions of the columns whose value differs between old and new row.
     pub changed: Vec<usize>,
-    /// Columns left out of `record` because their value alone was larger than the payload
-    /// limit (never decoded into memory); the payload says so.
+    /// Columns of the table that are not in `record`, each with the reason; the payload says
+    /// so (see `route::payload`).
     pub omitted: Vec<Omitted>,
 }
 
-/// A column left out of a record for its size.
+/// A column left out of a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Omitted {
     pub column: String,
-    /// The value's size in its text form as the server sent it.
-    pub bytes: usize,
+    pub reason: OmitReason,
+}
+
+/// Why a column is not in a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OmitReason {
+    /// Its value alone was larger than the payload limit (never decoded into memory); `bytes`
+    /// is its size in the text form the server sent.
+    TooLarge { bytes: usize },
+    /// A generated column the server's pgoutput does not publish (stored ones before
+    /// PostgreSQL 18, virtual ones always), though `to_jsonb(row)` includes it.
+    GeneratedNotPublished,
+}
+
+impl OmitReason {
+    /// The payload's `reason` code for the columns it lists under `omitted`.
+    pub fn code(self) -> &'static str {
+        match self {
+            OmitReason::TooLarge { .. } => "too_large",
+            OmitReason::GeneratedNotPublished => "generated_not_published",
+        }
+    }
 }
 
 /// Deterministic event id: `evt_` + 16 hex digits of the commit LSN + 8 of the ordinal.

@@ -173,6 +173,25 @@ pub struct Invalid {
     pub message: String,
 }
 
+/// Tables known from their name alone never to stream (checked at config load and by the API
+/// before any database is asked): system catalogs and temporary tables. The database-dependent
+/// cases (UNLOGGED, ownership, inheritance) are `source::setup`'s.
+fn never_streamed(t: &TableName) -> Option<String> {
+    let schema = t.schema.as_str();
+    if matches!(schema, "pg_catalog" | "information_schema") || schema.starts_with("pg_toast") {
+        return Some(format!(
+            "{t} is a system catalog table; walhook subscribes to application tables only"
+        ));
+    }
+    if schema == "pg_temp" || schema.starts_with("pg_temp_") {
+        return Some(format!(
+            "{t} is a temporary table: it lives in one session and its changes never reach the \
+             WAL, so walhook cannot see them"
+        ));
+    }
+    None
+}
+
 fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
     Invalid {
         field,
@@ -210,6 +229,9 @@ impl Subscription {
                     self.table
                 ),
             ));
+        }
+        if let Some(why) = never_streamed(&self.table) {
+            return Err(invalid("table", why));
         }
         if self.events.is_empty() {
             return Err(invalid(
@@ -488,6 +510,15 @@ mod tests {
             ..Rules::default()
         };
         assert_eq!(field(&sub(), &own), "table");
+        for t in [
+            "pg_catalog.pg_authid",
+            "information_schema.tables",
+            "pg_temp_3.tmp",
+        ] {
+            let mut s = sub();
+            s.table = TableName::parse(t).unwrap();
+            assert_eq!(field(&s, &Rules::default()), "table", "{t}");
+        }
     }
 
     #[test]

@@ -123,6 +123,10 @@ pub fn classify(e: &tokio_postgres::Error) -> ErrorClass {
     // Connection-level failures carry the io::Error as their source.
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
+        // A password walhook refused to send unencrypted: a human must change a setting.
+        if tls::refusal(s).is_some() {
+            return ErrorClass::Configuration;
+        }
         if s.is::<std::io::Error>() {
             return ErrorClass::Transient;
         }
@@ -162,6 +166,10 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
 pub fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
     use deadpool_postgres::PoolError;
     match e {
+        PoolError::Backend(pg) if !classify(pg).is_retryable() => format!(
+            "cannot open a connection to the database: {}",
+            error_text(pg)
+        ),
         PoolError::Backend(pg) => format!(
             "cannot open a connection to the database: {} (walhook retries; check that the server is up and the connection string is right)",
             error_text(pg)

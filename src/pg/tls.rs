@@ -17,7 +17,11 @@
 //!   `SCRAM-SHA-256-PLUS` when the server offers it: a man in the middle that terminates TLS
 //!   cannot relay the authentication even when the certificate is not verified;
 //! - the crypto provider is always `ring`, passed explicitly, so nothing depends on a
-//!   process-wide default provider having been installed.
+//!   process-wide default provider having been installed;
+//! - no password goes out in the clear: unless `allow_insecure_password` is set, a connection
+//!   without TLS (`disable`, or `prefer` with a server that refused TLS) fails when the server
+//!   asks for a cleartext or MD5 password, before the password is sent ([`guard`] for SQL
+//!   connections, `source::conn` for the replication connection); SCRAM and Unix sockets pass.
 
 use crate::model::BadValue;
 use std::borrow::Cow;
@@ -47,7 +51,9 @@ use tracing::warn;
 use super::PgError;
 
 mod conninfo;
+pub mod guard;
 use conninfo::split_tls_params;
+pub(crate) use guard::refusal;
 
 /// libpq's `sslmode` values that walhook implements (`allow` is not one of them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,9 +111,29 @@ pub struct PgConfig {
     config: tokio_postgres::Config,
     mode: SslMode,
     tls: Arc<ClientConfig>,
+    allow_insecure_password: bool,
 }
 
 impl PgConfig {
+    /// `allow_insecure_password`: send a cleartext or MD5 password without TLS when the server
+    /// asks for one (refused by default).
+    pub fn allow_insecure_password(&mut self, allow: bool) -> &mut Self {
+        self.allow_insecure_password = allow;
+        self
+    }
+
+    pub fn insecure_password_allowed(&self) -> bool {
+        self.allow_insecure_password
+    }
+
+    /// Whether a connection could send a password unencrypted, so the server's authentication
+    /// request must be checked first.
+    fn needs_auth_guard(&self) -> bool {
+        !self.allow_insecure_password
+            && self.config.get_password().is_some()
+            && !self.mode.requires_tls()
+    }
+
     pub fn ssl_mode(&self) -> SslMode {
         self.mode
     }
@@ -160,7 +186,12 @@ impl PgConfig {
             }
             _ => client_config(),
         };
-        Ok(PgConfig { config, mode, tls })
+        Ok(PgConfig {
+            config,
+            mode,
+            tls,
+            allow_insecure_password: false,
+        })
     }
 }
 
@@ -183,6 +214,7 @@ impl From<tokio_postgres::Config> for PgConfig {
             config,
             mode,
             tls: client_config(),
+            allow_insecure_password: false,
         }
     }
 }
@@ -206,6 +238,7 @@ impl fmt::Debug for PgConfig {
         f.debug_struct("PgConfig")
             .field("config", &self.config)
             .field("sslmode", &self.mode)
+            .field("allow_insecure_password", &self.allow_insecure_password)
             .finish_non_exhaustive()
     }
 }
@@ -682,6 +715,9 @@ fn connect_error(e: tokio_postgres::Error) -> PgError {
         if let Some(PgError::Tls(m)) = s.downcast_ref::<PgError>() {
             return PgError::Tls(m.clone());
         }
+        if let Some(r) = refusal(s) {
+            return PgError::Config(r.to_string());
+        }
         source = s.source();
     }
     PgError::Sql(e)
@@ -693,6 +729,17 @@ pub async fn connect_sql<C: AsPgConfig + ?Sized>(
     cfg: &C,
 ) -> Result<tokio_postgres::Client, PgError> {
     let cfg = cfg.as_pg_config();
+    if cfg.needs_auth_guard() {
+        let (client, driver) = guard::connect(&cfg.config, &MakeRustlsConnect::new(&cfg))
+            .await
+            .map_err(connect_error)?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                warn!(error = %e, "SQL connection ended with an error");
+            }
+        });
+        return Ok(client);
+    }
     if cfg.mode == SslMode::Disable {
         let (client, connection) = cfg.config.connect(NoTls).await?;
         tokio::spawn(async move {
@@ -728,13 +775,14 @@ pub fn pool(cfg: &PgConfig, max_size: usize) -> deadpool_postgres::Pool {
         _ => "-c jit=off".to_string(),
     };
     pg.options(&options);
-    let manager = deadpool_postgres::Manager::from_config(
-        pg,
-        tls,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
+    let config = deadpool_postgres::ManagerConfig {
+        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+    };
+    let manager = if cfg.needs_auth_guard() {
+        deadpool_postgres::Manager::from_connect(pg, guard::GuardedConnect(tls), config)
+    } else {
+        deadpool_postgres::Manager::from_config(pg, tls, config)
+    };
     deadpool_postgres::Pool::builder(manager)
         .max_size(max_size)
         .build()

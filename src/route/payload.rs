@@ -1,14 +1,20 @@
 //! The Archie payload: `id, timestamp, project_id, environment, table, event, record, data,
 //! changed_fields`, in that order, as compact JSON. `data` is byte-for-byte the same as `record`.
 //!
-//! Guarantee: no payload exceeds the context's `max_payload_bytes` (short of a key that alone
-//! does). A change that would is delivered with an `oversize` object after `changed_fields`
-//! naming the limit, the full size where known, and every column left out with its size;
-//! `record` then keeps what fits (all but the omitted columns, or only the key).
+//! Guarantees:
+//! - no payload exceeds the context's `max_payload_bytes` (short of a key that alone does). A
+//!   change that would is delivered with an `oversize` object after `changed_fields` naming the
+//!   limit, the full size where known, and every column left out with its size; `record` then
+//!   keeps what fits (all but the omitted columns, or only the key);
+//! - a column of the table that the server does not publish (a generated column before
+//!   PostgreSQL 18) is never silently missing: an `omitted` array after `changed_fields` lists
+//!   each such column (narrowed by `select`) as `{"column": …, "reason":
+//!   "generated_not_published"}`, so `record` differs from `to_jsonb(row)` only where the
+//!   payload says so.
 
 use serde_json::{Map, Value};
 
-use crate::model::change::{rfc3339_from_pg_micros, RowChange};
+use crate::model::change::{rfc3339_from_pg_micros, OmitReason, RowChange};
 
 /// Project-wide fields, JSON-escaped once.
 #[derive(Debug, Clone, Default)]
@@ -38,8 +44,8 @@ impl PayloadContext {
     }
 }
 
-/// `body` as is when it fits and nothing was left out at decoding; otherwise the explicit
-/// oversize form (see the module doc).
+/// `body` as is when it fits and nothing was left out; otherwise with the `omitted` list of
+/// unpublished columns and/or the explicit oversize form (see the module doc).
 pub fn bounded(
     ctx: &PayloadContext,
     change: &RowChange,
@@ -50,11 +56,43 @@ pub fn bounded(
     if change.omitted.is_empty() && body.len() <= ctx.max_payload_bytes {
         return body;
     }
+    let selected = |c: &str| select.is_none_or(|s| s.iter().any(|x| x == c));
+    let unpublished: Vec<&str> = change
+        .omitted
+        .iter()
+        .filter(|o| o.reason == OmitReason::GeneratedNotPublished && selected(&o.column))
+        .map(|o| o.column.as_str())
+        .collect();
+    let with_unpublished = |mut out: String| {
+        if !unpublished.is_empty() {
+            out.pop(); // the closing brace
+            out.push_str(",\"omitted\":");
+            let list: Vec<serde_json::Value> = unpublished
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "column": c,
+                        "reason": OmitReason::GeneratedNotPublished.code(),
+                    })
+                })
+                .collect();
+            out.push_str(&serde_json::to_string(&list).expect("JSON values always serialize"));
+            out.push('}');
+        }
+        out
+    };
     let mut omitted: Vec<(String, usize)> = change
         .omitted
         .iter()
-        .map(|o| (o.column.clone(), o.bytes))
+        .filter_map(|o| match o.reason {
+            OmitReason::TooLarge { bytes } => Some((o.column.clone(), bytes)),
+            OmitReason::GeneratedNotPublished => None,
+        })
         .collect();
+    let body = with_unpublished(body);
+    if omitted.is_empty() && body.len() <= ctx.max_payload_bytes {
+        return body;
+    }
     let (body, full) = if body.len() <= ctx.max_payload_bytes {
         (body, None)
     } else {
@@ -67,7 +105,7 @@ pub fn bounded(
             .collect();
         let mut record = Map::new();
         for (k, v) in &change.record {
-            if select.is_some_and(|s| !s.iter().any(|c| c == k)) {
+            if !selected(k) {
                 continue;
             }
             if key.contains(&k.as_str()) {
@@ -78,7 +116,10 @@ pub fn bounded(
             }
         }
         let rec = serde_json::to_string(&record).expect("JSON values always serialize");
-        (build_payload(ctx, change, &rec, changed), Some(body.len()))
+        (
+            with_unpublished(build_payload(ctx, change, &rec, changed)),
+            Some(body.len()),
+        )
     };
     let mut out = body;
     out.pop(); // the closing brace

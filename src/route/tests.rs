@@ -179,7 +179,7 @@ fn retain_only_keeps_one_subscription() {
 
 #[test]
 fn oversize_changes_say_what_was_left_out_and_stay_within_the_limit() {
-    use crate::model::change::Omitted;
+    use crate::model::change::{OmitReason, Omitted};
     let subs = vec![route("s", &[EventKind::Insert], None, None)];
     let r = Router::new(
         PayloadContext::new("my-project", "master").with_limit(400),
@@ -193,7 +193,7 @@ fn oversize_changes_say_what_was_left_out_and_stay_within_the_limit() {
     );
     c.omitted = vec![Omitted {
         column: "note".into(),
-        bytes: 600_000_000,
+        reason: OmitReason::TooLarge { bytes: 600_000_000 },
     }];
     let out = run(&r, &c);
     let v: Value = serde_json::from_str(&out[0].body).unwrap();
@@ -228,6 +228,37 @@ fn oversize_changes_say_what_was_left_out_and_stay_within_the_limit() {
     // Within the limit, nothing changes.
     let small = change(EventKind::Insert, json!({"id": 9}), vec![]);
     assert!(!run(&r, &small)[0].body.contains("oversize"));
+}
+
+#[test]
+fn unpublished_generated_columns_are_listed_as_omitted_within_select() {
+    use crate::model::change::{OmitReason, Omitted};
+    let subs = vec![
+        route("all", &[EventKind::Insert], None, None),
+        route("narrow", &[EventKind::Insert], None, Some(&["id"])),
+    ];
+    let r = Router::new(PayloadContext::new("p", "e"), subs);
+    let mut c = change(EventKind::Insert, json!({"id": 7, "total": "1.50"}), vec![]);
+    c.omitted = vec![Omitted {
+        column: "twice".into(),
+        reason: OmitReason::GeneratedNotPublished,
+    }];
+    let out = run(&r, &c);
+    let all = out.iter().find(|o| &*o.subscription == "all").unwrap();
+    assert!(
+        all.body.ends_with(
+            r#""changed_fields":[],"omitted":[{"column":"twice","reason":"generated_not_published"}]}"#
+        ),
+        "{}",
+        all.body
+    );
+    let narrow = out.iter().find(|o| &*o.subscription == "narrow").unwrap();
+    assert!(!narrow.body.contains("omitted"), "{}", narrow.body);
+    assert!(
+        narrow.body.ends_with(r#""changed_fields":[]}"#),
+        "{}",
+        narrow.body
+    );
 }
 
 #[test]

@@ -8,6 +8,9 @@
 //! - ARCHITECTURE.md invariant 6: an unchanged-TOAST column in an UPDATE's new tuple is filled from the
 //!   old tuple (REPLICA IDENTITY FULL sends it); if the old value is not available the column is
 //!   left out of the record and reported with an error log, never invented as `null`;
+//! - a Relation message is completed from the catalog (key, types, unpublished generated
+//!   columns) only once the transaction being decoded is visible to the catalog read: the
+//!   server may send a transaction before its commit is visible to other sessions;
 //! - a change for a relation that was never described is an error (the stream is corrupt), not a
 //!   silent drop;
 //! - composite types follow `ALTER TYPE`: a Relation message re-reads the composites its columns
@@ -32,7 +35,7 @@ use super::error::SourceError;
 use super::pgoutput::{self, Message, OldTuple, Relation, Tuple, TupleValue};
 use super::types::{TypeKind, TypeResolver};
 use super::values::render;
-use crate::model::change::{Omitted, RowChange, TableShape};
+use crate::model::change::{OmitReason, Omitted, RowChange, TableShape};
 use crate::model::Lsn;
 use crate::model::{EventKind, TableName};
 
@@ -42,6 +45,9 @@ struct RelationEntry {
     type_oids: Vec<u32>,
     /// When its composite column types were last read; `None` without composite columns.
     composites_read: Option<Instant>,
+    /// Generated columns of the table that the Relation message left out (pgoutput does not
+    /// publish them on this server): every change of it says they are omitted.
+    not_published: Vec<String>,
 }
 
 /// How long composite attributes are trusted before a row re-reads them: an `ALTER TYPE …
@@ -85,6 +91,7 @@ fn logical_message(transactional: bool, prefix: &str, content: &Bytes) -> Decode
 }
 
 struct Tx {
+    xid: u32,
     final_lsn: Lsn,
     commit_ts: i64,
     ordinal: u32,
@@ -141,6 +148,11 @@ impl ChangeDecoder {
     pub async fn decode(&mut self, client: &Client, data: Bytes) -> Result<Decoded, SourceError> {
         match pgoutput::decode(data).map_err(|e| SourceError::Decode(e.to_string()))? {
             Message::Relation(rel) => {
+                // The catalog must show this transaction's own DDL (a column added with the
+                // change being decoded) before it is read.
+                if let Some(tx) = &self.tx {
+                    super::fidelity::wait_visible(client, tx.xid).await?;
+                }
                 // Unknown types, and composites (ALTER TYPE sends no message of its own).
                 let oids: Vec<u32> = rel
                     .columns
@@ -152,7 +164,12 @@ impl ChangeDecoder {
                     self.types.refresh(client, &oids).await?;
                 }
                 let pk = super::setup::primary_key(client, rel.id).await?;
+                let published: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+                let generated =
+                    super::fidelity::unpublished_generated(client, rel.id, &published).await?;
+                let id = rel.id;
                 self.install_relation(rel, &pk);
+                self.set_not_published(id, generated);
                 Ok(Decoded::Other)
             }
             other => {
@@ -264,8 +281,17 @@ impl ChangeDecoder {
                 composites_read: read_at(&kinds),
                 kinds,
                 type_oids,
+                not_published: Vec::new(),
             },
         );
+    }
+
+    /// Names the generated columns of a relation that pgoutput leaves out, so each of its
+    /// changes lists them under [`RowChange::omitted`]; replaced by the next Relation message.
+    pub fn set_not_published(&mut self, relation_id: u32, columns: Vec<String>) {
+        if let Some(rel) = self.relations.get_mut(&relation_id) {
+            rel.not_published = columns;
+        }
     }
 
     /// Applies any message but Relation (which needs the catalog: see [`ChangeDecoder::decode`]).
@@ -287,6 +313,7 @@ impl ChangeDecoder {
                 xid,
             } => {
                 self.tx = Some(Tx {
+                    xid,
                     final_lsn,
                     commit_ts,
                     ordinal: 0,
@@ -438,6 +465,10 @@ impl ChangeDecoder {
                   as the catalog now has them (the type was altered after this change was written); \
                   such values are sent as their text");
         }
+        omitted.extend(rel.not_published.iter().map(|c| Omitted {
+            column: c.clone(),
+            reason: OmitReason::GeneratedNotPublished,
+        }));
         let ordinal = tx.ordinal;
         tx.ordinal += 1;
         Ok(Some(RowChange {
@@ -495,7 +526,7 @@ fn to_record(
                       "value larger than delivery.max_payload_bytes: left out of the payload, which says so");
                 omitted.push(Omitted {
                     column: name.clone(),
-                    bytes: b.len(),
+                    reason: OmitReason::TooLarge { bytes: b.len() },
                 });
                 continue;
             }
@@ -557,6 +588,7 @@ mod tests {
             kinds: vec![TypeKind::Integer, TypeKind::Text, TypeKind::Integer],
             type_oids: vec![23, 25, 23],
             composites_read: None,
+            not_published: Vec::new(),
         }
     }
 

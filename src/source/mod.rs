@@ -6,6 +6,7 @@ pub mod conn;
 pub mod decode;
 pub mod error;
 pub mod fidelity;
+pub mod leftovers;
 pub mod pgoutput;
 pub mod setup;
 pub mod stream;

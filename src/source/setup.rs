@@ -213,7 +213,9 @@ pub async fn check_manageable(
                 format!(
                     "walhook's role {role} cannot prepare {table}: it is owned by {owner}, and \
                      setting REPLICA IDENTITY and adding a table to a publication are owner-only. \
-                     Run `GRANT {owner_q} TO {role_q};`, or as {owner}: \
+                     Run `GRANT {owner_q} TO {role_q};`, or as a superuser (adding a table to \
+                     walhook's publication needs both the table's and the publication's owner \
+                     rights, so {owner} alone cannot): \
                      `ALTER TABLE {q} REPLICA IDENTITY FULL; ALTER PUBLICATION {pub_q} ADD TABLE {q};` \
                      (and REPLICA IDENTITY FULL on each partition)",
                     role = t.role,

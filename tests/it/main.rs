@@ -26,6 +26,7 @@ mod engine;
 mod half_open;
 mod harness;
 mod host;
+mod insecure_auth;
 mod options;
 mod outbox;
 mod pgoutput_real;

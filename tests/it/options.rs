@@ -587,3 +587,77 @@ async fn header_values_never_reach_the_log() {
     // ... and the token never was.
     assert!(!text.contains("t0ken-for-the-log-test"), "{text}");
 }
+
+/// `select` limits what leaves through the chat formats too: a key column that is not selected
+/// never appears in a Slack or Discord message, not even as the `Key` field; with the key
+/// column selected, the key is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_limits_the_key_of_chat_messages() {
+    let db = TestDb::new();
+    db.sql(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, iban text, status text);
+         ALTER TABLE accounts REPLICA IDENTITY FULL",
+    );
+    let slack = Receiver::ok().await;
+    let discord = Receiver::ok().await;
+    let slack_keyed = Receiver::ok().await;
+    let sub = |id: &str, url: &str, extra: &str| {
+        format!(
+            "[[subscriptions]]\nid = \"{id}\"\ntable = \"accounts\"\n\
+             events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"{url}\"\n\
+             secret = \"{SECRET}\"\n{extra}\n"
+        )
+    };
+    let d = Daemon::start(
+        &db,
+        &fast_delivery(""),
+        &format!(
+            "{}{}{}",
+            sub(
+                "slack",
+                &slack.url,
+                "format = \"slack\"\nselect = [\"status\"]"
+            ),
+            sub(
+                "discord",
+                &discord.url,
+                "format = \"discord\"\nselect = [\"status\"]"
+            ),
+            sub(
+                "keyed",
+                &slack_keyed.url,
+                "format = \"slack\"\nselect = [\"id\", \"status\"]"
+            ),
+        ),
+    )
+    .await;
+    db.sql("INSERT INTO accounts VALUES (987654321, 'DE89370400440532013000', 'new')");
+    db.sql("UPDATE accounts SET status = 'frozen' WHERE id = 987654321");
+    db.sql("DELETE FROM accounts WHERE id = 987654321");
+    let t = Duration::from_secs(15);
+    for (name, rx) in [("slack", &slack), ("discord", &discord)] {
+        let reqs = rx.wait_for(3, t).await;
+        assert_eq!(reqs.len(), 3, "{name}");
+        for r in &reqs {
+            let body = String::from_utf8(r.body.to_vec()).unwrap();
+            assert!(!body.contains("987654321"), "{name}: {body}");
+            assert!(!body.contains("DE89"), "{name}: {body}");
+            assert!(body.contains("(not in select)"), "{name}: {body}");
+        }
+    }
+    let keyed = slack_keyed.wait_for(3, t).await;
+    let first = keyed[0].json();
+    assert_eq!(
+        first["blocks"][0]["fields"][2]["text"], "*Key*\n987654321",
+        "{first}"
+    );
+    assert_eq!(
+        first["text"], "INSERT on accounts (key 987654321)",
+        "{first}"
+    );
+    for r in &keyed {
+        let body = String::from_utf8(r.body.to_vec()).unwrap();
+        assert!(!body.contains("DE89"), "{body}");
+    }
+    d.stop().await;
+}

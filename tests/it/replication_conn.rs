@@ -80,6 +80,9 @@ async fn trust_md5_and_scram_connect_and_identify() {
         ),
     ];
     for (method, config) in configs {
+        // The shared server asks md5_user for MD5 without TLS: walhook refuses that unless told.
+        let mut config = walhook::pg::tls::PgConfig::from(config);
+        config.allow_insecure_password(method == "md5");
         let mut c = ReplicationClient::connect(&config)
             .await
             .unwrap_or_else(|e| panic!("{method}: {e}"));
@@ -387,6 +390,37 @@ async fn sslmode_require_encrypts_replication_and_sql_connections() {
             .unwrap();
         assert!(row.get::<_, bool>(0));
     }
+}
+
+/// MD5 is refused only without TLS: with `sslmode=prefer` against a server that accepts TLS,
+/// the guard sees the handshake start and lets the MD5 exchange through, without any opt-in.
+#[tokio::test]
+async fn md5_over_tls_with_prefer_is_accepted() {
+    let Some((pg, _dir)) = tls_server() else {
+        eprintln!("openssl not available; skipping");
+        return;
+    };
+    let db = pg.create_database().unwrap();
+    let url = pg
+        .url_as(
+            crate::support::pg::MD5_USER,
+            crate::support::pg::TEST_PASSWORD,
+            &db,
+        )
+        .replace("sslmode=disable", "sslmode=prefer");
+    let config = walhook::pg::tls::PgConfig::parse(&url).unwrap();
+    assert!(!config.insecure_password_allowed());
+    let sql = connect_sql(&config).await.unwrap();
+    let row = sql
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    let pooled = walhook::pg::tls::pool(&config, 1).get().await.unwrap();
+    pooled.simple_query("SELECT 1").await.unwrap();
 }
 
 #[tokio::test]

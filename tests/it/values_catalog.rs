@@ -540,7 +540,7 @@ async fn check_reports_columns_that_differ_from_to_jsonb() {
     let generated =
         "Warn table public.odd: generated column twice is not in record (pgoutput publishes \
         stored generated columns from PostgreSQL 18 on, virtual ones never); to_jsonb(row) \
-        includes it";
+        includes it; each payload lists it under \"omitted\"";
     assert_eq!(
         lines,
         [
@@ -554,4 +554,110 @@ async fn check_reports_columns_that_differ_from_to_jsonb() {
         ],
         "{report}"
     );
+}
+
+/// Before PostgreSQL 18 pgoutput leaves generated columns out; the payload says so, column by
+/// column, so `record` plus `omitted` accounts for every key of `to_jsonb(row)`. A generated
+/// column added while streaming is listed from the next change on (its Relation message).
+#[tokio::test]
+async fn unpublished_generated_columns_are_stated_in_the_payload() {
+    let db = TestDb::new();
+    let client = session(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE gen (id int PRIMARY KEY, price numeric,
+                              twice int GENERATED ALWAYS AS (id * 2) STORED)",
+        )
+        .await
+        .unwrap();
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        version < 180_000,
+        "this test pins the behaviour before PostgreSQL 18"
+    );
+    let subs = sub("gen", "gen", ALL, "") + &sub("narrow", "gen", ALL, "select = [\"price\"]");
+    let mut p = start(&db.config(&subs)).await.unwrap();
+    let want: String = client
+        .query_one(
+            "INSERT INTO gen VALUES (21, 1.50) RETURNING to_jsonb(gen)::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let bodies = raw(&mut p, 2).await;
+    let v: Value = serde_json::from_str(&bodies["gen"]).unwrap();
+    let (id, ts) = (v["id"].as_str().unwrap(), v["timestamp"].as_str().unwrap());
+    assert_eq!(
+        bodies["gen"],
+        format!(
+            "{{\"id\":\"{id}\",\"timestamp\":\"{ts}\",\"project_id\":\"test-project\",\
+             \"environment\":{},\"table\":\"gen\",\"event\":\"INSERT\",\
+             \"record\":{{\"id\":21,\"price\":1.50}},\"data\":{{\"id\":21,\"price\":1.50}},\
+             \"changed_fields\":[],\
+             \"omitted\":[{{\"column\":\"twice\",\"reason\":\"generated_not_published\"}}]}}",
+            v["environment"]
+        )
+    );
+    // record + omitted = to_jsonb(row)'s keys, and every value in record equals to_jsonb's.
+    let want: serde_json::Map<String, Value> = serde_json::from_str(&want).unwrap();
+    let mut keys: Vec<&str> = v["record"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.extend(
+        v["omitted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["column"].as_str().unwrap()),
+    );
+    keys.sort();
+    let mut want_keys: Vec<&str> = want.keys().map(String::as_str).collect();
+    want_keys.sort();
+    assert_eq!(keys, want_keys);
+    for (k, val) in v["record"].as_object().unwrap() {
+        assert_eq!(&want[k], val, "{k}");
+    }
+    // `select` without the generated column: nothing to state.
+    let narrow: Value = serde_json::from_str(&bodies["narrow"]).unwrap();
+    assert!(narrow.get("omitted").is_none(), "{narrow}");
+
+    client
+        .batch_execute(
+            "ALTER TABLE gen ADD COLUMN thrice int GENERATED ALWAYS AS (id * 3) STORED;
+             INSERT INTO gen VALUES (22, 2)",
+        )
+        .await
+        .unwrap();
+    let bodies = raw(&mut p, 2).await;
+    let v: Value = serde_json::from_str(&bodies["gen"]).unwrap();
+    assert_eq!(
+        v["omitted"],
+        serde_json::json!([
+            {"column": "twice", "reason": "generated_not_published"},
+            {"column": "thrice", "reason": "generated_not_published"}
+        ])
+    );
+    p.stop().await;
+}
+
+/// The next `n` routed bodies, unparsed, by subscription.
+async fn raw(p: &mut crate::support::Pipeline, n: usize) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    while out.len() < n {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), p.rx.recv()).await {
+            Ok(Some(r)) => {
+                out.insert(r.subscription.to_string(), r.body.to_string());
+            }
+            _ => panic!("expected {n} payloads, got {out:#?}"),
+        }
+    }
+    out
 }

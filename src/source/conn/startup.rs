@@ -12,7 +12,9 @@
 //!   `channel_binding=require` refuses to authenticate any other way, `disable` never binds.
 //!   Without binding the GS2 header is `y,,` when we could have bound but the server did not
 //!   offer it, and `n,,` when we could not (no TLS, no usable certificate hash), so a server
-//!   offering -PLUS never mistakes us for a downgraded client.
+//!   offering -PLUS never mistakes us for a downgraded client;
+//! - over TCP without TLS, a cleartext or MD5 password request is refused (a configuration
+//!   error naming `allow_insecure_password`) unless the operator allowed it; nothing is sent.
 
 use std::path::PathBuf;
 
@@ -93,10 +95,12 @@ pub async fn open(cfg: &PgConfig) -> Result<Opened, SourceError> {
         .get_user()
         .ok_or_else(|| SourceError::Config("no user configured".into()))?;
     let target = target(cfg)?;
+    let mut over_network = true;
     let (io, tls, desc, end_point): (Box<dyn Io>, bool, String, Option<Vec<u8>>) = match target {
         Target::Unix { path } => {
             // Like libpq, TLS is never used over Unix sockets (sslmode is ignored there).
             let s = UnixStream::connect(&path).await?;
+            over_network = false;
             (Box::new(s), false, path.display().to_string(), None)
         }
         Target::Tcp {
@@ -148,11 +152,17 @@ pub async fn open(cfg: &PgConfig) -> Result<Opened, SourceError> {
         end_point,
         policy: cfg.get_channel_binding(),
     };
+    let plain = Plaintext {
+        refuse: over_network && !tls && !cfg.insecure_password_allowed(),
+        host: desc.clone(),
+        mode: cfg.ssl_mode(),
+    };
     authenticate(
         &mut wire,
         user,
         cfg.get_password(),
         &binding,
+        &plain,
         &mut server_params,
     )
     .await?;
@@ -279,11 +289,30 @@ impl Binding {
     }
 }
 
+/// Whether a cleartext or MD5 password may be sent on this connection.
+struct Plaintext {
+    refuse: bool,
+    host: String,
+    mode: SslMode,
+}
+
+impl Plaintext {
+    fn check(&self, method: &str, password: Option<&[u8]>) -> Result<(), SourceError> {
+        if self.refuse && password.is_some() {
+            return Err(SourceError::Config(tls::guard::refusal_text(
+                method, &self.host, self.mode,
+            )));
+        }
+        Ok(())
+    }
+}
+
 async fn authenticate(
     wire: &mut Wire,
     user: &str,
     password: Option<&[u8]>,
     binding: &Binding,
+    plain: &Plaintext,
     params: &mut Vec<(String, String)>,
 ) -> Result<(), SourceError> {
     let mut scram: Option<ScramSha256> = None;
@@ -305,12 +334,14 @@ async fn authenticate(
             }
             Message::AuthenticationCleartextPassword => {
                 binding.allow_unbound("cleartext password")?;
+                plain.check("cleartext password", password)?;
                 let pw = need_password(password, "cleartext password")?;
                 frontend::password_message(pw, &mut wire.write_buf).map_err(auth_io)?;
                 wire.flush().await?;
             }
             Message::AuthenticationMd5Password(body) => {
                 binding.allow_unbound("MD5 password")?;
+                plain.check("MD5 password", password)?;
                 let pw = need_password(password, "MD5 password")?;
                 let hash = md5_hash(user.as_bytes(), pw, body.salt());
                 frontend::password_message(hash.as_bytes(), &mut wire.write_buf)
