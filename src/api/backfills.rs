@@ -23,13 +23,13 @@ use super::error::ApiError;
 use super::Ctx;
 use crate::outbox::backfills::{self, Backfill, BackfillRefused};
 
-const DEFAULT_CHUNK: i32 = 1000;
-const MAX_CHUNK: i64 = 10_000;
-const MAX_PAUSE_MS: i64 = 60_000;
+pub(crate) const DEFAULT_CHUNK: i32 = 1000;
+pub(crate) const MAX_CHUNK: i64 = 10_000;
+pub(crate) const MAX_PAUSE_MS: i64 = 60_000;
 /// Backfills listed per subscription, newest first.
 const LIST_LIMIT: i64 = 100;
 
-fn format_id(id: i64) -> String {
+pub(crate) fn format_id(id: i64) -> String {
     format!("bf_{id}")
 }
 
@@ -41,14 +41,19 @@ fn parse_id(s: &str) -> Option<i64> {
     digits.parse().ok().filter(|n| *n > 0)
 }
 
-fn view(b: &Backfill) -> Value {
+/// Rows per second from the start to the end (or now, while it runs).
+pub(crate) fn rate(b: &Backfill) -> f64 {
     let end = b.finished_at.unwrap_or_else(chrono::Utc::now);
     let secs = (end - b.started_at).num_milliseconds() as f64 / 1000.0;
-    let rate = if secs > 0.0 {
+    if secs > 0.0 {
         (b.rows_done as f64 / secs).round()
     } else {
         0.0
-    };
+    }
+}
+
+pub(super) fn view(b: &Backfill) -> Value {
+    let rate = rate(b);
     json!({
         "id": format_id(b.id),
         "webhookId": b.subscription_id,
@@ -122,8 +127,31 @@ pub(super) async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = path_id(id)?;
     let req = parse(&body_bytes(body)?)?;
+    let b = start(
+        &ctx,
+        &id,
+        req.where_sql.as_deref(),
+        req.chunk_size,
+        req.pause_ms,
+    )
+    .await?;
+    tracing::info!(webhook = %id, backfill = b.id, "backfill started through the API");
+    Ok((StatusCode::ACCEPTED, Json(view(&b))))
+}
+
+/// Starts a backfill of subscription `id` after every check (the table has a primary key, the
+/// `where` is one boolean expression the planner accepts); shared with the web console.
+pub(crate) async fn start(
+    ctx: &Ctx,
+    id: &str,
+    where_sql: Option<&str>,
+    chunk_size: i32,
+    pause_ms: i32,
+) -> Result<Backfill, ApiError> {
+    check_range("chunk_size", chunk_size.into(), 1, MAX_CHUNK)?;
+    check_range("pause_ms", pause_ms.into(), 0, MAX_PAUSE_MS)?;
     let outbox = ctx.outbox().await?;
-    let sub = find(&outbox, &ctx.state.schema, &id).await?;
+    let sub = find(&outbox, &ctx.state.schema, id).await?;
     // A connection of its own: the check runs a READ ONLY transaction.
     let mut source = tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -132,30 +160,33 @@ pub(super) async fn create(
     .await
     .map_err(|_| ApiError::Unavailable("source database: connection timed out".into()))?
     .map_err(|e| ApiError::from_db("source database", &e, true))?;
-    let refused = |e: BackfillRefused| match e {
-        BackfillRefused::Db(e) => ApiError::from(e),
-        BackfillRefused::BadWhere(m) => ApiError::invalid("where", format!("where {m}")),
-        other => ApiError::invalid("table", other.to_string()),
-    };
     backfills::table_info(&source, &sub.table)
         .await
-        .map_err(refused)?;
-    let estimate = backfills::check_where(&mut source, &sub.table, req.where_sql.as_deref())
+        .map_err(|e| refused("table", e))?;
+    let estimate = backfills::check_where(&mut source, &sub.table, where_sql)
         .await
-        .map_err(refused)?;
+        .map_err(|e| refused("table", e))?;
     let b = backfills::create(
         &outbox,
         &ctx.state.schema,
-        &id,
-        req.where_sql.as_deref(),
-        req.chunk_size,
-        req.pause_ms,
+        id,
+        where_sql,
+        chunk_size,
+        pause_ms,
         estimate,
     )
     .await?;
-    tracing::info!(webhook = %id, backfill = b.id, "backfill started through the API");
     ctx.state.backfills.send_modify(|n| *n += 1);
-    Ok((StatusCode::ACCEPTED, Json(view(&b))))
+    Ok(b)
+}
+
+/// A refused backfill as the API's error: `where` problems name `where`, the others `field`.
+pub(super) fn refused(field: &str, e: BackfillRefused) -> ApiError {
+    match e {
+        BackfillRefused::Db(e) => ApiError::from(e),
+        BackfillRefused::BadWhere(m) => ApiError::invalid("where", format!("where {m}")),
+        other => ApiError::invalid(field, other.to_string()),
+    }
 }
 
 pub(super) async fn list(
@@ -199,15 +230,31 @@ pub(super) async fn cancel(
     let Ok(Path((id, bid))) = ids else {
         return Err(ApiError::NotFound("no such backfill".into()));
     };
-    let n = parse_id(&bid).ok_or_else(|| no_backfill(&bid))?;
+    Ok(Json(view(&cancel_by_id(&ctx, &id, &bid).await?)))
+}
+
+/// Cancels backfill `bid` (`bf_N`) of subscription `id`; shared with the web console.
+pub(crate) async fn cancel_by_id(ctx: &Ctx, id: &str, bid: &str) -> Result<Backfill, ApiError> {
+    let n = parse_id(bid).ok_or_else(|| no_backfill(bid))?;
     let client = ctx.outbox().await?;
-    find(&client, &ctx.state.schema, &id).await?;
-    let b = backfills::cancel(&client, &ctx.state.schema, &id, n)
+    find(&client, &ctx.state.schema, id).await?;
+    let b = backfills::cancel(&client, &ctx.state.schema, id, n)
         .await?
-        .ok_or_else(|| no_backfill(&bid))?;
+        .ok_or_else(|| no_backfill(bid))?;
     ctx.state.backfills.send_modify(|n| *n += 1);
     tracing::info!(webhook = %id, backfill = n, state = %b.state, "backfill cancel requested");
-    Ok(Json(view(&b)))
+    Ok(b)
+}
+
+/// 422 naming `field` when `n` is outside `min..=max`.
+fn check_range(field: &str, n: i64, min: i64, max: i64) -> Result<(), ApiError> {
+    if !(min..=max).contains(&n) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must be between {min} and {max}"),
+        ));
+    }
+    Ok(())
 }
 
 /// `v` as an integer within `min..=max`: 400 when it is not an integer, 422 when out of range,
@@ -216,12 +263,7 @@ fn int_in(field: &str, v: &Value, min: i64, max: i64) -> Result<i32, ApiError> {
     let n = v
         .as_i64()
         .ok_or_else(|| ApiError::bad(field, format!("{field} must be an integer")))?;
-    if !(min..=max).contains(&n) {
-        return Err(ApiError::invalid(
-            field,
-            format!("{field} must be between {min} and {max}"),
-        ));
-    }
+    check_range(field, n, min, max)?;
     Ok(n as i32)
 }
 

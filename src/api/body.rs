@@ -43,6 +43,8 @@ pub struct WebhookFields {
     pub template: Nullable<String>,
     pub rate_limit: Nullable<String>,
     pub batch: Nullable<Batch>,
+    /// Create only: backfill the table once the subscription is stored.
+    pub backfill: Option<bool>,
 }
 
 const WEBHOOK_FIELDS: &[&str] = &[
@@ -64,6 +66,7 @@ const WEBHOOK_FIELDS: &[&str] = &[
     "template",
     "rate_limit",
     "batch",
+    "backfill",
 ];
 
 /// Parses a body that must be a JSON object; `allow_empty` treats an empty body as `{}`.
@@ -135,6 +138,16 @@ pub fn parse_webhook(bytes: &[u8]) -> Result<WebhookFields, ApiError> {
         Some(Value::Bool(b)) => Some(*b),
         Some(_) => return Err(ApiError::bad("active", "active: expected true or false")),
     };
+    let backfill = match map.get("backfill") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "backfill",
+                "backfill: expected true or false",
+            ))
+        }
+    };
     let filter = match map.get("filter") {
         None => None,
         Some(Value::Null) => Some(None),
@@ -174,6 +187,7 @@ pub fn parse_webhook(bytes: &[u8]) -> Result<WebhookFields, ApiError> {
         }
     };
     Ok(WebhookFields {
+        backfill,
         headers,
         signature_header: nullable_string(&map, "signature_header")?,
         template: nullable_string(&map, "template")?,

@@ -18,7 +18,7 @@
 //! example works with only the host changed.
 
 mod auth;
-mod backfills;
+pub mod backfills;
 pub mod body;
 
 pub mod common;

@@ -33,6 +33,7 @@ use crate::config::SignatureScheme;
 use crate::model::egress::EgressPolicy;
 use crate::model::subscription::Rules;
 use crate::model::{Origin, Secret, Subscription};
+use crate::outbox::backfills;
 use crate::outbox::deliveries::{self, ListQuery};
 use crate::outbox::subscriptions::{self, Stored};
 use crate::route::check_columns;
@@ -162,7 +163,13 @@ pub async fn create(
     }
     check_identity(&ctx, &fields, env_missing.is_some())?;
     let sub = create_from(&ctx, &fields).await?;
-    Ok((StatusCode::CREATED, Json(view(&sub))))
+    let mut v = view(&sub);
+    if fields.backfill == Some(true) {
+        let client = ctx.outbox().await?;
+        let started = backfills::list(&client, &ctx.state.schema, &sub.id, 1).await?;
+        v["backfill"] = started.first().map_or(Value::Null, super::backfills::view);
+    }
+    Ok((StatusCode::CREATED, Json(v)))
 }
 
 /// Creates an API subscription from `fields` after every check (identity excepted: the caller
@@ -184,10 +191,31 @@ pub(crate) async fn create_from(ctx: &Ctx, fields: &WebhookFields) -> Result<Sto
     let id = format!("wh_{}", uuid::Uuid::new_v4());
     let new = apply(&id, fields, None)?;
     validate(ctx, &new).await?;
+    let backfill = fields.backfill == Some(true);
+    if backfill {
+        // Refused before anything is stored, with the reason (no primary key, say).
+        let source = ctx.source().await?;
+        backfills::table_info(&source, &new.table)
+            .await
+            .map_err(|e| super::backfills::refused("backfill", e))?;
+    }
     let client = ctx.outbox().await?;
     let sub = subscriptions::create(&client, &ctx.state.schema, &new).await?;
     tracing::info!(id = %sub.id, table = %sub.table, "webhook created through the API");
+    if backfill {
+        // Marked at once (restarts never start another); it runs once routing includes the
+        // subscription, which the runner waits for.
+        crate::ingest::backfill::start_on_create(
+            &client,
+            &ctx.state.schema,
+            std::slice::from_ref(&sub.id),
+        )
+        .await?;
+    }
     ctx.state.subscriptions_changed().await;
+    if backfill {
+        ctx.state.backfills.send_modify(|n| *n += 1);
+    }
     Ok(sub)
 }
 
@@ -216,6 +244,12 @@ pub(crate) async fn update_from(
     let current = &editing.current;
     if current.origin == Origin::Config {
         return Err(config_owned(id));
+    }
+    if fields.backfill.is_some() {
+        return Err(ApiError::invalid(
+            "backfill",
+            format!("backfill applies when a webhook is created; to backfill it now, POST /api/rest/_webhooks/{id}/backfill"),
+        ));
     }
     let mut new = apply(id, fields, Some(current))?;
     validate(ctx, &new).await?;

@@ -66,6 +66,9 @@ pub struct Config {
     /// Filled from `[[subscriptions]]` by [`Config::parse`], every one validated.
     #[serde(skip)]
     subscriptions: Vec<Subscription>,
+    /// The ids of the subscriptions with `backfill = true`, in file order.
+    #[serde(skip)]
+    backfill_on_create: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +195,9 @@ struct RawSubscription {
     /// `{ max_events = 100, max_wait = "50ms" }`.
     #[serde(default)]
     batch: Option<RawBatch>,
+    /// Backfill the table once, when the subscription is first stored.
+    #[serde(default)]
+    backfill: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,9 +278,13 @@ impl Config {
                     ),
                 ));
             }
+            let backfill = r.backfill;
             let sub = subscription_from_raw(r)
                 .and_then(|s| s.validate(&rules).map(|()| s))
                 .map_err(|e| invalid(span.clone(), format!("{at}.{e}")))?;
+            if backfill {
+                self.backfill_on_create.push(sub.id.clone());
+            }
             self.subscriptions.push(sub);
         }
         self.api
@@ -332,6 +342,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The ids of the subscriptions with `backfill = true`: each is backfilled once, when walhook
+    /// first stores it (the backfills mark it `on_create`, so it happens once).
+    pub fn backfill_on_create(&self) -> &[String] {
+        &self.backfill_on_create
     }
 
     /// config.toml's subscriptions, validated, in file order.

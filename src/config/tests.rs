@@ -156,6 +156,23 @@ fn batch_is_off_by_default_and_checked() {
 }
 
 #[test]
+fn backfill_on_create_is_off_by_default_and_listed_by_id() {
+    assert!(parse(GOOD).unwrap().backfill_on_create().is_empty());
+    let second = GOOD
+        .replace("id = \"orders-completed\"", "id = \"second\"")
+        .replace("[source]", "");
+    let second = &second[second.find("[[subscriptions]]").unwrap()..];
+    let text = format!(
+        "{}backfill = true\n{second}backfill = false\n",
+        GOOD.trim_end().to_string() + "\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.subscriptions().len(), 2);
+    assert_eq!(c.backfill_on_create(), ["orders-completed"]);
+    assert!(err(&GOOD.replace("select =", "backfill = \"yes\"\nselect =")).contains("backfill"));
+}
+
+#[test]
 fn slot_loss_settings_default_and_are_checked() {
     let c = parse(GOOD).unwrap();
     assert_eq!(c.source.on_slot_lost, OnSlotLost::Stop);

@@ -15,6 +15,7 @@
 //! - every wait is bounded: database calls go through the API's timeouts, live streams are
 //!   limited in number ([`MAX_LIVE`]) and end when the session ends or walhook stops.
 
+mod backfills;
 mod deliveries;
 mod live;
 mod overview;
@@ -99,6 +100,14 @@ pub fn router(state: Arc<ApiState>, cancel: CancellationToken) -> Router {
         .route(
             "/console/subscriptions/{id}/replay-dead",
             get(deliveries::confirm_replay_dead).post(deliveries::replay_dead),
+        )
+        .route(
+            "/console/subscriptions/{id}/backfills",
+            get(backfills::list).post(backfills::start),
+        )
+        .route(
+            "/console/subscriptions/{id}/backfills/{backfill}/cancel",
+            post(backfills::cancel),
         )
         .route("/console/subscriptions/{id}/live", get(live::page))
         .route("/console/subscriptions/{id}/live/events", get(live::events))

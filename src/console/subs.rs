@@ -103,7 +103,8 @@ async fn render_list(c: &C, s: &Session, q: &HashMap<String, String>) -> Result<
                     td { (dead) }
                     td.links {
                         a href=(format!("/console/subscriptions/{id}/deliveries")) { "Deliveries" } " "
-                        a href=(format!("/console/subscriptions/{id}/live")) { "Live" }
+                        a href=(format!("/console/subscriptions/{id}/live")) { "Live" } " "
+                        a href=(format!("/console/subscriptions/{id}/backfills")) { "Backfills" }
                     }
                 }
             } }
@@ -354,6 +355,7 @@ fn details(s: &Session, sub: &Stored, edit: Markup) -> Markup {
         nav.actions aria-label="Subscription" {
             a href=(format!("/console/subscriptions/{id}/deliveries")) { "Deliveries" }
             a href=(format!("/console/subscriptions/{id}/live")) { "Live" }
+            a href=(format!("/console/subscriptions/{id}/backfills")) { "Backfills" }
             form method="post" action=(format!("/console/subscriptions/{id}/test")) {
                 (csrf(s)) button type="submit" { "Send test" }
             }

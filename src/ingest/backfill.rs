@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -50,6 +50,8 @@ const CHUNK_WAIT: Duration = Duration::from_secs(60);
 /// How often running backfills are looked for (also woken by the API).
 const SCAN_EVERY: Duration = Duration::from_secs(5);
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long after its start a backfill waits for routing to include its subscription.
+const ROUTING_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
 /// What became of a chunk handed to the sink.
 #[derive(Debug)]
@@ -260,11 +262,20 @@ pub async fn backfill_loop(b: Arc<Backfills>, cancel: CancellationToken) {
     let mut wake = b.wake.clone();
     let mut client: Option<tokio_postgres::Client> = None;
     let mut runners: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
+    // config.toml's `backfill = true` subscriptions get their backfill once (a reload's new ones:
+    // see `reload`); until that statement succeeded, it is tried again at every scan.
+    let mut on_create_done = b.config.backfill_on_create().is_empty();
     loop {
         runners.retain(|_, h| !h.is_finished());
         if b.streaming.load(Ordering::Relaxed) {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
                 client = outbox::connect(&b.config).await.ok();
+            }
+            if let (Some(c), false) = (&client, on_create_done) {
+                match start_on_create(c, &schema, b.config.backfill_on_create()).await {
+                    Ok(()) => on_create_done = true,
+                    Err(e) => warn!(error = %e, "starting the backfills of backfill = true failed"),
+                }
             }
             if let Some(c) = &client {
                 match backfills::running(c, &schema).await {
@@ -295,6 +306,28 @@ pub async fn backfill_loop(b: Arc<Backfills>, cancel: CancellationToken) {
     for (_, h) in runners {
         let _ = h.await;
     }
+}
+
+/// Starts the `backfill = true` backfill of each of `ids` that never had one, and logs those
+/// started now; the runners pick them up at their next scan.
+pub async fn start_on_create(
+    client: &tokio_postgres::Client,
+    schema: &Schema,
+    ids: &[String],
+) -> Result<(), outbox::OutboxError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let started = backfills::start_on_create(client, schema, ids).await?;
+    for bf in &started {
+        info!(backfill = bf.id, subscription = %bf.subscription_id, "backfill started: the subscription is new and has backfill = true");
+    }
+    info!(
+        subscriptions = ids.len(),
+        started = started.len(),
+        "backfill = true: subscriptions checked"
+    );
+    Ok(())
 }
 
 /// A wake-up from the API; never, once the API is gone.
@@ -395,6 +428,14 @@ impl Runner {
             .find(|s| s.id == self.bf.subscription_id)
             .cloned();
         let Some(mut sub) = sub else {
+            // A subscription stored a moment ago (an API create with `backfill`, a reload) is
+            // routed a moment later.
+            if chrono::Utc::now() - self.bf.started_at < ROUTING_GRACE {
+                return Err(RunError::Transient(format!(
+                    "subscription {:?} is not routed yet",
+                    self.bf.subscription_id
+                )));
+            }
             return Err(RunError::Fatal(format!(
                 "subscription {:?} is not routed (deleted, or its table is unavailable)",
                 self.bf.subscription_id
@@ -407,6 +448,15 @@ impl Runner {
                 backfills::BackfillRefused::Db(e) => RunError::from(e),
                 other => RunError::Fatal(other.to_string()),
             })?;
+        if self.bf.rows_estimated.is_none() {
+            // Started without the API's check (`backfill = true`): estimate now, for progress.
+            if let Ok(Some(n)) =
+                backfills::check_where(&mut source, &table, self.bf.where_sql.as_deref()).await
+            {
+                backfills::set_estimate(&outbox_client, &schema, self.bf.id, n).await?;
+                self.bf.rows_estimated = Some(n);
+            }
+        }
         // Every existing row goes to this subscription, whatever events it streams.
         sub.active = true;
         sub.events = vec![EventKind::Insert, EventKind::Update, EventKind::Delete];
@@ -541,6 +591,7 @@ impl Runner {
         done_rx: oneshot::Receiver<Outcome>,
         wake: &mut watch::Receiver<u64>,
     ) -> Result<ChunkResult, RunError> {
+        let t0 = Instant::now();
         backfills::emit_watermark(source, &format!("low:{token}"))
             .await
             .map_err(from_source)?;
@@ -548,6 +599,7 @@ impl Runner {
         backfills::settle_commits(source)
             .await
             .map_err(from_source)?;
+        let t_settled = t0.elapsed();
         let texts = backfills::read_chunk(
             source,
             &shape.table,
@@ -561,6 +613,7 @@ impl Runner {
         if texts.is_empty() {
             return Ok(ChunkResult::Empty);
         }
+        let t_read = t0.elapsed();
         let n = texts.len();
         let now_pg =
             chrono::Utc::now().timestamp_micros() - crate::model::change::PG_EPOCH_UNIX_MICROS;
@@ -607,10 +660,12 @@ impl Runner {
             rows_done: self.bf.rows_done + n as i64,
             finished,
         };
+        let t_rendered = t0.elapsed();
         self.b.exchange.fill(token, Chunk { rows, progress });
         backfills::emit_watermark(source, &format!("high:{token}"))
             .await
             .map_err(from_source)?;
+        let t_high = t0.elapsed();
         let mut done_rx = done_rx;
         let deadline = tokio::time::Instant::now() + CHUNK_WAIT;
         let outcome = loop {
@@ -626,6 +681,17 @@ impl Runner {
                 _ = tokio::time::sleep_until(deadline) => return Ok(ChunkResult::Again("the chunk was not stored in time")),
             }
         };
+        // Where a chunk's time goes, for tuning (`WALHOOK_LOG=walhook::ingest::backfill=debug`).
+        debug!(
+            backfill = self.bf.id,
+            rows = n,
+            settled_ms = t_settled.as_millis() as u64,
+            read_ms = (t_read - t_settled).as_millis() as u64,
+            render_ms = (t_rendered - t_read).as_millis() as u64,
+            high_ms = (t_high - t_rendered).as_millis() as u64,
+            stored_ms = (t0.elapsed() - t_high).as_millis() as u64,
+            "backfill chunk"
+        );
         Ok(match outcome {
             Ok(Outcome::Stored) => ChunkResult::Stored {
                 last_key,

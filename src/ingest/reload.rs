@@ -248,6 +248,18 @@ async fn reload(path: &Path, reloader: &Reloader) -> Result<usize, IngestError> 
     )
     .await?;
     let n = reloader.apply(&config).await?;
+    // After routing includes them: new `backfill = true` subscriptions get their backfill. The
+    // reload itself is applied either way; a failure here is tried again at the next start or
+    // SIGHUP (the statement starts only what was never started).
+    if let Err(e) = super::backfill::start_on_create(
+        &outbox_client,
+        &Schema::new(config.outbox.schema.as_str()),
+        config.backfill_on_create(),
+    )
+    .await
+    {
+        warn!(error = %e, "starting the backfills of backfill = true failed");
+    }
     *current = config;
     Ok(n)
 }

@@ -225,6 +225,56 @@ pub async fn store_progress(
     Ok(())
 }
 
+/// The chunk size of the backfill that `backfill = true` starts.
+pub const ON_CREATE_CHUNK_SIZE: i32 = 1000;
+
+/// Starts the `backfill = true` backfill of each subscription in `subscription_ids` that never
+/// had one (the `on_create` mark, sql/010); returns the backfills started now. Idempotent: a
+/// restart, a reload or a second instance calling it again starts nothing more, and a
+/// subscription that is not stored (yet) is skipped.
+pub async fn start_on_create(
+    client: &Client,
+    schema: &Schema,
+    subscription_ids: &[String],
+) -> Result<Vec<Backfill>, OutboxError> {
+    if subscription_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            &format!(
+                "INSERT INTO {b} (subscription_id, chunk_size, on_create)
+                 SELECT id, $2, true FROM {s} WHERE id = ANY($1) ORDER BY id
+                 ON CONFLICT (subscription_id) WHERE on_create DO NOTHING
+                 RETURNING {COLUMNS}",
+                b = schema.table("backfills"),
+                s = schema.table("subscriptions"),
+            ),
+            &[&subscription_ids, &ON_CREATE_CHUNK_SIZE],
+        )
+        .await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// Records the planner's estimate of a backfill's rows (one started without one).
+pub async fn set_estimate(
+    client: &Client,
+    schema: &Schema,
+    id: i64,
+    rows_estimated: i64,
+) -> Result<(), OutboxError> {
+    client
+        .execute(
+            &format!(
+                "UPDATE {} SET rows_estimated = $2 WHERE id = $1 AND rows_estimated IS NULL",
+                schema.table("backfills")
+            ),
+            &[&id, &rows_estimated],
+        )
+        .await?;
+    Ok(())
+}
+
 // ---- reads of the app's table (the source database) ----
 
 /// What a backfill needs to know of its table.

@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("../../sql/007_batching.sql")),
     (8, include_str!("../../sql/008_id_blocks.sql")),
     (9, include_str!("../../sql/009_slot.sql")),
+    (10, include_str!("../../sql/010_backfill_on_create.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

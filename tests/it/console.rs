@@ -15,8 +15,8 @@ use crate::support::daemon::{fast_delivery, wait_value, Daemon};
 use crate::support::receiver::{Answer, Receiver};
 use crate::support::TestDb;
 
-const TOKEN: &str = "console-test-token";
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const TOKEN: &str = "console-test-token";
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -31,7 +31,7 @@ async fn daemon(db: &TestDb, extra_delivery: &str) -> (Daemon, String) {
     daemon_with(db, extra_delivery, "").await
 }
 
-async fn daemon_with(db: &TestDb, extra_delivery: &str, subs: &str) -> (Daemon, String) {
+pub(crate) async fn daemon_with(db: &TestDb, extra_delivery: &str, subs: &str) -> (Daemon, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let port = free_port();
     let sections = format!(
@@ -54,14 +54,14 @@ async fn daemon_with(db: &TestDb, extra_delivery: &str, subs: &str) -> (Daemon, 
 }
 
 /// chromedriver on a loopback port, killed with this value.
-struct Driver {
+pub(crate) struct Driver {
     child: tokio::process::Child,
     url: String,
     _profile: tempfile::TempDir,
 }
 
 impl Driver {
-    async fn start() -> (Driver, Client) {
+    pub(crate) async fn start() -> (Driver, Client) {
         let port = free_port();
         let child = tokio::process::Command::new("/usr/bin/chromedriver")
             .arg(format!("--port={port}"))
@@ -131,17 +131,17 @@ fn screenshots() -> PathBuf {
     d
 }
 
-async fn shot(b: &Client, name: &str) {
+pub(crate) async fn shot(b: &Client, name: &str) {
     let png = b.screenshot().await.unwrap();
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
 }
 
-async fn path(b: &Client) -> String {
+pub(crate) async fn path(b: &Client) -> String {
     b.current_url().await.unwrap().path().to_string()
 }
 
 /// Reloads until the text of `css` contains `needle`, for up to [`WAIT`].
-async fn reload_until(b: &Client, css: &str, needle: &str) {
+pub(crate) async fn reload_until(b: &Client, css: &str, needle: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
         let text = match b.find(Locator::Css(css)).await {
@@ -160,13 +160,13 @@ async fn reload_until(b: &Client, css: &str, needle: &str) {
     }
 }
 
-async fn fill(b: &Client, css: &str, text: &str) {
+pub(crate) async fn fill(b: &Client, css: &str, text: &str) {
     let e = b.find(Locator::Css(css)).await.unwrap();
     e.clear().await.unwrap();
     e.send_keys(text).await.unwrap();
 }
 
-async fn click(b: &Client, css: &str) {
+pub(crate) async fn click(b: &Client, css: &str) {
     b.find(Locator::Css(css))
         .await
         .unwrap()
@@ -175,7 +175,7 @@ async fn click(b: &Client, css: &str) {
         .unwrap();
 }
 
-async fn text_of(b: &Client, css: &str) -> String {
+pub(crate) async fn text_of(b: &Client, css: &str) -> String {
     b.wait()
         .at_most(WAIT)
         .for_element(Locator::Css(css))
@@ -328,7 +328,7 @@ async fn an_operator_signs_in_creates_a_subscription_replays_a_dead_letter_and_w
 }
 
 /// Signs in over plain HTTP; returns (session cookie, CSRF token of the session's forms).
-async fn sign_in(http: &reqwest::Client, base: &str) -> (String, String) {
+pub(crate) async fn sign_in(http: &reqwest::Client, base: &str) -> (String, String) {
     let r = http
         .get(format!("{base}/console/sign-in"))
         .send()
@@ -358,7 +358,7 @@ async fn sign_in(http: &reqwest::Client, base: &str) -> (String, String) {
     (session, hidden_csrf(&page))
 }
 
-fn encode<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
+pub(crate) fn encode<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
     form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
         .finish()

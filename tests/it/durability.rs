@@ -28,7 +28,7 @@ async fn stop(child: Walhook) -> std::process::ExitStatus {
     child.stop().await
 }
 
-async fn wait_slot_active(pg: &PgServer, db: &str, daemon: &Runs) {
+pub(crate) async fn wait_slot_active(pg: &PgServer, db: &str, daemon: &Runs) {
     let ok = poll_value(
         pg,
         db,
@@ -47,7 +47,7 @@ async fn wait_slot_active(pg: &PgServer, db: &str, daemon: &Runs) {
 /// `PgServer::stop`, failing the test instead of hanging when the server has not exited within
 /// `limit`: a fast shutdown waits until every walsender's client confirmed the WAL sent to it,
 /// which walhook cannot do while its outbox, on the same server, refuses new connections.
-async fn stop_within(pg: &mut PgServer, mode: StopMode, limit: Duration, daemon: &Runs) {
+pub(crate) async fn stop_within(pg: &mut PgServer, mode: StopMode, limit: Duration, daemon: &Runs) {
     let dir = pg.psql("postgres", "SHOW data_directory").unwrap();
     let pid: i32 = std::fs::read_to_string(format!("{dir}/postmaster.pid"))
         .unwrap()

@@ -8,11 +8,14 @@ mod support;
 
 mod api;
 mod backfill;
+mod backfill_option;
+mod backfill_pg_restart;
 mod batching;
 mod cdc;
 mod cli;
 mod config_example;
 mod console;
+mod console_backfills;
 mod delivery;
 mod delivery_crash;
 mod delivery_owners;

@@ -1,0 +1,239 @@
+//! Backfill benchmark: a W1-shaped `orders` table (uuid key, numeric, text, timestamptz, jsonb)
+//! of 1,000,000 rows (`BACKFILL_BENCH_ROWS`) sent as READ events through to a fast loopback
+//! receiver, beside the limit measured in the same run on the same server:
+//! `COPY (SELECT to_jsonb(t) FROM orders t) TO STDOUT` drained to nowhere.
+//!
+//! 1. The limit: the COPY above, timed (the rows rendered as JSON and read, nothing else).
+//! 2. `target/release/walhook run` with delivery on; once it streams, `POST …/backfill`
+//!    (`chunk_size` from `BACKFILL_BENCH_CHUNK`, default 5000). Timed from the request until
+//!    the backfill is `done` (every chunk stored in the outbox) and until the receiver has every
+//!    row and the outbox shows every delivery `delivered`. walhook's peak RSS (VmHWM), and CPU
+//!    time per process.
+//!
+//! Needs the release binary: run through `bash bench/backfill.sh`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use walhook::embedded_pg::PgServer;
+
+mod support;
+use support::*;
+
+const TOKEN: &str = "bench-token";
+const MAX_IN_FLIGHT: usize = 64;
+const TIMEOUT: Duration = Duration::from_secs(1800);
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(bench()) {
+        eprintln!("backfill bench failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn env_num(name: &str, default: i64) -> i64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A receiver that answers 200 at once and counts requests.
+async fn receiver(count: Arc<AtomicU64>) -> anyhow::Result<String> {
+    let app = axum::Router::new().fallback(move || {
+        let count = count.clone();
+        async move {
+            count.fetch_add(1, Ordering::Relaxed);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+fn spawn_walhook(config: &std::path::Path) -> anyhow::Result<(Child, std::path::PathBuf)> {
+    let bin = walhook_binary();
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} not found; build it with `cargo build --release` (bench/backfill.sh does)",
+        bin.display()
+    );
+    let log_path = std::env::temp_dir().join("walhook-backfill-bench.log");
+    let log = std::fs::File::create(&log_path)?;
+    let child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(config)
+        // `WALHOOK_LOG=info,walhook::ingest::backfill=debug` logs each chunk's timings.
+        .env(
+            "WALHOOK_LOG",
+            std::env::var("WALHOOK_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok((child, log_path))
+}
+
+async fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    while !ready()? {
+        anyhow::ensure!(t.elapsed() < timeout, "{what}: not after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let rows = env_num("BACKFILL_BENCH_ROWS", 1_000_000);
+    let chunk = env_num("BACKFILL_BENCH_CHUNK", 5000);
+    let pg = PgServer::start(&[])?;
+    let db = setup_db(&pg, &[])?;
+    let t = Instant::now();
+    psql_file(
+        &pg,
+        &db,
+        &format!(
+            "INSERT INTO orders (total, status, customer_id, meta)
+             SELECT g + (g % 100) / 100.0, 'new', 'cust-' || (g % 5000),
+                    jsonb_build_object('sku', 'sku-'||g, 'qty', g % 7)
+             FROM generate_series(1, {rows}) g;
+             VACUUM ANALYZE orders;"
+        ),
+    )?;
+    println!(
+        "postgres on port {}; {rows} rows in orders in {:.1} s",
+        pg.port(),
+        t.elapsed().as_secs_f64()
+    );
+
+    // 1. The limit.
+    let (client, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let t = Instant::now();
+    let stream = client
+        .copy_out("COPY (SELECT to_jsonb(t) FROM orders t) TO STDOUT")
+        .await?;
+    futures_util::pin_mut!(stream);
+    let mut bytes = 0usize;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk?.len();
+    }
+    let copy_secs = t.elapsed().as_secs_f64();
+    let copy_rate = rows as f64 / copy_secs;
+    println!("COPY to_jsonb: {copy_secs:.2} s, {copy_rate:.0} rows/s ({bytes} bytes)");
+
+    // 2. The backfill.
+    let count = Arc::new(AtomicU64::new(0));
+    let url = receiver(count.clone()).await?;
+    let port = scale_rx::free_port()?;
+    let cfg = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        cfg.path(),
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"walhook\"\npublication = \"walhook\"\n\n\
+             [project]\nid = \"bench\"\n\n\
+             [delivery]\nallow_http = true\nallow_private_networks = true\n\
+             max_in_flight = {MAX_IN_FLIGHT}\n\n\
+             [api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n\
+             [[subscriptions]]\nid = \"orders\"\ntable = \"orders\"\n\
+             events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"{url}\"\nsecret = \"s\"\n",
+            pg.url(&db)
+        ),
+    )?;
+    let cpu_before = cpu_snapshot();
+    let (mut child, log) = spawn_walhook(cfg.path())?;
+    let pid = child.id();
+    wait_for("walhook streams", Duration::from_secs(60), || {
+        Ok(std::fs::read_to_string(&log)?.contains("streaming"))
+    })
+    .await?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let t = Instant::now();
+    let resp = http
+        .post(format!(
+            "http://127.0.0.1:{port}/api/rest/_webhooks/orders/backfill"
+        ))
+        .bearer_auth(TOKEN)
+        .header("X-Project-ID", "bench")
+        .header("environment", "master")
+        .header("content-type", "application/json")
+        .body(format!("{{\"chunk_size\": {chunk}}}"))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().as_u16() == 202,
+        "start: {}",
+        resp.text().await?
+    );
+    let mut stored = None;
+    let mut peak = 0u64;
+    loop {
+        peak = peak.max(proc_kib(pid, "VmHWM:").unwrap_or(0));
+        if stored.is_none() {
+            let state = pg.psql(&db, "SELECT state FROM walhook.backfills")?;
+            anyhow::ensure!(
+                state == "running" || state == "done",
+                "backfill {state}; log {}",
+                log.display()
+            );
+            if state == "done" {
+                stored = Some(t.elapsed());
+            }
+        }
+        if stored.is_some() && count.load(Ordering::Relaxed) >= rows as u64 {
+            let left = pg.psql(
+                &db,
+                "SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered'",
+            )?;
+            if left == "0" {
+                break;
+            }
+        }
+        anyhow::ensure!(t.elapsed() < TIMEOUT, "not delivered after {TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = t.elapsed();
+    let cpu = cpu_top(&cpu_before, &cpu_snapshot(), 6);
+    peak = peak.max(proc_kib(pid, "VmHWM:").unwrap_or(0));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    child.wait()?;
+    let stored = stored.unwrap_or(delivered);
+    let stored_rate = rows as f64 / stored.as_secs_f64();
+    let delivered_rate = rows as f64 / delivered.as_secs_f64();
+    println!("CPU time during the backfill (utime+stime, top processes):");
+    for l in &cpu {
+        println!("  {l}");
+    }
+    println!("\n| measure ({rows} rows, chunk_size {chunk}) | value |");
+    println!("|---|---|");
+    println!("| COPY (SELECT to_jsonb(t) FROM orders t) TO STDOUT (the limit) | {copy_rate:.0} rows/s ({copy_secs:.2} s) |");
+    println!(
+        "| backfill stored in the outbox | {stored_rate:.0} rows/s ({:.2} s), {:.2} of the limit |",
+        stored.as_secs_f64(),
+        stored_rate / copy_rate
+    );
+    println!(
+        "| backfill delivered (receiver 2xx, marked delivered) | {delivered_rate:.0} rows/s ({:.2} s), {:.2} of the limit |",
+        delivered.as_secs_f64(),
+        delivered_rate / copy_rate
+    );
+    println!("| walhook peak RSS | {} MB |", peak / 1024);
+    Ok(())
+}
