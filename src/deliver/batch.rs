@@ -30,8 +30,6 @@ const RECORD_BATCH: usize = 4096;
 pub struct ClaimReq {
     pub sub: String,
     pub want: i64,
-    /// Ask the outbox whether these are all its unfinished rows ([`Want::count`]).
-    pub count: bool,
     pub held: Vec<i64>,
     pub reply: oneshot::Sender<Result<Answer, DeliverError>>,
 }
@@ -70,14 +68,12 @@ impl Batcher {
         &self,
         sub: String,
         want: i64,
-        count: bool,
         held: Vec<i64>,
     ) -> oneshot::Receiver<Result<Answer, DeliverError>> {
         let (reply, rx) = oneshot::channel();
         let _ = self.claims.send(ClaimReq {
             sub,
             want,
-            count,
             held,
             reply,
         });
@@ -120,7 +116,6 @@ async fn claim_loop(engine: Arc<Engine>, rx: Arc<Mutex<mpsc::UnboundedReceiver<C
             .map(|r| Want {
                 subscription: r.sub.clone(),
                 limit: r.want,
-                count: r.count,
             })
             .collect();
         let held: Vec<i64> = reqs.iter().flat_map(|r| r.held.iter().copied()).collect();

@@ -178,9 +178,6 @@ pub(super) struct Pump {
     /// back.
     handed_during_claim: HashSet<i64>,
     claim_running: bool,
-    /// The last claim returned as many rows as it asked for (a backlog: no switch to memory
-    /// mode can follow, so the next claim does not count).
-    last_claim_full: bool,
     /// The running claim was started in outbox mode, and nothing sent the pump back to the
     /// outbox since: its answer may switch to memory mode.
     may_switch: bool,
@@ -232,7 +229,6 @@ impl Pump {
             mode: Mode::Outbox,
             handed_during_claim: HashSet::new(),
             claim_running: false,
-            last_claim_full: false,
             may_switch: false,
             failed_unrecorded: 0,
             recording: None,
@@ -619,12 +615,7 @@ impl Pump {
         self.handed_during_claim.clear();
         self.claim_running = true;
         let held = self.lanes.held_ids();
-        // Counting what else is unfinished only matters when this claim may switch to memory
-        // mode; after a full claim (a backlog) it cannot, so the second scan is skipped.
-        let count = self.mode == Mode::Outbox && self.may_switch && !self.last_claim_full;
-        let reply = self
-            .batcher
-            .claim(self.sub.id.clone(), want as i64, count, held);
+        let reply = self.batcher.claim(self.sub.id.clone(), want as i64, held);
         Some(Claiming { want, reply })
     }
 
@@ -637,7 +628,6 @@ impl Pump {
         }
         let everything = answer.is_everything();
         let full = answer.rows.len() == want;
-        self.last_claim_full = full;
         let mut unknown = false;
         for c in answer.rows {
             if !handed.contains(&c.id) {

@@ -50,7 +50,7 @@ pub struct Answer {
     pub rows: Vec<Claimed>,
     /// Unfinished rows beyond the held ones, counted up to the want + 1: equal to `rows.len()`
     /// when the outbox holds nothing else for the subscription (nothing blocked, nothing
-    /// waiting for a retry); -1 when the claim did not count.
+    /// waiting for a retry).
     pub unfinished: i64,
     /// The subscription's last sequence number in the same snapshot (0: none yet).
     pub last_sequence: i64,
@@ -106,9 +106,6 @@ pub const CLAIM_BATCH: usize = 512;
 pub struct Want {
     pub subscription: String,
     pub limit: i64,
-    /// Count the unfinished rows (for [`Answer::is_everything`]); without it the answer is
-    /// never "everything", and the claim skips a second scan of the subscription's rows.
-    pub count: bool,
 }
 
 /// SQL for one outbox schema, prepared as text once.
@@ -199,14 +196,14 @@ impl Queue {
             claim_many: format!(
                 "SELECT w.sub, c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence,
                         u.unfinished, q.last_sequence
-                 FROM unnest($1::text[], $2::bigint[], $5::bool[]) AS w(sub, want, count)
+                 FROM unnest($1::text[], $2::bigint[]) AS w(sub, want)
                  JOIN {o} o ON o.subscription_id = w.sub AND o.worker = $4 AND o.lease_until > now()
                  CROSS JOIN LATERAL (
-                     SELECT CASE WHEN w.count THEN (SELECT count(*) FROM (
+                     SELECT count(*) AS unfinished FROM (
                          SELECT 1 FROM {d} x
                          WHERE x.subscription_id = w.sub AND x.status IN ('pending', 'failed')
                            AND x.id <> ALL($3::bigint[])
-                         LIMIT w.want + 1) x) ELSE -1 END AS unfinished) u
+                         LIMIT w.want + 1) x) u
                  LEFT JOIN {q} q ON q.subscription_id = w.sub
                  LEFT JOIN LATERAL (
                      SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
@@ -335,10 +332,9 @@ impl Queue {
     ) -> Result<HashMap<String, Answer>, OutboxError> {
         let subs: Vec<&str> = wants.iter().map(|w| w.subscription.as_str()).collect();
         let limits: Vec<i64> = wants.iter().map(|w| w.limit).collect();
-        let counts: Vec<bool> = wants.iter().map(|w| w.count).collect();
         let stmt = client.prepare_cached(&self.claim_many).await?;
         let rows = client
-            .query(&stmt, &[&subs, &limits, &held, &worker, &counts])
+            .query(&stmt, &[&subs, &limits, &held, &worker])
             .await?;
         let mut answers: HashMap<String, Answer> = HashMap::new();
         for r in &rows {
