@@ -15,7 +15,7 @@
 //!
 //! Needs the release binary: run through `bash bench/e2e.sh`. `E2E_W1_ONLY=1` runs only the two
 //! W1 end-to-end runs (unbatched and batched), for a quicker comparison; `E2E_LATENCY_ONLY=1` only
-//! step 3. `E2E_WALHOOK_LOG` sets walhook's `WALHOOK_LOG` (default `info`; its log goes to
+//! step 3, `E2E_BATCHED_ONLY=1` only the batched W1 run. `E2E_WALHOOK_LOG` sets walhook's `WALHOOK_LOG` (default `info`; its log goes to
 //! `$TMPDIR/walhook-e2e-<run>.log`).
 
 use std::collections::HashSet;
@@ -168,6 +168,14 @@ async fn bench() -> anyhow::Result<()> {
     let state = Arc::new(Received::default());
     let url = receiver(state.clone()).await?;
     println!("postgres on port {}, receiver {url}", pg.port());
+    if std::env::var_os("E2E_BATCHED_ONLY").is_some() {
+        let b = w1_batched(&pg, &state, &url).await?;
+        println!(
+            "walhook e2e, batch.max_events = 100: {:.2} s ({:.0} events/s, {} requests)",
+            b.secs, b.rate, b.requests
+        );
+        return Ok(());
+    }
     if std::env::var_os("E2E_LATENCY_ONLY").is_some() {
         let (lat5, lat20, hwm2) = latency_phase(&pg, &state, &url).await?;
         for l in [&lat5, &lat20] {
