@@ -415,6 +415,7 @@ pub async fn fence_loop(config: Config, fence: Arc<Fence>, cancel: CancellationT
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = fence.urgent() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }

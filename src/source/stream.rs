@@ -66,6 +66,10 @@ pub struct Fence {
     allowed: AtomicU64,
     wanted: AtomicU64,
     wake: tokio::sync::Notify,
+    /// Notified whenever `allowed` rises.
+    raised: tokio::sync::Notify,
+    /// Asks the owner to record what is wanted now, not at its next round.
+    urgent: tokio::sync::Notify,
 }
 
 impl Fence {
@@ -74,6 +78,8 @@ impl Fence {
             allowed: AtomicU64::new(allowed.0),
             wanted: AtomicU64::new(allowed.0),
             wake: tokio::sync::Notify::new(),
+            raised: tokio::sync::Notify::new(),
+            urgent: tokio::sync::Notify::new(),
         })
     }
     pub fn allowed(&self) -> Lsn {
@@ -85,6 +91,29 @@ impl Fence {
     /// Raises what may be reported (after it was recorded).
     pub fn allow(&self, lsn: Lsn) {
         self.allowed.fetch_max(lsn.0, Ordering::AcqRel);
+        self.raised.notify_waiters();
+    }
+    /// Returns when someone needs the wanted position recorded at once (a stop).
+    pub async fn urgent(&self) {
+        self.urgent.notified().await
+    }
+    /// On stop: asks for `lsn` to be recorded now and waits until it is, at most `limit`, so
+    /// that a clean stop confirms everything stored (a later start replays less).
+    async fn settle(&self, lsn: Lsn, limit: Duration) {
+        self.want(lsn);
+        self.urgent.notify_one();
+        let reached = async {
+            loop {
+                let raised = self.raised.notified();
+                tokio::pin!(raised);
+                raised.as_mut().enable();
+                if self.allowed() >= lsn {
+                    return;
+                }
+                raised.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, reached).await;
     }
     fn want(&self, lsn: Lsn) {
         if self.wanted.fetch_max(lsn.0, Ordering::AcqRel) < lsn.0 {
@@ -206,6 +235,9 @@ impl SourceLoop {
         };
         if result.is_ok() {
             durable = durable.max(sink.close().await?);
+            if let Some(f) = &self.fence {
+                f.settle(durable, Duration::from_secs(3)).await;
+            }
             self.report(durable, false).await?;
             info!(flushed = %self.flushed, "replication stream stopped");
             self.stream.finish().await?;
