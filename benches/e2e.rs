@@ -178,16 +178,7 @@ async fn bench() -> anyhow::Result<()> {
     }
     if std::env::var_os("E2E_LATENCY_ONLY").is_some() {
         let (lat5, lat20, hwm2) = latency_phase(&pg, &state, &url).await?;
-        for l in [&lat5, &lat20] {
-            println!(
-                "| commit → receiver latency at {:.0} changes/s: p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |",
-                l.rate, l.p50, l.p99, l.max
-            );
-        }
-        println!(
-            "| walhook peak RSS during the latency run | {:.1} MiB |",
-            hwm2 as f64 / 1024.0
-        );
+        print_latency(&[&lat5, &lat20], hwm2);
         return Ok(());
     }
 
@@ -342,16 +333,7 @@ async fn bench() -> anyhow::Result<()> {
         "| ratio end to end / bare HTTP | {:.2} |",
         e2e_rate / bare_rate
     );
-    for l in [&lat5, &lat20] {
-        println!(
-            "| commit → receiver latency at {:.0} changes/s: p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |",
-            l.rate, l.p50, l.p99, l.max
-        );
-    }
-    println!(
-        "| walhook peak RSS during the latency run | {:.1} MiB |",
-        hwm2 as f64 / 1024.0
-    );
+    print_latency(&[&lat5, &lat20], hwm2);
     drop(pg);
     Ok(())
 }
@@ -442,6 +424,20 @@ async fn w1_batched(pg: &PgServer, state: &Received, url: &str) -> anyhow::Resul
         secs,
         requests: state.count.load(Ordering::Relaxed),
     })
+}
+
+/// The latency rows of the results table.
+fn print_latency(runs: &[&Latency], peak_rss_kib: u64) {
+    for l in runs {
+        println!(
+            "| commit → receiver latency at {:.0} changes/s: p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |",
+            l.rate, l.p50, l.p99, l.max
+        );
+    }
+    println!(
+        "| walhook peak RSS during the latency run | {:.1} MiB |",
+        peak_rss_kib as f64 / 1024.0
+    );
 }
 
 struct Latency {

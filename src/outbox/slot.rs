@@ -92,18 +92,7 @@ pub async fn raise_fence(
     slot: &str,
     lsn: Lsn,
 ) -> Result<(), OutboxError> {
-    client
-        .execute(
-            &format!(
-                "INSERT INTO {t} (slot, lsn) VALUES ($1, $2)
-                 ON CONFLICT (slot) DO UPDATE SET lsn = $2, updated_at = now()
-                 WHERE {t}.lsn < $2",
-                t = schema.table("slot_fence")
-            ),
-            &[&slot, &(lsn.0 as i64)],
-        )
-        .await?;
-    Ok(())
+    set_fence(client, schema, slot, lsn, true).await
 }
 
 /// Sets the fence of `slot` to a new slot's start.
@@ -113,12 +102,28 @@ pub async fn reset_fence(
     slot: &str,
     lsn: Lsn,
 ) -> Result<(), OutboxError> {
+    set_fence(client, schema, slot, lsn, false).await
+}
+
+/// Stores the fence of `slot`; with `only_raise` a lower `lsn` leaves it as it is.
+async fn set_fence(
+    client: &Client,
+    schema: &Schema,
+    slot: &str,
+    lsn: Lsn,
+    only_raise: bool,
+) -> Result<(), OutboxError> {
+    let t = schema.table("slot_fence");
+    let guard = if only_raise {
+        format!("WHERE {t}.lsn < $2")
+    } else {
+        String::new()
+    };
     client
         .execute(
             &format!(
                 "INSERT INTO {t} (slot, lsn) VALUES ($1, $2)
-                 ON CONFLICT (slot) DO UPDATE SET lsn = $2, updated_at = now()",
-                t = schema.table("slot_fence")
+                 ON CONFLICT (slot) DO UPDATE SET lsn = $2, updated_at = now() {guard}"
             ),
             &[&slot, &(lsn.0 as i64)],
         )
