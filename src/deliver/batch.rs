@@ -11,14 +11,14 @@
 //!   last results are recorded before ownership is given up.
 
 use super::DeliverError;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinSet;
 
 use super::worker::Engine;
-use crate::outbox::queue::{Answer, Recorded, Want, CLAIM_BATCH};
+use crate::outbox::queue::{Answer, Recorded, TailWant, Want, CLAIM_BATCH};
 
 /// Claim statements running at a time.
 pub const CLAIMERS: usize = 2;
@@ -31,6 +31,9 @@ pub struct ClaimReq {
     pub sub: String,
     pub want: i64,
     pub held: Vec<i64>,
+    /// Read in id order after this id ([`crate::outbox::queue::Queue::claim_tail_many`]);
+    /// `held` is then unused.
+    pub after: Option<i64>,
     pub reply: oneshot::Sender<Result<Answer, DeliverError>>,
 }
 
@@ -63,18 +66,21 @@ impl Batcher {
         Batcher { claims, records }
     }
 
-    /// Asks for up to `want` due rows of `sub`, leaving out `held`.
+    /// Asks for up to `want` due rows of `sub`: with `after`, the pending rows after that id
+    /// in id order; otherwise the heads of their keys, leaving out `held`.
     pub fn claim(
         &self,
         sub: String,
         want: i64,
         held: Vec<i64>,
+        after: Option<i64>,
     ) -> oneshot::Receiver<Result<Answer, DeliverError>> {
         let (reply, rx) = oneshot::channel();
         let _ = self.claims.send(ClaimReq {
             sub,
             want,
             held,
+            after,
             reply,
         });
         rx
@@ -111,33 +117,53 @@ async fn next_batch<T>(
 
 async fn claim_loop(engine: Arc<Engine>, rx: Arc<Mutex<mpsc::UnboundedReceiver<ClaimReq>>>) {
     while let Some(reqs) = next_batch(&rx, |b| b.len() < CLAIM_BATCH).await {
-        let wants: Vec<Want> = reqs
-            .iter()
-            .map(|r| Want {
-                subscription: r.sub.clone(),
-                limit: r.want,
-            })
-            .collect();
-        let held: Vec<i64> = reqs.iter().flat_map(|r| r.held.iter().copied()).collect();
+        let (tail, heads): (Vec<ClaimReq>, Vec<ClaimReq>) =
+            reqs.into_iter().partition(|r| r.after.is_some());
         let result = async {
             let client = engine.conn().await?;
-            engine
-                .queue
-                .claim_many(&client, &wants, &held, engine.worker)
-                .await
-                .map_err(DeliverError::from)
+            let mut answers = HashMap::new();
+            if !heads.is_empty() {
+                let wants: Vec<Want> = heads
+                    .iter()
+                    .map(|r| Want {
+                        subscription: r.sub.clone(),
+                        limit: r.want,
+                    })
+                    .collect();
+                let held: Vec<i64> = heads.iter().flat_map(|r| r.held.iter().copied()).collect();
+                answers = engine
+                    .queue
+                    .claim_many(&client, &wants, &held, engine.worker)
+                    .await?;
+            }
+            if !tail.is_empty() {
+                let wants: Vec<TailWant> = tail
+                    .iter()
+                    .map(|r| TailWant {
+                        subscription: r.sub.clone(),
+                        limit: r.want,
+                        after: r.after.unwrap_or(0),
+                    })
+                    .collect();
+                let more = engine
+                    .queue
+                    .claim_tail_many(&client, &wants, engine.worker)
+                    .await?;
+                answers.extend(more);
+            }
+            Ok::<_, DeliverError>(answers)
         }
         .await;
         match result {
             Ok(mut answers) => {
-                for r in reqs {
+                for r in heads.into_iter().chain(tail) {
                     // No answer: this instance does not own the subscription (any more).
                     let answer = answers.remove(&r.sub).unwrap_or_else(Answer::not_owned);
                     let _ = r.reply.send(Ok(answer));
                 }
             }
             Err(e) => {
-                for r in reqs {
+                for r in heads.into_iter().chain(tail) {
                     let _ = r.reply.send(Err(e.clone()));
                 }
             }

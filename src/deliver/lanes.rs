@@ -111,6 +111,11 @@ impl Lanes {
         self.keys.remove(&row.ordering_key);
     }
 
+    /// The greatest id held (none: nothing held).
+    pub fn max_held(&self) -> Option<i64> {
+        self.held.iter().copied().max()
+    }
+
     /// The row's result is recorded: no longer held.
     pub fn recorded(&mut self, id: i64) {
         self.held.remove(&id);

@@ -27,6 +27,8 @@
 //! - on shutdown, requests in flight finish (bounded by `timeout`) and are recorded, then
 //!   ownership is given up; nothing is marked delivered without a 2xx.
 
+mod claim;
+
 use super::DeliverError;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -51,7 +53,7 @@ use super::policy::{Breaker, Permit, RetryPolicy};
 use super::rate;
 use crate::backoff::{sleep_or_cancel, Backoff};
 use crate::config::DeliveryConfig;
-use crate::metrics::{BreakerState, Metrics};
+use crate::metrics::Metrics;
 use crate::outbox::queue::{self, Answer, Claimed, Queue};
 use crate::outbox::subscriptions::Stored;
 use crate::outbox::Schema;
@@ -147,15 +149,21 @@ struct Recording {
 struct Claiming {
     want: usize,
     reply: oneshot::Receiver<Result<Answer, DeliverError>>,
+    /// A read in id order, started at this [`Pump::epoch`].
+    tail_epoch: Option<u64>,
 }
 
-/// Where a pump's next rows come from.
+/// Where a pump's next rows come from (see [`claim`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Claimed from the outbox.
+    /// Claimed from the outbox: the heads of their keys, leaving out what the pump holds.
     Outbox,
-    /// Handed over by ingest; `next` is the sequence number expected next.
-    Memory { next: i64 },
+    /// Read from the outbox in id order after `after`: the pump holds every unfinished row up
+    /// to it.
+    Tail { after: i64 },
+    /// Handed over by ingest; `next` is the sequence number expected next, `last` the greatest
+    /// id taken.
+    Memory { next: i64, last: i64 },
 }
 
 pub(super) struct Pump {
@@ -200,6 +208,10 @@ pub(super) struct Pump {
     rate_held: bool,
     /// When a partial batch goes out (subscriptions with `batch` only).
     gather: Gatherer,
+    /// Counts the returns to outbox mode: a read in id order started before one is dropped.
+    epoch: u64,
+    /// When a read in id order was last refused (failed rows wait for a retry).
+    tail_refused_at: Option<Instant>,
     /// The last `start_sends` waits for a batch to fill (claims go on meanwhile).
     batch_held: bool,
 }
@@ -239,6 +251,8 @@ impl Pump {
             rate_held: false,
             gather: Gatherer::default(),
             batch_held: false,
+            epoch: 0,
+            tail_refused_at: None,
         }
     }
 
@@ -340,9 +354,9 @@ impl Pump {
                     }
                 }
                 answered = async { (&mut claiming.as_mut().expect("guarded").reply).await }, if claiming.is_some() => {
-                    let want = claiming.take().map_or(0, |c| c.want);
+                    let claim = claiming.take().expect("guarded");
                     let answer = answered.map_err(|_| DeliverError::Stopping("the claimer stopped"))??;
-                    self.claimed(answer, want);
+                    self.claimed(answer, claim);
                 }
                 r = self.owned_rx.changed() => {
                     if r.is_err() { return Ok(()) }
@@ -460,55 +474,10 @@ impl Pump {
             debug!(subscription = %self.sub.id, "delivery reads the outbox again");
         }
         self.mode = Mode::Outbox;
+        self.epoch += 1;
         self.more_due = true;
         self.may_switch = false;
         self.slot.accept(false);
-    }
-
-    /// Rows handed over by ingest: taken in memory mode when they continue the sequence;
-    /// otherwise left to the outbox.
-    fn handed_over(&mut self) {
-        if self.slot.take_probe() {
-            if self.breaker.probe_now() {
-                self.report_breaker(Some("deliveries were replayed; probing now".into()));
-                info!(subscription = %self.sub.id, "deliveries replayed: circuit breaker half-open, sending a probe now");
-            }
-            self.back_to_outbox();
-            return;
-        }
-        let Mode::Memory { mut next } = self.mode else {
-            // Outbox mode claims; a claim starts with an empty slot (see `start_claim`).
-            self.more_due = true;
-            return;
-        };
-        let taken = self.slot.take();
-        if taken.overflowed || !self.owns {
-            self.back_to_outbox();
-            return;
-        }
-        // A slow receiver must not make the pump hold everything ingest hands over.
-        let cap = self.prefetch().max(MEMORY_QUEUE_MIN);
-        if self.lanes.queued_len() + taken.rows.len() > cap {
-            self.forget_queue();
-            return;
-        }
-        for row in taken.rows {
-            match row.sequence {
-                Some(n) if n < next => continue,
-                Some(n) if n == next => {
-                    next += 1;
-                    if self.claim_running {
-                        self.handed_during_claim.insert(row.id);
-                    }
-                    self.lanes.admit(row);
-                }
-                _ => {
-                    self.back_to_outbox();
-                    return;
-                }
-            }
-        }
-        self.mode = Mode::Memory { next };
     }
 
     /// Starts queued sends within the in-flight cap and the breaker; returns when to look again
@@ -592,77 +561,6 @@ impl Pump {
         }
     }
 
-    /// Starts reading the next due rows, unless the breaker or the prefetch limit says no.
-    fn start_claim(&mut self) -> Option<Claiming> {
-        // A half-open breaker needs one row only.
-        let want = match self.breaker.permit(Instant::now()) {
-            Permit::Probe if self.in_flight.is_empty() && self.lanes.queued_len() == 0 => 1,
-            Permit::Open => self.prefetch().saturating_sub(self.lanes.held_len()),
-            _ => 0,
-        };
-        self.more_due = false;
-        if want == 0 {
-            return None;
-        }
-        if self.mode == Mode::Outbox {
-            // Whatever was handed over until now is in this claim's snapshot (it was committed
-            // before it was handed over); what arrives from now on is kept and checked against
-            // the answer's last sequence number.
-            self.slot.take();
-            self.slot.accept(true);
-            self.may_switch = self.failed_unrecorded == 0;
-        }
-        self.handed_during_claim.clear();
-        self.claim_running = true;
-        let held = self.lanes.held_ids();
-        let reply = self.batcher.claim(self.sub.id.clone(), want as i64, held);
-        Some(Claiming { want, reply })
-    }
-
-    fn claimed(&mut self, answer: Answer, want: usize) {
-        self.claim_running = false;
-        let handed = std::mem::take(&mut self.handed_during_claim);
-        if !self.owns {
-            // Ownership was lost while the claim ran: the new owner sends these.
-            return;
-        }
-        let everything = answer.is_everything();
-        let full = answer.rows.len() == want;
-        let mut unknown = false;
-        for c in answer.rows {
-            if !handed.contains(&c.id) {
-                unknown |= self.lanes.admit(c);
-            }
-        }
-        match self.mode {
-            Mode::Memory { .. } if unknown => {
-                // The outbox had rows nobody handed over (a replay, another instance's writes).
-                self.back_to_outbox();
-            }
-            Mode::Memory { .. } => {}
-            Mode::Outbox => {
-                // A full claim suggests more is due; a probe claims one row and waits for its
-                // result. A handoff that came while the claim ran has set more_due already.
-                self.more_due |= full && !matches!(self.breaker.state(), BreakerState::HalfOpen);
-                if self.may_switch
-                    && everything
-                    && matches!(self.breaker.permit(Instant::now()), Permit::Open)
-                {
-                    // Nothing else in the outbox: from the answer's snapshot on, what ingest
-                    // hands over is complete.
-                    self.mode = Mode::Memory {
-                        next: answer.last_sequence + 1,
-                    };
-                    self.more_due = false;
-                    debug!(subscription = %self.sub.id, next_sequence = answer.last_sequence + 1, "delivery takes new rows from memory");
-                    self.handed_over();
-                } else {
-                    self.slot.accept(false);
-                }
-            }
-        }
-    }
-
     fn spawn_send(&mut self, claimed: Claimed) {
         let (sub, sender) = (self.sub.clone(), self.engine.sender.clone());
         let telemetry = self.engine.telemetry.clone();
@@ -742,8 +640,9 @@ impl Pump {
             self.lanes.recorded(id);
         }
         self.failed_unrecorded = self.failed_unrecorded.saturating_sub(recording.failed);
-        // In outbox mode, a finished delivery may unblock the next one of its key.
-        if self.mode == Mode::Outbox {
+        // Reading the outbox, a finished delivery may unblock the next one of its key, and
+        // frees room to read more.
+        if !matches!(self.mode, Mode::Memory { .. }) {
             self.more_due = true;
         }
         if recording.gone {

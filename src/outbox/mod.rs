@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("../../sql/008_id_blocks.sql")),
     (9, include_str!("../../sql/009_slot.sql")),
     (10, include_str!("../../sql/010_backfill_on_create.sql")),
+    (11, include_str!("../../sql/011_claim_tail.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

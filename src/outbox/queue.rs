@@ -54,6 +54,10 @@ pub struct Answer {
     pub unfinished: i64,
     /// The subscription's last sequence number in the same snapshot (0: none yet).
     pub last_sequence: i64,
+    /// A read in id order ([`Queue::claim_tail_many`]) only: the subscription has failed
+    /// deliveries waiting for a retry, so no rows were read (an id-order read would pass them
+    /// and the rows of their keys behind them).
+    pub has_retries: bool,
 }
 
 impl Answer {
@@ -63,6 +67,7 @@ impl Answer {
             rows: Vec::new(),
             unfinished: -1,
             last_sequence: 0,
+            has_retries: false,
         }
     }
 
@@ -108,6 +113,15 @@ pub struct Want {
     pub limit: i64,
 }
 
+/// One subscription's part of a batched read in id order ([`Queue::claim_tail_many`]).
+#[derive(Debug, Clone)]
+pub struct TailWant {
+    pub subscription: String,
+    pub limit: i64,
+    /// Pending rows with a greater id are read.
+    pub after: i64,
+}
+
 /// SQL for one outbox schema, prepared as text once.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -119,6 +133,7 @@ pub struct Queue {
     renew_all: String,
     disown_all: String,
     claim_many: String,
+    claim_tail_many: String,
     record_many: String,
 }
 
@@ -205,20 +220,29 @@ impl Queue {
                            AND x.id <> ALL($3::bigint[])
                          LIMIT w.want + 1) x) u
                  LEFT JOIN {q} q ON q.subscription_id = w.sub
+                 LEFT JOIN LATERAL ({heads}) c ON true",
+                heads = due_heads(&d, "w.sub", "w.want")
+            ),
+            // Per want: the pending rows after its id, in id order, unless the subscription
+            // has failed rows waiting for a retry (then none, and `has_retries`); and its last
+            // sequence number, in one snapshot. The row comparison makes the planner walk
+            // `deliveries_sub_pending` from the want's position; with `id > after` alone it
+            // walked the primary key through every other subscription's rows.
+            claim_tail_many: format!(
+                "SELECT w.sub, c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence,
+                        f.has_retries, q.last_sequence
+                 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS w(sub, want, after)
+                 JOIN {o} o ON o.subscription_id = w.sub AND o.worker = $4 AND o.lease_until > now()
+                 LEFT JOIN {q} q ON q.subscription_id = w.sub
+                 CROSS JOIN LATERAL (
+                     SELECT EXISTS (SELECT 1 FROM {d} x
+                                    WHERE x.subscription_id = w.sub AND x.status = 'failed') AS has_retries) f
                  LEFT JOIN LATERAL (
                      SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
                      FROM {d} c
-                     WHERE c.subscription_id = w.sub AND c.status IN ('pending', 'failed')
-                       AND c.next_attempt_at <= now()
-                       AND c.id <> ALL($3::bigint[])
-                       AND (c.ordering_key = '' OR c.id = (
-                           SELECT k.id FROM {d} k
-                           WHERE k.subscription_id = c.subscription_id
-                             AND k.ordering_key = c.ordering_key
-                             AND k.status IN ('pending', 'failed')
-                           ORDER BY k.subscription_id, k.ordering_key, k.id
-                           LIMIT 1))
-                     ORDER BY c.next_attempt_at, c.id
+                     WHERE c.subscription_id = w.sub AND c.status = 'pending'
+                       AND (c.subscription_id, c.id) > (w.sub, w.after) AND NOT f.has_retries
+                     ORDER BY c.subscription_id, c.id
                      LIMIT w.want) c ON true"
             ),
             record_many: record_cte(&format!(
@@ -237,26 +261,12 @@ impl Queue {
             disown: format!("DELETE FROM {o} WHERE subscription_id = $1 AND worker = $2"),
             claim: format!(
                 "SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
-                 FROM {d} c
-                 WHERE c.subscription_id = $1 AND c.status IN ('pending', 'failed')
-                   AND c.next_attempt_at <= now()
-                   AND c.id <> ALL($3::bigint[])
-                   -- The head of its key. Written as ORDER BY ... LIMIT 1 in the key index's
-                   -- order so that the planner takes that index even before the table has
-                   -- statistics; a NOT EXISTS (... o.id < c.id) was planned on
-                   -- deliveries_sub_due and scanned the whole backlog per candidate.
-                   AND (c.ordering_key = '' OR c.id = (
-                       SELECT k.id FROM {d} k
-                       WHERE k.subscription_id = c.subscription_id
-                         AND k.ordering_key = c.ordering_key
-                         AND k.status IN ('pending', 'failed')
-                       ORDER BY k.subscription_id, k.ordering_key, k.id
-                       LIMIT 1))
-                   AND EXISTS (SELECT 1 FROM {o} w
+                 FROM ({heads}) c
+                 WHERE EXISTS (SELECT 1 FROM {o} w
                                WHERE w.subscription_id = $1 AND w.worker = $4
                                  AND w.lease_until > now())
-                 ORDER BY c.next_attempt_at, c.id
-                 LIMIT $2"
+                 ORDER BY c.next_attempt_at, c.id",
+                heads = due_heads(&d, "$1", "$2")
             ),
             record: format!(
                 "WITH r AS (
@@ -342,18 +352,38 @@ impl Queue {
                 rows: Vec::new(),
                 unfinished: r.get(8),
                 last_sequence: r.get::<_, Option<i64>>(9).unwrap_or(0),
+                has_retries: false,
             });
-            if let Some(id) = r.get::<_, Option<i64>>(1) {
-                a.rows.push(Claimed {
-                    id,
-                    event_id: r.get(2),
-                    event: r.get(3),
-                    ordering_key: r.get(4),
-                    payload: r.get(5),
-                    attempts: r.get(6),
-                    sequence: r.get(7),
-                });
-            }
+            a.rows.extend(claimed_at(r, 1));
+        }
+        Ok(answers)
+    }
+
+    /// Pending deliveries of many subscriptions `worker` owns, each after its want's id, in id
+    /// order, in one statement: for an owner that holds every unfinished delivery up to that
+    /// id. Refused (`has_retries`, no rows) for a subscription with failed deliveries waiting.
+    pub async fn claim_tail_many(
+        &self,
+        client: &Client,
+        wants: &[TailWant],
+        worker: Uuid,
+    ) -> Result<HashMap<String, Answer>, OutboxError> {
+        let subs: Vec<&str> = wants.iter().map(|w| w.subscription.as_str()).collect();
+        let limits: Vec<i64> = wants.iter().map(|w| w.limit).collect();
+        let after: Vec<i64> = wants.iter().map(|w| w.after).collect();
+        let stmt = client.prepare_cached(&self.claim_tail_many).await?;
+        let rows = client
+            .query(&stmt, &[&subs, &limits, &after, &worker])
+            .await?;
+        let mut answers: HashMap<String, Answer> = HashMap::new();
+        for r in &rows {
+            let a = answers.entry(r.get(0)).or_insert_with(|| Answer {
+                rows: Vec::new(),
+                unfinished: -1,
+                last_sequence: r.get::<_, Option<i64>>(9).unwrap_or(0),
+                has_retries: r.get(8),
+            });
+            a.rows.extend(claimed_at(r, 1));
         }
         Ok(answers)
     }
@@ -440,18 +470,7 @@ impl Queue {
         let rows = client
             .query(&stmt, &[&subscription, &limit, &held, &worker])
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Claimed {
-                id: r.get(0),
-                event_id: r.get(1),
-                event: r.get(2),
-                ordering_key: r.get(3),
-                payload: r.get(4),
-                attempts: r.get(5),
-                sequence: r.get(6),
-            })
-            .collect())
+        Ok(rows.iter().filter_map(|r| claimed_at(r, 0)).collect())
     }
 
     /// Records a batch of results; returns how many were written (none once `worker` lost
@@ -594,4 +613,53 @@ pub async fn try_session_lock(
         )
         .await?;
     Ok(row.get::<_, bool>(0).then(|| row.get(1)))
+}
+
+/// Due rows of one subscription (`sub` and `limit` are SQL expressions), each the head of its
+/// key, leaving out `$3` (the ids the owner holds), oldest due first, with `next_attempt_at`
+/// for the caller's ORDER BY. Retries come from `deliveries_sub_retry` in due order and fresh
+/// rows from `deliveries_sub_pending` in id order, each branch written in its index's order so
+/// that the planner walks the index and stops at the limit.
+fn due_heads(d: &str, sub: &str, limit: &str) -> String {
+    let head = format!(
+        // The head of its key. Written as ORDER BY ... LIMIT 1 in the key index's order so
+        // that the planner takes that index even before the table has statistics; a NOT EXISTS
+        // (... o.id < c.id) was planned on another index and scanned the whole backlog per
+        // candidate.
+        "(c.ordering_key = '' OR c.id = (
+             SELECT k.id FROM {d} k
+             WHERE k.subscription_id = c.subscription_id AND k.ordering_key = c.ordering_key
+               AND k.status IN ('pending', 'failed')
+             ORDER BY k.subscription_id, k.ordering_key, k.id
+             LIMIT 1))"
+    );
+    let branch = |status: &str, order: &str| {
+        format!(
+            "(SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence,
+                     c.next_attempt_at
+              FROM {d} c
+              WHERE c.subscription_id = {sub} AND c.status = '{status}'
+                AND c.next_attempt_at <= now() AND c.id <> ALL($3::bigint[]) AND {head}
+              ORDER BY {order}
+              LIMIT {limit})"
+        )
+    };
+    format!(
+        "SELECT a.* FROM ({} UNION ALL {}) a ORDER BY a.next_attempt_at, a.id LIMIT {limit}",
+        branch("failed", "c.subscription_id, c.next_attempt_at, c.id"),
+        branch("pending", "c.subscription_id, c.id"),
+    )
+}
+
+/// The claimed row whose seven columns start at `first` (none: a want's row of NULLs).
+fn claimed_at(r: &tokio_postgres::Row, first: usize) -> Option<Claimed> {
+    Some(Claimed {
+        id: r.get::<_, Option<i64>>(first)?,
+        event_id: r.get(first + 1),
+        event: r.get(first + 2),
+        ordering_key: r.get(first + 3),
+        payload: r.get(first + 4),
+        attempts: r.get(first + 5),
+        sequence: r.get(first + 6),
+    })
 }

@@ -1,0 +1,231 @@
+//! Where a pump's next rows come from, and when it may trust each source.
+//!
+//! Guarantees (the modes of [`Mode`]):
+//! - **outbox**: a claim reads the heads of their keys that are due, leaving out every id the
+//!   pump holds; this is the mode after anything unexpected (a failure, an open breaker, lost
+//!   ownership, a replay, a gap in the sequence numbers), and it is always correct;
+//! - **tail**: the pump holds every unfinished row up to an id, and the subscription has no
+//!   failed row waiting for a retry; it reads the pending rows after that id in id order (no
+//!   per-row head probe, no list of held ids: the cheap read of a backlog), and its lanes keep
+//!   each key's order. It is entered from memory mode when the memory queue is full, or from
+//!   outbox mode when the pump holds nothing; the read is refused (back to outbox mode) while
+//!   failed rows wait, and its answer is dropped if the pump went back to the outbox while it
+//!   ran, since rows read in id order could then pass a failed row of their key;
+//! - **memory**: the last read showed that the outbox holds nothing the pump does not hold, so
+//!   what ingest hands over after that read's snapshot is complete, and it is sent without
+//!   being read back. A full memory queue continues in tail mode after the last row taken.
+
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::{Claiming, Mode, Pump, MEMORY_QUEUE_MIN};
+use crate::deliver::policy::Permit;
+use crate::metrics::BreakerState;
+use crate::outbox::queue::Answer;
+
+/// After a read in id order was refused (failed rows wait for a retry), outbox mode claims for
+/// at least this long before trying one again.
+const TAIL_RETRY: Duration = Duration::from_secs(5);
+
+impl Pump {
+    /// Rows handed over by ingest: taken in memory mode when they continue the sequence;
+    /// otherwise left to the outbox.
+    pub(super) fn handed_over(&mut self) {
+        if self.slot.take_probe() {
+            if self.breaker.probe_now() {
+                self.report_breaker(Some("deliveries were replayed; probing now".into()));
+                tracing::info!(subscription = %self.sub.id, "deliveries replayed: circuit breaker half-open, sending a probe now");
+            }
+            self.back_to_outbox();
+            return;
+        }
+        let Mode::Memory { mut next, mut last } = self.mode else {
+            // Outbox and tail modes claim; a claim starts with an empty slot (see `start_claim`).
+            self.more_due = true;
+            return;
+        };
+        let taken = self.slot.take();
+        if !self.owns {
+            self.back_to_outbox();
+            return;
+        }
+        // A slow receiver must not make the pump hold everything ingest hands over: what does
+        // not fit (and what the slot could not keep) is read from the outbox after the last row
+        // taken; ids ascend in commit order, so all of it lies after that row.
+        let cap = self.prefetch().max(MEMORY_QUEUE_MIN);
+        if taken.overflowed || self.lanes.queued_len() + taken.rows.len() > cap {
+            self.read_in_id_order(last);
+            return;
+        }
+        for row in taken.rows {
+            match row.sequence {
+                Some(n) if n < next => continue,
+                Some(n) if n == next => {
+                    next += 1;
+                    last = last.max(row.id);
+                    if self.claim_running {
+                        self.handed_during_claim.insert(row.id);
+                    }
+                    self.lanes.admit(row);
+                }
+                _ => {
+                    self.back_to_outbox();
+                    return;
+                }
+            }
+        }
+        self.mode = Mode::Memory { next, last };
+    }
+
+    /// Continues in tail mode after `after`, keeping what the pump holds.
+    fn read_in_id_order(&mut self, after: i64) {
+        if !matches!(self.mode, Mode::Tail { .. }) {
+            debug!(subscription = %self.sub.id, after, "delivery reads the outbox in id order");
+        }
+        self.mode = Mode::Tail { after };
+        self.more_due = true;
+        self.slot.accept(false);
+    }
+
+    /// Starts reading the next due rows, unless the breaker or the prefetch limit says no.
+    pub(super) fn start_claim(&mut self) -> Option<Claiming> {
+        // A half-open breaker needs one row only.
+        let permit = self.breaker.permit(Instant::now());
+        let want = match permit {
+            Permit::Probe if self.in_flight.is_empty() && self.lanes.queued_len() == 0 => 1,
+            Permit::Open => self.prefetch().saturating_sub(self.lanes.held_len()),
+            _ => 0,
+        };
+        self.more_due = false;
+        if want == 0 {
+            return None;
+        }
+        let after = match self.mode {
+            _ if !matches!(permit, Permit::Open) => None,
+            Mode::Tail { after } => Some(after),
+            Mode::Outbox
+                if self.lanes.held_len() == 0
+                    && self.failed_unrecorded == 0
+                    && self
+                        .tail_refused_at
+                        .is_none_or(|t| t.elapsed() >= TAIL_RETRY) =>
+            {
+                Some(0)
+            }
+            _ => None,
+        };
+        if !matches!(self.mode, Mode::Memory { .. }) {
+            // Whatever was handed over until now is in this claim's snapshot (it was committed
+            // before it was handed over); what arrives from now on is kept and checked against
+            // the answer's last sequence number.
+            self.slot.take();
+            self.slot.accept(true);
+            self.may_switch = self.failed_unrecorded == 0;
+        }
+        self.handed_during_claim.clear();
+        self.claim_running = true;
+        // A read in id order needs no held ids: it starts after all of them.
+        let held = match after {
+            Some(_) => Vec::new(),
+            None => self.lanes.held_ids(),
+        };
+        let reply = self
+            .batcher
+            .claim(self.sub.id.clone(), want as i64, held, after);
+        Some(Claiming {
+            want,
+            reply,
+            tail_epoch: after.map(|_| self.epoch),
+        })
+    }
+
+    pub(super) fn claimed(&mut self, answer: Answer, claiming: Claiming) {
+        self.claim_running = false;
+        let handed = std::mem::take(&mut self.handed_during_claim);
+        if !self.owns {
+            // Ownership was lost while the claim ran: the new owner sends these.
+            return;
+        }
+        if let Some(epoch) = claiming.tail_epoch {
+            return self.tail_claimed(answer, claiming.want, epoch);
+        }
+        let everything = answer.is_everything();
+        let full = answer.rows.len() == claiming.want;
+        let mut unknown = false;
+        for c in answer.rows {
+            if !handed.contains(&c.id) {
+                unknown |= self.lanes.admit(c);
+            }
+        }
+        match self.mode {
+            Mode::Memory { .. } if unknown => {
+                // The outbox had rows nobody handed over (a replay, another instance's writes).
+                self.back_to_outbox();
+            }
+            Mode::Memory { .. } => {}
+            Mode::Outbox | Mode::Tail { .. } => {
+                // A full claim suggests more is due; a probe claims one row and waits for its
+                // result. A handoff that came while the claim ran has set more_due already.
+                self.more_due |= full && !matches!(self.breaker.state(), BreakerState::HalfOpen);
+                if everything {
+                    self.try_memory(answer.last_sequence);
+                } else {
+                    self.slot.accept(false);
+                }
+            }
+        }
+    }
+
+    /// The answer of a read in id order.
+    fn tail_claimed(&mut self, answer: Answer, want: usize, epoch: u64) {
+        if epoch != self.epoch {
+            // The pump went back to the outbox while this ran (a failure, the breaker): rows
+            // read in id order could pass a failed row of their key. The outbox keeps them.
+            self.more_due = true;
+            return;
+        }
+        if answer.has_retries {
+            self.tail_refused_at = Some(Instant::now());
+            self.back_to_outbox();
+            return;
+        }
+        let full = answer.rows.len() == want;
+        let mut last = match self.mode {
+            Mode::Tail { after } => after,
+            _ => 0,
+        };
+        for c in answer.rows {
+            last = last.max(c.id);
+            self.lanes.admit(c);
+        }
+        if full {
+            self.read_in_id_order(last);
+            return;
+        }
+        // Everything after `last` was read, everything before it is held, and nothing waits
+        // for a retry: the outbox holds nothing else.
+        self.mode = Mode::Tail { after: last };
+        self.try_memory(answer.last_sequence);
+    }
+
+    /// The last claim showed that the pump holds everything unfinished: from its snapshot on,
+    /// what ingest hands over is complete, unless something sent the pump back meanwhile.
+    fn try_memory(&mut self, last_sequence: i64) {
+        if self.may_switch && matches!(self.breaker.permit(Instant::now()), Permit::Open) {
+            let last = self.lanes.max_held().unwrap_or(0).max(match self.mode {
+                Mode::Tail { after } => after,
+                _ => 0,
+            });
+            self.mode = Mode::Memory {
+                next: last_sequence + 1,
+                last,
+            };
+            self.more_due = false;
+            debug!(subscription = %self.sub.id, next_sequence = last_sequence + 1, "delivery takes new rows from memory");
+            self.handed_over();
+        } else {
+            self.slot.accept(false);
+        }
+    }
+}
