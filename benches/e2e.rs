@@ -234,7 +234,7 @@ async fn bench() -> anyhow::Result<()> {
     let e2e = start.elapsed();
     let cpu_lines = cpu_top(&cpu_before, &cpu_snapshot(), 8);
     let delivered = pg.psql(&db, "SELECT count(*) FROM walhook.deliveries")?;
-    let attempts = pg.psql(&db, "SELECT count(*) FROM walhook.attempts")?;
+    let attempts = pg.psql(&db, "SELECT count(*) FROM walhook.all_attempts")?;
     let hwm = stop(child)?.max(peak_rss);
     let e2e_rate = W1_CHANGES as f64 / e2e.as_secs_f64();
     println!(
@@ -256,7 +256,7 @@ async fn bench() -> anyhow::Result<()> {
             &db,
             "SELECT format('  %8s ms %8s calls %8s rows %7s us/row  %s', round(total_exec_time), calls,
                     rows, round((1000 * total_exec_time / greatest(rows, 1))::numeric, 1),
-                    left(regexp_replace(query, '\\s+', ' ', 'g'), 70))
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 40) || ' … ' || right(regexp_replace(query, '\\s+', ' ', 'g'), 45))
              FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 6"
         )?
     );
@@ -497,7 +497,7 @@ async fn latency_run(
                  SELECT 1000 * extract(epoch FROM d.created_at - (d.payload::jsonb->>'timestamp')::timestamptz) AS stored,
                         1000 * extract(epoch FROM a.attempted_at - d.created_at) AS queued,
                         1000 * extract(epoch FROM d.finished_at - a.attempted_at) AS recorded
-                 FROM walhook.deliveries d JOIN walhook.attempts a ON a.delivery_id = d.id
+                 FROM walhook.deliveries d JOIN walhook.all_attempts a ON a.delivery_id = d.id
                  WHERE d.created_at >= $1)
              SELECT m, percentile_cont(0.5) WITHIN GROUP (ORDER BY v), percentile_cont(0.99) WITHIN GROUP (ORDER BY v)
              FROM d, LATERAL (VALUES ('commit → stored', stored), ('stored → attempt', queued), ('attempt → recorded', recorded)) x(m, v)

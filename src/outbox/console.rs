@@ -108,10 +108,12 @@ pub async fn attempts(
     let rows = client
         .query(
             &format!(
+                // `all_attempts`: a first-attempt success has no attempt row, only its
+                // outcome on the delivery (sql/012).
                 "SELECT attempted_at, duration_ms, http_status, error_kind,
                         left(response_body, {BODY_SHOWN})
-                 FROM {} WHERE delivery_id = $1 ORDER BY id LIMIT $2",
-                schema.table("attempts")
+                 FROM {} WHERE delivery_id = $1 ORDER BY attempted_at, id LIMIT $2",
+                schema.table("all_attempts")
             ),
             &[&delivery, &limit],
         )

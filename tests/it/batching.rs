@@ -126,7 +126,7 @@ async fn a_batch_is_the_stored_payloads_in_commit_order_signed_as_one_body() {
     sorted.sort();
     assert_eq!(sorted.join(","), in_commit_order);
     assert_eq!(
-        db.sql("SELECT count(*) || ' ' || min(http_status) || ' ' || max(http_status) FROM walhook.attempts"),
+        db.sql("SELECT count(*) || ' ' || min(http_status) || ' ' || max(http_status) FROM walhook.all_attempts"),
         "12 200 200",
         "one attempt recorded per delivery"
     );
@@ -182,12 +182,12 @@ async fn a_failed_batch_is_retried_whole() {
     assert_eq!(
         db.sql(
             "SELECT count(*) || ' ' || count(DISTINCT (attempted_at, duration_ms, response_body))
-             FROM walhook.attempts WHERE http_status = 503"
+             FROM walhook.all_attempts WHERE http_status = 503"
         ),
         "6 1"
     );
     assert_eq!(
-        db.sql("SELECT count(*) FROM walhook.attempts WHERE http_status = 200"),
+        db.sql("SELECT count(*) FROM walhook.all_attempts WHERE http_status = 200"),
         "6"
     );
     d.stop().await;
@@ -254,7 +254,7 @@ async fn a_keys_events_stay_in_commit_order_across_failing_batches() {
     }
     // Every event of a failed batch recorded that attempt.
     assert_eq!(
-        db.sql("SELECT count(*) FROM walhook.attempts WHERE http_status = 500"),
+        db.sql("SELECT count(*) FROM walhook.all_attempts WHERE http_status = 500"),
         failed_events.to_string()
     );
     d.stop().await;

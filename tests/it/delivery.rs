@@ -31,7 +31,7 @@ fn orders(db: &TestDb) {
 fn attempts_of(db: &TestDb, event_id: &str) -> String {
     db.sql(&format!(
         "SELECT string_agg(coalesce(a.http_status::text, a.error_kind), ',' ORDER BY a.id)
-         FROM walhook.attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
+         FROM walhook.all_attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
          WHERE d.event_id = '{event_id}'"
     ))
 }
@@ -115,8 +115,17 @@ async fn every_change_arrives_signed_with_exact_headers_in_row_order() {
     )
     .await;
     assert_eq!(
-        db.sql("SELECT count(*) || ' ' || min(http_status) || ' ' || max(http_status) FROM walhook.attempts"),
+        db.sql("SELECT count(*) || ' ' || min(http_status) || ' ' || max(http_status) FROM walhook.all_attempts"),
         "3000 200 200"
+    );
+    // A first-attempt success writes no attempt row: its outcome stays on the delivery.
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.attempts"), "0");
+    assert_eq!(
+        db.sql(
+            "SELECT count(*) FROM walhook.deliveries WHERE last_http_status = 200
+               AND last_attempt_at BETWEEN created_at AND finished_at AND last_duration_ms >= 0"
+        ),
+        "3000"
     );
     let metrics = d.handles.metrics.render(&Default::default());
     assert!(
@@ -212,7 +221,7 @@ async fn hangs_resets_and_slow_answers() {
             // The timeout took its full second; the slow answer its 400 ms (lower bounds only).
             "SELECT string_agg(coalesce(http_status::text, error_kind) || ':' ||
                     (duration_ms >= CASE WHEN http_status IS NULL THEN 950 ELSE 400 END)::text, ',' ORDER BY a.id)
-             FROM walhook.attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
+             FROM walhook.all_attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
              WHERE d.subscription_id = 'hang'"
         ),
         "timeout:true,200:true"
@@ -231,7 +240,7 @@ async fn hangs_resets_and_slow_answers() {
     // Each attempt is a network failure without an HTTP status, retried; depending on when the
     // reset lands (before or while the request is written) the client reports it differently.
     let kinds = db.sql(
-        "SELECT string_agg(DISTINCT coalesce(http_status::text, error_kind), ',') FROM walhook.attempts a
+        "SELECT string_agg(DISTINCT coalesce(http_status::text, error_kind), ',') FROM walhook.all_attempts a
          JOIN walhook.deliveries d ON d.id = a.delivery_id WHERE d.subscription_id = 'reset'",
     );
     assert!(
@@ -462,7 +471,7 @@ async fn a_dead_endpoint_does_not_delay_a_healthy_subscription() {
     // by the daemon's own record of when each began and how long it took (not by wall time).
     let dead_attempts =
         "SELECT a.attempted_at AS s, a.attempted_at + a.duration_ms * interval '1 ms' AS e
-         FROM walhook.attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
+         FROM walhook.all_attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
          WHERE d.subscription_id = 'dead'";
     wait_value(
         &db,

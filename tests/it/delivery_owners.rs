@@ -94,7 +94,7 @@ async fn only_the_live_owner_claims_and_records() {
     );
     assert_eq!(
         db.sql(&format!(
-            "SELECT status, attempts, (SELECT count(*) FROM walhook.attempts)
+            "SELECT status, attempts, (SELECT count(*) FROM walhook.all_attempts)
              FROM walhook.deliveries WHERE id = {}",
             ids[0]
         )),
@@ -117,7 +117,7 @@ async fn only_the_live_owner_claims_and_records() {
     );
     assert_eq!(
         db.sql(&format!(
-            "SELECT status, attempts, (SELECT count(*) FROM walhook.attempts WHERE delivery_id = {0})
+            "SELECT status, attempts, (SELECT count(*) FROM walhook.all_attempts WHERE delivery_id = {0})
              FROM walhook.deliveries WHERE id = {0}",
             ids[0]
         )),

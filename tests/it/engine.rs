@@ -181,8 +181,8 @@ async fn many_subscriptions_one_insert_reaches_all_on_a_small_pool() {
         "commit → stored, → first attempt, → last attempt: {}",
         db.sql(
             "SELECT (SELECT min(created_at) FROM walhook.deliveries) - t || ', ' ||
-                    (SELECT min(attempted_at) FROM walhook.attempts) - t || ', ' ||
-                    (SELECT max(attempted_at) FROM walhook.attempts) - t
+                    (SELECT min(attempted_at) FROM walhook.all_attempts) - t || ', ' ||
+                    (SELECT max(attempted_at) FROM walhook.all_attempts) - t
              FROM (SELECT (payload::json->>'timestamp')::timestamptz AS t
                    FROM walhook.deliveries LIMIT 1) c"
         )
@@ -372,7 +372,7 @@ async fn upgrade_keeps_deliveries_and_takeover_follows_sessions_then_leases() {
         walhook::outbox::migrate(&mut client, &schema)
             .await
             .unwrap(),
-        [4, 5, 6, 7, 8, 9, 10, 11]
+        [4, 5, 6, 7, 8, 9, 10, 11, 12]
     );
     assert_eq!(
         db.sql("SELECT string_agg(event_id || ':' || status || ':' || attempts || ':' || sequence, ',' ORDER BY id) FROM walhook.deliveries"),

@@ -261,7 +261,7 @@ async fn delivery_trusts_ca_file_and_refuses_other_names_and_cas() {
     wait_value(
         &db,
         "SELECT string_agg(d.subscription_id || ':' || coalesce(a.http_status::text, a.error_kind), \
-         ',' ORDER BY d.subscription_id) FROM walhook.attempts a \
+         ',' ORDER BY d.subscription_id) FROM walhook.all_attempts a \
          JOIN walhook.deliveries d ON d.id = a.delivery_id",
         "good:200,wrongca:tls,wronghost:tls",
         30,

@@ -51,7 +51,7 @@ async fn sigterm_waits_for_the_request_in_flight_and_records_it() {
         "delivered 1 200"
     );
     assert_eq!(
-        db.sql("SELECT string_agg(http_status::text, ',') FROM walhook.attempts"),
+        db.sql("SELECT string_agg(http_status::text, ',') FROM walhook.all_attempts"),
         "200"
     );
     assert_eq!(rx.count(), 1);
