@@ -58,6 +58,9 @@ pub struct Answer {
     /// deliveries waiting for a retry, so no rows were read (an id-order read would pass them
     /// and the rows of their keys behind them).
     pub has_retries: bool,
+    /// The claimer owns the subscription (false: nothing was read, and nothing may be
+    /// concluded from the empty answer).
+    pub owned: bool,
 }
 
 impl Answer {
@@ -68,6 +71,7 @@ impl Answer {
             unfinished: -1,
             last_sequence: 0,
             has_retries: false,
+            owned: false,
         }
     }
 
@@ -344,6 +348,7 @@ impl Queue {
                 unfinished: r.get(8),
                 last_sequence: r.get::<_, Option<i64>>(9).unwrap_or(0),
                 has_retries: false,
+                owned: true,
             });
             a.rows.extend(claimed_at(r, 1));
         }
@@ -373,6 +378,7 @@ impl Queue {
                 unfinished: -1,
                 last_sequence: r.get::<_, Option<i64>>(9).unwrap_or(0),
                 has_retries: r.get(8),
+                owned: true,
             });
             a.rows.extend(claimed_at(r, 1));
         }

@@ -211,6 +211,6 @@ async fn migrate_command_creates_the_schema_once() {
     }
     assert_eq!(
         db.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'walhook'"),
-        "attempts,backfills,checkpoint,deliveries,delivery_owners,schema_migrations,sequences,slot_fence,slot_recoveries,subscriptions"
+        "all_attempts,attempts,backfills,checkpoint,deliveries,delivery_owners,schema_migrations,sequences,slot_fence,slot_recoveries,subscriptions"
     );
 }

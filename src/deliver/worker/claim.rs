@@ -185,6 +185,12 @@ impl Pump {
             self.more_due = true;
             return;
         }
+        if !answer.owned {
+            // The outbox does not show this instance as the owner (yet, or any more): an
+            // empty answer proves nothing. Ownership changes reach the pump on their own.
+            self.slot.accept(false);
+            return;
+        }
         if answer.has_retries {
             self.tail_refused_at = Some(Instant::now());
             self.back_to_outbox();
