@@ -11,8 +11,13 @@
 //! - only the oldest unfinished delivery of a (subscription, ordering key) is claimable, so a key
 //!   goes out in commit order and a failing delivery blocks only its own key (a table without a
 //!   primary key has the empty key and no ordering);
-//! - a result is written only by the current owner and only to an unfinished row, with its
-//!   attempt row, in one statement.
+//! - a result is written only by the current owner and only to an unfinished row, in one
+//!   statement; every attempt but a first-attempt success also writes an attempt row (that
+//!   success's outcome stays on the delivery: `last_http_status`, `last_attempt_at`,
+//!   `last_duration_ms`; the `all_attempts` view shows both);
+//! - a read in id order ([`Queue::claim_tail_many`]) returns pending rows after an id and
+//!   nothing at all while the subscription has a failed row waiting for a retry: it is for an
+//!   owner holding every unfinished row up to that id, which orders keys itself.
 //! - an instance owns all its subscriptions under one worker id, tied to a session-level
 //!   advisory lock ([`SESSION_LOCK_NS`], `session_lock`) held on one connection: a subscription
 //!   whose owner's lock is gone (the process died, so did its session) is taken over at once;
@@ -225,7 +230,8 @@ impl Queue {
                  CROSS JOIN LATERAL (
                      SELECT count(*) AS unfinished FROM (
                          SELECT 1 FROM {d} x
-                         WHERE x.subscription_id = w.sub AND x.status IN ('pending', 'failed')
+                         WHERE x.subscription_id >= w.sub AND x.subscription_id <= w.sub
+                           AND x.status IN ('pending', 'failed')
                            AND x.id NOT IN (SELECT h FROM unnest($3::bigint[]) h)
                          LIMIT w.want + 1) x) u
                  LEFT JOIN {q} q ON q.subscription_id = w.sub
