@@ -202,8 +202,9 @@ async fn commit_to_receiver(db: &TestDb, rx: &Receiver, id: i32) -> Duration {
         }
         assert!(
             committed.elapsed() < TAKEOVER_BOUND * 3,
-            "row {id} not delivered after {:?}",
-            TAKEOVER_BOUND * 3
+            "row {id} not delivered after {:?}; {}",
+            TAKEOVER_BOUND * 3,
+            db.stall_report()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

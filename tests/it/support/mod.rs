@@ -49,6 +49,23 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Where a stalled daemon stands, for a failure message: the outbox's deliveries by
+    /// status, its checkpoint, the walsender, and this database's sessions with their waits.
+    pub fn stall_report(&self) -> String {
+        let q = |sql: &str| {
+            self.pg
+                .psql(&self.name, sql)
+                .unwrap_or_else(|e| e.to_string())
+        };
+        format!(
+            "outbox: {}; checkpoint: {}; walsender: {}; sessions: {}",
+            q("SELECT coalesce(string_agg(status || ' ' || n, ', '), 'empty') FROM (SELECT status, count(*) n FROM walhook.deliveries GROUP BY 1) x"),
+            q("SELECT coalesce(string_agg(commit_lsn::text, ','), '-') FROM walhook.checkpoint"),
+            q("SELECT coalesce(string_agg(r.state || ' sent ' || r.sent_lsn || ' ' || coalesce(a.wait_event, '-'), '; '), 'none') FROM pg_stat_replication r JOIN pg_stat_activity a USING (pid) WHERE a.datname = current_database()"),
+            q("SELECT coalesce(string_agg(pid || ' ' || coalesce(state, '-') || ' ' || coalesce(wait_event_type || ':' || wait_event, '-') || ' ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 60), '; '), 'none') FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"),
+        )
+    }
+
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
             .await

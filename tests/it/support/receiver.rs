@@ -26,6 +26,8 @@ pub enum Answer {
 #[derive(Clone, Debug)]
 pub struct Request {
     pub at: Instant,
+    /// The sender's end of the connection: requests of one walhook process share a few.
+    pub peer: std::net::SocketAddr,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -75,6 +77,7 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app).await.unwrap();
         });
         Receiver {
@@ -120,12 +123,14 @@ impl Drop for Receiver {
 
 async fn handle(
     State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let req = Request {
         at: Instant::now(),
+        peer,
         path: uri.path().to_string(),
         headers,
         body,
