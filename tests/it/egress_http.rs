@@ -274,7 +274,9 @@ async fn requests_to_one_receiver_are_capped_and_other_receivers_are_not_held_ba
     // While `busy` has all its slots taken, another receiver answers at once.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let t = std::time::Instant::now();
-    let o = s.post(&format!("http://{other}/hold"), &headers(), body()).await;
+    let o = s
+        .post(&format!("http://{other}/hold"), &headers(), body())
+        .await;
     assert!(o.is_success(), "{o:?}");
     assert!(
         t.elapsed() < hold,
