@@ -27,6 +27,11 @@ pub struct DeliveryConfig {
     /// Requests in flight per subscription.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Requests in flight to one receiver (scheme, host and port), all its subscriptions
+    /// together: each holds a connection, so a change fanned out to thousands of subscriptions
+    /// of one receiver goes through this many connections, not thousands.
+    #[serde(default = "default_max_requests_per_host")]
+    pub max_requests_per_host: usize,
     #[serde(default)]
     pub allow_http: bool,
     #[serde(default)]
@@ -68,6 +73,7 @@ impl Default for DeliveryConfig {
             breaker_failures: default_breaker_failures(),
             breaker_cooldown: default_breaker_cooldown(),
             max_in_flight: default_max_in_flight(),
+            max_requests_per_host: default_max_requests_per_host(),
             allow_http: false,
             allow_private_networks: false,
             allow_cidrs: Vec::new(),
@@ -97,6 +103,9 @@ impl DeliveryConfig {
         }
         if self.max_in_flight == 0 {
             return Err("delivery.max_in_flight: must be at least 1".into());
+        }
+        if self.max_requests_per_host == 0 {
+            return Err("delivery.max_requests_per_host: must be at least 1".into());
         }
         if !(MIN_PAYLOAD_BYTES..=MAX_PAYLOAD_BYTES).contains(&self.max_payload_bytes) {
             return Err(format!(
@@ -170,6 +179,9 @@ fn default_breaker_cooldown() -> Duration {
 }
 fn default_max_in_flight() -> usize {
     16
+}
+fn default_max_requests_per_host() -> usize {
+    512
 }
 fn default_connect_timeout() -> Duration {
     secs(5)

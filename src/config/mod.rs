@@ -63,9 +63,10 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[serde(default, rename = "subscriptions")]
     raw_subscriptions: Vec<Spanned<RawSubscription>>,
-    /// Filled from `[[subscriptions]]` by [`Config::parse`], every one validated.
+    /// Filled from `[[subscriptions]]` by [`Config::parse`], every one validated. Shared: the
+    /// config is cloned into several tasks, and thousands of subscriptions need not be copied.
     #[serde(skip)]
-    subscriptions: Vec<Subscription>,
+    subscriptions: std::sync::Arc<Vec<Subscription>>,
     /// The ids of the subscriptions with `backfill = true`, in file order.
     #[serde(skip)]
     backfill_on_create: Vec<String>,
@@ -262,6 +263,7 @@ impl Config {
                 .then(|| self.outbox.schema.as_str().to_string()),
         };
         let mut seen = std::collections::HashMap::new();
+        let mut subscriptions = Vec::with_capacity(self.raw_subscriptions.len());
         for (i, raw) in std::mem::take(&mut self.raw_subscriptions)
             .into_iter()
             .enumerate()
@@ -285,8 +287,9 @@ impl Config {
             if backfill {
                 self.backfill_on_create.push(sub.id.clone());
             }
-            self.subscriptions.push(sub);
+            subscriptions.push(sub);
         }
+        self.subscriptions = std::sync::Arc::new(subscriptions);
         self.api
             .listen
             .as_str()

@@ -18,10 +18,12 @@
 //! TLS is rustls with the ring provider and the webpki root store plus the certificates of
 //! `[delivery] ca_file` (receivers behind an internal CA), built here so that no process-wide
 //! crypto provider or OS trust store is involved. A certificate that is not trusted or does not
-//! name the receiver's host fails the attempt as [`ErrorKind::Tls`]; nothing is sent. Connections are HTTP/1.1 with
-//! keep-alive and an unbounded idle pool per host: deliveries to one endpoint reuse warm
-//! connections, and HTTP/1.1 keeps one slow response from stalling others on a shared h2
-//! connection.
+//! name the receiver's host fails the attempt as [`ErrorKind::Tls`]; nothing is sent.
+//! Connections are HTTP/1.1 with keep-alive and an idle pool per host: deliveries to one
+//! endpoint reuse warm connections, and HTTP/1.1 keeps one slow response from stalling others on
+//! a shared h2 connection. At most `max_requests_per_host` requests to one receiver are in flight
+//! ([`super::host_limit`]), so a fan-out to thousands of subscriptions of one receiver goes
+//! through a bounded set of connections instead of opening one per request.
 
 use crate::model::BadValue;
 use std::borrow::Cow;
@@ -34,6 +36,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use reqwest::redirect::Policy;
 
 use super::egress::{host_label, EgressError, EgressPolicy};
+use super::host_limit::HostLimits;
 use super::sign::USER_AGENT;
 
 /// Response bytes read at most; beyond this the response is dropped unread.
@@ -130,6 +133,8 @@ impl AttemptOutcome {
 pub struct HttpSender {
     client: reqwest::Client,
     policy: Arc<EgressPolicy>,
+    /// `max_requests_per_host`: shared by every clone of this sender.
+    limits: Arc<HostLimits>,
     timeout: Duration,
     connect_timeout: Duration,
 }
@@ -188,6 +193,7 @@ impl HttpSender {
         Ok(HttpSender {
             client,
             policy: Arc::new(policy),
+            limits: HostLimits::new(c.max_requests_per_host),
             timeout: c.timeout.0,
             connect_timeout: c.connect_timeout.0,
         })
@@ -215,6 +221,10 @@ impl HttpSender {
                 return AttemptOutcome::failed(start, kind, e.to_string());
             }
         };
+        // Held until the response is read (or given up); the wait for it is not part of the
+        // attempt's duration or timeout: the receiver has not been asked anything yet.
+        let _slot = self.limits.acquire(HostLimits::origin(&parsed)).await;
+        let start = Instant::now();
         let map = match header_map(headers) {
             Ok(m) => m,
             Err(e) => return AttemptOutcome::failed(start, ErrorKind::Other, e.0),

@@ -9,7 +9,8 @@
 //!   records results;
 //! - per (subscription, primary key), deliveries go out in commit order: only the oldest
 //!   unfinished delivery of a key can be claimed;
-//! - a slow or dead endpoint costs only its own subscription's in-flight slots.
+//! - a slow or dead endpoint costs only its own subscription's in-flight slots, and of its
+//!   receiver's shared cap (`max_requests_per_host`, [`host_limit`]) no more than those.
 
 pub mod attempt;
 pub mod batch;
@@ -17,6 +18,7 @@ pub mod batching;
 mod decide;
 pub mod egress;
 pub mod format;
+pub mod host_limit;
 pub mod http;
 pub mod lanes;
 pub mod owner;

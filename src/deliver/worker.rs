@@ -646,17 +646,24 @@ impl Pump {
             self.more_due = true;
         }
         if recording.gone {
-            let reason = "receiver answered 410 Gone";
-            let client = engine.conn().await?;
-            if queue::deactivate(&client, &engine.schema, &sub_id, reason)
-                .await
-                .map_err(DeliverError::from)?
-            {
-                warn!(subscription = %sub_id, "receiver answered 410 Gone: subscription deactivated; reactivate it through the API or config.toml");
-            }
-            engine.changed.notify_one();
+            // Boxed: rare, and its statement's future would otherwise enlarge every pump's task.
+            Box::pin(deactivate_gone(&engine, &sub_id)).await?;
             self.more_due = false;
         }
         Ok(recording.gone)
     }
+}
+
+/// The receiver answered 410 Gone: the subscription is switched off and routing reloaded.
+async fn deactivate_gone(engine: &Engine, sub_id: &str) -> Result<(), DeliverError> {
+    let reason = "receiver answered 410 Gone";
+    let client = engine.conn().await?;
+    if queue::deactivate(&client, &engine.schema, sub_id, reason)
+        .await
+        .map_err(DeliverError::from)?
+    {
+        warn!(subscription = %sub_id, "receiver answered 410 Gone: subscription deactivated; reactivate it through the API or config.toml");
+    }
+    engine.changed.notify_one();
+    Ok(())
 }

@@ -68,7 +68,9 @@ pub struct Routed {
 
 #[derive(Debug, Default, Clone)]
 pub struct Router {
-    by_table: HashMap<TableName, Vec<Entry>>,
+    /// Shared: ingest, the reloader and the partition task each hold the router, and a clone
+    /// must not copy thousands of subscriptions.
+    by_table: Arc<HashMap<TableName, Vec<Entry>>>,
     ctx: PayloadContext,
 }
 
@@ -89,7 +91,10 @@ impl Router {
                 sub,
             });
         }
-        Router { by_table, ctx }
+        Router {
+            by_table: Arc::new(by_table),
+            ctx,
+        }
     }
 
     /// The router for `subs` with the config's project fields.
@@ -122,10 +127,11 @@ impl Router {
 
     /// Keeps only the named subscription; false when there is none by that id.
     pub fn retain_only(&mut self, id: &str) -> bool {
-        for routes in self.by_table.values_mut() {
+        let by_table = Arc::make_mut(&mut self.by_table);
+        for routes in by_table.values_mut() {
             routes.retain(|e| e.sub.id == id);
         }
-        self.by_table.retain(|_, r| !r.is_empty());
+        by_table.retain(|_, r| !r.is_empty());
         !self.by_table.is_empty()
     }
 

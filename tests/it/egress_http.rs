@@ -231,6 +231,71 @@ async fn connections_are_kept_alive_and_reused() {
     );
 }
 
+/// A receiver whose every request takes `hold`; returns its address and the most requests it
+/// ever had in progress at once.
+async fn gauged(hold: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let max = most.clone();
+    let app = Router::new().route(
+        "/hold",
+        post(move || {
+            let (now, most) = (now.clone(), most.clone());
+            async move {
+                most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(hold).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                "ok"
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, max)
+}
+
+#[tokio::test]
+async fn requests_to_one_receiver_are_capped_and_other_receivers_are_not_held_back() {
+    let hold = Duration::from_millis(300);
+    let (busy, most) = gauged(hold).await;
+    let (other, other_most) = gauged(Duration::ZERO).await;
+    let s = HttpSender::new(&DeliveryConfig {
+        max_requests_per_host: 3,
+        ..config(Duration::from_secs(10))
+    })
+    .expect("client");
+    let start = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (s, url) = (s.clone(), format!("http://{busy}/hold"));
+        tasks.spawn(async move { s.post(&url, &headers(), body()).await });
+    }
+    // While `busy` has all its slots taken, another receiver answers at once.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = std::time::Instant::now();
+    let o = s
+        .post(&format!("http://{other}/hold"), &headers(), body())
+        .await;
+    assert!(o.is_success(), "{o:?}");
+    assert!(
+        t.elapsed() < hold,
+        "a full receiver held back another one for {:?}",
+        t.elapsed()
+    );
+    assert_eq!(other_most.load(Ordering::SeqCst), 1);
+    while let Some(o) = tasks.join_next().await {
+        let o = o.unwrap();
+        assert!(o.is_success(), "{o:?}");
+        // The wait for a slot is not part of the attempt.
+        assert!(o.duration < hold * 3, "{:?}", o.duration);
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 3, "{most} requests in flight at once; the cap is 3");
+    // 12 requests, 3 at a time, 300 ms each.
+    assert!(start.elapsed() >= hold * 4, "{:?}", start.elapsed());
+}
+
 #[tokio::test]
 async fn status_500_is_a_failure_with_the_body_prefix() {
     let (addr, _, _) = receiver(None).await;
