@@ -372,9 +372,15 @@ async fn latency_phase(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let lat5 = latency_run(&client, state, 50).await?;
-    let lat20 = latency_run(&client, state, 200).await?;
+    // walhook is stopped whether the runs succeed or not (a failed run left it running).
+    let runs = async {
+        let lat5 = latency_run(&client, state, 50).await?;
+        let lat20 = latency_run(&client, state, 200).await?;
+        anyhow::Ok((lat5, lat20))
+    }
+    .await;
     let hwm2 = stop(child2)?;
+    let (lat5, lat20) = runs?;
     Ok((lat5, lat20, hwm2))
 }
 
@@ -460,6 +466,11 @@ async fn latency_run(
     state.duplicates.store(0, Ordering::Relaxed);
     state.count.store(0, Ordering::Relaxed);
     state.record_latency.store(true, Ordering::Relaxed);
+    client
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
+        )
+        .await?;
     let insert = client
         .prepare(&format!(
             "INSERT INTO orders (total, status, customer_id, meta)
@@ -508,6 +519,20 @@ async fn latency_run(
     {
         let (m, p50, p99): (String, f64, f64) = (row.get(0), row.get(1), row.get(2));
         println!("  {m}: p50 {p50:.1} ms, p99 {p99:.1} ms");
+    }
+    // Where the database's time went during this run (walhook's statements and the generator's).
+    for row in client
+        .query(
+            "SELECT format('  %8s ms %8s calls %8s rows %7s us/row  %s', round(total_exec_time), calls,
+                    rows, round((1000 * total_exec_time / greatest(rows, 1))::numeric, 1),
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 40) || ' … ' || right(regexp_replace(query, '\\s+', ' ', 'g'), 45))
+             FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'
+             ORDER BY total_exec_time DESC LIMIT 5",
+            &[],
+        )
+        .await?
+    {
+        println!("{}", row.get::<_, String>(0));
     }
     let mut lat = state.latencies.lock().unwrap().clone();
     lat.sort_unstable();
