@@ -137,7 +137,6 @@ pub struct Queue {
     own: String,
     disown: String,
     claim: String,
-    record: String,
     take_over: String,
     renew_all: String,
     disown_all: String,
@@ -286,12 +285,6 @@ impl Queue {
                  ORDER BY c.next_attempt_at, c.id",
                 heads = due_heads(&d, "$1", "$2")
             ),
-            // No subscription_id on the rows here: with it, a plan cached while the table was
-            // small looked rows up through a per-subscription index and scanned the backlog for
-            // each (270 us a row); the ids come from this owner's claim.
-            record: record_cte(&format!(
-                "EXISTS (SELECT 1 FROM {o} w WHERE w.subscription_id = $11 AND w.worker = $12)"
-            )),
         }
     }
 
@@ -488,30 +481,10 @@ impl Queue {
         if batch.is_empty() {
             return Ok(0);
         }
-        let recs: Vec<&Recorded> = batch.iter().collect();
-        let a = Arrays::new(&recs);
-        let subs = vec![subscription; batch.len()];
-        let stmt = client.prepare_cached(&self.record).await?;
-        let rows = client
-            .query(
-                &stmt,
-                &[
-                    &a.ids,
-                    &a.status,
-                    &a.retry_in,
-                    &a.at,
-                    &a.dur,
-                    &a.http,
-                    &a.kind,
-                    &a.err,
-                    &a.body,
-                    &subs,
-                    &subscription,
-                    &worker,
-                ],
-            )
-            .await?;
-        Ok(rows.len() as u64)
+        // The same statement as for many subscriptions: its fence checks each row's
+        // subscription, here always this one.
+        let rows: Vec<(&str, &Recorded)> = batch.iter().map(|r| (subscription, r)).collect();
+        Ok(self.record_many(client, &rows, worker).await?.len() as u64)
     }
 }
 
