@@ -212,6 +212,8 @@ pub(super) struct Pump {
     epoch: u64,
     /// When a read in id order was last refused (failed rows wait for a retry).
     tail_refused_at: Option<Instant>,
+    /// The last head-by-head claim filled its limit: a backlog waits in the outbox.
+    backlog: bool,
     /// The last `start_sends` waits for a batch to fill (claims go on meanwhile).
     batch_held: bool,
 }
@@ -253,6 +255,7 @@ impl Pump {
             batch_held: false,
             epoch: 0,
             tail_refused_at: None,
+            backlog: false,
         }
     }
 

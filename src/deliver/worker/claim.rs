@@ -8,7 +8,8 @@
 //!   failed row waiting for a retry; it reads the pending rows after that id in id order (no
 //!   per-row head probe, no list of held ids: the cheap read of a backlog), and its lanes keep
 //!   each key's order. It is entered from memory mode when the memory queue is full, or from
-//!   outbox mode when the pump holds nothing; the read is refused (back to outbox mode) while
+//!   outbox mode when the pump holds nothing (when outbox mode meets a backlog, claims pause
+//!   until what the pump holds is recorded); the read is refused (back to outbox mode) while
 //!   failed rows wait, and its answer is dropped if the pump went back to the outbox while it
 //!   ran, since rows read in id order could then pass a failed row of their key;
 //! - **memory**: the last read showed that the outbox holds nothing the pump does not hold, so
@@ -101,18 +102,20 @@ impl Pump {
         if want == 0 {
             return None;
         }
+        if self.drain_for_tail()
+            && matches!(permit, Permit::Open)
+            && matches!(self.mode, Mode::Outbox)
+            && self.lanes.held_len() > 0
+        {
+            // A backlog claimed head by head: let what the pump holds finish first (a short
+            // pause, no claim), so that the rest is read in id order from an empty hand. The
+            // next record brings the pump back here.
+            return None;
+        }
         let after = match self.mode {
             _ if !matches!(permit, Permit::Open) => None,
             Mode::Tail { after } => Some(after),
-            Mode::Outbox
-                if self.lanes.held_len() == 0
-                    && self.failed_unrecorded == 0
-                    && self
-                        .tail_refused_at
-                        .is_none_or(|t| t.elapsed() >= TAIL_RETRY) =>
-            {
-                Some(0)
-            }
+            Mode::Outbox if self.lanes.held_len() == 0 && self.tail_may_start() => Some(0),
             _ => None,
         };
         if !matches!(self.mode, Mode::Memory { .. }) {
@@ -140,6 +143,21 @@ impl Pump {
         })
     }
 
+    /// Outbox mode may start reading in id order once the pump holds nothing: no failure
+    /// waits to be recorded, and no read was refused lately (failed rows waiting).
+    fn tail_may_start(&self) -> bool {
+        self.failed_unrecorded == 0
+            && self
+                .tail_refused_at
+                .is_none_or(|t| t.elapsed() >= TAIL_RETRY)
+    }
+
+    /// The last head-by-head claim filled its limit (a backlog) and reading in id order may
+    /// start: worth pausing claims until the pump's hand is empty.
+    fn drain_for_tail(&self) -> bool {
+        self.backlog && self.tail_may_start()
+    }
+
     pub(super) fn claimed(&mut self, answer: Answer, claiming: Claiming) {
         self.claim_running = false;
         let handed = std::mem::take(&mut self.handed_during_claim);
@@ -152,6 +170,7 @@ impl Pump {
         }
         let everything = answer.is_everything();
         let full = answer.rows.len() == claiming.want;
+        self.backlog = full && !everything;
         let mut unknown = false;
         for c in answer.rows {
             if !handed.contains(&c.id) {
@@ -196,6 +215,7 @@ impl Pump {
             self.back_to_outbox();
             return;
         }
+        self.backlog = false;
         let full = answer.rows.len() == want;
         let mut last = match self.mode {
             Mode::Tail { after } => after,
