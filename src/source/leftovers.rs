@@ -46,24 +46,7 @@ impl Snapshot {
             .await?
             .is_some();
         let publication = if exists {
-            Some(
-                client
-                    .query(
-                        "SELECT n.nspname::text, c.relname::text
-                         FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-                         JOIN pg_class c ON c.oid = pr.prrelid
-                         JOIN pg_namespace n ON n.oid = c.relnamespace
-                         WHERE p.pubname = $1 ORDER BY 1, 2",
-                        &[&publication],
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| TableName {
-                        schema: r.get(0),
-                        name: r.get(1),
-                    })
-                    .collect(),
-            )
+            Some(super::setup::publication_tables(client, publication).await?)
         } else {
             None
         };

@@ -400,23 +400,7 @@ pub async fn sync_publication(
             }
         }
     }
-    // The tables added to the publication as such (pg_publication_tables would list a
-    // partitioned table's leaves instead when not publishing via the root).
-    let current: Vec<TableName> = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text
-             FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-             JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE p.pubname = $1",
-            &[&publication],
-        )
-        .await?
-        .iter()
-        .map(|r| TableName {
-            schema: r.get(0),
-            name: r.get(1),
-        })
-        .collect();
+    let current = publication_tables(client, publication).await?;
     for t in tables.iter().filter(|t| !current.contains(t)) {
         ddl_with_lock_timeout(
             client,
@@ -457,6 +441,29 @@ impl SlotState {
     pub fn is_lost(&self) -> bool {
         self.wal_status.as_deref() == Some("lost")
     }
+}
+
+/// The tables added to `publication` as such, by schema and name (pg_publication_tables
+/// would list a partitioned table's leaves instead when not publishing via the root).
+pub async fn publication_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<TableName>, SourceError> {
+    Ok(client
+        .query(
+            "SELECT n.nspname::text, c.relname::text
+             FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+             JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE p.pubname = $1 ORDER BY 1, 2",
+            &[&publication],
+        )
+        .await?
+        .iter()
+        .map(|r| TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect())
 }
 
 /// Reads the slot's state; None when it does not exist. Errors if it exists but is not a
