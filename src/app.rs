@@ -27,6 +27,11 @@ use crate::metrics::Metrics;
 use crate::outbox::{self, Schema};
 use crate::pg::tls;
 
+/// The management API's outbox connections. Its statements are short and its callers few
+/// (operators, the console); what it holds counts toward walhook's connection budget (README,
+/// "Connections"), so it stays small.
+const API_POOL: usize = 4;
+
 /// Why `walhook run` stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -108,8 +113,10 @@ pub async fn run_with(
     let (subs_tx, subs_rx) = watch::channel(0u64);
     let handoff = crate::outbox::handoff::Handoff::new();
     let mut tasks = JoinSet::new();
+    // The background tasks' connections: two small shared pools instead of one each.
+    let background = crate::pg::Background::new(&config.outbox_pg_config(), &config.pg_config());
     tasks.spawn(retention_loop(
-        config.outbox_pg_config(),
+        background.clone(),
         Schema::new(config.outbox.schema.as_str()),
         config.outbox.retention.0,
         config.outbox.dead_retention.0,
@@ -120,12 +127,14 @@ pub async fn run_with(
         subs_tx,
         config.clone(),
         handles.metrics.clone(),
+        background.clone(),
     ));
     if let Some(path) = path {
         tasks.spawn(reload_loop(path, reloader.clone(), cancel.clone()));
     }
     tasks.spawn(partitions_loop(
         config.clone(),
+        background.clone(),
         router_rx.clone(),
         cancel.clone(),
     ));
@@ -140,7 +149,9 @@ pub async fn run_with(
         let sender = HttpSender::new(&config.delivery)?;
         let mut engine = Engine::new(
             Schema::new(config.outbox.schema.as_str()),
-            tls::pool(&config.outbox_pg_config(), config.delivery.pool_size),
+            // The ownership session is taken out of this pool for good (`deliver::owner`) and
+            // is the pool_size-th connection: pool_size is all delivery holds.
+            tls::pool(&config.outbox_pg_config(), config.delivery.pool_size - 1),
             config.delivery.clone(),
             sender,
             handles.metrics.clone(),
@@ -167,7 +178,7 @@ pub async fn run_with(
                 environment: config.project.environment.to_string(),
                 token: token.clone(),
                 schema: Schema::new(config.outbox.schema.as_str()),
-                outbox: tls::pool(&config.outbox_pg_config(), 8),
+                outbox: tls::pool(&config.outbox_pg_config(), API_POOL),
                 source: config.pg_config(),
                 slot: config.source.slot.to_string(),
                 publication: config.source.publication.to_string(),
@@ -199,6 +210,7 @@ pub async fn run_with(
     };
     tasks.spawn(crate::ingest::slot::monitor_loop(
         config.clone(),
+        background.clone(),
         slot_ctx.control.clone(),
         handles.metrics.clone(),
         cancel.clone(),
@@ -212,6 +224,7 @@ pub async fn run_with(
             streaming: handles.streaming.clone(),
             wake: handles.backfills.subscribe(),
             metrics: handles.metrics.clone(),
+            background: background.clone(),
         }),
         cancel.clone(),
     ));
@@ -221,6 +234,7 @@ pub async fn run_with(
         backfill: Some(exchange),
         slot: Some(slot_ctx),
         telemetry: telemetry.clone(),
+        background: Some(background),
     };
     let result = ingest_loop(&config, router_rx, hooks, &handles.streaming, &cancel)
         .await
@@ -237,7 +251,7 @@ pub async fn run_with(
 }
 
 async fn retention_loop(
-    pg: crate::pg::tls::PgConfig,
+    background: crate::pg::Background,
     schema: Schema,
     retention: Duration,
     dead_retention: Duration,
@@ -245,7 +259,6 @@ async fn retention_loop(
 ) {
     let period =
         (retention.min(dead_retention) / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let mut client: Option<tokio_postgres::Client> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -253,22 +266,15 @@ async fn retention_loop(
         }
         // Stopping never waits on a statement stuck on a dead connection.
         let work = async {
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                client = tls::connect_sql(&pg).await.ok();
-            }
-            if let Some(c) = &client {
-                if let Err(e) =
-                    outbox::retention::prune(c, &schema, retention, dead_retention).await
-                {
-                    // Before the first migration the table may not exist yet; try again later.
-                    warn!(error = %e, "pruning the outbox failed");
-                    client = None;
-                }
-            }
+            let client = background.outbox().await?;
+            outbox::retention::prune(&client, &schema, retention, dead_retention).await
         };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = work => {}
+            // Before the first migration the table may not exist yet; tried again next period.
+            r = work => if let Err(e) = r {
+                warn!(error = %e, "pruning the outbox failed");
+            }
         }
     }
 }

@@ -47,8 +47,8 @@ pub struct DeliveryConfig {
     /// third of it); another instance takes over a crashed one's subscriptions after this.
     #[serde(default = "default_lease")]
     pub lease: Duration,
-    /// Outbox connections delivery uses for claims, records and reading subscriptions, however
-    /// many subscriptions there are (plus one for its ownership session).
+    /// Outbox connections delivery holds at most, however many subscriptions there are: its
+    /// ownership session and the pool for claims, records and reading subscriptions.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// How often to look for due work that no in-process wake-up announced (other instances,

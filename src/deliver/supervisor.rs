@@ -53,7 +53,7 @@ pub async fn run(
     // Every subscription of the last reading, active or not: one that vanished was deleted (by
     // the API or by leaving config.toml), and its metric series go with it.
     let mut known: HashSet<String> = HashSet::new();
-    info!(worker = %engine.worker, pool_size = engine.pool.status().max_size, "delivery started");
+    info!(worker = %engine.worker, pool_size = engine.config.pool_size, "delivery started");
     loop {
         let mut waiting = false;
         match load_all(&engine).await {

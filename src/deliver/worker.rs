@@ -116,7 +116,7 @@ impl Engine {
             }),
             Err(_) => Err(DeliverError::PoolTimeout {
                 waited_s: POOL_WAIT.as_secs(),
-                pool_size: self.pool.status().max_size,
+                pool_size: self.config.pool_size,
             }),
         }
     }

@@ -254,13 +254,15 @@ pub struct Backfills {
     /// Bumped by the API after a create or cancel.
     pub wake: watch::Receiver<u64>,
     pub metrics: Arc<Metrics>,
+    /// The scan's connection, shared with the other background tasks (each running backfill
+    /// has its own two while it runs).
+    pub background: crate::pg::Background,
 }
 
 /// Runs every running backfill (resumed at start) until `cancel`.
 pub async fn backfill_loop(b: Arc<Backfills>, cancel: CancellationToken) {
     let schema = Schema::new(b.config.outbox.schema.as_str());
     let mut wake = b.wake.clone();
-    let mut client: Option<tokio_postgres::Client> = None;
     let mut runners: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
     // config.toml's `backfill = true` subscriptions get their backfill once (a reload's new ones:
     // see `reload`); until that statement succeeded, it is tried again at every scan.
@@ -268,31 +270,30 @@ pub async fn backfill_loop(b: Arc<Backfills>, cancel: CancellationToken) {
     loop {
         runners.retain(|_, h| !h.is_finished());
         if b.streaming.load(Ordering::Relaxed) {
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                client = outbox::connect(&b.config).await.ok();
-            }
-            if let (Some(c), false) = (&client, on_create_done) {
-                match start_on_create(c, &schema, b.config.backfill_on_create()).await {
-                    Ok(()) => on_create_done = true,
-                    Err(e) => warn!(error = %e, "starting the backfills of backfill = true failed"),
-                }
-            }
-            if let Some(c) = &client {
-                match backfills::running(c, &schema).await {
-                    Ok(list) => {
-                        for bf in list {
-                            if runners.contains_key(&bf.id) {
-                                continue;
+            match b.background.outbox().await {
+                Err(e) => warn!(error = %e, "reading running backfills failed"),
+                Ok(c) => {
+                    if !on_create_done {
+                        match start_on_create(&c, &schema, b.config.backfill_on_create()).await {
+                            Ok(()) => on_create_done = true,
+                            Err(e) => {
+                                warn!(error = %e, "starting the backfills of backfill = true failed")
                             }
-                            let (b2, cancel2) = (b.clone(), cancel.clone());
-                            let id = bf.id;
-                            runners.insert(id, tokio::spawn(run_one(b2, bf, cancel2)));
                         }
                     }
-                    // Before the first migration the table may not exist yet.
-                    Err(e) => {
-                        warn!(error = %e, "reading running backfills failed");
-                        client = None;
+                    match backfills::running(&c, &schema).await {
+                        Ok(list) => {
+                            for bf in list {
+                                if runners.contains_key(&bf.id) {
+                                    continue;
+                                }
+                                let (b2, cancel2) = (b.clone(), cancel.clone());
+                                let id = bf.id;
+                                runners.insert(id, tokio::spawn(run_one(b2, bf, cancel2)));
+                            }
+                        }
+                        // Before the first migration the table may not exist yet.
+                        Err(e) => warn!(error = %e, "reading running backfills failed"),
                     }
                 }
             }

@@ -22,7 +22,7 @@ use crate::backoff::{sleep_or_cancel, Backoff};
 use crate::config::Config;
 use crate::model::Origin;
 use crate::outbox::subscriptions::{self, Stored};
-use crate::outbox::{self, Schema};
+use crate::outbox::{self, OutboxError, Schema};
 use crate::pg::tls;
 use crate::route::Router;
 use crate::source::setup::{describe_tables, ensure_replica_identity, prepare};
@@ -104,6 +104,8 @@ pub struct Reloader {
     current: Mutex<Config>,
     /// Where the subscriptions left out of routing are shown (API, /readyz, /metrics).
     metrics: Arc<crate::metrics::Metrics>,
+    /// The connections a reload uses, shared with the other background tasks.
+    background: crate::pg::Background,
 }
 
 impl Reloader {
@@ -112,12 +114,14 @@ impl Reloader {
         subs_tx: watch::Sender<u64>,
         config: Config,
         metrics: Arc<crate::metrics::Metrics>,
+        background: crate::pg::Background,
     ) -> Reloader {
         Reloader {
             router_tx,
             subs_tx,
             current: Mutex::new(config),
             metrics,
+            background,
         }
     }
 
@@ -125,10 +129,12 @@ impl Reloader {
     /// switches routing and only then adds tables to the publication, so no change of a newly
     /// subscribed table is dropped. On error nothing changes.
     async fn apply(&self, config: &Config) -> Result<usize, IngestError> {
-        let outbox_client = outbox::connect(config).await?;
         let schema = Schema::new(config.outbox.schema.as_str());
-        let stored = subscriptions::load_all(&outbox_client, &schema).await?;
-        let client = tls::connect_sql(&config.pg_config()).await?;
+        let stored = {
+            let outbox_client = self.background.outbox().await.map_err(OutboxError::from)?;
+            subscriptions::load_all(&outbox_client, &schema).await?
+        };
+        let client = self.background.source().await?;
         let (stored, left_out) = without_broken_api_subscriptions(&client, stored).await;
         let router = router_for_stored(config, &stored)?;
         validate_columns(&client, &router).await?;
@@ -237,17 +243,31 @@ async fn reload(path: &Path, reloader: &Reloader) -> Result<usize, IngestError> 
     }
     // Validate before the table is touched: names, filters, the outbox schema rule, columns.
     let router = build_router(&config);
-    let client = tls::connect_sql(&config.pg_config()).await?;
-    validate_columns(&client, &router).await?;
-    let mut outbox_client = outbox::connect(&config).await?;
+    {
+        let client = reloader.background.source().await?;
+        validate_columns(&client, &router).await?;
+    }
     let subs: Vec<_> = config.subscriptions().collect();
-    outbox::sync_config_subscriptions(
-        &mut outbox_client,
-        &Schema::new(config.outbox.schema.as_str()),
-        &subs,
-    )
-    .await?;
+    {
+        let mut outbox_client = reloader
+            .background
+            .outbox()
+            .await
+            .map_err(OutboxError::from)?;
+        outbox::sync_config_subscriptions(
+            &mut outbox_client,
+            &Schema::new(config.outbox.schema.as_str()),
+            &subs,
+        )
+        .await?;
+    }
+    // Each step above gave its connection back: apply takes the pool's two itself.
     let n = reloader.apply(&config).await?;
+    let outbox_client = reloader
+        .background
+        .outbox()
+        .await
+        .map_err(OutboxError::from)?;
     // After routing includes them: new `backfill = true` subscriptions get their backfill. The
     // reload itself is applied either way; a failure here is tried again at the next start or
     // SIGHUP (the statement starts only what was never started).
@@ -374,13 +394,13 @@ pub const PARTITION_SWEEP: Duration = Duration::from_secs(5);
 /// at start. Errors are logged and retried at the next sweep; they never stop ingest.
 pub async fn partitions_loop(
     config: Config,
+    background: crate::pg::Background,
     router: watch::Receiver<Router>,
     cancel: CancellationToken,
 ) {
     if !config.source.manage_replica_identity {
         return;
     }
-    let mut client: Option<tokio_postgres::Client> = None;
     loop {
         if !sleep_or_cancel(PARTITION_SWEEP, &cancel).await {
             return;
@@ -389,23 +409,16 @@ pub async fn partitions_loop(
         if tables.is_empty() {
             continue;
         }
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            let pg = config.pg_config();
-            client = tokio::select! {
-                _ = cancel.cancelled() => return,
-                c = tls::connect_sql(&pg) => c.ok(),
-            };
-        }
-        let Some(c) = &client else { continue };
         let work = async {
+            let c = background.source().await?;
             // One catalog query for all tables; only partitioned ones are described further.
-            let tables = partitioned(c, &tables).await?;
+            let tables = partitioned(&c, &tables).await?;
             if tables.is_empty() {
                 return Ok(());
             }
-            let mut infos = describe_tables(c, &tables).await?;
+            let mut infos = describe_tables(&c, &tables).await?;
             infos.retain(|i| i.partitions.iter().any(|(_, ident)| *ident != 'f'));
-            ensure_replica_identity(c, &mut infos, true).await
+            ensure_replica_identity(&c, &mut infos, true).await
         };
         // Stopping never waits on a statement stuck on a dead connection.
         let result = tokio::select! {
@@ -414,9 +427,6 @@ pub async fn partitions_loop(
         };
         if let Err(e) = result {
             warn!(error = %e, "partition sweep failed; retrying at the next one");
-            if e.is_retryable() {
-                client = None;
-            }
         }
     }
 }

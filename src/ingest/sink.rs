@@ -91,6 +91,9 @@ pub struct Hooks {
     pub slot: Option<super::slot_recover::Context>,
     /// Traces: a `walhook.change` span per stored change.
     pub telemetry: crate::telemetry::Telemetry,
+    /// The background tasks' shared connections (the slot fence uses them); without them
+    /// ingest makes its own.
+    pub background: Option<crate::pg::Background>,
 }
 
 pub struct OutboxSink {

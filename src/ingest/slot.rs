@@ -336,30 +336,22 @@ pub fn check_retained(control: &SlotControl, report: &Report, warn_fraction: f64
 /// warning and the state shown (ingest itself reacts to a broken slot when its stream fails).
 pub async fn monitor_loop(
     config: Config,
+    background: crate::pg::Background,
     control: Arc<SlotControl>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let schema = Schema::new(config.outbox.schema.as_str());
     let slot = config.source.slot.to_string();
-    let mut clients: Option<(Client, Client)> = None;
     loop {
         let work = async {
-            if clients
-                .as_ref()
-                .is_none_or(|(s, o)| s.is_closed() || o.is_closed())
-            {
-                let s = tls::connect_sql(&config.pg_config()).await.ok()?;
-                let o = outbox::connect(&config).await.ok()?;
-                clients = Some((s, o));
-            }
-            let (s, o) = clients.as_ref()?;
-            match diagnose(s, o, &schema, &slot).await {
+            let s = background.source().await.ok()?;
+            let o = background.outbox().await.ok()?;
+            match diagnose(&s, &o, &schema, &slot).await {
                 Ok(d) => Some(d.report),
                 Err(e) => {
                     // Before the first migration the tables may not exist yet.
                     tracing::debug!(error = %e, "slot monitor: diagnosis failed");
-                    clients = None;
                     None
                 }
             }
@@ -391,26 +383,28 @@ pub async fn monitor_loop(
 
 /// Records wanted fence positions in the outbox, then allows them (at most about once a
 /// second), until `cancel`.
-pub async fn fence_loop(config: Config, fence: Arc<Fence>, cancel: CancellationToken) {
+pub async fn fence_loop(
+    config: Config,
+    background: crate::pg::Background,
+    fence: Arc<Fence>,
+    cancel: CancellationToken,
+) {
     let schema = Schema::new(config.outbox.schema.as_str());
     let slot = config.source.slot.to_string();
-    let mut client: Option<Client> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = fence.more_wanted() => {}
         }
         let wanted = fence.wanted();
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = outbox::connect(&config).await.ok();
-        }
-        if let Some(c) = &client {
-            match store::raise_fence(c, &schema, &slot, wanted).await {
-                Ok(()) => fence.allow(wanted),
-                Err(e) => {
-                    warn!(error = %e, "recording the slot fence failed; the slot's position waits");
-                    client = None;
-                }
+        let raised = async {
+            let c = background.outbox().await?;
+            store::raise_fence(&c, &schema, &slot, wanted).await
+        };
+        match raised.await {
+            Ok(()) => fence.allow(wanted),
+            Err(e) => {
+                warn!(error = %e, "recording the slot fence failed; the slot's position waits");
             }
         }
         tokio::select! {

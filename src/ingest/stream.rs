@@ -183,8 +183,12 @@ async fn ingest_once(
         let fence = Fence::new(fence_at);
         let fence_stop = CancellationToken::new();
         let _fence_guard = fence_stop.clone().drop_guard();
+        let background = hooks.background.clone().unwrap_or_else(|| {
+            crate::pg::Background::new(&config.outbox_pg_config(), &config.pg_config())
+        });
         tokio::spawn(super::slot::fence_loop(
             config.clone(),
+            background,
             fence.clone(),
             fence_stop.clone(),
         ));

@@ -61,6 +61,18 @@ pub enum OutboxError {
     },
 }
 
+impl From<crate::pg::PgError> for OutboxError {
+    fn from(e: crate::pg::PgError) -> Self {
+        match e {
+            crate::pg::PgError::Sql(e) => OutboxError::Sql(e),
+            other => OutboxError::Connect {
+                retryable: other.is_retryable(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 impl OutboxError {
     /// Transient failures (connection loss, server restarts, conflicts; see [`classify`]) are
     /// retryable; SQL and migration errors are not.

@@ -8,8 +8,11 @@
 //! - [`error_text`] shows the server's message, SQLSTATE, detail and hint, never connection
 //!   parameters (so never a password).
 
+pub mod background;
 pub mod catalog;
 pub mod tls;
+
+pub use background::Background;
 
 /// A failure to connect or to run a statement, below any layer's own meaning of it.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,9 @@ pub enum PgError {
     /// The connection settings ask for something walhook does not support.
     #[error("{0}")]
     Config(String),
+    /// No pooled connection could be had (the pool's own error, or its wait ran out).
+    #[error("{message}")]
+    Pool { message: String, retryable: bool },
 }
 
 impl PgError {
@@ -32,6 +38,10 @@ impl PgError {
             PgError::Sql(e) => classify(e),
             PgError::Io(_) => ErrorClass::Transient,
             PgError::Tls(_) | PgError::Config(_) => ErrorClass::Configuration,
+            PgError::Pool {
+                retryable: true, ..
+            } => ErrorClass::Transient,
+            PgError::Pool { .. } => ErrorClass::Configuration,
         }
     }
     pub fn is_retryable(&self) -> bool {

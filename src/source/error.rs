@@ -92,6 +92,12 @@ impl From<crate::pg::PgError> for SourceError {
             PgError::Tls(m) => SourceError::Tls(m),
             PgError::Io(e) => SourceError::Io(e),
             PgError::Config(m) => SourceError::Config(m),
+            // A pool that stays busy is waited out like a connect timeout.
+            PgError::Pool {
+                message,
+                retryable: true,
+            } => SourceError::Timeout(message),
+            PgError::Pool { message, .. } => SourceError::Config(message),
         }
     }
 }

@@ -13,18 +13,10 @@ use serde_json::{json, Value};
 
 use crate::support::daemon::{fast_delivery, wait_value, Daemon};
 use crate::support::receiver::{Answer, Receiver};
-use crate::support::TestDb;
+use crate::support::{free_port, TestDb};
 
 pub(crate) const TOKEN: &str = "console-test-token";
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `walhook run` with the API (and so the console) on a loopback port; returns its base URL.
 async fn daemon(db: &TestDb, extra_delivery: &str) -> (Daemon, String) {

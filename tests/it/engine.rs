@@ -89,14 +89,17 @@ async fn many_subscriptions_one_insert_reaches_all_on_a_small_pool() {
         .unwrap_or(1000);
     let db = TestDb::new();
     db.sql("CREATE TABLE orders (id int PRIMARY KEY, status text)");
+    db.sql("CREATE TABLE other (id int PRIMARY KEY)");
     let rx = Receiver::ok().await;
     // Generous timeouts: a loaded machine answering late must not turn into retries here.
+    let api_port = crate::support::free_port();
     let delivery = fast_delivery("")
         .replace("connect_timeout = \"1s\"", "connect_timeout = \"10s\"")
         .replace(
             "timeout = \"1s\"\nlease = \"3s\"",
             "timeout = \"20s\"\nlease = \"60s\"",
-        );
+        )
+        + &format!("[api]\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"t\"\n");
     let cfg = write_config(&db, &delivery, &subscriptions(&rx, n));
     let started = Instant::now();
     let mut child = spawn(cfg.path());
@@ -114,6 +117,9 @@ async fn many_subscriptions_one_insert_reaches_all_on_a_small_pool() {
     let owned_after = started.elapsed();
 
     let idle_rss = rss_kb(pid, "VmRSS:");
+    // The API busy the whole time (listings, and creates that reload routing): the budget
+    // holds with every part of walhook using its connections at once.
+    let api_load = ApiLoad::start(api_port, &rx.url);
     db.sql("INSERT INTO orders VALUES (1, 'new')");
     let committed = Instant::now();
     let deadline = committed + Duration::from_secs(50);
@@ -139,8 +145,15 @@ async fn many_subscriptions_one_insert_reaches_all_on_a_small_pool() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The API load keeps going until its share of the pool was surely taken.
+    while !api_load.enough() {
+        max_connections = max_connections.max(walhook_connections(&db));
+        assert!(Instant::now() < deadline, "API load: {}", api_load.report());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let delivered_in = committed.elapsed();
     max_connections = max_connections.max(walhook_connections(&db));
+    let api_report = api_load.stop().await;
     let (rss, hwm) = (rss_kb(pid, "VmRSS:"), rss_kb(pid, "VmHWM:"));
     let mut arrivals: Vec<Duration> = rx
         .snapshot()
@@ -166,7 +179,7 @@ async fn many_subscriptions_one_insert_reaches_all_on_a_small_pool() {
     );
     assert!(
         max_connections <= 20,
-        "walhook held {max_connections} connections"
+        "walhook held {max_connections} connections (README's budget: 20); API load: {api_report}"
     );
     // The work is recorded too, through the same few connections.
     wait_value(
@@ -189,6 +202,117 @@ async fn many_subscriptions_one_insert_reaches_all_on_a_small_pool() {
     );
     child.start_kill().unwrap();
     child.wait().await.unwrap();
+}
+
+/// Concurrent management API requests until stopped: delivery listings (the API's outbox
+/// pool) and subscription creates (each reloads routing through the background pools).
+struct ApiLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    listed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    created: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ApiLoad {
+    const LISTERS: usize = 12;
+    const CREATORS: usize = 4;
+
+    fn start(port: u16, rx_url: &str) -> ApiLoad {
+        use std::sync::atomic::Ordering;
+        let load = ApiLoad {
+            stop: Default::default(),
+            listed: Default::default(),
+            created: Default::default(),
+            failures: Default::default(),
+            tasks: Vec::new(),
+        };
+        // reqwest is built without a default TLS provider; plain HTTP still needs one chosen.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}/api/rest/_webhooks");
+        let mut tasks = Vec::new();
+        for t in 0..Self::LISTERS + Self::CREATORS {
+            let (http, base, rx_url) = (http.clone(), base.clone(), rx_url.to_string());
+            let (stop, listed, created, failures) = (
+                load.stop.clone(),
+                load.listed.clone(),
+                load.created.clone(),
+                load.failures.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let req = if t < Self::LISTERS {
+                        http.get(format!("{base}/s{}/deliveries", (t * 31 + i) % 1000))
+                    } else {
+                        let body = serde_json::json!({
+                            "projectId": "test-project", "environment": "master",
+                            "table": "other", "events": ["INSERT"],
+                            "url": format!("{rx_url}/other-{t}-{i}"), "secret": "k"
+                        });
+                        http.post(&base)
+                            .header("Content-Type", "application/json")
+                            .body(body.to_string())
+                    };
+                    let resp = req
+                        .bearer_auth("t")
+                        .header("X-Project-ID", "test-project")
+                        .header("environment", "master")
+                        .timeout(Duration::from_secs(30))
+                        .send()
+                        .await;
+                    match resp {
+                        Ok(r) if r.status().is_success() => {
+                            let n = if t < Self::LISTERS { &listed } else { &created };
+                            n.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => {
+                            let text =
+                                format!("{}: {}", r.status(), r.text().await.unwrap_or_default());
+                            failures.lock().unwrap().push(text);
+                        }
+                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            }));
+        }
+        ApiLoad { tasks, ..load }
+    }
+
+    /// Enough requests answered that every lister and creator ran several times.
+    fn enough(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.listed.load(Ordering::Relaxed) >= 5 * Self::LISTERS as u64
+            && self.created.load(Ordering::Relaxed) >= Self::CREATORS as u64
+    }
+
+    fn report(&self) -> String {
+        use std::sync::atomic::Ordering;
+        let failures = self.failures.lock().unwrap();
+        format!(
+            "{} listings, {} creates answered 2xx; {} failed (first: {:?})",
+            self.listed.load(Ordering::Relaxed),
+            self.created.load(Ordering::Relaxed),
+            failures.len(),
+            failures.first()
+        )
+    }
+
+    /// Stops the load; every request must have been answered 2xx.
+    async fn stop(mut self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in std::mem::take(&mut self.tasks) {
+            t.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        assert!(
+            failures.is_empty(),
+            "API requests failed under load: {failures:?}"
+        );
+        self.report()
+    }
 }
 
 /// Inserts row `id` and returns how long until the receiver has its event.
@@ -449,11 +573,7 @@ async fn deliveries_carry_a_per_subscription_sequence_and_the_api_lists_after_on
         }
     })
     .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let delivery = format!(
         "{}\n[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"t\"\n",
         fast_delivery("retry_schedule = [\"0s\", \"0s\"]")

@@ -96,6 +96,15 @@ impl TestDb {
 }
 
 /// A subscription block for `table` and `events`, with extra TOML lines.
+/// A loopback port free at the time of the call (for a daemon's API listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn sub(id: &str, table: &str, events: &str, extra: &str) -> String {
     format!(
         "[[subscriptions]]\nid = \"{id}\"\ntable = \"{table}\"\nevents = {events}\n\
