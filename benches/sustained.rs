@@ -211,6 +211,20 @@ async fn relation_sizes(client: &tokio_postgres::Client, label: &str) {
     if let Err(e) = relation_sizes_rows(client).await {
         println!("  (not read: {e})");
     }
+    if let Ok(rows) = client
+        .query(
+            "SELECT p.relid::regclass::text, p.phase, p.heap_blks_scanned, p.heap_blks_total
+             FROM pg_stat_progress_vacuum p",
+            &[],
+        )
+        .await
+    {
+        for row in rows {
+            let (rel, phase, done, total): (String, String, i64, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            println!("  vacuum running on {rel}: {phase}, {done} of {total} heap blocks scanned");
+        }
+    }
 }
 
 async fn relation_sizes_rows(client: &tokio_postgres::Client) -> anyhow::Result<()> {
@@ -316,6 +330,8 @@ async fn bench() -> anyhow::Result<()> {
         ("deadlock_timeout", "100ms"),
         ("log_min_duration_statement", "100ms"),
         ("log_line_prefix", "%m [%p] %a: "),
+        // Whether vacuum keeps up with retention's deletes: every autovacuum run is logged.
+        ("log_autovacuum_min_duration", "0"),
     ])?;
     // The server's stdout/stderr go to postgres.log beside its data directory.
     let data_dir = PathBuf::from(pg.psql("postgres", "SHOW data_directory")?);
@@ -375,9 +391,7 @@ struct Report {
     requests: u64,
     duplicates: u64,
     bad: u64,
-    lock_waits_walhook: usize,
-    lock_waits_other: usize,
-    slow_walhook: usize,
+    log: LogCounts,
     max_exec: Option<(f64, String)>,
     lat: Option<(f64, f64, f64)>,
     cpu: Vec<String>,
@@ -575,7 +589,7 @@ async fn run(
         .max()
         .unwrap_or(0);
     let max_size = s.samples.iter().filter_map(|x| x.outbox).max().unwrap_or(0);
-    let (lock_waits_walhook, lock_waits_other, slow_walhook) = server_log(log_path, log_offset);
+    let log = server_log(log_path, log_offset);
     let max_exec = statements(&s.client).await?;
     let lat = {
         let mut l = rx.latencies.lock().unwrap().clone();
@@ -602,9 +616,7 @@ async fn run(
         requests: rx.requests.load(Ordering::Relaxed),
         duplicates: rx.duplicates.load(Ordering::Relaxed),
         bad: rx.bad.load(Ordering::Relaxed),
-        lock_waits_walhook,
-        lock_waits_other,
-        slow_walhook,
+        log,
         max_exec,
         lat,
         cpu,
@@ -645,10 +657,44 @@ async fn generate(
     Ok(start.elapsed())
 }
 
-/// Lock waits > 100 ms (walhook's, others') and walhook's statements ≥ 100 ms from the server
-/// log since `offset`; prints up to 10 of each kind.
-fn server_log(path: &Path, offset: u64) -> (usize, usize, usize) {
+struct LogCounts {
+    waits_walhook: usize,
+    waits_other: usize,
+    slow_walhook: usize,
+    autovacuums: usize,
+    autovacuum_cancels: usize,
+}
+
+/// Lock waits > 100 ms (walhook's, others'), walhook's statements ≥ 100 ms and autovacuum runs on
+/// walhook's schema from the server log since `offset`; prints up to 10 of each kind.
+fn server_log(path: &Path, offset: u64) -> LogCounts {
     let lines = log_lines(path, offset);
+    let vacuums: Vec<usize> = (0..lines.len())
+        .filter(|&i| {
+            lines[i].contains("automatic vacuum of table") && lines[i].contains(".walhook.")
+        })
+        .collect();
+    let cancels: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("canceling autovacuum task"))
+        .collect();
+    println!(
+        "autovacuum runs on schema walhook: {} completed, {} cancelled (all tables)",
+        vacuums.len(),
+        cancels.len()
+    );
+    for &i in vacuums.iter().chain(cancels.iter()).take(10) {
+        println!("  {}", short(&lines[i], 200));
+        // Continuation lines of a multi-line entry carry no prefix.
+        for l in lines[i + 1..]
+            .iter()
+            .take_while(|l| !l.contains("] "))
+            .take(8)
+        {
+            if l.contains("tuples:") || l.contains("CONTEXT:") || l.contains("elapsed") {
+                println!("      {}", short(l, 200));
+            }
+        }
+    }
     let waits: Vec<usize> = (0..lines.len())
         .filter(|&i| lines[i].contains("still waiting for"))
         .collect();
@@ -681,7 +727,13 @@ fn server_log(path: &Path, offset: u64) -> (usize, usize, usize) {
     for l in slow.iter().take(10) {
         println!("  {}", short(l, 220));
     }
-    (walhook_waits, waits.len() - walhook_waits, slow.len())
+    LogCounts {
+        waits_walhook: walhook_waits,
+        waits_other: waits.len() - walhook_waits,
+        slow_walhook: slow.len(),
+        autovacuums: vacuums.len(),
+        autovacuum_cancels: cancels.len(),
+    }
 }
 
 /// Prints walhook's statements (role `postgres`) with the largest `max_exec_time`; returns the
@@ -774,11 +826,15 @@ fn print_table(set: &Settings, r: &Report, hwm_kib: u64) {
     );
     println!(
         "| lock waits > 100 ms (log_lock_waits) | {} by walhook, {} by others |",
-        r.lock_waits_walhook, r.lock_waits_other
+        r.log.waits_walhook, r.log.waits_other
     );
     println!(
         "| walhook statements ≥ 100 ms (log_min_duration_statement) | {} |",
-        r.slow_walhook
+        r.log.slow_walhook
+    );
+    println!(
+        "| autovacuum runs on schema walhook (completed / cancelled) | {} / {} |",
+        r.log.autovacuums, r.log.autovacuum_cancels
     );
     println!(
         "| largest max_exec_time of walhook's statements | {} |",
