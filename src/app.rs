@@ -250,6 +250,10 @@ pub async fn run_with(
     result
 }
 
+/// How often retention looks whether walhook's tables need a vacuum (pruning itself runs every
+/// tenth of the shorter retention, between 1 s and 60 s).
+const VACUUM_CHECK: Duration = Duration::from_secs(10);
+
 async fn retention_loop(
     background: crate::pg::Background,
     schema: Schema,
@@ -257,23 +261,38 @@ async fn retention_loop(
     dead_retention: Duration,
     cancel: CancellationToken,
 ) {
-    let period =
+    let prune_every =
         (retention.min(dead_retention) / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let tick = prune_every.min(VACUUM_CHECK);
+    let mut last_prune = tokio::time::Instant::now();
+    let mut last_vacuum_check = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(tick) => {}
         }
+        let prune_due = last_prune.elapsed() >= prune_every;
+        let vacuum_due = last_vacuum_check.elapsed() >= VACUUM_CHECK;
         // Stopping never waits on a statement stuck on a dead connection.
         let work = async {
             let client = background.outbox().await?;
-            outbox::retention::prune(&client, &schema, retention, dead_retention).await
+            if prune_due {
+                last_prune = tokio::time::Instant::now();
+                outbox::retention::prune(&client, &schema, retention, dead_retention).await?;
+            }
+            if vacuum_due {
+                last_vacuum_check = tokio::time::Instant::now();
+                for v in outbox::retention::vacuum_if_bloated(&client, &schema).await? {
+                    info!(table = %v.table, dead_rows = v.dead, live_rows = v.live, took_ms = v.took.as_millis() as u64, "vacuumed");
+                }
+            }
+            Ok::<_, outbox::OutboxError>(())
         };
         tokio::select! {
             _ = cancel.cancelled() => return,
             // Before the first migration the table may not exist yet; tried again next period.
             r = work => if let Err(e) = r {
-                warn!(error = %e, "pruning the outbox failed");
+                warn!(error = %e, "outbox retention (prune, vacuum) failed; tried again at its next turn");
             }
         }
     }

@@ -187,6 +187,33 @@ async fn delivered_rows_are_pruned_after_retention_pending_rows_are_kept() {
     assert!(stop(child, libc::SIGTERM).await.success());
 }
 
+/// Autovacuum visits a table at most once a minute; a busy outbox would bloat in between, so
+/// retention vacuums walhook's tables itself when their dead row versions pile up.
+#[tokio::test]
+async fn retention_vacuums_the_outbox_when_dead_rows_pile_up() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE a(id int PRIMARY KEY)");
+    let cfg = write_config(&db, &sub("a", "a", ALL, ""));
+    let child = run_streaming(&db, cfg.path()).await;
+    let vacuums = "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'walhook.deliveries'::regclass";
+    assert_eq!(db.sql(vacuums), "0");
+    db.sql("INSERT INTO a SELECT generate_series(1, 12000)");
+    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 12000).await;
+    db.sql("UPDATE walhook.deliveries SET status = 'delivered', finished_at = now() - interval '1 hour'");
+    // Pruned (12,000 more dead versions), then vacuumed at retention's next look (every 10 s).
+    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 0).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while db.sql(vacuums) == "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not vacuumed within 40 s: {}",
+            db.sql("SELECT n_dead_tup || ' dead, ' || n_live_tup || ' live' FROM pg_stat_user_tables WHERE relid = 'walhook.deliveries'::regclass")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stop(child, libc::SIGTERM).await.success());
+}
+
 #[tokio::test]
 async fn migrate_command_creates_the_schema_once() {
     let db = TestDb::new();
