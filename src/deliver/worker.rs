@@ -131,6 +131,11 @@ const MEMORY_QUEUE_MIN: usize = 4096;
 
 /// A finished attempt waits at most this long for others to be recorded with it.
 const RECORD_DELAY: Duration = Duration::from_millis(2);
+/// Decided results a pump keeps waiting for a record statement, per in-flight slot (and
+/// event of a batch), before it stops sending ([`Pump::start_sends`]).
+const UNRECORDED_PER_SLOT: usize = 4;
+/// ... and at least this many, so small `max_in_flight` values still record in batches.
+const RECORD_MIN: usize = 4096;
 
 /// How often the supervisor re-reads the subscriptions table when nobody told it to.
 pub(super) const RESCAN: Duration = Duration::from_secs(5);
@@ -490,6 +495,12 @@ impl Pump {
             return None;
         }
         let max = self.engine.config.max_in_flight;
+        // Results wait in memory while the previous record statement runs. Past this many,
+        // sends pause until it answers (the loop wakes on its reply): a slow outbox holds
+        // memory at a bound instead of growing it, and the rows stay pending where they are.
+        if self.decided.len() >= (UNRECORDED_PER_SLOT * max * self.per_request()).max(RECORD_MIN) {
+            return None;
+        }
         self.rate_held = false;
         self.batch_held = false;
         while self.in_flight.len() < max {

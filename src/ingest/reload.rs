@@ -161,24 +161,39 @@ pub(super) async fn without_broken_api_subscriptions(
     client: &tokio_postgres::Client,
     stored: Vec<Stored>,
 ) -> (Vec<Stored>, Vec<(String, String)>) {
+    use std::collections::hash_map::Entry;
+    use std::collections::HashMap;
+    // Each table is described once per reload, not once per subscription: with thousands of
+    // API subscriptions on a few tables, every create would otherwise cost thousands of
+    // catalog round trips.
+    let mut described: HashMap<crate::model::TableName, Option<Result<Vec<_>, String>>> =
+        HashMap::new();
     let mut keep = Vec::with_capacity(stored.len());
     let mut left_out = Vec::new();
     for sub in stored {
         if sub.origin == Origin::Api {
-            let problem = {
-                let route = &sub.sub;
-                {
-                    match describe_tables(client, std::slice::from_ref(&route.table)).await {
-                        // Only a definite answer (no such table) drops it; a lost connection must
-                        // not, or its changes would go unrouted meanwhile.
-                        Err(e @ SourceError::Table { .. }) => Some(e.to_string()),
-                        Err(_) => None,
-                        Ok(infos) => infos
-                            .iter()
-                            .find_map(|i| crate::route::check_columns(route, &i.columns).err())
-                            .map(|e| e.to_string()),
-                    }
+            let route = &sub.sub;
+            let info = match described.entry(route.table.clone()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let answer =
+                        match describe_tables(client, std::slice::from_ref(&route.table)).await {
+                            // Only a definite answer (no such table) drops it; a lost connection
+                            // must not, or its changes would go unrouted meanwhile.
+                            Err(e @ SourceError::Table { .. }) => Some(Err(e.to_string())),
+                            Err(_) => None,
+                            Ok(infos) => Some(Ok(infos)),
+                        };
+                    e.insert(answer)
                 }
+            };
+            let problem = match info {
+                None => None,
+                Some(Err(e)) => Some(e.clone()),
+                Some(Ok(infos)) => infos
+                    .iter()
+                    .find_map(|i| crate::route::check_columns(route, &i.columns).err())
+                    .map(|e| e.to_string()),
             };
             if let Some(problem) = problem {
                 error!(subscription = %sub.id, error = %problem, "subscription left out of routing until it is fixed or deleted");

@@ -161,6 +161,14 @@ impl Queue {
         );
         // A first-attempt success keeps its outcome on the delivery and writes no attempt
         // row (see sql/012); every other attempt gets one. Answers the ids written.
+        //
+        // Unfinished is said as `NOT IN ('delivered', 'dead')`, not `IN ('pending', 'failed')`:
+        // the latter is the predicate of the unfinished rows' partial indexes, whose statistics
+        // say almost empty right after a vacuum (everything was delivered). The planner then
+        // scanned such an index as the outer side and the batch of results as the inner one,
+        // once per unfinished row: minutes per record statement once a backlog formed, and a
+        // backlog formed because records were slow (bench/sustained.sh). Now the only index on
+        // the deliveries side is the primary key, probed once per result.
         let record_cte = |fence: &str| {
             format!(
                 "WITH r AS (
@@ -176,7 +184,7 @@ impl Queue {
                              THEN now() + r.retry_in * interval '1 second' ELSE d.next_attempt_at END,
                          finished_at = CASE WHEN r.status IN ('delivered', 'dead') THEN now() END
                      FROM r
-                     WHERE d.id = r.id AND d.status IN ('pending', 'failed') AND {fence}
+                     WHERE d.id = r.id AND d.status NOT IN ('delivered', 'dead') AND {fence}
                      RETURNING d.id, d.attempts),
                  a AS (
                      INSERT INTO {a} (delivery_id, attempted_at, duration_ms, http_status, error_kind, response_body)

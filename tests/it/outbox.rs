@@ -195,7 +195,8 @@ async fn retention_vacuums_the_outbox_when_dead_rows_pile_up() {
     db.sql("CREATE TABLE a(id int PRIMARY KEY)");
     let cfg = write_config(&db, &sub("a", "a", ALL, ""));
     let child = run_streaming(&db, cfg.path()).await;
-    let vacuums = "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'walhook.deliveries'::regclass";
+    let vacuums =
+        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'walhook.deliveries'::regclass";
     assert_eq!(db.sql(vacuums), "0");
     db.sql("INSERT INTO a SELECT generate_series(1, 12000)");
     wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 12000).await;
