@@ -146,22 +146,6 @@ fn spawn_walhook(config: &std::path::Path, label: &str) -> anyhow::Result<Child>
         .spawn()?)
 }
 
-fn stop(mut child: Child) -> anyhow::Result<u64> {
-    let hwm = proc_kib(child.id(), "VmHWM:").unwrap_or(0);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait()?;
-    Ok(hwm)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
 async fn bench() -> anyhow::Result<()> {
     // pg_stat_statements shows where the database's share of each delivery goes.
     let pg = PgServer::start(&[("shared_preload_libraries", "pg_stat_statements")])?;
@@ -235,7 +219,7 @@ async fn bench() -> anyhow::Result<()> {
     let cpu_lines = cpu_top(&cpu_before, &cpu_snapshot(), 8);
     let delivered = pg.psql(&db, "SELECT count(*) FROM walhook.deliveries")?;
     let attempts = pg.psql(&db, "SELECT count(*) FROM walhook.all_attempts")?;
-    let hwm = stop(child)?.max(peak_rss);
+    let hwm = stop_walhook(child)?.max(peak_rss);
     let e2e_rate = W1_CHANGES as f64 / e2e.as_secs_f64();
     println!(
         "walhook e2e: {:.2} s ({e2e_rate:.0} changes/s); receiver had all at {:.2} s; \
@@ -379,7 +363,7 @@ async fn latency_phase(
         anyhow::Ok((lat5, lat20))
     }
     .await;
-    let hwm2 = stop(child2)?;
+    let hwm2 = stop_walhook(child2)?;
     let (lat5, lat20) = runs?;
     Ok((lat5, lat20, hwm2))
 }
@@ -424,7 +408,7 @@ async fn w1_batched(pg: &PgServer, state: &Received, url: &str) -> anyhow::Resul
         );
     }
     let secs = start.elapsed().as_secs_f64();
-    stop(child)?;
+    stop_walhook(child)?;
     Ok(Batched {
         rate: W1_CHANGES as f64 / secs,
         secs,
@@ -550,8 +534,8 @@ async fn latency_run(
     );
     Ok(Latency {
         rate,
-        p50: percentile(&lat, 0.50),
-        p99: percentile(&lat, 0.99),
-        max: percentile(&lat, 1.0),
+        p50: percentile_ms(&lat, 0.50),
+        p99: percentile_ms(&lat, 0.99),
+        max: percentile_ms(&lat, 1.0),
     })
 }

@@ -174,22 +174,6 @@ fn spawn_walhook(config: &Path) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
-fn stop(mut child: Child) -> anyhow::Result<u64> {
-    let hwm = proc_kib(child.id(), "VmHWM:").unwrap_or(0);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait()?;
-    Ok(hwm)
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
 fn mib(bytes: i64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -366,7 +350,7 @@ async fn bench() -> anyhow::Result<()> {
     let pid = child.id();
     // walhook is stopped whether the run succeeds or not.
     let outcome = run(&set, &bench_url, &rx, pid, &log_path).await;
-    let hwm = stop(child)?;
+    let hwm = stop_walhook(child)?;
     let report = outcome?;
     print_table(&set, &report, hwm);
     drop(pg);
@@ -596,9 +580,9 @@ async fn run(
         l.sort_unstable();
         (!l.is_empty()).then(|| {
             (
-                percentile(&l, 0.5),
-                percentile(&l, 0.99),
-                percentile(&l, 1.0),
+                percentile_ms(&l, 0.5),
+                percentile_ms(&l, 0.99),
+                percentile_ms(&l, 1.0),
             )
         })
     };

@@ -259,3 +259,21 @@ pub fn cpu_top(
         .map(|(s, who)| format!("{s:7.2} s  {who}"))
         .collect()
 }
+
+/// SIGTERM to a walhook child, then waits; returns its VmHWM in KiB (read before the signal).
+pub fn stop_walhook(mut child: std::process::Child) -> anyhow::Result<u64> {
+    let hwm = proc_kib(child.id(), "VmHWM:").unwrap_or(0);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait()?;
+    Ok(hwm)
+}
+
+/// The `p` quantile of sorted microsecond samples, in milliseconds (NaN when empty).
+pub fn percentile_ms<T: Copy + Into<u64>>(sorted: &[T], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].into() as f64 / 1000.0
+}
