@@ -1,6 +1,6 @@
 //! A backlog bigger than a pump's memory queue, and a backlog found at start: both are read
 //! from the outbox in id order (no per-row head probe), which must keep each key's order and
-//! lose nothing when rows fail on the way.
+//! lose nothing when rows fail on the way, or when their results cannot be recorded for a while.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -125,4 +125,100 @@ async fn a_backlog_read_in_id_order_keeps_each_key_in_order_through_failures() {
         db.sql("SELECT count(*) FROM walhook.deliveries WHERE attempts <> 1 + (payload::jsonb->'record'->>'v' IN ('3', '110'))::int"),
         "0"
     );
+}
+
+/// While the outbox does not answer record statements (here: `attempts` locked, which every
+/// record statement writes to), a pump sends at most a bounded number of requests whose results
+/// it cannot record, then waits; once records go through again, everything is delivered
+/// exactly once and recorded. (Today the pump already stops at its first unrecorded handoff,
+/// well below the bound that `deliver::worker` also enforces on its own; this test holds
+/// either way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_stay_bounded_while_results_cannot_be_recorded_and_nothing_is_lost_after() {
+    const ROWS: usize = 12_000;
+    // The bound for max_in_flight = 4 and one event per request (deliver::worker).
+    const BOUND: usize = 4096;
+    let db = TestDb::new();
+    db.sql("CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL)");
+    let rx = Receiver::ok().await;
+    let daemon = Daemon::start(
+        &db,
+        &fast_delivery("max_in_flight = 4"),
+        &subscription(&rx.url),
+    )
+    .await;
+    // One change delivered and recorded first: the pump is warm and in memory mode.
+    db.sql("INSERT INTO kv VALUES (0, 0)");
+    wait_value(
+        &db,
+        "SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'",
+        "1",
+        20,
+    )
+    .await;
+    let mut blocker = db.client().await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE walhook.attempts IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // Small transactions, as an application writes: each is handed to the pump from memory
+    // as it commits, so only the bound on unrecorded results can stop the sends.
+    let writer = db.client().await;
+    for t in 0..(ROWS / 100) as i32 {
+        writer
+            .execute(
+                "INSERT INTO kv SELECT g, 1 FROM generate_series($1::int, $2::int) g",
+                &[&(t * 100 + 1), &(t * 100 + 100)],
+            )
+            .await
+            .unwrap();
+    }
+    wait_value(
+        &db,
+        "SELECT count(*) FROM walhook.deliveries",
+        &(ROWS + 1).to_string(),
+        30,
+    )
+    .await;
+    // Sends go on until the bound, then stop: the count settles below it.
+    let mut last = rx.count();
+    let mut still_for = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while still_for < 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = rx.count();
+        still_for = if now == last { still_for + 1 } else { 0 };
+        last = now;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sends never paused: {now} requests while records are blocked"
+        );
+    }
+    eprintln!("requests sent while records were blocked: {last}");
+    assert!(
+        last <= 1 + BOUND + 4 + 2,
+        "{last} requests sent while no result could be recorded (bound {BOUND})"
+    );
+    assert!(last > 1, "nothing was sent at all");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'"),
+        "1",
+        "nothing recorded while attempts is locked"
+    );
+    tx.rollback().await.unwrap();
+    wait_value(
+        &db,
+        "SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'",
+        &(ROWS + 1).to_string(),
+        60,
+    )
+    .await;
+    let reqs = rx.snapshot();
+    let ids: HashSet<String> = reqs
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), ROWS + 1, "every change arrived");
+    assert_eq!(reqs.len(), ROWS + 1, "and each once");
+    daemon.stop().await;
 }
