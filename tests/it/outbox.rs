@@ -34,17 +34,23 @@ async fn stop(child: Walhook, signal: i32) -> std::process::ExitStatus {
     child.stop_with(signal).await
 }
 
-/// Waits until `sql` (a count) returns `want`, for up to 20 s.
+/// Waits until `sql` (a count) returns `want`, for up to 60 s. Generous: every walsender of
+/// the shared test cluster reads all of its WAL, and other tests write hundreds of megabytes at
+/// once; a change can take a while to reach a new slot on a loaded 2-core machine.
 async fn wait_count(db: &TestDb, sql: &str, want: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
-    for _ in 0..400 {
+    while std::time::Instant::now() < deadline {
         last = db.pg.psql(&db.name, sql).unwrap_or_default();
         if last == want.to_string() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{sql}: expected {want}, last saw {last}");
+    panic!(
+        "{sql}: expected {want}, last saw {last}; {}",
+        db.stall_report()
+    );
 }
 
 const ALL: &str = r#"["INSERT", "UPDATE", "DELETE"]"#;
