@@ -28,15 +28,7 @@ const MAX_IN_FLIGHT: usize = 64;
 const TIMEOUT: Duration = Duration::from_secs(1800);
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(bench()) {
-        eprintln!("backfill bench failed: {e:#}");
-        std::process::exit(1);
-    }
+    support::run("backfill", bench());
 }
 
 fn env_num(name: &str, default: i64) -> i64 {

@@ -46,15 +46,7 @@ struct Received {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(bench()) {
-        eprintln!("e2e bench failed: {e:#}");
-        std::process::exit(1);
-    }
+    support::run("e2e", bench());
 }
 
 async fn receiver(state: Arc<Received>) -> anyhow::Result<String> {

@@ -43,15 +43,7 @@ use support::*;
 const API_TOKEN: &str = "scale-bench-token";
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(bench()) {
-        eprintln!("scale bench failed: {e:#}");
-        std::process::exit(1);
-    }
+    support::run("scale", bench());
 }
 
 fn wanted(n: u32) -> bool {

@@ -103,15 +103,7 @@ impl Rx {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(bench()) {
-        eprintln!("sustained bench failed: {e:#}");
-        std::process::exit(1);
-    }
+    support::run("sustained", bench());
 }
 
 async fn receiver(rx: Arc<Rx>) -> anyhow::Result<String> {

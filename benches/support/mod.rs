@@ -277,3 +277,17 @@ pub fn percentile_ms<T: Copy + Into<u64>>(sorted: &[T], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].into() as f64 / 1000.0
 }
+
+/// Runs a bench's async body on a two-thread runtime (walhook's own machine has two cores);
+/// a failure is printed with its causes and exits 1.
+pub fn run<F: std::future::Future<Output = anyhow::Result<()>>>(name: &str, bench: F) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(bench) {
+        eprintln!("{name} bench failed: {e:#}");
+        std::process::exit(1);
+    }
+}
