@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::{OutboxError, Schema};
 use crate::model::Lsn;
@@ -48,6 +48,16 @@ pub struct Enqueuer {
     ids: std::ops::Range<i64>,
     /// Backfill progress stored with the open transaction.
     progress: Vec<super::backfills::Progress>,
+    /// The statements of every transaction, prepared once per connection (an unprepared
+    /// statement costs a second round trip each time it runs).
+    prepared: Option<Prepared>,
+}
+
+struct Prepared {
+    copy: Statement,
+    take_ids: Statement,
+    sequences: Statement,
+    checkpoint: Statement,
 }
 
 impl Enqueuer {
@@ -61,7 +71,47 @@ impl Enqueuer {
             sequences_dirty: HashMap::new(),
             ids: 0..0,
             progress: Vec::new(),
+            prepared: None,
         }
+    }
+
+    async fn prepare(&mut self) -> Result<(), OutboxError> {
+        if self.prepared.is_some() {
+            return Ok(());
+        }
+        let copy = format!(
+            "COPY {} (id, subscription_id, event_id, event, ordering_key, payload, commit_lsn, sequence) FROM STDIN (FORMAT binary)",
+            self.schema.table("deliveries")
+        );
+        let take_ids = "SELECT nextval(pg_get_serial_sequence($1, 'id')),
+                               (SELECT seqincrement FROM pg_sequence
+                                WHERE seqrelid = pg_get_serial_sequence($1, 'id')::regclass)";
+        let sequences = format!(
+            "INSERT INTO {} (subscription_id, last_sequence)
+             SELECT * FROM unnest($1::text[], $2::bigint[])
+             ON CONFLICT (subscription_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence",
+            self.schema.table("sequences")
+        );
+        let checkpoint = format!(
+            "INSERT INTO {t} (slot, commit_lsn) VALUES ($1, $2)
+             ON CONFLICT (slot) DO UPDATE SET commit_lsn = $2, updated_at = now()
+             WHERE {t}.commit_lsn < $2",
+            t = self.schema.table("checkpoint")
+        );
+        let c = &self.client;
+        let (copy, take_ids, sequences, checkpoint) = tokio::try_join!(
+            c.prepare(&copy),
+            c.prepare(take_ids),
+            c.prepare(&sequences),
+            c.prepare(&checkpoint),
+        )?;
+        self.prepared = Some(Prepared {
+            copy,
+            take_ids,
+            sequences,
+            checkpoint,
+        });
+        Ok(())
     }
 
     /// Whether the connection is gone (the server closed it, or the network did).
@@ -130,21 +180,26 @@ impl Enqueuer {
     /// Reserves the next block of ids: one nextval, whose increment (4096 since migration 8)
     /// is the block's size.
     async fn take_ids(&mut self) -> Result<(), OutboxError> {
-        let row = self
-            .client
-            .query_one(
-                "SELECT nextval(pg_get_serial_sequence($1, 'id')),
-                        (SELECT seqincrement FROM pg_sequence
-                         WHERE seqrelid = pg_get_serial_sequence($1, 'id')::regclass)",
-                &[&self.schema.table("deliveries")],
-            )
-            .await?;
-        let (first, size): (i64, i64) = (row.get(0), row.get(1));
-        self.ids = first..first + size.max(1);
+        self.ids = self.next_block().await?;
         Ok(())
     }
 
+    async fn next_block(&self) -> Result<std::ops::Range<i64>, OutboxError> {
+        let stmt = &self
+            .prepared
+            .as_ref()
+            .expect("prepared when opened")
+            .take_ids;
+        let row = self
+            .client
+            .query_one(stmt, &[&self.schema.table("deliveries")])
+            .await?;
+        let (first, size): (i64, i64) = (row.get(0), row.get(1));
+        Ok(first..first + size.max(1))
+    }
+
     async fn open(&mut self) -> Result<(), OutboxError> {
+        self.prepare().await?;
         if self.sequences.is_none() {
             let rows = self
                 .client
@@ -162,21 +217,37 @@ impl Enqueuer {
                     .collect(),
             );
         }
-        self.client.batch_execute("BEGIN").await?;
+        // BEGIN goes out with the next statement, in one round trip. `biased` polls them in
+        // order, and a statement is sent when first polled, so BEGIN is always sent first (a
+        // COPY sent before it would commit on its own); the connection answers in order, and
+        // an error in either fails the open.
         if self.ids.is_empty() {
-            self.take_ids().await?;
+            let (_, ids): ((), _) = tokio::try_join!(
+                biased;
+                async { Ok(self.client.batch_execute("BEGIN").await?) },
+                self.next_block()
+            )?;
+            self.ids = ids;
+            return self.start_copy().await;
         }
-        self.start_copy().await
+        let copy = &self.prepared.as_ref().expect("prepared above").copy;
+        let (_, sink) = tokio::try_join!(
+            biased;
+            self.client.batch_execute("BEGIN"),
+            self.client.copy_in(copy)
+        )?;
+        self.copy = Some(Self::writer(sink));
+        Ok(())
     }
 
     async fn start_copy(&mut self) -> Result<(), OutboxError> {
-        let sink = self
-            .client
-            .copy_in(&format!(
-                "COPY {} (id, subscription_id, event_id, event, ordering_key, payload, commit_lsn, sequence) FROM STDIN (FORMAT binary)",
-                self.schema.table("deliveries")
-            ))
-            .await?;
+        let stmt = &self.prepared.as_ref().expect("prepared when opened").copy;
+        let sink = self.client.copy_in(stmt).await?;
+        self.copy = Some(Self::writer(sink));
+        Ok(())
+    }
+
+    fn writer(sink: tokio_postgres::CopyInSink<bytes::Bytes>) -> Pin<Box<BinaryCopyInWriter>> {
         let types = [
             Type::INT8,
             Type::TEXT,
@@ -187,8 +258,7 @@ impl Enqueuer {
             Type::INT8,
             Type::INT8,
         ];
-        self.copy = Some(Box::pin(BinaryCopyInWriter::new(sink, &types)));
-        Ok(())
+        Box::pin(BinaryCopyInWriter::new(sink, &types))
     }
 
     /// Stores a backfill chunk's progress with the open transaction (opening one if none is).
@@ -212,34 +282,24 @@ impl Enqueuer {
         copy.as_mut().finish().await?;
         let (subs, last): (Vec<&str>, Vec<i64>) =
             self.sequences_dirty.iter().map(|(s, n)| (&**s, *n)).unzip();
-        self.client
-            .execute(
-                &format!(
-                    "INSERT INTO {} (subscription_id, last_sequence)
-                     SELECT * FROM unnest($1::text[], $2::bigint[])
-                     ON CONFLICT (subscription_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence",
-                    self.schema.table("sequences")
-                ),
-                &[&subs, &last],
-            )
-            .await?;
-        self.sequences_dirty.clear();
         if !self.progress.is_empty() {
             super::backfills::store_progress(&self.client, &self.schema, &self.progress).await?;
-            self.progress.clear();
         }
-        self.client
-            .execute(
-                &format!(
-                    "INSERT INTO {t} (slot, commit_lsn) VALUES ($1, $2)
-                     ON CONFLICT (slot) DO UPDATE SET commit_lsn = $2, updated_at = now()
-                     WHERE {t}.commit_lsn < $2",
-                    t = self.schema.table("checkpoint")
-                ),
-                &[&self.slot, &(commit_lsn.0 as i64)],
-            )
-            .await?;
-        self.client.batch_execute("COMMIT").await?;
+        // One round trip: the sequence numbers, the checkpoint and COMMIT go out together. If
+        // a statement fails, the server aborts the transaction and answers the COMMIT with a
+        // rollback; the statement's error is what this returns, so nothing is taken as stored.
+        let p = self.prepared.as_ref().expect("prepared when opened");
+        let lsn = commit_lsn.0 as i64;
+        let seq_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&subs, &last];
+        let ckpt_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.slot, &lsn];
+        tokio::try_join!(
+            biased;
+            self.client.execute(&p.sequences, &seq_params),
+            self.client.execute(&p.checkpoint, &ckpt_params),
+            self.client.batch_execute("COMMIT"),
+        )?;
+        self.sequences_dirty.clear();
+        self.progress.clear();
         Ok(true)
     }
 }

@@ -58,10 +58,14 @@ impl TestDb {
                 .unwrap_or_else(|e| e.to_string())
         };
         format!(
-            "outbox: {}; checkpoint: {}; walsender: {}; sessions: {}",
+            "outbox: {}; checkpoint: {}; walsender: {}; slot: {}; publications: {}; sessions: {}",
             q("SELECT coalesce(string_agg(status || ' ' || n, ', '), 'empty') FROM (SELECT status, count(*) n FROM walhook.deliveries GROUP BY 1) x"),
             q("SELECT coalesce(string_agg(commit_lsn::text, ','), '-') FROM walhook.checkpoint"),
             q("SELECT coalesce(string_agg(r.state || ' sent ' || r.sent_lsn || ' ' || coalesce(a.wait_event, '-'), '; '), 'none') FROM pg_stat_replication r JOIN pg_stat_activity a USING (pid) WHERE a.datname = current_database()"),
+            // Where the slot stands against the end of WAL, and whether the server decoded and
+            // sent any transaction of it (a stall before the walsender or after it).
+            q("SELECT coalesce(string_agg(format('restart %s confirmed %s wal end %s decoded txns %s bytes %s', s.restart_lsn, s.confirmed_flush_lsn, pg_current_wal_lsn(), t.total_txns, t.total_bytes), '; '), 'none') FROM pg_replication_slots s LEFT JOIN pg_stat_replication_slots t USING (slot_name) WHERE s.database = current_database()"),
+            q("SELECT coalesce(string_agg(format('%s (insert %s update %s delete %s viaroot %s) tables %s', p.pubname, p.pubinsert, p.pubupdate, p.pubdelete, p.pubviaroot, (SELECT string_agg(r.prrelid::regclass::text, ',') FROM pg_publication_rel r WHERE r.prpubid = p.oid)), '; '), 'none') FROM pg_publication p"),
             q("SELECT coalesce(string_agg(pid || ' ' || coalesce(state, '-') || ' ' || coalesce(wait_event_type || ':' || wait_event, '-') || ' ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 60), '; '), 'none') FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"),
         )
     }
