@@ -1,6 +1,7 @@
 //! Durability acceptance tests for `walhook run`: SIGKILL at random moments, Postgres restarts
-//! (fast and immediate) under a running daemon, idle slots under unpublished WAL churn, and one
-//! huge source transaction in bounded memory.
+//! (fast and immediate) under a running daemon, idle slots under unpublished WAL churn, one
+//! huge source transaction in bounded memory, a poison row, and a source transaction reaching
+//! the outbox all at once.
 //!
 //! Every test runs the real binary with its stderr in a log file whose path is printed; the log
 //! is dumped when an assertion fails. Delivery is off: the tests count outbox rows.
@@ -596,4 +597,77 @@ async fn a_300_mb_value_is_delivered_as_an_explicit_oversize_change_in_bounded_m
         peak <= 1024 * 1024,
         "walhook's peak RSS {peak} kB exceeds 1 GB"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A source transaction reaches the outbox all at once.
+// ---------------------------------------------------------------------------------------------
+
+/// Other sessions see a source transaction's deliveries all at once, with the checkpoint that
+/// covers them: the COPYs (one per block of 4,096 ids) run inside one outbox transaction. BEGIN
+/// shares a round trip with the first COPY's start; this fails if the COPY ever went first (each
+/// COPY would then commit on its own, or the transaction would never commit). Own server: its
+/// 30,000-row transaction is not for the shared server's other slots to decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_transaction_reaches_the_outbox_all_at_once() {
+    let pg = PgServer::start(&[]).expect("own server");
+    let db = pg.create_database().unwrap();
+    pg.psql(&db, "CREATE TABLE orders(id int PRIMARY KEY, status text)")
+        .unwrap();
+    let daemon = Runs::new(
+        &db,
+        &config_text(&pg.url(&db), &db, &sub("a", "orders", ALL, "")),
+    );
+    let child = daemon.spawn();
+    wait_slot_active(&pg, &db, &daemon).await;
+    // A first transaction takes a block of ids and leaves most of it, so the next one opens
+    // with ids in hand: BEGIN and the COPY then go out together.
+    pg.psql(&db, "INSERT INTO orders VALUES (0, 'first')")
+        .unwrap();
+    let count = "SELECT count(*) FROM walhook.deliveries";
+    assert!(
+        poll_value(&pg, &db, count, "1", STREAMING_WITHIN).await,
+        "the first row was not stored; log:\n{}",
+        daemon.log_tail(40)
+    );
+    let checkpoint = || {
+        pg.psql(&db, "SELECT commit_lsn FROM walhook.checkpoint")
+            .unwrap()
+    };
+    let first_checkpoint = checkpoint();
+    const ROWS: i64 = 30_000;
+    pg.psql(
+        &db,
+        &format!("INSERT INTO orders SELECT g, 'new' FROM generate_series(1, {ROWS}) g"),
+    )
+    .unwrap();
+    let (client, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let deadline = Instant::now() + STREAMING_WITHIN;
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        // Polled without a pause, to catch any state between nothing and everything.
+        let rows: i64 = client.query_one(count, &[]).await.unwrap().get(0);
+        seen.insert(rows);
+        if rows == ROWS + 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ROWS} rows not stored in time; counts seen {seen:?}; log:\n{}",
+            daemon.log_tail(40)
+        );
+    }
+    assert!(
+        seen.iter().all(|&n| n == 1 || n == ROWS + 1),
+        "the outbox showed part of a source transaction: counts seen {seen:?}"
+    );
+    assert_ne!(
+        checkpoint(),
+        first_checkpoint,
+        "the checkpoint moved with the rows"
+    );
+    assert!(stop(child).await.success());
 }
