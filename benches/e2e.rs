@@ -335,10 +335,7 @@ async fn latency_phase(
     let t = Instant::now();
     loop {
         let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhook_lat' AND active",
-                &[],
-            )
+            .query_one(&slot_streaming_sql("walhook_lat"), &[])
             .await?
             .get(0);
         if n == 1 {

@@ -358,7 +358,7 @@ async fn wait_streaming(
     wait_count(
         client,
         w,
-        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
+        &slot_streaming_sql(slot),
         1,
         Duration::from_secs(120),
         "slot streaming",

@@ -448,10 +448,7 @@ async fn run(
     let t = Instant::now();
     loop {
         let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&SLOT],
-            )
+            .query_one(&slot_streaming_sql(SLOT), &[])
             .await?
             .get(0);
         if n == 1 {

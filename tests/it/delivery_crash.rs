@@ -31,16 +31,7 @@ async fn kill_9_during_delivery_loses_nothing_and_duplicates_only_what_was_in_fl
     ));
     let mut first = spawn(&format!("crash-first-{}", db.name), cfg.path());
     // The slot exists once the outbox checkpoint row or the slot appears.
-    wait_value(
-        &db,
-        &format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active",
-            db.name
-        ),
-        "1",
-        20,
-    )
-    .await;
+    wait_value(&db, &crate::support::slot_streaming_sql(&db.name), "1", 20).await;
     db.sql("INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 400) g");
     let deadline = Instant::now() + Duration::from_secs(30);
     while rx.count() < 80 {

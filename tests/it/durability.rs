@@ -33,7 +33,7 @@ pub(crate) async fn wait_slot_active(pg: &PgServer, db: &str, daemon: &Runs) {
     let ok = poll_value(
         pg,
         db,
-        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{db}' AND active"),
+        &crate::support::slot_streaming_sql(db),
         "1",
         Duration::from_secs(30),
     )

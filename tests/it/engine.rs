@@ -59,16 +59,7 @@ fn walhook_connections(db: &TestDb) -> usize {
 }
 
 async fn wait_streaming(db: &TestDb) {
-    wait_value(
-        db,
-        &format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active",
-            db.name
-        ),
-        "1",
-        60,
-    )
-    .await;
+    wait_value(db, &crate::support::slot_streaming_sql(&db.name), "1", 60).await;
 }
 
 fn rss_kb(pid: u32, field: &str) -> u64 {

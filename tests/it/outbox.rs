@@ -58,12 +58,7 @@ const ALL: &str = r#"["INSERT", "UPDATE", "DELETE"]"#;
 /// Starts `walhook run` and waits until its slot is streaming.
 async fn run_streaming(db: &TestDb, cfg: &std::path::Path) -> Walhook {
     let child = spawn_run(db, cfg);
-    wait_count(
-        db,
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = current_database() AND active",
-        1,
-    )
-    .await;
+    wait_count(db, &crate::support::slot_streaming_sql(&db.name), 1).await;
     child
 }
 

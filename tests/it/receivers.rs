@@ -259,10 +259,7 @@ secret = "${{RECEIVER_TEST_SECRET}}"
     );
     // Changes count only once the slot exists.
     let mut waited = 0;
-    while db.sql(&format!(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
-    )) != "1"
-    {
+    while db.sql(&crate::support::slot_streaming_sql(&slot)) != "1" {
         assert!(
             waited < 300,
             "walhook run did not start streaming within 30 s"
