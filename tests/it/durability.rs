@@ -606,8 +606,8 @@ async fn a_300_mb_value_is_delivered_as_an_explicit_oversize_change_in_bounded_m
 /// Other sessions see a source transaction's deliveries all at once, with the checkpoint that
 /// covers them: the COPYs (one per block of 4,096 ids) run inside one outbox transaction. BEGIN
 /// shares a round trip with the first COPY's start; this fails if the COPY ever went first (each
-/// COPY would then commit on its own, or the transaction would never commit). Own server: its
-/// 30,000-row transaction is not for the shared server's other slots to decode.
+/// COPY would then commit on its own, or the transaction would never commit). Own server: on
+/// the shared one, its 30,000-row transaction would make other tests' slot creations wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_transaction_reaches_the_outbox_all_at_once() {
     let pg = PgServer::start(&[]).expect("own server");
