@@ -335,7 +335,10 @@ async fn latency_phase(
     let t = Instant::now();
     loop {
         let n: i64 = client
-            .query_one(&slot_streaming_sql("walhook_lat"), &[])
+            .query_one(
+                &walhook::embedded_pg::slot_streaming_sql("walhook_lat"),
+                &[],
+            )
             .await?
             .get(0);
         if n == 1 {

@@ -358,7 +358,7 @@ async fn wait_streaming(
     wait_count(
         client,
         w,
-        &slot_streaming_sql(slot),
+        &walhook::embedded_pg::slot_streaming_sql(slot),
         1,
         Duration::from_secs(120),
         "slot streaming",

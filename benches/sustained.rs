@@ -448,7 +448,7 @@ async fn run(
     let t = Instant::now();
     loop {
         let n: i64 = client
-            .query_one(&slot_streaming_sql(SLOT), &[])
+            .query_one(&walhook::embedded_pg::slot_streaming_sql(SLOT), &[])
             .await?
             .get(0);
         if n == 1 {

@@ -434,6 +434,18 @@ impl Drop for PgServer {
     }
 }
 
+/// SQL counting the walsenders streaming from `slot` (1 once `walhook run` streams), for
+/// tests and benchmarks that must not write before that. Not `pg_replication_slots.active`:
+/// that is true already while `pg_create_logical_replication_slot` waits for other sessions'
+/// running transactions, before the slot's start point, and a change committed in that window
+/// is (rightly) never streamed.
+pub fn slot_streaming_sql(slot: &str) -> String {
+    format!(
+        "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+         WHERE s.slot_name = '{slot}' AND r.state IN ('catchup', 'streaming')"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -291,14 +291,3 @@ pub fn run<F: std::future::Future<Output = anyhow::Result<()>>>(name: &str, benc
         std::process::exit(1);
     }
 }
-
-/// SQL counting the walsenders streaming from `slot` (1 once `walhook run` streams). Not
-/// `pg_replication_slots.active`: that is true already while `pg_create_logical_replication_slot`
-/// waits for other sessions' running transactions, before the slot's start point, and a change
-/// committed in that window is (rightly) never streamed.
-pub fn slot_streaming_sql(slot: &str) -> String {
-    format!(
-        "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
-         WHERE s.slot_name = '{slot}' AND r.state IN ('catchup', 'streaming')"
-    )
-}

@@ -146,7 +146,7 @@ impl Enqueuer {
             if let Some(mut copy) = self.copy.take() {
                 copy.as_mut().finish().await?;
             }
-            self.take_ids().await?;
+            self.ids = self.next_block().await?;
             self.start_copy().await?;
         }
         let id = self.ids.next().expect("refilled above");
@@ -179,11 +179,6 @@ impl Enqueuer {
 
     /// Reserves the next block of ids: one nextval, whose increment (4096 since migration 8)
     /// is the block's size.
-    async fn take_ids(&mut self) -> Result<(), OutboxError> {
-        self.ids = self.next_block().await?;
-        Ok(())
-    }
-
     async fn next_block(&self) -> Result<std::ops::Range<i64>, OutboxError> {
         let stmt = &self
             .prepared

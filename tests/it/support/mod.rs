@@ -327,14 +327,4 @@ fn the_loopback_guard_refuses_every_other_host() {
     assert!(std::panic::catch_unwind(|| assert_loopback_config(config)).is_err());
 }
 
-/// SQL counting the walsenders streaming from `slot` (1 once `walhook run` streams). Not
-/// `pg_replication_slots.active`: that is true already while `pg_create_logical_replication_slot`
-/// waits for other sessions' running transactions, before the slot's start point, and a change
-/// committed in that window is (rightly) never streamed. A test that wrote then lost its first
-/// change whenever another test's long transaction made slot creation wait.
-pub fn slot_streaming_sql(slot: &str) -> String {
-    format!(
-        "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
-         WHERE s.slot_name = '{slot}' AND r.state IN ('catchup', 'streaming')"
-    )
-}
+pub use walhook::embedded_pg::slot_streaming_sql;
