@@ -168,14 +168,22 @@ pub(crate) async fn click(b: &Client, css: &str) {
 }
 
 pub(crate) async fn text_of(b: &Client, css: &str) -> String {
-    b.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    // A live page replaces its fragments while they are read: an element found a moment ago
+    // can be gone (stale) when its text is asked for; it is then found again.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let element = b
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match element.text().await {
+            Ok(text) => return text,
+            Err(e) if e.is_stale_element_reference() && std::time::Instant::now() < deadline => {}
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
 }
 
 #[tokio::test]
