@@ -38,6 +38,9 @@ struct Received {
     events: AtomicU64,
     /// Commit → first arrival of each event id, microseconds (only while `record_latency`).
     latencies: Mutex<Vec<u64>>,
+    /// The wall-clock second (Unix time) of each first arrival, beside `latencies`: the slow
+    /// arrivals are grouped by second to line them up with walhook's and Postgres's logs.
+    arrived_at: Mutex<Vec<(i64, u64)>>,
     /// The distinct event ids (payload `id`) that arrived while `record_latency`.
     ids: Mutex<HashSet<String>>,
     /// Arrivals of an event id already seen while `record_latency` (redeliveries).
@@ -65,6 +68,11 @@ async fn receiver(state: Arc<Received>) -> anyhow::Result<String> {
                     Some((id, lat)) => {
                         if state.ids.lock().unwrap().insert(id) {
                             state.latencies.lock().unwrap().push(lat);
+                            state
+                                .arrived_at
+                                .lock()
+                                .unwrap()
+                                .push((chrono::Utc::now().timestamp(), lat));
                         } else {
                             state.duplicates.fetch_add(1, Ordering::Relaxed);
                         }
@@ -408,6 +416,37 @@ async fn w1_batched(pg: &PgServer, state: &Received, url: &str) -> anyhow::Resul
     })
 }
 
+/// The seconds in which the arrivals slower than the run's p99 came, worst first: the tail is
+/// often a few bad seconds, to be lined up with walhook's log (`vacuumed`, ...) and Postgres's.
+fn print_slow_seconds(arrivals: &[(i64, u64)], p99_ms: f64) {
+    let mut by_second: std::collections::BTreeMap<i64, (u64, u64)> = Default::default();
+    for &(sec, lat) in arrivals {
+        if lat as f64 / 1000.0 > p99_ms {
+            let e = by_second.entry(sec).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(lat);
+        }
+    }
+    let mut worst: Vec<_> = by_second.into_iter().collect();
+    worst.sort_by_key(|(_, (n, _))| std::cmp::Reverse(*n));
+    let line: Vec<String> = worst
+        .iter()
+        .take(5)
+        .map(|(sec, (n, max))| {
+            let t = chrono::DateTime::from_timestamp(*sec, 0).unwrap_or_default();
+            format!(
+                "{} ×{n} (max {:.1} ms)",
+                t.format("%H:%M:%S"),
+                *max as f64 / 1000.0
+            )
+        })
+        .collect();
+    println!(
+        "  arrivals slower than p99, by second (UTC): {}",
+        line.join(", ")
+    );
+}
+
 /// The latency rows of the results table.
 fn print_latency(runs: &[&Latency], peak_rss_kib: u64) {
     for l in runs {
@@ -439,6 +478,7 @@ async fn latency_run(
 ) -> anyhow::Result<Latency> {
     state.ids.lock().unwrap().clear();
     state.latencies.lock().unwrap().clear();
+    state.arrived_at.lock().unwrap().clear();
     state.duplicates.store(0, Ordering::Relaxed);
     state.count.store(0, Ordering::Relaxed);
     state.record_latency.store(true, Ordering::Relaxed);
@@ -524,6 +564,7 @@ async fn latency_run(
         "latency run: {sent} changes committed but {received} distinct event ids arrived within \
          60 s of the last commit; the latency figures would describe only part of them"
     );
+    print_slow_seconds(&state.arrived_at.lock().unwrap(), percentile_ms(&lat, 0.99));
     Ok(Latency {
         rate,
         p50: percentile_ms(&lat, 0.50),

@@ -18,6 +18,9 @@
 //!   together (invariant 1); after a crash the backfill continues after the last stored chunk,
 //!   re-reading at most the chunk in flight, whose rows keep their event ids
 //!   (`evt_bf_<backfill>_<hash of key>`);
+//! - a `READ` row has the shape of the table's streamed changes: generated columns pgoutput
+//!   does not publish on this server are left out of `record` and listed under `omitted`, as the
+//!   stream lists them;
 //! - bounded: one chunk per running backfill in memory; the keys recorded in a window are capped
 //!   ([`MAX_WINDOW_KEYS`]); a window that overflows, or that the sink did not see open (it
 //!   restarted in between), makes the runner read the chunk again, never store it unchecked;
@@ -37,6 +40,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::model::change::{OmitReason, Omitted};
 use crate::model::{EventKind, Lsn, RowChange, TableName, TableShape};
 use crate::outbox::backfills::{self, Backfill, Progress, TableInfo, WATERMARK_PREFIX};
 use crate::outbox::{self, Schema};
@@ -462,14 +466,41 @@ impl Runner {
         sub.active = true;
         sub.events = vec![EventKind::Insert, EventKind::Update, EventKind::Delete];
         let router = Router::with_project(&self.b.config, [sub]);
+        // A READ event renders the row as the stream renders its INSERT: generated columns
+        // that pgoutput does not publish on this server are left out of `record` and listed
+        // under `omitted`, as every streamed change of the table lists them.
+        let unpublished: Vec<String> = crate::source::fidelity::deviations(&source, info.oid)
+            .await
+            .map_err(|e| {
+                let text = format!("reading the columns of {table}: {e}");
+                if e.is_retryable() {
+                    RunError::Transient(text)
+                } else {
+                    RunError::Fatal(text)
+                }
+            })?
+            .into_iter()
+            .filter_map(|d| match d {
+                crate::source::fidelity::Deviation::GeneratedNotPublished { column } => {
+                    Some(column)
+                }
+                _ => None,
+            })
+            .collect();
+        let columns: Vec<String> = info
+            .columns
+            .iter()
+            .filter(|c| !unpublished.contains(c))
+            .cloned()
+            .collect();
         let shape = Arc::new(TableShape {
             table: table.clone(),
-            columns: info.columns.clone(),
             key_columns: info
                 .key
                 .iter()
-                .filter_map(|(k, _)| info.columns.iter().position(|c| c == k))
+                .filter_map(|(k, _)| columns.iter().position(|c| c == k))
                 .collect(),
+            columns,
         });
         let mut wake = self.b.wake.clone();
         let mut last_log = Instant::now();
@@ -506,7 +537,7 @@ impl Runner {
                 .chunk(
                     (&mut source, &outbox_client, &schema),
                     &router,
-                    &shape,
+                    (&shape, &unpublished),
                     &info,
                     &token,
                     done_rx,
@@ -586,7 +617,7 @@ impl Runner {
             &Schema,
         ),
         router: &Router,
-        shape: &Arc<TableShape>,
+        (shape, unpublished): (&Arc<TableShape>, &[String]),
         info: &TableInfo,
         token: &str,
         done_rx: oneshot::Receiver<Outcome>,
@@ -605,7 +636,7 @@ impl Runner {
             source,
             &shape.table,
             info,
-            self.bf.where_sql.as_deref(),
+            (self.bf.where_sql.as_deref(), unpublished),
             self.bf.last_key.as_ref(),
             self.bf.chunk_size,
         )
@@ -623,7 +654,13 @@ impl Runner {
         for text in &texts {
             let record = in_column_order(text, &shape.columns)?;
             let change = RowChange {
-                omitted: Vec::new(),
+                omitted: unpublished
+                    .iter()
+                    .map(|c| Omitted {
+                        column: c.clone(),
+                        reason: OmitReason::GeneratedNotPublished,
+                    })
+                    .collect(),
                 commit_lsn: Lsn::ZERO,
                 commit_ts: now_pg,
                 ordinal: 0,

@@ -280,6 +280,8 @@ pub async fn set_estimate(
 /// What a backfill needs to know of its table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableInfo {
+    /// The table's OID, for catalog reads about its columns.
+    pub oid: u32,
     /// Every column, in table order.
     pub columns: Vec<String>,
     /// The primary-key columns in key order, with their SQL types (`format_type`).
@@ -337,7 +339,7 @@ pub async fn table_info(client: &Client, table: &TableName) -> Result<TableInfo,
     if key.is_empty() {
         return Err(BackfillRefused::NoPrimaryKey(table.to_string()));
     }
-    Ok(TableInfo { columns, key })
+    Ok(TableInfo { oid, columns, key })
 }
 
 /// The syntactic half of the `where` check: one expression that cannot close the parentheses
@@ -505,12 +507,13 @@ pub async fn settle_commits(client: &Client) -> Result<(), tokio_postgres::Error
 }
 
 /// Reads the next chunk: up to `limit` rows after `after` (the last key read), in primary-key
-/// order, each as `to_jsonb(row)` text. One short READ ONLY transaction.
+/// order, each as `to_jsonb(row)` text without the columns in `leave_out` (those the stream
+/// cannot send either). One short READ ONLY transaction.
 pub async fn read_chunk(
     client: &mut Client,
     table: &TableName,
     info: &TableInfo,
-    where_sql: Option<&str>,
+    (where_sql, leave_out): (Option<&str>, &[String]),
     after: Option<&Value>,
     limit: i32,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
@@ -532,8 +535,14 @@ pub async fn read_chunk(
             format!("({cols}) > ({})", vals.join(", "))
         }
     };
+    let row = if leave_out.is_empty() {
+        "to_jsonb(t)".to_string()
+    } else {
+        let names: Vec<String> = leave_out.iter().map(|c| literal(c)).collect();
+        format!("(to_jsonb(t) - ARRAY[{}]::text[])", names.join(", "))
+    };
     let sql = format!(
-        "SELECT to_jsonb(t)::text FROM {} t WHERE {keyset} AND ({}) ORDER BY {cols} LIMIT {limit}",
+        "SELECT {row}::text FROM {} t WHERE {keyset} AND ({}) ORDER BY {cols} LIMIT {limit}",
         table.quoted(),
         where_sql.unwrap_or("true"),
     );

@@ -313,6 +313,73 @@ async fn rows_arrive_as_read_events_equal_to_to_jsonb() {
     stop(child, &db).await;
 }
 
+/// A READ event renders a row as the stream renders its INSERT: a generated column that
+/// pgoutput does not publish (every one before PostgreSQL 18) is left out of `record` and listed
+/// under `omitted` in both, and `select` without it states nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_columns_are_read_as_the_stream_sends_them() {
+    let db = TestDb::new();
+    db.sql(
+        "CREATE TABLE gen (id int PRIMARY KEY, price numeric,
+                           twice int GENERATED ALWAYS AS (id * 2) STORED);
+         INSERT INTO gen VALUES (1, 1.50), (2, 2.50)",
+    );
+    assert!(
+        db.sql("SELECT current_setting('server_version_num')::int < 180000") == "t",
+        "this test pins the behaviour before PostgreSQL 18"
+    );
+    let rx = Receiver::ok().await;
+    let subs = sub("gen", "gen", &rx.url, "")
+        + &sub("narrow", "gen", &rx.url, "select = [\"id\", \"price\"]");
+    let (child, api) = spawn(&db, &subs, "gen").await;
+    for s in ["gen", "narrow"] {
+        let (status, body) = api.start(s, json!({})).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    wait_distinct(&rx, 4, 60).await;
+    db.sql("INSERT INTO gen VALUES (3, 3.50)");
+    // Both subscriptions get the INSERT under one event id: wait for its second copy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rx
+        .snapshot()
+        .iter()
+        .filter(|r| r.json()["event"] == "INSERT")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the INSERT did not reach both subscriptions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reqs = rx.snapshot();
+    let omitted = r#","omitted":[{"column":"twice","reason":"generated_not_published"}]"#;
+    let mut seen = HashSet::new();
+    for r in &reqs {
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        let v = r.json();
+        let id = v["record"]["id"].as_i64().unwrap();
+        let want_event = if id == 3 { "INSERT" } else { "READ" };
+        assert_eq!(v["event"], want_event, "{body}");
+        let record = format!(r#"{{"id":{id},"price":{id}.50}}"#);
+        let tail = match r.path.as_str() {
+            "/gen" => {
+                format!(r#""record":{record},"data":{record},"changed_fields":[]{omitted}}}"#)
+            }
+            _ => format!(r#""record":{record},"data":{record},"changed_fields":[]}}"#),
+        };
+        assert!(
+            body.ends_with(&tail),
+            "{} row {id}: {body}\nwant the end: {tail}",
+            r.path
+        );
+        seen.insert((r.path.clone(), id));
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    stop(child, &db).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_at_once() {
     let db = TestDb::new();
