@@ -435,7 +435,7 @@ async fn validate(ctx: &Ctx, sub: &Subscription) -> Result<(), ApiError> {
         Err(e) => return Err(on_source_error(ctx, source_err(e)).await),
     };
     for info in &infos {
-        if let Err(e) = check_columns(sub, &info.columns) {
+        if let Err(e) = check_columns(sub, &info.columns, &info.unpublished_generated) {
             return Err(ApiError::invalid(e.used_in, e.to_string()));
         }
     }

@@ -191,7 +191,7 @@ async fn table_checks(client: &Client, config: &Config, router: &Router, r: &mut
                 continue;
             }
         };
-        if let Err(e) = router.validate_table(&t, &info.columns) {
+        if let Err(e) = router.validate_table(&t, &info.columns, &info.unpublished_generated) {
             r.push(Level::Fail, e.to_string());
             continue;
         }

@@ -98,7 +98,7 @@ pub async fn start_temporary(config: &Config, router: &Router) -> Result<SourceL
         publication,
         config.source.manage_replica_identity,
         false,
-        |t| router.validate_table(&t.table, &t.columns),
+        |t| router.validate_table(&t.table, &t.columns, &t.unpublished_generated),
     )
     .await?;
 

@@ -146,7 +146,7 @@ impl Reloader {
             config.source.publication.as_str(),
             config.source.manage_replica_identity,
             true,
-            |t| router.validate_table(&t.table, &t.columns),
+            |t| router.validate_table(&t.table, &t.columns, &t.unpublished_generated),
         )
         .await?;
         self.subs_tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -192,7 +192,10 @@ pub(super) async fn without_broken_api_subscriptions(
                 Some(Err(e)) => Some(e.clone()),
                 Some(Ok(infos)) => infos
                     .iter()
-                    .find_map(|i| crate::route::check_columns(route, &i.columns).err())
+                    .find_map(|i| {
+                        crate::route::check_columns(route, &i.columns, &i.unpublished_generated)
+                            .err()
+                    })
                     .map(|e| e.to_string()),
             };
             if let Some(problem) = problem {
@@ -212,7 +215,7 @@ async fn validate_columns(
     router: &Router,
 ) -> Result<(), IngestError> {
     for info in describe_tables(client, &router.tables()).await? {
-        router.validate_table(&info.table, &info.columns)?;
+        router.validate_table(&info.table, &info.columns, &info.unpublished_generated)?;
     }
     Ok(())
 }

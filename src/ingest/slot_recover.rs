@@ -131,7 +131,7 @@ async fn recreate_locked(
         config.source.publication.as_str(),
         config.source.manage_replica_identity,
         true,
-        |t| router.validate_table(&t.table, &t.columns),
+        |t| router.validate_table(&t.table, &t.columns, &t.unpublished_generated),
     )
     .await?;
     if d.state.is_some() {

@@ -154,7 +154,7 @@ async fn ingest_once(
             publication,
             config.source.manage_replica_identity,
             true,
-            |t| router.validate_table(&t.table, &t.columns),
+            |t| router.validate_table(&t.table, &t.columns, &t.unpublished_generated),
         )
         .await?;
         // Again after the setup, which takes a while: the slot may have been dropped meanwhile,

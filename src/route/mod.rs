@@ -19,9 +19,9 @@ use crate::model::{EventKind, RowChange, Subscription, TableName, TableShape};
 
 pub use payload::{build_payload, PayloadContext};
 
-/// A subscription that names columns its table does not have.
+/// A subscription that names columns its table does not have, or does not stream.
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("subscription {subscription:?}: table {table} has no column {column:?} (used in {used_in}); its columns are: {available}")]
+#[error("{}", self.describe())]
 pub struct UnknownColumn {
     pub subscription: String,
     pub table: String,
@@ -29,10 +29,44 @@ pub struct UnknownColumn {
     /// `"filter"` or `"select"`: the field at fault.
     pub used_in: &'static str,
     pub available: String,
+    /// The column exists, but is generated and not sent by this server's pgoutput.
+    pub generated: bool,
 }
 
-/// Every column named by the subscription's filter or select must exist in the table.
-pub fn check_columns(sub: &Subscription, columns: &[String]) -> Result<(), UnknownColumn> {
+impl UnknownColumn {
+    fn describe(&self) -> String {
+        let UnknownColumn {
+            subscription,
+            table,
+            column,
+            used_in,
+            available,
+            ..
+        } = self;
+        if self.generated {
+            format!(
+                "subscription {subscription:?}: column {column:?} of table {table} (used in \
+                 {used_in}) is a generated column, which this server's logical replication does \
+                 not send (stored generated columns from PostgreSQL 18 on, virtual ones never), \
+                 so changes never carry it; use the columns it is computed from instead: \
+                 {available}"
+            )
+        } else {
+            format!(
+                "subscription {subscription:?}: table {table} has no column {column:?} (used in \
+                 {used_in}); its columns are: {available}"
+            )
+        }
+    }
+}
+
+/// Every column named by the subscription's filter or select must be one the table streams;
+/// `unpublished` names its generated columns that are not streamed, for the error.
+pub fn check_columns(
+    sub: &Subscription,
+    columns: &[String],
+    unpublished: &[String],
+) -> Result<(), UnknownColumn> {
     let known: BTreeSet<&str> = columns.iter().map(String::as_str).collect();
     let filter_cols = sub
         .filter
@@ -48,6 +82,7 @@ pub fn check_columns(sub: &Subscription, columns: &[String]) -> Result<(), Unkno
                 column: column.to_string(),
                 used_in,
                 available: columns.join(", "),
+                generated: unpublished.iter().any(|c| c == column),
             });
         }
     }
@@ -140,9 +175,10 @@ impl Router {
         &self,
         table: &TableName,
         columns: &[String],
+        unpublished: &[String],
     ) -> Result<(), UnknownColumn> {
         for e in self.by_table.get(table).into_iter().flatten() {
-            check_columns(&e.sub, columns)?;
+            check_columns(&e.sub, columns, unpublished)?;
         }
         Ok(())
     }

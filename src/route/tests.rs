@@ -143,7 +143,7 @@ fn select_narrows_record_and_changed_fields() {
 fn unknown_columns_are_reported_with_the_table_columns() {
     let cols: Vec<String> = shape().columns.clone();
     let r = route("bad", ALL, Some(json!({"stauts": "x"})), None);
-    let err = check_columns(&r, &cols).unwrap_err().to_string();
+    let err = check_columns(&r, &cols, &[]).unwrap_err().to_string();
     assert!(
         err.contains("\"stauts\"")
             && err.contains("filter")
@@ -151,12 +151,23 @@ fn unknown_columns_are_reported_with_the_table_columns() {
         "{err}"
     );
     let r = route("bad", ALL, None, Some(&["id", "totl"]));
-    assert!(check_columns(&r, &cols)
+    assert!(check_columns(&r, &cols, &[])
         .unwrap_err()
         .to_string()
         .contains("select"));
     let ok = route("ok", ALL, Some(json!({"status": "x"})), Some(&["id"]));
-    assert!(check_columns(&ok, &cols).is_ok());
+    assert!(check_columns(&ok, &cols, &[]).is_ok());
+    // A generated column the server does not stream is named as such.
+    let r = route("gen", ALL, None, Some(&["id", "twice"]));
+    let err = check_columns(&r, &cols, &["twice".to_string()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "column \"twice\" of table public.orders (used in select) is a generated column"
+        ) && err.contains("computed from instead: id, total, status, note"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -28,7 +28,11 @@ use crate::model::{quote_ident, TableName};
 pub struct TableInfo {
     pub table: TableName,
     pub oid: u32,
+    /// The columns pgoutput sends, in table order.
     pub columns: Vec<String>,
+    /// Generated columns pgoutput does not send on this server (stored ones before PostgreSQL
+    /// 18, virtual ones always): not in `columns`, named so errors can say why.
+    pub unpublished_generated: Vec<String>,
     pub primary_key: Vec<String>,
     /// pg_class.relreplident: 'd' default, 'n' nothing, 'f' full, 'i' index.
     pub replica_identity: char,
@@ -80,7 +84,13 @@ pub async fn describe_tables(
                c.relpersistence::text,
                EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) AND c.relkind = 'r',
                pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text,
-               current_user::text
+               current_user::text,
+               ARRAY(SELECT a.attname::text FROM pg_attribute a
+                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                       AND a.attgenerated <> ''
+                       AND NOT (a.attgenerated = 's'
+                                AND current_setting('server_version_num')::int >= 180000)
+                     ORDER BY a.attnum)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
         )
@@ -139,6 +149,7 @@ pub async fn describe_tables(
             table: t.clone(),
             oid,
             columns: row.get(3),
+            unpublished_generated: row.get(9),
             primary_key: primary_key(client, oid).await?,
             replica_identity: replident.chars().next().unwrap_or('d'),
             partitions,
