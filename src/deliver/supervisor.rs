@@ -53,17 +53,19 @@ pub async fn run(
     // Every subscription of the last reading, active or not: one that vanished was deleted (by
     // the API or by leaving config.toml), and its metric series go with it.
     let mut known: HashSet<String> = HashSet::new();
+    // The last reading: a new one decodes only the subscriptions that changed.
+    let mut cache = subscriptions::Cache::default();
     info!(worker = %engine.worker, pool_size = engine.config.pool_size, "delivery started");
     loop {
         let mut waiting = false;
-        match load_all(&engine).await {
+        match load_all(&engine, &mut cache).await {
             Ok(all) => {
                 let now: HashSet<String> = all.iter().map(|s| s.id.clone()).collect();
                 for gone in known.difference(&now) {
                     engine.metrics.forget_subscription(gone);
                 }
                 known = now;
-                let subs: Vec<Stored> = all.into_iter().filter(|s| s.active).collect();
+                let subs: Vec<Arc<Stored>> = all.into_iter().filter(|s| s.active).collect();
                 let ids: HashSet<String> = subs.iter().map(|s| s.id.clone()).collect();
                 pumps.retain(|id, (_, token)| {
                     let keep = ids.contains(id) && !token.is_cancelled();
@@ -75,7 +77,6 @@ pub async fn run(
                     keep
                 });
                 for sub in subs {
-                    let sub = Arc::new(sub);
                     match pumps.get(&sub.id) {
                         Some((tx, _)) => {
                             tx.send_if_modified(|old| {
@@ -161,9 +162,13 @@ pub async fn run(
     info!("delivery stopped");
 }
 
-async fn load_all(engine: &Engine) -> Result<Vec<Stored>, DeliverError> {
+async fn load_all(
+    engine: &Engine,
+    cache: &mut subscriptions::Cache,
+) -> Result<Vec<Arc<Stored>>, DeliverError> {
     let client = engine.conn().await?;
-    subscriptions::load_all(&client, &engine.schema)
+    cache
+        .load(&client, &engine.schema)
         .await
         .map_err(DeliverError::from)
 }

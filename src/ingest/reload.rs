@@ -8,6 +8,7 @@
 //! - an API subscription whose table or columns disappeared is left out of routing with an error
 //!   naming it, so one stale subscription never stops the others.
 
+use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -89,8 +90,11 @@ pub async fn initial_router(
 }
 
 /// The router for the stored subscriptions, refusing walhook's own tables.
-fn router_for_stored(config: &Config, stored: &[Stored]) -> Result<Router, IngestError> {
-    let router = Router::with_project(config, stored.iter().map(|s| s.sub.clone()));
+fn router_for_stored<S: Borrow<Stored>>(
+    config: &Config,
+    stored: &[S],
+) -> Result<Router, IngestError> {
+    let router = Router::with_project(config, stored.iter().map(|s| s.borrow().sub.clone()));
     check_own_schema(config, &router)?;
     Ok(router)
 }
@@ -106,6 +110,8 @@ pub struct Reloader {
     metrics: Arc<crate::metrics::Metrics>,
     /// The connections a reload uses, shared with the other background tasks.
     background: crate::pg::Background,
+    /// The subscriptions of the last reading: a reload decodes only the rows that changed.
+    cache: Mutex<subscriptions::Cache>,
 }
 
 impl Reloader {
@@ -122,6 +128,7 @@ impl Reloader {
             current: Mutex::new(config),
             metrics,
             background,
+            cache: Mutex::new(subscriptions::Cache::default()),
         }
     }
 
@@ -132,7 +139,8 @@ impl Reloader {
         let schema = Schema::new(config.outbox.schema.as_str());
         let stored = {
             let outbox_client = self.background.outbox().await.map_err(OutboxError::from)?;
-            subscriptions::load_all(&outbox_client, &schema).await?
+            let mut cache = self.cache.lock().await;
+            cache.load(&outbox_client, &schema).await?
         };
         let client = self.background.source().await?;
         let (stored, left_out) = without_broken_api_subscriptions(&client, stored).await;
@@ -157,10 +165,10 @@ impl Reloader {
 /// Leaves out, with an error naming it, an API subscription whose table or columns no longer
 /// exist (dropped after it was created), so that one stale subscription does not stop the others.
 /// config.toml's subscriptions are kept: their errors stop a start or a reload, loudly.
-pub(super) async fn without_broken_api_subscriptions(
+pub(super) async fn without_broken_api_subscriptions<S: Borrow<Stored>>(
     client: &tokio_postgres::Client,
-    stored: Vec<Stored>,
-) -> (Vec<Stored>, Vec<(String, String)>) {
+    stored: Vec<S>,
+) -> (Vec<S>, Vec<(String, String)>) {
     use std::collections::hash_map::Entry;
     use std::collections::HashMap;
     // Each table is described once per reload, not once per subscription: with thousands of
@@ -170,7 +178,8 @@ pub(super) async fn without_broken_api_subscriptions(
         HashMap::new();
     let mut keep = Vec::with_capacity(stored.len());
     let mut left_out = Vec::new();
-    for sub in stored {
+    for held in stored {
+        let sub: &Stored = held.borrow();
         if sub.origin == Origin::Api {
             let route = &sub.sub;
             let info = match described.entry(route.table.clone()) {
@@ -204,7 +213,7 @@ pub(super) async fn without_broken_api_subscriptions(
                 continue;
             }
         }
-        keep.push(sub);
+        keep.push(held);
     }
     (keep, left_out)
 }

@@ -243,3 +243,62 @@ async fn migrate_command_creates_the_schema_once() {
         "all_attempts,attempts,backfills,checkpoint,deliveries,delivery_owners,schema_migrations,sequences,slot_fence,slot_recoveries,subscriptions"
     );
 }
+
+/// A follower's reading of the subscriptions (routing, delivery) decodes only the rows that
+/// changed, and still answers what a full read does: every row in id order, a change to any
+/// column (a hand edit that leaves `updated_at` alone included), deletions; a row that no longer
+/// parses fails the reading with its id and leaves the cache usable.
+#[tokio::test]
+async fn the_subscription_cache_reads_again_only_what_changed() {
+    use walhook::outbox::subscriptions::{load_all, Cache};
+    use walhook::outbox::Schema;
+    let db = TestDb::new();
+    let mut client = db.client().await;
+    let schema = Schema::new("walhook");
+    walhook::outbox::migrate(&mut client, &schema)
+        .await
+        .unwrap();
+    db.sql(
+        "INSERT INTO walhook.subscriptions (id, source, table_name, events, url, secret)
+         SELECT 's' || i, 'api', 'public.orders', '{INSERT}', 'https://127.0.0.1/' || i, 'k'
+         FROM generate_series(1, 3) i",
+    );
+    let ids = |v: &[std::sync::Arc<walhook::outbox::subscriptions::Stored>]| {
+        v.iter().map(|s| s.id.clone()).collect::<Vec<_>>()
+    };
+    let mut cache = Cache::default();
+    let first = cache.load(&client, &schema).await.unwrap();
+    assert_eq!(ids(&first), ["s1", "s2", "s3"]);
+
+    db.sql("UPDATE walhook.subscriptions SET url = 'https://127.0.0.1/new' WHERE id = 's2'");
+    let second = cache.load(&client, &schema).await.unwrap();
+    assert_eq!(ids(&second), ["s1", "s2", "s3"]);
+    assert_eq!(second[1].url, "https://127.0.0.1/new");
+    // Unchanged rows were not decoded again: the same values are handed out.
+    assert!(std::sync::Arc::ptr_eq(&first[0], &second[0]));
+    assert!(std::sync::Arc::ptr_eq(&first[2], &second[2]));
+    assert!(!std::sync::Arc::ptr_eq(&first[1], &second[1]));
+    // What a full read gives, field for field.
+    let full = load_all(&client, &schema).await.unwrap();
+    assert_eq!(
+        format!("{full:?}"),
+        format!("{:?}", second.iter().map(|s| &**s).collect::<Vec<_>>())
+    );
+
+    db.sql(
+        "DELETE FROM walhook.subscriptions WHERE id = 's1';
+         INSERT INTO walhook.subscriptions (id, source, table_name, events, url, secret)
+         VALUES ('s0', 'api', 'public.orders', '{DELETE}', 'https://127.0.0.1/0', 'k')",
+    );
+    let third = cache.load(&client, &schema).await.unwrap();
+    assert_eq!(ids(&third), ["s0", "s2", "s3"]);
+
+    db.sql("UPDATE walhook.subscriptions SET events = '{UPSERT}' WHERE id = 's3'");
+    let err = cache.load(&client, &schema).await.unwrap_err().to_string();
+    assert!(err.contains("s3") && err.contains("UPSERT"), "{err}");
+    db.sql("UPDATE walhook.subscriptions SET events = '{UPDATE}' WHERE id = 's3'");
+    let fourth = cache.load(&client, &schema).await.unwrap();
+    assert_eq!(ids(&fourth), ["s0", "s2", "s3"]);
+    assert!(std::sync::Arc::ptr_eq(&third[1], &fourth[1]));
+    assert_eq!(fourth[2].events, [walhook::model::EventKind::Update]);
+}
