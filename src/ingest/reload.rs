@@ -394,6 +394,7 @@ pub async fn changes_loop(
         // Read before the subscriptions are: every ticket up to here was taken after its
         // change committed, so this reload sees those changes.
         let covering = routing.requested.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
         // Stopping never waits on a statement stuck on a dead connection.
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -401,7 +402,11 @@ pub async fn changes_loop(
         };
         match result {
             Ok(n) => {
-                info!(subscriptions = n, "subscriptions changed; routing updated");
+                info!(
+                    subscriptions = n,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "subscriptions changed; routing updated"
+                );
                 routing
                     .applied
                     .send_if_modified(|a| std::mem::replace(a, covering.max(*a)) < covering);

@@ -157,9 +157,15 @@ fn headers_to_json(headers: &[(String, Secret)]) -> serde_json::Value {
 }
 
 /// The stored subscriptions for a reader that follows the table (routing, delivery): each
-/// reading costs one statement over the rows' ids and versions (`md5` of the row's text), and
-/// decodes only the rows that are new or changed since the last reading. With 10,000
-/// subscriptions, decoding all of them on every API create took most of the create's time.
+/// reading costs one statement over the rows' ids and versions, and decodes only the rows that
+/// are new or changed since the last reading. With 10,000 subscriptions, decoding all of them
+/// on every API create took most of the create's time.
+///
+/// A row's version is its `xmin`, the transaction that wrote it: every UPDATE (hand edits
+/// included) writes a new row version with the writer's transaction id, so a changed row never
+/// shows the version it had when it was read. (A rewrite that changes nothing, or a freeze,
+/// may show a new version: the row is then decoded again, which costs only time.) Hashing the
+/// row's text instead cost 90 ms a reading at 10,000 subscriptions.
 ///
 /// Guarantees: [`Cache::load`] answers what [`load_all`] would (every row, ordered by id, a
 /// change of any column seen, hand edits included); a row that no longer parses fails the
@@ -178,10 +184,7 @@ impl Cache {
     ) -> Result<Vec<std::sync::Arc<Stored>>, OutboxError> {
         let t = schema.table("subscriptions");
         let versions = client
-            .query(
-                &format!("SELECT id, md5(s::text) FROM {t} s ORDER BY id"),
-                &[],
-            )
+            .query(&format!("SELECT id, xmin::text FROM {t} ORDER BY id"), &[])
             .await?;
         let is_stale = |cached: &std::collections::HashMap<_, (String, _)>, r: &Row| {
             cached
@@ -199,9 +202,7 @@ impl Cache {
             // version that goes with it; the next reading compares against that.
             let rows = client
                 .query(
-                    &format!(
-                        "SELECT {COLUMNS}, md5(s::text) AS version FROM {t} s WHERE id = ANY($1)"
-                    ),
+                    &format!("SELECT {COLUMNS}, xmin::text AS version FROM {t} WHERE id = ANY($1)"),
                     &[&stale],
                 )
                 .await?;
