@@ -217,7 +217,7 @@ impl Cache {
         for r in &versions {
             let id: &str = r.get(0);
             let entry = if is_stale(&self.rows, r) {
-                // Not read again: deleted between the two statements.
+                // Read again above; absent when deleted between the two statements.
                 fresh.remove(id)
             } else {
                 self.rows.remove(id)
