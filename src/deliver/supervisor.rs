@@ -79,8 +79,11 @@ pub async fn run(
                 for sub in subs {
                     match pumps.get(&sub.id) {
                         Some((tx, _)) => {
+                            // The cache hands out a new value exactly when the row was
+                            // written again: an edit that left `updated_at` alone (by SQL)
+                            // reaches the pump too.
                             tx.send_if_modified(|old| {
-                                let changed = old.updated_at != sub.updated_at;
+                                let changed = !Arc::ptr_eq(old, &sub);
                                 if changed {
                                     *old = sub.clone();
                                 }

@@ -302,3 +302,64 @@ async fn the_subscription_cache_reads_again_only_what_changed() {
     assert!(std::sync::Arc::ptr_eq(&third[1], &fourth[1]));
     assert_eq!(fourth[2].events, [walhook::model::EventKind::Update]);
 }
+
+/// An operator's SQL edit of a subscription row that leaves `updated_at` alone (a new URL, say)
+/// reaches the running pump at the next reading of the subscriptions (here: the next API
+/// change), not only at a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edited_url_reaches_the_running_pump() {
+    use crate::backfill::{spawn, stop, sub, TOKEN};
+    use crate::support::receiver::Receiver;
+    let db = TestDb::new();
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let rx = Receiver::ok().await;
+    let (child, api) = spawn(&db, &sub("cfg", "t", &rx.url, ""), "handedit").await;
+    let create = |path: &str| {
+        let body = serde_json::json!({
+            "projectId": "test-project", "environment": "master", "table": "t",
+            "events": ["INSERT"], "url": format!("{}/{path}", rx.url), "secret": "k"
+        });
+        api.http
+            .post(format!("{}/api/rest/_webhooks", api.base))
+            .bearer_auth(TOKEN)
+            .header("X-Project-ID", "test-project")
+            .header("environment", "master")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let r = create("old").await.unwrap();
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    db.sql("INSERT INTO t VALUES (1)");
+    wait_arrival(&rx, "/old", 1).await;
+
+    db.sql(&format!(
+        "UPDATE walhook.subscriptions SET url = '{}/new' WHERE id = '{id}'",
+        rx.url
+    ));
+    assert_eq!(create("other").await.unwrap().status(), 201);
+    db.sql("INSERT INTO t VALUES (2)");
+    wait_arrival(&rx, "/new", 2).await;
+    assert!(!arrived(&rx, "/old", 2));
+    stop(child, &db).await;
+}
+
+fn arrived(rx: &crate::support::receiver::Receiver, path: &str, row: i64) -> bool {
+    rx.snapshot()
+        .iter()
+        .any(|q| q.path == path && q.json()["record"]["id"] == row)
+}
+
+async fn wait_arrival(rx: &crate::support::receiver::Receiver, path: &str, row: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !arrived(rx, path, row) {
+        let paths: Vec<String> = rx.snapshot().iter().map(|q| q.path.clone()).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "row {row} not at {path}; requests went to {paths:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
