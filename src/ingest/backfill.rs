@@ -18,9 +18,7 @@
 //!   together (invariant 1); after a crash the backfill continues after the last stored chunk,
 //!   re-reading at most the chunk in flight, whose rows keep their event ids
 //!   (`evt_bf_<backfill>_<hash of key>`);
-//! - a `READ` row has the shape of the table's streamed changes: generated columns pgoutput
-//!   does not publish on this server are left out of `record` and listed under `omitted`, as the
-//!   stream lists them;
+//! - a `READ` row has the shape of the table's streamed changes ([`super::read_event`]);
 //! - bounded: one chunk per running backfill in memory; the keys recorded in a window are capped
 //!   ([`MAX_WINDOW_KEYS`]); a window that overflows, or that the sink did not see open (it
 //!   restarted in between), makes the runner read the chunk again, never store it unchecked;
@@ -33,15 +31,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::read_event::{as_read, event_id, ReadShape};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::model::change::{OmitReason, Omitted};
-use crate::model::{EventKind, Lsn, RowChange, TableName, TableShape};
+use crate::model::{EventKind, RowChange, TableName};
 use crate::outbox::backfills::{self, Backfill, Progress, TableInfo, WATERMARK_PREFIX};
 use crate::outbox::{self, Schema};
 use crate::pg::tls;
@@ -241,12 +238,6 @@ fn row_key(change: &RowChange) -> String {
         .map(|c| change.record.get(c).unwrap_or(&Value::Null))
         .collect();
     serde_json::to_string(&vals).unwrap_or_default()
-}
-
-/// A backfill row's event id: stable for (backfill, key).
-pub fn event_id(backfill: i64, key: &str) -> String {
-    let h = Sha256::digest(key.as_bytes());
-    format!("evt_bf_{backfill}_{}", hex::encode(&h[..8]))
 }
 
 /// Everything runners share.
@@ -466,42 +457,14 @@ impl Runner {
         sub.active = true;
         sub.events = vec![EventKind::Insert, EventKind::Update, EventKind::Delete];
         let router = Router::with_project(&self.b.config, [sub]);
-        // A READ event renders the row as the stream renders its INSERT: generated columns
-        // that pgoutput does not publish on this server are left out of `record` and listed
-        // under `omitted`, as every streamed change of the table lists them.
-        let unpublished: Vec<String> = crate::source::fidelity::deviations(&source, info.oid)
-            .await
-            .map_err(|e| {
-                let text = format!("reading the columns of {table}: {e}");
-                if e.is_retryable() {
-                    RunError::Transient(text)
-                } else {
-                    RunError::Fatal(text)
-                }
-            })?
-            .into_iter()
-            .filter_map(|d| match d {
-                crate::source::fidelity::Deviation::GeneratedNotPublished { column } => {
-                    Some(column)
-                }
-                _ => None,
-            })
-            .collect();
-        let columns: Vec<String> = info
-            .columns
-            .iter()
-            .filter(|c| !unpublished.contains(c))
-            .cloned()
-            .collect();
-        let shape = Arc::new(TableShape {
-            table: table.clone(),
-            key_columns: info
-                .key
-                .iter()
-                .filter_map(|(k, _)| columns.iter().position(|c| c == k))
-                .collect(),
-            columns,
-        });
+        let read = ReadShape::read(&source, &table, &info).await.map_err(|e| {
+            let text = format!("reading the columns of {table}: {e}");
+            if e.is_retryable() {
+                RunError::Transient(text)
+            } else {
+                RunError::Fatal(text)
+            }
+        })?;
         let mut wake = self.b.wake.clone();
         let mut last_log = Instant::now();
         let mut rows_at_log = self.bf.rows_done;
@@ -537,7 +500,7 @@ impl Runner {
                 .chunk(
                     (&mut source, &outbox_client, &schema),
                     &router,
-                    (&shape, &unpublished),
+                    &read,
                     &info,
                     &token,
                     done_rx,
@@ -617,7 +580,7 @@ impl Runner {
             &Schema,
         ),
         router: &Router,
-        (shape, unpublished): (&Arc<TableShape>, &[String]),
+        read: &ReadShape,
         info: &TableInfo,
         token: &str,
         done_rx: oneshot::Receiver<Outcome>,
@@ -634,9 +597,9 @@ impl Runner {
         let t_settled = t0.elapsed();
         let texts = backfills::read_chunk(
             source,
-            &shape.table,
+            &read.shape.table,
             info,
-            (self.bf.where_sql.as_deref(), unpublished),
+            (self.bf.where_sql.as_deref(), &read.unpublished),
             self.bf.last_key.as_ref(),
             self.bf.chunk_size,
         )
@@ -652,28 +615,12 @@ impl Runner {
         let mut rows = Vec::with_capacity(n);
         let mut last_record = Map::new();
         for text in &texts {
-            let record = in_column_order(text, &shape.columns)?;
-            let change = RowChange {
-                omitted: unpublished
-                    .iter()
-                    .map(|c| Omitted {
-                        column: c.clone(),
-                        reason: OmitReason::GeneratedNotPublished,
-                    })
-                    .collect(),
-                commit_lsn: Lsn::ZERO,
-                commit_ts: now_pg,
-                ordinal: 0,
-                shape: shape.clone(),
-                kind: EventKind::Insert,
-                record,
-                changed: Vec::new(),
-            };
+            let change = read.change(text, now_pg).map_err(RunError::Fatal)?;
             let mut out = Vec::with_capacity(1);
             router.route(&change, &mut out);
             for mut r in out {
                 let id = event_id(self.bf.id, &r.key);
-                r.body = as_read(&r.body, &change.event_id(), &id)?;
+                r.body = as_read(&r.body, &change.event_id(), &id).map_err(RunError::Fatal)?;
                 r.event_id = id;
                 rows.push(r);
             }
@@ -752,72 +699,4 @@ enum ChunkResult {
     Again(&'static str),
     /// The API changed something (a cancel?): look at the state again.
     Woken,
-}
-
-/// `to_jsonb(row)` text → the record in the table's column order, as the stream renders it.
-fn in_column_order(text: &str, columns: &[String]) -> Result<Map<String, Value>, RunError> {
-    let mut obj: Map<String, Value> = serde_json::from_str(text)
-        .map_err(|e| RunError::Fatal(format!("to_jsonb returned invalid JSON: {e}")))?;
-    let mut record = Map::with_capacity(obj.len());
-    for c in columns {
-        if let Some(v) = obj.shift_remove(c) {
-            record.insert(c.clone(), v);
-        }
-    }
-    // Columns the catalog read did not know (added since): kept, after the others.
-    record.extend(obj);
-    Ok(record)
-}
-
-/// The router's payload for a row turned into its READ event: the event id and the event name.
-fn as_read(body: &str, routed_id: &str, id: &str) -> Result<String, RunError> {
-    let head = format!("{{\"id\":\"{routed_id}\"");
-    let rest = body
-        .strip_prefix(&head)
-        .ok_or_else(|| RunError::Fatal("unexpected payload layout (id)".into()))?;
-    // Earlier fields are JSON strings, whose quotes are escaped: the first match is the field.
-    const EVENT: &str = ",\"event\":\"INSERT\",";
-    let at = rest
-        .find(EVENT)
-        .ok_or_else(|| RunError::Fatal("unexpected payload layout (event)".into()))?;
-    Ok(format!(
-        "{{\"id\":\"{id}\"{},\"event\":\"READ\",{}",
-        &rest[..at],
-        &rest[at + EVENT.len()..]
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn read_payload_keeps_everything_but_id_and_event() {
-        let body = r#"{"id":"evt_1","timestamp":"t","table":"x,\"event\":\"INSERT\",","event":"INSERT","record":{"a":1}}"#;
-        assert_eq!(
-            as_read(body, "evt_1", "evt_bf_1_ab").unwrap(),
-            r#"{"id":"evt_bf_1_ab","timestamp":"t","table":"x,\"event\":\"INSERT\",","event":"READ","record":{"a":1}}"#
-        );
-    }
-
-    #[test]
-    fn event_ids_are_stable_per_key() {
-        assert_eq!(event_id(3, "[1]"), event_id(3, "[1]"));
-        assert_ne!(event_id(3, "[1]"), event_id(3, "[2]"));
-        assert_ne!(event_id(3, "[1]"), event_id(4, "[1]"));
-        assert!(event_id(3, "[1]").starts_with("evt_bf_3_"));
-    }
-
-    #[test]
-    fn records_follow_the_table_order() {
-        let r = in_column_order(
-            r#"{"id": 1, "name": "a", "created": 2}"#,
-            &["name".into(), "id".into(), "created".into()],
-        )
-        .unwrap();
-        assert_eq!(
-            serde_json::to_string(&r).unwrap(),
-            r#"{"name":"a","id":1,"created":2}"#
-        );
-    }
 }

@@ -10,6 +10,7 @@
 //!   of a newly subscribed table is dropped ([`reload`]).
 
 pub mod backfill;
+pub mod read_event;
 pub mod reload;
 pub mod sink;
 pub mod slot;
