@@ -5,7 +5,8 @@
 //! - a READ row has the shape of the table's streamed changes: generated columns pgoutput does
 //!   not publish on this server are left out of `record` and listed under `omitted`, as every
 //!   streamed change of the table lists them ([`ReadShape`]); `select` narrows that list as it
-//!   does for streamed changes (the router builds both payloads);
+//!   does for streamed changes (the router builds both payloads). A generated column in the
+//!   primary key stays in `record`: the next chunk starts after the last key read from it;
 //! - `record` keeps the table's column order, as the stream renders it; a column the catalog
 //!   read did not know (added since) is kept, after the others;
 //! - a row's event id is stable for (backfill, primary key): `evt_bf_<backfill>_<hash of key>`,
@@ -43,8 +44,13 @@ impl ReadShape {
             .await?
             .into_iter()
             .filter_map(|d| match d {
-                Deviation::GeneratedNotPublished { column } => Some(column),
-                Deviation::CastNotReproduced { .. } => None,
+                // A key column stays: chunks resume after the last key read from the record.
+                Deviation::GeneratedNotPublished { column }
+                    if !info.key.iter().any(|(k, _)| *k == column) =>
+                {
+                    Some(column)
+                }
+                _ => None,
             })
             .collect();
         let columns: Vec<String> = info
