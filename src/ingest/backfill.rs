@@ -416,6 +416,11 @@ impl Runner {
         let mut source = tls::connect_sql(&self.b.config.pg_config())
             .await
             .map_err(|e| RunError::Transient(e.to_string()))?;
+        // Rows are read as the stream reads them: the server's or the database's own time zone,
+        // interval style or bytea output would render values differently.
+        crate::source::fidelity::pin_text_output(&source)
+            .await
+            .map_err(from_source)?;
         let sub = self
             .b
             .router
@@ -599,7 +604,7 @@ impl Runner {
             source,
             &read.shape.table,
             info,
-            (self.bf.where_sql.as_deref(), &read.unpublished),
+            &read.chunk_columns(self.bf.where_sql.as_deref()),
             self.bf.last_key.as_ref(),
             self.bf.chunk_size,
         )

@@ -9,6 +9,10 @@
 //!   primary key stays in `record`: the next chunk starts after the last key read from it;
 //! - `record` keeps the table's column order, as the stream renders it; a column the catalog
 //!   read did not know (added since) is kept, after the others;
+//! - values are rendered as the stream renders them: the rows are read under the stream's
+//!   session settings (time zone, interval style, bytea output), and a column whose type has a
+//!   cast to json that the stream does not reproduce is read as text and rendered by the
+//!   stream's own renderer, not by that cast;
 //! - a row's event id is stable for (backfill, primary key): `evt_bf_<backfill>_<hash of key>`,
 //!   so a chunk read again after a crash sends the same ids;
 //! - the payload is the router's INSERT payload with only `id` and `event` changed.
@@ -21,8 +25,10 @@ use tokio_postgres::Client;
 
 use crate::model::change::{OmitReason, Omitted};
 use crate::model::{EventKind, Lsn, RowChange, TableShape};
-use crate::outbox::backfills::TableInfo;
+use crate::outbox::backfills::{ChunkColumns, ChunkRow, TableInfo};
 use crate::source::fidelity::{deviations, Deviation};
+use crate::source::types::TypeKind;
+use crate::source::values::text_to_json;
 use crate::source::SourceError;
 
 /// The table as its streamed changes show it, for the rows of one backfill.
@@ -30,6 +36,10 @@ pub struct ReadShape {
     pub shape: Arc<TableShape>,
     /// Generated columns pgoutput does not send on this server: not read, listed as omitted.
     pub unpublished: Vec<String>,
+    /// Columns the stream sends as text where `to_jsonb` applies a cast: read as text, rendered
+    /// by the stream's renderer for their kind.
+    as_text: Vec<String>,
+    as_text_kinds: Vec<TypeKind>,
 }
 
 impl ReadShape {
@@ -40,19 +50,23 @@ impl ReadShape {
         table: &crate::model::TableName,
         info: &TableInfo,
     ) -> Result<ReadShape, SourceError> {
-        let unpublished: Vec<String> = deviations(source, info.oid)
-            .await?
-            .into_iter()
-            .filter_map(|d| match d {
+        let mut unpublished = Vec::new();
+        let (mut as_text, mut as_text_kinds) = (Vec::new(), Vec::new());
+        for d in deviations(source, info.oid).await? {
+            match d {
                 // A key column stays: chunks resume after the last key read from the record.
                 Deviation::GeneratedNotPublished { column }
                     if !info.key.iter().any(|(k, _)| *k == column) =>
                 {
-                    Some(column)
+                    unpublished.push(column)
                 }
-                _ => None,
-            })
-            .collect();
+                Deviation::GeneratedNotPublished { .. } => {}
+                Deviation::CastNotReproduced { column, kind, .. } => {
+                    as_text.push(column);
+                    as_text_kinds.push(kind);
+                }
+            }
+        }
         let columns: Vec<String> = info
             .columns
             .iter()
@@ -68,12 +82,33 @@ impl ReadShape {
                 .collect(),
             columns,
         });
-        Ok(ReadShape { shape, unpublished })
+        Ok(ReadShape {
+            shape,
+            unpublished,
+            as_text,
+            as_text_kinds,
+        })
     }
 
-    /// The row (`to_jsonb(row)` text without the unpublished columns) as an INSERT of `commit_ts`
-    /// for the router.
-    pub fn change(&self, text: &str, commit_ts: i64) -> Result<RowChange, String> {
+    /// What a chunk reads of each row, for [`crate::outbox::backfills::read_chunk`].
+    pub fn chunk_columns<'a>(&'a self, where_sql: Option<&'a str>) -> ChunkColumns<'a> {
+        ChunkColumns {
+            where_sql,
+            leave_out: &self.unpublished,
+            as_text: &self.as_text,
+        }
+    }
+
+    /// The row as an INSERT of `commit_ts` for the router.
+    pub fn change(&self, row: &ChunkRow, commit_ts: i64) -> Result<RowChange, String> {
+        let mut record = in_column_order(&row.json, &self.shape.columns)?;
+        for ((column, kind), text) in self.as_text.iter().zip(&self.as_text_kinds).zip(&row.texts) {
+            if let Some(v) = record.get_mut(column) {
+                *v = text
+                    .as_deref()
+                    .map_or(Value::Null, |t| text_to_json(kind, t));
+            }
+        }
         Ok(RowChange {
             omitted: self
                 .unpublished
@@ -88,7 +123,7 @@ impl ReadShape {
             ordinal: 0,
             shape: self.shape.clone(),
             kind: EventKind::Insert,
-            record: in_column_order(text, &self.shape.columns)?,
+            record,
             changed: Vec::new(),
         })
     }

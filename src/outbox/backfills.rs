@@ -506,17 +506,32 @@ pub async fn settle_commits(client: &Client) -> Result<(), tokio_postgres::Error
     }
 }
 
+/// One row of a chunk: `to_jsonb(row)` text, and the text output of the columns asked for as
+/// text (in the order asked; `None` for NULL).
+pub struct ChunkRow {
+    pub json: String,
+    pub texts: Vec<Option<String>>,
+}
+
+/// What a chunk reads of each row besides its key order: the columns to leave out of
+/// `to_jsonb(row)` (those the stream cannot send either), and the columns to read as text too
+/// (those the stream sends as text where `to_jsonb` applies a cast).
+pub struct ChunkColumns<'a> {
+    pub where_sql: Option<&'a str>,
+    pub leave_out: &'a [String],
+    pub as_text: &'a [String],
+}
+
 /// Reads the next chunk: up to `limit` rows after `after` (the last key read), in primary-key
-/// order, each as `to_jsonb(row)` text without the columns in `leave_out` (those the stream
-/// cannot send either). One short READ ONLY transaction.
+/// order, shaped by `columns`. One short READ ONLY transaction.
 pub async fn read_chunk(
     client: &mut Client,
     table: &TableName,
     info: &TableInfo,
-    (where_sql, leave_out): (Option<&str>, &[String]),
+    columns: &ChunkColumns<'_>,
     after: Option<&Value>,
     limit: i32,
-) -> Result<Vec<String>, tokio_postgres::Error> {
+) -> Result<Vec<ChunkRow>, tokio_postgres::Error> {
     let cols: Vec<String> = info
         .key
         .iter()
@@ -526,7 +541,7 @@ pub async fn read_chunk(
     let keyset = match after {
         None => "true".to_string(),
         Some(_) => {
-            // The stored key is to_jsonb's rendering; its text casts back to the column type.
+            // The stored key is the record's rendering; its text casts back to the column type.
             let vals: Vec<String> = info
                 .key
                 .iter()
@@ -535,16 +550,19 @@ pub async fn read_chunk(
             format!("({cols}) > ({})", vals.join(", "))
         }
     };
-    let row = if leave_out.is_empty() {
-        "to_jsonb(t)".to_string()
+    let mut row = if columns.leave_out.is_empty() {
+        "to_jsonb(t)::text".to_string()
     } else {
-        let names: Vec<String> = leave_out.iter().map(|c| literal(c)).collect();
-        format!("(to_jsonb(t) - ARRAY[{}]::text[])", names.join(", "))
+        let names: Vec<String> = columns.leave_out.iter().map(|c| literal(c)).collect();
+        format!("(to_jsonb(t) - ARRAY[{}]::text[])::text", names.join(", "))
     };
+    for c in columns.as_text {
+        row.push_str(&format!(", t.{}::text", quote_ident(c)));
+    }
     let sql = format!(
-        "SELECT {row}::text FROM {} t WHERE {keyset} AND ({}) ORDER BY {cols} LIMIT {limit}",
+        "SELECT {row} FROM {} t WHERE {keyset} AND ({}) ORDER BY {cols} LIMIT {limit}",
         table.quoted(),
-        where_sql.unwrap_or("true"),
+        columns.where_sql.unwrap_or("true"),
     );
     let tx = read_only(client).await?;
     let rows = match after {
@@ -552,7 +570,13 @@ pub async fn read_chunk(
         Some(k) => tx.query(&sql, &[k]).await?,
     };
     tx.commit().await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows
+        .iter()
+        .map(|r| ChunkRow {
+            json: r.get(0),
+            texts: (1..=columns.as_text.len()).map(|i| r.get(i)).collect(),
+        })
+        .collect())
 }
 
 /// A SQL string literal.

@@ -11,7 +11,8 @@
 use tokio_postgres::Client;
 
 use super::error::SourceError;
-use super::types::TypeResolver;
+use super::types::{TypeKind, TypeResolver};
+use super::values::TEXT_SESSION;
 use crate::model::TableName;
 
 /// The first release whose pgoutput publishes stored generated columns
@@ -23,7 +24,12 @@ pub enum Deviation {
     /// A generated column pgoutput does not send: it is missing from `record`.
     GeneratedNotPublished { column: String },
     /// A column sent as its text where `to_jsonb` would apply the type's cast to json.
-    CastNotReproduced { column: String, type_name: String },
+    /// `kind` is how the stream renders it (a backfill renders it the same way).
+    CastNotReproduced {
+        column: String,
+        type_name: String,
+        kind: TypeKind,
+    },
 }
 
 impl Deviation {
@@ -35,7 +41,9 @@ impl Deviation {
                  stored generated columns from PostgreSQL 18 on, virtual ones never); \
                  to_jsonb(row) includes it; each payload lists it under \"omitted\""
             ),
-            Deviation::CastNotReproduced { column, type_name } => format!(
+            Deviation::CastNotReproduced {
+                column, type_name, ..
+            } => format!(
                 "table {table}: column {column} ({type_name}) is sent as its text: its type has a \
                  cast to json, which to_jsonb(row) applies and walhook does not (only hstore's is \
                  reproduced)"
@@ -66,14 +74,26 @@ pub async fn deviations(client: &Client, table_oid: u32) -> Result<Vec<Deviation
         let column: String = r.get(0);
         if r.get::<_, bool>(3) {
             out.push(Deviation::GeneratedNotPublished { column });
-        } else if types.get(r.get(1)).is_some_and(|k| k.has_cast_fallback()) {
+        } else if let Some(kind) = types.get(r.get(1)).filter(|k| k.has_cast_fallback()) {
             out.push(Deviation::CastNotReproduced {
                 column,
                 type_name: r.get(2),
+                kind: kind.clone(),
             });
         }
     }
     Ok(out)
+}
+
+/// Sets the session settings under which the stream's text output is read
+/// ([`TEXT_SESSION`]) on a plain SQL session, so that `to_jsonb` and `::text` there render
+/// time zones, intervals and bytea as the stream's values do (a backfill reads rows this way).
+pub async fn pin_text_output(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let sql: String = TEXT_SESSION
+        .iter()
+        .map(|(name, value)| format!("SET {name} = '{value}';"))
+        .collect();
+    client.batch_execute(&sql).await
 }
 
 /// The generated columns of `table_oid` that a Relation message listing `published` left out,

@@ -31,6 +31,18 @@ use serde_json::{Number, Value};
 
 use super::types::TypeKind;
 
+/// The session settings under which the stream reads text output (set at the replication
+/// connection's start-up, and on a backfill's reading session), so time zones, intervals,
+/// floats and bytea come out as this module expects.
+pub const TEXT_SESSION: &[(&str, &str)] = &[
+    ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("IntervalStyle", "postgres"),
+];
+
 /// `numeric_in` refuses exponents beyond this, so the server never sends bigger ones; the bound
 /// also keeps garbage like `1e999999999` from allocating a huge string.
 const NUMERIC_MAX_EXPONENT: i64 = 1000;

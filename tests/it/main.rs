@@ -10,6 +10,7 @@ mod api;
 mod backfill;
 mod backfill_option;
 mod backfill_pg_restart;
+mod backfill_values;
 mod backlog;
 mod batching;
 mod cdc;

@@ -32,16 +32,6 @@ use super::wire::{fields, proto, server_error, Frame, Io, Wire};
 use crate::pg::tls::{self, PgConfig, SslMode};
 use crate::source::error::SourceError;
 
-/// Session settings pinned so text output is parseable regardless of server defaults.
-const SESSION_GUCS: &[(&str, &str)] = &[
-    ("client_encoding", "UTF8"),
-    ("DateStyle", "ISO"),
-    ("TimeZone", "UTC"),
-    ("extra_float_digits", "3"),
-    ("bytea_output", "hex"),
-    ("IntervalStyle", "postgres"),
-];
-
 pub struct Opened {
     pub wire: Wire,
     pub params: Vec<(String, String)>,
@@ -142,7 +132,8 @@ pub async fn open(cfg: &PgConfig) -> Result<Opened, SourceError> {
     if let Some(opts) = cfg.get_options() {
         params.push(("options", opts));
     }
-    params.extend_from_slice(SESSION_GUCS);
+    // Pinned so text output is parseable regardless of server defaults.
+    params.extend_from_slice(crate::source::values::TEXT_SESSION);
     frontend::startup_message(params.iter().copied(), &mut wire.write_buf)
         .map_err(|e| SourceError::Config(format!("invalid startup parameter: {e}")))?;
     wire.flush().await?;
