@@ -168,7 +168,7 @@ impl Telemetry {
             .with_kind(SpanKind::Client)
             .with_attributes([
                 KeyValue::new("http.request.method", "POST"),
-                KeyValue::new("server.address", a.host.to_string()),
+                KeyValue::new("server.address", host_of(a.url)),
                 KeyValue::new("walhook.subscription", a.subscription.to_string()),
                 KeyValue::new("walhook.event_id", a.event_id.to_string()),
                 KeyValue::new("walhook.delivery_id", a.delivery_id),
@@ -205,7 +205,9 @@ pub struct ChangeSpan {
 pub struct AttemptSpan<'a> {
     pub event_id: &'a str,
     pub subscription: &'a str,
-    pub host: &'a str,
+    /// The subscription's URL; only its host is exported, and only when tracing is on (parsing
+    /// it for every request otherwise cost 1.4% of walhook's CPU).
+    pub url: &'a str,
     pub delivery_id: i64,
     /// 1 for the first attempt.
     pub attempt: u32,
@@ -329,9 +331,26 @@ impl HttpClient for RuntimeClient {
     }
 }
 
+/// The URL's host, for the span (never the path, query or credentials).
+fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn span_hosts_hide_credentials_path_and_query() {
+        assert_eq!(
+            host_of("https://user:pw@hooks.example.com/x?token=1"),
+            "hooks.example.com"
+        );
+        assert_eq!(host_of("not a url"), "?");
+    }
 
     #[test]
     fn ids_are_stable_per_event_and_differ_between_events() {
@@ -351,7 +370,7 @@ mod tests {
         let a = t.attempt(AttemptSpan {
             event_id: "evt_1",
             subscription: "s",
-            host: "127.0.0.1",
+            url: "http://127.0.0.1/",
             delivery_id: 1,
             attempt: 1,
             events: 1,

@@ -43,10 +43,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use super::attempt::{attempt_batch, attempt_one, host_of, report_breaker, Done};
+use super::attempt::{attempt_batch, attempt_one, report_breaker, Done};
 use super::batch::Batcher;
 use super::batching::{self, Gatherer};
 use super::decide::Decided;
+use super::http::host_of;
 use super::http::HttpSender;
 use super::owner::Owned;
 use super::policy::{Breaker, Permit, RetryPolicy};
