@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::batch::Batcher;
-use super::owner::{self, Owned};
+use super::owner::{self, Ownership};
 use super::worker::{Engine, Pump, RESCAN};
 use super::DeliverError;
 use crate::outbox::subscriptions::{self, Stored};
@@ -40,12 +40,12 @@ pub async fn run(
     // Which subscription each pump task serves, so a panicked one can be replaced.
     let mut pump_ids: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut shared = JoinSet::new();
-    let (owned_tx, owned_rx) = watch::channel(Owned::default());
+    let ownership = Arc::new(Ownership::default());
     let kick = Arc::new(Notify::new());
     let owner_stop = CancellationToken::new();
     let owner_task = tokio::spawn(owner::run(
         engine.clone(),
-        owned_tx,
+        ownership.clone(),
         kick.clone(),
         owner_stop.clone(),
     ));
@@ -99,7 +99,7 @@ pub async fn run(
                             let pump = Pump::new(
                                 engine.clone(),
                                 rx,
-                                owned_rx.clone(),
+                                ownership.follow(&sub.id),
                                 batcher.clone(),
                                 slot,
                             );
@@ -140,6 +140,7 @@ pub async fn run(
                         }
                         if !pumps.contains_key(&id) {
                             engine.handoff.unregister(&id);
+                            ownership.forget(&id);
                         }
                     }
                     Err(e) => {

@@ -49,7 +49,6 @@ use super::batching::{self, Gatherer};
 use super::decide::Decided;
 use super::http::host_of;
 use super::http::HttpSender;
-use super::owner::Owned;
 use super::policy::{Breaker, Permit, RetryPolicy};
 use super::rate;
 use crate::backoff::{sleep_or_cancel, Backoff};
@@ -176,7 +175,7 @@ pub(super) struct Pump {
     engine: Arc<Engine>,
     batcher: Batcher,
     /// What this instance owns, published by [`owner::run`].
-    owned_rx: watch::Receiver<Owned>,
+    owned_rx: watch::Receiver<bool>,
     /// Whether this instance owns the subscription, as of the last published set.
     owns: bool,
     sub_rx: watch::Receiver<Arc<Stored>>,
@@ -228,7 +227,7 @@ impl Pump {
     pub(super) fn new(
         engine: Arc<Engine>,
         mut sub_rx: watch::Receiver<Arc<Stored>>,
-        owned_rx: watch::Receiver<Owned>,
+        owned_rx: watch::Receiver<bool>,
         batcher: Batcher,
         slot: Arc<Slot>,
     ) -> Pump {
@@ -457,7 +456,7 @@ impl Pump {
     /// Follows the published owned set; on losing the subscription, forgets the queue (in-flight
     /// results will be refused by the database and the new owner sends those rows again).
     fn check_ownership(&mut self) {
-        let owns = self.owned_rx.borrow_and_update().contains(&self.sub.id);
+        let owns = *self.owned_rx.borrow_and_update();
         match (self.owns, owns) {
             (false, true) => {
                 debug!(subscription = %self.sub.id, worker = %self.engine.worker, "delivering: this instance owns the subscription");
