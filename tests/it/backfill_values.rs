@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::backfill::{spawn, stop, sub, wait_distinct};
 use crate::support::receiver::Receiver;
 use crate::support::TestDb;
+use crate::values_catalog::JCOLOR;
 
 /// A READ event renders a row as the stream renders its INSERT: a generated column that
 /// pgoutput does not publish (every one before PostgreSQL 18) is left out of `record` and listed
@@ -90,12 +91,8 @@ async fn values_are_read_as_the_stream_renders_them() {
          ALTER DATABASE \"{n}\" SET bytea_output = 'escape'",
         n = db.name
     ));
-    db.sql(
-        "CREATE EXTENSION hstore;
-         CREATE TYPE jcolor AS ENUM ('red', 'green');
-         CREATE FUNCTION jcolor_json(jcolor) RETURNS json LANGUAGE sql IMMUTABLE
-             AS $$ SELECT json_build_object('color', $1::text) $$;
-         CREATE CAST (jcolor AS json) WITH FUNCTION jcolor_json(jcolor);
+    db.sql(&format!(
+        "CREATE EXTENSION hstore; {JCOLOR}
          CREATE TYPE painted AS (n int, c jcolor, at timestamptz);
          CREATE TABLE odd (id int PRIMARY KEY, at timestamptz, span interval, raw bytea,
                            c jcolor, cs jcolor[], p painted, h hstore);
@@ -104,8 +101,8 @@ async fn values_are_read_as_the_stream_renders_them() {
                     '\\x0102'::bytea, 'red'::jcolor, ARRAY['red', 'green']::jcolor[],
                     ROW(7, 'green', timestamptz '2024-01-01 10:00:00+00')::painted,
                     'a=>1, b=>NULL'::hstore $$;
-         INSERT INTO odd SELECT * FROM odd_row(1)",
-    );
+         INSERT INTO odd SELECT * FROM odd_row(1)"
+    ));
     let rx = Receiver::ok().await;
     let (child, api) = spawn(&db, &sub("odd", "odd", &rx.url, ""), "odd").await;
     let (status, body) = api.start("odd", json!({})).await;

@@ -22,17 +22,18 @@ const ALL: &str = r#"["INSERT", "UPDATE", "DELETE"]"#;
 const SESSION: &str = "SET DateStyle=ISO; SET TimeZone='UTC'; SET extra_float_digits=3; \
     SET bytea_output=hex; SET IntervalStyle=postgres";
 
+/// A type with a cast to json that walhook does not reproduce (the documented fallback).
+pub(crate) const JCOLOR: &str = "CREATE TYPE jcolor AS ENUM ('red', 'green');
+    CREATE FUNCTION jcolor_json(jcolor) RETURNS json LANGUAGE sql IMMUTABLE
+        AS $$ SELECT json_build_object('color', $1::text) $$;
+    CREATE CAST (jcolor AS json) WITH FUNCTION jcolor_json(jcolor);";
+
 const SETUP: &str = r#"
 CREATE EXTENSION hstore; CREATE EXTENSION citext; CREATE EXTENSION ltree; CREATE EXTENSION cube;
 CREATE TYPE mood AS ENUM ('happy', 'sad', 'so "so"', 'ünï cödé');
 CREATE DOMAIN posnum AS numeric CHECK (VALUE >= 0);
 CREATE DOMAIN posnum2 AS posnum;
 CREATE DOMAIN tags AS text[];
--- A type with a cast to json that walhook does not reproduce: the documented fallback.
-CREATE TYPE jcolor AS ENUM ('red', 'green');
-CREATE FUNCTION jcolor_json(jcolor) RETURNS json LANGUAGE sql IMMUTABLE
-    AS $$ SELECT json_build_object('color', $1::text) $$;
-CREATE CAST (jcolor AS json) WITH FUNCTION jcolor_json(jcolor);
 CREATE FUNCTION walhook_try(typ text, lit text) RETURNS bool LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('SELECT CAST(%L AS %s)', lit, typ);
@@ -235,6 +236,7 @@ async fn every_catalog_type_equals_to_jsonb() {
     let db = TestDb::new();
     let client = session(&db).await;
     client.batch_execute(SETUP).await.unwrap();
+    client.batch_execute(JCOLOR).await.unwrap();
     let cat = catalog_types(&client).await;
 
     // One column per type in `s`, its array in `a`: row k holds each type's k-th sample; the
@@ -509,19 +511,15 @@ async fn composites_follow_alter_type() {
 #[tokio::test]
 async fn check_reports_columns_that_differ_from_to_jsonb() {
     let db = TestDb::new();
-    db.sql(
-        "CREATE EXTENSION hstore;
-         CREATE TYPE jcolor AS ENUM ('red', 'green');
-         CREATE FUNCTION jcolor_json(jcolor) RETURNS json LANGUAGE sql IMMUTABLE
-             AS $$ SELECT json_build_object('color', $1::text) $$;
-         CREATE CAST (jcolor AS json) WITH FUNCTION jcolor_json(jcolor);
+    db.sql(&format!(
+        "CREATE EXTENSION hstore; {JCOLOR}
          CREATE TYPE painted AS (n int, c jcolor);
          CREATE DOMAIN jcolor_d AS jcolor;
          CREATE TABLE odd (id int PRIMARY KEY, h hstore, c jcolor, cs jcolor[], p painted,
                            d jcolor_d, twice int GENERATED ALWAYS AS (id * 2) STORED);
          CREATE TYPE pair AS (a int, b text);
-         CREATE TABLE plain (id int PRIMARY KEY, h hstore, ps pair[])",
-    );
+         CREATE TABLE plain (id int PRIMARY KEY, h hstore, ps pair[])"
+    ));
     let subs = sub("odd", "odd", ALL, "") + &sub("plain", "plain", ALL, "");
     let report = walhook::cmd::check::run(&db.config(&subs)).await;
     let lines: Vec<String> = report
