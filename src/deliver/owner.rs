@@ -13,6 +13,9 @@
 //! - the owned set is published to the pumps ([`Ownership`]), each pump hearing only about its
 //!   own subscription; only subscriptions in it are claimed, and the database fences claims and
 //!   records by worker id, so a stale set never sends twice;
+//! - once per `poll_interval` the owned subscriptions' watermarks (last sequence number, replay
+//!   count) are read in one statement, and the pumps taking rows from memory whose subscription
+//!   moved without them since the reading before are woken to read the outbox;
 //! - on stop, ownership is given up only after the pumps recorded their last results.
 
 use std::collections::{HashMap, HashSet};
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::worker::Engine;
 use super::DeliverError;
@@ -102,6 +105,46 @@ async fn open(engine: &Engine) -> Result<Session, DeliverError> {
     })
 }
 
+/// The owned subscriptions' watermarks as read a poll ago, to wake the pumps taking rows from
+/// memory that missed some (rows stored by another instance, replays by another process): one
+/// statement per `poll_interval` for all of them, instead of a claim per pump.
+#[derive(Default)]
+struct Watermarks {
+    read_at: Option<Instant>,
+    /// Subscription → (last sequence number, replays).
+    prev: HashMap<String, (i64, i64)>,
+}
+
+impl Watermarks {
+    async fn follow(&mut self, engine: &Engine, s: &Session) -> Result<(), DeliverError> {
+        let poll = engine.config.poll_interval.0;
+        if self.read_at.is_some_and(|t| t.elapsed() < poll) {
+            return Ok(());
+        }
+        self.read_at = Some(Instant::now());
+        let now = engine
+            .queue
+            .watermarks(&s.client, engine.worker)
+            .await
+            .map_err(DeliverError::from)?;
+        // Compared with the reading before: what was stored by then has been handed over to
+        // this process's pumps if this process stored it. A subscription seen for the first
+        // time is only remembered (its pump claimed when it started or took it over).
+        let woken = engine.handoff.wake_behind(now.iter().filter_map(|w| {
+            let (seq, replays) = self.prev.get(&w.subscription)?;
+            Some((w.subscription.as_str(), *seq, w.replays != *replays))
+        }));
+        if woken > 0 {
+            debug!(worker = %engine.worker, pumps = woken, "rows stored or replayed elsewhere: pumps read the outbox");
+        }
+        self.prev = now
+            .into_iter()
+            .map(|w| (w.subscription, (w.last_sequence, w.replays)))
+            .collect();
+        Ok(())
+    }
+}
+
 /// Renews (when due) and takes over what is free; returns how many were taken over.
 async fn round(
     engine: &Engine,
@@ -155,6 +198,7 @@ pub async fn run(
     let mut owned: HashSet<String> = HashSet::new();
     let mut renew_at = Instant::now();
     let mut valid_until: Option<Instant> = None;
+    let mut watermarks = Watermarks::default();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let mut wait = poll;
@@ -173,7 +217,11 @@ pub async fn run(
             }
         }
         if let Some(s) = &session {
-            if let Err(e) = round(&engine, s, &mut owned, &mut renew_at, &mut valid_until).await {
+            let r = match round(&engine, s, &mut owned, &mut renew_at, &mut valid_until).await {
+                Ok(_) => watermarks.follow(&engine, s).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
                 // Whether or not the server still holds the lock, others may take over from
                 // now on: stop sending at once, and come back with a new session.
                 warn!(worker = %engine.worker, error = %e, "delivery ownership session failed; standing by and reconnecting");

@@ -158,6 +158,13 @@ struct Claiming {
     tail_epoch: Option<u64>,
 }
 
+/// The backstop of [`Pump::timer_claims`]: 60 polls, spread ±25% so that pumps started together
+/// do not claim together.
+fn backstop(poll: Duration) -> Duration {
+    use rand::Rng;
+    poll.mul_f64(60.0 * rand::thread_rng().gen_range(0.75..1.25))
+}
+
 /// Where a pump's next rows come from (see [`claim`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -207,6 +214,11 @@ pub(super) struct Pump {
     decided: Decided,
     /// The last claim filled its limit: there is probably more due right now.
     more_due: bool,
+    /// When the last claim started.
+    last_claim: Instant,
+    /// How long a pump taking rows from memory goes without reading the outbox (see
+    /// [`Pump::timer_claims`]).
+    backstop: Duration,
     /// The subscription's `rate_limit`.
     rate: rate::Gate,
     /// The last `start_sends` stopped for the rate limit (claims go on meanwhile).
@@ -232,6 +244,7 @@ impl Pump {
         slot: Arc<Slot>,
     ) -> Pump {
         let sub = sub_rx.borrow_and_update().clone();
+        let backstop = backstop(engine.config.poll_interval.0);
         Pump {
             breaker: Breaker::new(
                 engine.config.breaker_failures,
@@ -254,6 +267,8 @@ impl Pump {
             in_flight: JoinSet::new(),
             decided: Decided::default(),
             more_due: true,
+            last_claim: Instant::now(),
+            backstop,
             rate: rate::Gate::default(),
             rate_held: false,
             gather: Gatherer::default(),
@@ -315,6 +330,11 @@ impl Pump {
             if cancel.is_cancelled() {
                 return Ok(());
             }
+            // Whether the owner's watermark reading must wake this pump (see `timer_claims`).
+            self.slot.set_memory_next(match self.mode {
+                Mode::Memory { next, .. } => next,
+                _ => 0,
+            });
             if self.sub_rx.has_changed().unwrap_or(false) {
                 self.subscription_changed();
             }
@@ -341,7 +361,13 @@ impl Pump {
             {
                 claiming = self.start_claim();
             }
-            let mut sleep_until = wait_until.unwrap_or_else(|| Instant::now() + poll);
+            let mut sleep_until = wait_until.unwrap_or_else(|| {
+                if self.timer_claims() {
+                    Instant::now() + poll
+                } else {
+                    self.last_claim + self.backstop
+                }
+            });
             if let Some(t) = first_done_at.filter(|_| self.recording.is_none()) {
                 sleep_until = sleep_until.min(t + RECORD_DELAY);
             }
@@ -377,10 +403,20 @@ impl Pump {
                     self.subscription_changed();
                 }
                 _ = tokio::time::sleep_until(sleep_until.into()) => {
-                    if first_done_at.is_none() { self.more_due = true; }
+                    if first_done_at.is_none() && self.timer_claims() { self.more_due = true; }
                 }
             }
         }
+    }
+
+    /// Whether the poll timer makes this pump read the outbox. Not while it takes rows from
+    /// memory: what it could miss then (rows stored by another instance, replays by another
+    /// process) moves its subscription's watermarks, which the owner reads once per poll for
+    /// all subscriptions and wakes it (a claim per pump per poll cost a quarter of a core at
+    /// 10,000 idle subscriptions); the backstop still reads it now and then, for rows put back
+    /// by hand.
+    fn timer_claims(&self) -> bool {
+        !matches!(self.mode, Mode::Memory { .. }) || self.last_claim.elapsed() >= self.backstop
     }
 
     /// Takes the new version of the subscription; when what a receiver checks changed (URL,

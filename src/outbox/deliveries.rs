@@ -134,6 +134,16 @@ pub enum ReplayOne {
     Unfinished,
 }
 
+/// A CTE counting a replay of the subscription of the rows in `u` (sql/013): the instance that
+/// owns it notices the count move and its pump reads the outbox, whichever process replayed.
+fn bump_replays(schema: &Schema) -> String {
+    format!(
+        "b AS (UPDATE {} SET replays = replays + 1
+               WHERE subscription_id = (SELECT subscription_id FROM u LIMIT 1))",
+        schema.table("sequences")
+    )
+}
+
 /// Puts one delivery back to `pending`, due now (see module doc).
 pub async fn replay_one(
     client: &Client,
@@ -144,11 +154,15 @@ pub async fn replay_one(
     let row = client
         .query_opt(
             &format!(
-                "UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = now(),
-                     finished_at = NULL, last_error = NULL
-                 WHERE id = $1 AND subscription_id = $2 AND status IN ('delivered', 'dead')
-                 RETURNING {DELIVERY_COLUMNS}",
-                schema.table("deliveries")
+                "WITH u AS (
+                     UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                         finished_at = NULL, last_error = NULL
+                     WHERE id = $1 AND subscription_id = $2 AND status IN ('delivered', 'dead')
+                     RETURNING *),
+                 {}
+                 SELECT {DELIVERY_COLUMNS} FROM u",
+                schema.table("deliveries"),
+                bump_replays(schema),
             ),
             &[&delivery, &subscription],
         )
@@ -180,16 +194,22 @@ pub async fn replay_dead(
     subscription: &str,
     since: Option<DateTime<Utc>>,
 ) -> Result<u64, OutboxError> {
-    Ok(client
-        .execute(
+    let row = client
+        .query_one(
             &format!(
-                "UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = now(),
-                     finished_at = NULL, last_error = NULL
-                 WHERE subscription_id = $1 AND status = 'dead'
-                   AND ($2::timestamptz IS NULL OR finished_at >= $2)",
-                schema.table("deliveries")
+                "WITH u AS (
+                     UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                         finished_at = NULL, last_error = NULL
+                     WHERE subscription_id = $1 AND status = 'dead'
+                       AND ($2::timestamptz IS NULL OR finished_at >= $2)
+                     RETURNING subscription_id),
+                 {}
+                 SELECT count(*) FROM u",
+                schema.table("deliveries"),
+                bump_replays(schema),
             ),
             &[&subscription, &since],
         )
-        .await?)
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
 }

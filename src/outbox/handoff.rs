@@ -15,7 +15,7 @@
 //! - the database stays the truth: a pump that ignores its slot loses only speed.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -53,6 +53,12 @@ pub struct Slot {
     /// Someone replayed deliveries: the receiver was probably fixed, so an open breaker should
     /// probe now rather than wait out its cooldown.
     probe: AtomicBool,
+    /// The outbox holds rows of the subscription that were not handed over and may lie before
+    /// what the pump took (another instance's writer, a replay): it reads the outbox whole.
+    reread: AtomicBool,
+    /// The sequence number the pump expects next while it takes rows from memory; 0 otherwise
+    /// (it then reads the outbox on its own). See [`Handoff::wake_behind`].
+    memory_next: AtomicI64,
     /// Notified whenever rows arrive or the slot overflows.
     pub notify: Notify,
 }
@@ -73,6 +79,17 @@ impl Slot {
     /// Whether a replay asked for a probe since the last call.
     pub fn take_probe(&self) -> bool {
         self.probe.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether the pump must read the outbox whole (see `reread`) since the last call.
+    pub fn take_reread(&self) -> bool {
+        self.reread.swap(false, Ordering::AcqRel)
+    }
+
+    /// The pump takes rows from memory and expects `next` (a sequence number), or 0: it reads
+    /// the outbox on its own.
+    pub fn set_memory_next(&self, next: i64) {
+        self.memory_next.store(next, Ordering::Relaxed);
     }
 
     /// Keep rows from now on (true) or only wake the pump (false, which empties the buffer).
@@ -173,6 +190,29 @@ impl Handoff {
         }
     }
 
+    /// Wakes, to read the outbox, the pumps taking rows from memory whose subscription moved
+    /// without them: each item is a subscription, its last sequence number as stored a while ago
+    /// (rows this process stored have been handed over since), and whether its rows were
+    /// replayed since. Returns how many were woken.
+    pub fn wake_behind<'a>(&self, seen: impl IntoIterator<Item = (&'a str, i64, bool)>) -> usize {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut woken = 0;
+        for (sub, last_sequence, replayed) in seen {
+            let Some(slot) = slots.get(sub) else { continue };
+            let next = slot.memory_next.load(Ordering::Relaxed);
+            if next > 0 && (replayed || last_sequence >= next) {
+                // A replay probes an open breaker now, as one made through this process does.
+                if replayed {
+                    slot.probe.store(true, Ordering::Release);
+                }
+                slot.reread.store(true, Ordering::Release);
+                slot.mark_overflowed();
+                woken += 1;
+            }
+        }
+        woken
+    }
+
     /// Tells the pumps of `subscriptions` that the outbox holds rows they were not handed
     /// (rows dropped by the writer, a replay): they read the outbox.
     pub fn dirty<'a>(&self, subscriptions: impl IntoIterator<Item = &'a str>) {
@@ -188,6 +228,34 @@ impl Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_pumps_in_memory_that_missed_rows_are_woken() {
+        let h = Handoff::default();
+        let (a, b, c) = (h.register("a"), h.register("b"), h.register("c"));
+        a.set_memory_next(11); // holds up to 10
+        b.set_memory_next(11);
+        // c reads the outbox on its own (0): never woken by this.
+        let woken = h.wake_behind([
+            ("a", 10, false),
+            ("b", 11, false),
+            ("c", 99, true),
+            ("x", 5, true),
+        ]);
+        assert_eq!(woken, 1);
+        assert!(
+            !a.take().overflowed && !a.take_reread(),
+            "a has everything up to 10"
+        );
+        assert!(
+            b.take().overflowed && b.take_reread() && !b.take_probe(),
+            "b misses 11"
+        );
+        assert!(!c.take().overflowed && !c.take_reread());
+        // A replay wakes a pump in memory whatever the numbers say, and probes.
+        assert_eq!(h.wake_behind([("a", 3, true)]), 1);
+        assert!(a.take().overflowed && a.take_reread() && a.take_probe());
+    }
 
     fn row(seq: i64, payload: &str) -> Claimed {
         Claimed {

@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (10, include_str!("../../sql/010_backfill_on_create.sql")),
     (11, include_str!("../../sql/011_claim_tail.sql")),
     (12, include_str!("../../sql/012_success_outcome.sql")),
+    (13, include_str!("../../sql/013_replays.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

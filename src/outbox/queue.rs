@@ -131,6 +131,14 @@ pub struct TailWant {
     pub after: i64,
 }
 
+/// Where a subscription's stored deliveries stand (see [`Queue::watermarks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    pub subscription: String,
+    pub last_sequence: i64,
+    pub replays: i64,
+}
+
 /// SQL for one outbox schema, prepared as text once.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -140,6 +148,7 @@ pub struct Queue {
     take_over: String,
     renew_all: String,
     disown_all: String,
+    watermarks: String,
     claim_many: String,
     claim_tail_many: String,
     record_many: String,
@@ -226,6 +235,11 @@ impl Queue {
                  WHERE worker = $1 RETURNING subscription_id"
             ),
             disown_all: format!("DELETE FROM {o} WHERE worker = $1"),
+            watermarks: format!(
+                "SELECT q.subscription_id, q.last_sequence, q.replays
+                 FROM {q} q JOIN {o} o ON o.subscription_id = q.subscription_id
+                 WHERE o.worker = $1"
+            ),
             // Per want: its due rows (none: one row of NULLs), how many unfinished rows it has
             // beyond `held` (counted up to want + 1) and its last sequence number, all in one
             // snapshot, so a pump can tell that the outbox holds nothing it was not given.
@@ -321,6 +335,24 @@ impl Queue {
         pid: i32,
     ) -> Result<Vec<String>, OutboxError> {
         owned_ids(client, &self.renew_all, worker, lease, token, pid).await
+    }
+
+    /// Each subscription `worker` owns that has stored deliveries: its last sequence number and
+    /// how many times rows of it were replayed (sql/013), read in one statement.
+    pub async fn watermarks(
+        &self,
+        client: &tokio_postgres::Client,
+        worker: Uuid,
+    ) -> Result<Vec<Watermark>, OutboxError> {
+        let rows = client.query(&self.watermarks, &[&worker]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| Watermark {
+                subscription: r.get(0),
+                last_sequence: r.get(1),
+                replays: r.get(2),
+            })
+            .collect())
     }
 
     /// Gives up every subscription `worker` owns (shutdown), so others take over at once.

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::support::daemon::{config_text, fast_delivery, wait_value};
+use crate::support::daemon::{config_text, fast_delivery, wait_value, Daemon};
 use crate::support::receiver::{Answer, Receiver};
 use crate::support::TestDb;
 use tokio::process::Child;
@@ -488,7 +488,7 @@ async fn upgrade_keeps_deliveries_and_takeover_follows_sessions_then_leases() {
         walhook::outbox::migrate(&mut client, &schema)
             .await
             .unwrap(),
-        [4, 5, 6, 7, 8, 9, 10, 11, 12]
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     );
     assert_eq!(
         db.sql("SELECT string_agg(event_id || ':' || status || ':' || attempts || ':' || sequence, ',' ORDER BY id) FROM walhook.deliveries"),
@@ -631,4 +631,104 @@ async fn deliveries_carry_a_per_subscription_sequence_and_the_api_lists_after_on
     assert_eq!(page["deliveries"][0]["sequence"], 7);
     assert!(page["nextAfterSequence"].is_null());
     daemon.stop().await;
+}
+
+/// Pumps that take their rows from memory do not read the outbox on a timer (it cost a quarter
+/// of a core with 10,000 idle subscriptions); rows put back by another process (a CLI replay)
+/// still reach them within a few polls, through the owner's one watermark reading per poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pumps_stop_claiming_and_a_replay_from_another_process_reaches_them() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE orders (id int PRIMARY KEY, status text)");
+    let rx = Receiver::ok().await;
+    // A 1 s poll: a pump in memory reads the outbox by itself after 45 s at the earliest.
+    let delivery = fast_delivery("").replace("poll_interval = \"100ms\"", "poll_interval = \"1s\"");
+    assert!(delivery.contains("poll_interval = \"1s\""), "{delivery}");
+    let subs = subscriptions(&rx, 5);
+    let d = Daemon::start(&db, &delivery, &subs).await;
+    db.sql("INSERT INTO orders VALUES (1, 'new')");
+    rx.wait_for(5, Duration::from_secs(30)).await;
+    wait_value(
+        &db,
+        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.deliveries",
+        "5",
+        30,
+    )
+    .await;
+    // The claims settle once every pump takes its rows from memory; before, each pump read
+    // the outbox every poll (5 claims a second here).
+    let claims = || d.handles.metrics.outbox_claims_total();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = (claims(), Instant::now());
+    while last.1.elapsed() < Duration::from_secs(3) {
+        assert!(
+            Instant::now() < deadline,
+            "the pumps kept reading the outbox: {} claims",
+            claims()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if claims() != last.0 {
+            last = (claims(), Instant::now());
+        }
+    }
+    // New rows still come from memory, without a claim.
+    db.sql("INSERT INTO orders VALUES (2, 'new')");
+    rx.wait_for(10, Duration::from_secs(30)).await;
+    assert_eq!(claims(), last.0, "rows handed over were read back");
+
+    // Another process puts a delivered row back: the pump reads the outbox and sends it again.
+    let id = db
+        .sql("SELECT id FROM walhook.deliveries WHERE subscription_id = 's3' ORDER BY id LIMIT 1");
+    let cfg = write_config(&db, &delivery, &subs);
+    let replayed = Instant::now();
+    let out = crate::support::bin::command(["deliveries", "replay", "--subscription", "s3"])
+        .arg("--delivery")
+        .arg(format!("del_{id}"))
+        .arg("--config")
+        .arg(cfg.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reqs = rx.wait_for(11, Duration::from_secs(20)).await;
+    let again: Vec<_> = reqs.iter().filter(|r| r.path == "/s3").collect();
+    assert_eq!(again.len(), 3, "s3 got its two rows and the replay");
+    assert_eq!(
+        again[2].json()["id"],
+        again[0].json()["id"],
+        "the same event again"
+    );
+    eprintln!(
+        "replay by another process delivered after {:?}",
+        replayed.elapsed()
+    );
+    assert!(
+        replayed.elapsed() < Duration::from_secs(20),
+        "the replay waited for the backstop ({:?})",
+        replayed.elapsed()
+    );
+    // s3's pump reads the outbox (the row), then once more (nothing else: back to memory); the
+    // other pumps read nothing, and the claims settle again.
+    let settled = Instant::now();
+    let mut now = (claims(), Instant::now());
+    while now.1.elapsed() < Duration::from_secs(3) {
+        assert!(
+            settled.elapsed() < Duration::from_secs(20),
+            "claims did not settle"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if claims() != now.0 {
+            now = (claims(), Instant::now());
+        }
+    }
+    assert!(
+        (1..=3).contains(&(now.0 - last.0)),
+        "{} claims after the replay",
+        now.0 - last.0
+    );
+    d.stop().await;
 }

@@ -33,8 +33,9 @@ impl Pump {
     /// Rows handed over by ingest: taken in memory mode when they continue the sequence;
     /// otherwise left to the outbox.
     pub(super) fn handed_over(&mut self) {
-        if self.slot.take_probe() {
-            if self.breaker.probe_now() {
+        let probe = self.slot.take_probe();
+        if probe || self.slot.take_reread() {
+            if probe && self.breaker.probe_now() {
                 self.report_breaker(Some("deliveries were replayed; probing now".into()));
                 tracing::info!(subscription = %self.sub.id, "deliveries replayed: circuit breaker half-open, sending a probe now");
             }
@@ -128,6 +129,8 @@ impl Pump {
         }
         self.handed_during_claim.clear();
         self.claim_running = true;
+        self.last_claim = Instant::now();
+        self.engine.metrics.outbox_claim();
         // A read in id order needs no held ids: it starts after all of them.
         let held = match after {
             Some(_) => Vec::new(),
