@@ -3,7 +3,7 @@
 //! sent once, by the owner, and a stopping owner hands over at once instead of after its lease.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::daemon::{fast_delivery, wait_value, Daemon};
 use crate::support::receiver::Receiver;
@@ -222,4 +222,61 @@ async fn two_instances_send_each_change_once_and_hand_over_on_stop() {
         "0",
         "a stopped instance leaves no ownership behind"
     );
+}
+
+/// An instance that owns a subscription but does not read the slot (another instance does)
+/// hears of the rows the other one stores from its once-per-poll watermark reading: its pump,
+/// which takes rows from memory, reads the outbox at once instead of after its ~60-poll
+/// backstop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_does_not_read_the_slot_delivers_what_another_instance_stores() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE orders (id int PRIMARY KEY, status text)");
+    let rx = Receiver::ok().await;
+    let subs = format!(
+        "[[subscriptions]]\nid = \"s\"\ntable = \"orders\"\nevents = [\"INSERT\"]\n\
+         url = \"{}\"\nsecret = \"k\"\n",
+        rx.url
+    );
+    // The first instance reads the slot and delivers nothing; the second delivers and never
+    // gets the slot. A 1 s poll puts the second's backstop 45 s or more away.
+    let ingest = Daemon::start(&db, crate::support::DELIVERY_OFF, &subs).await;
+    let delivery = fast_delivery("").replace("poll_interval = \"100ms\"", "poll_interval = \"1s\"");
+    let owner = Daemon::start_standby_named(&db, "walhook_owner", &delivery, &subs).await;
+    wait_value(&db, "SELECT count(*) FROM walhook.delivery_owners", "1", 20).await;
+    db.sql("INSERT INTO orders VALUES (1, 'new')");
+    rx.wait_for(1, Duration::from_secs(20)).await;
+    wait_value(
+        &db,
+        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.deliveries",
+        "1",
+        20,
+    )
+    .await;
+    // Its pump has found nothing more in the outbox and takes rows from memory by now (they
+    // never come: this instance stores none); the claims settle.
+    let claims = || owner.handles.metrics.outbox_claims_total();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = (claims(), Instant::now());
+    while last.1.elapsed() < Duration::from_secs(3) {
+        assert!(
+            Instant::now() < deadline,
+            "the pump kept claiming: {}",
+            claims()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if claims() != last.0 {
+            last = (claims(), Instant::now());
+        }
+    }
+    let stored = Instant::now();
+    db.sql("INSERT INTO orders VALUES (2, 'new')");
+    // Within a few polls; the backstop alone would take 45 s or more.
+    rx.wait_for(2, Duration::from_secs(20)).await;
+    eprintln!(
+        "a row stored by the other instance delivered after {:?}",
+        stored.elapsed()
+    );
+    owner.stop().await;
+    ingest.stop().await;
 }
