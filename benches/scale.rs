@@ -11,7 +11,9 @@
 //! 1. 10,000 subscriptions on one table: 9,000 from config.toml, 1,000 created through
 //!    `POST /api/rest/_webhooks`. Once walhook streams and `walhook.delivery_owners` has all
 //!    10,000, ONE INSERT; time from its commit until the receiver has 10,000 distinct
-//!    `X-Walhook-Delivery-Id`s on 10,000 distinct paths (one per subscription).
+//!    `X-Walhook-Delivery-Id`s on 10,000 distinct paths (one per subscription). Then, with every
+//!    pump at rest, walhook's and the Postgres server's CPU over 10 s (after 5 s to settle), as
+//!    a share of one core.
 //! 2. 1,000 subscriptions on one table: 800 healthy (filter `shard = i`), 100 dead (`side = j`;
 //!    50 at a port with nothing listening, 50 at a listener that accepts and never answers), 100
 //!    slow (`side = j`, the receiver answers after 2 s). A generator commits 10 rows every 10 ms
@@ -378,6 +380,28 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
+/// CPU seconds used between two snapshots by `walhook` and by the Postgres server whose
+/// postmaster is `postmaster` (it and its children).
+fn cpu_of(
+    before: &std::collections::HashMap<u32, (u64, u32, String)>,
+    after: &std::collections::HashMap<u32, (u64, u32, String)>,
+    walhook: u32,
+    postmaster: u32,
+) -> (f64, f64) {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let used = |p: &u32, t: u64| t.saturating_sub(before.get(p).map_or(0, |b| b.0)) as f64 / ticks;
+    let mut out = (0.0, 0.0);
+    for (p, (t, ppid, _)) in after {
+        if *p == walhook {
+            out.0 += used(p, *t);
+        } else if *p == postmaster || *ppid == postmaster {
+            out.1 += used(p, *t);
+        }
+    }
+    out
+}
+
 /// Scenario 1: 10,000 subscriptions (9,000 config.toml, 1,000 API), one INSERT.
 async fn many_subscriptions(
     pg: &PgServer,
@@ -510,6 +534,18 @@ async fn many_subscriptions(
     let distinct = rx.distinct_ids();
     let paths = rx.paths.lock().unwrap().len();
     let (conns, sockets) = mon.max();
+    // Idle: every pump has sent its row and rests. CPU of walhook and of the whole Postgres
+    // server over 10 s, after 5 s to settle.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let postmaster = postmaster_pid(pg)?;
+    let before = cpu_snapshot();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (idle_walhook, idle_pg) = cpu_of(&before, &cpu_snapshot(), w.pid(), postmaster);
+    println!(
+        "  idle for 10 s after that: walhook {:.0}% of a core, Postgres {:.0}% of a core",
+        idle_walhook * 10.0,
+        idle_pg * 10.0
+    );
     let rss = w.stop()?;
     drop(mon);
     println!(
@@ -536,6 +572,10 @@ async fn many_subscriptions(
             format!("{conns} / {sockets}"),
         ),
         ("1. walhook RSS, VmHWM (target ≤ 200 MB)".into(), mib(rss)),
+        (
+            "1. idle afterwards, CPU: walhook / Postgres (share of one core)".into(),
+            format!("{:.0}% / {:.0}%", idle_walhook * 10.0, idle_pg * 10.0),
+        ),
         (
             "1. last API 201 → ingest routing includes every API subscription (changes committed in between are not sent to them)".into(),
             format!("{routing_lag:.1} s"),
