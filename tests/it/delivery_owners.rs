@@ -133,16 +133,21 @@ async fn only_the_live_owner_claims_and_records() {
     assert!(queue.own(&client, "s", a, lease).await.unwrap());
 }
 
+/// Subscription `s` on `orders` INSERTs, to `rx`.
+fn one_subscription(rx: &Receiver) -> String {
+    format!(
+        "[[subscriptions]]\nid = \"s\"\ntable = \"orders\"\nevents = [\"INSERT\"]\n\
+         url = \"{}\"\nsecret = \"k\"\n",
+        rx.url
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_send_each_change_once_and_hand_over_on_stop() {
     let db = TestDb::new();
     db.sql("CREATE TABLE orders (id int PRIMARY KEY, status text)");
     let rx = Receiver::ok().await;
-    let subs = format!(
-        "[[subscriptions]]\nid = \"s\"\ntable = \"orders\"\nevents = [\"INSERT\"]\n\
-         url = \"{}\"\nsecret = \"k\"\n",
-        rx.url
-    );
+    let subs = one_subscription(&rx);
     let delivery = fast_delivery("");
     let first = Daemon::start(&db, &delivery, &subs).await;
     wait_value(
@@ -233,11 +238,7 @@ async fn an_owner_that_does_not_read_the_slot_delivers_what_another_instance_sto
     let db = TestDb::new();
     db.sql("CREATE TABLE orders (id int PRIMARY KEY, status text)");
     let rx = Receiver::ok().await;
-    let subs = format!(
-        "[[subscriptions]]\nid = \"s\"\ntable = \"orders\"\nevents = [\"INSERT\"]\n\
-         url = \"{}\"\nsecret = \"k\"\n",
-        rx.url
-    );
+    let subs = one_subscription(&rx);
     // The first instance reads the slot and delivers nothing; the second delivers and never
     // gets the slot. A 1 s poll puts the second's backstop 45 s or more away.
     let ingest = Daemon::start(&db, crate::support::DELIVERY_OFF, &subs).await;
@@ -255,20 +256,9 @@ async fn an_owner_that_does_not_read_the_slot_delivers_what_another_instance_sto
     .await;
     // Its pump has found nothing more in the outbox and takes rows from memory by now (they
     // never come: this instance stores none); the claims settle.
-    let claims = || owner.handles.metrics.outbox_claims_total();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = (claims(), Instant::now());
-    while last.1.elapsed() < Duration::from_secs(3) {
-        assert!(
-            Instant::now() < deadline,
-            "the pump kept claiming: {}",
-            claims()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if claims() != last.0 {
-            last = (claims(), Instant::now());
-        }
-    }
+    owner
+        .claims_settled(Duration::from_secs(3), Duration::from_secs(20))
+        .await;
     let stored = Instant::now();
     db.sql("INSERT INTO orders VALUES (2, 'new')");
     // Within a few polls; the backstop alone would take 45 s or more.

@@ -87,6 +87,26 @@ impl Daemon {
         }
     }
 
+    /// Waits until `walhook_outbox_claims_total` has not moved for `quiet` (the pumps rest or
+    /// take rows from memory), failing after `within`; returns the count.
+    pub async fn claims_settled(&self, quiet: Duration, within: Duration) -> u64 {
+        let claims = || self.handles.metrics.outbox_claims_total();
+        let deadline = Instant::now() + within;
+        let mut last = (claims(), Instant::now());
+        while last.1.elapsed() < quiet {
+            assert!(
+                Instant::now() < deadline,
+                "the pumps kept reading the outbox: {} claims",
+                claims()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if claims() != last.0 {
+                last = (claims(), Instant::now());
+            }
+        }
+        last.0
+    }
+
     pub async fn stop(self) {
         self.cancel.cancel();
         tokio::time::timeout(Duration::from_secs(20), self.task)
