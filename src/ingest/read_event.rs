@@ -38,8 +38,7 @@ pub struct ReadShape {
     pub unpublished: Vec<String>,
     /// Columns the stream sends as text where `to_jsonb` applies a cast: read as text, rendered
     /// by the stream's renderer for their kind.
-    as_text: Vec<String>,
-    as_text_kinds: Vec<TypeKind>,
+    as_text: Vec<(String, TypeKind)>,
 }
 
 impl ReadShape {
@@ -51,7 +50,7 @@ impl ReadShape {
         info: &TableInfo,
     ) -> Result<ReadShape, SourceError> {
         let mut unpublished = Vec::new();
-        let (mut as_text, mut as_text_kinds) = (Vec::new(), Vec::new());
+        let mut as_text = Vec::new();
         for d in deviations(source, info.oid).await? {
             match d {
                 // A key column stays: chunks resume after the last key read from the record.
@@ -61,10 +60,7 @@ impl ReadShape {
                     unpublished.push(column)
                 }
                 Deviation::GeneratedNotPublished { .. } => {}
-                Deviation::CastNotReproduced { column, kind, .. } => {
-                    as_text.push(column);
-                    as_text_kinds.push(kind);
-                }
+                Deviation::CastNotReproduced { column, kind, .. } => as_text.push((column, kind)),
             }
         }
         let columns: Vec<String> = info
@@ -86,7 +82,6 @@ impl ReadShape {
             shape,
             unpublished,
             as_text,
-            as_text_kinds,
         })
     }
 
@@ -95,14 +90,14 @@ impl ReadShape {
         ChunkColumns {
             where_sql,
             leave_out: &self.unpublished,
-            as_text: &self.as_text,
+            as_text: self.as_text.iter().map(|(c, _)| c.as_str()).collect(),
         }
     }
 
     /// The row as an INSERT of `commit_ts` for the router.
     pub fn change(&self, row: &ChunkRow, commit_ts: i64) -> Result<RowChange, String> {
         let mut record = in_column_order(&row.json, &self.shape.columns)?;
-        for ((column, kind), text) in self.as_text.iter().zip(&self.as_text_kinds).zip(&row.texts) {
+        for ((column, kind), text) in self.as_text.iter().zip(&row.texts) {
             if let Some(v) = record.get_mut(column) {
                 *v = text
                     .as_deref()

@@ -519,7 +519,7 @@ pub struct ChunkRow {
 pub struct ChunkColumns<'a> {
     pub where_sql: Option<&'a str>,
     pub leave_out: &'a [String],
-    pub as_text: &'a [String],
+    pub as_text: Vec<&'a str>,
 }
 
 /// Reads the next chunk: up to `limit` rows after `after` (the last key read), in primary-key
@@ -556,7 +556,7 @@ pub async fn read_chunk(
         let names: Vec<String> = columns.leave_out.iter().map(|c| literal(c)).collect();
         format!("(to_jsonb(t) - ARRAY[{}]::text[])::text", names.join(", "))
     };
-    for c in columns.as_text {
+    for c in &columns.as_text {
         row.push_str(&format!(", t.{}::text", quote_ident(c)));
     }
     let sql = format!(
