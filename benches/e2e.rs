@@ -158,6 +158,7 @@ async fn bench() -> anyhow::Result<()> {
             "walhook e2e, batch.max_events = 100: {:.2} s ({:.0} events/s, {} requests)",
             b.secs, b.rate, b.requests
         );
+        println!("{}", b.cpu);
         return Ok(());
     }
     if std::env::var_os("E2E_LATENCY_ONLY").is_some() {
@@ -216,7 +217,15 @@ async fn bench() -> anyhow::Result<()> {
         );
     }
     let e2e = start.elapsed();
-    let cpu_lines = cpu_top(&cpu_before, &cpu_snapshot(), 8);
+    let cpu_after = cpu_snapshot();
+    let cpu_lines = cpu_top(&cpu_before, &cpu_after, 8);
+    let cpu_split = cpu_per_event(
+        &cpu_before,
+        &cpu_after,
+        pid,
+        postmaster_pid(&pg)?,
+        W1_CHANGES as u64,
+    );
     let delivered = pg.psql(&db, "SELECT count(*) FROM walhook.deliveries")?;
     let attempts = pg.psql(&db, "SELECT count(*) FROM walhook.all_attempts")?;
     let hwm = stop_walhook(child)?.max(peak_rss);
@@ -233,6 +242,7 @@ async fn bench() -> anyhow::Result<()> {
     for l in &cpu_lines {
         println!("  {l}");
     }
+    println!("{cpu_split}");
     println!("statements by server time (pg_stat_statements):");
     println!(
         "{}",
@@ -251,6 +261,7 @@ async fn bench() -> anyhow::Result<()> {
         "walhook e2e, batch.max_events = 100: {:.2} s ({:.0} events/s, {} requests); unbatched {e2e_rate:.0} events/s",
         batched.secs, batched.rate, batched.requests
     );
+    println!("{}", batched.cpu);
     if std::env::var_os("E2E_W1_ONLY").is_some() {
         println!("\n| measure | value |");
         println!("|---|---|");
@@ -372,6 +383,8 @@ struct Batched {
     rate: f64,
     secs: f64,
     requests: u64,
+    /// Who spent the run's CPU, per event ([`cpu_per_event`]).
+    cpu: String,
 }
 
 /// W1 end to end (as phase 1) on a fresh database, the subscription batching up to 100 events
@@ -388,6 +401,7 @@ async fn w1_batched(pg: &PgServer, state: &Received, url: &str) -> anyhow::Resul
     )?;
     state.count.store(0, Ordering::Relaxed);
     state.events.store(0, Ordering::Relaxed);
+    let cpu_before = cpu_snapshot();
     let start = Instant::now();
     let child = spawn_walhook(&cfg, "w1-batch")?;
     loop {
@@ -408,11 +422,19 @@ async fn w1_batched(pg: &PgServer, state: &Received, url: &str) -> anyhow::Resul
         );
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_per_event(
+        &cpu_before,
+        &cpu_snapshot(),
+        child.id(),
+        postmaster_pid(pg)?,
+        W1_CHANGES as u64,
+    );
     stop_walhook(child)?;
     Ok(Batched {
         rate: W1_CHANGES as f64 / secs,
         secs,
         requests: state.count.load(Ordering::Relaxed),
+        cpu,
     })
 }
 

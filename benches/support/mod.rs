@@ -148,6 +148,43 @@ pub fn noise_secs(
         .sum()
 }
 
+/// CPU used between two snapshots per event, split by who used it: walhook (`walhook`), this
+/// bench's Postgres (the postmaster and its children: sessions, walsender, background), the bench
+/// process itself (receiver, generator) and everything else on the machine; with the rate the
+/// machine's cores could carry if that CPU were the only limit. One line, for the bench output.
+pub fn cpu_per_event(
+    before: &HashMap<u32, (u64, u32, String)>,
+    after: &HashMap<u32, (u64, u32, String)>,
+    walhook: u32,
+    postmaster: u32,
+    events: u64,
+) -> String {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let (mut w, mut pg, mut bench, mut other) = (0.0, 0.0, 0.0, 0.0);
+    for (p, (t, ppid, _)) in after {
+        let secs = t.saturating_sub(before.get(p).map(|(b, _, _)| *b).unwrap_or(0)) as f64 / ticks;
+        match () {
+            _ if *p == walhook => w += secs,
+            _ if *p == postmaster || *ppid == postmaster => pg += secs,
+            _ if *p == std::process::id() => bench += secs,
+            _ => other += secs,
+        }
+    }
+    let us = |secs: f64| secs * 1e6 / events.max(1) as f64;
+    let total = us(w + pg + bench + other);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    format!(
+        "CPU per event: walhook {:.1} µs, Postgres {:.1} µs, bench (receiver) {:.1} µs, other {:.1} µs; \
+         total {total:.1} µs, so {cores:.0} cores carry at most {:.0} events/s at this cost",
+        us(w),
+        us(pg),
+        us(bench),
+        us(other),
+        cores * 1e6 / total.max(f64::MIN_POSITIVE)
+    )
+}
+
 /// Times pg_recvlogical draining `slot` up to `end`.
 pub fn time_recvlogical(
     pg: &PgServer,
