@@ -12,6 +12,13 @@
 //!    10 ms (5k, then 20k changes/s) for 10 s; the receiver measures commit (the payload's `timestamp`) → arrival
 //!    of each distinct event id. The bench fails unless every change sent arrived (as many
 //!    distinct event ids as rows inserted): figures over a partial set would flatter the tail.
+//!    Before the runs: 640 MB of WAL and a checkpoint, so that the runs reuse WAL segments as a
+//!    server that has been running does (a fresh cluster zero-fills each new 16 MB segment in
+//!    the middle of the run), and 2 s of the 5k/s load, unmeasured, so that the figures are the
+//!    steady state and not walhook's first second.
+//!
+//! Each W1 run also prints the CPU each party spent per event (walhook, Postgres, the receiver)
+//! and the rate the machine's cores could carry at that cost: what limits the rate.
 //!
 //! Needs the release binary: run through `bash bench/e2e.sh`. `E2E_W1_ONLY=1` runs only the two
 //! W1 end-to-end runs (unbatched and batched), for a quicker comparison; `E2E_LATENCY_ONLY=1` only
@@ -347,6 +354,7 @@ async fn latency_phase(
              customer_id text, created_at timestamptz DEFAULT now(), meta jsonb);
          ALTER TABLE orders REPLICA IDENTITY FULL;",
     )?;
+    warm_wal(pg, &db2)?;
     let cfg2 = config(pg, &db2, "walhook_lat", url, "")?;
     let child2 = spawn_walhook(&cfg2, "latency")?;
     let (client, conn) = tokio_postgres::connect(&pg.url(&db2), tokio_postgres::NoTls).await?;
@@ -369,6 +377,7 @@ async fn latency_phase(
     tokio::time::sleep(Duration::from_millis(500)).await;
     // walhook is stopped whether the runs succeed or not (a failed run left it running).
     let runs = async {
+        warm_up(&client, state, 50, Duration::from_secs(2)).await?;
         let lat5 = latency_run(&client, state, 50).await?;
         let lat20 = latency_run(&client, state, 200).await?;
         anyhow::Ok((lat5, lat20))
@@ -377,6 +386,67 @@ async fn latency_phase(
     let hwm2 = stop_walhook(child2)?;
     let (lat5, lat20) = runs?;
     Ok((lat5, lat20, hwm2))
+}
+
+/// Writes about 640 MB of WAL and checkpoints, so that the latency runs write into recycled WAL
+/// segments, as on a server that has been running. A fresh cluster creates each 16 MB segment
+/// and fills it with zeros first (`wal_init_zero`), which stalled the commits of that moment:
+/// in A/B runs the p99 at 5k/s was 31–34 ms with new segments and 11–13 ms without.
+fn warm_wal(pg: &PgServer, db: &str) -> anyhow::Result<()> {
+    let t = Instant::now();
+    pg.psql(
+        db,
+        "CREATE TABLE wal_warmup AS SELECT repeat('x', 1000) AS filler FROM generate_series(1, 600000);
+         DROP TABLE wal_warmup;
+         CHECKPOINT",
+    )?;
+    println!(
+        "WAL warm-up (640 MB written, checkpoint): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Commits `per_tick` rows every 10 ms for `secs`, unmeasured, and waits until all of them
+/// arrived: the first second after walhook starts streaming carries one-off costs (the first
+/// claims before the pump takes rows from memory, plans made before the outbox has statistics,
+/// connections warming up) that are not the steady state the runs measure.
+async fn warm_up(
+    client: &tokio_postgres::Client,
+    state: &Received,
+    per_tick: u64,
+    secs: Duration,
+) -> anyhow::Result<()> {
+    state.record_latency.store(false, Ordering::Relaxed);
+    state.count.store(0, Ordering::Relaxed);
+    let insert = client
+        .prepare(&format!(
+            "INSERT INTO orders (total, status, customer_id, meta)
+             SELECT g, 'warm-up', 'cust-' || g, jsonb_build_object('g', g) FROM generate_series(1, {per_tick}) g"
+        ))
+        .await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < secs {
+        tick.tick().await;
+        client.execute(&insert, &[]).await?;
+        sent += per_tick;
+    }
+    let t = Instant::now();
+    while state.count.load(Ordering::Relaxed) < sent {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(60),
+            "warm-up: {sent} rows committed, {} arrived within 60 s",
+            state.count.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "warm-up: {sent} changes at the same rate for {:.0} s, all arrived, not measured",
+        secs.as_secs_f64()
+    );
+    Ok(())
 }
 
 struct Batched {
