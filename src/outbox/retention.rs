@@ -3,8 +3,8 @@
 //!
 //! Guarantees: deletes run in small batches (one short transaction each, `SKIP LOCKED`), so
 //! pruning never holds locks that ingest or delivery wait on; pending and failed rows are never
-//! pruned; vacuum skips a table it cannot lock at once (`SKIP_LOCKED`) and takes no lock that
-//! ingest's or delivery's statements wait on.
+//! pruned; vacuum skips a table it cannot lock at once (`SKIP_LOCKED`), takes no lock that
+//! ingest's or delivery's statements wait on, and runs in one server process (`PARALLEL 0`).
 //!
 //! Why walhook vacuums its own tables: every delivery leaves dead row versions (its status
 //! update, then its deletion). Autovacuum visits a table at most once per `autovacuum_naptime`
@@ -61,8 +61,13 @@ pub async fn vacuum_if_bloated(
         let table: String = row.get(0);
         let started = std::time::Instant::now();
         // VACUUM cannot run inside a transaction block; this is a statement of its own.
+        // `PARALLEL 0`: a manual VACUUM otherwise vacuums the indexes with parallel workers
+        // (autovacuum never does), every core at once, and the deliveries of that moment wait.
         client
-            .batch_execute(&format!("VACUUM (SKIP_LOCKED) {}", schema.table(&table)))
+            .batch_execute(&format!(
+                "VACUUM (SKIP_LOCKED, PARALLEL 0) {}",
+                schema.table(&table)
+            ))
             .await?;
         done.push(Vacuumed {
             table,
