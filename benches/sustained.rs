@@ -3,7 +3,8 @@
 //! schema `walhook`) at the end must be within 2× its size after the first 200k deliveries, and
 //! no statement of walhook's may block ingest for more than 100 ms.
 //!
-//! 1. Postgres with pg_stat_statements, `log_lock_waits = on`, `deadlock_timeout = 100ms` (every
+//! 1. Postgres with pg_stat_statements (and 640 MB of WAL written and checkpointed first, so
+//!    that the run reuses WAL segments as a server that has been running does), `log_lock_waits = on`, `deadlock_timeout = 100ms` (every
 //!    lock wait longer than 100 ms is logged as "still waiting for … after 100.x ms") and
 //!    `log_min_duration_statement = 100ms`; the log line prefix names the application and pid.
 //!    walhook connects as `postgres` (application `walhook`), the bench as role `bench`
@@ -325,6 +326,7 @@ async fn bench() -> anyhow::Result<()> {
          CREATE EXTENSION pg_stat_statements;
          CREATE ROLE bench LOGIN SUPERUSER;",
     )?;
+    warm_wal(&pg, &db)?;
     let rx = Arc::new(Rx::new(total));
     let url = receiver(rx.clone()).await?;
     println!(
