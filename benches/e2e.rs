@@ -388,6 +388,32 @@ async fn latency_phase(
     Ok((lat5, lat20, hwm2))
 }
 
+/// The generator: commits `per_tick` rows of `status` every 10 ms (a late tick is made up at
+/// once) for `secs`; returns the number of rows committed.
+async fn generate(
+    client: &tokio_postgres::Client,
+    per_tick: u64,
+    status: &str,
+    secs: Duration,
+) -> anyhow::Result<u64> {
+    let insert = client
+        .prepare(&format!(
+            "INSERT INTO orders (total, status, customer_id, meta)
+             SELECT g, '{status}', 'cust-' || g, jsonb_build_object('g', g) FROM generate_series(1, {per_tick}) g"
+        ))
+        .await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < secs {
+        tick.tick().await;
+        client.execute(&insert, &[]).await?;
+        sent += per_tick;
+    }
+    Ok(sent)
+}
+
 /// Commits `per_tick` rows every 10 ms for `secs`, unmeasured, and waits until all of them
 /// arrived: the first second after walhook starts streaming carries one-off costs (the first
 /// claims before the pump takes rows from memory, plans made before the outbox has statistics,
@@ -400,20 +426,7 @@ async fn warm_up(
 ) -> anyhow::Result<()> {
     state.record_latency.store(false, Ordering::Relaxed);
     state.count.store(0, Ordering::Relaxed);
-    let insert = client
-        .prepare(&format!(
-            "INSERT INTO orders (total, status, customer_id, meta)
-             SELECT g, 'warm-up', 'cust-' || g, jsonb_build_object('g', g) FROM generate_series(1, {per_tick}) g"
-        ))
-        .await?;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while start.elapsed() < secs {
-        tick.tick().await;
-        client.execute(&insert, &[]).await?;
-        sent += per_tick;
-    }
+    let sent = generate(client, per_tick, "warm-up", secs).await?;
     let t = Instant::now();
     while state.count.load(Ordering::Relaxed) < sent {
         anyhow::ensure!(
@@ -560,21 +573,8 @@ async fn latency_run(
             "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
         )
         .await?;
-    let insert = client
-        .prepare(&format!(
-            "INSERT INTO orders (total, status, customer_id, meta)
-             SELECT g, 'new', 'cust-' || g, jsonb_build_object('g', g) FROM generate_series(1, {per_tick}) g"
-        ))
-        .await?;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let gen_start = Instant::now();
-    let mut sent = 0u64;
-    while gen_start.elapsed() < Duration::from_secs(10) {
-        tick.tick().await;
-        client.execute(&insert, &[]).await?;
-        sent += per_tick;
-    }
+    let sent = generate(client, per_tick, "new", Duration::from_secs(10)).await?;
     let gen_secs = gen_start.elapsed().as_secs_f64();
     let distinct = || state.ids.lock().unwrap().len() as u64;
     let t = Instant::now();
