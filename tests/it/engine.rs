@@ -680,19 +680,14 @@ async fn idle_pumps_stop_claiming_and_a_replay_from_another_process_reaches_them
         .sql("SELECT id FROM walhook.deliveries WHERE subscription_id = 's3' ORDER BY id LIMIT 1");
     let cfg = write_config(&db, &delivery, &subs);
     let replayed = Instant::now();
-    let out = crate::support::bin::command(["deliveries", "replay", "--subscription", "s3"])
-        .arg("--delivery")
-        .arg(format!("del_{id}"))
-        .arg("--config")
-        .arg(cfg.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::bin::succeeds(
+        crate::support::bin::command(["deliveries", "replay", "--subscription", "s3"])
+            .arg("--delivery")
+            .arg(format!("del_{id}"))
+            .arg("--config")
+            .arg(cfg.path()),
+    )
+    .await;
     let reqs = rx.wait_for(11, Duration::from_secs(20)).await;
     let again: Vec<_> = reqs.iter().filter(|r| r.path == "/s3").collect();
     assert_eq!(again.len(), 3, "s3 got its two rows and the replay");

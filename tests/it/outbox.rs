@@ -224,15 +224,11 @@ async fn migrate_command_creates_the_schema_once() {
         "applied migrations: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]",
         "applied migrations: []",
     ] {
-        let out = crate::support::bin::with_config("migrate", cfg.path())
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = crate::support::bin::succeeds(&mut crate::support::bin::with_config(
+            "migrate",
+            cfg.path(),
+        ))
+        .await;
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
         // The second run finds everything in place: no "already exists, skipping" noise.
         let log = String::from_utf8_lossy(&out.stderr);

@@ -604,16 +604,7 @@ async fn slot_dropped_while_running_is_detected_at_the_reconnect() {
         )),
         "0"
     );
-    let recover = bin::command(["slot", "recover", "--config"])
-        .arg(cfg.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        recover.status.success(),
-        "{}",
-        String::from_utf8_lossy(&recover.stdout)
-    );
+    bin::succeeds(bin::command(["slot", "recover", "--config"]).arg(cfg.path())).await;
     wait_until(&rx, 60, "the backfill", |r| {
         to(r, "/items", "READ").len() >= 2
     })

@@ -27,6 +27,20 @@ pub fn with_config(subcommand: &str, config: &Path) -> Command {
     cmd
 }
 
+/// Runs `cmd` to its end and returns its output, failing the test (with its stdout and stderr)
+/// unless it exited 0.
+pub async fn succeeds(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} exited with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A running `walhook` whose stderr (its log) is appended to a file.
 pub struct Walhook {
     pub child: Child,
