@@ -176,7 +176,9 @@ pub async fn newest_id(
     Ok(client
         .query_one(
             &format!(
-                "SELECT coalesce(max(id), 0)::int8 FROM {} WHERE subscription_id = $1",
+                // The newest by sequence is the newest by id (sql/014), and indexed.
+                "SELECT coalesce((SELECT id FROM {} WHERE subscription_id = $1
+                                  ORDER BY sequence DESC LIMIT 1), 0)::int8",
                 schema.table("deliveries")
             ),
             &[&subscription],
@@ -197,8 +199,10 @@ pub async fn after(
         .query(
             &format!(
                 "SELECT id, event, payload, created_at FROM {}
-                 WHERE subscription_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-                schema.table("deliveries")
+                 WHERE subscription_id = $1 AND id > $2 AND sequence > {after}
+                 ORDER BY sequence, id LIMIT $3",
+                schema.table("deliveries"),
+                after = super::deliveries::sequence_bound(schema, "$1", "$2", 0),
             ),
             &[&subscription, &after, &limit],
         )

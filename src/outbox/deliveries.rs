@@ -99,17 +99,19 @@ pub async fn list(
     let rows = client
         .query(
             &format!(
-                "SELECT {DELIVERY_COLUMNS} FROM {} WHERE subscription_id = $1
+                "SELECT {DELIVERY_COLUMNS} FROM {d} WHERE subscription_id = $1
                    AND ($2::text IS NULL OR status = $2)
-                   AND ($3::int8 IS NULL OR id < $3)
+                   AND ($3::int8 IS NULL OR (id < $3 AND sequence < {before}))
                    AND ($5::int8 IS NULL OR sequence > $5)
                  ORDER BY {} LIMIT $4",
-                schema.table("deliveries"),
+                // id breaks ties only where rows were numbered by hand (never by walhook).
                 if q.after_sequence.is_some() {
-                    "sequence"
+                    "sequence, id"
                 } else {
-                    "id DESC"
-                }
+                    "sequence DESC, id DESC"
+                },
+                d = schema.table("deliveries"),
+                before = sequence_bound(schema, "$1", "$3", i64::MAX),
             ),
             &[
                 &subscription,
@@ -124,6 +126,25 @@ pub async fn list(
         .iter()
         .map(DeliveryRecord::from_row)
         .collect::<Result<_, _>>()?)
+}
+
+/// SQL: the sequence number of the subscription's delivery `id` (both SQL expressions), or
+/// `missing` when that row is gone (pruned between two pages).
+///
+/// Pages are keyed by delivery id, and a subscription's id order is its sequence order
+/// (sql/014), but only `(subscription_id, sequence)` is indexed: a page bounded by this
+/// sequence starts where it should in the index instead of walking from the newest entry. The
+/// id bound stays next to it, so a pruned key row still gives the right page, only slower.
+pub(super) fn sequence_bound(
+    schema: &Schema,
+    subscription: &str,
+    id: &str,
+    missing: i64,
+) -> String {
+    format!(
+        "coalesce((SELECT k.sequence FROM {} k WHERE k.id = {id} AND k.subscription_id = {subscription}), {missing})",
+        schema.table("deliveries")
+    )
 }
 
 #[derive(Debug)]

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (11, include_str!("../../sql/011_claim_tail.sql")),
     (12, include_str!("../../sql/012_success_outcome.sql")),
     (13, include_str!("../../sql/013_replays.sql")),
+    (14, include_str!("../../sql/014_one_subscription_index.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -170,6 +170,29 @@ async fn deliveries_listing_filters_and_paginates_newest_first() {
         .map(|d| d["eventId"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(page, ["evt_2", "evt_1"]);
+    // The cursor's own delivery pruned between two pages: the page is the same.
+    api.db.sql(&format!(
+        "DELETE FROM walhook.deliveries WHERE id = {}",
+        ids[3]
+    ));
+    let r = api
+        .call(
+            Method::GET,
+            &format!("{base}?limit=2&cursor=del_{}", ids[3]),
+            None,
+        )
+        .await;
+    let page: Vec<String> = r.json()["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["eventId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        page,
+        ["evt_2", "evt_1"],
+        "after the cursor's row was pruned"
+    );
     let r = api
         .call(Method::GET, &format!("{base}?status=dead"), None)
         .await

@@ -266,7 +266,8 @@ impl Api {
             .is_ok()
     }
 
-    /// Inserts a delivery row directly; returns its numeric id.
+    /// Inserts a delivery row directly, numbered like walhook numbers them (the subscription's
+    /// next sequence number); returns its numeric id.
     pub fn delivery(&self, sub: &str, event_id: &str, status: &str, extra: &str) -> i64 {
         let finished = if matches!(status, "delivered" | "dead") {
             "now()"
@@ -276,9 +277,13 @@ impl Api {
         self.db
             .sql(&format!(
                 "INSERT INTO walhook.deliveries (subscription_id, event_id, event, ordering_key,
-                     payload, commit_lsn, status, attempts, last_http_status, last_error, finished_at)
+                     payload, commit_lsn, status, attempts, last_http_status, last_error, finished_at,
+                     sequence)
                  VALUES ('{sub}', '{event_id}', 'INSERT', '[1]', '{{}}', 1, '{status}', 5, 500,
-                         'HTTP 500', {finished}) RETURNING id; {extra}"
+                         'HTTP 500', {finished},
+                         (SELECT coalesce(max(sequence), 0) + 1 FROM walhook.deliveries
+                          WHERE subscription_id = '{sub}'))
+                 RETURNING id; {extra}"
             ))
             .lines()
             .next()
