@@ -107,6 +107,7 @@ impl Decided {
             error_kind: o.error_kind.map(ErrorKind::as_str),
             error: o.error.as_deref().map(clean_text),
             response_body: clean_text(&o.response_body),
+            first_attempt: done.claimed.attempts == 0,
         });
     }
 }

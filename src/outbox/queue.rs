@@ -106,6 +106,15 @@ pub struct Recorded {
     pub error_kind: Option<&'static str>,
     pub error: Option<String>,
     pub response_body: String,
+    /// The delivery had no attempt before this one (its claimed `attempts` was 0).
+    pub first_attempt: bool,
+}
+
+impl Recorded {
+    /// A first attempt that succeeded: recorded by the lean statement, with no attempt row.
+    fn first_success(&self) -> bool {
+        self.first_attempt && self.status == NewStatus::Delivered
+    }
 }
 
 /// The first key of walhook's session-level advisory locks (`pg_advisory_lock(NS, token)`); the
@@ -152,6 +161,7 @@ pub struct Queue {
     claim_many: String,
     claim_tail_many: String,
     record_many: String,
+    record_first_successes: String,
 }
 
 impl Queue {
@@ -287,6 +297,21 @@ impl Queue {
             record_many: record_cte(&format!(
                 "EXISTS (SELECT 1 FROM {o} w WHERE w.subscription_id = r.sub AND w.worker = $11)"
             )),
+            // Most results are first attempts that succeeded: they need four values each, no
+            // retry arithmetic and no attempt row, and one plain UPDATE does them. bench/e2e.sh
+            // measured the general statement at 28–33 µs of Postgres time per row; in a
+            // scratch database this one took a quarter less per row for the same rows.
+            // Unfinished is said as in `record_cte`, for the same reason.
+            record_first_successes: format!(
+                "UPDATE {d} d SET status = 'delivered', attempts = d.attempts + 1,
+                     last_http_status = r.http_status, last_error = NULL,
+                     last_attempt_at = r.at, last_duration_ms = r.duration_ms, finished_at = now()
+                 FROM unnest($1::bigint[], $2::timestamptz[], $3::int[], $4::int[], $5::text[])
+                     AS r(id, at, duration_ms, http_status, sub)
+                 WHERE d.id = r.id AND d.status NOT IN ('delivered', 'dead')
+                   AND EXISTS (SELECT 1 FROM {o} w WHERE w.subscription_id = r.sub AND w.worker = $6)
+                 RETURNING d.id"
+            ),
             own: format!(
                 "INSERT INTO {o} AS o (subscription_id, worker, lease_until)
                  VALUES ($1, $2, now() + $3 * interval '1 millisecond')
@@ -430,6 +455,47 @@ impl Queue {
         &self,
         client: &Client,
         batch: &[(&str, &Recorded)],
+        worker: Uuid,
+    ) -> Result<Vec<i64>, OutboxError> {
+        let (lean, general): (Vec<_>, Vec<_>) = batch.iter().partition(|(_, r)| r.first_success());
+        // Both statements go out together on the one connection (pipelined), not one after
+        // the other.
+        let (mut written, other) = futures_util::future::try_join(
+            self.record_first_successes(client, &lean, worker),
+            self.record_general(client, &general, worker),
+        )
+        .await?;
+        written.extend(other);
+        Ok(written)
+    }
+
+    /// [`Queue::record_many`] for first attempts that succeeded.
+    async fn record_first_successes(
+        &self,
+        client: &Client,
+        batch: &[&(&str, &Recorded)],
+        worker: Uuid,
+    ) -> Result<Vec<i64>, OutboxError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = batch.iter().map(|(_, r)| r.id).collect();
+        let at: Vec<DateTime<Utc>> = batch.iter().map(|(_, r)| r.attempted_at).collect();
+        let dur: Vec<i32> = batch.iter().map(|(_, r)| r.duration_ms).collect();
+        let http: Vec<Option<i32>> = batch.iter().map(|(_, r)| r.http_status).collect();
+        let subs: Vec<&str> = batch.iter().map(|(s, _)| *s).collect();
+        let stmt = client.prepare_cached(&self.record_first_successes).await?;
+        let rows = client
+            .query(&stmt, &[&ids, &at, &dur, &http, &subs, &worker])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// [`Queue::record_many`] for every other result: retries, dead letters, late successes.
+    async fn record_general(
+        &self,
+        client: &Client,
+        batch: &[&(&str, &Recorded)],
         worker: Uuid,
     ) -> Result<Vec<i64>, OutboxError> {
         if batch.is_empty() {

@@ -127,8 +127,8 @@ async fn a_backlog_read_in_id_order_keeps_each_key_in_order_through_failures() {
     );
 }
 
-/// While the outbox does not answer record statements (here: `attempts` locked, which every
-/// record statement writes to), a pump sends at most a bounded number of requests whose results
+/// While the outbox does not answer record statements (here: every UPDATE of `deliveries`
+/// waits for a lock the test holds, through a statement trigger; ingest only inserts), a pump sends at most a bounded number of requests whose results
 /// it cannot record, then waits; once records go through again, everything is delivered
 /// exactly once and recorded. (Today the pump already stops at its first unrecorded handoff,
 /// well below the bound that `deliver::worker` also enforces on its own; this test holds
@@ -156,9 +156,15 @@ async fn sends_stay_bounded_while_results_cannot_be_recorded_and_nothing_is_lost
         20,
     )
     .await;
+    db.sql(
+        "CREATE FUNCTION test_hold_records() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$;
+         CREATE TRIGGER test_hold_records BEFORE UPDATE ON walhook.deliveries
+             FOR EACH STATEMENT EXECUTE FUNCTION test_hold_records();",
+    );
     let mut blocker = db.client().await;
     let tx = blocker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE walhook.attempts IN EXCLUSIVE MODE")
+    tx.batch_execute("SELECT pg_advisory_xact_lock(4242)")
         .await
         .unwrap();
     // Small transactions, as an application writes: each is handed to the pump from memory
@@ -203,7 +209,7 @@ async fn sends_stay_bounded_while_results_cannot_be_recorded_and_nothing_is_lost
     assert_eq!(
         db.sql("SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'"),
         "1",
-        "nothing recorded while attempts is locked"
+        "nothing recorded while updates of deliveries wait"
     );
     tx.rollback().await.unwrap();
     wait_value(

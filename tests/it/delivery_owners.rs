@@ -23,6 +23,7 @@ fn delivered(id: i64) -> Recorded {
         error_kind: None,
         error: None,
         response_body: "ok".into(),
+        first_attempt: true,
     }
 }
 
