@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::outbox::{OutboxError, Schema};
@@ -458,72 +459,43 @@ impl Queue {
         worker: Uuid,
     ) -> Result<Vec<i64>, OutboxError> {
         let (lean, general): (Vec<_>, Vec<_>) = batch.iter().partition(|(_, r)| r.first_success());
+        let lean = Arrays::new(&lean);
+        let general = Arrays::new(&general);
+        let lean_params: [&(dyn ToSql + Sync); 6] = [
+            &lean.ids, &lean.at, &lean.dur, &lean.http, &lean.subs, &worker,
+        ];
+        let general_params: [&(dyn ToSql + Sync); 11] = [
+            &general.ids,
+            &general.status,
+            &general.retry_in,
+            &general.at,
+            &general.dur,
+            &general.http,
+            &general.kind,
+            &general.err,
+            &general.body,
+            &general.subs,
+            &worker,
+        ];
         // Both statements go out together on the one connection (pipelined), not one after
         // the other.
         let (mut written, other) = futures_util::future::try_join(
-            self.record_first_successes(client, &lean, worker),
-            self.record_general(client, &general, worker),
+            written_ids(
+                client,
+                &self.record_first_successes,
+                &lean_params,
+                lean.ids.is_empty(),
+            ),
+            written_ids(
+                client,
+                &self.record_many,
+                &general_params,
+                general.ids.is_empty(),
+            ),
         )
         .await?;
         written.extend(other);
         Ok(written)
-    }
-
-    /// [`Queue::record_many`] for first attempts that succeeded.
-    async fn record_first_successes(
-        &self,
-        client: &Client,
-        batch: &[&(&str, &Recorded)],
-        worker: Uuid,
-    ) -> Result<Vec<i64>, OutboxError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<i64> = batch.iter().map(|(_, r)| r.id).collect();
-        let at: Vec<DateTime<Utc>> = batch.iter().map(|(_, r)| r.attempted_at).collect();
-        let dur: Vec<i32> = batch.iter().map(|(_, r)| r.duration_ms).collect();
-        let http: Vec<Option<i32>> = batch.iter().map(|(_, r)| r.http_status).collect();
-        let subs: Vec<&str> = batch.iter().map(|(s, _)| *s).collect();
-        let stmt = client.prepare_cached(&self.record_first_successes).await?;
-        let rows = client
-            .query(&stmt, &[&ids, &at, &dur, &http, &subs, &worker])
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
-    /// [`Queue::record_many`] for every other result: retries, dead letters, late successes.
-    async fn record_general(
-        &self,
-        client: &Client,
-        batch: &[&(&str, &Recorded)],
-        worker: Uuid,
-    ) -> Result<Vec<i64>, OutboxError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let subs: Vec<&str> = batch.iter().map(|(s, _)| *s).collect();
-        let recs: Vec<&Recorded> = batch.iter().map(|(_, r)| *r).collect();
-        let a = Arrays::new(&recs);
-        let stmt = client.prepare_cached(&self.record_many).await?;
-        let rows = client
-            .query(
-                &stmt,
-                &[
-                    &a.ids,
-                    &a.status,
-                    &a.retry_in,
-                    &a.at,
-                    &a.dur,
-                    &a.http,
-                    &a.kind,
-                    &a.err,
-                    &a.body,
-                    &subs,
-                    &worker,
-                ],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Takes or renews ownership of a subscription's deliveries for `lease`; false while another
@@ -594,8 +566,24 @@ impl Queue {
     }
 }
 
-/// A batch of results as the statement's parallel arrays.
+/// Runs one of the record statements; the ids it wrote (none without running it when `empty`).
+async fn written_ids(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    empty: bool,
+) -> Result<Vec<i64>, OutboxError> {
+    if empty {
+        return Ok(Vec::new());
+    }
+    let stmt = client.prepare_cached(sql).await?;
+    let rows = client.query(&stmt, params).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A batch of results as the statements' parallel arrays.
 struct Arrays<'a> {
+    subs: Vec<&'a str>,
     ids: Vec<i64>,
     status: Vec<&'static str>,
     retry_in: Vec<f64>,
@@ -608,8 +596,10 @@ struct Arrays<'a> {
 }
 
 impl<'a> Arrays<'a> {
-    fn new(batch: &[&'a Recorded]) -> Arrays<'a> {
+    fn new(rows: &[&(&'a str, &'a Recorded)]) -> Arrays<'a> {
+        let batch: Vec<&'a Recorded> = rows.iter().map(|(_, r)| *r).collect();
         Arrays {
+            subs: rows.iter().map(|(s, _)| *s).collect(),
             ids: batch.iter().map(|r| r.id).collect(),
             status: batch
                 .iter()

@@ -153,43 +153,31 @@ async fn deliveries_listing_filters_and_paginates_newest_first() {
     for k in ["event", "lastError", "nextAttemptAt", "finishedAt"] {
         assert!(d.get(k).is_some(), "{k}: {d}");
     }
-    let r = api
-        .call(
-            Method::GET,
-            &format!(
-                "{base}?limit=2&cursor={}",
-                v["nextCursor"].as_str().unwrap()
-            ),
-            None,
-        )
-        .await;
-    let page: Vec<String> = r.json()["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["eventId"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(page, ["evt_2", "evt_1"]);
+    // The second page, from the cursor the first one answered (asserted above).
+    let second_page = || async {
+        let r = api
+            .call(
+                Method::GET,
+                &format!("{base}?limit=2&cursor=del_{}", ids[3]),
+                None,
+            )
+            .await;
+        let page: Vec<String> = r.json()["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["eventId"].as_str().unwrap().to_string())
+            .collect();
+        page
+    };
+    assert_eq!(second_page().await, ["evt_2", "evt_1"]);
     // The cursor's own delivery pruned between two pages: the page is the same.
     api.db.sql(&format!(
         "DELETE FROM walhook.deliveries WHERE id = {}",
         ids[3]
     ));
-    let r = api
-        .call(
-            Method::GET,
-            &format!("{base}?limit=2&cursor=del_{}", ids[3]),
-            None,
-        )
-        .await;
-    let page: Vec<String> = r.json()["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["eventId"].as_str().unwrap().to_string())
-        .collect();
     assert_eq!(
-        page,
+        second_page().await,
         ["evt_2", "evt_1"],
         "after the cursor's row was pruned"
     );
