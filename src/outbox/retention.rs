@@ -130,17 +130,23 @@ pub async fn prune(
     }
     // Deliveries of a deleted subscription can never be sent (its URL and secret are gone); one
     // enqueued between the delete and the routing switch would otherwise stay pending forever.
+    // Every subscription that ever had a delivery has a `sequences` row (the writer numbers
+    // rows in the same transaction; sql/004 numbered older ones), so the orphans are found
+    // from the few subscription ids there that no longer exist, through the subscription's
+    // index, instead of by reading every delivery on every run (it used to: ~130 ms per 300k
+    // rows, each prune period).
     let t = schema.table("deliveries");
     let subs = schema.table("subscriptions");
     let a = schema.table("attempts");
+    let q = schema.table("sequences");
     let orphans = client
         .query_one(
             &format!(
                 "WITH gone AS (
                    DELETE FROM {t} WHERE id IN (
-                     SELECT d.id FROM {t} d
-                     WHERE NOT EXISTS (SELECT 1 FROM {subs} s WHERE s.id = d.subscription_id)
-                     LIMIT $1 FOR UPDATE SKIP LOCKED)
+                     SELECT d.id FROM {q} q JOIN {t} d ON d.subscription_id = q.subscription_id
+                     WHERE NOT EXISTS (SELECT 1 FROM {subs} s WHERE s.id = q.subscription_id)
+                     LIMIT $1 FOR UPDATE OF d SKIP LOCKED)
                    RETURNING id),
                  attempts AS (DELETE FROM {a} WHERE delivery_id IN (SELECT id FROM gone))
                  SELECT count(*) FROM gone"

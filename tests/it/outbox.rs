@@ -174,7 +174,20 @@ async fn delivered_rows_are_pruned_after_retention_pending_rows_are_kept() {
     // ownership of a since-deleted subscription goes too.
     db.sql("UPDATE walhook.deliveries SET status = 'delivered', finished_at = now() - interval '1 hour' WHERE id IN (SELECT id FROM walhook.deliveries ORDER BY id LIMIT 20)");
     db.sql("INSERT INTO walhook.delivery_owners VALUES ('deleted', gen_random_uuid(), now() - interval '1 minute')");
+    // Rows stored for a subscription deleted meanwhile, as the writer stores them (numbered,
+    // with the subscription's last number), can never be sent: they go, whatever their status.
+    db.sql(
+        "INSERT INTO walhook.deliveries (subscription_id, event_id, event, ordering_key, payload,
+                                         commit_lsn, sequence)
+         SELECT 'deleted', 'evt_gone_' || n, 'INSERT', '[' || n || ']', '{}', 1, n
+         FROM generate_series(1, 5) n;
+         INSERT INTO walhook.sequences (subscription_id, last_sequence) VALUES ('deleted', 5)",
+    );
     wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 10).await;
+    assert_eq!(
+        db.sql("SELECT count(*) FROM walhook.deliveries WHERE subscription_id = 'deleted'"),
+        "0"
+    );
     wait_count(
         &db,
         "SELECT count(*) FROM walhook.delivery_owners WHERE subscription_id = 'deleted'",
