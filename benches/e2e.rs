@@ -258,7 +258,7 @@ async fn bench() -> anyhow::Result<()> {
             "SELECT format('  %8s ms %8s calls %8s rows %7s us/row  %s', round(total_exec_time), calls,
                     rows, round((1000 * total_exec_time / greatest(rows, 1))::numeric, 1),
                     left(regexp_replace(query, '\\s+', ' ', 'g'), 40) || ' … ' || right(regexp_replace(query, '\\s+', ' ', 'g'), 45))
-             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 6"
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12"
         )?
     );
 

@@ -3,7 +3,11 @@
 //!
 //! Guarantees: deletes run in small batches (one short transaction each, `SKIP LOCKED`), so
 //! pruning never holds locks that ingest or delivery wait on; pending and failed rows are never
-//! pruned; vacuum skips a table it cannot lock at once (`SKIP_LOCKED`), takes no lock that
+//! pruned, nor rows younger than their retention; a delivered row goes within a prune period
+//! of its retention, or within [`SWEEP_EVERY`] periods if it finished after its row was first
+//! walked past ([`prune_delivered`]); reading for delivered rows costs the rows created since
+//! the last run, not the table (plus, every [`SWEEP_EVERY`] runs, the rows older than the
+//! retention that must stay: dead letters and unfinished rows); vacuum skips a table it cannot lock at once (`SKIP_LOCKED`), takes no lock that
 //! ingest's or delivery's statements wait on, and runs in one server process (`PARALLEL 0`).
 //!
 //! Why walhook vacuums its own tables: every delivery leaves dead row versions (its status
@@ -79,15 +83,89 @@ pub async fn vacuum_if_bloated(
     Ok(done)
 }
 
-/// Deletes one batch of expired rows of `status`; returns how many were deleted.
-async fn prune_batch(
+/// Where retention's walk over delivered rows stands, kept by the retention task between
+/// prune runs (a new process starts from the first row).
+#[derive(Debug, Default)]
+pub struct Pruner {
+    /// Every row with a lower id has been looked at since the walk last started from the first.
+    next: i64,
+    /// Prune runs since then.
+    runs: u32,
+}
+
+/// Every this many prune runs the walk starts again from the first row: it finds the delivered
+/// rows it passed while they were unfinished (retried, held behind their key, replayed), so such
+/// a row goes at most this many prune periods after its retention.
+const SWEEP_EVERY: u32 = 10;
+
+/// Rows the walk looks at per statement.
+const WALK: i64 = 2000;
+
+/// Deletes expired delivered rows by walking the primary key from `pruner`'s position.
+///
+/// No index orders delivered rows by when they finished (every success would pay for its
+/// entry). Ids and `created_at` ascend together (one process writes deliveries, in blocks each
+/// above the last; invariant 4), and a row finishes after it is created, so rows young enough
+/// to keep start at the first row created after the cutoff: the walk stops there. Each
+/// statement looks at [`WALK`] rows and deletes those that are delivered and finished before the
+/// cutoff; what it cannot delete yet (unfinished, finished lately, dead) it passes, and the
+/// next sweep from the first row looks again. Only the statement's own conditions decide what
+/// goes, so a walk that starts anywhere never deletes an unfinished or young row.
+async fn prune_delivered(
     client: &Client,
     schema: &Schema,
-    status: &str,
+    pruner: &mut Pruner,
+    older_than: Duration,
+) -> Result<u64, OutboxError> {
+    if pruner.runs % SWEEP_EVERY == 0 {
+        pruner.next = 0;
+    }
+    pruner.runs = pruner.runs.wrapping_add(1);
+    let t = schema.table("deliveries");
+    // attempts has no foreign key (it would cost a check per recorded attempt): delete by hand.
+    let a = schema.table("attempts");
+    let sql = format!(
+        "WITH scan AS MATERIALIZED (
+             SELECT id, created_at >= now() - make_interval(secs => $2) AS young
+             FROM {t} WHERE id >= $1 ORDER BY id LIMIT $3),
+         win AS (
+             SELECT count(*) AS n, bool_or(young) AS young,
+                    coalesce(min(id) FILTER (WHERE young), max(id) + 1, $1) AS upto
+             FROM scan),
+         gone AS (
+             DELETE FROM {t} WHERE id IN (
+                 SELECT x.id FROM {t} x, win
+                 WHERE x.id >= $1 AND x.id < win.upto AND x.status = 'delivered'
+                   AND x.finished_at < now() - make_interval(secs => $2)
+                 FOR UPDATE OF x SKIP LOCKED)
+             RETURNING id),
+         attempts AS (DELETE FROM {a} WHERE delivery_id IN (SELECT id FROM gone))
+         SELECT (SELECT count(*) FROM gone), win.n, coalesce(win.young, false), win.upto FROM win"
+    );
+    let secs = older_than.as_secs_f64();
+    let mut total = 0;
+    loop {
+        let row = client
+            .query_one(&sql, &[&pruner.next, &secs, &WALK])
+            .await?;
+        total += row.get::<_, i64>(0) as u64;
+        pruner.next = row.get(3);
+        if row.get::<_, bool>(2) || row.get::<_, i64>(1) < WALK {
+            return Ok(total);
+        }
+        // Leave room for ingest between statements.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Deletes one batch of dead letters older than `older_than` (found through their own index);
+/// returns how many were deleted.
+async fn prune_dead_batch(
+    client: &Client,
+    schema: &Schema,
     older_than: Duration,
 ) -> Result<u64, OutboxError> {
     let t = schema.table("deliveries");
-    // attempts has no foreign key (it would cost a check per recorded attempt): delete by hand.
     let a = schema.table("attempts");
     let secs = older_than.as_secs_f64();
     let n = client
@@ -95,14 +173,14 @@ async fn prune_batch(
             &format!(
                 "WITH gone AS (
                    DELETE FROM {t} WHERE id IN (
-                     SELECT id FROM {t} WHERE status = $1
-                       AND finished_at < now() - make_interval(secs => $2)
-                     LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     SELECT id FROM {t} WHERE status = 'dead'
+                       AND finished_at < now() - make_interval(secs => $1)
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)
                    RETURNING id),
                  attempts AS (DELETE FROM {a} WHERE delivery_id IN (SELECT id FROM gone))
                  SELECT count(*) FROM gone"
             ),
-            &[&status, &secs, &BATCH],
+            &[&secs, &BATCH],
         )
         .await?
         .get::<_, i64>(0);
@@ -113,20 +191,19 @@ async fn prune_batch(
 pub async fn prune(
     client: &Client,
     schema: &Schema,
+    pruner: &mut Pruner,
     retention: Duration,
     dead_retention: Duration,
 ) -> Result<u64, OutboxError> {
-    let mut total = 0;
-    for (status, age) in [("delivered", retention), ("dead", dead_retention)] {
-        loop {
-            let n = prune_batch(client, schema, status, age).await?;
-            total += n;
-            if n < BATCH as u64 {
-                break;
-            }
-            // Leave room for ingest between batches.
-            tokio::task::yield_now().await;
+    let mut total = prune_delivered(client, schema, pruner, retention).await?;
+    loop {
+        let n = prune_dead_batch(client, schema, dead_retention).await?;
+        total += n;
+        if n < BATCH as u64 {
+            break;
         }
+        // Leave room for ingest between batches.
+        tokio::task::yield_now().await;
     }
     // Deliveries of a deleted subscription can never be sent (its URL and secret are gone); one
     // enqueued between the delete and the routing switch would otherwise stay pending forever.

@@ -312,6 +312,12 @@ async fn an_operator_signs_in_creates_a_subscription_replays_a_dead_letter_and_w
     shot(&b, "subscriptions").await;
     b.goto(&format!("{base}/console")).await.unwrap();
     assert!(text_of(&b, "dl.cards").await.contains("streaming"));
+    // The subscription's health: its deliveries' enqueue → 2xx latency (p50, p99) in ms.
+    let health = text_of(&b, "div.scroll table tbody").await;
+    assert!(
+        health.contains(&id) && health.matches(" ms").count() >= 2,
+        "{health}"
+    );
     shot(&b, "overview").await;
 
     // Sign out: the console is closed again.
