@@ -110,7 +110,10 @@ const WALK: i64 = 2000;
 /// statement looks at [`WALK`] rows and deletes those that are delivered and finished before the
 /// cutoff; what it cannot delete yet (unfinished, finished lately, dead) it passes, and the
 /// next sweep from the first row looks again. Only the statement's own conditions decide what
-/// goes, so a walk that starts anywhere never deletes an unfinished or young row.
+/// goes, so a walk that starts anywhere never deletes an unfinished or young row. (The inner
+/// LIMIT, which the window already implies, tells the planner the rows are few: without it the
+/// DELETE read the whole table for each statement, 240 ms per 300k rows in a scratch database,
+/// instead of 7 ms.)
 async fn prune_delivered(
     client: &Client,
     schema: &Schema,
@@ -137,7 +140,7 @@ async fn prune_delivered(
                  SELECT x.id FROM {t} x, win
                  WHERE x.id >= $1 AND x.id < win.upto AND x.status = 'delivered'
                    AND x.finished_at < now() - make_interval(secs => $2)
-                 FOR UPDATE OF x SKIP LOCKED)
+                 LIMIT $3 FOR UPDATE OF x SKIP LOCKED)
              RETURNING id),
          attempts AS (DELETE FROM {a} WHERE delivery_id IN (SELECT id FROM gone))
          SELECT (SELECT count(*) FROM gone), win.n, coalesce(win.young, false), win.upto FROM win"
