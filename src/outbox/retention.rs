@@ -4,10 +4,10 @@
 //! Guarantees: deletes run in small batches (one short transaction each, `SKIP LOCKED`), so
 //! pruning never holds locks that ingest or delivery wait on; pending and failed rows are never
 //! pruned, nor rows younger than their retention; a delivered row goes within a prune period
-//! of its retention, or within [`SWEEP_EVERY`] periods if it finished after its row was first
-//! walked past ([`prune_delivered`]); reading for delivered rows costs the rows created since
-//! the last run, not the table (plus, every [`SWEEP_EVERY`] runs, the rows older than the
-//! retention that must stay: dead letters and unfinished rows); vacuum skips a table it cannot lock at once (`SKIP_LOCKED`), takes no lock that
+//! of its retention, within [`SWEEP_EVERY`] periods if it finished after the walk first passed
+//! it, within [`FULL_SWEEP_EVERY`] if it was a dead letter replayed ([`prune_delivered`]);
+//! reading for delivered rows costs the rows created since the last run, not the table (plus,
+//! now and then, the rows from the lowest one left behind, or from the first); vacuum skips a table it cannot lock at once (`SKIP_LOCKED`), takes no lock that
 //! ingest's or delivery's statements wait on, and runs in one server process (`PARALLEL 0`).
 //!
 //! Why walhook vacuums its own tables: every delivery leaves dead row versions (its status
@@ -87,16 +87,45 @@ pub async fn vacuum_if_bloated(
 /// prune runs (a new process starts from the first row).
 #[derive(Debug, Default)]
 pub struct Pruner {
-    /// Every row with a lower id has been looked at since the walk last started from the first.
+    /// Every row with a lower id has been looked at.
     next: i64,
-    /// Prune runs since then.
+    /// The lowest id the walk passed and left that may still have to go: unfinished, finished
+    /// within the retention, or locked by someone else at the time.
+    late: Option<i64>,
+    /// Prune runs so far.
     runs: u32,
 }
 
-/// Every this many prune runs the walk starts again from the first row: it finds the delivered
-/// rows it passed while they were unfinished (retried, held behind their key, replayed), so such
-/// a row goes at most this many prune periods after its retention.
+impl Pruner {
+    /// Where this run's walk starts: where the last one stopped; every [`SWEEP_EVERY`] runs back
+    /// at the lowest row it left (so a row delivered late goes at most that many prune periods
+    /// after its retention); every [`FULL_SWEEP_EVERY`] runs at the first row (a dead letter
+    /// replayed and delivered is not among the rows the walk left).
+    fn start(&mut self) {
+        if self.runs % FULL_SWEEP_EVERY == 0 {
+            self.next = 0;
+            self.late = None;
+        } else if self.runs % SWEEP_EVERY == 0 {
+            if let Some(late) = self.late.take() {
+                self.next = self.next.min(late);
+            }
+        }
+        self.runs = self.runs.wrapping_add(1);
+    }
+
+    /// Takes note of a statement's answer: its window's end, and the lowest row it left.
+    fn walked(&mut self, upto: i64, late: Option<i64>) {
+        self.next = upto;
+        self.late = match (self.late, late) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// See [`Pruner::start`].
 const SWEEP_EVERY: u32 = 10;
+const FULL_SWEEP_EVERY: u32 = 100;
 
 /// Rows the walk looks at per statement.
 const WALK: i64 = 2000;
@@ -108,28 +137,28 @@ const WALK: i64 = 2000;
 /// above the last; invariant 4), and a row finishes after it is created, so rows young enough
 /// to keep start at the first row created after the cutoff: the walk stops there. Each
 /// statement looks at [`WALK`] rows and deletes those that are delivered and finished before the
-/// cutoff; what it cannot delete yet (unfinished, finished lately, dead) it passes, and the
-/// next sweep from the first row looks again. Only the statement's own conditions decide what
-/// goes, so a walk that starts anywhere never deletes an unfinished or young row. (The inner
-/// LIMIT, which the window already implies, tells the planner the rows are few: without it the
-/// DELETE read the whole table for each statement, 240 ms per 300k rows in a scratch database,
-/// instead of 7 ms.)
+/// cutoff; what it leaves that may have to go later it notes ([`Pruner::walked`]), and a later
+/// run walks again from there. Only the statement's own conditions decide what goes, so a walk
+/// that starts anywhere never deletes an unfinished or young row. In the steady state each row
+/// is read by one walk; walking again from far back costs the rows deleted since the last
+/// vacuum, whose index entries the walk steps over (up to ~300 ms per statement in
+/// bench/sustained.sh when every tenth run started from the first row). (The inner LIMIT,
+/// which the window already implies, tells the planner the rows are few: without it the DELETE
+/// read the whole table for each statement, 240 ms per 300k rows in a scratch database, instead
+/// of 7 ms.)
 async fn prune_delivered(
     client: &Client,
     schema: &Schema,
     pruner: &mut Pruner,
     older_than: Duration,
 ) -> Result<u64, OutboxError> {
-    if pruner.runs % SWEEP_EVERY == 0 {
-        pruner.next = 0;
-    }
-    pruner.runs = pruner.runs.wrapping_add(1);
+    pruner.start();
     let t = schema.table("deliveries");
     // attempts has no foreign key (it would cost a check per recorded attempt): delete by hand.
     let a = schema.table("attempts");
     let sql = format!(
         "WITH scan AS MATERIALIZED (
-             SELECT id, created_at >= now() - make_interval(secs => $2) AS young
+             SELECT id, status, created_at >= now() - make_interval(secs => $2) AS young
              FROM {t} WHERE id >= $1 ORDER BY id LIMIT $3),
          win AS (
              SELECT count(*) AS n, bool_or(young) AS young,
@@ -143,7 +172,10 @@ async fn prune_delivered(
                  LIMIT $3 FOR UPDATE OF x SKIP LOCKED)
              RETURNING id),
          attempts AS (DELETE FROM {a} WHERE delivery_id IN (SELECT id FROM gone))
-         SELECT (SELECT count(*) FROM gone), win.n, coalesce(win.young, false), win.upto FROM win"
+         SELECT (SELECT count(*) FROM gone), win.n, coalesce(win.young, false), win.upto,
+                (SELECT min(s.id) FROM scan s WHERE s.id < win.upto AND s.status <> 'dead'
+                   AND NOT EXISTS (SELECT 1 FROM gone g WHERE g.id = s.id))
+         FROM win"
     );
     let secs = older_than.as_secs_f64();
     let mut total = 0;
@@ -152,7 +184,7 @@ async fn prune_delivered(
             .query_one(&sql, &[&pruner.next, &secs, &WALK])
             .await?;
         total += row.get::<_, i64>(0) as u64;
-        pruner.next = row.get(3);
+        pruner.walked(row.get(3), row.get(4));
         if row.get::<_, bool>(2) || row.get::<_, i64>(1) < WALK {
             return Ok(total);
         }
@@ -260,4 +292,40 @@ pub async fn prune(
         info!(rows = total, "pruned outbox");
     }
     Ok(total + orphans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_resumes_goes_back_to_what_it_left_and_now_and_then_to_the_first_row() {
+        let mut p = Pruner::default();
+        p.start();
+        assert_eq!(p.next, 0, "a new process walks from the first row");
+        p.walked(500, Some(40));
+        p.walked(900, Some(700));
+        p.walked(1200, None);
+        assert_eq!((p.next, p.late), (1200, Some(40)));
+        for _ in 1..SWEEP_EVERY {
+            p.start();
+            assert_eq!(p.next, 1200, "between sweeps the walk resumes");
+        }
+        p.start();
+        assert_eq!(
+            (p.next, p.late),
+            (40, None),
+            "the tenth run goes back to row 40"
+        );
+        p.walked(1500, None);
+        while p.runs % FULL_SWEEP_EVERY != 0 {
+            p.start();
+            assert!(p.next > 0);
+        }
+        p.start();
+        assert_eq!(
+            p.next, 0,
+            "the hundredth run walks from the first row again"
+        );
+    }
 }
