@@ -135,7 +135,8 @@ const WALK: i64 = 2000;
 /// No index orders delivered rows by when they finished (every success would pay for its
 /// entry). Ids and `created_at` ascend together (one process writes deliveries, in blocks each
 /// above the last; invariant 4), and a row finishes after it is created, so rows young enough
-/// to keep start at the first row created after the cutoff: the walk stops there. Each
+/// to keep start at the first row created after the cutoff: the walk stops there (a little
+/// before it). Each
 /// statement looks at [`WALK`] rows and deletes those that are delivered and finished before the
 /// cutoff; what it leaves that may have to go later it notes ([`Pruner::walked`]), and a later
 /// run walks again from there. Only the statement's own conditions decide what goes, so a walk
@@ -158,10 +159,13 @@ async fn prune_delivered(
     let a = schema.table("attempts");
     let sql = format!(
         "WITH scan AS MATERIALIZED (
-             SELECT id, status, created_at >= now() - make_interval(secs => $2) AS young
+             SELECT id, created_at >= now() - make_interval(secs => $2::float8 + $4::float8) AS young,
+                    status IN ('pending', 'failed')
+                      OR (status = 'delivered'
+                          AND finished_at >= now() - make_interval(secs => $2)) AS later
              FROM {t} WHERE id >= $1 ORDER BY id LIMIT $3),
          win AS (
-             SELECT count(*) AS n, bool_or(young) AS young,
+             SELECT count(*) AS n, coalesce(bool_or(young), false) AS young,
                     coalesce(min(id) FILTER (WHERE young), max(id) + 1, $1) AS upto
              FROM scan),
          gone AS (
@@ -172,16 +176,22 @@ async fn prune_delivered(
                  LIMIT $3 FOR UPDATE OF x SKIP LOCKED)
              RETURNING id),
          attempts AS (DELETE FROM {a} WHERE delivery_id IN (SELECT id FROM gone))
-         SELECT (SELECT count(*) FROM gone), win.n, coalesce(win.young, false), win.upto,
-                (SELECT min(s.id) FROM scan s WHERE s.id < win.upto AND s.status <> 'dead'
-                   AND NOT EXISTS (SELECT 1 FROM gone g WHERE g.id = s.id))
+         SELECT (SELECT count(*) FROM gone), win.n, win.young, win.upto,
+                (SELECT min(id) FROM scan WHERE later AND id < win.upto)
          FROM win"
     );
     let secs = older_than.as_secs_f64();
+    // Rows are walked a little after their retention (a tenth of it, 1 s to 60 s: the prune
+    // period), so that one delivered soon after it was stored has expired when the walk reaches
+    // it; otherwise the rows at the walk's edge, stored just before the cutoff and delivered just
+    // after, would be left behind on every run and walked again.
+    let margin = (older_than / 10)
+        .clamp(Duration::from_secs(1), Duration::from_secs(60))
+        .as_secs_f64();
     let mut total = 0;
     loop {
         let row = client
-            .query_one(&sql, &[&pruner.next, &secs, &WALK])
+            .query_one(&sql, &[&pruner.next, &secs, &WALK, &margin])
             .await?;
         total += row.get::<_, i64>(0) as u64;
         pruner.walked(row.get(3), row.get(4));

@@ -213,9 +213,9 @@ async fn rows_delivered_after_the_walk_passed_them_are_pruned_by_the_next_sweep(
     let child = run_streaming(&db, cfg.path()).await;
     db.sql("INSERT INTO a SELECT generate_series(1, 30)");
     wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 30).await;
-    // Past the 2 s retention and two prune runs: the walk has looked at every row while all
+    // Past the 2 s retention, its 1 s margin and two prune runs: the walk has looked at every row while all
     // were pending, and moved past them.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let started = std::time::Instant::now();
     db.sql("UPDATE walhook.deliveries SET status = 'delivered', finished_at = now() - interval '1 hour' WHERE id IN (SELECT id FROM walhook.deliveries ORDER BY id LIMIT 20)");
     wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 10).await;
