@@ -266,7 +266,6 @@ async fn retention_loop(
     let tick = prune_every.min(VACUUM_CHECK);
     let mut last_prune = tokio::time::Instant::now();
     let mut last_vacuum_check = tokio::time::Instant::now();
-    let mut pruner = outbox::retention::Pruner::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -279,8 +278,7 @@ async fn retention_loop(
             let client = background.outbox().await?;
             if prune_due {
                 last_prune = tokio::time::Instant::now();
-                outbox::retention::prune(&client, &schema, &mut pruner, retention, dead_retention)
-                    .await?;
+                outbox::retention::prune(&client, &schema, retention, dead_retention).await?;
             }
             if vacuum_due {
                 last_vacuum_check = tokio::time::Instant::now();

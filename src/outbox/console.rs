@@ -4,9 +4,9 @@
 //!
 //! Guarantees:
 //! - read-only: nothing here writes;
-//! - every statement is bounded: by a LIMIT (per subscription, for [`health`]'s latencies) or by
-//!   an index over the unfinished and dead deliveries, so the overview's cost follows the number
-//!   of subscriptions and what is failing, not the table's size;
+//! - every statement is bounded: by a LIMIT, or by an index range over the last hour of finished
+//!   deliveries (`deliveries_finished`) and the unfinished ones (`deliveries_sub_due`), so the
+//!   overview's cost follows the last hour's traffic, not the table's size;
 //! - a statement only ever reads deliveries of the subscription it names (except [`health`],
 //!   which groups by subscription).
 
@@ -130,29 +130,18 @@ pub async fn attempts(
         .collect())
 }
 
-/// How many of a subscription's newest deliveries [`health`] reads for its latency and last
-/// success.
-pub const HEALTH_NEWEST: i64 = 1000;
-
-/// Per subscription that had traffic or errors: last success and latency percentiles among its
-/// newest [`HEALTH_NEWEST`] deliveries that finished in the last hour, and its latest error
-/// among unfinished and dead deliveries.
+/// Per subscription that had traffic or errors: last success and latency percentiles of the
+/// last hour, and its latest error among unfinished and dead deliveries.
 pub async fn health(client: &Client, schema: &Schema) -> Result<Vec<Health>, OutboxError> {
     let d = schema.table("deliveries");
-    // No index orders delivered rows by when they finished (sql/015): each subscription's
-    // newest rows are read backwards through `(subscription_id, sequence)`, so the overview
-    // costs at most HEALTH_NEWEST rows a subscription whatever the traffic.
     let sql = format!(
         "WITH ok AS (
-             SELECT r.subscription_id AS s, max(r.finished_at) AS last_ok,
+             SELECT subscription_id AS s, max(finished_at) AS last_ok,
                     percentile_cont(0.5) WITHIN GROUP
-                        (ORDER BY extract(epoch FROM r.finished_at - r.created_at)) * 1000 AS p50,
+                        (ORDER BY extract(epoch FROM finished_at - created_at)) * 1000 AS p50,
                     percentile_cont(0.99) WITHIN GROUP
-                        (ORDER BY extract(epoch FROM r.finished_at - r.created_at)) * 1000 AS p99
-             FROM {subs} sub CROSS JOIN LATERAL (
-                 SELECT x.subscription_id, x.status, x.finished_at, x.created_at FROM {d} x
-                 WHERE x.subscription_id = sub.id ORDER BY x.sequence DESC LIMIT $1) r
-             WHERE r.status = 'delivered' AND r.finished_at > now() - interval '1 hour'
+                        (ORDER BY extract(epoch FROM finished_at - created_at)) * 1000 AS p99
+             FROM {d} WHERE status = 'delivered' AND finished_at > now() - interval '1 hour'
              GROUP BY 1),
          bad AS (
              SELECT DISTINCT ON (subscription_id) subscription_id AS s, created_at, last_error
@@ -160,10 +149,9 @@ pub async fn health(client: &Client, schema: &Schema) -> Result<Vec<Health>, Out
              ORDER BY subscription_id, id DESC)
          SELECT coalesce(ok.s, bad.s), ok.last_ok, ok.p50::float8, ok.p99::float8,
                 bad.created_at, bad.last_error
-         FROM ok FULL JOIN bad ON ok.s = bad.s",
-        subs = schema.table("subscriptions"),
+         FROM ok FULL JOIN bad ON ok.s = bad.s"
     );
-    let rows = client.query(&sql, &[&HEALTH_NEWEST]).await?;
+    let rows = client.query(&sql, &[]).await?;
     Ok(rows
         .iter()
         .map(|r| Health {

@@ -28,7 +28,7 @@ pub async fn queue_counts(
     schema: &Schema,
 ) -> Result<Vec<QueueCounts>, OutboxError> {
     // Two grouped scans, each over a partial index's rows (`deliveries_sub_due` for unfinished,
-    // `deliveries_dead` for dead), joined to the subscriptions table for the zeros.
+    // `deliveries_finished` for dead), joined to the subscriptions table for the zeros.
     let sql = format!(
         "SELECT s.id, coalesce(p.n, 0)::int8, coalesce(x.n, 0)::int8
          FROM {subs} s
