@@ -597,31 +597,29 @@ struct Arrays<'a> {
 
 impl<'a> Arrays<'a> {
     fn new(rows: &[&(&'a str, &'a Recorded)]) -> Arrays<'a> {
-        let batch: Vec<&'a Recorded> = rows.iter().map(|(_, r)| *r).collect();
+        let batch = || rows.iter().map(|(_, r)| *r);
         Arrays {
             subs: rows.iter().map(|(s, _)| *s).collect(),
-            ids: batch.iter().map(|r| r.id).collect(),
-            status: batch
-                .iter()
+            ids: batch().map(|r| r.id).collect(),
+            status: batch()
                 .map(|r| match r.status {
                     NewStatus::Delivered => "delivered",
                     NewStatus::Failed { .. } => "failed",
                     NewStatus::Dead => "dead",
                 })
                 .collect(),
-            retry_in: batch
-                .iter()
+            retry_in: batch()
                 .map(|r| match r.status {
                     NewStatus::Failed { retry_in } => retry_in.as_secs_f64(),
                     _ => 0.0,
                 })
                 .collect(),
-            at: batch.iter().map(|r| r.attempted_at).collect(),
-            dur: batch.iter().map(|r| r.duration_ms).collect(),
-            http: batch.iter().map(|r| r.http_status).collect(),
-            kind: batch.iter().map(|r| r.error_kind).collect(),
-            err: batch.iter().map(|r| r.error.as_deref()).collect(),
-            body: batch.iter().map(|r| r.response_body.as_str()).collect(),
+            at: batch().map(|r| r.attempted_at).collect(),
+            dur: batch().map(|r| r.duration_ms).collect(),
+            http: batch().map(|r| r.http_status).collect(),
+            kind: batch().map(|r| r.error_kind).collect(),
+            err: batch().map(|r| r.error.as_deref()).collect(),
+            body: batch().map(|r| r.response_body.as_str()).collect(),
         }
     }
 }

@@ -79,6 +79,33 @@ pub async fn vacuum_if_bloated(
     Ok(done)
 }
 
+/// Deletes the deliveries `ids` selects (SQL, after the common table expressions `ctes`, which
+/// end with a comma when given) with their attempts; returns how many were deleted.
+async fn delete_deliveries(
+    client: &Client,
+    schema: &Schema,
+    ctes: &str,
+    ids: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, OutboxError> {
+    let t = schema.table("deliveries");
+    // attempts has no foreign key (it would cost a check per recorded attempt): delete by hand.
+    let a = schema.table("attempts");
+    let n = client
+        .query_one(
+            &format!(
+                "WITH {ctes}
+                 gone AS (DELETE FROM {t} WHERE id IN ({ids}) RETURNING id),
+                 attempts AS (DELETE FROM {a} WHERE delivery_id IN (SELECT id FROM gone))
+                 SELECT count(*) FROM gone"
+            ),
+            params,
+        )
+        .await?
+        .get::<_, i64>(0);
+    Ok(n as u64)
+}
+
 /// Deletes one batch of expired rows of `status`; returns how many were deleted.
 async fn prune_batch(
     client: &Client,
@@ -86,27 +113,14 @@ async fn prune_batch(
     status: &str,
     older_than: Duration,
 ) -> Result<u64, OutboxError> {
-    let t = schema.table("deliveries");
-    // attempts has no foreign key (it would cost a check per recorded attempt): delete by hand.
-    let a = schema.table("attempts");
+    let ids = format!(
+        "SELECT id FROM {} WHERE status = $1
+           AND finished_at < now() - make_interval(secs => $2)
+         LIMIT $3 FOR UPDATE SKIP LOCKED",
+        schema.table("deliveries")
+    );
     let secs = older_than.as_secs_f64();
-    let n = client
-        .query_one(
-            &format!(
-                "WITH gone AS (
-                   DELETE FROM {t} WHERE id IN (
-                     SELECT id FROM {t} WHERE status = $1
-                       AND finished_at < now() - make_interval(secs => $2)
-                     LIMIT $3 FOR UPDATE SKIP LOCKED)
-                   RETURNING id),
-                 attempts AS (DELETE FROM {a} WHERE delivery_id IN (SELECT id FROM gone))
-                 SELECT count(*) FROM gone"
-            ),
-            &[&status, &secs, &BATCH],
-        )
-        .await?
-        .get::<_, i64>(0);
-    Ok(n as u64)
+    delete_deliveries(client, schema, "", &ids, &[&status, &secs, &BATCH]).await
 }
 
 /// Prunes until nothing expired is left; returns the number of rows removed.
@@ -138,30 +152,21 @@ pub async fn prune(
     // of each after (LATERAL): as one join, the planner, which has no statistics for these
     // small tables, read all of `deliveries` before the anti-join left nothing (30-70 ms a run
     // in bench/sustained.sh); this way no orphan id means no delivery read (0.4 ms).
-    let t = schema.table("deliveries");
     let subs = schema.table("subscriptions");
-    let a = schema.table("attempts");
-    let q = schema.table("sequences");
-    let orphans = client
-        .query_one(
-            &format!(
-                "WITH orphan AS MATERIALIZED (
-                   SELECT q.subscription_id FROM {q} q
-                   WHERE NOT EXISTS (SELECT 1 FROM {subs} s WHERE s.id = q.subscription_id)),
-                 gone AS (
-                   DELETE FROM {t} WHERE id IN (
-                     SELECT x.id FROM orphan o CROSS JOIN LATERAL (
-                       SELECT d.id FROM {t} d WHERE d.subscription_id = o.subscription_id
-                       LIMIT $1 FOR UPDATE SKIP LOCKED) x
-                     LIMIT $1)
-                   RETURNING id),
-                 attempts AS (DELETE FROM {a} WHERE delivery_id IN (SELECT id FROM gone))
-                 SELECT count(*) FROM gone"
-            ),
-            &[&BATCH],
-        )
-        .await?
-        .get::<_, i64>(0) as u64;
+    let orphan = format!(
+        "orphan AS MATERIALIZED (
+           SELECT q.subscription_id FROM {q} q
+           WHERE NOT EXISTS (SELECT 1 FROM {subs} s WHERE s.id = q.subscription_id)),",
+        q = schema.table("sequences"),
+    );
+    let ids = format!(
+        "SELECT x.id FROM orphan o CROSS JOIN LATERAL (
+           SELECT d.id FROM {t} d WHERE d.subscription_id = o.subscription_id
+           LIMIT $1 FOR UPDATE SKIP LOCKED) x
+         LIMIT $1",
+        t = schema.table("deliveries"),
+    );
+    let orphans = delete_deliveries(client, schema, &orphan, &ids, &[&BATCH]).await?;
     if orphans > 0 {
         info!(rows = orphans, "pruned deliveries of deleted subscriptions");
     }
