@@ -19,7 +19,9 @@
 //!   re-reading at most the chunk in flight, whose rows keep their event ids
 //!   (`evt_bf_<backfill>_<hash of key>`);
 //! - a `READ` row has the shape of the table's streamed changes ([`super::read_event`]);
-//! - bounded: one chunk per running backfill in memory; the keys recorded in a window are capped
+//! - bounded: two chunks per running backfill in memory (one the sink stores, the next one read
+//!   and rendered meanwhile, whose high watermark waits for its predecessor to be stored, so
+//!   chunks are stored in key order); the keys recorded in a window are capped
 //!   ([`MAX_WINDOW_KEYS`]); a window that overflows, or that the sink did not see open (it
 //!   restarted in between), makes the runner read the chunk again, never store it unchecked;
 //! - a backfill runs only while this process streams from the slot (only its sink sees the
@@ -74,7 +76,8 @@ struct Pending {
     done: oneshot::Sender<Outcome>,
 }
 
-/// Where runners hand chunks to the ingest sink: at most one pending chunk per running backfill.
+/// Where runners hand chunks to the ingest sink: at most two chunks per running backfill, one
+/// handed over (high watermark written) and the next one read ahead.
 #[derive(Default)]
 pub struct Exchange {
     pending: Mutex<HashMap<String, Pending>>,
@@ -474,6 +477,13 @@ impl Runner {
         let mut last_log = Instant::now();
         let mut rows_at_log = self.bf.rows_done;
         info!(backfill = self.bf.id, subscription = %self.bf.subscription_id, table = %table, rows_done = self.bf.rows_done, "backfill running");
+        // The next chunk is read and rendered (its low watermark written) while the sink stores
+        // the one before it: reading and rendering take about half of a chunk's time and storing
+        // the other half (bench/backfill.sh), on other sessions. Its high watermark is written
+        // only once its predecessor is stored, so the sink stores chunks in order; when the
+        // predecessor is not stored, the chunk read ahead is dropped and both are read again.
+        // With pacing (`pause_ms`) nothing is read ahead: the pause comes between two reads.
+        let mut ahead: Option<ReadResult> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
@@ -498,27 +508,34 @@ impl Runner {
             if !self.b.streaming.load(Ordering::Relaxed) {
                 return Err(RunError::Transient("the replication stream is down".into()));
             }
-            self.chunk_no += 1;
-            let token = format!("{}:{:x}:{}", self.bf.id, self.nonce, self.chunk_no);
-            let done_rx = self.b.exchange.register(&token, table.clone());
-            let result = self
-                .chunk(
-                    (&mut source, &outbox_client, &schema),
-                    &router,
-                    &read,
-                    &info,
-                    &token,
-                    done_rx,
-                    &mut wake,
-                )
-                .await;
-            self.b.exchange.abandon(&token);
-            match result? {
-                ChunkResult::Stored {
-                    last_key,
-                    rows,
-                    finished,
-                } => {
+            let current = match ahead.take() {
+                Some(r) => r,
+                None => {
+                    let at = (self.bf.last_key.clone(), self.bf.rows_done);
+                    self.read(&mut source, &router, &read, &info, at).await?
+                }
+            };
+            let ReadResult::Rows(current) = current else {
+                backfills::finish(&outbox_client, &schema, self.bf.id, None).await?;
+                info!(
+                    backfill = self.bf.id,
+                    rows_done = self.bf.rows_done,
+                    "backfill done"
+                );
+                return Ok(());
+            };
+            let (last_key, rows, finished) =
+                (current.last_key.clone(), current.rows, current.finished);
+            let waiting = self.hand_over(&mut source, *current).await?;
+            if !finished && self.bf.pause_ms == 0 {
+                let at = (Some(last_key.clone()), self.bf.rows_done + rows);
+                ahead = Some(self.read(&mut source, &router, &read, &info, at).await?);
+            }
+            match self
+                .wait_stored(waiting, (&outbox_client, &schema), &mut wake)
+                .await?
+            {
+                ChunkResult::Stored => {
                     self.bf.last_key = Some(last_key);
                     self.bf.rows_done += rows;
                     self.b.metrics.backfill_progress(
@@ -536,23 +553,18 @@ impl Runner {
                         return Ok(());
                     }
                 }
-                ChunkResult::Empty => {
-                    backfills::finish(&outbox_client, &schema, self.bf.id, None).await?;
-                    info!(
-                        backfill = self.bf.id,
-                        rows_done = self.bf.rows_done,
-                        "backfill done"
-                    );
-                    return Ok(());
-                }
                 ChunkResult::Again(why) => {
+                    ahead = None;
                     info!(
                         backfill = self.bf.id,
                         reason = why,
                         "reading the chunk again"
                     );
                 }
-                ChunkResult::Woken => continue,
+                ChunkResult::Woken => {
+                    ahead = None;
+                    continue;
+                }
             }
             if last_log.elapsed() >= LOG_EVERY {
                 let rows = self.bf.rows_done - rows_at_log;
@@ -576,23 +588,25 @@ impl Runner {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn chunk(
-        &self,
-        (source, outbox_client, schema): (
-            &mut tokio_postgres::Client,
-            &tokio_postgres::Client,
-            &Schema,
-        ),
+    /// Reads and renders the chunk after `after` (`rows_done` rows before it), bracketed by its
+    /// low watermark; its high one is written by [`Runner::hand_over`].
+    async fn read(
+        &mut self,
+        source: &mut tokio_postgres::Client,
         router: &Router,
         read: &ReadShape,
         info: &TableInfo,
-        token: &str,
-        done_rx: oneshot::Receiver<Outcome>,
-        wake: &mut watch::Receiver<u64>,
-    ) -> Result<ChunkResult, RunError> {
+        (after, rows_done): (Option<Value>, i64),
+    ) -> Result<ReadResult, RunError> {
+        self.chunk_no += 1;
+        let token = format!("{}:{:x}:{}", self.bf.id, self.nonce, self.chunk_no);
+        let done = self.b.exchange.register(&token, read.shape.table.clone());
+        let registration = Registration {
+            exchange: self.b.exchange.clone(),
+            token,
+        };
         let t0 = Instant::now();
-        backfills::emit_watermark(source, &format!("low:{token}"))
+        backfills::emit_watermark(source, &format!("low:{}", registration.token))
             .await
             .map_err(from_source)?;
         // Everything before the low watermark in the WAL must be visible to the chunk's read.
@@ -605,13 +619,13 @@ impl Runner {
             &read.shape.table,
             info,
             &read.chunk_columns(self.bf.where_sql.as_deref()),
-            self.bf.last_key.as_ref(),
+            after.as_ref(),
             self.bf.chunk_size,
         )
         .await
         .map_err(from_source)?;
         if texts.is_empty() {
-            return Ok(ChunkResult::Empty);
+            return Ok(ReadResult::Empty);
         }
         let t_read = t0.elapsed();
         let n = texts.len();
@@ -647,20 +661,56 @@ impl Runner {
         let progress = Progress {
             backfill_id: self.bf.id,
             last_key: last_key.clone(),
-            rows_done: self.bf.rows_done + n as i64,
+            rows_done: rows_done + n as i64,
             finished,
         };
-        let t_rendered = t0.elapsed();
-        self.b.exchange.fill(token, Chunk { rows, progress });
-        backfills::emit_watermark(source, &format!("high:{token}"))
+        // Where a chunk's time goes, for tuning (`WALHOOK_LOG=walhook::ingest::backfill=debug`).
+        debug!(
+            backfill = self.bf.id,
+            rows = n,
+            settled_ms = t_settled.as_millis() as u64,
+            read_ms = (t_read - t_settled).as_millis() as u64,
+            render_ms = (t0.elapsed() - t_read).as_millis() as u64,
+            "backfill chunk read"
+        );
+        Ok(ReadResult::Rows(Box::new(ReadChunk {
+            registration,
+            done,
+            chunk: Chunk { rows, progress },
+            last_key,
+            rows: n as i64,
+            finished,
+        })))
+    }
+
+    /// Hands a read chunk to the sink and writes its high watermark, where the sink stores it.
+    async fn hand_over(
+        &self,
+        source: &mut tokio_postgres::Client,
+        c: ReadChunk,
+    ) -> Result<Waiting, RunError> {
+        self.b.exchange.fill(&c.registration.token, c.chunk);
+        backfills::emit_watermark(source, &format!("high:{}", c.registration.token))
             .await
             .map_err(from_source)?;
-        let t_high = t0.elapsed();
-        let mut done_rx = done_rx;
+        Ok(Waiting {
+            _registration: c.registration,
+            done: c.done,
+            since: Instant::now(),
+        })
+    }
+
+    /// Waits for the sink to store a handed-over chunk (a cancel stops the wait at once).
+    async fn wait_stored(
+        &self,
+        mut w: Waiting,
+        (outbox_client, schema): (&tokio_postgres::Client, &Schema),
+        wake: &mut watch::Receiver<u64>,
+    ) -> Result<ChunkResult, RunError> {
         let deadline = tokio::time::Instant::now() + CHUNK_WAIT;
         let outcome = loop {
             tokio::select! {
-                o = &mut done_rx => break o,
+                o = &mut w.done => break o,
                 _ = woken(wake) => {
                     // A cancel stops at once; anything else (another backfill) does not matter.
                     let now = backfills::get(outbox_client, schema, &self.bf.subscription_id, self.bf.id).await?;
@@ -671,36 +721,57 @@ impl Runner {
                 _ = tokio::time::sleep_until(deadline) => return Ok(ChunkResult::Again("the chunk was not stored in time")),
             }
         };
-        // Where a chunk's time goes, for tuning (`WALHOOK_LOG=walhook::ingest::backfill=debug`).
         debug!(
             backfill = self.bf.id,
-            rows = n,
-            settled_ms = t_settled.as_millis() as u64,
-            read_ms = (t_read - t_settled).as_millis() as u64,
-            render_ms = (t_rendered - t_read).as_millis() as u64,
-            high_ms = (t_high - t_rendered).as_millis() as u64,
-            stored_ms = (t0.elapsed() - t_high).as_millis() as u64,
-            "backfill chunk"
+            waited_ms = w.since.elapsed().as_millis() as u64,
+            "backfill chunk stored"
         );
         Ok(match outcome {
-            Ok(Outcome::Stored) => ChunkResult::Stored {
-                last_key,
-                rows: n as i64,
-                finished,
-            },
+            Ok(Outcome::Stored) => ChunkResult::Stored,
             Ok(Outcome::Retry(why)) => ChunkResult::Again(why),
             Err(_) => ChunkResult::Again("the outbox writer stopped"),
         })
     }
 }
 
-enum ChunkResult {
-    Stored {
-        last_key: Value,
-        rows: i64,
-        finished: bool,
-    },
+/// A chunk's token in the [`Exchange`]; dropping it withdraws the chunk (the sink then forgets
+/// its window and, at its high watermark, finds nothing to store).
+struct Registration {
+    exchange: Arc<Exchange>,
+    token: String,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.exchange.abandon(&self.token);
+    }
+}
+
+/// A chunk read and rendered, its low watermark written.
+struct ReadChunk {
+    registration: Registration,
+    done: oneshot::Receiver<Outcome>,
+    chunk: Chunk,
+    last_key: Value,
+    rows: i64,
+    finished: bool,
+}
+
+enum ReadResult {
+    Rows(Box<ReadChunk>),
+    /// Nothing after the last key: the backfill is done.
     Empty,
+}
+
+/// A chunk handed to the sink, until it is stored (or given up).
+struct Waiting {
+    _registration: Registration,
+    done: oneshot::Receiver<Outcome>,
+    since: Instant,
+}
+
+enum ChunkResult {
+    Stored,
     Again(&'static str),
     /// The API changed something (a cancel?): look at the state again.
     Woken,
