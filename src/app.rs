@@ -215,7 +215,7 @@ pub async fn run_with(
         handles.metrics.clone(),
         cancel.clone(),
     ));
-    let exchange = crate::ingest::backfill::Exchange::new();
+    let exchange = crate::ingest::watermarks::Exchange::new();
     tasks.spawn(crate::ingest::backfill::backfill_loop(
         Arc::new(crate::ingest::backfill::Backfills {
             config: config.clone(),

@@ -4,10 +4,12 @@
 //!
 //! For each chunk the runner writes a low watermark through the WAL (a transactional logical
 //! message), reads the chunk (one short READ ONLY statement), hands the rendered rows to the
-//! [`Exchange`], and writes a high watermark. The ingest sink ([`Watermarks`]) records the keys
-//! of the table that change between the two watermarks; at the high watermark it drops the
-//! chunk's rows whose key changed (the streamed change is newer) and stores the others, with the
-//! chunk's progress, in the outbox transaction of the high watermark's source transaction.
+//! [`Exchange`], and writes a high watermark. The ingest sink's
+//! [`Watermarks`](super::watermarks::Watermarks) record the keys of the table that change
+//! between the two watermarks; at the high watermark it drops the chunk's rows whose key changed
+//! (the streamed change is newer) and stores the others, with the chunk's progress, in the
+//! outbox transaction of the high watermark's source transaction. While the sink stores a
+//! chunk, the runner reads and renders the next one.
 //!
 //! Guarantees:
 //! - for every key, the last event stored reflects the row's latest committed state, and per-key
@@ -22,14 +24,15 @@
 //! - bounded: two chunks per running backfill in memory (one the sink stores, the next one read
 //!   and rendered meanwhile, whose high watermark waits for its predecessor to be stored, so
 //!   chunks are stored in key order); the keys recorded in a window are capped
-//!   ([`MAX_WINDOW_KEYS`]); a window that overflows, or that the sink did not see open (it
-//!   restarted in between), makes the runner read the chunk again, never store it unchecked;
+//!   ([`MAX_WINDOW_KEYS`](super::watermarks::MAX_WINDOW_KEYS)); a window that overflows, or that
+//!   the sink did not see open (it restarted in between), makes the runner read the chunk again,
+//!   never store it unchecked;
 //! - a backfill runs only while this process streams from the slot (only its sink sees the
 //!   watermarks); cancel (the API's DELETE) is seen between chunks and while waiting, at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -38,16 +41,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::read_event::{as_read, event_id, ReadShape};
+use super::watermarks::{Chunk, Exchange, Outcome};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::model::{EventKind, RowChange, TableName};
-use crate::outbox::backfills::{self, Backfill, Progress, TableInfo, WATERMARK_PREFIX};
+use crate::model::EventKind;
+use crate::outbox::backfills::{self, Backfill, Progress, TableInfo};
 use crate::outbox::{self, Schema};
 use crate::pg::tls;
-use crate::route::{Routed, Router};
+use crate::route::Router;
 
-/// Keys recorded between one chunk's watermarks, at most; beyond it the chunk is read again.
-pub const MAX_WINDOW_KEYS: usize = 1_000_000;
 /// Longest a runner waits for the sink to store a chunk before it reads the chunk again.
 const CHUNK_WAIT: Duration = Duration::from_secs(60);
 /// How often running backfills are looked for (also woken by the API).
@@ -55,193 +57,6 @@ const SCAN_EVERY: Duration = Duration::from_secs(5);
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long after its start a backfill waits for routing to include its subscription.
 const ROUTING_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
-
-/// What became of a chunk handed to the sink.
-#[derive(Debug)]
-pub enum Outcome {
-    Stored,
-    /// Not stored; read it again.
-    Retry(&'static str),
-}
-
-/// A rendered chunk: its rows (with their ordering keys) and the progress it completes.
-pub struct Chunk {
-    pub rows: Vec<Routed>,
-    pub progress: Progress,
-}
-
-struct Pending {
-    table: TableName,
-    chunk: Option<Chunk>,
-    done: oneshot::Sender<Outcome>,
-}
-
-/// Where runners hand chunks to the ingest sink: at most two chunks per running backfill, one
-/// handed over (high watermark written) and the next one read ahead.
-#[derive(Default)]
-pub struct Exchange {
-    pending: Mutex<HashMap<String, Pending>>,
-}
-
-impl Exchange {
-    pub fn new() -> Arc<Exchange> {
-        Arc::new(Exchange::default())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn register(&self, token: &str, table: TableName) -> oneshot::Receiver<Outcome> {
-        let (done, rx) = oneshot::channel();
-        self.lock().insert(
-            token.to_string(),
-            Pending {
-                table,
-                chunk: None,
-                done,
-            },
-        );
-        rx
-    }
-
-    fn fill(&self, token: &str, chunk: Chunk) {
-        if let Some(p) = self.lock().get_mut(token) {
-            p.chunk = Some(chunk);
-        }
-    }
-
-    fn abandon(&self, token: &str) {
-        self.lock().remove(token);
-    }
-
-    fn table_of(&self, token: &str) -> Option<TableName> {
-        self.lock().get(token).map(|p| p.table.clone())
-    }
-
-    fn take(&self, token: &str) -> Option<Pending> {
-        self.lock().remove(token)
-    }
-}
-
-/// A chunk ready to be stored by the sink's writer.
-pub struct Ready {
-    pub rows: Vec<Routed>,
-    pub progress: Progress,
-    pub done: oneshot::Sender<Outcome>,
-}
-
-struct Window {
-    table: TableName,
-    keys: HashSet<String>,
-    overflow: bool,
-}
-
-/// The sink's side: windows between low and high watermarks, and the keys changed in them.
-pub struct Watermarks {
-    exchange: Arc<Exchange>,
-    windows: HashMap<String, Window>,
-}
-
-impl Watermarks {
-    pub fn new(exchange: Arc<Exchange>) -> Watermarks {
-        Watermarks {
-            exchange,
-            windows: HashMap::new(),
-        }
-    }
-
-    /// At each source transaction: forgets windows whose runner gave up.
-    pub fn begin(&mut self) {
-        if !self.windows.is_empty() {
-            let ex = &self.exchange;
-            self.windows.retain(|t, _| ex.table_of(t).is_some());
-        }
-    }
-
-    /// Records the key of a change inside an open window of its table.
-    pub fn observe(&mut self, change: &RowChange) {
-        if self.windows.is_empty() {
-            return;
-        }
-        let mut key: Option<String> = None;
-        for w in self.windows.values_mut() {
-            if w.table != change.shape.table || w.overflow {
-                continue;
-            }
-            if w.keys.len() >= MAX_WINDOW_KEYS {
-                w.overflow = true;
-                w.keys = HashSet::new();
-                continue;
-            }
-            w.keys
-                .insert(key.get_or_insert_with(|| row_key(change)).clone());
-        }
-    }
-
-    /// A logical message of a stored (not skipped) transaction; a high watermark whose chunk is
-    /// complete yields the rows to store now.
-    pub fn message(&mut self, prefix: &str, content: &[u8]) -> Option<Ready> {
-        if prefix != WATERMARK_PREFIX {
-            return None;
-        }
-        let content = std::str::from_utf8(content).ok()?;
-        if let Some(token) = content.strip_prefix("low:") {
-            if let Some(table) = self.exchange.table_of(token) {
-                self.windows.insert(
-                    token.to_string(),
-                    Window {
-                        table,
-                        keys: HashSet::new(),
-                        overflow: false,
-                    },
-                );
-            }
-            return None;
-        }
-        let token = content.strip_prefix("high:")?;
-        let window = self.windows.remove(token);
-        let pending = self.exchange.take(token)?;
-        let Some(chunk) = pending.chunk else {
-            let _ = pending.done.send(Outcome::Retry("the chunk was not ready"));
-            return None;
-        };
-        let window = match window {
-            None => {
-                let _ = pending
-                    .done
-                    .send(Outcome::Retry("the low watermark was not seen"));
-                return None;
-            }
-            Some(w) if w.overflow => {
-                let _ = pending
-                    .done
-                    .send(Outcome::Retry("too many changes during the chunk"));
-                return None;
-            }
-            Some(w) => w,
-        };
-        let mut rows = chunk.rows;
-        rows.retain(|r| !window.keys.contains(&r.key));
-        Some(Ready {
-            rows,
-            progress: chunk.progress,
-            done: pending.done,
-        })
-    }
-}
-
-/// The primary-key values as a JSON array, as routing renders a change's ordering key.
-fn row_key(change: &RowChange) -> String {
-    let vals: Vec<&Value> = change
-        .shape
-        .key_columns
-        .iter()
-        .filter_map(|i| change.shape.columns.get(*i))
-        .map(|c| change.record.get(c).unwrap_or(&Value::Null))
-        .collect();
-    serde_json::to_string(&vals).unwrap_or_default()
-}
 
 /// Everything runners share.
 pub struct Backfills {

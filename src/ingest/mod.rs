@@ -16,6 +16,7 @@ pub mod sink;
 pub mod slot;
 pub mod slot_recover;
 pub mod stream;
+pub mod watermarks;
 
 use crate::config::ConfigError;
 use crate::model::TableName;

@@ -50,7 +50,7 @@ enum Item {
     /// A backfill chunk's progress, stored with the open group; `done` hears when it is.
     Progress(
         crate::outbox::backfills::Progress,
-        tokio::sync::oneshot::Sender<super::backfill::Outcome>,
+        tokio::sync::oneshot::Sender<super::watermarks::Outcome>,
     ),
     Commit {
         commit_lsn: Lsn,
@@ -85,7 +85,7 @@ pub struct Hooks {
     pub handoff: Option<Arc<Handoff>>,
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// Where backfill runners hand over their chunks.
-    pub backfill: Option<Arc<super::backfill::Exchange>>,
+    pub backfill: Option<Arc<super::watermarks::Exchange>>,
     /// The slot's health shown to the API (`walhook run`); without it a broken slot stops
     /// ingest with an error.
     pub slot: Option<super::slot_recover::Context>,
@@ -97,7 +97,7 @@ pub struct Hooks {
 }
 
 pub struct OutboxSink {
-    watermarks: Option<super::backfill::Watermarks>,
+    watermarks: Option<super::watermarks::Watermarks>,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     telemetry: crate::telemetry::Telemetry,
     router: Router,
@@ -147,7 +147,10 @@ impl OutboxSink {
             spans: Vec::new(),
         };
         OutboxSink {
-            watermarks: hooks.backfill.clone().map(super::backfill::Watermarks::new),
+            watermarks: hooks
+                .backfill
+                .clone()
+                .map(super::watermarks::Watermarks::new),
             telemetry: hooks.telemetry.clone(),
             metrics: hooks.metrics,
             router,
@@ -356,7 +359,7 @@ struct Writer {
     /// Subscriptions whose rows of the open group were not kept.
     dropped: HashSet<Arc<str>>,
     /// Backfill runners waiting for the open group's commit.
-    backfill_done: Vec<tokio::sync::oneshot::Sender<super::backfill::Outcome>>,
+    backfill_done: Vec<tokio::sync::oneshot::Sender<super::watermarks::Outcome>>,
     /// Spans of this group's changes, ended when it commits.
     spans: Vec<crate::telemetry::ChangeSpan>,
 }
@@ -442,7 +445,7 @@ impl Writer {
         self.checkpoint = commit_lsn;
         self.durable.send_if_modified(|d| bump(d, end_lsn));
         for done in self.backfill_done.drain(..) {
-            let _ = done.send(super::backfill::Outcome::Stored);
+            let _ = done.send(super::watermarks::Outcome::Stored);
         }
         let stored = std::time::SystemTime::now();
         for span in self.spans.drain(..) {
