@@ -4,11 +4,12 @@
 //! `COPY (SELECT to_jsonb(t) FROM orders t) TO STDOUT` drained to nowhere.
 //!
 //! 1. The limit: the COPY above, timed (the rows rendered as JSON and read, nothing else).
-//! 2. `target/release/walhook run` with delivery on; once it streams, `POST …/backfill`
-//!    (`chunk_size` from `BACKFILL_BENCH_CHUNK`, default 5000). Timed from the request until
-//!    the backfill is `done` (every chunk stored in the outbox) and until the receiver has every
-//!    row and the outbox shows every delivery `delivered`. walhook's peak RSS (VmHWM), and CPU
-//!    time per process.
+//! 2. `target/release/walhook run` with delivery on and two subscriptions of `orders`: `orders`
+//!    (one request per row) and `orders_batched` (`batch.max_events = 100`). Once it streams,
+//!    `POST …/backfill` for each in turn (`chunk_size` from `BACKFILL_BENCH_CHUNK`, default
+//!    5000), each timed from the request until the backfill is `done` (every chunk stored in the
+//!    outbox) and until the receiver has every row and the outbox shows every delivery of the
+//!    subscription `delivered`. walhook's peak RSS (VmHWM), and CPU time per process.
 //!
 //! Needs the release binary: run through `bash bench/backfill.sh`.
 
@@ -26,6 +27,10 @@ use support::*;
 const TOKEN: &str = "bench-token";
 const MAX_IN_FLIGHT: usize = 64;
 const TIMEOUT: Duration = Duration::from_secs(1800);
+/// How a READ event shows in a body (the payload is compact JSON).
+const READ: &str = "\"event\":\"READ\"";
+/// The batched subscription's batch size.
+const BATCH: usize = 100;
 
 fn main() {
     support::run("backfill", bench());
@@ -39,16 +44,33 @@ fn env_num(name: &str, default: i64) -> i64 {
 }
 
 /// A receiver that answers 200 at once and counts requests.
-async fn receiver(count: Arc<AtomicU64>) -> anyhow::Result<String> {
-    let app = axum::Router::new().fallback(move || {
-        let count = count.clone();
-        async move {
-            count.fetch_add(1, Ordering::Relaxed);
-            "ok"
-        }
-    });
+/// A receiver counting the events it is sent: one per request, or each `READ` of a batch body
+/// (`{"events": [...]}`) for the batched subscription's path.
+async fn receiver(single: Arc<AtomicU64>, batched: Arc<AtomicU64>) -> anyhow::Result<String> {
+    let app = axum::Router::new()
+        .route(
+            "/batched",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let batched = batched.clone();
+                async move {
+                    let n = body
+                        .windows(READ.len())
+                        .filter(|w| *w == READ.as_bytes())
+                        .count();
+                    batched.fetch_add(n as u64, Ordering::Relaxed);
+                    "ok"
+                }
+            }),
+        )
+        .fallback(move || {
+            let single = single.clone();
+            async move {
+                single.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
+    let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)
 }
@@ -129,11 +151,18 @@ async fn bench() -> anyhow::Result<()> {
     let copy_rate = rows as f64 / copy_secs;
     println!("COPY to_jsonb: {copy_secs:.2} s, {copy_rate:.0} rows/s ({bytes} bytes)");
 
-    // 2. The backfill.
-    let count = Arc::new(AtomicU64::new(0));
-    let url = receiver(count.clone()).await?;
+    // 2. The backfills: one request per row, then the same rows batched.
+    let single = Arc::new(AtomicU64::new(0));
+    let batched = Arc::new(AtomicU64::new(0));
+    let url = receiver(single.clone(), batched.clone()).await?;
     let port = scale_rx::free_port()?;
     let cfg = tempfile::NamedTempFile::new()?;
+    let subscription = |id: &str, path: &str, extra: &str| {
+        format!(
+            "[[subscriptions]]\nid = \"{id}\"\ntable = \"orders\"\n\
+             events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"{url}{path}\"\nsecret = \"s\"\n{extra}\n"
+        )
+    };
     std::fs::write(
         cfg.path(),
         format!(
@@ -141,13 +170,16 @@ async fn bench() -> anyhow::Result<()> {
              [project]\nid = \"bench\"\n\n\
              [delivery]\nallow_http = true\nallow_private_networks = true\n\
              max_in_flight = {MAX_IN_FLIGHT}\n\n\
-             [api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n\
-             [[subscriptions]]\nid = \"orders\"\ntable = \"orders\"\n\
-             events = [\"INSERT\", \"UPDATE\", \"DELETE\"]\nurl = \"{url}\"\nsecret = \"s\"\n",
-            pg.url(&db)
+             [api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n{}{}",
+            pg.url(&db),
+            subscription("orders", "/hook", ""),
+            subscription(
+                "orders_batched",
+                "/batched",
+                &format!("batch = {{ max_events = {BATCH}, max_wait = \"50ms\" }}")
+            ),
         ),
     )?;
-    let cpu_before = cpu_snapshot();
     let (mut child, log) = spawn_walhook(cfg.path())?;
     let pid = child.id();
     wait_for("walhook streams", Duration::from_secs(60), || {
@@ -155,77 +187,137 @@ async fn bench() -> anyhow::Result<()> {
     })
     .await?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
-    let t = Instant::now();
-    let resp = http
-        .post(format!(
-            "http://127.0.0.1:{port}/api/rest/_webhooks/orders/backfill"
-        ))
-        .bearer_auth(TOKEN)
-        .header("X-Project-ID", "bench")
-        .header("environment", "master")
-        .header("content-type", "application/json")
-        .body(format!("{{\"chunk_size\": {chunk}}}"))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        resp.status().as_u16() == 202,
-        "start: {}",
-        resp.text().await?
-    );
-    let mut stored = None;
-    let mut peak = 0u64;
-    loop {
-        peak = peak.max(proc_kib(pid, "VmHWM:").unwrap_or(0));
-        if stored.is_none() {
-            let state = pg.psql(&db, "SELECT state FROM walhook.backfills")?;
-            anyhow::ensure!(
-                state == "running" || state == "done",
-                "backfill {state}; log {}",
-                log.display()
-            );
-            if state == "done" {
-                stored = Some(t.elapsed());
-            }
-        }
-        if stored.is_some() && count.load(Ordering::Relaxed) >= rows as u64 {
-            let left = pg.psql(
-                &db,
-                "SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered'",
-            )?;
-            if left == "0" {
-                break;
-            }
-        }
-        anyhow::ensure!(t.elapsed() < TIMEOUT, "not delivered after {TIMEOUT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let delivered = t.elapsed();
-    let cpu = cpu_top(&cpu_before, &cpu_snapshot(), 6);
-    peak = peak.max(proc_kib(pid, "VmHWM:").unwrap_or(0));
+    let run = Run {
+        pg: &pg,
+        db: &db,
+        port,
+        rows,
+        chunk,
+        pid,
+        log: &log,
+    };
+    let one = run.backfill("orders", &single).await?;
+    let many = run.backfill("orders_batched", &batched).await?;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     child.wait()?;
-    let stored = stored.unwrap_or(delivered);
-    let stored_rate = rows as f64 / stored.as_secs_f64();
-    let delivered_rate = rows as f64 / delivered.as_secs_f64();
-    println!("CPU time during the backfill (utime+stime, top processes):");
-    for l in &cpu {
-        println!("  {l}");
+    for (name, r) in [("one request per row", &one), ("batched", &many)] {
+        println!("CPU time during the backfill, {name} (utime+stime, top processes):");
+        for l in &r.cpu {
+            println!("  {l}");
+        }
     }
     println!("\n| measure ({rows} rows, chunk_size {chunk}) | value |");
     println!("|---|---|");
     println!("| COPY (SELECT to_jsonb(t) FROM orders t) TO STDOUT (the limit) | {copy_rate:.0} rows/s ({copy_secs:.2} s) |");
+    for (name, r) in [
+        ("one request per row", &one),
+        (&*format!("`batch.max_events = {BATCH}`"), &many),
+    ] {
+        for (what, d) in [
+            ("stored in the outbox", r.stored),
+            ("delivered (receiver 2xx, marked delivered)", r.delivered),
+        ] {
+            let rate = rows as f64 / d.as_secs_f64();
+            println!(
+                "| backfill {what}, {name} | {rate:.0} rows/s ({:.2} s), {:.2} of the limit |",
+                d.as_secs_f64(),
+                rate / copy_rate
+            );
+        }
+    }
     println!(
-        "| backfill stored in the outbox | {stored_rate:.0} rows/s ({:.2} s), {:.2} of the limit |",
-        stored.as_secs_f64(),
-        stored_rate / copy_rate
+        "| walhook peak RSS | {} MB |",
+        one.peak_kib.max(many.peak_kib) / 1024
     );
-    println!(
-        "| backfill delivered (receiver 2xx, marked delivered) | {delivered_rate:.0} rows/s ({:.2} s), {:.2} of the limit |",
-        delivered.as_secs_f64(),
-        delivered_rate / copy_rate
-    );
-    println!("| walhook peak RSS | {} MB |", peak / 1024);
     Ok(())
+}
+
+/// One walhook process's backfills, one subscription at a time.
+struct Run<'a> {
+    pg: &'a PgServer,
+    db: &'a str,
+    port: u16,
+    rows: i64,
+    chunk: i64,
+    pid: u32,
+    log: &'a std::path::Path,
+}
+
+struct Timed {
+    stored: Duration,
+    delivered: Duration,
+    peak_kib: u64,
+    cpu: Vec<String>,
+}
+
+impl Run<'_> {
+    /// Backfills `subscription`, timed from the request until the backfill is `done` (every
+    /// chunk stored) and until `count` has every row and the outbox shows each of the
+    /// subscription's deliveries `delivered`.
+    async fn backfill(&self, subscription: &str, count: &AtomicU64) -> anyhow::Result<Timed> {
+        let (pg, db, rows) = (self.pg, self.db, self.rows);
+        let cpu_before = cpu_snapshot();
+        let http = reqwest::Client::new();
+        let t = Instant::now();
+        let resp = http
+            .post(format!(
+                "http://127.0.0.1:{}/api/rest/_webhooks/{subscription}/backfill",
+                self.port
+            ))
+            .bearer_auth(TOKEN)
+            .header("X-Project-ID", "bench")
+            .header("environment", "master")
+            .header("content-type", "application/json")
+            .body(format!("{{\"chunk_size\": {}}}", self.chunk))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().as_u16() == 202,
+            "start: {}",
+            resp.text().await?
+        );
+        let mut stored = None;
+        let mut peak = 0u64;
+        loop {
+            peak = peak.max(proc_kib(self.pid, "VmHWM:").unwrap_or(0));
+            if stored.is_none() {
+                let state = pg.psql(
+                    db,
+                    &format!(
+                        "SELECT state FROM walhook.backfills WHERE subscription_id = '{subscription}'"
+                    ),
+                )?;
+                anyhow::ensure!(
+                    state == "running" || state == "done",
+                    "backfill {state}; log {}",
+                    self.log.display()
+                );
+                if state == "done" {
+                    stored = Some(t.elapsed());
+                }
+            }
+            if stored.is_some() && count.load(Ordering::Relaxed) >= rows as u64 {
+                let left = pg.psql(
+                    db,
+                    &format!(
+                        "SELECT count(*) FROM walhook.deliveries
+                         WHERE subscription_id = '{subscription}' AND status <> 'delivered'"
+                    ),
+                )?;
+                if left == "0" {
+                    break;
+                }
+            }
+            anyhow::ensure!(t.elapsed() < TIMEOUT, "not delivered after {TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let delivered = t.elapsed();
+        Ok(Timed {
+            stored: stored.unwrap_or(delivered),
+            delivered,
+            peak_kib: peak.max(proc_kib(self.pid, "VmHWM:").unwrap_or(0)),
+            cpu: cpu_top(&cpu_before, &cpu_snapshot(), 6),
+        })
+    }
 }
