@@ -156,18 +156,6 @@ async fn bench() -> anyhow::Result<()> {
     let batched = Arc::new(AtomicU64::new(0));
     let url = receiver(single.clone(), batched.clone()).await?;
     let port = scale_rx::free_port()?;
-    // `BACKFILL_BENCH_OUTBOX_DB=1`: the outbox in another database of the same server, whose
-    // WAL the walsender skips instead of decoding it.
-    let outbox_db = match std::env::var("BACKFILL_BENCH_OUTBOX_DB").as_deref() {
-        Ok("1") => pg.create_database()?,
-        _ => db.clone(),
-    };
-    let outbox = if outbox_db == db {
-        String::new()
-    } else {
-        println!("outbox in database {outbox_db}, the source in {db}");
-        format!("[outbox]\nurl = \"{}\"\n\n", pg.url(&outbox_db))
-    };
     let cfg = tempfile::NamedTempFile::new()?;
     let subscription = |id: &str, path: &str, extra: &str| {
         format!(
@@ -182,7 +170,7 @@ async fn bench() -> anyhow::Result<()> {
              [project]\nid = \"bench\"\n\n\
              [delivery]\nallow_http = true\nallow_private_networks = true\n\
              max_in_flight = {MAX_IN_FLIGHT}\n\n\
-             {outbox}[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n{}{}",
+             [api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n{}{}",
             pg.url(&db),
             subscription("orders", "/hook", ""),
             subscription(
@@ -201,7 +189,7 @@ async fn bench() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let run = Run {
         pg: &pg,
-        db: &outbox_db,
+        db: &db,
         port,
         rows,
         chunk,
@@ -248,7 +236,6 @@ async fn bench() -> anyhow::Result<()> {
 /// One walhook process's backfills, one subscription at a time.
 struct Run<'a> {
     pg: &'a PgServer,
-    /// Where the outbox is.
     db: &'a str,
     port: u16,
     rows: i64,

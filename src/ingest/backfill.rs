@@ -9,7 +9,7 @@
 //! between the two watermarks; at the high watermark it drops the chunk's rows whose key changed
 //! (the streamed change is newer) and stores the others, with the chunk's progress, in the
 //! outbox transaction of the high watermark's source transaction. While the sink stores a
-//! chunk, the next one is already handed over and the runner reads the one after.
+//! chunk, the runner reads and renders the next one.
 //!
 //! Guarantees:
 //! - for every key, the last event stored reflects the row's latest committed state, and per-key
@@ -18,19 +18,19 @@
 //!   watermarks (a change before the low watermark is already in the row);
 //! - exactly once per chunk into the outbox, resumable: a chunk's rows and its progress commit
 //!   together (invariant 1); after a crash the backfill continues after the last stored chunk,
-//!   re-reading only the chunks in flight, whose rows keep their event ids
+//!   re-reading at most the chunk in flight, whose rows keep their event ids
 //!   (`evt_bf_<backfill>_<hash of key>`);
 //! - a `READ` row has the shape of the table's streamed changes ([`super::read_event`]);
-//! - bounded: three chunks per running backfill in memory (one the sink stores, one handed over
-//!   after it, one being read); each names the chunk it follows and the sink stores it only
-//!   after that one, so chunks are stored in key order; the keys recorded in a window are capped
+//! - bounded: two chunks per running backfill in memory (one the sink stores, the next one read
+//!   and rendered meanwhile, whose high watermark waits for its predecessor to be stored, so
+//!   chunks are stored in key order); the keys recorded in a window are capped
 //!   ([`MAX_WINDOW_KEYS`](super::watermarks::MAX_WINDOW_KEYS)); a window that overflows, or that
 //!   the sink did not see open (it restarted in between), makes the runner read the chunk again,
 //!   never store it unchecked;
 //! - a backfill runs only while this process streams from the slot (only its sink sees the
 //!   watermarks); cancel (the API's DELETE) is seen between chunks and while waiting, at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,8 +55,6 @@ const CHUNK_WAIT: Duration = Duration::from_secs(60);
 /// How often running backfills are looked for (also woken by the API).
 const SCAN_EVERY: Duration = Duration::from_secs(5);
 const LOG_EVERY: Duration = Duration::from_secs(10);
-/// Chunks handed to the sink at a time (and one more being read).
-const PIPELINE: usize = 2;
 /// How long after its start a backfill waits for routing to include its subscription.
 const ROUTING_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
@@ -294,18 +292,13 @@ impl Runner {
         let mut last_log = Instant::now();
         let mut rows_at_log = self.bf.rows_done;
         info!(backfill = self.bf.id, subscription = %self.bf.subscription_id, table = %table, rows_done = self.bf.rows_done, "backfill running");
-        // Chunks go to the sink in a pipeline: while it stores one, the next is already handed
-        // over (its high watermark written) and the one after is being read. Reading and
-        // rendering take about half of a chunk's time, storing the other half, and a high
-        // watermark written only after its predecessor was stored would also wait for the
-        // walsender to read that predecessor's outbox rows (bench/backfill.sh). Each chunk
-        // names the chunk it follows, and the sink stores it only if it stored that one
-        // (`watermarks`), so chunks are stored in key order, and when one is not, everything
-        // handed over after it is dropped and read again. With pacing (`pause_ms`), one chunk
-        // at a time: the pause comes between two reads.
-        let mut in_flight: VecDeque<Handed> = VecDeque::new();
-        // The last chunk read was the table's last (or nothing was left to read).
-        let mut read_all = false;
+        // The next chunk is read and rendered (its low watermark written) while the sink stores
+        // the one before it: reading and rendering take about half of a chunk's time and storing
+        // the other half (bench/backfill.sh), on other sessions. Its high watermark is written
+        // only once its predecessor is stored, so the sink stores chunks in order; when the
+        // predecessor is not stored, the chunk read ahead is dropped and both are read again.
+        // With pacing (`pause_ms`) nothing is read ahead: the pause comes between two reads.
+        let mut ahead: Option<ReadResult> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
@@ -330,26 +323,14 @@ impl Runner {
             if !self.b.streaming.load(Ordering::Relaxed) {
                 return Err(RunError::Transient("the replication stream is down".into()));
             }
-            let depth = if self.bf.pause_ms > 0 { 1 } else { PIPELINE };
-            while in_flight.len() < depth && !read_all {
-                let (at, follows) = match in_flight.back() {
-                    Some(h) => (
-                        (Some(h.last_key.clone()), h.rows_done),
-                        Some(h.registration.token.clone()),
-                    ),
-                    None => ((self.bf.last_key.clone(), self.bf.rows_done), None),
-                };
-                match self.read(&mut source, &router, &read, &info, at).await? {
-                    None => read_all = true,
-                    Some(c) => {
-                        read_all = c.finished;
-                        let handed = self.hand_over(&mut source, *c, follows).await?;
-                        in_flight.push_back(handed);
-                    }
+            let current = match ahead.take() {
+                Some(r) => r,
+                None => {
+                    let at = (self.bf.last_key.clone(), self.bf.rows_done);
+                    self.read(&mut source, &router, &read, &info, at).await?
                 }
-            }
-            let Some(mut front) = in_flight.pop_front() else {
-                // Everything read was stored, and nothing is left.
+            };
+            let ReadResult::Rows(current) = current else {
                 backfills::finish(&outbox_client, &schema, self.bf.id, None).await?;
                 info!(
                     backfill = self.bf.id,
@@ -358,20 +339,27 @@ impl Runner {
                 );
                 return Ok(());
             };
+            let (last_key, rows, finished) =
+                (current.last_key.clone(), current.rows, current.finished);
+            let waiting = self.hand_over(&mut source, *current).await?;
+            if !finished && self.bf.pause_ms == 0 {
+                let at = (Some(last_key.clone()), self.bf.rows_done + rows);
+                ahead = Some(self.read(&mut source, &router, &read, &info, at).await?);
+            }
             match self
-                .wait_stored(&mut front, (&outbox_client, &schema), &mut wake)
+                .wait_stored(waiting, (&outbox_client, &schema), &mut wake)
                 .await?
             {
                 ChunkResult::Stored => {
-                    self.bf.rows_done = front.rows_done;
-                    self.bf.last_key = Some(front.last_key);
+                    self.bf.last_key = Some(last_key);
+                    self.bf.rows_done += rows;
                     self.b.metrics.backfill_progress(
                         self.bf.id,
                         &self.bf.subscription_id,
                         self.bf.rows_done,
                         self.bf.rows_estimated,
                     );
-                    if front.finished {
+                    if finished {
                         info!(
                             backfill = self.bf.id,
                             rows_done = self.bf.rows_done,
@@ -381,8 +369,7 @@ impl Runner {
                     }
                 }
                 ChunkResult::Again(why) => {
-                    in_flight.clear();
-                    read_all = false;
+                    ahead = None;
                     info!(
                         backfill = self.bf.id,
                         reason = why,
@@ -390,8 +377,7 @@ impl Runner {
                     );
                 }
                 ChunkResult::Woken => {
-                    in_flight.clear();
-                    read_all = false;
+                    ahead = None;
                     continue;
                 }
             }
@@ -418,7 +404,7 @@ impl Runner {
     }
 
     /// Reads and renders the chunk after `after` (`rows_done` rows before it), bracketed by its
-    /// low watermark; its high one is written by [`Runner::hand_over`]. None: nothing is left.
+    /// low watermark; its high one is written by [`Runner::hand_over`].
     async fn read(
         &mut self,
         source: &mut tokio_postgres::Client,
@@ -426,7 +412,7 @@ impl Runner {
         read: &ReadShape,
         info: &TableInfo,
         (after, rows_done): (Option<Value>, i64),
-    ) -> Result<Option<Box<ReadChunk>>, RunError> {
+    ) -> Result<ReadResult, RunError> {
         self.chunk_no += 1;
         let token = format!("{}:{:x}:{}", self.bf.id, self.nonce, self.chunk_no);
         let done = self.b.exchange.register(&token, read.shape.table.clone());
@@ -454,7 +440,7 @@ impl Runner {
         .await
         .map_err(from_source)?;
         if texts.is_empty() {
-            return Ok(None);
+            return Ok(ReadResult::Empty);
         }
         let t_read = t0.elapsed();
         let n = texts.len();
@@ -502,39 +488,29 @@ impl Runner {
             render_ms = (t0.elapsed() - t_read).as_millis() as u64,
             "backfill chunk read"
         );
-        Ok(Some(Box::new(ReadChunk {
+        Ok(ReadResult::Rows(Box::new(ReadChunk {
             registration,
             done,
-            chunk: Chunk {
-                rows,
-                progress,
-                follows: None,
-            },
+            chunk: Chunk { rows, progress },
             last_key,
+            rows: n as i64,
             finished,
         })))
     }
 
-    /// Hands a read chunk to the sink, to be stored after the chunk `follows` (None: after the
-    /// stored progress), and writes its high watermark, where the sink stores it.
+    /// Hands a read chunk to the sink and writes its high watermark, where the sink stores it.
     async fn hand_over(
         &self,
         source: &mut tokio_postgres::Client,
-        mut c: ReadChunk,
-        follows: Option<String>,
-    ) -> Result<Handed, RunError> {
-        c.chunk.follows = follows;
-        let rows_done = c.chunk.progress.rows_done;
+        c: ReadChunk,
+    ) -> Result<Waiting, RunError> {
         self.b.exchange.fill(&c.registration.token, c.chunk);
         backfills::emit_watermark(source, &format!("high:{}", c.registration.token))
             .await
             .map_err(from_source)?;
-        Ok(Handed {
-            registration: c.registration,
+        Ok(Waiting {
+            _registration: c.registration,
             done: c.done,
-            last_key: c.last_key,
-            rows_done,
-            finished: c.finished,
             since: Instant::now(),
         })
     }
@@ -542,7 +518,7 @@ impl Runner {
     /// Waits for the sink to store a handed-over chunk (a cancel stops the wait at once).
     async fn wait_stored(
         &self,
-        w: &mut Handed,
+        mut w: Waiting,
         (outbox_client, schema): (&tokio_postgres::Client, &Schema),
         wake: &mut watch::Receiver<u64>,
     ) -> Result<ChunkResult, RunError> {
@@ -592,17 +568,20 @@ struct ReadChunk {
     done: oneshot::Receiver<Outcome>,
     chunk: Chunk,
     last_key: Value,
+    rows: i64,
     finished: bool,
 }
 
-/// A chunk handed to the sink, until it is stored (or given up: dropping it withdraws it).
-struct Handed {
-    registration: Registration,
+enum ReadResult {
+    Rows(Box<ReadChunk>),
+    /// Nothing after the last key: the backfill is done.
+    Empty,
+}
+
+/// A chunk handed to the sink, until it is stored (or given up).
+struct Waiting {
+    _registration: Registration,
     done: oneshot::Receiver<Outcome>,
-    /// Its progress: the last key read and the rows done with it.
-    last_key: Value,
-    rows_done: i64,
-    finished: bool,
     since: Instant,
 }
 

@@ -9,10 +9,7 @@
 //!   ([`MAX_WINDOW_KEYS`]), or the chunk was not filled. Never rows that were not checked;
 //! - a chunk withdrawn by its runner (its token abandoned) is forgotten by the sink at the next
 //!   source transaction, and its high watermark, if it comes, stores nothing;
-//! - a chunk that continues another one is stored only if that one was handed to the writer
-//!   before it (the writer stores in order; a failed write ends the sink), so a backfill's
-//!   chunks are stored in key order even with several handed over at once;
-//! - bounded: a window's keys are capped, and a runner has at most three chunks here.
+//! - bounded: a window's keys are capped, and a runner has at most two chunks here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -39,9 +36,6 @@ pub enum Outcome {
 pub struct Chunk {
     pub rows: Vec<Routed>,
     pub progress: Progress,
-    /// The token of the chunk this one continues: stored only after that one (None: it
-    /// continues the backfill's stored progress).
-    pub follows: Option<String>,
 }
 
 struct Pending {
@@ -50,8 +44,8 @@ struct Pending {
     done: oneshot::Sender<Outcome>,
 }
 
-/// Where runners hand chunks to the ingest sink: at most three chunks per running backfill, two
-/// handed over (high watermark written) and the next one being read.
+/// Where runners hand chunks to the ingest sink: at most two chunks per running backfill, one
+/// handed over (high watermark written) and the next one read ahead.
 #[derive(Default)]
 pub struct Exchange {
     pending: Mutex<HashMap<String, Pending>>,
@@ -115,10 +109,6 @@ struct Window {
 pub struct Watermarks {
     exchange: Arc<Exchange>,
     windows: HashMap<String, Window>,
-    /// Per backfill, the token of the last chunk handed to this sink's writer. The writer
-    /// stores in order and a failed write ends the sink (and this), so a chunk that follows it
-    /// is stored only after it.
-    handed: HashMap<i64, String>,
 }
 
 impl Watermarks {
@@ -126,7 +116,6 @@ impl Watermarks {
         Watermarks {
             exchange,
             windows: HashMap::new(),
-            handed: HashMap::new(),
         }
     }
 
@@ -200,20 +189,6 @@ impl Watermarks {
             }
             Some(w) => w,
         };
-        let backfill = chunk.progress.backfill_id;
-        if let Some(before) = &chunk.follows {
-            if self.handed.get(&backfill) != Some(before) {
-                let _ = pending
-                    .done
-                    .send(Outcome::Retry("the chunk before it was not stored"));
-                return None;
-            }
-        }
-        if chunk.progress.finished {
-            self.handed.remove(&backfill);
-        } else {
-            self.handed.insert(backfill, token.to_string());
-        }
         let mut rows = chunk.rows;
         rows.retain(|r| !window.keys.contains(&r.key));
         Some(Ready {
@@ -284,7 +259,6 @@ mod tests {
                 rows_done: ids.len() as i64,
                 finished: false,
             },
-            follows: None,
         }
     }
 
@@ -374,44 +348,5 @@ mod tests {
             done.try_recv(),
             Ok(Outcome::Retry("too many changes during the chunk"))
         ));
-    }
-
-    #[test]
-    fn a_chunk_is_stored_only_after_the_chunk_it_follows() {
-        let ex = Exchange::new();
-        let mut w = Watermarks::new(ex.clone());
-        // t1 and t2 handed over together; t1 is stored, so t2 (which follows it) is too.
-        let _d1 = ex.register("t1", table("orders"));
-        msg(&mut w, "low:t1");
-        ex.fill("t1", chunk(&[1]));
-        let _d2 = ex.register("t2", table("orders"));
-        let mut c2 = chunk(&[2]);
-        c2.follows = Some("t1".into());
-        ex.fill("t2", c2);
-        assert!(msg(&mut w, "high:t1").is_some());
-        msg(&mut w, "low:t2");
-        assert!(msg(&mut w, "high:t2").is_some(), "t1 was stored before it");
-        // t3 is refused (its window was not seen open), so t4, which follows it, is refused too.
-        let mut d3 = ex.register("t3", table("orders"));
-        let mut c3 = chunk(&[3]);
-        c3.follows = Some("t2".into());
-        ex.fill("t3", c3);
-        let mut d4 = ex.register("t4", table("orders"));
-        let mut c4 = chunk(&[4]);
-        c4.follows = Some("t3".into());
-        ex.fill("t4", c4);
-        msg(&mut w, "low:t4");
-        assert!(msg(&mut w, "high:t3").is_none());
-        assert!(matches!(d3.try_recv(), Ok(Outcome::Retry(_))));
-        assert!(msg(&mut w, "high:t4").is_none());
-        assert!(matches!(
-            d4.try_recv(),
-            Ok(Outcome::Retry("the chunk before it was not stored"))
-        ));
-        // Read again after the stored progress (follows nothing): stored.
-        let _d5 = ex.register("t5", table("orders"));
-        msg(&mut w, "low:t5");
-        ex.fill("t5", chunk(&[3, 4]));
-        assert_eq!(keys(&msg(&mut w, "high:t5").unwrap()), ["[3]", "[4]"]);
     }
 }
