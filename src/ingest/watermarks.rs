@@ -270,16 +270,35 @@ mod tests {
         r.rows.iter().map(|r| r.key.as_str()).collect()
     }
 
+    /// A runner's chunk of `orders` rows `ids`, registered and filled under `token`.
+    fn hand(ex: &Exchange, token: &str, ids: &[i64]) -> oneshot::Receiver<Outcome> {
+        let done = ex.register(token, table("orders"));
+        ex.fill(token, chunk(ids));
+        done
+    }
+
+    /// Why the sink refused a chunk (panics when it did not).
+    fn refused(done: &mut oneshot::Receiver<Outcome>) -> &'static str {
+        match done.try_recv() {
+            Ok(Outcome::Retry(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    fn sink() -> (Arc<Exchange>, Watermarks) {
+        let ex = Exchange::new();
+        let w = Watermarks::new(ex.clone());
+        (ex, w)
+    }
+
     #[test]
     fn a_row_whose_key_changed_between_the_watermarks_is_dropped() {
-        let ex = Exchange::new();
-        let mut w = Watermarks::new(ex.clone());
-        let mut done = ex.register("t1", table("orders"));
+        let (ex, mut w) = sink();
+        let mut done = hand(&ex, "t1", &[1, 2, 3]);
         msg(&mut w, "low:t1");
         w.observe(&change("orders", 2));
         // Same key, another table: not this window's business.
         w.observe(&change("other", 3));
-        ex.fill("t1", chunk(&[1, 2, 3]));
         let ready = msg(&mut w, "high:t1").expect("the chunk is stored");
         assert_eq!(keys(&ready), ["[1]", "[3]"]);
         assert_eq!(ready.progress.rows_done, 3);
@@ -289,24 +308,17 @@ mod tests {
 
     #[test]
     fn a_chunk_whose_low_watermark_was_not_seen_is_read_again() {
-        let ex = Exchange::new();
-        let mut w = Watermarks::new(ex.clone());
-        let mut done = ex.register("t1", table("orders"));
-        ex.fill("t1", chunk(&[1]));
+        let (ex, mut w) = sink();
+        let mut done = hand(&ex, "t1", &[1]);
         assert!(msg(&mut w, "high:t1").is_none());
-        assert!(matches!(
-            done.try_recv(),
-            Ok(Outcome::Retry("the low watermark was not seen"))
-        ));
+        assert_eq!(refused(&mut done), "the low watermark was not seen");
     }
 
     #[test]
     fn a_withdrawn_chunk_is_forgotten_and_its_high_watermark_stores_nothing() {
-        let ex = Exchange::new();
-        let mut w = Watermarks::new(ex.clone());
-        let _done = ex.register("t1", table("orders"));
+        let (ex, mut w) = sink();
+        let _done = hand(&ex, "t1", &[1]);
         msg(&mut w, "low:t1");
-        ex.fill("t1", chunk(&[1]));
         ex.abandon("t1");
         w.begin();
         assert!(w.windows.is_empty(), "the window is forgotten");
@@ -314,39 +326,31 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_read_ahead_keeps_its_own_window_while_its_predecessor_is_stored() {
+    fn each_chunk_has_its_own_window() {
         // The runner's order: low(1), high(1), low(2), then high(2) only after chunk 1 is stored.
-        let ex = Exchange::new();
-        let mut w = Watermarks::new(ex.clone());
-        let _d1 = ex.register("t1", table("orders"));
+        let (ex, mut w) = sink();
+        let _d1 = hand(&ex, "t1", &[1, 2]);
         msg(&mut w, "low:t1");
         w.observe(&change("orders", 1));
-        ex.fill("t1", chunk(&[1, 2]));
         let first = msg(&mut w, "high:t1").expect("chunk 1");
         assert_eq!(keys(&first), ["[2]"]);
-        let _d2 = ex.register("t2", table("orders"));
+        let _d2 = hand(&ex, "t2", &[3, 4, 1]);
         msg(&mut w, "low:t2");
         // Chunk 1's changed key is not carried into chunk 2's window; a change after low(2) is.
         w.observe(&change("orders", 4));
-        ex.fill("t2", chunk(&[3, 4, 1]));
         let second = msg(&mut w, "high:t2").expect("chunk 2");
         assert_eq!(keys(&second), ["[3]", "[1]"]);
     }
 
     #[test]
     fn an_overflowing_window_reads_the_chunk_again() {
-        let ex = Exchange::new();
-        let mut w = Watermarks::new(ex.clone());
-        let mut done = ex.register("t1", table("orders"));
+        let (ex, mut w) = sink();
+        let mut done = hand(&ex, "t1", &[1]);
         msg(&mut w, "low:t1");
         w.windows.get_mut("t1").unwrap().keys =
             (0..MAX_WINDOW_KEYS).map(|i| i.to_string()).collect();
         w.observe(&change("orders", -1));
-        ex.fill("t1", chunk(&[1]));
         assert!(msg(&mut w, "high:t1").is_none());
-        assert!(matches!(
-            done.try_recv(),
-            Ok(Outcome::Retry("too many changes during the chunk"))
-        ));
+        assert_eq!(refused(&mut done), "too many changes during the chunk");
     }
 }
