@@ -31,6 +31,7 @@
 //!   watermarks); cancel (the API's DELETE) is seen between chunks and while waiting, at once.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,10 +46,10 @@ use super::watermarks::{Chunk, Exchange, Outcome};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::EventKind;
-use crate::outbox::backfills::{self, Backfill, Progress, TableInfo};
+use crate::outbox::backfills::{self, Backfill, ChunkRow, Progress, TableInfo};
 use crate::outbox::{self, Schema};
 use crate::pg::tls;
-use crate::route::Router;
+use crate::route::{Routed, Router};
 
 /// Longest a runner waits for the sink to store a chunk before it reads the chunk again.
 const CHUNK_WAIT: Duration = Duration::from_secs(60);
@@ -429,38 +430,46 @@ impl Runner {
             .await
             .map_err(from_source)?;
         let t_settled = t0.elapsed();
-        let texts = backfills::read_chunk(
+        // Each row is rendered as it arrives, while the server produces the next ones.
+        let now_pg =
+            chrono::Utc::now().timestamp_micros() - crate::model::change::PG_EPOCH_UNIX_MICROS;
+        let mut rows = Vec::with_capacity(self.bf.chunk_size.clamp(0, 10_000) as usize);
+        let mut last_record = Map::new();
+        let mut failed = None;
+        let mut render = Duration::ZERO;
+        let backfill = self.bf.id;
+        let n = backfills::read_chunk(
             source,
             &read.shape.table,
             info,
             &read.chunk_columns(self.bf.where_sql.as_deref()),
             after.as_ref(),
             self.bf.chunk_size,
+            |text| {
+                let t = Instant::now();
+                let rendered = render_row(read, router, backfill, &text, now_pg, &mut rows);
+                render += t.elapsed();
+                match rendered {
+                    Ok(record) => {
+                        last_record = record;
+                        ControlFlow::Continue(())
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        ControlFlow::Break(())
+                    }
+                }
+            },
         )
         .await
         .map_err(from_source)?;
-        if texts.is_empty() {
+        if let Some(e) = failed {
+            return Err(RunError::Fatal(e));
+        }
+        if n == 0 {
             return Ok(ReadResult::Empty);
         }
         let t_read = t0.elapsed();
-        let n = texts.len();
-        let now_pg =
-            chrono::Utc::now().timestamp_micros() - crate::model::change::PG_EPOCH_UNIX_MICROS;
-        let mut rows = Vec::with_capacity(n);
-        let mut last_record = Map::new();
-        for text in &texts {
-            let change = read.change(text, now_pg).map_err(RunError::Fatal)?;
-            let mut out = Vec::with_capacity(1);
-            router.route(&change, &mut out);
-            for mut r in out {
-                let id = event_id(self.bf.id, &r.key);
-                r.body = as_read(&r.body, &change.event_id(), &id).map_err(RunError::Fatal)?;
-                r.event_id = id;
-                rows.push(r);
-            }
-            last_record = change.record;
-        }
-        drop(texts);
         let last_key: Map<String, Value> = info
             .key
             .iter()
@@ -479,13 +488,14 @@ impl Runner {
             rows_done: rows_done + n as i64,
             finished,
         };
-        // Where a chunk's time goes, for tuning (`WALHOOK_LOG=walhook::ingest::backfill=debug`).
+        // Where a chunk's time goes, for tuning (`WALHOOK_LOG=walhook::ingest::backfill=debug`);
+        // rendering happens during the read, and is part of `read_ms`.
         debug!(
             backfill = self.bf.id,
             rows = n,
             settled_ms = t_settled.as_millis() as u64,
             read_ms = (t_read - t_settled).as_millis() as u64,
-            render_ms = (t0.elapsed() - t_read).as_millis() as u64,
+            render_ms = render.as_millis() as u64,
             "backfill chunk read"
         );
         Ok(ReadResult::Rows(Box::new(ReadChunk {
@@ -547,6 +557,28 @@ impl Runner {
             Err(_) => ChunkResult::Again("the outbox writer stopped"),
         })
     }
+}
+
+/// Renders one row read by a chunk as the subscription's READ deliveries (appended to `out`);
+/// returns the row's record, whose key columns say where the next chunk starts.
+fn render_row(
+    read: &ReadShape,
+    router: &Router,
+    backfill: i64,
+    text: &ChunkRow,
+    now_pg: i64,
+    out: &mut Vec<Routed>,
+) -> Result<Map<String, Value>, String> {
+    let change = read.change(text, now_pg)?;
+    let mut routed = Vec::with_capacity(1);
+    router.route(&change, &mut routed);
+    for mut r in routed {
+        let id = event_id(backfill, &r.key);
+        r.body = as_read(&r.body, &change.event_id(), &id)?;
+        r.event_id = id;
+        out.push(r);
+    }
+    Ok(change.record)
 }
 
 /// A chunk's token in the [`Exchange`]; dropping it withdraws the chunk (the sink then forgets

@@ -13,7 +13,11 @@
 //!   that stores the chunk's deliveries, and only while the backfill is `running`: a cancelled
 //!   backfill's row never moves again.
 
+use std::ops::ControlFlow;
+
+use futures_util::TryStreamExt;
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::{OutboxError, Schema};
@@ -523,7 +527,9 @@ pub struct ChunkColumns<'a> {
 }
 
 /// Reads the next chunk: up to `limit` rows after `after` (the last key read), in primary-key
-/// order, shaped by `columns`. One short READ ONLY transaction.
+/// order, shaped by `columns`, handing each row to `each` as it arrives (so the caller renders
+/// one row while the server produces the next), until `each` breaks. One short READ ONLY
+/// transaction. Returns the rows handed over.
 pub async fn read_chunk(
     client: &mut Client,
     table: &TableName,
@@ -531,7 +537,8 @@ pub async fn read_chunk(
     columns: &ChunkColumns<'_>,
     after: Option<&Value>,
     limit: i32,
-) -> Result<Vec<ChunkRow>, tokio_postgres::Error> {
+    mut each: impl FnMut(ChunkRow) -> ControlFlow<()>,
+) -> Result<usize, tokio_postgres::Error> {
     let cols: Vec<String> = info
         .key
         .iter()
@@ -565,18 +572,23 @@ pub async fn read_chunk(
         columns.where_sql.unwrap_or("true"),
     );
     let tx = read_only(client).await?;
-    let rows = match after {
-        None => tx.query(&sql, &[]).await?,
-        Some(k) => tx.query(&sql, &[k]).await?,
-    };
-    tx.commit().await?;
-    Ok(rows
-        .iter()
-        .map(|r| ChunkRow {
+    let params: Vec<&(dyn ToSql + Sync)> = after.iter().map(|k| *k as _).collect();
+    let rows = tx.query_raw(&sql, params).await?;
+    futures_util::pin_mut!(rows);
+    let mut n = 0;
+    while let Some(r) = rows.try_next().await? {
+        n += 1;
+        let row = ChunkRow {
             json: r.get(0),
             texts: (1..=columns.as_text.len()).map(|i| r.get(i)).collect(),
-        })
-        .collect())
+        };
+        if each(row).is_break() {
+            // The rest is not wanted; the transaction rolls back when dropped.
+            return Ok(n);
+        }
+    }
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// A SQL string literal.
