@@ -474,16 +474,23 @@ const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// Called after the low watermark committed and before the chunk is read. A transaction whose
 /// commit record precedes the watermark in the WAL may still be invisible to a snapshot taken
 /// just after the watermark's commit returned (it has written its commit record but not yet
-/// left the proc array); the chunk read would miss its change while the stream, placing it
-/// before the watermark, would not record it in the window, and the chunk's stale row would
-/// overtake it. Such a transaction is only instants from visible (the watermark's own flush
-/// covered its commit record), so waiting for the transactions in progress closes the gap; one
-/// still in progress after [`SETTLE_MAX`] is a long transaction, which commits after the
-/// watermark and is recorded in the window.
+/// left the proc array, or waits there for a synchronous standby); the chunk read would miss
+/// its change while the stream, placing it before the watermark, would not record it in the
+/// window, and the chunk's stale row would overtake it. Such a transaction is only instants
+/// from visible (the watermark's own flush covered its commit record), so waiting for the
+/// transactions in progress closes the gap; one still in progress after [`SETTLE_MAX`] is a
+/// long transaction, which commits after the watermark and is recorded in the window.
+///
+/// "In progress" is read from the lock every transaction holds on its own xid until it has
+/// left the proc array, not from a snapshot: a snapshot's list stops at its `xmax` (the newest
+/// completed xid + 1), so a transaction that took its xid after every completed one, the
+/// watermark's included, was not listed and not waited for.
 pub async fn settle_commits(client: &Client) -> Result<(), tokio_postgres::Error> {
+    const HELD: &str = "FROM pg_locks
+         WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted";
     let xids: Vec<String> = client
         .query_one(
-            "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x",
+            &format!("SELECT coalesce(array_agg(transactionid::text), '{{}}') {HELD}"),
             &[],
         )
         .await?
@@ -496,8 +503,7 @@ pub async fn settle_commits(client: &Client) -> Result<(), tokio_postgres::Error
     loop {
         let open: i64 = client
             .query_one(
-                "SELECT count(*) FROM unnest($1::text[]) x
-                 WHERE pg_xact_status(x::xid8) = 'in progress'",
+                &format!("SELECT count(*) {HELD} AND transactionid::text = ANY($1::text[])"),
                 &[&xids],
             )
             .await?

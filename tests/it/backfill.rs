@@ -725,3 +725,32 @@ async fn cli_twin_checks_starts_and_follows_to_done() {
     assert!(reqs.iter().all(|r| r.json()["event"] == "READ"));
     stop(child, &db).await;
 }
+
+/// Before a chunk is read, the transactions in progress at its low watermark must end (one may
+/// have committed before the watermark without being visible yet): the read waits for them,
+/// and goes on as soon as they end, not at its 5 s bound.
+#[tokio::test]
+async fn a_chunk_read_waits_for_the_transactions_open_at_its_low_watermark() {
+    use walhook::outbox::backfills::settle_commits;
+    let db = TestDb::new();
+    let writer = db.client().await;
+    let reader = db.client().await;
+    writer
+        .batch_execute("CREATE TABLE t (a int); BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let settle = tokio::spawn(async move { settle_commits(&reader).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !settle.is_finished(),
+        "returned while a transaction was open"
+    );
+    writer.batch_execute("COMMIT").await.unwrap();
+    settle.await.unwrap().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "returned only at its 5 s bound ({:?}), not when the transaction ended",
+        t.elapsed()
+    );
+}
