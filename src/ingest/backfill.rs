@@ -426,7 +426,7 @@ impl Runner {
             .await
             .map_err(from_source)?;
         // Everything before the low watermark in the WAL must be visible to the chunk's read.
-        backfills::settle_commits(source)
+        backfills::settle_commits(source, self.b.exchange.writer())
             .await
             .map_err(from_source)?;
         let t_settled = t0.elapsed();

@@ -22,6 +22,7 @@ use tokio_postgres::Client;
 
 use super::{OutboxError, Schema};
 use crate::model::{quote_ident, TableName};
+use crate::pg::catalog::Backend;
 
 /// The prefix of walhook's logical messages marking a chunk's watermarks.
 pub const WATERMARK_PREFIX: &str = "walhook.backfill";
@@ -485,13 +486,26 @@ const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// left the proc array, not from a snapshot: a snapshot's list stops at its `xmax` (the newest
 /// completed xid + 1), so a transaction that took its xid after every completed one, the
 /// watermark's included, was not listed and not waited for.
-pub async fn settle_commits(client: &Client) -> Result<(), tokio_postgres::Error> {
-    const HELD: &str = "FROM pg_locks
-         WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted";
+///
+/// Not waited for: the transactions of `skip` (walhook's own outbox writer, told apart from a
+/// later backend with its pid by its start time). They write only walhook's schema, never a
+/// row a chunk reads, and waiting for them made each chunk's read wait for the store of the
+/// chunk before it.
+pub async fn settle_commits(
+    client: &Client,
+    skip: Option<Backend>,
+) -> Result<(), tokio_postgres::Error> {
+    const HELD: &str = "FROM pg_locks l
+         WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted";
+    let (pid, started) = skip.map_or((0, None), |b| (b.pid, Some(b.started)));
     let xids: Vec<String> = client
         .query_one(
-            &format!("SELECT coalesce(array_agg(transactionid::text), '{{}}') {HELD}"),
-            &[],
+            &format!(
+                "SELECT coalesce(array_agg(l.transactionid::text), '{{}}') {HELD}
+                   AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                   WHERE a.pid = l.pid AND a.pid = $1 AND a.backend_start = $2)"
+            ),
+            &[&pid, &started],
         )
         .await?
         .get(0);
@@ -503,7 +517,7 @@ pub async fn settle_commits(client: &Client) -> Result<(), tokio_postgres::Error
     loop {
         let open: i64 = client
             .query_one(
-                &format!("SELECT count(*) {HELD} AND transactionid::text = ANY($1::text[])"),
+                &format!("SELECT count(*) {HELD} AND l.transactionid::text = ANY($1::text[])"),
                 &[&xids],
             )
             .await?

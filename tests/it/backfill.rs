@@ -728,10 +728,13 @@ async fn cli_twin_checks_starts_and_follows_to_done() {
 
 /// Before a chunk is read, the transactions in progress at its low watermark must end (one may
 /// have committed before the watermark without being visible yet): the read waits for them,
-/// and goes on as soon as they end, not at its 5 s bound.
+/// and goes on as soon as they end, not at its 5 s bound. walhook's own outbox writer's are not
+/// waited for (it never writes a row a chunk reads), but only that backend's, not a later
+/// one's with its pid.
 #[tokio::test]
 async fn a_chunk_read_waits_for_the_transactions_open_at_its_low_watermark() {
     use walhook::outbox::backfills::settle_commits;
+    use walhook::pg::catalog::this_backend;
     let db = TestDb::new();
     let writer = db.client().await;
     let reader = db.client().await;
@@ -739,8 +742,19 @@ async fn a_chunk_read_waits_for_the_transactions_open_at_its_low_watermark() {
         .batch_execute("CREATE TABLE t (a int); BEGIN; INSERT INTO t VALUES (1)")
         .await
         .unwrap();
+    let me = this_backend(&writer).await.unwrap();
+    // The outbox writer's open transaction is skipped: back at once (it waits up to 5 s).
+    tokio::time::timeout(Duration::from_secs(2), settle_commits(&reader, Some(me)))
+        .await
+        .expect("waited for the skipped writer")
+        .unwrap();
+    // The same pid with another start time is another backend: waited for, until it ends.
+    let other = walhook::pg::catalog::Backend {
+        started: me.started - chrono::TimeDelta::seconds(1),
+        ..me
+    };
     let t = Instant::now();
-    let settle = tokio::spawn(async move { settle_commits(&reader).await });
+    let settle = tokio::spawn(async move { settle_commits(&reader, Some(other)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !settle.is_finished(),
