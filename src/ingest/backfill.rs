@@ -18,7 +18,7 @@
 //!   watermarks (a change before the low watermark is already in the row);
 //! - exactly once per chunk into the outbox, resumable: a chunk's rows and its progress commit
 //!   together (invariant 1); after a crash the backfill continues after the last stored chunk,
-//!   re-reading at most the chunk in flight, whose rows keep their event ids
+//!   re-reading only chunks that were not stored, whose rows keep their event ids
 //!   (`evt_bf_<backfill>_<hash of key>`);
 //! - a `READ` row has the shape of the table's streamed changes ([`super::read_event`]);
 //! - bounded: two chunks per running backfill in memory (one the sink stores, the next one read
