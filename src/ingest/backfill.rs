@@ -217,6 +217,8 @@ struct Runner {
     /// Distinguishes this run's watermarks from those of earlier runs still in the WAL.
     nonce: u64,
     chunk_no: u64,
+    /// Said once per run: transactions outlived a chunk's wait for them.
+    warned_long_transactions: bool,
 }
 
 impl Runner {
@@ -226,6 +228,7 @@ impl Runner {
             bf,
             nonce: rand::random(),
             chunk_no: 0,
+            warned_long_transactions: false,
         }
     }
 
@@ -426,9 +429,18 @@ impl Runner {
             .await
             .map_err(from_source)?;
         // Everything before the low watermark in the WAL must be visible to the chunk's read.
-        backfills::settle_commits(source, self.b.exchange.writer())
+        let still_open = backfills::settle_commits(source, self.b.exchange.writer())
             .await
             .map_err(from_source)?;
+        if still_open > 0 && !self.warned_long_transactions {
+            // Once per run: each chunk keeps waiting for them, and the operator should know why.
+            self.warned_long_transactions = true;
+            warn!(
+                backfill = self.bf.id,
+                still_open,
+                "transactions were still open 5 s after a chunk's low watermark; each chunk waits up to 5 s for the transactions open at its start (a long transaction, or a prepared one left in pg_prepared_xacts?)"
+            );
+        }
         let t_settled = t0.elapsed();
         // Each row is rendered as it arrives, while the server produces the next ones.
         let now_pg =

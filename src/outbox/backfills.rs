@@ -491,10 +491,12 @@ const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// later backend with its pid by its start time). They write only walhook's schema, never a
 /// row a chunk reads, and waiting for them made each chunk's read wait for the store of the
 /// chunk before it.
+///
+/// Returns how many of the transactions were still in progress when it gave up (0: all ended).
 pub async fn settle_commits(
     client: &Client,
     skip: Option<Backend>,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<i64, tokio_postgres::Error> {
     const HELD: &str = "FROM pg_locks l
          WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted";
     let (pid, started) = skip.map_or((0, None), |b| (b.pid, Some(b.started)));
@@ -510,7 +512,7 @@ pub async fn settle_commits(
         .await?
         .get(0);
     if xids.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let deadline = std::time::Instant::now() + SETTLE_MAX;
     let mut pause = std::time::Duration::from_millis(1);
@@ -523,7 +525,7 @@ pub async fn settle_commits(
             .await?
             .get(0);
         if open == 0 || std::time::Instant::now() >= deadline {
-            return Ok(());
+            return Ok(open);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(50));

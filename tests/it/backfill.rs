@@ -728,9 +728,9 @@ async fn cli_twin_checks_starts_and_follows_to_done() {
 
 /// Before a chunk is read, the transactions in progress at its low watermark must end (one may
 /// have committed before the watermark without being visible yet): the read waits for them,
-/// and goes on as soon as they end, not at its 5 s bound. walhook's own outbox writer's are not
-/// waited for (it never writes a row a chunk reads), but only that backend's, not a later
-/// one's with its pid.
+/// and goes on as soon as they end, or at its 5 s bound, saying how many are still open (the
+/// runner logs it once). walhook's own outbox writer's are not waited for (it never writes a
+/// row a chunk reads), but only that backend's, not a later one's with its pid.
 #[tokio::test]
 async fn a_chunk_read_waits_for_the_transactions_open_at_its_low_watermark() {
     use walhook::outbox::backfills::settle_commits;
@@ -744,10 +744,15 @@ async fn a_chunk_read_waits_for_the_transactions_open_at_its_low_watermark() {
         .unwrap();
     let me = this_backend(&writer).await.unwrap();
     // The outbox writer's open transaction is skipped: back at once (it waits up to 5 s).
-    tokio::time::timeout(Duration::from_secs(2), settle_commits(&reader, Some(me)))
+    let open = tokio::time::timeout(Duration::from_secs(2), settle_commits(&reader, Some(me)))
         .await
         .expect("waited for the skipped writer")
         .unwrap();
+    assert_eq!(open, 0);
+    // Anyone else's is waited for, at most 5 s, and said to be still open then.
+    let t = Instant::now();
+    assert_eq!(settle_commits(&reader, None).await.unwrap(), 1);
+    assert!(t.elapsed() >= Duration::from_secs(5), "{:?}", t.elapsed());
     // The same pid with another start time is another backend: waited for, until it ends.
     let other = walhook::pg::catalog::Backend {
         started: me.started - chrono::TimeDelta::seconds(1),
@@ -761,7 +766,7 @@ async fn a_chunk_read_waits_for_the_transactions_open_at_its_low_watermark() {
         "returned while a transaction was open"
     );
     writer.batch_execute("COMMIT").await.unwrap();
-    settle.await.unwrap().unwrap();
+    assert_eq!(settle.await.unwrap().unwrap(), 0);
     assert!(
         t.elapsed() < Duration::from_secs(4),
         "returned only at its 5 s bound ({:?}), not when the transaction ended",
