@@ -343,11 +343,16 @@ impl Runner {
                 );
                 return Ok(());
             };
-            let (last_key, rows, finished) =
-                (current.last_key.clone(), current.rows, current.finished);
+            // What the chunk completes once stored (its progress, stored with it).
+            let Progress {
+                last_key,
+                rows_done,
+                finished,
+                ..
+            } = current.chunk.progress.clone();
             let waiting = self.hand_over(&mut source, *current).await?;
             if !finished && self.bf.pause_ms == 0 {
-                let at = (Some(last_key.clone()), self.bf.rows_done + rows);
+                let at = (Some(last_key.clone()), rows_done);
                 ahead = Some(self.read(&mut source, &router, &read, &info, at).await?);
             }
             match self
@@ -356,7 +361,7 @@ impl Runner {
             {
                 ChunkResult::Stored => {
                     self.bf.last_key = Some(last_key);
-                    self.bf.rows_done += rows;
+                    self.bf.rows_done = rows_done;
                     self.b.metrics.backfill_progress(
                         self.bf.id,
                         &self.bf.subscription_id,
@@ -492,13 +497,11 @@ impl Runner {
                 )
             })
             .collect();
-        let last_key = Value::Object(last_key);
-        let finished = n < self.bf.chunk_size as usize;
         let progress = Progress {
             backfill_id: self.bf.id,
-            last_key: last_key.clone(),
+            last_key: Value::Object(last_key),
             rows_done: rows_done + n as i64,
-            finished,
+            finished: n < self.bf.chunk_size as usize,
         };
         // Where a chunk's time goes, for tuning (`WALHOOK_LOG=walhook::ingest::backfill=debug`);
         // rendering happens during the read, and is part of `read_ms`.
@@ -514,9 +517,6 @@ impl Runner {
             registration,
             done,
             chunk: Chunk { rows, progress },
-            last_key,
-            rows: n as i64,
-            finished,
         })))
     }
 
@@ -611,9 +611,6 @@ struct ReadChunk {
     registration: Registration,
     done: oneshot::Receiver<Outcome>,
     chunk: Chunk,
-    last_key: Value,
-    rows: i64,
-    finished: bool,
 }
 
 enum ReadResult {
