@@ -434,7 +434,7 @@ impl Runner {
             .await
             .map_err(from_source)?;
         // Everything before the low watermark in the WAL must be visible to the chunk's read.
-        let still_open = backfills::settle_commits(source, self.b.exchange.writer())
+        let still_open = backfills::settle_commits(source, &read.shape.table)
             .await
             .map_err(from_source)?;
         if still_open > 0 && !self.warned_long_transactions {
@@ -443,7 +443,7 @@ impl Runner {
             warn!(
                 backfill = self.bf.id,
                 still_open,
-                "transactions were still open 5 s after a chunk's low watermark; each chunk waits up to 5 s for the transactions open at its start (a long transaction, or a prepared one left in pg_prepared_xacts?)"
+                "transactions that wrote to the table were still open 5 s after a chunk's low watermark; each chunk waits up to 5 s for those open at its start (a long transaction writing the table, or a prepared one left in pg_prepared_xacts?)"
             );
         }
         let t_settled = t0.elapsed();

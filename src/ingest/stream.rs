@@ -246,16 +246,6 @@ async fn ingest_once(
     };
     info!(slot, checkpoint = %checkpoint, confirmed_flush = %confirmed, "streaming");
     streaming.store(true, Ordering::Relaxed);
-    let exchange = hooks.backfill.clone();
-    if let Some(exchange) = &exchange {
-        // Backfill reads need not wait for this writer's transactions (`settle_commits`). Only
-        // on the source's own server does its backend mean anything there.
-        let writer = match &config.outbox.url {
-            None => crate::pg::catalog::this_backend(&outbox_client).await.ok(),
-            Some(_) => None,
-        };
-        exchange.set_writer(writer);
-    }
     let mut sink = OutboxSink::new(
         outbox_client,
         schema,
@@ -280,9 +270,6 @@ async fn ingest_once(
         fence: Some(fence),
     };
     let result = source.run(&mut sink, cancel).await;
-    if let Some(exchange) = &exchange {
-        exchange.set_writer(None);
-    }
     if let Err(e) = &result {
         // Said now: finishing the writer below can take as long as its connection needs to fail
         // (TCP keepalives, about a minute, when the outbox shares a dead path).

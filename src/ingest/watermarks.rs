@@ -22,7 +22,6 @@ use tokio::sync::oneshot;
 
 use crate::model::{RowChange, TableName};
 use crate::outbox::backfills::{Progress, WATERMARK_PREFIX};
-use crate::pg::catalog::Backend;
 use crate::route::Routed;
 
 /// Keys recorded between one chunk's watermarks, at most; beyond it the chunk is read again.
@@ -53,25 +52,11 @@ struct Pending {
 #[derive(Default)]
 pub struct Exchange {
     pending: Mutex<HashMap<String, Pending>>,
-    /// The sink's outbox writer, when the outbox is in the source database.
-    writer: Mutex<Option<Backend>>,
 }
 
 impl Exchange {
     pub fn new() -> Arc<Exchange> {
         Arc::new(Exchange::default())
-    }
-
-    /// Said by the sink: its outbox writer's backend while the outbox is in the source database
-    /// and the writer is connected (None otherwise).
-    pub fn set_writer(&self, writer: Option<Backend>) {
-        *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = writer;
-    }
-
-    /// The sink's outbox writer on the source's server, if known: its transactions write only
-    /// walhook's schema, so a chunk read need not wait for them.
-    pub fn writer(&self) -> Option<Backend> {
-        *self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {

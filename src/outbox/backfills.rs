@@ -22,7 +22,6 @@ use tokio_postgres::Client;
 
 use super::{OutboxError, Schema};
 use crate::model::{quote_ident, TableName};
-use crate::pg::catalog::Backend;
 
 /// The prefix of walhook's logical messages marking a chunk's watermarks.
 pub const WATERMARK_PREFIX: &str = "walhook.backfill";
@@ -470,7 +469,8 @@ async fn read_only(
 /// Longest [`settle_commits`] waits for the transactions it saw in progress.
 const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Waits until the transactions in progress now have ended (at most [`SETTLE_MAX`]).
+/// Waits until the transactions in progress now that wrote to `table` have ended (at most
+/// [`SETTLE_MAX`]).
 ///
 /// Called after the low watermark committed and before the chunk is read. A transaction whose
 /// commit record precedes the watermark in the WAL may still be invisible to a snapshot taken
@@ -487,27 +487,40 @@ const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// completed xid + 1), so a transaction that took its xid after every completed one, the
 /// watermark's included, was not listed and not waited for.
 ///
-/// Not waited for: the transactions of `skip` (walhook's own outbox writer, told apart from a
-/// later backend with its pid by its start time). They write only walhook's schema, never a
-/// row a chunk reads, and waiting for them made each chunk's read wait for the store of the
-/// chunk before it.
+/// Only a transaction that holds a lock allowing writes (anything above `ROW SHARE`) on `table`
+/// or one of its partitions or inheritance children, in this database, can have changed a row
+/// the chunk reads: every INSERT, UPDATE, DELETE, MERGE, COPY or TRUNCATE takes one and keeps
+/// it, like its xid lock, until after it has become visible. The others are not waited for:
+/// walhook's own outbox writer and delivery (they write only walhook's schema), and the rest
+/// of the host's work, in this database or another (`pg_locks` shows the whole server), a long
+/// report included, which would otherwise hold every chunk for [`SETTLE_MAX`]. A prepared
+/// transaction keeps its locks under its own virtual transaction, so one that wrote the table
+/// is still waited for.
 ///
 /// Returns how many of the transactions were still in progress when it gave up (0: all ended).
 pub async fn settle_commits(
     client: &Client,
-    skip: Option<Backend>,
+    table: &TableName,
 ) -> Result<i64, tokio_postgres::Error> {
     const HELD: &str = "FROM pg_locks l
          WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted";
-    let (pid, started) = skip.map_or((0, None), |b| (b.pid, Some(b.started)));
     let xids: Vec<String> = client
         .query_one(
             &format!(
-                "SELECT coalesce(array_agg(l.transactionid::text), '{{}}') {HELD}
-                   AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                                   WHERE a.pid = l.pid AND a.pid = $1 AND a.backend_start = $2)"
+                "WITH RECURSIVE rels(oid) AS (
+                     SELECT $1::text::regclass::oid
+                     UNION SELECT i.inhrelid FROM pg_inherits i JOIN rels ON i.inhparent = rels.oid)
+                 SELECT coalesce(array_agg(l.transactionid::text), '{{}}') {HELD}
+                   AND EXISTS (
+                     SELECT 1 FROM pg_locks w
+                     WHERE w.virtualtransaction = l.virtualtransaction
+                       AND w.locktype = 'relation'
+                       AND w.database = (SELECT oid FROM pg_database
+                                         WHERE datname = current_database())
+                       AND w.relation IN (SELECT oid FROM rels)
+                       AND w.mode NOT IN ('AccessShareLock', 'RowShareLock'))"
             ),
-            &[&pid, &started],
+            &[&table.quoted()],
         )
         .await?
         .get(0);

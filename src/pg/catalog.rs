@@ -47,24 +47,3 @@ pub async fn slot_lag_seconds(client: &Client, slot: &str) -> Result<Option<f64>
         .await?;
     Ok(row.and_then(|r| r.get(0)))
 }
-
-/// A backend as another session can tell it apart from a later one with the same pid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backend {
-    pub pid: i32,
-    pub started: chrono::DateTime<chrono::Utc>,
-}
-
-/// This session's [`Backend`].
-pub async fn this_backend(client: &Client) -> Result<Backend, PgError> {
-    let row = client
-        .query_one(
-            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await?;
-    Ok(Backend {
-        pid: row.get(0),
-        started: row.get(1),
-    })
-}

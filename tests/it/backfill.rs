@@ -726,40 +726,59 @@ async fn cli_twin_checks_starts_and_follows_to_done() {
     stop(child, &db).await;
 }
 
-/// Before a chunk is read, the transactions in progress at its low watermark must end (one may
-/// have committed before the watermark without being visible yet): the read waits for them,
-/// and goes on as soon as they end, or at its 5 s bound, saying how many are still open (the
-/// runner logs it once). walhook's own outbox writer's are not waited for (it never writes a
-/// row a chunk reads), but only that backend's, not a later one's with its pid.
+/// Before a chunk is read, the transactions in progress at its low watermark that wrote to the
+/// table must end (one may have committed before the watermark without being visible yet): the
+/// read waits for them, and goes on as soon as they end, or at its 5 s bound, saying how many
+/// are still open (the runner logs it once). Transactions that wrote only other tables (walhook's
+/// own outbox writer and delivery, the host's other work) or only read the table are not waited
+/// for; one that wrote a partition of a partitioned table is.
 #[tokio::test]
 async fn a_chunk_read_waits_for_the_transactions_open_at_its_low_watermark() {
+    use walhook::model::TableName;
     use walhook::outbox::backfills::settle_commits;
-    use walhook::pg::catalog::this_backend;
     let db = TestDb::new();
     let writer = db.client().await;
+    let other = db.client().await;
     let reader = db.client().await;
-    writer
-        .batch_execute("CREATE TABLE t (a int); BEGIN; INSERT INTO t VALUES (1)")
+    reader
+        .batch_execute(
+            "CREATE TABLE t (a int); CREATE TABLE u (a int);
+             CREATE TABLE p (a int) PARTITION BY RANGE (a);
+             CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10)",
+        )
         .await
         .unwrap();
-    let me = this_backend(&writer).await.unwrap();
-    // The outbox writer's open transaction is skipped: back at once (it waits up to 5 s).
-    let open = tokio::time::timeout(Duration::from_secs(2), settle_commits(&reader, Some(me)))
+    let t_name = TableName::parse("t").unwrap();
+    // Open transactions that did not write t: one wrote u, one only read t. Back at once (it
+    // waits up to 5 s otherwise).
+    writer
+        .batch_execute("BEGIN; INSERT INTO u VALUES (1)")
         .await
-        .expect("waited for the skipped writer")
+        .unwrap();
+    other
+        .batch_execute("BEGIN; SELECT txid_current(); SELECT * FROM t")
+        .await
+        .unwrap();
+    let open = tokio::time::timeout(Duration::from_secs(2), settle_commits(&reader, &t_name))
+        .await
+        .expect("waited for transactions that did not write the table")
         .unwrap();
     assert_eq!(open, 0);
-    // Anyone else's is waited for, at most 5 s, and said to be still open then.
+    other.batch_execute("COMMIT").await.unwrap();
+    // One that wrote t is waited for, at most 5 s, and said to be still open then.
+    writer
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
     let t = Instant::now();
-    assert_eq!(settle_commits(&reader, None).await.unwrap(), 1);
+    assert_eq!(settle_commits(&reader, &t_name).await.unwrap(), 1);
     assert!(t.elapsed() >= Duration::from_secs(5), "{:?}", t.elapsed());
-    // The same pid with another start time is another backend: waited for, until it ends.
-    let other = walhook::pg::catalog::Backend {
-        started: me.started - chrono::TimeDelta::seconds(1),
-        ..me
-    };
+    // ... and as soon as it ends, the wait ends.
+    let reader = std::sync::Arc::new(reader);
+    let r = reader.clone();
+    let name = t_name.clone();
     let t = Instant::now();
-    let settle = tokio::spawn(async move { settle_commits(&reader, Some(other)).await });
+    let settle = tokio::spawn(async move { settle_commits(&r, &name).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !settle.is_finished(),
@@ -772,4 +791,19 @@ async fn a_chunk_read_waits_for_the_transactions_open_at_its_low_watermark() {
         "returned only at its 5 s bound ({:?}), not when the transaction ended",
         t.elapsed()
     );
+    // A write to a partition, made directly to it, holds the backfill of the partitioned table.
+    writer
+        .batch_execute("BEGIN; INSERT INTO p1 VALUES (1)")
+        .await
+        .unwrap();
+    let r = reader.clone();
+    let settle =
+        tokio::spawn(async move { settle_commits(&r, &TableName::parse("p").unwrap()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !settle.is_finished(),
+        "returned while a partition's writer was open"
+    );
+    writer.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(settle.await.unwrap().unwrap(), 0);
 }
