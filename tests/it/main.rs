@@ -11,6 +11,7 @@ mod backfill;
 mod backfill_option;
 mod backfill_pg_restart;
 mod backfill_values;
+mod backfill_wait;
 mod backlog;
 mod batching;
 mod cdc;
