@@ -437,13 +437,15 @@ impl Runner {
         let still_open = backfills::settle_commits(source, &read.shape.table)
             .await
             .map_err(from_source)?;
-        if still_open > 0 && !self.warned_long_transactions {
+        if !still_open.is_empty() && !self.warned_long_transactions {
             // Once per run: each chunk keeps waiting for them, and the operator should know why.
             self.warned_long_transactions = true;
+            let open: Vec<String> = still_open.iter().map(ToString::to_string).collect();
             warn!(
                 backfill = self.bf.id,
-                still_open,
-                "transactions that wrote to the table were still open 5 s after a chunk's low watermark; each chunk waits up to 5 s for those open at its start (a long transaction writing the table, or a prepared one left in pg_prepared_xacts?)"
+                table = %read.shape.table,
+                open = %open.join(", "),
+                "transactions that wrote to the table were still open 5 s after a chunk's low watermark; each chunk waits up to 5 s for those open at its start: end them (COMMIT or ROLLBACK; COMMIT PREPARED or ROLLBACK PREPARED for a prepared one) to let the backfill run at full speed"
             );
         }
         let t_settled = t0.elapsed();

@@ -497,11 +497,11 @@ const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// transaction keeps its locks under its own virtual transaction, so one that wrote the table
 /// is still waited for.
 ///
-/// Returns how many of the transactions were still in progress when it gave up (0: all ended).
+/// Returns the transactions still in progress when it gave up (none: all ended).
 pub async fn settle_commits(
     client: &Client,
     table: &TableName,
-) -> Result<i64, tokio_postgres::Error> {
+) -> Result<Vec<OpenWriter>, tokio_postgres::Error> {
     const HELD: &str = "FROM pg_locks l
          WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted";
     let xids: Vec<String> = client
@@ -525,7 +525,7 @@ pub async fn settle_commits(
         .await?
         .get(0);
     if xids.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let deadline = std::time::Instant::now() + SETTLE_MAX;
     let mut pause = std::time::Duration::from_millis(1);
@@ -537,11 +537,65 @@ pub async fn settle_commits(
             )
             .await?
             .get(0);
-        if open == 0 || std::time::Instant::now() >= deadline {
-            return Ok(open);
+        if open == 0 {
+            return Ok(Vec::new());
+        }
+        if std::time::Instant::now() >= deadline {
+            break;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+    // Who they are, for the operator who has to end them.
+    let rows = client
+        .query(
+            "SELECT l.pid, coalesce(a.xact_start, p.prepared), p.gid
+                 FROM pg_locks l
+                 LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+                 LEFT JOIN pg_prepared_xacts p ON p.transaction = l.transactionid
+                 WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+                   AND l.transactionid::text = ANY($1::text[])
+                 ORDER BY 2",
+            &[&xids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| OpenWriter {
+            pid: r.get(0),
+            since: r.get(1),
+            prepared: r.get(2),
+        })
+        .collect())
+}
+
+/// A transaction that wrote to a backfilled table and was still open at the end of
+/// [`settle_commits`]'s wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenWriter {
+    /// Its backend (none for a prepared transaction).
+    pub pid: Option<i32>,
+    /// When it began, or was prepared.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// A prepared transaction's name (`pg_prepared_xacts.gid`).
+    pub prepared: Option<String>,
+}
+
+impl std::fmt::Display for OpenWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.prepared, self.pid) {
+            (Some(gid), _) => write!(f, "prepared transaction {gid:?}")?,
+            (None, Some(pid)) => write!(f, "pid {pid}")?,
+            (None, None) => write!(f, "a transaction")?,
+        }
+        if let Some(t) = self.since {
+            write!(
+                f,
+                " (since {})",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )?;
+        }
+        Ok(())
     }
 }
 
