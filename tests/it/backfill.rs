@@ -120,6 +120,17 @@ pub(crate) async fn stop(child: Walhook, db: &TestDb) {
     }
 }
 
+/// The distinct `record.id`s of `reqs`, ascending.
+pub(crate) fn record_ids(reqs: &[crate::support::receiver::Request]) -> Vec<i64> {
+    let mut ids: Vec<i64> = reqs
+        .iter()
+        .map(|r| r.json()["record"]["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 /// The receiver's requests once it has `n` distinct deliveries (`X-Archie-Delivery`): a request
 /// that timed out on a loaded machine is sent again (at-least-once), so counting requests alone
 /// could stop early.
@@ -327,13 +338,7 @@ async fn a_generated_primary_key_is_read_chunk_after_chunk() {
     let (status, body) = api.start("gk", json!({"chunk_size": 2})).await;
     assert_eq!(status, 202, "{body}");
     let reqs = wait_distinct(&rx, 5, 60).await;
-    let mut ids: Vec<i64> = reqs
-        .iter()
-        .map(|r| r.json()["record"]["id"].as_i64().unwrap())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids, [2, 4, 6, 8, 10]);
+    assert_eq!(record_ids(&reqs), [2, 4, 6, 8, 10]);
     stop(child, &db).await;
 }
 

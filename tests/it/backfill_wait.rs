@@ -53,11 +53,7 @@ async fn a_chunk_read_waits_for_the_transactions_open_at_its_low_watermark() {
         .unwrap();
     let t = Instant::now();
     let open = settle_commits(&reader, &t_name).await.unwrap();
-    let pid: i32 = writer
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = backend_pid(&writer).await;
     assert_eq!(open.len(), 1, "{open:?}");
     assert_eq!(
         (open[0].pid, open[0].prepared.as_deref()),
@@ -110,7 +106,7 @@ async fn settles_at_commit(
 /// test on the server can create its replication slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_writer_of_the_table_is_named_in_the_log() {
-    use crate::backfill::{spawn, stop, sub, wait_distinct};
+    use crate::backfill::{record_ids, spawn, stop, sub, wait_distinct};
     let db = TestDb::new();
     db.sql("CREATE TABLE lw (id int PRIMARY KEY); INSERT INTO lw SELECT generate_series(1, 4)");
     let rx = crate::support::receiver::Receiver::ok().await;
@@ -120,21 +116,11 @@ async fn a_long_writer_of_the_table_is_named_in_the_log() {
         .batch_execute("BEGIN; INSERT INTO lw VALUES (100)")
         .await
         .unwrap();
-    let pid: i32 = writer
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = backend_pid(&writer).await;
     let (status, body) = api.start("lw", serde_json::json!({"chunk_size": 10})).await;
     assert_eq!(status, 202, "{body}");
     let reqs = wait_distinct(&rx, 4, 60).await;
-    let mut ids: Vec<i64> = reqs
-        .iter()
-        .map(|r| r.json()["record"]["id"].as_i64().unwrap())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids, [1, 2, 3, 4]);
+    assert_eq!(record_ids(&reqs), [1, 2, 3, 4]);
     let log = child
         .wait_log(
             "transactions that wrote to the table were still open",
@@ -149,4 +135,9 @@ async fn a_long_writer_of_the_table_is_named_in_the_log() {
     assert!(line.contains("table=public.lw"), "{line}");
     writer.batch_execute("ROLLBACK").await.unwrap();
     stop(child, &db).await;
+}
+
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    let row = client.query_one("SELECT pg_backend_pid()", &[]).await;
+    row.unwrap().get(0)
 }
