@@ -9,10 +9,7 @@
 //!   ([`MAX_WINDOW_KEYS`]), or the chunk was not filled. Never rows that were not checked;
 //! - a chunk withdrawn by its runner (its token abandoned) is forgotten by the sink at the next
 //!   source transaction, and its high watermark, if it comes, stores nothing;
-//! - bounded: a window's keys are capped, and a runner has at most two chunks here;
-//! - the exchange names the sink's outbox writer only while it is connected and the outbox is
-//!   in the source database: a chunk's read skips waiting for that backend's transactions
-//!   (`outbox::backfills::settle_commits`), never for another's.
+//! - bounded: a window's keys are capped, and a runner has at most two chunks here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

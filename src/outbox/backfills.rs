@@ -502,15 +502,15 @@ pub async fn settle_commits(
     client: &Client,
     table: &TableName,
 ) -> Result<Vec<OpenWriter>, tokio_postgres::Error> {
-    const HELD: &str = "FROM pg_locks l
-         WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted";
+    // A transaction's lock on its own xid, held until it has left the proc array.
+    const HELD: &str = "l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted";
     let xids: Vec<String> = client
         .query_one(
             &format!(
                 "WITH RECURSIVE rels(oid) AS (
                      SELECT $1::text::regclass::oid
                      UNION SELECT i.inhrelid FROM pg_inherits i JOIN rels ON i.inhparent = rels.oid)
-                 SELECT coalesce(array_agg(l.transactionid::text), '{{}}') {HELD}
+                 SELECT coalesce(array_agg(l.transactionid::text), '{{}}') FROM pg_locks l WHERE {HELD}
                    AND EXISTS (
                      SELECT 1 FROM pg_locks w
                      WHERE w.virtualtransaction = l.virtualtransaction
@@ -532,7 +532,9 @@ pub async fn settle_commits(
     loop {
         let open: i64 = client
             .query_one(
-                &format!("SELECT count(*) {HELD} AND l.transactionid::text = ANY($1::text[])"),
+                &format!(
+                    "SELECT count(*) FROM pg_locks l WHERE {HELD} AND l.transactionid::text = ANY($1::text[])"
+                ),
                 &[&xids],
             )
             .await?
@@ -549,13 +551,14 @@ pub async fn settle_commits(
     // Who they are, for the operator who has to end them.
     let rows = client
         .query(
-            "SELECT l.pid, coalesce(a.xact_start, p.prepared), p.gid
+            &format!(
+                "SELECT l.pid, coalesce(a.xact_start, p.prepared), p.gid
                  FROM pg_locks l
                  LEFT JOIN pg_stat_activity a ON a.pid = l.pid
                  LEFT JOIN pg_prepared_xacts p ON p.transaction = l.transactionid
-                 WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
-                   AND l.transactionid::text = ANY($1::text[])
-                 ORDER BY 2",
+                 WHERE {HELD} AND l.transactionid::text = ANY($1::text[])
+                 ORDER BY 2"
+            ),
             &[&xids],
         )
         .await?;
