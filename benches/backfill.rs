@@ -300,10 +300,7 @@ impl Run<'_> {
             if stored.is_some() && count.load(Ordering::Relaxed) >= rows as u64 {
                 let left = pg.psql(
                     db,
-                    &format!(
-                        "SELECT count(*) FROM walhook.deliveries
-                         WHERE subscription_id = '{subscription}' AND status <> 'delivered'"
-                    ),
+                    &undelivered_sql(&format!("subscription_id = '{subscription}'")),
                 )?;
                 if left == "0" {
                     break;

@@ -210,10 +210,7 @@ async fn bench() -> anyhow::Result<()> {
             received_all = Some(start.elapsed());
         }
         if received_all.is_some() {
-            let left = pg.psql(
-                &db,
-                "SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered'",
-            )?;
+            let left = pg.psql(&db, &undelivered_sql("true"))?;
             if left == "0" {
                 break;
             }
@@ -472,10 +469,7 @@ async fn w1_batched(pg: &PgServer, state: &Received, url: &str) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(50)).await;
         let n = state.events.load(Ordering::Relaxed) as i64;
         if n >= W1_CHANGES {
-            let left = pg.psql(
-                &db,
-                "SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered'",
-            )?;
+            let left = pg.psql(&db, &undelivered_sql("true"))?;
             if left == "0" {
                 break;
             }
@@ -597,7 +591,7 @@ async fn latency_run(
                  SELECT 1000 * extract(epoch FROM d.created_at - (d.payload::jsonb->>'timestamp')::timestamptz) AS stored,
                         1000 * extract(epoch FROM a.attempted_at - d.created_at) AS queued,
                         1000 * extract(epoch FROM d.finished_at - a.attempted_at) AS recorded
-                 FROM walhook.deliveries d JOIN walhook.all_attempts a ON a.delivery_id = d.id
+                 FROM walhook.delivery_states d JOIN walhook.all_attempts a ON a.delivery_id = d.id
                  WHERE d.created_at >= $1)
              SELECT m, percentile_cont(0.5) WITHIN GROUP (ORDER BY v), percentile_cont(0.99) WITHIN GROUP (ORDER BY v)
              FROM d, LATERAL (VALUES ('commit → stored', stored), ('stored → attempt', queued), ('attempt → recorded', recorded)) x(m, v)

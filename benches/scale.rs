@@ -700,7 +700,7 @@ async fn bad_endpoints(
     slow_lat.sort_unstable();
     let dead_rows = client
         .query(
-            "SELECT status, count(*), sum(attempts) FROM walhook.deliveries
+            "SELECT status, count(*), sum(attempts) FROM walhook.delivery_states
              WHERE subscription_id LIKE 'd%' GROUP BY 1 ORDER BY 1",
             &[],
         )
@@ -813,10 +813,7 @@ async fn fan_out(pg: &PgServer, rx: &Rx, rx_url: &str) -> anyhow::Result<Vec<(St
         }
         if received_all.is_some() {
             let left: i64 = client
-                .query_one(
-                    "SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered'",
-                    &[],
-                )
+                .query_one(&undelivered_sql("true"), &[])
                 .await?
                 .get(0);
             if left == 0 {

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinSet;
 
 use super::worker::Engine;
-use crate::outbox::queue::{Answer, Recorded, TailWant, Want, CLAIM_BATCH};
+use crate::outbox::queue::{Answer, Recorded, Run, TailWant, Want, CLAIM_BATCH};
 
 /// Claim statements running at a time.
 pub const CLAIMERS: usize = 2;
@@ -40,7 +40,18 @@ pub struct ClaimReq {
 pub struct RecordReq {
     pub sub: String,
     pub batch: Vec<Recorded>,
-    pub reply: oneshot::Sender<Result<u64, DeliverError>>,
+    /// Runs of the delivered cursor ([`crate::deliver::cursor`]), in sequence order.
+    pub runs: Vec<Run>,
+    pub reply: oneshot::Sender<Result<Written, DeliverError>>,
+}
+
+/// What a record request got written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Results written on their rows.
+    pub rows: u64,
+    /// Every run was written.
+    pub runs: bool,
 }
 
 /// What a pump uses to claim and record; cheap to clone.
@@ -86,15 +97,21 @@ impl Batcher {
         rx
     }
 
-    /// Records `batch` of `sub`; the answer is how many results were written. A recorder that
+    /// Records `batch` and `runs` of `sub`; the answer says what was written. A recorder that
     /// is gone drops the request, which the receiver sees as a closed channel.
     pub fn record(
         &self,
         sub: String,
         batch: Vec<Recorded>,
-    ) -> oneshot::Receiver<Result<u64, DeliverError>> {
+        runs: Vec<Run>,
+    ) -> oneshot::Receiver<Result<Written, DeliverError>> {
         let (reply, rx) = oneshot::channel();
-        let _ = self.records.send(RecordReq { sub, batch, reply });
+        let _ = self.records.send(RecordReq {
+            sub,
+            batch,
+            runs,
+            reply,
+        });
         rx
     }
 }
@@ -172,28 +189,48 @@ async fn claim_loop(engine: Arc<Engine>, rx: Arc<Mutex<mpsc::UnboundedReceiver<C
 }
 
 async fn record_loop(engine: Arc<Engine>, rx: Arc<Mutex<mpsc::UnboundedReceiver<RecordReq>>>) {
-    let fits = |b: &[RecordReq]| b.iter().map(|r| r.batch.len()).sum::<usize>() < RECORD_BATCH;
+    let fits = |b: &[RecordReq]| {
+        b.iter()
+            .map(|r| r.batch.len() + r.runs.len())
+            .sum::<usize>()
+            < RECORD_BATCH
+    };
     while let Some(reqs) = next_batch(&rx, fits).await {
         let rows: Vec<(&str, &Recorded)> = reqs
             .iter()
             .flat_map(|r| r.batch.iter().map(move |rec| (r.sub.as_str(), rec)))
             .collect();
+        let runs: Vec<(&str, &Run)> = reqs
+            .iter()
+            .flat_map(|r| r.runs.iter().map(move |run| (r.sub.as_str(), run)))
+            .collect();
         let result = async {
             let client = engine.conn().await?;
-            engine
-                .queue
-                .record_many(&client, &rows, engine.worker)
-                .await
-                .map_err(DeliverError::from)
+            // Both go out together on the one connection (pipelined). They never touch the
+            // same rows: a run covers only rows whose own records were confirmed, or none.
+            futures_util::future::try_join(
+                engine.queue.record_many(&client, &rows, engine.worker),
+                engine.queue.record_runs(&client, &runs, engine.worker),
+            )
+            .await
+            .map_err(DeliverError::from)
         }
         .await;
-        drop(rows);
+        drop((rows, runs));
         match result {
-            Ok(written) => {
+            Ok((written, runs_written)) => {
                 let written: HashSet<i64> = written.into_iter().collect();
+                let runs_written: HashSet<(String, i64)> = runs_written.into_iter().collect();
                 for r in reqs {
                     let n = r.batch.iter().filter(|c| written.contains(&c.id)).count();
-                    let _ = r.reply.send(Ok(n as u64));
+                    let runs = r
+                        .runs
+                        .iter()
+                        .all(|run| runs_written.contains(&(r.sub.clone(), run.last)));
+                    let _ = r.reply.send(Ok(Written {
+                        rows: n as u64,
+                        runs,
+                    }));
                 }
             }
             Err(e) => {

@@ -165,6 +165,7 @@ mod tests {
             payload: "{}".into(),
             attempts: 0,
             sequence: Some(id),
+            fresh: true,
         }
     }
 

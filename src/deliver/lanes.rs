@@ -13,7 +13,7 @@
 //! - a row is held from admission until its result is recorded (or it is let go), so a claim
 //!   that passes [`Lanes::held_ids`] never returns a row already in the pump's hands.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use crate::outbox::queue::Claimed;
 
@@ -28,13 +28,14 @@ struct Key {
 pub struct Lanes {
     ready: VecDeque<Claimed>,
     keys: HashMap<String, Key>,
-    held: HashSet<i64>,
+    /// Every id held, with its sequence number.
+    held: HashMap<i64, Option<i64>>,
 }
 
 impl Lanes {
     /// Takes a row in; false (and nothing changes) when it is already held.
     pub fn admit(&mut self, row: Claimed) -> bool {
-        if !self.held.insert(row.id) {
+        if self.held.insert(row.id, row.sequence).is_some() {
             return false;
         }
         if row.ordering_key.is_empty() {
@@ -113,7 +114,7 @@ impl Lanes {
 
     /// The greatest id held (none: nothing held).
     pub fn max_held(&self) -> Option<i64> {
-        self.held.iter().copied().max()
+        self.held.keys().copied().max()
     }
 
     /// The row's result is recorded: no longer held.
@@ -136,7 +137,12 @@ impl Lanes {
     }
 
     pub fn held_ids(&self) -> Vec<i64> {
-        self.held.iter().copied().collect()
+        self.held.keys().copied().collect()
+    }
+
+    /// Every row held: its id and sequence number.
+    pub fn held_sequences(&self) -> impl Iterator<Item = (i64, Option<i64>)> + '_ {
+        self.held.iter().map(|(id, seq)| (*id, *seq))
     }
 
     pub fn held_len(&self) -> usize {
@@ -166,6 +172,7 @@ mod tests {
             payload: "{}".into(),
             attempts: 0,
             sequence: Some(id),
+            fresh: true,
         }
     }
 

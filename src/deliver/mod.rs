@@ -15,6 +15,7 @@
 pub mod attempt;
 pub mod batch;
 pub mod batching;
+mod cursor;
 mod decide;
 pub mod egress;
 pub mod format;

@@ -44,8 +44,9 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use super::attempt::{attempt_batch, attempt_one, report_breaker, Done};
-use super::batch::Batcher;
+use super::batch::{Batcher, Written};
 use super::batching::{self, Gatherer};
+use super::cursor::Cursor;
 use super::decide::Decided;
 use super::http::host_of;
 use super::http::HttpSender;
@@ -143,11 +144,13 @@ pub(super) const RESCAN: Duration = Duration::from_secs(5);
 /// Results being written by the shared recorder while the pump goes on sending.
 struct Recording {
     ids: Vec<i64>,
+    /// Deliveries the runs being written cover.
+    covered: Vec<i64>,
     /// Failed attempts among them (see [`Pump::failed_unrecorded`]).
     failed: usize,
     /// The receiver answered 410 Gone to one of them.
     gone: bool,
-    reply: oneshot::Receiver<Result<u64, DeliverError>>,
+    reply: oneshot::Receiver<Result<Written, DeliverError>>,
 }
 
 /// A claim in progress, answered by the shared claimer.
@@ -190,6 +193,8 @@ pub(super) struct Pump {
     breaker: Breaker,
     /// Claimed or handed over, not yet recorded: ready, waiting behind their key, in flight.
     lanes: Lanes,
+    /// First-attempt successes recorded as runs (sql/015) while the pump holds everything.
+    cursor: Cursor,
     /// This subscription's handoff slot.
     slot: Arc<Slot>,
     mode: Mode,
@@ -257,6 +262,7 @@ impl Pump {
             sub_rx,
             sub,
             lanes: Lanes::default(),
+            cursor: Cursor::default(),
             slot,
             mode: Mode::Outbox,
             handed_during_claim: HashSet::new(),
@@ -303,6 +309,11 @@ impl Pump {
         let last = async {
             self.recorded().await?;
             self.start_record();
+            self.recorded().await?;
+            // Successes the cursor could not put in a run: recorded on their rows.
+            let rest = self.cursor.deactivate();
+            self.decided.batch.extend(rest);
+            self.start_record();
             self.recorded().await
         };
         if let Err(e) = last.await {
@@ -344,9 +355,10 @@ impl Pump {
             // Results are written while sends go on: a pump never waits for its own record
             // statement, which would cap its rate at one batch per round trip.
             let record_due = first_done_at.is_some_and(|t| t.elapsed() >= RECORD_DELAY);
+            let to_record = self.decided.len() + self.cursor.waiting();
             if self.recording.is_none()
-                && !self.decided.is_empty()
-                && (self.decided.len() >= record_batch || self.in_flight.is_empty() || record_due)
+                && to_record > 0
+                && (to_record >= record_batch || self.in_flight.is_empty() || record_due)
             {
                 first_done_at = None;
                 self.start_record();
@@ -465,6 +477,12 @@ impl Pump {
                         &self.engine.metrics,
                         &self.sub.id,
                     );
+                    // A success the cursor can record in a run is not written on its row.
+                    if let Some(result) = self.decided.batch.pop() {
+                        if let Some(result) = self.cursor.decided(&done.claimed, result) {
+                            self.decided.batch.push(result);
+                        }
+                    }
                 }
                 if failed > 0 {
                     self.failed_unrecorded += failed;
@@ -518,6 +536,9 @@ impl Pump {
             debug!(subscription = %self.sub.id, "delivery reads the outbox again");
         }
         self.mode = Mode::Outbox;
+        // The pump no longer holds everything: successes waiting for a run go on their rows.
+        let rest = self.cursor.deactivate();
+        self.decided.batch.extend(rest);
         self.epoch += 1;
         self.more_due = true;
         self.may_switch = false;
@@ -534,7 +555,8 @@ impl Pump {
         // Results wait in memory while the previous record statement runs. Past this many,
         // sends pause until it answers (the loop wakes on its reply): a slow outbox holds
         // memory at a bound instead of growing it, and the rows stay pending where they are.
-        if self.decided.len() >= (UNRECORDED_PER_SLOT * max * self.per_request()).max(RECORD_MIN) {
+        let unrecorded = self.decided.len() + self.cursor.waiting();
+        if unrecorded >= (UNRECORDED_PER_SLOT * max * self.per_request()).max(RECORD_MIN) {
             return None;
         }
         self.rate_held = false;
@@ -630,7 +652,11 @@ impl Pump {
     /// Hands the decided results to the recorder; [`Pump::was_recorded`] finishes when it
     /// answers.
     fn start_record(&mut self) {
-        if self.decided.is_empty() || self.recording.is_some() {
+        if self.recording.is_some() {
+            return;
+        }
+        let advance = self.cursor.take_runs();
+        if self.decided.is_empty() && advance.runs.is_empty() {
             return;
         }
         let Decided {
@@ -639,13 +665,40 @@ impl Pump {
             gone,
         } = std::mem::take(&mut self.decided);
         let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
-        let reply = self.batcher.record(self.sub.id.clone(), batch);
+        let reply = self
+            .batcher
+            .record(self.sub.id.clone(), batch, advance.runs);
         self.recording = Some(Recording {
             ids,
+            covered: advance.ids,
             failed,
             gone,
             reply,
         });
+    }
+
+    /// Takes a row in (lanes and cursor); false when it was already held.
+    pub(super) fn admit(&mut self, row: Claimed) -> bool {
+        let (id, sequence) = (row.id, row.sequence);
+        if !self.lanes.admit(row) {
+            return false;
+        }
+        let rest = self.cursor.admit(id, sequence);
+        self.decided.batch.extend(rest);
+        true
+    }
+
+    /// Starts the delivered cursor where a read proved that the pump holds every unfinished
+    /// delivery: everything below the lowest number it holds (or, holding nothing, up to the
+    /// read's `last_sequence`) is finished.
+    pub(super) fn start_cursor(&mut self, last_sequence: i64) {
+        let through = self
+            .lanes
+            .held_sequences()
+            .filter_map(|(_, s)| s)
+            .min()
+            .map_or(last_sequence, |s| (s - 1).min(last_sequence));
+        self.cursor.activate(through, self.lanes.held_sequences());
     }
 
     /// Waits for the results being written, if any; true when the subscription is gone.
@@ -667,12 +720,12 @@ impl Pump {
     async fn was_recorded(
         &mut self,
         recording: Recording,
-        written: Result<u64, DeliverError>,
+        written: Result<Written, DeliverError>,
     ) -> Result<bool, DeliverError> {
         let written = match written {
             Ok(n) => n,
             Err(e) => {
-                for id in recording.ids {
+                for id in recording.ids.into_iter().chain(recording.covered) {
                     self.lanes.recorded(id);
                 }
                 self.failed_unrecorded = self.failed_unrecorded.saturating_sub(recording.failed);
@@ -682,11 +735,25 @@ impl Pump {
         };
         let engine = self.engine.clone();
         let sub_id = self.sub.id.clone();
-        let total = recording.ids.len() as u64;
-        if written < total {
-            warn!(subscription = %sub_id, results = total - written, "results not recorded: this instance no longer owns the subscription, and the new owner sends those deliveries again (same event ids)");
+        let total = (recording.ids.len() + recording.covered.len()) as u64;
+        let lost = total
+            - written.rows
+            - if written.runs {
+                recording.covered.len() as u64
+            } else {
+                0
+            };
+        if lost > 0 {
+            warn!(subscription = %sub_id, results = lost, "results not recorded: this instance no longer owns the subscription, and the new owner sends those deliveries again (same event ids)");
+            // The cursor may not pass rows whose records were refused.
+            let rest = self.cursor.deactivate();
+            self.decided.batch.extend(rest);
         }
         for id in recording.ids {
+            self.lanes.recorded(id);
+            self.cursor.released(id);
+        }
+        for id in recording.covered {
             self.lanes.recorded(id);
         }
         self.failed_unrecorded = self.failed_unrecorded.saturating_sub(recording.failed);

@@ -493,6 +493,7 @@ impl Writer {
             payload: r.body,
             attempts: 0,
             sequence: Some(written.sequence),
+            fresh: true,
         });
     }
 

@@ -78,7 +78,7 @@ pub async fn delivery(
                 "SELECT id, event_id, event, status, ordering_key, payload, sequence, attempts,
                         last_error, created_at, finished_at
                  FROM {} WHERE id = $1 AND subscription_id = $2",
-                schema.table("deliveries")
+                schema.table("delivery_states")
             ),
             &[&id, &subscription],
         )
@@ -134,15 +134,26 @@ pub async fn attempts(
 /// last hour, and its latest error among unfinished and dead deliveries.
 pub async fn health(client: &Client, schema: &Schema) -> Result<Vec<Health>, OutboxError> {
     let d = schema.table("deliveries");
+    let runs = schema.table("delivered_runs");
+    // Deliveries finished in the last hour: those recorded on their rows, and those of the
+    // delivered cursor's runs written in that hour (sql/015; their rows stay `pending`).
     let sql = format!(
-        "WITH ok AS (
-             SELECT subscription_id AS s, max(finished_at) AS last_ok,
+        "WITH done AS (
+             SELECT subscription_id AS s, finished_at, created_at FROM {d}
+             WHERE status = 'delivered' AND finished_at > now() - interval '1 hour'
+             UNION ALL
+             SELECT r.subscription_id, r.recorded_at, x.created_at
+             FROM {runs} r JOIN {d} x ON x.subscription_id = r.subscription_id
+                 AND x.sequence BETWEEN r.first_sequence AND r.last_sequence
+             WHERE r.recorded_at > now() - interval '1 hour'
+               AND x.status = 'pending' AND x.last_attempt_at IS NULL),
+         ok AS (
+             SELECT s, max(finished_at) AS last_ok,
                     percentile_cont(0.5) WITHIN GROUP
                         (ORDER BY extract(epoch FROM finished_at - created_at)) * 1000 AS p50,
                     percentile_cont(0.99) WITHIN GROUP
                         (ORDER BY extract(epoch FROM finished_at - created_at)) * 1000 AS p99
-             FROM {d} WHERE status = 'delivered' AND finished_at > now() - interval '1 hour'
-             GROUP BY 1),
+             FROM done GROUP BY 1),
          bad AS (
              SELECT DISTINCT ON (subscription_id) subscription_id AS s, created_at, last_error
              FROM {d} WHERE status IN ('failed', 'dead') AND last_error IS NOT NULL

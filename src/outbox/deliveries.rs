@@ -8,7 +8,8 @@
 //!   as [`ReplayOne::Unfinished`], never reset under the worker;
 //! - a replayed delivery keeps its row, event id and payload bytes, so receivers deduplicate it
 //!   like any retry; it becomes `pending` with `attempts = 0`, due now, with its last error
-//!   cleared;
+//!   cleared and its last attempt's time kept (the mark of a row attempted before, which the
+//!   delivered cursor never covers: sql/015);
 //! - a replay only ever touches deliveries of the subscription it names;
 //! - listing is newest first and keyset-paginated by id, so a page is stable while new
 //!   deliveries arrive; with `after_sequence` it is oldest first by the subscription's sequence
@@ -110,7 +111,9 @@ pub async fn list(
                 } else {
                     "sequence DESC, id DESC"
                 },
-                d = schema.table("deliveries"),
+                // Statuses as operators see them: the delivered cursor's rows stay `pending`
+                // on disk (sql/015).
+                d = schema.table("delivery_states"),
                 before = sequence_bound(schema, "$1", "$3", i64::MAX),
             ),
             &[
@@ -175,13 +178,23 @@ pub async fn replay_one(
     let row = client
         .query_opt(
             &format!(
-                "WITH u AS (
-                     UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = now(),
-                         finished_at = NULL, last_error = NULL
-                     WHERE id = $1 AND subscription_id = $2 AND status IN ('delivered', 'dead')
-                     RETURNING *),
+                "WITH t AS (
+                     SELECT id, last_http_status, last_attempt_at, last_duration_ms FROM {}
+                     WHERE id = $1 AND subscription_id = $2 AND status IN ('delivered', 'dead')),
+                 u AS (
+                     UPDATE {} d SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                         finished_at = NULL, last_error = NULL,
+                         last_http_status = t.last_http_status,
+                         last_duration_ms = t.last_duration_ms,
+                         -- A replayed row keeps a `last_attempt_at` (one the delivered cursor
+                         -- recorded takes its run's): a `pending` row attempted before is never
+                         -- taken for one the cursor delivered (sql/015).
+                         last_attempt_at = coalesce(t.last_attempt_at, d.finished_at, now())
+                     FROM t WHERE d.id = t.id
+                     RETURNING d.*),
                  {}
                  SELECT {DELIVERY_COLUMNS} FROM u",
+                schema.table("delivery_states"),
                 schema.table("deliveries"),
                 bump_replays(schema),
             ),
@@ -219,8 +232,9 @@ pub async fn replay_dead(
         .query_one(
             &format!(
                 "WITH u AS (
-                     UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = now(),
-                         finished_at = NULL, last_error = NULL
+                     UPDATE {} d SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                         finished_at = NULL, last_error = NULL,
+                         last_attempt_at = coalesce(d.last_attempt_at, d.finished_at, now())
                      WHERE subscription_id = $1 AND status = 'dead'
                        AND ($2::timestamptz IS NULL OR finished_at >= $2)
                      RETURNING subscription_id),

@@ -3,8 +3,8 @@
 //! Guarantees:
 //! - a scrape costs two statements whatever the number of subscriptions: one grouped count over
 //!   the outbox ([`queue_counts`]), (the slot figures come from `pg::catalog::slot_bytes`);
-//! - the queue count filters on exactly the statuses its partial indexes cover, so it need not
-//!   read the delivered rows that make up most of the table;
+//! - the queue count walks only the unfinished rows' partial indexes, from the delivered cursor
+//!   on, so it need not read the delivered rows that make up most of the table;
 //! - every subscription is listed, with zeros, so a gauge drops to 0 rather than disappearing;
 //!   a deleted subscription is no longer listed, so its series disappear with it.
 
@@ -27,20 +27,29 @@ pub async fn queue_counts(
     client: &Client,
     schema: &Schema,
 ) -> Result<Vec<QueueCounts>, OutboxError> {
-    // Two grouped scans, each over a partial index's rows (`deliveries_sub_due` for unfinished,
-    // `deliveries_finished` for dead), joined to the subscriptions table for the zeros.
+    // Unfinished: pending after the delivered cursor, failed, and pending at or below it
+    // (replays); below the cursor, other `pending` rows were delivered by it (sql/015). Each
+    // count walks an index from where its rows start. Dead letters: one grouped scan of
+    // `deliveries_finished`'s dead rows. Joined to the subscriptions table for the zeros.
+    let d = schema.table("deliveries");
+    let after = super::queue::cursor_id(&d, &schema.table("delivered_runs"), "s.id");
     let sql = format!(
-        "SELECT s.id, coalesce(p.n, 0)::int8, coalesce(x.n, 0)::int8
+        "SELECT s.id, (u.pending + u.failed + u.again)::int8, coalesce(x.n, 0)::int8
          FROM {subs} s
-         LEFT JOIN (SELECT subscription_id, count(*) AS n FROM {d}
-                    WHERE status IN ('pending', 'failed') GROUP BY subscription_id) p
-           ON p.subscription_id = s.id
+         CROSS JOIN LATERAL (SELECT {after} AS after) cur
+         CROSS JOIN LATERAL (
+             SELECT (SELECT count(*) FROM {d} p WHERE p.subscription_id = s.id
+                       AND p.status = 'pending' AND p.id > cur.after) AS pending,
+                    (SELECT count(*) FROM {d} f WHERE f.subscription_id = s.id
+                       AND f.status = 'failed') AS failed,
+                    (SELECT count(*) FROM {d} a WHERE a.subscription_id = s.id
+                       AND a.status = 'pending' AND a.last_attempt_at IS NOT NULL
+                       AND a.id <= cur.after) AS again) u
          LEFT JOIN (SELECT subscription_id, count(*) AS n FROM {d}
                     WHERE status = 'dead' GROUP BY subscription_id) x
            ON x.subscription_id = s.id
          ORDER BY s.id",
         subs = schema.table("subscriptions"),
-        d = schema.table("deliveries"),
     );
     let rows = client.query(&sql, &[]).await?;
     Ok(rows

@@ -272,6 +272,7 @@ mod tests {
             payload: payload.into(),
             attempts: 0,
             sequence: Some(seq),
+            fresh: true,
         }
     }
 

@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("../../sql/012_success_outcome.sql")),
     (13, include_str!("../../sql/013_replays.sql")),
     (14, include_str!("../../sql/014_one_subscription_index.sql")),
+    (15, include_str!("../../sql/015_delivered_cursor.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

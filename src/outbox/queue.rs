@@ -47,9 +47,24 @@ pub struct Claimed {
     /// The subscription's sequence number of this delivery (None: stored before version 4
     /// numbered them, which an upgrade does; kept optional for rows written by hand).
     pub sequence: Option<i64>,
+    /// Never attempted (`last_attempt_at IS NULL`): only such a row's success may be recorded
+    /// by the delivered cursor ([`Run`]); a row attempted before (a replay) is recorded on
+    /// itself.
+    pub fresh: bool,
 }
 
-/// One subscription's answer to a claim.
+/// A run of deliveries the delivered cursor records as one row (sql/015): every delivery of
+/// the subscription numbered `first..=last` that had never been attempted was delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub first: i64,
+    pub last: i64,
+    pub http_status: i32,
+    /// The last attempt of the run.
+    pub attempted_at: DateTime<Utc>,
+    /// The longest attempt of the run.
+    pub duration_ms: i32,
+}
 #[derive(Debug, Clone, Default)]
 pub struct Answer {
     /// Due rows, heads of their keys, oldest first.
@@ -163,6 +178,7 @@ pub struct Queue {
     claim_tail_many: String,
     record_many: String,
     record_first_successes: String,
+    record_runs: String,
 }
 
 impl Queue {
@@ -172,6 +188,7 @@ impl Queue {
         let o = schema.table("delivery_owners");
         let s = schema.table("subscriptions");
         let q = schema.table("sequences");
+        let runs = schema.table("delivered_runs");
         // Sessions of this database holding a walhook lock: their owners are alive.
         let live = format!(
             "SELECT l.objid::bigint AS token FROM pg_locks l
@@ -256,19 +273,19 @@ impl Queue {
             // snapshot, so a pump can tell that the outbox holds nothing it was not given.
             claim_many: format!(
                 "SELECT w.sub, c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence,
-                        u.unfinished, q.last_sequence
+                        c.fresh, u.unfinished, q.last_sequence
                  FROM unnest($1::text[], $2::bigint[]) AS w(sub, want)
                  JOIN {o} o ON o.subscription_id = w.sub AND o.worker = $4 AND o.lease_until > now()
+                 CROSS JOIN LATERAL (SELECT {after} AS after) cur
                  CROSS JOIN LATERAL (
                      SELECT count(*) AS unfinished FROM (
-                         SELECT 1 FROM {d} x
-                         WHERE x.subscription_id >= w.sub AND x.subscription_id <= w.sub
-                           AND x.status IN ('pending', 'failed')
-                           AND x.id NOT IN (SELECT h FROM unnest($3::bigint[]) h)
+                         {unfinished}
                          LIMIT w.want + 1) x) u
                  LEFT JOIN {q} q ON q.subscription_id = w.sub
                  LEFT JOIN LATERAL ({heads}) c ON true",
-                heads = due_heads(&d, "w.sub", "w.want")
+                after = cursor_id(&d, &runs, "w.sub"),
+                unfinished = unfinished(&d, "w.sub", "cur.after", "w.want + 1"),
+                heads = due_heads(&d, "w.sub", "w.want", "cur.after")
             ),
             // Per want: the pending rows after its id, in id order, unless the subscription
             // has failed rows waiting for a retry (then none, and `has_retries`); and its last
@@ -280,20 +297,26 @@ impl Queue {
             // cannot give the (subscription, id) order.
             claim_tail_many: format!(
                 "SELECT w.sub, c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence,
-                        f.has_retries, q.last_sequence
+                        c.fresh, f.has_retries, q.last_sequence
                  FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS w(sub, want, after)
                  JOIN {o} o ON o.subscription_id = w.sub AND o.worker = $4 AND o.lease_until > now()
                  LEFT JOIN {q} q ON q.subscription_id = w.sub
+                 CROSS JOIN LATERAL (SELECT {after} AS after) cur
                  CROSS JOIN LATERAL (
                      SELECT EXISTS (SELECT 1 FROM {d} x
-                                    WHERE x.subscription_id = w.sub AND x.status = 'failed') AS has_retries) f
+                                    WHERE x.subscription_id = w.sub AND x.status = 'failed')
+                         OR EXISTS (SELECT 1 FROM {d} x
+                                    WHERE x.subscription_id = w.sub AND x.status = 'pending'
+                                      AND x.last_attempt_at IS NOT NULL) AS has_retries) f
                  LEFT JOIN LATERAL (
-                     SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
+                     SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence,
+                            c.last_attempt_at IS NULL AS fresh
                      FROM {d} c
                      WHERE c.subscription_id >= w.sub AND c.subscription_id <= w.sub
-                       AND c.status = 'pending' AND c.id > w.after AND NOT f.has_retries
+                       AND c.status = 'pending' AND c.id > greatest(w.after, cur.after) AND NOT f.has_retries
                      ORDER BY c.subscription_id, c.id
-                     LIMIT w.want) c ON true"
+                     LIMIT w.want) c ON true",
+                after = cursor_id(&d, &runs, "w.sub"),
             ),
             record_many: record_cte(&format!(
                 "EXISTS (SELECT 1 FROM {o} w WHERE w.subscription_id = r.sub AND w.worker = $11)"
@@ -313,6 +336,19 @@ impl Queue {
                    AND EXISTS (SELECT 1 FROM {o} w WHERE w.subscription_id = r.sub AND w.worker = $6)
                  RETURNING d.id"
             ),
+            // Runs of the delivered cursor (sql/015), each written only while `worker` owns
+            // its subscription. A conflict is a run already written (its last sequence number
+            // is the key): nothing to add.
+            record_runs: format!(
+                "INSERT INTO {runs} AS r (subscription_id, first_sequence, last_sequence, http_status,
+                                          attempted_at, duration_ms)
+                 SELECT n.sub, n.first, n.last, n.http, n.at, n.dur
+                 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[], $5::timestamptz[],
+                             $6::int[]) AS n(sub, first, last, http, at, dur)
+                 WHERE EXISTS (SELECT 1 FROM {o} w WHERE w.subscription_id = n.sub AND w.worker = $7)
+                 ON CONFLICT DO NOTHING
+                 RETURNING r.subscription_id, r.last_sequence"
+            ),
             own: format!(
                 "INSERT INTO {o} AS o (subscription_id, worker, lease_until)
                  VALUES ($1, $2, now() + $3 * interval '1 millisecond')
@@ -325,13 +361,13 @@ impl Queue {
             ),
             disown: format!("DELETE FROM {o} WHERE subscription_id = $1 AND worker = $2"),
             claim: format!(
-                "SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence
+                "SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence, c.fresh
                  FROM ({heads}) c
                  WHERE EXISTS (SELECT 1 FROM {o} w
                                WHERE w.subscription_id = $1 AND w.worker = $4
                                  AND w.lease_until > now())
                  ORDER BY c.next_attempt_at, c.id",
-                heads = due_heads(&d, "$1", "$2")
+                heads = due_heads(&d, "$1", "$2", &format!("({})", cursor_id(&d, &runs, "$1")))
             ),
         }
     }
@@ -410,8 +446,8 @@ impl Queue {
         for r in &rows {
             let a = answers.entry(r.get(0)).or_insert_with(|| Answer {
                 rows: Vec::new(),
-                unfinished: r.get(8),
-                last_sequence: r.get::<_, Option<i64>>(9).unwrap_or(0),
+                unfinished: r.get(9),
+                last_sequence: r.get::<_, Option<i64>>(10).unwrap_or(0),
                 has_retries: false,
                 owned: true,
             });
@@ -441,8 +477,8 @@ impl Queue {
             let a = answers.entry(r.get(0)).or_insert_with(|| Answer {
                 rows: Vec::new(),
                 unfinished: -1,
-                last_sequence: r.get::<_, Option<i64>>(9).unwrap_or(0),
-                has_retries: r.get(8),
+                last_sequence: r.get::<_, Option<i64>>(10).unwrap_or(0),
+                has_retries: r.get(9),
                 owned: true,
             });
             a.rows.extend(claimed_at(r, 1));
@@ -496,6 +532,31 @@ impl Queue {
         .await?;
         written.extend(other);
         Ok(written)
+    }
+
+    /// Writes runs of the delivered cursor for many subscriptions in one statement, each only
+    /// while `worker` owns its subscription; returns the (subscription, last sequence) of each
+    /// run written.
+    pub async fn record_runs(
+        &self,
+        client: &Client,
+        runs: &[(&str, &Run)],
+        worker: Uuid,
+    ) -> Result<Vec<(String, i64)>, OutboxError> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let subs: Vec<&str> = runs.iter().map(|(s, _)| *s).collect();
+        let first: Vec<i64> = runs.iter().map(|(_, r)| r.first).collect();
+        let last: Vec<i64> = runs.iter().map(|(_, r)| r.last).collect();
+        let http: Vec<i32> = runs.iter().map(|(_, r)| r.http_status).collect();
+        let at: Vec<DateTime<Utc>> = runs.iter().map(|(_, r)| r.attempted_at).collect();
+        let dur: Vec<i32> = runs.iter().map(|(_, r)| r.duration_ms).collect();
+        let stmt = client.prepare_cached(&self.record_runs).await?;
+        let rows = client
+            .query(&stmt, &[&subs, &first, &last, &http, &at, &dur, &worker])
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Takes or renews ownership of a subscription's deliveries for `lease`; false while another
@@ -668,48 +729,99 @@ pub async fn try_session_lock(
     Ok(row.get::<_, bool>(0).then(|| row.get(1)))
 }
 
-/// Due rows of one subscription (`sub` and `limit` are SQL expressions), each the head of its
-/// key, leaving out `$3` (the ids the owner holds: a NOT IN subquery, which Postgres hashes
-/// once per statement; `<> ALL($3)` compared each row with every held id in generic plans,
-/// 65 ms for 4,096 held ids), oldest due first, with `next_attempt_at`
-/// for the caller's ORDER BY. Retries come from `deliveries_sub_retry` in due order and fresh
-/// rows from `deliveries_sub_pending` in id order, each branch written in its index's order so
-/// that the planner walks the index and stops at the limit.
-fn due_heads(d: &str, sub: &str, limit: &str) -> String {
+/// The id of the subscription's newest row at or below its delivered cursor (sql/015), 0 when
+/// there is none: a SQL expression. Within a subscription, id order is sequence order (sql/014),
+/// so "after this id" is "after the cursor", and the indexes in (subscription, id) order start
+/// there instead of walking the rows the cursor delivered, which stay `pending` on disk.
+pub(crate) fn cursor_id(d: &str, runs: &str, sub: &str) -> String {
+    format!(
+        "coalesce((SELECT x.id FROM {d} x
+                   WHERE x.subscription_id = {sub}
+                     AND x.sequence <= (SELECT c.last_sequence FROM {runs} c
+                                        WHERE c.subscription_id = {sub}
+                                        ORDER BY c.last_sequence DESC LIMIT 1)
+                   ORDER BY x.subscription_id, x.sequence DESC LIMIT 1), 0)"
+    )
+}
+
+/// The subscription's unfinished rows not in `$3` (held), up to `limit` of each kind (a SQL
+/// query of one column): pending after the cursor's id `after`, failed, and pending at or below
+/// it (attempted before: replays). Three index walks that each start where their rows are.
+fn unfinished(d: &str, sub: &str, after: &str, limit: &str) -> String {
+    let branch = |cond: &str| {
+        format!(
+            "(SELECT 1 FROM {d} x
+              WHERE x.subscription_id >= {sub} AND x.subscription_id <= {sub} AND {cond}
+                AND x.id NOT IN (SELECT h FROM unnest($3::bigint[]) h)
+              LIMIT {limit})"
+        )
+    };
+    format!(
+        "{} UNION ALL {} UNION ALL {}",
+        branch(&format!("x.status = 'pending' AND x.id > {after}")),
+        branch("x.status = 'failed'"),
+        branch(&format!(
+            "x.status = 'pending' AND x.last_attempt_at IS NOT NULL AND x.id <= {after}"
+        )),
+    )
+}
+
+/// Due rows of one subscription (`sub`, `limit` and `after`, the cursor's id, are SQL
+/// expressions), each the head of its key, leaving out `$3` (the ids the owner holds: a NOT IN
+/// subquery, which Postgres hashes once per statement; `<> ALL($3)` compared each row with
+/// every held id in generic plans, 65 ms for 4,096 held ids), oldest due first, with
+/// `next_attempt_at` for the caller's ORDER BY. Retries come from `deliveries_sub_retry` in due
+/// order, fresh rows from `deliveries_sub_pending` in id order after the cursor, and replays
+/// at or below the cursor from `deliveries_again_pending`, each branch written in its index's
+/// order so that the planner walks the index and stops at the limit.
+fn due_heads(d: &str, sub: &str, limit: &str, after: &str) -> String {
+    // The head of its key: the oldest unfinished row of the key is after the cursor, or was
+    // attempted before (below the cursor, every other `pending` row is delivered). Each part is
+    // written as ORDER BY ... LIMIT 1 in its index's order so that the planner takes that
+    // index even before the table has statistics; a NOT EXISTS (... o.id < c.id) was planned on
+    // another index and scanned the whole backlog per candidate.
+    let oldest = |cond: &str| {
+        format!(
+            "(SELECT k.id FROM {d} k
+              WHERE k.subscription_id = c.subscription_id AND k.ordering_key = c.ordering_key
+                AND k.status IN ('pending', 'failed') AND {cond}
+              ORDER BY k.subscription_id, k.ordering_key, k.id
+              LIMIT 1)"
+        )
+    };
     let head = format!(
-        // The head of its key. Written as ORDER BY ... LIMIT 1 in the key index's order so
-        // that the planner takes that index even before the table has statistics; a NOT EXISTS
-        // (... o.id < c.id) was planned on another index and scanned the whole backlog per
-        // candidate.
-        "(c.ordering_key = '' OR c.id = (
-             SELECT k.id FROM {d} k
-             WHERE k.subscription_id = c.subscription_id AND k.ordering_key = c.ordering_key
-               AND k.status IN ('pending', 'failed')
-             ORDER BY k.subscription_id, k.ordering_key, k.id
-             LIMIT 1))"
+        "(c.ordering_key = '' OR c.id = (SELECT min(h.id) FROM ({} UNION ALL {}) h))",
+        oldest(&format!("k.id > {after}")),
+        oldest("k.last_attempt_at IS NOT NULL"),
     );
     // The subscription as a range, not an equality: see `claim_tail_many` (with `=`, the
     // pending branch walked the primary key through the whole table, ~1 s on a 300k backlog).
-    let branch = |status: &str, order: &str| {
+    let branch = |cond: &str, order: &str| {
         format!(
             "(SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence,
-                     c.next_attempt_at
+                     c.last_attempt_at IS NULL AS fresh, c.next_attempt_at
               FROM {d} c
-              WHERE c.subscription_id >= {sub} AND c.subscription_id <= {sub}
-                AND c.status = '{status}'
+              WHERE c.subscription_id >= {sub} AND c.subscription_id <= {sub} AND {cond}
                 AND c.next_attempt_at <= now() AND c.id NOT IN (SELECT h FROM unnest($3::bigint[]) h) AND {head}
               ORDER BY {order}
               LIMIT {limit})"
         )
     };
     format!(
-        "SELECT a.* FROM ({} UNION ALL {}) a ORDER BY a.next_attempt_at, a.id LIMIT {limit}",
-        branch("failed", "c.subscription_id, c.next_attempt_at, c.id"),
-        branch("pending", "c.subscription_id, c.id"),
+        "SELECT a.* FROM ({} UNION ALL {} UNION ALL {}) a ORDER BY a.next_attempt_at, a.id LIMIT {limit}",
+        branch("c.status = 'failed'", "c.subscription_id, c.next_attempt_at, c.id"),
+        branch(
+            &format!("c.status = 'pending' AND c.id > {after}"),
+            "c.subscription_id, c.id"
+        ),
+        branch(
+            &format!("c.status = 'pending' AND c.last_attempt_at IS NOT NULL AND c.id <= {after}"),
+            "c.subscription_id, c.id"
+        ),
     )
 }
 
-/// The claimed row whose seven columns start at `first` (none: a want's row of NULLs).
+/// The claimed row whose eight columns start at `first` (none: a want's row of NULLs).
 fn claimed_at(r: &tokio_postgres::Row, first: usize) -> Option<Claimed> {
     Some(Claimed {
         id: r.get::<_, Option<i64>>(first)?,
@@ -719,5 +831,6 @@ fn claimed_at(r: &tokio_postgres::Row, first: usize) -> Option<Claimed> {
         payload: r.get(first + 4),
         attempts: r.get(first + 5),
         sequence: r.get(first + 6),
+        fresh: r.get(first + 7),
     })
 }

@@ -1,4 +1,5 @@
-//! Retention: delivered rows are removed after `retention`, dead letters after `dead_retention`;
+//! Retention: delivered rows are removed after `retention` (those the delivered cursor recorded
+//! with their runs, each subscription's newest run kept), dead letters after `dead_retention`;
 //! the space their versions took is made reusable soon after ([`vacuum_if_bloated`]).
 //!
 //! Guarantees: deletes run in small batches (one short transaction each, `SKIP LOCKED`), so
@@ -123,6 +124,78 @@ async fn prune_batch(
     delete_deliveries(client, schema, "", &ids, &[&status, &secs, &BATCH]).await
 }
 
+/// The subscriptions whose delivered cursor has runs written before the retention (sql/015),
+/// each with the last sequence number those runs cover (a CTE named `old`, `$1` the retention
+/// in seconds). A subscription's runs are written in sequence order, so their times ascend with
+/// their numbers: the expired ones are a prefix, read from the oldest (at most 1,000 a call).
+fn expired_runs(schema: &Schema) -> String {
+    format!(
+        "old AS MATERIALIZED (
+           SELECT q.subscription_id AS sub, max(r.last_sequence) AS upto
+           FROM {q} q CROSS JOIN LATERAL (
+               SELECT o.last_sequence, o.recorded_at FROM {runs} o
+               WHERE o.subscription_id = q.subscription_id
+               ORDER BY o.subscription_id, o.last_sequence LIMIT 1000) r
+           WHERE r.recorded_at < now() - make_interval(secs => $1)
+           GROUP BY q.subscription_id),",
+        q = schema.table("sequences"),
+        runs = schema.table("delivered_runs"),
+    )
+}
+
+/// Deletes the rows the delivered cursor recorded in runs written before `older_than` (they stay
+/// `pending` on disk, so the per-status prune does not see them), then those runs, keeping each
+/// subscription's newest (its cursor); returns how many rows were deleted.
+async fn prune_covered(
+    client: &Client,
+    schema: &Schema,
+    older_than: Duration,
+) -> Result<u64, OutboxError> {
+    let secs = older_than.as_secs_f64();
+    let ids = format!(
+        "SELECT x.id FROM old CROSS JOIN LATERAL (
+           SELECT d.id FROM {d} d
+           WHERE d.subscription_id = old.sub AND d.sequence <= old.upto
+             AND d.status = 'pending' AND d.last_attempt_at IS NULL
+           ORDER BY d.subscription_id, d.sequence
+           LIMIT $2 FOR UPDATE SKIP LOCKED) x
+         LIMIT $2",
+        d = schema.table("deliveries"),
+    );
+    let mut total = 0;
+    loop {
+        let n = delete_deliveries(
+            client,
+            schema,
+            &expired_runs(schema),
+            &ids,
+            &[&secs, &BATCH],
+        )
+        .await?;
+        total += n;
+        if n < BATCH as u64 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let runs = schema.table("delivered_runs");
+    client
+        .execute(
+            &format!(
+                "WITH {}
+                 gone AS (DELETE FROM {runs} r USING old
+                          WHERE r.subscription_id = old.sub AND r.last_sequence <= old.upto
+                            AND r.last_sequence < (SELECT max(c.last_sequence) FROM {runs} c
+                                                   WHERE c.subscription_id = old.sub))
+                 SELECT 1",
+                expired_runs(schema)
+            ),
+            &[&secs],
+        )
+        .await?;
+    Ok(total)
+}
+
 /// Prunes until nothing expired is left; returns the number of rows removed.
 pub async fn prune(
     client: &Client,
@@ -142,6 +215,7 @@ pub async fn prune(
             tokio::task::yield_now().await;
         }
     }
+    total += prune_covered(client, schema, retention).await?;
     // Deliveries of a deleted subscription can never be sent (its URL and secret are gone); one
     // enqueued between the delete and the routing switch would otherwise stay pending forever.
     // Every subscription that ever had a delivery has a `sequences` row (the writer numbers
@@ -167,6 +241,18 @@ pub async fn prune(
         t = schema.table("deliveries"),
     );
     let orphans = delete_deliveries(client, schema, &orphan, &ids, &[&BATCH]).await?;
+    // ... and the runs of their delivered cursors (sql/015).
+    client
+        .execute(
+            &format!(
+                "WITH {orphan}
+                 gone AS (DELETE FROM {} r USING orphan o WHERE r.subscription_id = o.subscription_id)
+                 SELECT 1",
+                schema.table("delivered_runs")
+            ),
+            &[],
+        )
+        .await?;
     if orphans > 0 {
         info!(rows = orphans, "pruned deliveries of deleted subscriptions");
     }

@@ -242,7 +242,7 @@ pub async fn markers(
             &format!(
                 "SELECT count(*), count(*) FILTER (WHERE status IN ('delivered', 'dead'))
                  FROM {} WHERE event = 'RESYNC' AND event_id = $1",
-                schema.table("deliveries")
+                schema.table("delivery_states")
             ),
             &[&event_id],
         )

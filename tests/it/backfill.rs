@@ -223,7 +223,7 @@ async fn refused_requests_run_nothing() {
     // Nothing ran: no backfill stored, the table untouched, nothing sent.
     assert_eq!(db.sql("SELECT count(*) FROM walhook.backfills"), "0");
     assert_eq!(db.sql("SELECT count(*) FROM items"), "10");
-    assert_eq!(db.sql("SELECT count(*) FROM walhook.deliveries"), "0");
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.delivery_states"), "0");
     assert_eq!(rx.count(), 0);
     stop(child, &db).await;
 }
@@ -392,11 +392,11 @@ async fn cancel_stops_at_once() {
         .await;
     assert_eq!(status, 200, "{c}");
     assert_eq!(c["state"], "cancelled");
-    let stored = db.sql("SELECT count(*) FROM walhook.deliveries");
+    let stored = db.sql("SELECT count(*) FROM walhook.delivery_states");
     // At most the chunk in flight is stored after the cancel.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after: i64 = db
-        .sql("SELECT count(*) FROM walhook.deliveries")
+        .sql("SELECT count(*) FROM walhook.delivery_states")
         .parse()
         .unwrap();
     assert!(
@@ -447,7 +447,7 @@ async fn kill_9_resumes_after_the_last_stored_chunk() {
     assert!(at_kill < 20_000, "finished before the kill");
     // Progress and rows are stored together: exactly the finished chunks are in the outbox.
     assert_eq!(
-        db.sql("SELECT count(*) FROM walhook.deliveries WHERE event = 'READ'"),
+        db.sql("SELECT count(*) FROM walhook.delivery_states WHERE event = 'READ'"),
         at_kill.to_string()
     );
     let (child, _api) = spawn(&db, &subs, "kill2").await;
@@ -468,7 +468,7 @@ async fn kill_9_resumes_after_the_last_stored_chunk() {
     assert_eq!(
         db.sql(
             "SELECT count(*) || ' ' || count(DISTINCT event_id) || ' ' || count(DISTINCT ordering_key)
-             FROM walhook.deliveries WHERE event = 'READ'"
+             FROM walhook.delivery_states WHERE event = 'READ'"
         ),
         "20000 20000 20000"
     );
@@ -489,7 +489,7 @@ async fn kill_9_resumes_after_the_last_stored_chunk() {
                 "row {row} arrived with event ids {events:?}; its deliveries: {}",
                 db.sql(&format!(
                     "SELECT string_agg(id || ' ' || event || ' ' || event_id || ' ' || status || ' ' || attempts, '; ')
-                     FROM walhook.deliveries WHERE ordering_key = (SELECT ordering_key FROM walhook.deliveries
+                     FROM walhook.delivery_states WHERE ordering_key = (SELECT ordering_key FROM walhook.delivery_states
                      WHERE payload::jsonb->'record'->>'id' = '{row}' LIMIT 1)"
                 ))
             );
@@ -582,7 +582,7 @@ async fn concurrent_writer_last_event_per_key_is_the_final_row() {
     }
     let want = rows_jsonb(&db, "items");
     let dropped = db.sql(&format!(
-        "SELECT b.rows_done - (SELECT count(*) FROM walhook.deliveries WHERE event = 'READ')
+        "SELECT b.rows_done - (SELECT count(*) FROM walhook.delivery_states WHERE event = 'READ')
          FROM walhook.backfills b WHERE id = {bid}"
     ));
     eprintln!(
@@ -598,22 +598,23 @@ async fn concurrent_writer_last_event_per_key_is_the_final_row() {
         .unwrap();
     wait_value(
         &db,
-        "SELECT count(*) FROM walhook.deliveries WHERE ordering_key = '[0]'",
+        "SELECT count(*) FROM walhook.delivery_states WHERE ordering_key = '[0]'",
         "1",
         60,
     )
     .await;
     wait_value(
         &db,
-        "SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered'",
+        "SELECT count(*) FROM walhook.delivery_states WHERE status <> 'delivered'",
         "0",
         300,
     )
     .await;
     eprintln!("every delivery delivered after {:?}", started.elapsed());
     // Each event's sequence (per subscription, in commit order), by event id.
-    let out = db
-        .sql("SELECT coalesce(json_object_agg(event_id, sequence), '{}') FROM walhook.deliveries");
+    let out = db.sql(
+        "SELECT coalesce(json_object_agg(event_id, sequence), '{}') FROM walhook.delivery_states",
+    );
     let sequence: HashMap<String, i64> = serde_json::from_str(&out).unwrap();
     // The events as they arrived (a batch sent again after a timed-out attempt repeats them).
     let deadline = Instant::now() + Duration::from_secs(30);

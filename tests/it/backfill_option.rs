@@ -109,7 +109,7 @@ async fn config_option_backfills_a_new_subscription_once() {
     db.sql("INSERT INTO items (id, status) VALUES (1000, 'after restart')");
     wait_value(
         &db,
-        "SELECT count(*) FROM walhook.deliveries WHERE ordering_key = '[1000]'",
+        "SELECT count(*) FROM walhook.delivery_states WHERE ordering_key = '[1000]'",
         "2",
         30,
     )
@@ -121,7 +121,7 @@ async fn config_option_backfills_a_new_subscription_once() {
         "2 2"
     );
     assert_eq!(
-        db.sql("SELECT count(*) FROM walhook.deliveries WHERE event = 'READ'"),
+        db.sql("SELECT count(*) FROM walhook.delivery_states WHERE event = 'READ'"),
         "300"
     );
 
@@ -141,7 +141,7 @@ async fn config_option_backfills_a_new_subscription_once() {
     .await;
     wait_value(
         &db,
-        "SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered'",
+        "SELECT count(*) FROM walhook.delivery_states WHERE status <> 'delivered'",
         "0",
         60,
     )
@@ -237,7 +237,7 @@ async fn api_create_with_backfill_backfills_once() {
     db.sql("INSERT INTO items (id, status) VALUES (1000, 'after restart')");
     wait_value(
         &db,
-        "SELECT count(*) FROM walhook.deliveries WHERE ordering_key = '[1000]'",
+        "SELECT count(*) FROM walhook.delivery_states WHERE ordering_key = '[1000]'",
         "1",
         30,
     )
@@ -249,7 +249,7 @@ async fn api_create_with_backfill_backfills_once() {
         "1 1"
     );
     assert_eq!(
-        db.sql("SELECT count(*) FROM walhook.deliveries WHERE event = 'READ'"),
+        db.sql("SELECT count(*) FROM walhook.delivery_states WHERE event = 'READ'"),
         "250"
     );
     stop(child, &db).await;

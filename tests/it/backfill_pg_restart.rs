@@ -87,7 +87,7 @@ async fn postgres_restart_mid_backfill_resumes_from_the_last_chunk() {
         pg.psql(
             &db,
             "SELECT count(*) || ' ' || count(DISTINCT event_id) || ' ' || count(DISTINCT ordering_key)
-             FROM walhook.deliveries WHERE event = 'READ'"
+             FROM walhook.delivery_states WHERE event = 'READ'"
         )
         .unwrap(),
         format!("{ROWS} {ROWS} {ROWS}")

@@ -75,7 +75,7 @@ async fn a_backlog_read_in_id_order_keeps_each_key_in_order_through_failures() {
     let first = KEYS * 101;
     wait_value(
         &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.deliveries",
+        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.delivery_states",
         &first.to_string(),
         120,
     )
@@ -94,7 +94,7 @@ async fn a_backlog_read_in_id_order_keeps_each_key_in_order_through_failures() {
     let total = KEYS * 121;
     wait_value(
         &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered') || '/' || count(*) FROM walhook.deliveries",
+        "SELECT count(*) FILTER (WHERE status = 'delivered') || '/' || count(*) FROM walhook.delivery_states",
         &format!("{total}/{total}"),
         120,
     )
@@ -122,7 +122,7 @@ async fn a_backlog_read_in_id_order_keeps_each_key_in_order_through_failures() {
     assert_eq!(ok.len() as i64, total);
     assert!(ok.values().all(|n| *n == 1), "an event was delivered twice");
     assert_eq!(
-        db.sql("SELECT count(*) FROM walhook.deliveries WHERE attempts <> 1 + (payload::jsonb->'record'->>'v' IN ('3', '110'))::int"),
+        db.sql("SELECT count(*) FROM walhook.delivery_states WHERE attempts <> 1 + (payload::jsonb->'record'->>'v' IN ('3', '110'))::int"),
         "0"
     );
 }
@@ -151,7 +151,7 @@ async fn sends_stay_bounded_while_results_cannot_be_recorded_and_nothing_is_lost
     db.sql("INSERT INTO kv VALUES (0, 0)");
     wait_value(
         &db,
-        "SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'",
+        "SELECT count(*) FROM walhook.delivery_states WHERE status = 'delivered'",
         "1",
         20,
     )
@@ -160,6 +160,8 @@ async fn sends_stay_bounded_while_results_cannot_be_recorded_and_nothing_is_lost
         "CREATE FUNCTION test_hold_records() RETURNS trigger LANGUAGE plpgsql AS
              $$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$;
          CREATE TRIGGER test_hold_records BEFORE UPDATE ON walhook.deliveries
+             FOR EACH STATEMENT EXECUTE FUNCTION test_hold_records();
+         CREATE TRIGGER test_hold_runs BEFORE INSERT ON walhook.delivered_runs
              FOR EACH STATEMENT EXECUTE FUNCTION test_hold_records();",
     );
     let mut blocker = db.client().await;
@@ -181,7 +183,7 @@ async fn sends_stay_bounded_while_results_cannot_be_recorded_and_nothing_is_lost
     }
     wait_value(
         &db,
-        "SELECT count(*) FROM walhook.deliveries",
+        "SELECT count(*) FROM walhook.delivery_states",
         &(ROWS + 1).to_string(),
         30,
     )
@@ -207,14 +209,14 @@ async fn sends_stay_bounded_while_results_cannot_be_recorded_and_nothing_is_lost
     );
     assert!(last > 1, "nothing was sent at all");
     assert_eq!(
-        db.sql("SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'"),
+        db.sql("SELECT count(*) FROM walhook.delivery_states WHERE status = 'delivered'"),
         "1",
         "nothing recorded while updates of deliveries wait"
     );
     tx.rollback().await.unwrap();
     wait_value(
         &db,
-        "SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'",
+        "SELECT count(*) FROM walhook.delivery_states WHERE status = 'delivered'",
         &(ROWS + 1).to_string(),
         60,
     )

@@ -74,7 +74,7 @@ async fn a_batch_is_the_stored_payloads_in_commit_order_signed_as_one_body() {
     db.sql("INSERT INTO orders (id) SELECT g FROM generate_series(1, 12) g");
     wait_value(
         &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.deliveries",
+        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.delivery_states",
         "12",
         30,
     )
@@ -101,7 +101,7 @@ async fn a_batch_is_the_stored_payloads_in_commit_order_signed_as_one_body() {
         // Byte for byte: the stored payloads, in the order of the body.
         let stored = db.sql(&format!(
             "SELECT string_agg(payload, ',' ORDER BY array_position(ARRAY[{}], event_id))
-             FROM walhook.deliveries WHERE event_id IN ({})",
+             FROM walhook.delivery_states WHERE event_id IN ({})",
             ids.iter()
                 .map(|i| format!("'{i}'"))
                 .collect::<Vec<_>>()
@@ -121,7 +121,7 @@ async fn a_batch_is_the_stored_payloads_in_commit_order_signed_as_one_body() {
     // Batches of distinct keys may be in flight together and arrive in either order; every
     // event arrives once, and inside a batch in commit order (event ids sort in commit order).
     let in_commit_order =
-        db.sql("SELECT string_agg(event_id, ',' ORDER BY sequence) FROM walhook.deliveries");
+        db.sql("SELECT string_agg(event_id, ',' ORDER BY sequence) FROM walhook.delivery_states");
     let mut sorted = all_ids.clone();
     sorted.sort();
     assert_eq!(sorted.join(","), in_commit_order);
@@ -160,7 +160,7 @@ async fn a_failed_batch_is_retried_whole() {
     db.sql("INSERT INTO orders (id) SELECT g FROM generate_series(1, 6) g");
     wait_value(
         &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered' AND attempts = 2) FROM walhook.deliveries",
+        "SELECT count(*) FILTER (WHERE status = 'delivered' AND attempts = 2) FROM walhook.delivery_states",
         "6",
         30,
     )
@@ -221,7 +221,7 @@ async fn a_keys_events_stay_in_commit_order_across_failing_batches() {
     }
     wait_value(
         &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.deliveries",
+        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.delivery_states",
         "150",
         60,
     )
@@ -305,7 +305,7 @@ async fn a_partial_batch_waits_max_wait_and_no_longer() {
     );
     wait_value(
         &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.deliveries",
+        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.delivery_states",
         "5",
         20,
     )

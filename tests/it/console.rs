@@ -257,7 +257,7 @@ async fn an_operator_signs_in_creates_a_subscription_replays_a_dead_letter_and_w
     db.sql("INSERT INTO shipments VALUES (2, 'lost')");
     wait_value(
         &db,
-        "SELECT count(*) FROM walhook.deliveries WHERE status = 'dead'",
+        "SELECT count(*) FROM walhook.delivery_states WHERE status = 'dead'",
         "1",
         20,
     )
@@ -561,7 +561,7 @@ async fn every_page_is_small_and_fast_with_a_thousand_subscriptions() {
         .unwrap();
     let (session, _) = sign_in(&http, &base).await;
     let cookie = format!("walhook_session={session}");
-    let del = db.sql("SELECT max(id) FROM walhook.deliveries");
+    let del = db.sql("SELECT max(id) FROM walhook.delivery_states");
     for page in [
         "/console".to_string(),
         "/console/subscriptions".into(),

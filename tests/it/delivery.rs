@@ -31,7 +31,7 @@ fn orders(db: &TestDb) {
 fn attempts_of(db: &TestDb, event_id: &str) -> String {
     db.sql(&format!(
         "SELECT string_agg(coalesce(a.http_status::text, a.error_kind), ',' ORDER BY a.id)
-         FROM walhook.all_attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
+         FROM walhook.all_attempts a JOIN walhook.delivery_states d ON d.id = a.delivery_id
          WHERE d.event_id = '{event_id}'"
     ))
 }
@@ -109,7 +109,7 @@ async fn every_change_arrives_signed_with_exact_headers_in_row_order() {
     wait_value(
         &db,
         "SELECT count(*) FILTER (WHERE status = 'delivered' AND attempts = 1) || '/' || count(*)
-         FROM walhook.deliveries",
+         FROM walhook.delivery_states",
         "3000/3000",
         20,
     )
@@ -122,7 +122,7 @@ async fn every_change_arrives_signed_with_exact_headers_in_row_order() {
     assert_eq!(db.sql("SELECT count(*) FROM walhook.attempts"), "0");
     assert_eq!(
         db.sql(
-            "SELECT count(*) FROM walhook.deliveries WHERE last_http_status = 200
+            "SELECT count(*) FROM walhook.delivery_states WHERE last_http_status = 200
                AND last_attempt_at BETWEEN created_at AND finished_at AND last_duration_ms >= 0"
         ),
         "3000"
@@ -152,7 +152,7 @@ async fn a_500_is_retried_on_schedule_then_dead_lettered() {
     let reqs = rx.wait_for(3, Duration::from_secs(10)).await;
     wait_value(
         &db,
-        "SELECT status || ' ' || attempts FROM walhook.deliveries",
+        "SELECT status || ' ' || attempts FROM walhook.delivery_states",
         "dead 3",
         10,
     )
@@ -175,7 +175,7 @@ async fn a_500_is_retried_on_schedule_then_dead_lettered() {
     );
     assert_eq!(
         db.sql(
-            "SELECT last_http_status || ' ' || (finished_at IS NOT NULL) FROM walhook.deliveries"
+            "SELECT last_http_status || ' ' || (finished_at IS NOT NULL) FROM walhook.delivery_states"
         ),
         "500 true"
     );
@@ -211,7 +211,7 @@ async fn hangs_resets_and_slow_answers() {
     assert!(gaps_ms(&reqs)[0] >= 1000, "retried only after the timeout");
     wait_value(
         &db,
-        "SELECT status || ' ' || attempts FROM walhook.deliveries WHERE subscription_id = 'hang'",
+        "SELECT status || ' ' || attempts FROM walhook.delivery_states WHERE subscription_id = 'hang'",
         "delivered 2",
         10,
     )
@@ -221,14 +221,14 @@ async fn hangs_resets_and_slow_answers() {
             // The timeout took its full second; the slow answer its 400 ms (lower bounds only).
             "SELECT string_agg(coalesce(http_status::text, error_kind) || ':' ||
                     (duration_ms >= CASE WHEN http_status IS NULL THEN 950 ELSE 400 END)::text, ',' ORDER BY a.id)
-             FROM walhook.all_attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
+             FROM walhook.all_attempts a JOIN walhook.delivery_states d ON d.id = a.delivery_id
              WHERE d.subscription_id = 'hang'"
         ),
         "timeout:true,200:true"
     );
     wait_value(
         &db,
-        "SELECT status || ' ' || attempts FROM walhook.deliveries WHERE subscription_id = 'reset'",
+        "SELECT status || ' ' || attempts FROM walhook.delivery_states WHERE subscription_id = 'reset'",
         "dead 3",
         10,
     )
@@ -241,7 +241,7 @@ async fn hangs_resets_and_slow_answers() {
     // reset lands (before or while the request is written) the client reports it differently.
     let kinds = db.sql(
         "SELECT string_agg(DISTINCT coalesce(http_status::text, error_kind), ',') FROM walhook.all_attempts a
-         JOIN walhook.deliveries d ON d.id = a.delivery_id WHERE d.subscription_id = 'reset'",
+         JOIN walhook.delivery_states d ON d.id = a.delivery_id WHERE d.subscription_id = 'reset'",
     );
     assert!(
         kinds
@@ -289,7 +289,7 @@ async fn retry_after_on_429_is_honoured_and_410_deactivates() {
     )
     .await;
     assert_eq!(
-        db.sql("SELECT status || ' ' || attempts FROM walhook.deliveries WHERE subscription_id = 'gone'"),
+        db.sql("SELECT status || ' ' || attempts FROM walhook.delivery_states WHERE subscription_id = 'gone'"),
         "dead 1"
     );
     assert_eq!(gone.count(), 1);
@@ -298,7 +298,7 @@ async fn retry_after_on_429_is_honoured_and_410_deactivates() {
     // (each row's deliveries are enqueued together) until one row skips it, 20 s at most.
     let routed_for = |row: i32| {
         db.sql(&format!(
-            "SELECT string_agg(subscription_id, ',' ORDER BY subscription_id) FROM walhook.deliveries
+            "SELECT string_agg(subscription_id, ',' ORDER BY subscription_id) FROM walhook.delivery_states
              WHERE payload::jsonb->'record'->>'id' = '{row}'"
         ))
     };
@@ -373,13 +373,16 @@ async fn the_breaker_opens_waits_probes_and_closes_without_burning_attempts() {
     );
     wait_value(
         &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered') || ' ' || sum(attempts) FROM walhook.deliveries",
+        "SELECT count(*) FILTER (WHERE status = 'delivered') || ' ' || sum(attempts) FROM walhook.delivery_states",
         "6 10",
         10,
     )
     .await;
     // Waiting while open consumed nothing: at most 2 attempts on any delivery (limit is 3).
-    assert_eq!(db.sql("SELECT max(attempts) FROM walhook.deliveries"), "2");
+    assert_eq!(
+        db.sql("SELECT max(attempts) FROM walhook.delivery_states"),
+        "2"
+    );
     let m = d.handles.metrics.render(&Default::default());
     assert!(
         m.contains("walhook_breaker_state{subscription=\"s\"} 0\n"),
@@ -414,7 +417,7 @@ async fn a_failing_row_blocks_only_its_own_key() {
     wait_value(
         &db,
         "SELECT string_agg(event || (payload::jsonb->'record'->>'id') || ':' || status, ',' ORDER BY id)
-         FROM walhook.deliveries",
+         FROM walhook.delivery_states",
         "INSERT1:dead,INSERT2:delivered,UPDATE1:delivered,UPDATE2:delivered",
         10,
     )
@@ -471,7 +474,7 @@ async fn a_dead_endpoint_does_not_delay_a_healthy_subscription() {
     // by the daemon's own record of when each began and how long it took (not by wall time).
     let dead_attempts =
         "SELECT a.attempted_at AS s, a.attempted_at + a.duration_ms * interval '1 ms' AS e
-         FROM walhook.all_attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
+         FROM walhook.all_attempts a JOIN walhook.delivery_states d ON d.id = a.delivery_id
          WHERE d.subscription_id = 'dead'";
     wait_value(
         &db,
@@ -678,7 +681,7 @@ async fn a_new_url_closes_an_open_breaker_without_waiting_for_the_cooldown() {
     assert_eq!(broken.count(), 2, "nothing more went to the old URL");
     wait_value(
         &db,
-        "SELECT status FROM walhook.deliveries",
+        "SELECT status FROM walhook.delivery_states",
         "delivered",
         20,
     )

@@ -50,7 +50,7 @@ async fn kill_9_during_delivery_loses_nothing_and_duplicates_only_what_was_in_fl
     let mut second = spawn(&format!("crash-second-{}", db.name), cfg.path());
     wait_value(
         &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.deliveries",
+        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.delivery_states",
         "400",
         60,
     )
@@ -100,7 +100,7 @@ async fn kill_9_during_delivery_loses_nothing_and_duplicates_only_what_was_in_fl
         );
     }
     assert_eq!(
-        db.sql("SELECT count(*) FROM walhook.deliveries WHERE attempts <> 1"),
+        db.sql("SELECT count(*) FROM walhook.delivery_states WHERE attempts <> 1"),
         "0",
         "an unrecorded attempt is not counted twice"
     );

@@ -96,7 +96,7 @@ async fn only_the_live_owner_claims_and_records() {
     assert_eq!(
         db.sql(&format!(
             "SELECT status, attempts, (SELECT count(*) FROM walhook.all_attempts)
-             FROM walhook.deliveries WHERE id = {}",
+             FROM walhook.delivery_states WHERE id = {}",
             ids[0]
         )),
         "pending|0|0"
@@ -119,7 +119,7 @@ async fn only_the_live_owner_claims_and_records() {
     assert_eq!(
         db.sql(&format!(
             "SELECT status, attempts, (SELECT count(*) FROM walhook.all_attempts WHERE delivery_id = {0})
-             FROM walhook.deliveries WHERE id = {0}",
+             FROM walhook.delivery_states WHERE id = {0}",
             ids[0]
         )),
         "delivered|1|1"
@@ -217,7 +217,7 @@ async fn two_instances_send_each_change_once_and_hand_over_on_stop() {
     assert_eq!((all.len(), unique.len()), (300, 300));
     wait_value(
         &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered') || '/' || count(*) FROM walhook.deliveries",
+        "SELECT count(*) FILTER (WHERE status = 'delivered') || '/' || count(*) FROM walhook.delivery_states",
         "300/300",
         10,
     )
@@ -250,7 +250,7 @@ async fn an_owner_that_does_not_read_the_slot_delivers_what_another_instance_sto
     rx.wait_for(1, Duration::from_secs(20)).await;
     wait_value(
         &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.deliveries",
+        "SELECT count(*) FILTER (WHERE status = 'delivered') FROM walhook.delivery_states",
         "1",
         20,
     )

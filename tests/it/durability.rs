@@ -218,16 +218,16 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let caught_up = poll_value(
         db.pg,
         &db.name,
-        "SELECT count(*) FROM walhook.deliveries",
+        "SELECT count(*) FROM walhook.delivery_states",
         &want,
         Duration::from_secs(120),
     )
     .await;
     // Let a late duplicate show itself, then look while the daemon still runs.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let count = db.sql("SELECT count(*) FROM walhook.deliveries");
+    let count = db.sql("SELECT count(*) FROM walhook.delivery_states");
     let distinct = db.sql(
-        "SELECT count(*) FROM (SELECT DISTINCT subscription_id, event_id FROM walhook.deliveries) d",
+        "SELECT count(*) FROM (SELECT DISTINCT subscription_id, event_id FROM walhook.delivery_states) d",
     );
     eprintln!(
         "[kill9] reference {} deliveries ({paid} paid); outbox {count} rows, {distinct} distinct; caught up: {caught_up}; {:?} total",
@@ -243,7 +243,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let client = db.client().await;
     let rows = client
         .query(
-            "SELECT subscription_id, event_id, payload FROM walhook.deliveries",
+            "SELECT subscription_id, event_id, payload FROM walhook.delivery_states",
             &[],
         )
         .await
@@ -312,7 +312,7 @@ async fn postgres_fast_and_immediate_restarts_lose_and_duplicate_nothing() {
         };
         if let Some(mode) = mode {
             let stored = pg
-                .psql(&db, "SELECT count(*) FROM walhook.deliveries")
+                .psql(&db, "SELECT count(*) FROM walhook.delivery_states")
                 .unwrap_or_default();
             stop_within(&mut pg, mode, Duration::from_secs(60), &daemon).await;
             eprintln!(
@@ -327,7 +327,7 @@ async fn postgres_fast_and_immediate_restarts_lose_and_duplicate_nothing() {
     let caught_up = poll_value(
         &pg,
         &db,
-        "SELECT count(*) FROM walhook.deliveries",
+        "SELECT count(*) FROM walhook.delivery_states",
         &(2 * n).to_string(),
         Duration::from_secs(90),
     )
@@ -339,7 +339,7 @@ async fn postgres_fast_and_immediate_restarts_lose_and_duplicate_nothing() {
             "SELECT string_agg(s, ' ' ORDER BY s) FROM (SELECT format('%s:%s/%s/%s/%s/%s', subscription_id, \
              count(*), count(DISTINCT event_id), count(DISTINCT payload::jsonb->'record'->>'id'), \
              min((payload::jsonb->'record'->>'id')::int), max((payload::jsonb->'record'->>'id')::int)) AS s \
-             FROM walhook.deliveries GROUP BY subscription_id) g",
+             FROM walhook.delivery_states GROUP BY subscription_id) g",
         )
         .unwrap_or_else(|e| e.to_string());
     eprintln!(
@@ -393,7 +393,7 @@ async fn churn_in_unsubscribed_tables_does_not_pin_wal() {
         poll_value(
             &pg,
             &db,
-            "SELECT count(*) FROM walhook.deliveries",
+            "SELECT count(*) FROM walhook.delivery_states",
             "1",
             Duration::from_secs(20)
         )
@@ -497,7 +497,7 @@ async fn one_huge_transaction_is_ingested_in_bounded_memory() {
     let ingest = started.elapsed() - inserted;
     let peak = peak_rss_kib(pid);
     let count = pg
-        .psql(&db, "SELECT count(*) FROM walhook.deliveries")
+        .psql(&db, "SELECT count(*) FROM walhook.delivery_states")
         .unwrap();
     eprintln!(
         "[big-tx] N = {n}: stored {count} rows in {ingest:?} after the insert; walhook VmHWM {peak} kB ({:.1} MB; {rss_before} kB before the transaction)",
@@ -624,7 +624,7 @@ async fn a_source_transaction_reaches_the_outbox_all_at_once() {
     // with ids in hand: BEGIN and the COPY then go out together.
     pg.psql(&db, "INSERT INTO orders VALUES (0, 'first')")
         .unwrap();
-    let count = "SELECT count(*) FROM walhook.deliveries";
+    let count = "SELECT count(*) FROM walhook.delivery_states";
     assert!(
         poll_value(&pg, &db, count, "1", STREAMING_WITHIN).await,
         "the first row was not stored; log:\n{}",

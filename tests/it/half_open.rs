@@ -86,7 +86,7 @@ async fn a_silently_dropped_path_is_noticed_and_nothing_is_lost() {
     );
     walhook.wait_log("streaming", Duration::from_secs(30)).await;
     db.sql("INSERT INTO orders VALUES (1, 'before')");
-    wait_value(&db, "SELECT count(*) FROM walhook.deliveries", "1", 30).await;
+    wait_value(&db, "SELECT count(*) FROM walhook.delivery_states", "1", 30).await;
 
     blackhole.store(true, Ordering::SeqCst);
     let dropped = Instant::now();
@@ -104,11 +104,11 @@ async fn a_silently_dropped_path_is_noticed_and_nothing_is_lost() {
     );
 
     blackhole.store(false, Ordering::SeqCst);
-    wait_value(&db, "SELECT count(*) FROM walhook.deliveries", "2", 60).await;
+    wait_value(&db, "SELECT count(*) FROM walhook.delivery_states", "2", 60).await;
     db.sql("INSERT INTO orders VALUES (3, 'after')");
     wait_value(
         &db,
-        "SELECT string_agg(payload::jsonb->'record'->>'status', ',' ORDER BY id) FROM walhook.deliveries",
+        "SELECT string_agg(payload::jsonb->'record'->>'status', ',' ORDER BY id) FROM walhook.delivery_states",
         "before,during,after",
         60,
     )

@@ -58,7 +58,7 @@ async fn partitioned_tables_publish_via_the_root_and_new_partitions_are_made_saf
     db.sql("DELETE FROM ev WHERE id = 3");
 
     let events = "SELECT string_agg(event || ':' || (payload::jsonb->>'table') || ':' || \
-                  (payload::jsonb->'record'->>'id'), ',' ORDER BY id) FROM walhook.deliveries";
+                  (payload::jsonb->'record'->>'id'), ',' ORDER BY id) FROM walhook.delivery_states";
     wait_value(
         &db,
         events,
@@ -73,7 +73,7 @@ async fn partitioned_tables_publish_via_the_root_and_new_partitions_are_made_saf
     db.sql("UPDATE ev SET v = 'f' WHERE id = 2");
     wait_value(
         &db,
-        "SELECT count(*) FROM walhook.deliveries WHERE event = 'UPDATE'",
+        "SELECT count(*) FROM walhook.delivery_states WHERE event = 'UPDATE'",
         "3",
         30,
     )

@@ -110,7 +110,7 @@ async fn headers_signature_header_and_delivery_ids_arrive_exactly() {
     let got = custom.wait_for(2, Duration::from_secs(30)).await;
     let other = plain.wait_for(1, Duration::from_secs(30)).await;
     let event_id =
-        db.sql("SELECT event_id FROM walhook.deliveries WHERE subscription_id = 'custom'");
+        db.sql("SELECT event_id FROM walhook.delivery_states WHERE subscription_id = 'custom'");
     for r in &got {
         assert_eq!(r.header("authorization"), "Bearer t0ken-from-env");
         assert_eq!(r.header("x-tenant"), "acme");
@@ -176,7 +176,7 @@ async fn cloudevents_are_accepted_by_the_python_sdk_and_signed() {
     db.sql("UPDATE orders SET status = 'paid' WHERE id = 42");
     let reqs = rx.wait_for(2, Duration::from_secs(30)).await;
     let payloads: Vec<String> = db
-        .sql("SELECT string_agg(payload::text, E'\\n' ORDER BY id) FROM walhook.deliveries")
+        .sql("SELECT string_agg(payload::text, E'\\n' ORDER BY id) FROM walhook.delivery_states")
         .lines()
         .map(str::to_string)
         .collect();
@@ -267,7 +267,7 @@ async fn archivus_and_evomi_templates_verify_with_the_documents_code() {
     let a = &arch.wait_for(1, Duration::from_secs(30)).await[0];
     let e = &evo.wait_for(1, Duration::from_secs(30)).await[0];
     let (event_id, ts) = {
-        let row = db.sql("SELECT payload::jsonb->>'id' || ' ' || (payload::jsonb->>'timestamp') FROM walhook.deliveries LIMIT 1");
+        let row = db.sql("SELECT payload::jsonb->>'id' || ' ' || (payload::jsonb->>'timestamp') FROM walhook.delivery_states LIMIT 1");
         let (i, t) = row.split_once(' ').unwrap();
         (i.to_string(), t.to_string())
     };
@@ -365,12 +365,12 @@ async fn a_rate_limit_holds_while_another_subscription_runs_at_full_speed() {
     // Waiting consumed no attempt: every finished delivery took one attempt, and the backlog
     // is pending in the outbox.
     assert_eq!(
-        db.sql("SELECT count(*) FILTER (WHERE attempts > 1) || ' ' || count(*) FILTER (WHERE status = 'pending') FROM walhook.deliveries WHERE subscription_id = 'limited'")
+        db.sql("SELECT count(*) FILTER (WHERE attempts > 1) || ' ' || count(*) FILTER (WHERE status = 'pending') FROM walhook.delivery_states WHERE subscription_id = 'limited'")
             .split(' ').next().unwrap(),
         "0"
     );
     let pending: usize = db
-        .sql("SELECT count(*) FROM walhook.deliveries WHERE subscription_id = 'limited' AND status <> 'delivered'")
+        .sql("SELECT count(*) FROM walhook.delivery_states WHERE subscription_id = 'limited' AND status <> 'delivered'")
         .parse()
         .unwrap();
     assert!(pending > 0 && pending <= ROWS - in_window, "{pending}");
@@ -575,7 +575,7 @@ async fn header_values_never_reach_the_log() {
     );
     crate::support::daemon::wait_value(
         &db,
-        "SELECT status FROM walhook.deliveries",
+        "SELECT status FROM walhook.delivery_states",
         "delivered",
         30,
     )

@@ -75,32 +75,36 @@ async fn changes_land_in_the_outbox_exactly_once_across_restarts() {
     let child = run_streaming(&db, cfg.path()).await;
     db.sql("INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 100) g");
     db.sql("UPDATE orders SET status = 'paid' WHERE id <= 10");
-    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 120).await;
+    wait_count(&db, "SELECT count(*) FROM walhook.delivery_states", 120).await;
     assert!(stop(child, libc::SIGTERM).await.success());
 
     // While stopped: more changes; they are picked up after restart, nothing twice.
     db.sql("DELETE FROM orders WHERE id > 95");
     let child = spawn_run(&db, cfg.path());
-    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 125).await;
+    wait_count(&db, "SELECT count(*) FROM walhook.delivery_states", 125).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(db.sql("SELECT count(*) FROM walhook.deliveries"), "125");
     assert_eq!(
-        db.sql("SELECT count(*) FROM (SELECT DISTINCT subscription_id, event_id FROM walhook.deliveries) d"),
+        db.sql("SELECT count(*) FROM walhook.delivery_states"),
         "125"
     );
     assert_eq!(
-        db.sql("SELECT string_agg(DISTINCT subscription_id || ':' || event, ',' ORDER BY subscription_id || ':' || event) FROM walhook.deliveries"),
+        db.sql("SELECT count(*) FROM (SELECT DISTINCT subscription_id, event_id FROM walhook.delivery_states) d"),
+        "125"
+    );
+    assert_eq!(
+        db.sql("SELECT string_agg(DISTINCT subscription_id || ':' || event, ',' ORDER BY subscription_id || ':' || event) FROM walhook.delivery_states"),
         "a:DELETE,a:INSERT,a:UPDATE,b:UPDATE"
     );
     // The stored payload is the exact body: parse one and check its fields.
-    let body =
-        db.sql("SELECT payload FROM walhook.deliveries WHERE event = 'DELETE' ORDER BY id LIMIT 1");
+    let body = db.sql(
+        "SELECT payload FROM walhook.delivery_states WHERE event = 'DELETE' ORDER BY id LIMIT 1",
+    );
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["record"]["id"].to_string(), "96");
-    assert_eq!(db.sql("SELECT ordering_key FROM walhook.deliveries WHERE event = 'DELETE' ORDER BY id LIMIT 1"), "[96]");
+    assert_eq!(db.sql("SELECT ordering_key FROM walhook.delivery_states WHERE event = 'DELETE' ORDER BY id LIMIT 1"), "[96]");
     // Checkpoint equals the newest stored commit LSN; the slot confirmed at least that far.
     assert_eq!(
-        db.sql("SELECT (SELECT commit_lsn FROM walhook.checkpoint) = (SELECT max(commit_lsn) FROM walhook.deliveries)"),
+        db.sql("SELECT (SELECT commit_lsn FROM walhook.checkpoint) = (SELECT max(commit_lsn) FROM walhook.delivery_states)"),
         "t"
     );
     assert!(stop(child, libc::SIGINT).await.success());
@@ -125,7 +129,7 @@ async fn sighup_adds_a_table_without_restart_and_without_loss() {
     let cfg = write_config(&db, &sub("a", "a", ALL, ""));
     let mut child = run_streaming(&db, cfg.path()).await;
     db.sql("INSERT INTO a VALUES (1)");
-    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 1).await;
+    wait_count(&db, "SELECT count(*) FROM walhook.delivery_states", 1).await;
 
     rewrite_config(
         cfg.path(),
@@ -140,7 +144,7 @@ async fn sighup_adds_a_table_without_restart_and_without_loss() {
     )
     .await;
     db.sql("INSERT INTO b VALUES (1); INSERT INTO a VALUES (2)");
-    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 3).await;
+    wait_count(&db, "SELECT count(*) FROM walhook.delivery_states", 3).await;
     assert_eq!(
         db.sql("SELECT relreplident FROM pg_class WHERE relname = 'b'"),
         "f"
@@ -158,7 +162,7 @@ async fn sighup_adds_a_table_without_restart_and_without_loss() {
     assert_eq!(log.matches("SIGHUP: reloading config").count(), 2, "{log}");
     assert_eq!(log.matches("config reloaded").count(), 1, "{log}");
     db.sql("INSERT INTO b VALUES (2)");
-    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 4).await;
+    wait_count(&db, "SELECT count(*) FROM walhook.delivery_states", 4).await;
     assert!(stop(child, libc::SIGTERM).await.success());
 }
 
@@ -169,10 +173,10 @@ async fn delivered_rows_are_pruned_after_retention_pending_rows_are_kept() {
     let cfg = write_config(&db, &sub("a", "a", ALL, ""));
     let child = run_streaming(&db, cfg.path()).await;
     db.sql("INSERT INTO a SELECT generate_series(1, 30)");
-    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 30).await;
+    wait_count(&db, "SELECT count(*) FROM walhook.delivery_states", 30).await;
     // Mark 20 delivered (the delivery engine's job), 10 stay pending. A crashed pump's
     // ownership of a since-deleted subscription goes too.
-    db.sql("UPDATE walhook.deliveries SET status = 'delivered', finished_at = now() - interval '1 hour' WHERE id IN (SELECT id FROM walhook.deliveries ORDER BY id LIMIT 20)");
+    db.sql("UPDATE walhook.deliveries SET status = 'delivered', finished_at = now() - interval '1 hour' WHERE id IN (SELECT id FROM walhook.delivery_states ORDER BY id LIMIT 20)");
     db.sql("INSERT INTO walhook.delivery_owners VALUES ('deleted', gen_random_uuid(), now() - interval '1 minute')");
     // Rows stored for a subscription deleted meanwhile, as the writer stores them (numbered,
     // with the subscription's last number), can never be sent: they go, whatever their status.
@@ -183,9 +187,9 @@ async fn delivered_rows_are_pruned_after_retention_pending_rows_are_kept() {
          FROM generate_series(1, 5) n;
          INSERT INTO walhook.sequences (subscription_id, last_sequence) VALUES ('deleted', 5)",
     );
-    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 10).await;
+    wait_count(&db, "SELECT count(*) FROM walhook.delivery_states", 10).await;
     assert_eq!(
-        db.sql("SELECT count(*) FROM walhook.deliveries WHERE subscription_id = 'deleted'"),
+        db.sql("SELECT count(*) FROM walhook.delivery_states WHERE subscription_id = 'deleted'"),
         "0"
     );
     wait_count(
@@ -195,7 +199,7 @@ async fn delivered_rows_are_pruned_after_retention_pending_rows_are_kept() {
     )
     .await;
     assert_eq!(
-        db.sql("SELECT count(*) FROM walhook.deliveries WHERE status = 'pending'"),
+        db.sql("SELECT count(*) FROM walhook.delivery_states WHERE status = 'pending'"),
         "10"
     );
     assert!(stop(child, libc::SIGTERM).await.success());
@@ -218,10 +222,10 @@ async fn retention_vacuums_the_outbox_when_dead_rows_pile_up() {
     // replaces the counts the DELETE had added.
     db.sql("ALTER TABLE walhook.deliveries SET (autovacuum_enabled = false)");
     db.sql("INSERT INTO a SELECT generate_series(1, 12000)");
-    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 12000).await;
+    wait_count(&db, "SELECT count(*) FROM walhook.delivery_states", 12000).await;
     db.sql("UPDATE walhook.deliveries SET status = 'delivered', finished_at = now() - interval '1 hour'");
     // Pruned (12,000 more dead versions), then vacuumed at retention's next look (every 10 s).
-    wait_count(&db, "SELECT count(*) FROM walhook.deliveries", 0).await;
+    wait_count(&db, "SELECT count(*) FROM walhook.delivery_states", 0).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     while db.sql(vacuums) == "0" {
         assert!(
@@ -239,7 +243,7 @@ async fn migrate_command_creates_the_schema_once() {
     let db = TestDb::new();
     let cfg = write_config(&db, "");
     for expected in [
-        "applied migrations: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]",
+        "applied migrations: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]",
         "applied migrations: []",
     ] {
         let out = crate::support::bin::succeeds(&mut crate::support::bin::with_config(

@@ -283,7 +283,7 @@ secret = "${{RECEIVER_TEST_SECRET}}"
             .unwrap_or_else(|_| {
                 panic!(
                     "the receiver printed {got:?} and then nothing for 60 s; outbox: {}",
-                    db.sql("SELECT string_agg(status || ' ' || coalesce(last_error, ''), '; ') FROM walhook.deliveries")
+                    db.sql("SELECT string_agg(status || ' ' || coalesce(last_error, ''), '; ') FROM walhook.delivery_states")
                 )
             })
             .unwrap()

@@ -450,8 +450,13 @@ async fn dropped_slot_is_reported_and_recovered_through_the_api() {
     let (status, body) = run.post("/api/rest/_slot/recover").await;
     assert_eq!(status, 409, "{body}");
     db.sql("INSERT INTO items VALUES (1, 'one')");
-    crate::support::daemon::wait_value(&db, "SELECT count(*) FROM walhook.deliveries", "1", 30)
-        .await;
+    crate::support::daemon::wait_value(
+        &db,
+        "SELECT count(*) FROM walhook.delivery_states",
+        "1",
+        30,
+    )
+    .await;
     run.child.stop().await;
 
     db.sql(&format!("SELECT pg_drop_replication_slot('{}')", db.name));

@@ -113,7 +113,7 @@ async fn cancel_and_terminate_of_every_walhook_backend_under_load_lose_nothing()
     assert_eq!(rows, (1..=ROWS).collect::<HashSet<i64>>());
     wait_value(
         &db,
-        "SELECT count(*) || '/' || count(DISTINCT event_id) || '/' || count(*) FILTER (WHERE status = 'delivered') FROM walhook.deliveries",
+        "SELECT count(*) || '/' || count(DISTINCT event_id) || '/' || count(*) FILTER (WHERE status = 'delivered') FROM walhook.delivery_states",
         &format!("{ROWS}/{ROWS}/{ROWS}"),
         60,
     )

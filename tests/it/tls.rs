@@ -262,13 +262,13 @@ async fn delivery_trusts_ca_file_and_refuses_other_names_and_cas() {
         &db,
         "SELECT string_agg(d.subscription_id || ':' || coalesce(a.http_status::text, a.error_kind), \
          ',' ORDER BY d.subscription_id) FROM walhook.all_attempts a \
-         JOIN walhook.deliveries d ON d.id = a.delivery_id",
+         JOIN walhook.delivery_states d ON d.id = a.delivery_id",
         "good:200,wrongca:tls,wronghost:tls",
         30,
     )
     .await;
     let errors = db.sql(
-        "SELECT string_agg(last_error, ' | ' ORDER BY subscription_id) FROM walhook.deliveries \
+        "SELECT string_agg(last_error, ' | ' ORDER BY subscription_id) FROM walhook.delivery_states \
          WHERE subscription_id <> 'good'",
     );
     assert!(errors.contains("UnknownIssuer"), "{errors}");

@@ -69,7 +69,7 @@ impl Pump {
                     if self.claim_running {
                         self.handed_during_claim.insert(row.id);
                     }
-                    self.lanes.admit(row);
+                    self.admit(row);
                 }
                 _ => {
                     self.back_to_outbox();
@@ -177,7 +177,7 @@ impl Pump {
         let mut unknown = false;
         for c in answer.rows {
             if !handed.contains(&c.id) {
-                unknown |= self.lanes.admit(c);
+                unknown |= self.admit(c);
             }
         }
         match self.mode {
@@ -226,8 +226,10 @@ impl Pump {
         };
         for c in answer.rows {
             last = last.max(c.id);
-            self.lanes.admit(c);
+            self.admit(c);
         }
+        // The pump holds every unfinished row up to `last`.
+        self.start_cursor(answer.last_sequence);
         if full {
             self.read_in_id_order(last);
             return;
@@ -251,6 +253,7 @@ impl Pump {
                 last,
             };
             self.more_due = false;
+            self.start_cursor(last_sequence);
             debug!(subscription = %self.sub.id, next_sequence = last_sequence + 1, "delivery takes new rows from memory");
             self.handed_over();
         } else {

@@ -463,7 +463,7 @@ async fn patch_delete_and_config_owned_subscriptions() {
     );
     assert_eq!(
         api.db.sql(&format!(
-            "SELECT count(*) FROM walhook.deliveries WHERE subscription_id = '{id}'"
+            "SELECT count(*) FROM walhook.delivery_states WHERE subscription_id = '{id}'"
         )),
         "0"
     );

@@ -43,7 +43,7 @@ async fn replay_puts_a_dead_letter_back_to_pending_with_the_same_event_id() {
     assert!(d["finishedAt"].is_null() && d["lastError"].is_null());
     let row = api.db.sql(&format!(
         "SELECT status, attempts, event_id, next_attempt_at <= now(), last_error IS NULL, finished_at IS NULL
-         FROM walhook.deliveries WHERE id = {dead}"
+         FROM walhook.delivery_states WHERE id = {dead}"
     ));
     assert_eq!(row, "pending|0|evt_00000000000000aa00000001|t|t|t");
 
@@ -72,7 +72,7 @@ async fn replay_puts_a_dead_letter_back_to_pending_with_the_same_event_id() {
             r.text
         );
         let row = api.db.sql(&format!(
-            "SELECT status, attempts FROM walhook.deliveries WHERE id = {unfinished}"
+            "SELECT status, attempts FROM walhook.delivery_states WHERE id = {unfinished}"
         ));
         assert_eq!(row, format!("{status}|5"));
     }
@@ -113,7 +113,7 @@ async fn replay_puts_a_dead_letter_back_to_pending_with_the_same_event_id() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(
         api.db.sql(&format!(
-            "SELECT status FROM walhook.deliveries WHERE id = {foreign}"
+            "SELECT status FROM walhook.delivery_states WHERE id = {foreign}"
         )),
         "dead"
     );
@@ -379,7 +379,7 @@ async fn cli_twins_list_and_replay_deliveries() {
     );
     assert_eq!(
         api.db.sql(&format!(
-            "SELECT status FROM walhook.deliveries WHERE id = {dead}"
+            "SELECT status FROM walhook.delivery_states WHERE id = {dead}"
         )),
         "pending"
     );
@@ -445,7 +445,7 @@ async fn cli_twins_list_and_replay_deliveries() {
     assert!(!out.contains("whsec_"), "{out}");
     assert_eq!(
         api.db
-            .sql("SELECT count(*) FROM walhook.deliveries WHERE subscription_id = 'pinged'"),
+            .sql("SELECT count(*) FROM walhook.delivery_states WHERE subscription_id = 'pinged'"),
         "0"
     );
 }

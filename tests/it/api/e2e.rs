@@ -69,12 +69,12 @@ async fn a_subscription_created_through_the_api_delivers_without_a_restart_and_r
     db.sql("INSERT INTO shipments VALUES (2, 'sent')");
     wait_value(
         db,
-        "SELECT count(*) FROM walhook.deliveries WHERE status = 'dead'",
+        "SELECT count(*) FROM walhook.delivery_states WHERE status = 'dead'",
         "1",
         20,
     )
     .await;
-    let dead = db.sql("SELECT id FROM walhook.deliveries WHERE status = 'dead'");
+    let dead = db.sql("SELECT id FROM walhook.delivery_states WHERE status = 'dead'");
     let r = api
         .call(
             Method::POST,
@@ -92,7 +92,7 @@ async fn a_subscription_created_through_the_api_delivers_without_a_restart_and_r
     assert_eq!(got[2].json()["record"]["id"], 2);
     wait_value(
         db,
-        &format!("SELECT status FROM walhook.deliveries WHERE id = {dead}"),
+        &format!("SELECT status FROM walhook.delivery_states WHERE id = {dead}"),
         "delivered",
         20,
     )
@@ -152,7 +152,7 @@ async fn a_subscription_created_through_the_api_delivers_without_a_restart_and_r
         ping.header("X-Archie-Signature"),
         format!("sha256={}", hmac_hex(secret, &ping.body))
     );
-    assert_eq!(db.sql("SELECT count(*) FROM walhook.deliveries"), "2");
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.delivery_states"), "2");
 
     // Deleting it stops deliveries and unpublishes the table.
     let r = api
@@ -183,7 +183,7 @@ async fn a_subscription_created_through_the_api_delivers_without_a_restart_and_r
     db.sql("INSERT INTO shipments VALUES (3, 'late')");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.count(), 4);
-    assert_eq!(db.sql("SELECT count(*) FROM walhook.deliveries"), "0");
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.delivery_states"), "0");
     daemon.stop().await;
 }
 

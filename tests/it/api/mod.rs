@@ -281,7 +281,7 @@ impl Api {
                      sequence)
                  VALUES ('{sub}', '{event_id}', 'INSERT', '[1]', '{{}}', 1, '{status}', 5, 500,
                          'HTTP 500', {finished},
-                         (SELECT coalesce(max(sequence), 0) + 1 FROM walhook.deliveries
+                         (SELECT coalesce(max(sequence), 0) + 1 FROM walhook.delivery_states
                           WHERE subscription_id = '{sub}'))
                  RETURNING id; {extra}"
             ))

@@ -83,7 +83,7 @@ async fn the_quickstart_role_streams_a_change_to_a_receiver() {
     // What walhook created, it created as that role: its schema, publication and slot.
     crate::support::daemon::wait_value(
         &db,
-        "SELECT status FROM walhook.deliveries",
+        "SELECT status FROM walhook.delivery_states",
         "delivered",
         20,
     )

@@ -180,7 +180,7 @@ async fn readyz_reports_the_outbox_down_and_recovers_with_backoff() {
     // The change made during the outage is stored once the outbox is back.
     wait_value(
         &outbox,
-        "SELECT string_agg(payload::jsonb->'record'->>'status', ',') FROM walhook.deliveries",
+        "SELECT string_agg(payload::jsonb->'record'->>'status', ',') FROM walhook.delivery_states",
         "during the outage",
         30,
     )

@@ -29,7 +29,7 @@ async fn dead_letters_older_than_dead_retention_are_pruned_younger_ones_kept() {
     )
     .await;
     db.sql("INSERT INTO orders VALUES (1, 'old'), (2, 'young')");
-    let by_status = "SELECT string_agg(subscription_id || ':' || status || ':' || (payload::jsonb->'record'->>'id'), ',' ORDER BY subscription_id, id) FROM walhook.deliveries";
+    let by_status = "SELECT string_agg(subscription_id || ':' || status || ':' || (payload::jsonb->'record'->>'id'), ',' ORDER BY subscription_id, id) FROM walhook.delivery_states";
     wait_value(
         &db,
         by_status,
@@ -44,7 +44,7 @@ async fn dead_letters_older_than_dead_retention_are_pruned_younger_ones_kept() {
     );
     let dead_attempts = db.sql(
         "SELECT string_agg(a.id::text, ',') FROM walhook.attempts a
-         JOIN walhook.deliveries d ON d.id = a.delivery_id
+         JOIN walhook.delivery_states d ON d.id = a.delivery_id
          WHERE d.subscription_id = 'dead' AND d.payload::jsonb->'record'->>'id' = '1'",
     );
     assert!(!dead_attempts.is_empty());

@@ -91,7 +91,7 @@ async fn no_secret_appears_in_the_daemons_log() {
     ok.wait_for(1, Duration::from_secs(20)).await;
     crate::support::daemon::wait_value(
         &db,
-        "SELECT status FROM walhook.deliveries WHERE subscription_id = 'bad'",
+        "SELECT status FROM walhook.delivery_states WHERE subscription_id = 'bad'",
         "dead",
         20,
     )
@@ -142,7 +142,7 @@ async fn no_secret_appears_in_the_daemons_log() {
     db.sql("INSERT INTO orders VALUES (2, 'second')");
     crate::support::daemon::wait_value(
         &db,
-        "SELECT string_agg(status, ',' ORDER BY subscription_id) FROM walhook.deliveries
+        "SELECT string_agg(status, ',' ORDER BY subscription_id) FROM walhook.delivery_states
          WHERE payload::jsonb->'record'->>'id' = '2'",
         "dead,delivered,delivered",
         20,

@@ -46,7 +46,7 @@ async fn sigterm_waits_for_the_request_in_flight_and_records_it() {
     // Recorded as delivered, once, with the receiver's 200: nothing is left to send again.
     assert_eq!(
         db.sql(
-            "SELECT status || ' ' || attempts || ' ' || last_http_status FROM walhook.deliveries"
+            "SELECT status || ' ' || attempts || ' ' || last_http_status FROM walhook.delivery_states"
         ),
         "delivered 1 200"
     );

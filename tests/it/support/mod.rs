@@ -59,7 +59,7 @@ impl TestDb {
         };
         format!(
             "outbox: {}; checkpoint: {}; walsender: {}; slot: {}; publications: {}; sessions: {}",
-            q("SELECT coalesce(string_agg(status || ' ' || n, ', '), 'empty') FROM (SELECT status, count(*) n FROM walhook.deliveries GROUP BY 1) x"),
+            q("SELECT coalesce(string_agg(status || ' ' || n, ', '), 'empty') FROM (SELECT status, count(*) n FROM walhook.delivery_states GROUP BY 1) x"),
             q("SELECT coalesce(string_agg(commit_lsn::text, ','), '-') FROM walhook.checkpoint"),
             q("SELECT coalesce(string_agg(r.state || ' sent ' || r.sent_lsn || ' ' || coalesce(a.wait_event, '-'), '; '), 'none') FROM pg_stat_replication r JOIN pg_stat_activity a USING (pid) WHERE a.datname = current_database()"),
             // Where the slot stands against the end of WAL, and whether the server decoded and
