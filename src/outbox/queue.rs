@@ -34,6 +34,10 @@ use uuid::Uuid;
 
 use crate::outbox::{OutboxError, Schema};
 
+mod heads;
+pub(crate) use heads::cursor_id;
+use heads::{due_heads, unfinished};
+
 /// A claimed delivery, ready to send.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -727,98 +731,6 @@ pub async fn try_session_lock(
         )
         .await?;
     Ok(row.get::<_, bool>(0).then(|| row.get(1)))
-}
-
-/// The id of the subscription's newest row at or below its delivered cursor (sql/015), 0 when
-/// there is none: a SQL expression. Within a subscription, id order is sequence order (sql/014),
-/// so "after this id" is "after the cursor", and the indexes in (subscription, id) order start
-/// there instead of walking the rows the cursor delivered, which stay `pending` on disk.
-pub(crate) fn cursor_id(d: &str, runs: &str, sub: &str) -> String {
-    format!(
-        "coalesce((SELECT x.id FROM {d} x
-                   WHERE x.subscription_id = {sub}
-                     AND x.sequence <= (SELECT c.last_sequence FROM {runs} c
-                                        WHERE c.subscription_id = {sub}
-                                        ORDER BY c.last_sequence DESC LIMIT 1)
-                   ORDER BY x.subscription_id, x.sequence DESC LIMIT 1), 0)"
-    )
-}
-
-/// The subscription's unfinished rows not in `$3` (held), up to `limit` of each kind (a SQL
-/// query of one column): pending after the cursor's id `after`, failed, and pending at or below
-/// it (attempted before: replays). Three index walks that each start where their rows are.
-fn unfinished(d: &str, sub: &str, after: &str, limit: &str) -> String {
-    let branch = |cond: &str| {
-        format!(
-            "(SELECT 1 FROM {d} x
-              WHERE x.subscription_id >= {sub} AND x.subscription_id <= {sub} AND {cond}
-                AND x.id NOT IN (SELECT h FROM unnest($3::bigint[]) h)
-              LIMIT {limit})"
-        )
-    };
-    format!(
-        "{} UNION ALL {} UNION ALL {}",
-        branch(&format!("x.status = 'pending' AND x.id > {after}")),
-        branch("x.status = 'failed'"),
-        branch(&format!(
-            "x.status = 'pending' AND x.last_attempt_at IS NOT NULL AND x.id <= {after}"
-        )),
-    )
-}
-
-/// Due rows of one subscription (`sub`, `limit` and `after`, the cursor's id, are SQL
-/// expressions), each the head of its key, leaving out `$3` (the ids the owner holds: a NOT IN
-/// subquery, which Postgres hashes once per statement; `<> ALL($3)` compared each row with
-/// every held id in generic plans, 65 ms for 4,096 held ids), oldest due first, with
-/// `next_attempt_at` for the caller's ORDER BY. Retries come from `deliveries_sub_retry` in due
-/// order, fresh rows from `deliveries_sub_pending` in id order after the cursor, and replays
-/// at or below the cursor from `deliveries_again_pending`, each branch written in its index's
-/// order so that the planner walks the index and stops at the limit.
-fn due_heads(d: &str, sub: &str, limit: &str, after: &str) -> String {
-    // The head of its key: the oldest unfinished row of the key is after the cursor, or was
-    // attempted before (below the cursor, every other `pending` row is delivered). Each part is
-    // written as ORDER BY ... LIMIT 1 in its index's order so that the planner takes that
-    // index even before the table has statistics; a NOT EXISTS (... o.id < c.id) was planned on
-    // another index and scanned the whole backlog per candidate.
-    let oldest = |cond: &str| {
-        format!(
-            "(SELECT k.id FROM {d} k
-              WHERE k.subscription_id = c.subscription_id AND k.ordering_key = c.ordering_key
-                AND k.status IN ('pending', 'failed') AND {cond}
-              ORDER BY k.subscription_id, k.ordering_key, k.id
-              LIMIT 1)"
-        )
-    };
-    let head = format!(
-        "(c.ordering_key = '' OR c.id = (SELECT min(h.id) FROM ({} UNION ALL {}) h))",
-        oldest(&format!("k.id > {after}")),
-        oldest("k.last_attempt_at IS NOT NULL"),
-    );
-    // The subscription as a range, not an equality: see `claim_tail_many` (with `=`, the
-    // pending branch walked the primary key through the whole table, ~1 s on a 300k backlog).
-    let branch = |cond: &str, order: &str| {
-        format!(
-            "(SELECT c.id, c.event_id, c.event, c.ordering_key, c.payload, c.attempts, c.sequence,
-                     c.last_attempt_at IS NULL AS fresh, c.next_attempt_at
-              FROM {d} c
-              WHERE c.subscription_id >= {sub} AND c.subscription_id <= {sub} AND {cond}
-                AND c.next_attempt_at <= now() AND c.id NOT IN (SELECT h FROM unnest($3::bigint[]) h) AND {head}
-              ORDER BY {order}
-              LIMIT {limit})"
-        )
-    };
-    format!(
-        "SELECT a.* FROM ({} UNION ALL {} UNION ALL {}) a ORDER BY a.next_attempt_at, a.id LIMIT {limit}",
-        branch("c.status = 'failed'", "c.subscription_id, c.next_attempt_at, c.id"),
-        branch(
-            &format!("c.status = 'pending' AND c.id > {after}"),
-            "c.subscription_id, c.id"
-        ),
-        branch(
-            &format!("c.status = 'pending' AND c.last_attempt_at IS NOT NULL AND c.id <= {after}"),
-            "c.subscription_id, c.id"
-        ),
-    )
 }
 
 /// The claimed row whose eight columns start at `first` (none: a want's row of NULLs).

@@ -19,6 +19,7 @@ mod cli;
 mod config_example;
 mod console;
 mod console_backfills;
+mod cursor;
 mod delivery;
 mod delivery_crash;
 mod delivery_owners;

@@ -1,0 +1,127 @@
+//! The delivered cursor (sql/015): first-attempt successes are recorded as runs, their rows stay
+//! `pending` on disk, and every reader (listing, attempts, gauges, replay, retention, a restarted
+//! daemon) sees them delivered.
+
+use std::time::Duration;
+
+use walhook::outbox::deliveries::{self, ListQuery, ReplayOne};
+use walhook::outbox::{gauges, retention, Schema};
+
+use crate::support::daemon::{fast_delivery, wait_value, Daemon};
+use crate::support::receiver::{Answer, Receiver};
+use crate::support::TestDb;
+
+fn subscription(url: &str) -> String {
+    format!(
+        "[[subscriptions]]\nid = \"c\"\ntable = \"items\"\nevents = [\"INSERT\"]\n\
+         url = \"{url}\"\nsecret = \"whsec_cursor\"\n"
+    )
+}
+
+/// Rows as they lie on disk, by status.
+fn on_disk(db: &TestDb) -> String {
+    db.sql(
+        "SELECT coalesce(string_agg(status || ' ' || n, ', ' ORDER BY status), 'none')
+         FROM (SELECT status, count(*) n FROM walhook.deliveries GROUP BY 1) x",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successes_are_runs_that_every_reader_sees_as_delivered() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE items (id int PRIMARY KEY)");
+    let rx = Receiver::scripted(|_, _| Answer::Status(201)).await;
+    let daemon = Daemon::start(&db, &fast_delivery(""), &subscription(&rx.url)).await;
+    db.sql("INSERT INTO items SELECT g FROM generate_series(1, 50) g");
+    rx.wait_for(50, Duration::from_secs(20)).await;
+    wait_value(
+        &db,
+        "SELECT count(*) FROM walhook.delivery_states WHERE status = 'delivered'",
+        "50",
+        20,
+    )
+    .await;
+    // Nothing was written on the rows: one run (or a few) says all fifty were delivered.
+    assert_eq!(on_disk(&db), "pending 50");
+    assert_eq!(
+        db.sql(
+            "SELECT min(first_sequence) || '-' || max(last_sequence) || ' ' || min(http_status)
+                    || ' ' || bool_and(duration_ms >= 0)
+             FROM walhook.delivered_runs WHERE subscription_id = 'c'"
+        ),
+        "1-50 201 true"
+    );
+    let client = db.client().await;
+    let schema = Schema::new("walhook");
+    let listed = deliveries::list(&client, &schema, "c", &ListQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 50);
+    for d in &listed {
+        assert_eq!(
+            (d.status.as_str(), d.http_status, d.attempts),
+            ("delivered", Some(201), 1),
+            "delivery {} as listed",
+            d.id
+        );
+        assert!(d.finished_at.is_some());
+    }
+    // One attempt each in the history; nothing left to send in the gauges.
+    assert_eq!(
+        db.sql("SELECT count(*) || ' ' || min(http_status) FROM walhook.all_attempts"),
+        "50 201"
+    );
+    let counts = gauges::queue_counts(&client, &schema).await.unwrap();
+    assert_eq!((counts[0].pending, counts[0].dead), (0, 0));
+
+    // A replayed delivery is sent again with its event id, then recorded on its own row.
+    let first = listed.iter().find(|d| d.sequence == Some(1)).unwrap();
+    let replayed = match deliveries::replay_one(&client, &schema, "c", first.id)
+        .await
+        .unwrap()
+    {
+        ReplayOne::Replayed(d) => d,
+        other => panic!("replay of a delivered row: {other:?}"),
+    };
+    assert_eq!(replayed.status, "pending");
+    let got = rx.wait_for(51, Duration::from_secs(20)).await;
+    assert_eq!(got[50].json()["id"], replayed.event_id.as_str());
+    wait_value(
+        &db,
+        &format!(
+            "SELECT status FROM walhook.deliveries WHERE id = {}",
+            first.id
+        ),
+        "delivered",
+        20,
+    )
+    .await;
+    assert_eq!(on_disk(&db), "delivered 1, pending 49");
+
+    // A restart sends nothing again: the new process starts after the cursor.
+    daemon.stop().await;
+    let daemon = Daemon::start(&db, &fast_delivery(""), &subscription(&rx.url)).await;
+    db.sql("INSERT INTO items SELECT g FROM generate_series(51, 60) g");
+    rx.wait_for(61, Duration::from_secs(20)).await;
+    wait_value(
+        &db,
+        "SELECT count(*) FROM walhook.delivery_states WHERE status = 'delivered'",
+        "60",
+        20,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.count(), 61, "nothing delivered was sent again");
+    daemon.stop().await;
+
+    // Retention removes what runs older than it delivered, and keeps the newest run (the
+    // cursor), so what follows is still recognised as delivered.
+    db.sql("UPDATE walhook.delivered_runs SET recorded_at = now() - interval '2 days'");
+    let day = Duration::from_secs(86_400);
+    retention::prune(&client, &schema, day, day).await.unwrap();
+    assert_eq!(on_disk(&db), "delivered 1");
+    assert_eq!(
+        db.sql("SELECT count(*) || ' ' || max(last_sequence) FROM walhook.delivered_runs"),
+        "1 60"
+    );
+}
