@@ -12,6 +12,9 @@
 //!   queue, so a slow or dead endpoint holds only its own slots;
 //! - a pump sends only while this instance owns its subscription ([`super::owner`]: a live
 //!   session lock, with the lease as fallback); on losing it, it drops its queue and stands by;
+//! - the happy path writes almost nothing per delivery: while the pump holds every unfinished
+//!   row, first-attempt successes are recorded as runs of its delivered cursor
+//!   ([`super::cursor`]), one row per record batch, instead of one row update each;
 //! - the happy path is served from memory: after ingest commits, it hands the stored rows to
 //!   their pumps ([`crate::outbox::handoff`]); a pump whose last claim showed that the outbox
 //!   holds nothing else for it (nothing blocked, nothing waiting for a retry) sends them without

@@ -15,6 +15,11 @@
 //!   statement; every attempt but a first-attempt success also writes an attempt row (that
 //!   success's outcome stays on the delivery: `last_http_status`, `last_attempt_at`,
 //!   `last_duration_ms`; the `all_attempts` view shows both);
+//! - a run of the delivered cursor ([`Queue::record_runs`], sql/015) is written only by the
+//!   current owner; below a subscription's newest run, a `pending` row never attempted is
+//!   delivered, and every claim reads from after the cursor ([`heads`]), finding what can still
+//!   be unfinished below it (rows attempted before: replays, retries) through the two partial
+//!   indexes that hold only those;
 //! - a read in id order ([`Queue::claim_tail_many`]) returns pending rows after an id and
 //!   nothing at all while the subscription has a failed row waiting for a retry: it is for an
 //!   owner holding every unfinished row up to that id, which orders keys itself.

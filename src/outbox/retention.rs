@@ -162,39 +162,49 @@ async fn prune_covered(
          LIMIT $2",
         d = schema.table("deliveries"),
     );
+    let runs = schema.table("delivered_runs");
+    let drop_runs = format!(
+        "WITH {}
+         gone AS (DELETE FROM {runs} r USING old
+                  WHERE r.subscription_id = old.sub AND r.last_sequence <= old.upto
+                    AND r.last_sequence < (SELECT max(c.last_sequence) FROM {runs} c
+                                           WHERE c.subscription_id = old.sub)
+                  RETURNING 1)
+         SELECT count(*) FROM gone",
+        expired_runs(schema)
+    );
     let mut total = 0;
-    loop {
-        let n = delete_deliveries(
-            client,
-            schema,
-            &expired_runs(schema),
-            &ids,
-            &[&secs, &BATCH],
-        )
-        .await?;
-        total += n;
-        if n < BATCH as u64 {
+    // A round takes up to 1,000 expired runs per subscription: first the rows they delivered,
+    // then the runs. A busy subscription writes a few hundred runs a second, so a prune period
+    // may need several rounds; they stop when no expired run is left (bounded, in case the
+    // load keeps adding).
+    for _ in 0..MAX_RUN_ROUNDS {
+        loop {
+            let n = delete_deliveries(
+                client,
+                schema,
+                &expired_runs(schema),
+                &ids,
+                &[&secs, &BATCH],
+            )
+            .await?;
+            total += n;
+            if n < BATCH as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let dropped: i64 = client.query_one(&drop_runs, &[&secs]).await?.get(0);
+        if dropped == 0 {
             break;
         }
         tokio::task::yield_now().await;
     }
-    let runs = schema.table("delivered_runs");
-    client
-        .execute(
-            &format!(
-                "WITH {}
-                 gone AS (DELETE FROM {runs} r USING old
-                          WHERE r.subscription_id = old.sub AND r.last_sequence <= old.upto
-                            AND r.last_sequence < (SELECT max(c.last_sequence) FROM {runs} c
-                                                   WHERE c.subscription_id = old.sub))
-                 SELECT 1",
-                expired_runs(schema)
-            ),
-            &[&secs],
-        )
-        .await?;
     Ok(total)
 }
+
+/// Rounds of [`prune_covered`] in one prune, at most.
+const MAX_RUN_ROUNDS: usize = 1000;
 
 /// Prunes until nothing expired is left; returns the number of rows removed.
 pub async fn prune(

@@ -258,7 +258,7 @@ async fn migrate_command_creates_the_schema_once() {
     }
     assert_eq!(
         db.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'walhook'"),
-        "all_attempts,attempts,backfills,checkpoint,deliveries,delivery_owners,schema_migrations,sequences,slot_fence,slot_recoveries,subscriptions"
+        "all_attempts,attempts,backfills,checkpoint,delivered_runs,deliveries,delivery_owners,delivery_states,schema_migrations,sequences,slot_fence,slot_recoveries,subscriptions"
     );
 }
 
