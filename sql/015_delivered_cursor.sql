@@ -63,7 +63,9 @@ CREATE VIEW {schema}.delivery_states AS
         SELECT d.status = 'pending' AND d.last_attempt_at IS NULL
                AND d.sequence <= (SELECT c.last_sequence FROM {schema}.delivered_runs c
                                   WHERE c.subscription_id = d.subscription_id
-                                  ORDER BY c.last_sequence DESC LIMIT 1) AS covered) k
+                                  ORDER BY c.last_sequence DESC LIMIT 1) AS covered
+        -- Evaluated once per row (OFFSET 0 keeps the planner from copying it into each column).
+        OFFSET 0) k
     LEFT JOIN LATERAL (
         SELECT r.http_status, r.attempted_at, r.duration_ms, r.recorded_at
         FROM {schema}.delivered_runs r
