@@ -171,6 +171,23 @@ impl Cursor {
         advance
     }
 
+    /// The successes waiting behind a number still open, to be recorded on their rows instead:
+    /// one slow request must not hold every later success (and, through the bound on unrecorded
+    /// results, the pump's sends) until it ends. They stay held until their records are written
+    /// ([`Cursor::released`]); the cursor passes them after that.
+    pub fn spill(&mut self) -> Vec<Recorded> {
+        let mut out = Vec::new();
+        for entry in self.held.values_mut() {
+            if let Entry::Delivered(_) = entry {
+                if let Entry::Delivered(r) = std::mem::replace(entry, Entry::Open) {
+                    out.push(r);
+                }
+            }
+        }
+        self.waiting = 0;
+        out
+    }
+
     /// Stops the cursor (the pump reads the outbox again); the successes it kept are returned,
     /// to be recorded on their rows.
     pub fn deactivate(&mut self) -> Vec<Recorded> {
@@ -293,6 +310,24 @@ mod tests {
         later.first_attempt = false;
         assert!(c.decided(&row(112, 12), later).is_some());
         assert_eq!(c.waiting(), 0);
+    }
+
+    #[test]
+    fn spilled_successes_go_on_their_rows_and_are_passed_once_written() {
+        let mut c = holding_five();
+        // 11 is slow; 12 and 13 succeed behind it.
+        assert!(c.decided(&row(112, 12), success(112, 200, 1, 1)).is_none());
+        assert!(c.decided(&row(113, 13), success(113, 200, 1, 1)).is_none());
+        let spilled: Vec<i64> = c.spill().iter().map(|r| r.id).collect();
+        assert_eq!(spilled, vec![112, 113]);
+        assert_eq!(c.waiting(), 0);
+        // 11 succeeds: the run stops before 12, whose record is not written yet.
+        assert!(c.decided(&row(111, 11), success(111, 200, 1, 1)).is_none());
+        assert_eq!(spans(&c.take_runs()), vec![(11, 11, 200)]);
+        c.released(112);
+        c.released(113);
+        assert!(c.decided(&row(114, 14), success(114, 200, 1, 1)).is_none());
+        assert_eq!(spans(&c.take_runs()), vec![(12, 14, 200)]);
     }
 
     #[test]

@@ -141,6 +141,10 @@ const UNRECORDED_PER_SLOT: usize = 4;
 /// ... and at least this many, so small `max_in_flight` values still record in batches.
 const RECORD_MIN: usize = 4096;
 
+/// Successes waiting behind an unfinished delivery for a run of the delivered cursor, at
+/// least, before they are recorded on their rows instead ([`Cursor::spill`]).
+const SPILL_MIN: usize = 256;
+
 /// How often the supervisor re-reads the subscriptions table when nobody told it to.
 pub(super) const RESCAN: Duration = Duration::from_secs(5);
 
@@ -659,6 +663,12 @@ impl Pump {
             return;
         }
         let advance = self.cursor.take_runs();
+        // Successes held up behind a slow request go on their rows past a few per slot.
+        let spill_at = (2 * self.engine.config.max_in_flight * self.per_request()).max(SPILL_MIN);
+        if self.cursor.waiting() >= spill_at {
+            let spilled = self.cursor.spill();
+            self.decided.batch.extend(spilled);
+        }
         if self.decided.is_empty() && advance.runs.is_empty() {
             return;
         }
@@ -678,30 +688,6 @@ impl Pump {
             gone,
             reply,
         });
-    }
-
-    /// Takes a row in (lanes and cursor); false when it was already held.
-    pub(super) fn admit(&mut self, row: Claimed) -> bool {
-        let (id, sequence) = (row.id, row.sequence);
-        if !self.lanes.admit(row) {
-            return false;
-        }
-        let rest = self.cursor.admit(id, sequence);
-        self.decided.batch.extend(rest);
-        true
-    }
-
-    /// Starts the delivered cursor where a read proved that the pump holds every unfinished
-    /// delivery: everything below the lowest number it holds (or, holding nothing, up to the
-    /// read's `last_sequence`) is finished.
-    pub(super) fn start_cursor(&mut self, last_sequence: i64) {
-        let through = self
-            .lanes
-            .held_sequences()
-            .filter_map(|(_, s)| s)
-            .min()
-            .map_or(last_sequence, |s| (s - 1).min(last_sequence));
-        self.cursor.activate(through, self.lanes.held_sequences());
     }
 
     /// Waits for the results being written, if any; true when the subscription is gone.

@@ -125,3 +125,46 @@ async fn successes_are_runs_that_every_reader_sees_as_delivered() {
         "1 60"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_does_not_hold_the_successes_behind_it() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE items (id int PRIMARY KEY)");
+    // The first request to arrive answers after 800 ms (under the 1 s timeout); the rest at once.
+    let rx = Receiver::scripted(|_, i| {
+        if i == 0 {
+            Answer::Slow(Duration::from_millis(800))
+        } else {
+            Answer::Status(200)
+        }
+    })
+    .await;
+    let daemon = Daemon::start(
+        &db,
+        &fast_delivery("max_in_flight = 4"),
+        &subscription(&rx.url),
+    )
+    .await;
+    db.sql("INSERT INTO items SELECT g FROM generate_series(1, 1000) g");
+    rx.wait_for(1000, Duration::from_secs(30)).await;
+    wait_value(
+        &db,
+        "SELECT count(*) FROM walhook.delivery_states WHERE status = 'delivered'",
+        "1000",
+        20,
+    )
+    .await;
+    daemon.stop().await;
+    // The successes that waited behind the slow one past the spill threshold (256) were
+    // recorded on their rows; the rest by runs. Each was sent once.
+    let on_rows: i64 = db
+        .sql("SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'")
+        .parse()
+        .unwrap();
+    assert!(
+        on_rows >= 256,
+        "{on_rows} recorded on their rows; {}",
+        on_disk(&db)
+    );
+    assert_eq!(rx.count(), 1000);
+}

@@ -14,7 +14,10 @@
 //!   ran, since rows read in id order could then pass a failed row of their key;
 //! - **memory**: the last read showed that the outbox holds nothing the pump does not hold, so
 //!   what ingest hands over after that read's snapshot is complete, and it is sent without
-//!   being read back. A full memory queue continues in tail mode after the last row taken.
+//!   being read back. A full memory queue continues in tail mode after the last row taken;
+//! - the delivered cursor ([`crate::deliver::cursor`]) starts only where a read proved that the
+//!   pump holds every unfinished row (switching to memory mode, a read in id order), and every
+//!   row taken in afterwards is registered with it ([`Pump::admit`]).
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +26,7 @@ use tracing::debug;
 use super::{Claiming, Mode, Pump, MEMORY_QUEUE_MIN};
 use crate::deliver::policy::Permit;
 use crate::metrics::BreakerState;
-use crate::outbox::queue::Answer;
+use crate::outbox::queue::{Answer, Claimed};
 
 /// After a read in id order was refused (failed rows wait for a retry), outbox mode claims for
 /// at least this long before trying one again.
@@ -78,6 +81,30 @@ impl Pump {
             }
         }
         self.mode = Mode::Memory { next, last };
+    }
+
+    /// Takes a row in (lanes and cursor); false when it was already held.
+    pub(super) fn admit(&mut self, row: Claimed) -> bool {
+        let (id, sequence) = (row.id, row.sequence);
+        if !self.lanes.admit(row) {
+            return false;
+        }
+        let rest = self.cursor.admit(id, sequence);
+        self.decided.batch.extend(rest);
+        true
+    }
+
+    /// Starts the delivered cursor where a read proved that the pump holds every unfinished
+    /// delivery: everything below the lowest number it holds (or, holding nothing, up to the
+    /// read's `last_sequence`) is finished.
+    pub(super) fn start_cursor(&mut self, last_sequence: i64) {
+        let through = self
+            .lanes
+            .held_sequences()
+            .filter_map(|(_, s)| s)
+            .min()
+            .map_or(last_sequence, |s| (s - 1).min(last_sequence));
+        self.cursor.activate(through, self.lanes.held_sequences());
     }
 
     /// Continues in tail mode after `after`, keeping what the pump holds.
