@@ -318,8 +318,7 @@ impl Pump {
             self.start_record();
             self.recorded().await?;
             // Successes the cursor could not put in a run: recorded on their rows.
-            let rest = self.cursor.deactivate();
-            self.decided.batch.extend(rest);
+            self.stop_cursor();
             self.start_record();
             self.recorded().await
         };
@@ -544,8 +543,7 @@ impl Pump {
         }
         self.mode = Mode::Outbox;
         // The pump no longer holds everything: successes waiting for a run go on their rows.
-        let rest = self.cursor.deactivate();
-        self.decided.batch.extend(rest);
+        self.stop_cursor();
         self.epoch += 1;
         self.more_due = true;
         self.may_switch = false;
@@ -735,8 +733,7 @@ impl Pump {
         if lost > 0 {
             warn!(subscription = %sub_id, results = lost, "results not recorded: this instance no longer owns the subscription, and the new owner sends those deliveries again (same event ids)");
             // The cursor may not pass rows whose records were refused.
-            let rest = self.cursor.deactivate();
-            self.decided.batch.extend(rest);
+            self.stop_cursor();
         }
         for id in recording.ids {
             self.lanes.recorded(id);

@@ -162,6 +162,7 @@ async fn prune_covered(
          LIMIT $2",
         d = schema.table("deliveries"),
     );
+    let old = expired_runs(schema);
     let runs = schema.table("delivered_runs");
     let drop_runs = format!(
         "WITH {}
@@ -171,7 +172,7 @@ async fn prune_covered(
                                            WHERE c.subscription_id = old.sub)
                   RETURNING 1)
          SELECT count(*) FROM gone",
-        expired_runs(schema)
+        old
     );
     let mut total = 0;
     // A round takes up to 1,000 expired runs per subscription: first the rows they delivered,
@@ -180,14 +181,7 @@ async fn prune_covered(
     // load keeps adding).
     for _ in 0..MAX_RUN_ROUNDS {
         loop {
-            let n = delete_deliveries(
-                client,
-                schema,
-                &expired_runs(schema),
-                &ids,
-                &[&secs, &BATCH],
-            )
-            .await?;
+            let n = delete_deliveries(client, schema, &old, &ids, &[&secs, &BATCH]).await?;
             total += n;
             if n < BATCH as u64 {
                 break;

@@ -94,6 +94,12 @@ impl Pump {
         true
     }
 
+    /// Stops the delivered cursor; the successes it kept are recorded on their rows.
+    pub(super) fn stop_cursor(&mut self) {
+        let rest = self.cursor.deactivate();
+        self.decided.batch.extend(rest);
+    }
+
     /// Starts the delivered cursor where a read proved that the pump holds every unfinished
     /// delivery: everything below the lowest number it holds (or, holding nothing, up to the
     /// read's `last_sequence`) is finished.
