@@ -13,11 +13,15 @@
 //! - a replay only ever touches deliveries of the subscription it names;
 //! - listing is newest first and keyset-paginated by id, so a page is stable while new
 //!   deliveries arrive; with `after_sequence` it is oldest first by the subscription's sequence
-//!   number, so a receiver that saw a gap reads exactly what follows the last number it has.
+//!   number, so a receiver that saw a gap reads exactly what follows the last number it has;
+//! - a listing filtered by status shows exactly the rows `delivery_states` shows in it, and
+//!   costs what its page costs, not the subscription's history (each candidate branch walks an
+//!   index in the page's order: sql/016).
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, Row};
 
+use super::queue::cursor_sequence;
 use super::{OutboxError, Schema};
 
 pub const DEFAULT_LIMIT: i64 = 50;
@@ -90,31 +94,57 @@ impl DeliveryRecord {
 }
 
 /// A subscription's deliveries, newest first; with `after_sequence`, those numbered above it,
-/// lowest number first.
+/// lowest number first; with `status`, only those in that state.
 pub async fn list(
     client: &Client,
     schema: &Schema,
     subscription: &str,
     q: &ListQuery,
 ) -> Result<Vec<DeliveryRecord>, OutboxError> {
+    // id breaks ties only where rows were numbered by hand (never by walhook).
+    let order = if q.after_sequence.is_some() {
+        "sequence, id"
+    } else {
+        "sequence DESC, id DESC"
+    };
+    let page = format!(
+        "subscription_id = $1
+         AND ($3::int8 IS NULL OR (id < $3 AND sequence < {before}))
+         AND ($5::int8 IS NULL OR sequence > $5)",
+        before = sequence_bound(schema, "$1", "$3", i64::MAX),
+    );
+    // Statuses as operators see them come from `delivery_states`: the delivered cursor's rows
+    // stay `pending` on disk (sql/015). Filtering on that derived status walked the whole
+    // history; a filtered page first picks its candidates from the stored columns, each branch
+    // on an index in the page's order, and the view then only derives the page's own rows.
+    let within = match q.status.as_deref() {
+        None => String::new(),
+        Some(status) => {
+            let d = schema.table("deliveries");
+            let branches = stored_as(
+                status,
+                &cursor_sequence(&schema.table("delivered_runs"), "$1"),
+            )
+            .iter()
+            .map(|cond| {
+                format!("(SELECT id FROM {d} WHERE {page} AND {cond} ORDER BY {order} LIMIT $4)")
+            })
+            .collect::<Vec<_>>();
+            if branches.is_empty() {
+                // Not a status walhook writes (callers check against STATUSES): nothing.
+                "AND false".to_string()
+            } else {
+                format!("AND id IN ({})", branches.join(" UNION ALL "))
+            }
+        }
+    };
     let rows = client
         .query(
             &format!(
-                "SELECT {DELIVERY_COLUMNS} FROM {d} WHERE subscription_id = $1
-                   AND ($2::text IS NULL OR status = $2)
-                   AND ($3::int8 IS NULL OR (id < $3 AND sequence < {before}))
-                   AND ($5::int8 IS NULL OR sequence > $5)
-                 ORDER BY {} LIMIT $4",
-                // id breaks ties only where rows were numbered by hand (never by walhook).
-                if q.after_sequence.is_some() {
-                    "sequence, id"
-                } else {
-                    "sequence DESC, id DESC"
-                },
-                // Statuses as operators see them: the delivered cursor's rows stay `pending`
-                // on disk (sql/015).
-                d = schema.table("delivery_states"),
-                before = sequence_bound(schema, "$1", "$3", i64::MAX),
+                "SELECT {DELIVERY_COLUMNS} FROM {view} WHERE {page}
+                   AND ($2::text IS NULL OR status = $2) {within}
+                 ORDER BY {order} LIMIT $4",
+                view = schema.table("delivery_states"),
             ),
             &[
                 &subscription,
@@ -129,6 +159,27 @@ pub async fn list(
         .iter()
         .map(DeliveryRecord::from_row)
         .collect::<Result<_, _>>()?)
+}
+
+/// The stored rows that `delivery_states` shows in `status`, as conditions on `deliveries`'
+/// own columns whose union is exactly those rows (`cursor`: the subscription's delivered
+/// cursor, a SQL expression). Below the cursor a `pending` row never attempted was delivered
+/// by it; every other row shows what it stores.
+fn stored_as(status: &str, cursor: &str) -> Vec<String> {
+    match status {
+        "dead" | "failed" => vec![format!("status = '{status}'")],
+        "pending" => vec![
+            // After the cursor (or without one), every pending row is waiting ...
+            format!("status = 'pending' AND sequence > coalesce({cursor}, -1)"),
+            // ... and at or below it, only those attempted before: replays.
+            format!("status = 'pending' AND last_attempt_at IS NOT NULL AND sequence <= {cursor}"),
+        ],
+        "delivered" => vec![format!(
+            "(status = 'delivered'
+              OR (status = 'pending' AND last_attempt_at IS NULL AND sequence <= {cursor}))"
+        )],
+        _ => Vec::new(),
+    }
 }
 
 /// SQL: the sequence number of the subscription's delivery `id` (both SQL expressions), or

@@ -40,7 +40,7 @@ use uuid::Uuid;
 use crate::outbox::{OutboxError, Schema};
 
 mod heads;
-pub(crate) use heads::cursor_id;
+pub(crate) use heads::{cursor_id, cursor_sequence};
 use heads::{due_heads, unfinished};
 
 /// A claimed delivery, ready to send.

@@ -168,3 +168,91 @@ async fn a_slow_request_does_not_hold_the_successes_behind_it() {
     );
     assert_eq!(rx.count(), 1000);
 }
+
+/// A listing filtered by status gives exactly the rows `delivery_states` shows in that status,
+/// in the page's order, for rows in every state the outbox holds: delivered by the cursor,
+/// delivered on their row, failed, dead, waiting after the cursor, replayed below it; newest
+/// first with `before` and oldest first with `after_sequence`. (The listing picks candidates
+/// from the stored columns instead of walking the view: sql/016.)
+#[tokio::test]
+async fn a_status_filter_lists_what_the_view_shows() {
+    let db = TestDb::new();
+    let mut client = db.client().await;
+    let schema = Schema::new("walhook");
+    walhook::outbox::migrate(&mut client, &schema)
+        .await
+        .unwrap();
+    // Sequences 1..=40 of "c" and 1..=5 of "other"; the cursor of "c" ends at 30.
+    db.sql(
+        "INSERT INTO walhook.deliveries (subscription_id, event_id, event, ordering_key, payload,
+                                         commit_lsn, sequence, status, last_attempt_at)
+         SELECT s, s || g, 'INSERT', '[1]', '{}', g, g,
+                CASE WHEN s = 'other' THEN 'dead'
+                     WHEN g IN (3, 33) THEN 'dead' WHEN g IN (7, 35) THEN 'failed'
+                     WHEN g IN (9, 36) THEN 'delivered' ELSE 'pending' END,
+                CASE WHEN s = 'other' OR g IN (3, 33, 7, 35, 9, 36, 12) THEN now() END
+         FROM (VALUES ('c', 40), ('other', 5)) v(s, n), generate_series(1, n) g;
+         INSERT INTO walhook.delivered_runs
+                (subscription_id, first_sequence, last_sequence, http_status, attempted_at, duration_ms)
+         VALUES ('c', 1, 20, 200, now(), 1), ('c', 21, 30, 204, now(), 1)",
+    );
+    let id_of = |seq: i64| -> i64 {
+        db.sql(&format!(
+            "SELECT id FROM walhook.deliveries WHERE subscription_id = 'c' AND sequence = {seq}"
+        ))
+        .parse()
+        .unwrap()
+    };
+    let pages = [
+        ListQuery::default(),
+        ListQuery {
+            limit: 3,
+            ..ListQuery::default()
+        },
+        ListQuery {
+            before: Some(id_of(34)),
+            ..ListQuery::default()
+        },
+        ListQuery {
+            after_sequence: Some(8),
+            limit: 4,
+            ..ListQuery::default()
+        },
+    ];
+    for status in ["pending", "delivered", "failed", "dead"] {
+        for page in &pages {
+            let q = ListQuery {
+                status: Some(status.to_string()),
+                ..page.clone()
+            };
+            let listed = deliveries::list(&client, &schema, "c", &q).await.unwrap();
+            let got = listed
+                .iter()
+                .map(|d| format!("{} {}", d.sequence.unwrap(), d.status))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let (order, bound) = match (page.before, page.after_sequence) {
+                (Some(id), _) => ("DESC", format!("AND id < {id}")),
+                (_, Some(seq)) => ("", format!("AND sequence > {seq}")),
+                _ => ("DESC", String::new()),
+            };
+            let want = db.sql(&format!(
+                "SELECT coalesce(string_agg(sequence || ' ' || status, ', ' ORDER BY sequence {order}), '')
+                 FROM (SELECT sequence, status FROM walhook.delivery_states
+                       WHERE subscription_id = 'c' AND status = '{status}' {bound}
+                       ORDER BY sequence {order} LIMIT {}) x",
+                page.limit
+            ));
+            assert_eq!(got, want, "status {status}, page {page:?}");
+        }
+    }
+    // The states on the rows above, as the view shows them, so that the comparison covers each.
+    assert_eq!(
+        db.sql(
+            "SELECT string_agg(status || ' ' || n, ', ' ORDER BY status) FROM
+             (SELECT status, count(*) n FROM walhook.delivery_states
+              WHERE subscription_id = 'c' GROUP BY 1) x"
+        ),
+        "dead 2, delivered 28, failed 2, pending 8"
+    );
+}

@@ -12,11 +12,18 @@
 pub(crate) fn cursor_id(d: &str, runs: &str, sub: &str) -> String {
     format!(
         "coalesce((SELECT x.id FROM {d} x
-                   WHERE x.subscription_id = {sub}
-                     AND x.sequence <= (SELECT c.last_sequence FROM {runs} c
-                                        WHERE c.subscription_id = {sub}
-                                        ORDER BY c.last_sequence DESC LIMIT 1)
-                   ORDER BY x.subscription_id, x.sequence DESC LIMIT 1), 0)"
+                   WHERE x.subscription_id = {sub} AND x.sequence <= {}
+                   ORDER BY x.subscription_id, x.sequence DESC LIMIT 1), 0)",
+        cursor_sequence(runs, sub)
+    )
+}
+
+/// The subscription's delivered cursor (sql/015): the last sequence number of its newest run,
+/// NULL when it has none (so `sequence <= cursor` holds for no row). A SQL expression.
+pub(crate) fn cursor_sequence(runs: &str, sub: &str) -> String {
+    format!(
+        "(SELECT c.last_sequence FROM {runs} c WHERE c.subscription_id = {sub}
+          ORDER BY c.last_sequence DESC LIMIT 1)"
     )
 }
 
