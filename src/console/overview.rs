@@ -296,7 +296,7 @@ async fn render(c: &C, s: &Session) -> Result<Markup, ApiError> {
                 }
             }
         }
-        p.help { "Latency: enqueue to the receiver's 2xx, deliveries of the last hour. Charts sample every "
+        p.help { "Latency: enqueue to the receiver's 2xx, over each subscription's newest deliveries of the last hour (up to 1,000). Charts sample every "
             (PERIOD.as_secs()) " s while this walhook runs." }
     })
 }

@@ -4,9 +4,9 @@
 //!
 //! Guarantees:
 //! - read-only: nothing here writes;
-//! - every statement is bounded: by a LIMIT, or by an index range over the last hour of finished
-//!   deliveries (`deliveries_finished`) and the unfinished ones (`deliveries_sub_due`), so the
-//!   overview's cost follows the last hour's traffic, not the table's size;
+//! - every statement is bounded: by a LIMIT, or per subscription by index walks of bounded
+//!   length (its newest rows, its newest runs, its newest failed and dead rows: sql/016), so the
+//!   overview's cost follows the number of subscriptions, not the traffic or the table's size;
 //! - a statement only ever reads deliveries of the subscription it names (except [`health`],
 //!   which groups by subscription).
 
@@ -130,23 +130,47 @@ pub async fn attempts(
         .collect())
 }
 
-/// Per subscription that had traffic or errors: last success and latency percentiles of the
-/// last hour, and its latest error among unfinished and dead deliveries.
+/// Successes of one subscription read at most, of each kind (recorded on their rows, or by the
+/// delivered cursor's runs), for its last success and latency percentiles: its newest ones.
+pub const HEALTH_SAMPLE: i64 = 500;
+/// Runs of one subscription's delivered cursor read at most for that sample.
+const HEALTH_RUNS: i64 = 50;
+
+/// Per subscription that had traffic or errors: last success and latency percentiles over its
+/// newest successes of the last hour (up to [`HEALTH_SAMPLE`] of each kind), and the latest
+/// error among its failed and dead deliveries. Each subscription costs a few index walks of
+/// bounded length, whatever the hour's traffic: an overview at 20k deliveries/s read every
+/// success of the hour (0.56 s for 300,000).
 pub async fn health(client: &Client, schema: &Schema) -> Result<Vec<Health>, OutboxError> {
     let d = schema.table("deliveries");
     let runs = schema.table("delivered_runs");
-    // Deliveries finished in the last hour: those recorded on their rows, and those of the
-    // delivered cursor's runs written in that hour (sql/015; their rows stay `pending`).
+    let subs = schema.table("sequences");
+    // Successes recorded on their rows: among the subscription's newest rows. Successes of the
+    // delivered cursor: the rows its newest runs of the hour cover (sql/015; they stay
+    // `pending`), finished when their run was recorded.
     let sql = format!(
         "WITH done AS (
-             SELECT subscription_id AS s, finished_at, created_at FROM {d}
-             WHERE status = 'delivered' AND finished_at > now() - interval '1 hour'
-             UNION ALL
-             SELECT r.subscription_id, r.recorded_at, x.created_at
-             FROM {runs} r JOIN {d} x ON x.subscription_id = r.subscription_id
-                 AND x.sequence BETWEEN r.first_sequence AND r.last_sequence
-             WHERE r.recorded_at > now() - interval '1 hour'
-               AND x.status = 'pending' AND x.last_attempt_at IS NULL),
+             SELECT s.subscription_id AS s, x.finished_at, x.created_at
+             FROM {subs} s CROSS JOIN LATERAL (
+                 SELECT n.finished_at, n.created_at
+                 FROM (SELECT status, finished_at, created_at FROM {d}
+                       WHERE subscription_id = s.subscription_id
+                       ORDER BY subscription_id, sequence DESC LIMIT {HEALTH_SAMPLE}) n
+                 WHERE n.status = 'delivered' AND n.finished_at > now() - interval '1 hour'
+                 UNION ALL
+                 SELECT * FROM (
+                     SELECT r.recorded_at, c.created_at
+                     FROM (SELECT first_sequence, last_sequence, recorded_at FROM {runs}
+                           WHERE subscription_id = s.subscription_id
+                           ORDER BY subscription_id, last_sequence DESC LIMIT {HEALTH_RUNS}) r
+                     CROSS JOIN LATERAL (
+                         SELECT c.created_at FROM {d} c
+                         WHERE c.subscription_id = s.subscription_id
+                           AND c.sequence BETWEEN r.first_sequence AND r.last_sequence
+                           AND c.status = 'pending' AND c.last_attempt_at IS NULL
+                         ORDER BY c.subscription_id, c.sequence DESC LIMIT {HEALTH_SAMPLE}) c
+                     WHERE r.recorded_at > now() - interval '1 hour'
+                     ORDER BY r.last_sequence DESC LIMIT {HEALTH_SAMPLE}) covered) x),
          ok AS (
              SELECT s, max(finished_at) AS last_ok,
                     percentile_cont(0.5) WITHIN GROUP
@@ -155,9 +179,19 @@ pub async fn health(client: &Client, schema: &Schema) -> Result<Vec<Health>, Out
                         (ORDER BY extract(epoch FROM finished_at - created_at)) * 1000 AS p99
              FROM done GROUP BY 1),
          bad AS (
-             SELECT DISTINCT ON (subscription_id) subscription_id AS s, created_at, last_error
-             FROM {d} WHERE status IN ('failed', 'dead') AND last_error IS NOT NULL
-             ORDER BY subscription_id, id DESC)
+             SELECT s.subscription_id AS s, e.created_at, e.last_error
+             FROM {subs} s CROSS JOIN LATERAL (
+                 SELECT * FROM (
+                     (SELECT sequence, created_at, last_error FROM {d}
+                      WHERE subscription_id = s.subscription_id AND status = 'failed'
+                        AND last_error IS NOT NULL
+                      ORDER BY subscription_id, sequence DESC LIMIT 1)
+                     UNION ALL
+                     (SELECT sequence, created_at, last_error FROM {d}
+                      WHERE subscription_id = s.subscription_id AND status = 'dead'
+                        AND last_error IS NOT NULL
+                      ORDER BY subscription_id, sequence DESC LIMIT 1)) f
+                 ORDER BY sequence DESC LIMIT 1) e)
          SELECT coalesce(ok.s, bad.s), ok.last_ok, ok.p50::float8, ok.p99::float8,
                 bad.created_at, bad.last_error
          FROM ok FULL JOIN bad ON ok.s = bad.s"

@@ -256,3 +256,61 @@ async fn a_status_filter_lists_what_the_view_shows() {
         "dead 2, delivered 28, failed 2, pending 8"
     );
 }
+
+/// The overview's health reads a bounded sample per subscription, its newest successes of the
+/// hour of each kind (on their rows, and by the cursor's runs), and its latest failed or dead
+/// delivery's error. Here the newest 500 rows the cursor delivered took 1 s, the 1,500 before
+/// them 10 s (so a percentile over the whole hour would say 10,000 ms); ten successes on their
+/// rows took 2 s, and one more finished two hours ago.
+#[tokio::test]
+async fn the_overview_health_samples_the_newest_successes() {
+    let db = TestDb::new();
+    let mut client = db.client().await;
+    let schema = Schema::new("walhook");
+    walhook::outbox::migrate(&mut client, &schema)
+        .await
+        .unwrap();
+    db.sql(
+        "INSERT INTO walhook.sequences VALUES ('h', 2011), ('quiet', 0);
+         INSERT INTO walhook.deliveries (subscription_id, event_id, event, ordering_key, payload,
+                    commit_lsn, sequence, status, created_at, finished_at, last_attempt_at,
+                    last_error)
+         SELECT 'h', 'h' || g, 'INSERT', '[1]', '{}', g, g,
+                CASE WHEN g = 1200 THEN 'failed' WHEN g = 1300 THEN 'dead'
+                     WHEN g > 2000 THEN 'delivered' ELSE 'pending' END,
+                CASE WHEN g = 2011 THEN now() - interval '2 hours 2 seconds'
+                     WHEN g > 2000 THEN now() - interval '3 minutes 2 seconds'
+                     WHEN g > 1500 THEN now() - interval '5 minutes 1 second'
+                     ELSE now() - interval '5 minutes 10 seconds' END,
+                CASE WHEN g = 2011 THEN now() - interval '2 hours'
+                     WHEN g > 2000 THEN now() - interval '3 minutes' END,
+                CASE WHEN g > 2000 OR g IN (1200, 1300) THEN now() END,
+                CASE WHEN g = 1200 THEN 'failed: 500' WHEN g = 1300 THEN 'dead: 410' END
+         FROM generate_series(1, 2011) g;
+         INSERT INTO walhook.delivered_runs
+                (subscription_id, first_sequence, last_sequence, http_status, attempted_at,
+                 duration_ms, recorded_at)
+         VALUES ('h', 1, 1500, 200, now(), 1, now() - interval '5 minutes'),
+                ('h', 1501, 2000, 200, now(), 1, now() - interval '5 minutes')",
+    );
+    let health = walhook::outbox::console::health(&client, &schema)
+        .await
+        .unwrap();
+    assert_eq!(health.len(), 1, "{health:?}");
+    let h = &health[0];
+    assert_eq!(h.subscription, "h");
+    // The newest 500 of the cursor's rows (1 s) and the ten on their rows within the hour (2 s).
+    assert_eq!(h.p50_ms.map(|v| v.round()), Some(1000.0), "{h:?}");
+    assert_eq!(h.p99_ms.map(|v| v.round()), Some(2000.0), "{h:?}");
+    let last = h.last_success.unwrap();
+    let ago = chrono::Utc::now() - last;
+    assert!(
+        ago > chrono::Duration::seconds(170) && ago < chrono::Duration::seconds(190),
+        "last success {last} should be the on-row ones of 3 minutes ago"
+    );
+    // The newest of the failed and dead deliveries: the dead one, numbered after the failed.
+    assert_eq!(
+        h.last_error.as_ref().map(|e| e.1.as_str()),
+        Some("dead: 410")
+    );
+}
