@@ -177,11 +177,7 @@ async fn a_slow_request_does_not_hold_the_successes_behind_it() {
 #[tokio::test]
 async fn a_status_filter_lists_what_the_view_shows() {
     let db = TestDb::new();
-    let mut client = db.client().await;
-    let schema = Schema::new("walhook");
-    walhook::outbox::migrate(&mut client, &schema)
-        .await
-        .unwrap();
+    let (client, schema) = db.outbox().await;
     // Sequences 1..=40 of "c" and 1..=5 of "other"; the cursor of "c" ends at 30.
     db.sql(
         "INSERT INTO walhook.deliveries (subscription_id, event_id, event, ordering_key, payload,
@@ -265,11 +261,7 @@ async fn a_status_filter_lists_what_the_view_shows() {
 #[tokio::test]
 async fn the_overview_health_samples_the_newest_successes() {
     let db = TestDb::new();
-    let mut client = db.client().await;
-    let schema = Schema::new("walhook");
-    walhook::outbox::migrate(&mut client, &schema)
-        .await
-        .unwrap();
+    let (client, schema) = db.outbox().await;
     db.sql(
         "INSERT INTO walhook.sequences VALUES ('h', 2011), ('quiet', 0);
          INSERT INTO walhook.deliveries (subscription_id, event_id, event, ordering_key, payload,

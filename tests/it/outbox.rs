@@ -269,13 +269,8 @@ async fn migrate_command_creates_the_schema_once() {
 #[tokio::test]
 async fn the_subscription_cache_reads_again_only_what_changed() {
     use walhook::outbox::subscriptions::{load_all, Cache};
-    use walhook::outbox::Schema;
     let db = TestDb::new();
-    let mut client = db.client().await;
-    let schema = Schema::new("walhook");
-    walhook::outbox::migrate(&mut client, &schema)
-        .await
-        .unwrap();
+    let (client, schema) = db.outbox().await;
     db.sql(
         "INSERT INTO walhook.subscriptions (id, source, table_name, events, url, secret)
          SELECT 's' || i, 'api', 'public.orders', '{INSERT}', 'https://127.0.0.1/' || i, 'k'

@@ -78,6 +78,17 @@ impl TestDb {
         client
     }
 
+    /// A client of this database with walhook's outbox schema (`walhook`) created in it, for
+    /// tests that read or write the outbox without a daemon.
+    pub async fn outbox(&self) -> (tokio_postgres::Client, walhook::outbox::Schema) {
+        let mut client = self.client().await;
+        let schema = walhook::outbox::Schema::new("walhook");
+        walhook::outbox::migrate(&mut client, &schema)
+            .await
+            .expect("create the outbox schema");
+        (client, schema)
+    }
+
     /// A config for this database with the given `[[subscriptions]]` TOML appended.
     pub fn config(&self, subscriptions: &str) -> Config {
         self.config_with_url(&self.url(), subscriptions)
