@@ -3,7 +3,7 @@
 //! `/metrics`. `openapi.yaml` at the repository root describes every route.
 //!
 //! Guarantees:
-//! - every `/api/rest/_webhooks…` route is authenticated ([`auth`]) before its handler runs;
+//! - every `/api/rest/_webhooks…` route is authenticated (`auth`) before its handler runs;
 //! - no response ever contains a subscription secret (`secret`, `previous_secret`): responses
 //!   are built from explicit views that do not have those fields;
 //! - bad input never panics and never yields a 5xx: errors are JSON `{"error", "field"}` with

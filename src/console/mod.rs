@@ -5,7 +5,7 @@
 //! Guarantees:
 //! - nothing but the sign-in page and the static assets is served without a session; every
 //!   other console URL redirects to the sign-in page, and every POST needs the session's CSRF
-//!   token ([`session`]);
+//!   token (`session`);
 //! - the console changes state only through the functions the API handlers use (create, update,
 //!   delete, replay, test send in [`crate::api`] and [`crate::outbox`]), so it validates exactly
 //!   as the API does and holds no SQL of its own;

@@ -40,7 +40,7 @@ pub struct ClaimReq {
 pub struct RecordReq {
     pub sub: String,
     pub batch: Vec<Recorded>,
-    /// Runs of the delivered cursor ([`crate::deliver::cursor`]), in sequence order.
+    /// Runs of the delivered cursor (`crate::deliver::cursor`), in sequence order.
     pub runs: Vec<Run>,
     pub reply: oneshot::Sender<Result<Written, DeliverError>>,
 }

@@ -14,7 +14,7 @@
 //!   session lock, with the lease as fallback); on losing it, it drops its queue and stands by;
 //! - the happy path writes almost nothing per delivery: while the pump holds every unfinished
 //!   row, first-attempt successes are recorded as runs of its delivered cursor
-//!   ([`super::cursor`]), one row per record batch, instead of one row update each;
+//!   (`super::cursor`), one row per record batch, instead of one row update each;
 //! - the happy path is served from memory: after ingest commits, it hands the stored rows to
 //!   their pumps ([`crate::outbox::handoff`]); a pump whose last claim showed that the outbox
 //!   holds nothing else for it (nothing blocked, nothing waiting for a retry) sends them without
@@ -191,7 +191,7 @@ enum Mode {
 pub(super) struct Pump {
     engine: Arc<Engine>,
     batcher: Batcher,
-    /// What this instance owns, published by [`owner::run`].
+    /// What this instance owns, published by [`super::owner::run`].
     owned_rx: watch::Receiver<bool>,
     /// Whether this instance owns the subscription, as of the last published set.
     owns: bool,

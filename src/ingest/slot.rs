@@ -332,7 +332,7 @@ pub fn check_retained(control: &SlotControl, report: &Report, warn_fraction: f64
     }
 }
 
-/// While walhook runs: re-diagnoses the slot every [`MONITOR_EVERY`] for the retained-WAL
+/// While walhook runs: re-diagnoses the slot every `MONITOR_EVERY` for the retained-WAL
 /// warning and the state shown (ingest itself reacts to a broken slot when its stream fails).
 pub async fn monitor_loop(
     config: Config,

@@ -470,7 +470,7 @@ async fn read_only(
 const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Waits until the transactions in progress now that wrote to `table` have ended (at most
-/// [`SETTLE_MAX`]).
+/// `SETTLE_MAX`).
 ///
 /// Called after the low watermark committed and before the chunk is read. A transaction whose
 /// commit record precedes the watermark in the WAL may still be invisible to a snapshot taken
@@ -479,7 +479,7 @@ const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// its change while the stream, placing it before the watermark, would not record it in the
 /// window, and the chunk's stale row would overtake it. Such a transaction is only instants
 /// from visible (the watermark's own flush covered its commit record), so waiting for the
-/// transactions in progress closes the gap; one still in progress after [`SETTLE_MAX`] is a
+/// transactions in progress closes the gap; one still in progress after `SETTLE_MAX` is a
 /// long transaction, which commits after the watermark and is recorded in the window.
 ///
 /// "In progress" is read from the lock every transaction holds on its own xid until it has
@@ -493,7 +493,7 @@ const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// it, like its xid lock, until after it has become visible. The others are not waited for:
 /// walhook's own outbox writer and delivery (they write only walhook's schema), and the rest
 /// of the host's work, in this database or another (`pg_locks` shows the whole server), a long
-/// report included, which would otherwise hold every chunk for [`SETTLE_MAX`]. A prepared
+/// report included, which would otherwise hold every chunk for `SETTLE_MAX`. A prepared
 /// transaction keeps its locks under its own virtual transaction, so one that wrote the table
 /// is still waited for.
 ///

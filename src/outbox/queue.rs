@@ -17,7 +17,7 @@
 //!   `last_duration_ms`; the `all_attempts` view shows both);
 //! - a run of the delivered cursor ([`Queue::record_runs`], sql/015) is written only by the
 //!   current owner; below a subscription's newest run, a `pending` row never attempted is
-//!   delivered, and every claim reads from after the cursor ([`heads`]), finding what can still
+//!   delivered, and every claim reads from after the cursor (`heads`), finding what can still
 //!   be unfinished below it (rows attempted before: replays, retries) through the two partial
 //!   indexes that hold only those;
 //! - a read in id order ([`Queue::claim_tail_many`]) returns pending rows after an id and

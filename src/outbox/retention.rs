@@ -38,7 +38,7 @@ pub struct Vacuumed {
 }
 
 /// Vacuums `deliveries` and `attempts` when the statistics count more dead row versions than
-/// [`VACUUM_MIN_DEAD`] and [`VACUUM_DEAD_SHARE`] of the live rows; returns what was vacuumed.
+/// `VACUUM_MIN_DEAD` and `VACUUM_DEAD_SHARE` of the live rows; returns what was vacuumed.
 /// A table another vacuum holds is skipped (its turn comes at the next call).
 pub async fn vacuum_if_bloated(
     client: &Client,

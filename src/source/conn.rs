@@ -340,7 +340,7 @@ impl ReplicationStream {
         Ok(())
     }
 
-    /// Sends CopyDone, drains until the server's ReadyForQuery (at most [`FINISH_TIMEOUT`]),
+    /// Sends CopyDone, drains until the server's ReadyForQuery (at most `FINISH_TIMEOUT`),
     /// then Terminate. Data still arriving during the drain is discarded: the caller has not
     /// confirmed it, so the server will resend it next time.
     pub async fn finish(mut self) -> Result<(), SourceError> {

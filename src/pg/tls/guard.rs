@@ -9,7 +9,7 @@
 //!   anything after a TLS handshake (`S` answer to the SSLRequest) and anything over a Unix
 //!   socket (no network to read it on);
 //! - a refused connection fails with [`Refusal`] inside the I/O error, which
-//!   [`super::connect_error`] and [`crate::pg::classify`] turn into a configuration error naming
+//!   `super::connect_error` and [`crate::pg::classify`] turn into a configuration error naming
 //!   `allow_insecure_password` and the fixes; it is never retried as a connection loss;
 //! - the guard only reads bytes already received; it adds no round trip and stops inspecting
 //!   once authentication succeeded.
