@@ -242,6 +242,32 @@ async fn a_status_filter_lists_what_the_view_shows() {
             assert_eq!(got, want, "status {status}, page {page:?}");
         }
     }
+    // A row the cursor delivered shows the outcome of the run that covers it (sql/017 reads the
+    // run per column).
+    let all = deliveries::list(
+        &client,
+        &schema,
+        "c",
+        &ListQuery {
+            limit: 100,
+            ..ListQuery::default()
+        },
+    )
+    .await
+    .unwrap();
+    let http = |seq| {
+        let d = all.iter().find(|d| d.sequence == Some(seq)).unwrap();
+        (d.status.as_str(), d.http_status, d.finished_at.is_some())
+    };
+    assert_eq!(
+        [http(20), http(21), http(30), http(31)],
+        [
+            ("delivered", Some(200), true),
+            ("delivered", Some(204), true),
+            ("delivered", Some(204), true),
+            ("pending", None, false)
+        ]
+    );
     // The states on the rows above, as the view shows them, so that the comparison covers each.
     assert_eq!(
         db.sql(
