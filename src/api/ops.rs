@@ -81,8 +81,12 @@ pub async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
             .map(|q| (q.subscription.clone(), q.pending))
             .collect(),
         dead: queues
+            .iter()
+            .map(|q| (q.subscription.clone(), q.dead))
+            .collect(),
+        oldest_pending_seconds: queues
             .into_iter()
-            .map(|q| (q.subscription, q.dead))
+            .map(|q| (q.subscription, q.oldest_pending_seconds))
             .collect(),
         slot_lag_bytes: slot.and_then(|s| s.lag),
         slot_retained_bytes: slot.and_then(|s| s.retained),

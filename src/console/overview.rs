@@ -276,7 +276,7 @@ async fn render(c: &C, s: &Session) -> Result<Markup, ApiError> {
                 caption.sr { "Health of each subscription" }
                 thead { tr {
                     th scope="col" { "Subscription" } th scope="col" { "Breaker" }
-                    th scope="col" { "Pending" } th scope="col" { "Dead" }
+                    th scope="col" { "Pending" } th scope="col" { "Oldest pending" } th scope="col" { "Dead" }
                     th scope="col" { "Last success" } th scope="col" { "Last error" }
                     th scope="col" { "p50" } th scope="col" { "p99" }
                 } }
@@ -286,6 +286,7 @@ async fn render(c: &C, s: &Session) -> Result<Markup, ApiError> {
                             td { a href=(format!("/console/subscriptions/{}/deliveries", enc(&q.subscription))) { (q.subscription) } }
                             td { (breaker(*b)) }
                             td { (q.pending) }
+                            td { @if q.pending > 0 { (page::age(q.oldest_pending_seconds)) } @else { span.muted { "—" } } }
                             td { (q.dead) }
                             td { (when(h.and_then(|h| h.last_success))) }
                             td.err { @if let Some((t, e)) = h.and_then(|h| h.last_error.as_ref()) { (when(Some(*t))) " " (e) } @else { span.muted { "—" } } }

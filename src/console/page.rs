@@ -145,6 +145,17 @@ pub fn when(t: Option<DateTime<Utc>>) -> Markup {
     }
 }
 
+/// A wait, in the largest unit that keeps it readable: `45 s`, `12 min`, `3.5 h`, `2.1 d`.
+pub fn age(seconds: f64) -> String {
+    let s = seconds.max(0.0);
+    match s {
+        s if s >= 86_400.0 => format!("{:.1} d", s / 86_400.0),
+        s if s >= 3_600.0 => format!("{:.1} h", s / 3_600.0),
+        s if s >= 60.0 => format!("{:.0} min", (s / 60.0).floor()),
+        s => format!("{s:.0} s"),
+    }
+}
+
 pub fn bytes(n: i64) -> String {
     let n = n.max(0) as f64;
     match n {
@@ -204,6 +215,16 @@ mod tests {
         assert_eq!(f.get("url"), Some("http://x"));
         assert_eq!(f.get("csrf"), Some("a b"));
         assert_eq!(bytes(2048), "2.0 KiB");
+        assert_eq!(
+            [
+                age(-1.0),
+                age(44.6),
+                age(119.0),
+                age(5_400.0),
+                age(190_000.0)
+            ],
+            ["0 s", "45 s", "1 min", "1.5 h", "2.2 d"]
+        );
         assert_eq!(pretty("{\"a\":1}"), "{\n  \"a\": 1\n}");
         assert_eq!(pretty("not json"), "not json");
         assert_eq!(enc("a b/c+"), "a%20b%2Fc%2B");

@@ -155,6 +155,8 @@ pub struct DbGauges {
     pub pending: Vec<(String, i64)>,
     /// Dead letters per subscription.
     pub dead: Vec<(String, i64)>,
+    /// Seconds since each subscription's oldest unfinished delivery was enqueued (0: none).
+    pub oldest_pending_seconds: Vec<(String, f64)>,
     /// `pg_current_wal_lsn() - confirmed_flush_lsn` of the slot: WAL not yet confirmed.
     pub slot_lag_bytes: Option<i64>,
     /// `pg_current_wal_lsn() - restart_lsn` of the slot: WAL the server keeps for it.
@@ -642,6 +644,17 @@ impl Collector for DbCollector {
                     .encode_family(&[("subscription", sub.as_str())])?
                     .encode_gauge(n)?;
             }
+        }
+        let mut family = encoder.encode_descriptor(
+            "outbox_oldest_pending",
+            "Age of the oldest unfinished delivery (pending or failed), since it was enqueued; 0 when there is none.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for (sub, age) in &db.oldest_pending_seconds {
+            family
+                .encode_family(&[("subscription", sub.as_str())])?
+                .encode_gauge(age)?;
         }
         for (name, help, value) in [
             (

@@ -20,6 +20,7 @@ fn renders_labelled_counters_gauges_and_the_histogram() {
     let text = m.render(&DbGauges {
         pending: vec![(sub.into(), 7)],
         dead: vec![(sub.into(), 0)],
+        oldest_pending_seconds: vec![(sub.into(), 12.5)],
         slot_lag_bytes: Some(1024),
         slot_retained_bytes: Some(4096),
         streaming: true,
@@ -39,6 +40,8 @@ fn renders_labelled_counters_gauges_and_the_histogram() {
     has("# TYPE walhook_outbox_pending gauge");
     has(r#"walhook_outbox_pending{subscription="orders \"a\""} 7"#);
     has(r#"walhook_dead_letters{subscription="orders \"a\""} 0"#);
+    has("# TYPE walhook_outbox_oldest_pending_seconds gauge");
+    has(r#"walhook_outbox_oldest_pending_seconds{subscription="orders \"a\""} 12.5"#);
     has("# TYPE walhook_slot_lag_bytes gauge");
     has("walhook_slot_lag_bytes 1024");
     has("walhook_slot_retained_bytes 4096");

@@ -313,6 +313,9 @@ async fn an_operator_signs_in_creates_a_subscription_replays_a_dead_letter_and_w
     b.goto(&format!("{base}/console")).await.unwrap();
     assert!(text_of(&b, "dl.cards").await.contains("streaming"));
     // The subscription's health: its deliveries' enqueue → 2xx latency (p50, p99) in ms.
+    assert!(text_of(&b, "div.scroll table thead")
+        .await
+        .contains("Oldest pending"));
     let health = text_of(&b, "div.scroll table tbody").await;
     assert!(
         health.contains(&id) && health.matches(" ms").count() >= 2,

@@ -225,6 +225,12 @@ async fn health_readiness_and_metrics_move() {
         )),
         "{before}"
     );
+    assert!(
+        before.contains(&format!(
+            "walhook_outbox_oldest_pending_seconds{{subscription=\"{id}\"}} 0.0\n"
+        )),
+        "{before}"
+    );
     assert!(before.contains("walhook_source_streaming 1\n"));
     assert!(
         !before.contains("\nwalhook_slot_lag_bytes "),
@@ -233,6 +239,11 @@ async fn health_readiness_and_metrics_move() {
 
     api.delivery(&id, "evt_p", "pending", "");
     api.delivery(&id, "evt_d", "dead", "");
+    // The pending one was enqueued 90 s ago; the dead one, older, is finished and not counted.
+    api.db.sql(
+        "UPDATE walhook.deliveries SET created_at = now() - CASE event_id
+             WHEN 'evt_p' THEN interval '90 seconds' ELSE interval '1 hour' END",
+    );
     api.state.metrics.attempt(&id, Attempt::Success);
     api.state.metrics.finished(&id, Outcome::Delivered);
     api.state.metrics.add_changes(3);
@@ -255,6 +266,17 @@ async fn health_readiness_and_metrics_move() {
         )),
         "{after}"
     );
+    let age: f64 = after
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "walhook_outbox_oldest_pending_seconds{{subscription=\"{id}\"}} "
+            ))
+        })
+        .unwrap_or_else(|| panic!("no oldest-pending sample: {after}"))
+        .parse()
+        .unwrap();
+    assert!((90.0..120.0).contains(&age), "oldest pending {age} s");
     assert!(after.contains(&format!(
         "walhook_deliveries_total{{subscription=\"{id}\",outcome=\"delivered\"}} 1\n"
     )));
