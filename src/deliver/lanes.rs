@@ -30,6 +30,9 @@ pub struct Lanes {
     keys: HashMap<String, Key>,
     /// Every id held, with its sequence number.
     held: HashMap<i64, Option<i64>>,
+    /// Rows in the keys' `waiting` queues, all keys together: [`Lanes::queued_len`] is asked
+    /// on every turn of the pump, and summing over the keys cost a walk of every held key.
+    waiting: usize,
 }
 
 impl Lanes {
@@ -43,7 +46,10 @@ impl Lanes {
             return true;
         }
         match self.keys.get_mut(&row.ordering_key) {
-            Some(k) => k.waiting.push_back(row),
+            Some(k) => {
+                k.waiting.push_back(row);
+                self.waiting += 1;
+            }
             None => {
                 self.keys.insert(row.ordering_key.clone(), Key::default());
                 self.ready.push_back(row);
@@ -70,6 +76,7 @@ impl Lanes {
             k.flying = true;
             let more = k.waiting.len().min(room.saturating_sub(1));
             run.extend(k.waiting.drain(..more));
+            self.waiting -= more;
         }
         Some(run)
     }
@@ -100,11 +107,13 @@ impl Lanes {
         };
         if success {
             if let Some(next) = k.waiting.pop_front() {
+                self.waiting -= 1;
                 k.flying = false;
                 self.ready.push_back(next);
                 return;
             }
         } else {
+            self.waiting -= k.waiting.len();
             for w in k.waiting.drain(..) {
                 self.held.remove(&w.id);
             }
@@ -127,6 +136,7 @@ impl Lanes {
         for r in self.ready.drain(..) {
             self.held.remove(&r.id);
         }
+        self.waiting = 0;
         let held = &mut self.held;
         self.keys.retain(|_, k| {
             for w in k.waiting.drain(..) {
@@ -155,7 +165,11 @@ impl Lanes {
 
     /// Rows admitted and not handed out (ready or waiting behind their key).
     pub fn queued_len(&self) -> usize {
-        self.ready.len() + self.keys.values().map(|k| k.waiting.len()).sum::<usize>()
+        debug_assert_eq!(
+            self.waiting,
+            self.keys.values().map(|k| k.waiting.len()).sum::<usize>()
+        );
+        self.ready.len() + self.waiting
     }
 }
 
@@ -242,6 +256,31 @@ mod tests {
         );
         l.finished(&row(3, "a"), true);
         assert_eq!(run(&mut l, 10), Some(vec![4]));
+    }
+
+    /// `queued_len` is kept as rows come and go (it is asked on every turn of the pump, so it
+    /// is counted, not summed over the keys).
+    #[test]
+    fn the_queue_length_follows_admits_runs_answers_and_forget() {
+        let mut l = Lanes::default();
+        for (id, key) in [(1, "a"), (2, "a"), (3, "a"), (4, "b"), (5, "b"), (6, "")] {
+            l.admit(row(id, key));
+        }
+        assert_eq!(l.queued_len(), 6);
+        let first = l.next_ready_run(2).unwrap();
+        assert_eq!(first.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(l.queued_len(), 4);
+        l.finished(&row(2, "a"), true); // 3 becomes ready, behind 4 and 6
+        assert_eq!(l.queued_len(), 4);
+        assert_eq!(l.next_ready().map(|r| r.id), Some(4));
+        assert_eq!(l.next_ready().map(|r| r.id), Some(6));
+        assert_eq!(l.queued_len(), 2);
+        l.finished(&row(4, "b"), false); // 5 is let go behind the failure
+        assert_eq!(l.queued_len(), 1);
+        l.admit(row(7, "c"));
+        l.admit(row(8, "c"));
+        l.forget();
+        assert_eq!(l.queued_len(), 0);
     }
 
     #[test]
