@@ -167,7 +167,8 @@ pub async fn list(
 /// by it; every other row shows what it stores.
 fn stored_as(status: &str, cursor: &str) -> Vec<String> {
     match status {
-        "dead" | "failed" => vec![format!("status = '{status}'")],
+        "dead" => vec!["status = 'dead'".into()],
+        "failed" => vec!["status = 'failed'".into()],
         "pending" => vec![
             // After the cursor (or without one), every pending row is waiting ...
             format!("status = 'pending' AND sequence > coalesce({cursor}, -1)"),
