@@ -43,7 +43,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (13, include_str!("../../sql/013_replays.sql")),
     (14, include_str!("../../sql/014_one_subscription_index.sql")),
     (15, include_str!("../../sql/015_delivered_cursor.sql")),
-    (16, include_str!("../../sql/016_failed_and_dead.sql")),
+    (16, include_str!("../../sql/016_rare_rows.sql")),
     (17, include_str!("../../sql/017_run_columns.sql")),
 ];
 

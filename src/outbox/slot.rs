@@ -231,7 +231,8 @@ pub async fn latest_recovery(
     Ok(row.as_ref().map(from_row))
 }
 
-/// A recovery's RESYNC markers: (stored, finished = delivered or dead).
+/// A recovery's RESYNC markers: (stored, finished = delivered or dead). Read from their own
+/// partial index (sql/016), as a recovery asks five times a second.
 pub async fn markers(
     client: &Client,
     schema: &Schema,
