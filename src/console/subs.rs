@@ -44,10 +44,10 @@ async fn render_list(c: &C, s: &Session, q: &HashMap<String, String>) -> Result<
     let client = c.ctx.outbox().await?;
     let schema = &c.ctx.state.schema;
     let subs = load_all(&client, schema).await?;
-    let counts: HashMap<String, (i64, i64)> = gauges::queue_counts(&client, schema)
+    let counts: HashMap<String, gauges::QueueCounts> = gauges::queue_counts(&client, schema)
         .await?
         .into_iter()
-        .map(|q| (q.subscription, (q.pending, q.dead)))
+        .map(|q| (q.subscription.clone(), q))
         .collect();
     let search = q
         .get("q")
@@ -90,7 +90,8 @@ async fn render_list(c: &C, s: &Session, q: &HashMap<String, String>) -> Result<
                 th scope="col" { "Pending" } th scope="col" { "Dead" } th scope="col" { "Open" }
             } }
             tbody { @for sub in shown {
-                @let (pending, dead) = counts.get(&sub.id).copied().unwrap_or_default();
+                @let q = counts.get(&sub.id);
+                @let (pending, dead) = q.map_or((0, 0), |q| (q.pending, q.dead));
                 @let id = enc(&sub.id);
                 tr {
                     td { a href=(format!("/console/subscriptions/{id}")) { (sub.id) } }
@@ -99,7 +100,12 @@ async fn render_list(c: &C, s: &Session, q: &HashMap<String, String>) -> Result<
                     td.url { (sub.url) }
                     td { (state(sub)) }
                     td { (sub.origin.as_str()) }
-                    td { (pending) }
+                    td {
+                        (pending)
+                        @if let Some(q) = q.filter(|q| q.pending > 0) {
+                            " " span.muted title="age of the oldest pending delivery" { "(oldest " (page::age(q.oldest_pending_seconds)) ")" }
+                        }
+                    }
                     td { (dead) }
                     td.links {
                         a href=(format!("/console/subscriptions/{id}/deliveries")) { "Deliveries" } " "

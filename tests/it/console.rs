@@ -556,7 +556,12 @@ async fn every_page_is_small_and_fast_with_a_thousand_subscriptions() {
         "INSERT INTO walhook.deliveries (subscription_id, event_id, event, ordering_key, payload,
                                          commit_lsn, status, sequence)
          SELECT 'wh_0001', 'evt_' || n, 'INSERT', n::text, '{\"id\":' || n || '}', n, 'dead', n
-         FROM generate_series(1, 200) n",
+         FROM generate_series(1, 200) n;
+         INSERT INTO walhook.deliveries (subscription_id, event_id, event, ordering_key, payload,
+                                         commit_lsn, status, sequence, created_at)
+         SELECT 'wh_0002', 'evt_p' || n, 'INSERT', n::text, '{}', n, 'pending', n,
+                now() - interval '10 minutes 30 seconds' + n * interval '1 second'
+         FROM generate_series(1, 3) n",
     );
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -564,7 +569,8 @@ async fn every_page_is_small_and_fast_with_a_thousand_subscriptions() {
         .unwrap();
     let (session, _) = sign_in(&http, &base).await;
     let cookie = format!("walhook_session={session}");
-    let del = db.sql("SELECT max(id) FROM walhook.delivery_states");
+    let del =
+        db.sql("SELECT max(id) FROM walhook.delivery_states WHERE subscription_id = 'wh_0001'");
     for page in [
         "/console".to_string(),
         "/console/subscriptions".into(),
@@ -595,6 +601,17 @@ async fn every_page_is_small_and_fast_with_a_thousand_subscriptions() {
         assert!(size <= 200 * 1024, "{page}: {size} bytes");
         assert!(best <= Duration::from_millis(300), "{page}: {best:?}");
     }
+    // A subscription with pending deliveries shows how long the oldest has waited.
+    let listed = http
+        .get(format!("{base}/console/subscriptions?q=wh_0002"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listed.contains("(oldest 10 min)"), "{listed}");
     daemon.stop().await;
 }
 
