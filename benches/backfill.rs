@@ -11,6 +11,8 @@
 //!    outbox) and until the receiver has every row and the outbox shows every delivery of the
 //!    subscription `delivered`. walhook's peak RSS (VmHWM), and CPU time per process.
 //!
+//! `BACKFILL_BENCH_SHARED_BUFFERS` sets the server's `shared_buffers` (default: Postgres's own).
+//!
 //! Needs the release binary: run through `bash bench/backfill.sh`.
 
 use std::process::{Child, Command, Stdio};
@@ -115,7 +117,19 @@ async fn wait_for(
 async fn bench() -> anyhow::Result<()> {
     let rows = env_num("BACKFILL_BENCH_ROWS", 1_000_000);
     let chunk = env_num("BACKFILL_BENCH_CHUNK", 5000);
-    let pg = PgServer::start(&[])?;
+    // The server's buffer cache (Postgres's default, 128 MB, unless set): the chunks are read
+    // in key order, so a table larger than the cache is read from the OS page cache row by row.
+    let shared_buffers = std::env::var("BACKFILL_BENCH_SHARED_BUFFERS").ok();
+    let settings: Vec<(&str, &str)> = shared_buffers
+        .as_deref()
+        .map(|v| ("shared_buffers", v))
+        .into_iter()
+        .collect();
+    let pg = PgServer::start(&settings)?;
+    println!(
+        "server: shared_buffers {}",
+        pg.psql("postgres", "SHOW shared_buffers")?
+    );
     let db = setup_db(&pg, &[])?;
     let t = Instant::now();
     psql_file(
