@@ -355,16 +355,25 @@ pub(crate) async fn sign_in(http: &reqwest::Client, base: &str) -> (String, Stri
         .unwrap();
     assert_eq!(r.status(), 303);
     let session = cookie_of(&r, "walhook_session");
-    let page = http
-        .get(format!("{base}/console/subscriptions/new"))
-        .header("cookie", format!("walhook_session={session}"))
+    let page = page_text(
+        http,
+        &format!("{base}/console/subscriptions/new"),
+        &format!("walhook_session={session}"),
+    )
+    .await;
+    (session, hidden_csrf(&page))
+}
+
+/// The body of a console page fetched with the session `cookie`.
+async fn page_text(http: &reqwest::Client, url: &str, cookie: &str) -> String {
+    http.get(url)
+        .header("cookie", cookie)
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    (session, hidden_csrf(&page))
+        .unwrap()
 }
 
 pub(crate) fn encode<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
@@ -602,15 +611,12 @@ async fn every_page_is_small_and_fast_with_a_thousand_subscriptions() {
         assert!(best <= Duration::from_millis(300), "{page}: {best:?}");
     }
     // A subscription with pending deliveries shows how long the oldest has waited.
-    let listed = http
-        .get(format!("{base}/console/subscriptions?q=wh_0002"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let listed = page_text(
+        &http,
+        &format!("{base}/console/subscriptions?q=wh_0002"),
+        &cookie,
+    )
+    .await;
     assert!(listed.contains("(oldest 10 min)"), "{listed}");
     daemon.stop().await;
 }
