@@ -132,7 +132,7 @@ pub async fn attempts(
 
 /// Successes of one subscription read at most, of each kind (recorded on their rows, or by the
 /// delivered cursor's runs), for its last success and latency percentiles: its newest ones.
-pub const HEALTH_SAMPLE: i64 = 500;
+const HEALTH_SAMPLE: i64 = 500;
 /// Runs of one subscription's delivered cursor read at most for that sample.
 const HEALTH_RUNS: i64 = 50;
 
@@ -167,7 +167,7 @@ pub async fn health(client: &Client, schema: &Schema) -> Result<Vec<Health>, Out
                          SELECT c.created_at FROM {d} c
                          WHERE c.subscription_id = s.subscription_id
                            AND c.sequence BETWEEN r.first_sequence AND r.last_sequence
-                           AND c.status = 'pending' AND c.last_attempt_at IS NULL
+                           AND {covered}
                          ORDER BY c.subscription_id, c.sequence DESC LIMIT {HEALTH_SAMPLE}) c
                      WHERE r.recorded_at > now() - interval '1 hour'
                      ORDER BY r.last_sequence DESC LIMIT {HEALTH_SAMPLE}) covered) x),
@@ -194,7 +194,8 @@ pub async fn health(client: &Client, schema: &Schema) -> Result<Vec<Health>, Out
                  ORDER BY sequence DESC LIMIT 1) e)
          SELECT coalesce(ok.s, bad.s), ok.last_ok, ok.p50::float8, ok.p99::float8,
                 bad.created_at, bad.last_error
-         FROM ok FULL JOIN bad ON ok.s = bad.s"
+         FROM ok FULL JOIN bad ON ok.s = bad.s",
+        covered = super::queue::run_may_cover("c."),
     );
     let rows = client.query(&sql, &[]).await?;
     Ok(rows

@@ -21,7 +21,7 @@
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, Row};
 
-use super::queue::cursor_sequence;
+use super::queue::{cursor_sequence, run_may_cover};
 use super::{OutboxError, Schema};
 
 pub const DEFAULT_LIMIT: i64 = 50;
@@ -176,8 +176,8 @@ fn stored_as(status: &str, cursor: &str) -> Vec<String> {
             format!("status = 'pending' AND last_attempt_at IS NOT NULL AND sequence <= {cursor}"),
         ],
         "delivered" => vec![format!(
-            "(status = 'delivered'
-              OR (status = 'pending' AND last_attempt_at IS NULL AND sequence <= {cursor}))"
+            "(status = 'delivered' OR ({} AND sequence <= {cursor}))",
+            run_may_cover("")
         )],
         _ => Vec::new(),
     }

@@ -40,7 +40,7 @@ use uuid::Uuid;
 use crate::outbox::{OutboxError, Schema};
 
 mod heads;
-pub(crate) use heads::{cursor_id, cursor_sequence};
+pub(crate) use heads::{cursor_id, cursor_sequence, run_may_cover};
 use heads::{due_heads, unfinished};
 
 /// A claimed delivery, ready to send.

@@ -156,11 +156,12 @@ async fn prune_covered(
         "SELECT x.id FROM old CROSS JOIN LATERAL (
            SELECT d.id FROM {d} d
            WHERE d.subscription_id = old.sub AND d.sequence <= old.upto
-             AND d.status = 'pending' AND d.last_attempt_at IS NULL
+             AND {covered}
            ORDER BY d.subscription_id, d.sequence
            LIMIT $2 FOR UPDATE SKIP LOCKED) x
          LIMIT $2",
         d = schema.table("deliveries"),
+        covered = super::queue::run_may_cover("d."),
     );
     let old = expired_runs(schema);
     let runs = schema.table("delivered_runs");

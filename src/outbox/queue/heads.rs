@@ -18,6 +18,13 @@ pub(crate) fn cursor_id(d: &str, runs: &str, sub: &str) -> String {
     )
 }
 
+/// A row a run of the delivered cursor covers when its number is within the run (sql/015):
+/// `pending` and never attempted. A SQL condition; `of` is the table's alias with its dot
+/// (`"d."`), or empty.
+pub(crate) fn run_may_cover(of: &str) -> String {
+    format!("{of}status = 'pending' AND {of}last_attempt_at IS NULL")
+}
+
 /// The subscription's delivered cursor (sql/015): the last sequence number of its newest run,
 /// NULL when it has none (so `sequence <= cursor` holds for no row). A SQL expression.
 pub(crate) fn cursor_sequence(runs: &str, sub: &str) -> String {
