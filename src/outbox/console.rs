@@ -137,7 +137,7 @@ const HEALTH_SAMPLE: i64 = 500;
 const HEALTH_RUNS: i64 = 50;
 
 /// Per subscription that had traffic or errors: last success and latency percentiles over its
-/// newest successes of the last hour (up to [`HEALTH_SAMPLE`] of each kind), and the latest
+/// newest successes of the last hour (up to `HEALTH_SAMPLE` of each kind), and the latest
 /// error among its failed and dead deliveries. Each subscription costs a few index walks of
 /// bounded length, whatever the hour's traffic: an overview at 20k deliveries/s read every
 /// success of the hour (0.56 s for 300,000).
