@@ -166,6 +166,8 @@ struct Claiming {
     reply: oneshot::Receiver<Result<Answer, DeliverError>>,
     /// A read in id order, started at this [`Pump::epoch`].
     tail_epoch: Option<u64>,
+    /// [`Pump::failures`] when the claim started.
+    failures: u64,
 }
 
 /// The backstop of [`Pump::timer_claims`]: 60 polls, spread ±25% so that pumps started together
@@ -218,8 +220,12 @@ pub(super) struct Pump {
     recording: Option<Recording>,
     /// Attempts that failed and are not recorded yet: the outbox does not show them failed,
     /// and holding them hides them from a claim's count, so no claim may switch to memory mode
-    /// meanwhile (rows of their keys must wait in the outbox).
+    /// meanwhile (rows of their keys must wait in the outbox). Nor may a claim run: a claim
+    /// leaves out the rows behind a failure only once the outbox shows it (sql/018).
     failed_unrecorded: usize,
+    /// Requests that came back with a failure, ever: a claim that ran across one is dropped,
+    /// since its snapshot may not show the failure and so may hold rows of the failed key.
+    failures: u64,
     /// One entry per request: its rows' results.
     in_flight: JoinSet<Vec<Done>>,
     /// Results decided as their attempts finished, not handed to the recorder yet.
@@ -276,6 +282,7 @@ impl Pump {
             claim_running: false,
             may_switch: false,
             failed_unrecorded: 0,
+            failures: 0,
             recording: None,
             in_flight: JoinSet::new(),
             decided: Decided::default(),
@@ -492,6 +499,7 @@ impl Pump {
                 }
                 if failed > 0 {
                     self.failed_unrecorded += failed;
+                    self.failures += 1;
                     // Retries and what waits behind them are the outbox's business.
                     self.back_to_outbox();
                 }

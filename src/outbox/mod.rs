@@ -45,6 +45,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (15, include_str!("../../sql/015_delivered_cursor.sql")),
     (16, include_str!("../../sql/016_rare_rows.sql")),
     (17, include_str!("../../sql/017_run_columns.sql")),
+    (
+        18,
+        include_str!("../../sql/018_claims_without_key_index.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

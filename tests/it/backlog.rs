@@ -232,3 +232,74 @@ async fn sends_stay_bounded_while_results_cannot_be_recorded_and_nothing_is_lost
     assert_eq!(reqs.len(), ROWS + 1, "and each once");
     daemon.stop().await;
 }
+
+/// Failures scattered over many keys while changes keep coming: the pump spends most of its
+/// time claiming from the outbox, where claims no longer check order among rows never
+/// attempted (sql/018) and the pump keeps it. Each key's requests must still arrive one at a
+/// time in commit order, a failed value retried before any later value of its key, and every
+/// event answered 2xx exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scattered_failures_keep_each_key_in_commit_order() {
+    const ROUNDS: i64 = 100;
+    let db = TestDb::new();
+    db.sql("CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL)");
+    let fails = |k: i64, v: i64| (k * 3 + v) % 7 == 0;
+    let failed: std::sync::Arc<Mutex<HashSet<String>>> = Default::default();
+    let seen_failed = failed.clone();
+    let rx = Receiver::scripted(move |r, _| {
+        let b = r.json();
+        let k = b["record"]["k"].as_i64().unwrap_or(-1);
+        let v = b["record"]["v"].as_i64().unwrap_or(-1);
+        let id = b["id"].as_str().unwrap_or_default().to_string();
+        if fails(k, v) && seen_failed.lock().unwrap().insert(id) {
+            Answer::Status(500)
+        } else {
+            Answer::Status(200)
+        }
+    })
+    .await;
+    let delivery = fast_delivery(
+        "max_in_flight = 16\nretry_schedule = [\"0s\", \"20ms\"]\nbreaker_failures = 100000",
+    );
+    let d = Daemon::start(&db, &delivery, &subscription(&rx.url)).await;
+    db.sql(&format!(
+        "INSERT INTO kv SELECT g, 0 FROM generate_series(1, {KEYS}) g"
+    ));
+    // Small transactions, each handed over as it commits, while earlier ones fail and retry.
+    let writer = db.client().await;
+    for _ in 0..ROUNDS {
+        writer
+            .execute("UPDATE kv SET v = v + 1", &[])
+            .await
+            .unwrap();
+    }
+    let total = KEYS * (ROUNDS + 1);
+    wait_value(
+        &db,
+        "SELECT count(*) FILTER (WHERE status = 'delivered') || '/' || count(*) FROM walhook.delivery_states",
+        &format!("{total}/{total}"),
+        120,
+    )
+    .await;
+    d.stop().await;
+
+    let reqs = rx.snapshot();
+    let failed = failed.lock().unwrap().clone();
+    let (keys, ok) = by_key(&reqs, &failed);
+    assert_eq!(keys.len() as i64, KEYS);
+    let mut failures = 0;
+    for (k, values) in &keys {
+        let mut expected = Vec::new();
+        for v in 0..=ROUNDS {
+            if fails(*k, v) {
+                expected.push(v);
+                failures += 1;
+            }
+            expected.push(v);
+        }
+        assert_eq!(values, &expected, "key {k}: requests in arrival order");
+    }
+    assert_eq!(failed.len(), failures, "each failing value failed once");
+    assert_eq!(ok.len() as i64, total);
+    assert!(ok.values().all(|n| *n == 1), "an event was delivered twice");
+}

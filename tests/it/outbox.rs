@@ -243,7 +243,7 @@ async fn migrate_command_creates_the_schema_once() {
     let db = TestDb::new();
     let cfg = write_config(&db, "");
     for expected in [
-        "applied migrations: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]",
+        "applied migrations: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]",
         "applied migrations: []",
     ] {
         let out = crate::support::bin::succeeds(&mut crate::support::bin::with_config(

@@ -1,9 +1,13 @@
 //! Where a pump's next rows come from, and when it may trust each source.
 //!
 //! Guarantees (the modes of [`Mode`]):
-//! - **outbox**: a claim reads the heads of their keys that are due, leaving out every id the
-//!   pump holds; this is the mode after anything unexpected (a failure, an open breaker, lost
-//!   ownership, a replay, a gap in the sequence numbers), and it is always correct;
+//! - **outbox**: a claim reads the due rows that no attempted, unfinished row of their key
+//!   precedes, leaving out every id the pump holds, the rows never attempted in id order; this
+//!   is the mode after anything unexpected (a failure, an open breaker, lost ownership, a
+//!   replay, a gap in the sequence numbers), and it is always correct: the lanes keep the order
+//!   among a key's rows never attempted, no claim starts while a failure is not recorded, and an
+//!   answer that ran across a failure is dropped, so no row passes a failed row of its key
+//!   (sql/018);
 //! - **tail**: the pump holds every unfinished row up to an id, and the subscription has no
 //!   failed row waiting for a retry; it reads the pending rows after that id in id order (no
 //!   per-row head probe, no list of held ids: the cheap read of a backlog), and its lanes keep
@@ -133,7 +137,9 @@ impl Pump {
             _ => 0,
         };
         self.more_due = false;
-        if want == 0 {
+        // Rows behind a failure stay out of a claim once the outbox shows the failure (sql/018):
+        // until then, no claim (recording it sets `more_due` again).
+        if want == 0 || self.failed_unrecorded > 0 {
             return None;
         }
         if self.drain_for_tail()
@@ -176,6 +182,7 @@ impl Pump {
             want,
             reply,
             tail_epoch: after.map(|_| self.epoch),
+            failures: self.failures,
         })
     }
 
@@ -199,6 +206,14 @@ impl Pump {
         let handed = std::mem::take(&mut self.handed_during_claim);
         if !self.owns {
             // Ownership was lost while the claim ran: the new owner sends these.
+            return;
+        }
+        if claiming.failures != self.failures {
+            // A request failed while this ran: its snapshot may not show the failure, so it may
+            // hold rows that must wait behind the failed one. The outbox keeps them; the next
+            // claim runs once the failure is recorded.
+            self.slot.accept(false);
+            self.more_due = true;
             return;
         }
         if let Some(epoch) = claiming.tail_epoch {

@@ -3,7 +3,8 @@
 //!
 //! Guarantees: every part walks one index from where its rows start, so a claim's cost follows
 //! the unfinished rows, not the delivered history that stays `pending` on disk behind the cursor
-//! (sql/015); a row is the head of its key only when no older row of that key is unfinished.
+//! (sql/015); a claimed row has no older row of its key that was attempted and is unfinished
+//! (sql/018: the order among rows never attempted is kept by the pump, not by the claim).
 
 /// The id of the subscription's newest row at or below its delivered cursor (sql/015), 0 when
 /// there is none: a SQL expression. Within a subscription, id order is sequence order (sql/014),
@@ -57,32 +58,32 @@ pub(super) fn unfinished(d: &str, sub: &str, after: &str, limit: &str) -> String
 }
 
 /// Due rows of one subscription (`sub`, `limit` and `after`, the cursor's id, are SQL
-/// expressions), each the head of its key, leaving out `$3` (the ids the owner holds: a NOT IN
-/// subquery, which Postgres hashes once per statement; `<> ALL($3)` compared each row with
-/// every held id in generic plans, 65 ms for 4,096 held ids), oldest due first, with
-/// `next_attempt_at` for the caller's ORDER BY. Retries come from `deliveries_sub_retry` in due
-/// order, fresh rows from `deliveries_sub_pending` in id order after the cursor, and replays
-/// at or below the cursor from `deliveries_again_pending`, each branch written in its index's
-/// order so that the planner walks the index and stops at the limit.
+/// expressions), each the head of its key among the rows attempted before, leaving out `$3`
+/// (the ids the owner holds: a NOT IN subquery, which Postgres hashes once per statement;
+/// `<> ALL($3)` compared each row with every held id in generic plans, 65 ms for 4,096 held
+/// ids), oldest due first, with `next_attempt_at` for the caller's ORDER BY. Retries come from
+/// `deliveries_sub_retry` in due order, fresh rows from `deliveries_sub_pending` in id order
+/// after the cursor, and replays at or below the cursor from `deliveries_again_pending`, each
+/// branch written in its index's order so that the planner walks the index and stops at the
+/// limit.
+///
+/// A row is left out when an older row of its key was attempted and is unfinished (failed,
+/// or a replay waiting): that row goes first. Order among rows never attempted is not the
+/// claim's business (sql/018): they come in id order, which is commit order, and the pump's
+/// lanes keep each key's rows in the order they came; the pump neither claims while a failure
+/// is not recorded nor takes an answer read before it was (`deliver::worker`), so a row never
+/// passes an older row of its key that failed.
 pub(super) fn due_heads(d: &str, sub: &str, limit: &str, after: &str) -> String {
-    // The head of its key: the oldest unfinished row of the key is after the cursor, or was
-    // attempted before (below the cursor, every other `pending` row is delivered). Each part is
-    // written as ORDER BY ... LIMIT 1 in its index's order so that the planner takes that
-    // index even before the table has statistics; a NOT EXISTS (... o.id < c.id) was planned on
-    // another index and scanned the whole backlog per candidate.
-    let oldest = |cond: &str| {
-        format!(
-            "(SELECT k.id FROM {d} k
-              WHERE k.subscription_id = c.subscription_id AND k.ordering_key = c.ordering_key
-                AND k.status IN ('pending', 'failed') AND {cond}
-              ORDER BY k.subscription_id, k.ordering_key, k.id
-              LIMIT 1)"
-        )
-    };
+    // Written as ORDER BY ... LIMIT 1 in `deliveries_again_key`'s order so that the planner
+    // takes that index even before the table has statistics; a NOT EXISTS (... o.id < c.id)
+    // was planned on another index and scanned the whole backlog per candidate.
     let head = format!(
-        "(c.ordering_key = '' OR c.id = (SELECT min(h.id) FROM ({} UNION ALL {}) h))",
-        oldest(&format!("k.id > {after}")),
-        oldest("k.last_attempt_at IS NOT NULL"),
+        "(c.ordering_key = ''
+          OR coalesce((SELECT k.id FROM {d} k
+                       WHERE k.subscription_id = c.subscription_id AND k.ordering_key = c.ordering_key
+                         AND k.status IN ('pending', 'failed') AND k.last_attempt_at IS NOT NULL
+                       ORDER BY k.subscription_id, k.ordering_key, k.id
+                       LIMIT 1), c.id) >= c.id)"
     );
     // The subscription as a range, not an equality: see `claim_tail_many` (with `=`, the
     // pending branch walked the primary key through the whole table, ~1 s on a 300k backlog).
@@ -97,13 +98,22 @@ pub(super) fn due_heads(d: &str, sub: &str, limit: &str, after: &str) -> String 
               LIMIT {limit})"
         )
     };
-    format!(
-        "SELECT a.* FROM ({} UNION ALL {} UNION ALL {}) a ORDER BY a.next_attempt_at, a.id LIMIT {limit}",
-        branch("c.status = 'failed'", "c.subscription_id, c.next_attempt_at, c.id"),
+    // The rows after the cursor must reach the pump as a prefix of their id order, whatever
+    // the final LIMIT cuts: they are sorted by the least due time of themselves and every
+    // later row (the same as their own while due times follow ids, as the times of the
+    // transactions that stored them do, but a clock stepped back cannot reorder them).
+    let after_cursor = format!(
+        "(SELECT f.id, f.event_id, f.event, f.ordering_key, f.payload, f.attempts, f.sequence,
+                 f.fresh, min(f.next_attempt_at) OVER (ORDER BY f.id DESC) AS next_attempt_at
+          FROM {} f)",
         branch(
             &format!("c.status = 'pending' AND c.id > {after}"),
             "c.subscription_id, c.id"
-        ),
+        )
+    );
+    format!(
+        "SELECT a.* FROM ({} UNION ALL {after_cursor} UNION ALL {}) a ORDER BY a.next_attempt_at, a.id LIMIT {limit}",
+        branch("c.status = 'failed'", "c.subscription_id, c.next_attempt_at, c.id"),
         branch(
             &format!("c.status = 'pending' AND c.last_attempt_at IS NOT NULL AND c.id <= {after}"),
             "c.subscription_id, c.id"
