@@ -11,7 +11,8 @@
 -- holds exactly those, and rows enter it only when attempted. Among rows never attempted the
 -- order is the pump's: claims return them in id order (commit order) and its lanes keep each
 -- key's rows in the order they came; it does not claim while a failure is not recorded, and
--- drops an answer read before a failure it saw was recorded (deliver/worker).
+-- leaves to the outbox the rows an answer holds of a key that failed while it ran
+-- (deliver/worker).
 --
 -- Nothing else changes; no row is touched.
 

@@ -166,8 +166,6 @@ struct Claiming {
     reply: oneshot::Receiver<Result<Answer, DeliverError>>,
     /// A read in id order, started at this [`Pump::epoch`].
     tail_epoch: Option<u64>,
-    /// [`Pump::failures`] when the claim started.
-    failures: u64,
 }
 
 /// The backstop of [`Pump::timer_claims`]: 60 polls, spread ±25% so that pumps started together
@@ -223,9 +221,10 @@ pub(super) struct Pump {
     /// meanwhile (rows of their keys must wait in the outbox). Nor may a claim run: a claim
     /// leaves out the rows behind a failure only once the outbox shows it (sql/018).
     failed_unrecorded: usize,
-    /// Requests that came back with a failure, ever: a claim that ran across one is dropped,
-    /// since its snapshot may not show the failure and so may hold rows of the failed key.
-    failures: u64,
+    /// The keys whose row failed while the running claim ran: its snapshot may not show those
+    /// failures, so its rows of those keys could pass the failed rows; they are left to the
+    /// outbox (no other key's rows are at risk: a claim starts with every failure recorded).
+    failed_during_claim: HashSet<String>,
     /// One entry per request: its rows' results.
     in_flight: JoinSet<Vec<Done>>,
     /// Results decided as their attempts finished, not handed to the recorder yet.
@@ -282,7 +281,7 @@ impl Pump {
             claim_running: false,
             may_switch: false,
             failed_unrecorded: 0,
-            failures: 0,
+            failed_during_claim: HashSet::new(),
             recording: None,
             in_flight: JoinSet::new(),
             decided: Decided::default(),
@@ -483,6 +482,10 @@ impl Pump {
                         self.lanes.finished(&done.claimed, success);
                     }
                     failed += usize::from(!success);
+                    if !success && self.claim_running && !done.claimed.ordering_key.is_empty() {
+                        self.failed_during_claim
+                            .insert(done.claimed.ordering_key.clone());
+                    }
                     self.decided.add(
                         done,
                         &self.engine.retry,
@@ -499,7 +502,6 @@ impl Pump {
                 }
                 if failed > 0 {
                     self.failed_unrecorded += failed;
-                    self.failures += 1;
                     // Retries and what waits behind them are the outbox's business.
                     self.back_to_outbox();
                 }
@@ -566,9 +568,14 @@ impl Pump {
         }
         let max = self.engine.config.max_in_flight;
         // Results wait in memory while the previous record statement runs. Past this many,
-        // sends pause until it answers (the loop wakes on its reply): a slow outbox holds
-        // memory at a bound instead of growing it, and the rows stay pending where they are.
-        let unrecorded = self.decided.len() + self.cursor.waiting();
+        // those it writes included, sends pause until it answers (the loop wakes on its
+        // reply): a slow outbox holds memory at a bound instead of growing it, and the rows
+        // stay pending where they are.
+        let writing = self
+            .recording
+            .as_ref()
+            .map_or(0, |r| r.ids.len() + r.covered.len());
+        let unrecorded = self.decided.len() + self.cursor.waiting() + writing;
         if unrecorded >= (UNRECORDED_PER_SLOT * max * self.per_request()).max(RECORD_MIN) {
             return None;
         }

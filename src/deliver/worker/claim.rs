@@ -5,9 +5,9 @@
 //!   precedes, leaving out every id the pump holds, the rows never attempted in id order; this
 //!   is the mode after anything unexpected (a failure, an open breaker, lost ownership, a
 //!   replay, a gap in the sequence numbers), and it is always correct: the lanes keep the order
-//!   among a key's rows never attempted, no claim starts while a failure is not recorded, and an
-//!   answer that ran across a failure is dropped, so no row passes a failed row of its key
-//!   (sql/018);
+//!   among a key's rows never attempted, no claim starts while a failure is not recorded, and
+//!   the rows an answer holds of a key that failed while it ran are left to the outbox, so no
+//!   row passes a failed row of its key (sql/018);
 //! - **tail**: the pump holds every unfinished row up to an id, and the subscription has no
 //!   failed row waiting for a retry; it reads the pending rows after that id in id order (no
 //!   per-row head probe, no list of held ids: the cheap read of a backlog), and its lanes keep
@@ -167,6 +167,7 @@ impl Pump {
             self.may_switch = self.failed_unrecorded == 0;
         }
         self.handed_during_claim.clear();
+        self.failed_during_claim.clear();
         self.claim_running = true;
         self.last_claim = Instant::now();
         self.engine.metrics.outbox_claim();
@@ -182,7 +183,6 @@ impl Pump {
             want,
             reply,
             tail_epoch: after.map(|_| self.epoch),
-            failures: self.failures,
         })
     }
 
@@ -208,14 +208,7 @@ impl Pump {
             // Ownership was lost while the claim ran: the new owner sends these.
             return;
         }
-        if claiming.failures != self.failures {
-            // A request failed while this ran: its snapshot may not show the failure, so it may
-            // hold rows that must wait behind the failed one. The outbox keeps them; the next
-            // claim runs once the failure is recorded.
-            self.slot.accept(false);
-            self.more_due = true;
-            return;
-        }
+        let failed_keys = std::mem::take(&mut self.failed_during_claim);
         if let Some(epoch) = claiming.tail_epoch {
             return self.tail_claimed(answer, claiming.want, epoch);
         }
@@ -224,6 +217,13 @@ impl Pump {
         self.backlog = full && !everything;
         let mut unknown = false;
         for c in answer.rows {
+            // A key that failed while this ran: its row may be missing from the snapshot's
+            // failures, and this one would pass it. The outbox keeps it; a later claim, which
+            // starts once the failure is recorded, sees it in order.
+            if failed_keys.contains(&c.ordering_key) {
+                self.more_due = true;
+                continue;
+            }
             if !handed.contains(&c.id) {
                 unknown |= self.admit(c);
             }

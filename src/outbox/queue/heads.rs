@@ -70,9 +70,9 @@ pub(super) fn unfinished(d: &str, sub: &str, after: &str, limit: &str) -> String
 /// A row is left out when an older row of its key was attempted and is unfinished (failed,
 /// or a replay waiting): that row goes first. Order among rows never attempted is not the
 /// claim's business (sql/018): they come in id order, which is commit order, and the pump's
-/// lanes keep each key's rows in the order they came; the pump neither claims while a failure
-/// is not recorded nor takes an answer read before it was (`deliver::worker`), so a row never
-/// passes an older row of its key that failed.
+/// lanes keep each key's rows in the order they came; the pump does not claim while a failure
+/// is not recorded, and leaves to the outbox the rows an answer holds of a key that failed
+/// while it ran (`deliver::worker`), so a row never passes an older row of its key that failed.
 pub(super) fn due_heads(d: &str, sub: &str, limit: &str, after: &str) -> String {
     // Written as ORDER BY ... LIMIT 1 in `deliveries_again_key`'s order so that the planner
     // takes that index even before the table has statistics; a NOT EXISTS (... o.id < c.id)
