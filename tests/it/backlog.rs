@@ -3,7 +3,7 @@
 //! lose nothing when rows fail on the way, or when their results cannot be recorded for a while.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::support::daemon::{fast_delivery, wait_value, Daemon};
 use crate::support::receiver::{Answer, Receiver, Request};
@@ -41,24 +41,59 @@ fn by_key(
     (keys, ok)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_read_in_id_order_keeps_each_key_in_order_through_failures() {
-    let db = TestDb::new();
-    db.sql("CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL)");
-    // Each key's values 3 and 110 fail once (500), then succeed.
-    let failed: std::sync::Arc<Mutex<HashSet<String>>> = Default::default();
+/// A receiver answering 500 to the first request of each event whose record's `(k, v)` fails,
+/// 200 to every other; and the event ids it failed.
+async fn failing_once(
+    fails: impl Fn(i64, i64) -> bool + Send + Sync + 'static,
+) -> (Receiver, Arc<Mutex<HashSet<String>>>) {
+    let failed: Arc<Mutex<HashSet<String>>> = Default::default();
     let seen_failed = failed.clone();
     let rx = Receiver::scripted(move |r, _| {
         let b = r.json();
+        let k = b["record"]["k"].as_i64().unwrap_or(-1);
         let v = b["record"]["v"].as_i64().unwrap_or(-1);
         let id = b["id"].as_str().unwrap_or_default().to_string();
-        if (v == 3 || v == 110) && seen_failed.lock().unwrap().insert(id) {
+        if fails(k, v) && seen_failed.lock().unwrap().insert(id) {
             Answer::Status(500)
         } else {
             Answer::Status(200)
         }
     })
     .await;
+    (rx, failed)
+}
+
+/// Waits until the outbox holds `total` deliveries, every one delivered.
+async fn wait_all_delivered(db: &TestDb, total: i64) {
+    wait_value(
+        db,
+        "SELECT count(*) FILTER (WHERE status = 'delivered') || '/' || count(*) FROM walhook.delivery_states",
+        &format!("{total}/{total}"),
+        120,
+    )
+    .await;
+}
+
+/// Key `k`'s values 0..=`last` as a receiver must see them: one request at a time in commit
+/// order, a value that fails once retried before any later value of its key goes out.
+fn expected_arrivals(k: i64, last: i64, fails: impl Fn(i64, i64) -> bool) -> Vec<i64> {
+    let mut expected = Vec::new();
+    for v in 0..=last {
+        if fails(k, v) {
+            expected.push(v);
+        }
+        expected.push(v);
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_read_in_id_order_keeps_each_key_in_order_through_failures() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL)");
+    // Each key's values 3 and 110 fail once (500), then succeed.
+    let fails = |_: i64, v: i64| v == 3 || v == 110;
+    let (rx, failed) = failing_once(fails).await;
     // A small in-flight cap: the pump's memory queue is its 4096-row minimum, and one
     // transaction of 5,050 changes does not fit.
     let delivery = fast_delivery(
@@ -92,13 +127,7 @@ async fn a_backlog_read_in_id_order_keeps_each_key_in_order_through_failures() {
     db.sql(&later);
     let d = Daemon::start(&db, &delivery, &subscription(&rx.url)).await;
     let total = KEYS * 121;
-    wait_value(
-        &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered') || '/' || count(*) FROM walhook.delivery_states",
-        &format!("{total}/{total}"),
-        120,
-    )
-    .await;
+    wait_all_delivered(&db, total).await;
     d.stop().await;
 
     let reqs = rx.snapshot();
@@ -111,12 +140,7 @@ async fn a_backlog_read_in_id_order_keeps_each_key_in_order_through_failures() {
     let (keys, ok) = by_key(&reqs, &failed);
     assert_eq!(keys.len() as i64, KEYS);
     for (k, values) in &keys {
-        // One request at a time per key, in commit order: a failed value is retried before
-        // any later value of its key goes out.
-        let mut expected: Vec<i64> = (0..=120).collect();
-        expected.insert(expected.iter().position(|v| *v == 3).unwrap(), 3);
-        expected.insert(expected.iter().position(|v| *v == 110).unwrap(), 110);
-        assert_eq!(values, &expected, "key {k}");
+        assert_eq!(values, &expected_arrivals(*k, 120, fails), "key {k}");
     }
     // Every event answered 2xx exactly once.
     assert_eq!(ok.len() as i64, total);
@@ -245,20 +269,7 @@ async fn scattered_failures_keep_each_key_in_commit_order() {
     let db = TestDb::new();
     db.sql("CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL)");
     let fails = |k: i64, v: i64| (k * 3 + v) % 7 == 0;
-    let failed: std::sync::Arc<Mutex<HashSet<String>>> = Default::default();
-    let seen_failed = failed.clone();
-    let rx = Receiver::scripted(move |r, _| {
-        let b = r.json();
-        let k = b["record"]["k"].as_i64().unwrap_or(-1);
-        let v = b["record"]["v"].as_i64().unwrap_or(-1);
-        let id = b["id"].as_str().unwrap_or_default().to_string();
-        if fails(k, v) && seen_failed.lock().unwrap().insert(id) {
-            Answer::Status(500)
-        } else {
-            Answer::Status(200)
-        }
-    })
-    .await;
+    let (rx, failed) = failing_once(fails).await;
     let delivery = fast_delivery(
         "max_in_flight = 16\nretry_schedule = [\"0s\", \"20ms\"]\nbreaker_failures = 100000",
     );
@@ -275,13 +286,7 @@ async fn scattered_failures_keep_each_key_in_commit_order() {
             .unwrap();
     }
     let total = KEYS * (ROUNDS + 1);
-    wait_value(
-        &db,
-        "SELECT count(*) FILTER (WHERE status = 'delivered') || '/' || count(*) FROM walhook.delivery_states",
-        &format!("{total}/{total}"),
-        120,
-    )
-    .await;
+    wait_all_delivered(&db, total).await;
     d.stop().await;
 
     let reqs = rx.snapshot();
@@ -290,14 +295,8 @@ async fn scattered_failures_keep_each_key_in_commit_order() {
     assert_eq!(keys.len() as i64, KEYS);
     let mut failures = 0;
     for (k, values) in &keys {
-        let mut expected = Vec::new();
-        for v in 0..=ROUNDS {
-            if fails(*k, v) {
-                expected.push(v);
-                failures += 1;
-            }
-            expected.push(v);
-        }
+        let expected = expected_arrivals(*k, ROUNDS, fails);
+        failures += expected.len() - (ROUNDS + 1) as usize;
         assert_eq!(values, &expected, "key {k}: requests in arrival order");
     }
     assert_eq!(failed.len(), failures, "each failing value failed once");
