@@ -1,13 +1,11 @@
 //! The DNS resolver that enforces the egress rules ([`crate::model::egress`]) at delivery time.
 //!
-//! Guarantees: the HTTP client is handed only the addresses the policy allows, so it connects
+//! Guarantees: the connection pool (`super::connections`) is handed only the addresses the policy allows, so it connects
 //! to exactly what was checked; a name that re-resolves to a private address (DNS rebinding) is
 //! still refused; a name whose every address is refused fails with a message naming them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 pub use crate::model::egress::{host_label, EgressError, EgressPolicy};
 
@@ -77,16 +75,6 @@ fn filter_addrs(
     // Some addresses refused and some allowed: connecting to the allowed ones is safe, and the
     // refused ones never reach the client.
     Ok(allowed)
-}
-
-impl Resolve for PolicyResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let this = self.clone();
-        Box::pin(async move {
-            let addrs = this.resolve_allowed(name.as_str()).await?;
-            Ok(Box::new(addrs.into_iter()) as Addrs)
-        })
-    }
 }
 
 #[cfg(test)]

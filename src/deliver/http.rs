@@ -19,9 +19,11 @@
 //! `[delivery] ca_file` (receivers behind an internal CA), built here so that no process-wide
 //! crypto provider or OS trust store is involved. A certificate that is not trusted or does not
 //! name the receiver's host fails the attempt as [`ErrorKind::Tls`]; nothing is sent.
-//! Connections are HTTP/1.1 with keep-alive and an idle pool per host: deliveries to one
-//! endpoint reuse warm connections, and HTTP/1.1 keeps one slow response from stalling others on
-//! a shared h2 connection. At most `max_requests_per_host` requests to one receiver are in flight
+//! Connections are HTTP/1.1 with keep-alive and an idle pool per host ([`super::connections`]):
+//! deliveries to one endpoint reuse warm connections, and HTTP/1.1 keeps one slow response from
+//! stalling others on a shared h2 connection. A request that a reused connection could not even
+//! start (the receiver closed it while idle) is sent once more on a new connection; one that was
+//! written is never sent again here (its retry is the delivery's). At most `max_requests_per_host` requests to one receiver are in flight
 //! ([`super::host_limit`]), so a fan-out to thousands of subscriptions of one receiver goes
 //! through a bounded set of connections instead of opening one per request.
 
@@ -33,9 +35,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::redirect::Policy;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
+use tokio::time::{timeout_at, Instant as Deadline};
 
+use super::connections::{ConnectError, Connections, Endpoint};
 use super::egress::{host_label, EgressError, EgressPolicy};
 use super::host_limit::HostLimits;
 use super::sign::USER_AGENT;
@@ -43,11 +48,16 @@ use super::sign::USER_AGENT;
 /// URLs kept parsed at most (more distinct URLs than this only cost a parse each again).
 const TARGETS_MAX: usize = 4096;
 
-/// A URL the egress policy accepted, and its origin for [`HostLimits`].
+/// A URL the egress policy accepted: where to connect, its origin for [`HostLimits`], and the
+/// request line's target and `Host` header, computed once.
 struct Target {
-    url: reqwest::Url,
-    origin: String,
+    endpoint: Endpoint,
+    uri: hyper::Uri,
+    host: HeaderValue,
 }
+
+/// A kept-alive connection unused this long is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Response bytes read at most; beyond this the response is dropped unread.
 const READ_CAP: usize = 64 * 1024;
@@ -58,8 +68,6 @@ const KEEP: usize = 1024;
 pub enum HttpError {
     #[error("cannot set up TLS for webhook delivery: {0}")]
     Tls(String),
-    #[error("cannot build the HTTP client for webhook delivery: {0}")]
-    Client(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,7 +149,7 @@ impl AttemptOutcome {
 
 #[derive(Clone)]
 pub struct HttpSender {
-    client: reqwest::Client,
+    connections: Arc<Connections>,
     policy: Arc<EgressPolicy>,
     /// `max_requests_per_host`: shared by every clone of this sender.
     limits: Arc<HostLimits>,
@@ -188,23 +196,14 @@ fn tls_config(c: &crate::config::DeliveryConfig) -> Result<rustls::ClientConfig,
 impl HttpSender {
     pub fn new(c: &crate::config::DeliveryConfig) -> Result<HttpSender, HttpError> {
         let policy = EgressPolicy::from_config(c);
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(c)?)
-            .http1_only()
-            .redirect(Policy::none())
-            .no_proxy()
-            .referer(false)
-            .user_agent(USER_AGENT)
-            .connect_timeout(c.connect_timeout.0)
-            .timeout(c.timeout.0)
-            .dns_resolver(policy.resolver())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(usize::MAX)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| HttpError::Client(error_chain(&e.without_url())))?;
+        let connections = Connections::new(
+            tokio_rustls::TlsConnector::from(Arc::new(tls_config(c)?)),
+            policy.resolver(),
+            c.connect_timeout.0,
+            IDLE_TIMEOUT,
+        );
         Ok(HttpSender {
-            client,
+            connections: Arc::new(connections),
             policy: Arc::new(policy),
             limits: HostLimits::new(c.max_requests_per_host),
             targets: Arc::default(),
@@ -225,9 +224,16 @@ impl HttpSender {
             return Ok(t.clone());
         }
         let parsed = self.policy.check_url(url)?;
+        let endpoint = Endpoint::new(&parsed, HostLimits::origin(&parsed));
+        let uri = endpoint.target.parse().map_err(|_| {
+            EgressError::InvalidUrl("the path is not a valid request target".into())
+        })?;
+        let host = HeaderValue::from_str(&endpoint.authority)
+            .map_err(|_| EgressError::InvalidUrl("the host is not a valid header value".into()))?;
         let t = Arc::new(Target {
-            origin: HostLimits::origin(&parsed),
-            url: parsed,
+            endpoint,
+            uri,
+            host,
         });
         let mut targets = lock();
         if targets.len() >= TARGETS_MAX {
@@ -257,25 +263,26 @@ impl HttpSender {
         };
         // Held until the response is read (or given up); the wait for it is not part of the
         // attempt's duration or timeout: the receiver has not been asked anything yet.
-        let _slot = self.limits.acquire(target.origin.clone()).await;
+        let _slot = self.limits.acquire(target.endpoint.origin.clone()).await;
         let start = Instant::now();
-        let map = match header_map(headers) {
-            Ok(m) => m,
+        let deadline = Deadline::now() + self.timeout;
+        let request = match request(&target, headers, body) {
+            Ok(r) => r,
             Err(e) => return AttemptOutcome::failed(start, ErrorKind::Other, e.0),
         };
-
-        let resp = match self
-            .client
-            .post(target.url.clone())
-            .headers(map)
-            .body(body)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                let (kind, msg) = self.classify(&e, url);
+        let (conn, resp) = match timeout_at(deadline, self.exchange(&target, request)).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(failure)) => {
+                let (kind, msg) = self.explain(failure, url);
                 return AttemptOutcome::failed(start, kind, msg);
+            }
+            Err(_) => {
+                let msg = format!(
+                    "no complete response from {} within {:.1}s",
+                    host_of(url),
+                    self.timeout.as_secs_f64()
+                );
+                return AttemptOutcome::failed(start, ErrorKind::Timeout, msg);
             }
         };
 
@@ -284,14 +291,22 @@ impl HttpSender {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let (response_body, body_err) = read_capped(resp).await;
+        let read = read_capped(resp.into_body(), deadline).await;
+        if read.complete {
+            self.connections.put(&target.endpoint.origin, conn);
+        }
 
-        let (error_kind, error) = if let Some(e) = body_err {
-            let (kind, msg) = self.classify(&e, url);
-            let kind = if kind == ErrorKind::Timeout {
-                kind
-            } else {
-                ErrorKind::Body
+        let (error_kind, error) = if let Some(e) = read.error {
+            let (kind, msg) = match e {
+                None => (
+                    ErrorKind::Timeout,
+                    format!(
+                        "no complete response from {} within {:.1}s",
+                        host_of(url),
+                        self.timeout.as_secs_f64()
+                    ),
+                ),
+                Some(e) => (ErrorKind::Body, self.explain(Failure::Send(e), url).1),
             };
             (
                 Some(kind),
@@ -319,17 +334,50 @@ impl HttpSender {
             http_status: Some(status.as_u16()),
             error_kind,
             error,
-            response_body,
+            response_body: read.kept,
             retry_after,
             duration: start.elapsed(),
         }
     }
 
-    fn classify(&self, e: &reqwest::Error, url: &str) -> (ErrorKind, String) {
+    /// Sends `request` on a pooled or new connection and waits for the response head. A
+    /// request that a reused connection did not start (closed while idle) goes once more on a
+    /// new connection: nothing of it reached the receiver.
+    async fn exchange(
+        &self,
+        target: &Target,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> Result<(super::connections::Conn, hyper::Response<Incoming>), Failure> {
+        let mut conn = self
+            .connections
+            .get(&target.endpoint)
+            .await
+            .map_err(Failure::Connect)?;
+        let resp = match conn.send().try_send_request(request).await {
+            Ok(r) => r,
+            Err(mut e) => match e.take_message() {
+                Some(request) if conn.reused => {
+                    conn = self
+                        .connections
+                        .open(&target.endpoint)
+                        .await
+                        .map_err(Failure::Connect)?;
+                    conn.send()
+                        .send_request(request)
+                        .await
+                        .map_err(Failure::Send)?
+                }
+                _ => return Err(Failure::Send(e.into_error())),
+            },
+        };
+        Ok((conn, resp))
+    }
+
+    /// The kind and text of a failure before a response head arrived.
+    fn explain(&self, failure: Failure, url: &str) -> (ErrorKind, String) {
         let host = host_of(url);
-        let mut source: Option<&(dyn StdError + 'static)> = e.source();
-        while let Some(err) = source {
-            if let Some(eg) = err.downcast_ref::<EgressError>() {
+        let (kind, detail) = match failure {
+            Failure::Connect(ConnectError::Egress(eg)) => {
                 let kind = if eg.is_dns() {
                     ErrorKind::Dns
                 } else {
@@ -337,35 +385,20 @@ impl HttpSender {
                 };
                 return (kind, eg.to_string());
             }
-            source = err.source();
-        }
-        // The connect timeout also reports is_timeout; say which deadline passed.
-        if e.is_timeout() {
-            let msg = if e.is_connect() {
-                format!(
+            Failure::Connect(ConnectError::Timeout) => {
+                let msg = format!(
                     "could not connect to {host} within {:.1}s",
                     self.connect_timeout.as_secs_f64()
-                )
-            } else {
-                format!(
-                    "no complete response from {host} within {:.1}s",
-                    self.timeout.as_secs_f64()
-                )
-            };
-            return (ErrorKind::Timeout, msg);
-        }
-        let detail = error_chain(e).replace(url, &host);
-        let kind = if is_tls(e) {
-            ErrorKind::Tls
-        } else if is_reset(e) {
-            ErrorKind::Reset
-        } else if e.is_connect() {
-            ErrorKind::Connect
-        } else if e.is_body() || e.is_decode() {
-            ErrorKind::Body
-        } else {
-            ErrorKind::Other
+                );
+                return (ErrorKind::Timeout, msg);
+            }
+            Failure::Connect(e @ ConnectError::Tls(_)) => (ErrorKind::Tls, error_chain(&e)),
+            Failure::Connect(e @ ConnectError::ServerName(_)) => (ErrorKind::Tls, e.to_string()),
+            Failure::Connect(e) => (ErrorKind::Connect, error_chain(&e)),
+            Failure::Send(e) if is_reset(&e) => (ErrorKind::Reset, error_chain(&e)),
+            Failure::Send(e) => (ErrorKind::Other, error_chain(&e)),
         };
+        let detail = detail.replace(url, &host);
         let verb = match kind {
             ErrorKind::Connect => "connecting to",
             ErrorKind::Tls => "TLS handshake with",
@@ -386,38 +419,49 @@ impl HttpSender {
     }
 }
 
+/// What kept an attempt from getting a response head.
+enum Failure {
+    Connect(ConnectError),
+    Send(hyper::Error),
+}
+
+/// The POST of `body` to `target` with `headers` (after `Host`; a `User-Agent` is added when
+/// `headers` has none).
+fn request(
+    target: &Target,
+    headers: &[(Cow<'static, str>, String)],
+    body: Bytes,
+) -> Result<hyper::Request<Full<Bytes>>, BadValue> {
+    let mut map = header_map(headers)?;
+    map.insert(HOST, target.host.clone());
+    if !map.contains_key(hyper::header::USER_AGENT) {
+        map.insert(
+            hyper::header::USER_AGENT,
+            HeaderValue::from_static(USER_AGENT),
+        );
+    }
+    let mut req = hyper::Request::new(Full::new(body));
+    *req.method_mut() = hyper::Method::POST;
+    *req.uri_mut() = target.uri.clone();
+    *req.headers_mut() = map;
+    Ok(req)
+}
 /// `host[:port]` for messages; parsed again only on the failure path, to keep the
 /// success path free of it.
 pub(super) fn host_of(url: &str) -> String {
-    reqwest::Url::parse(url)
+    url::Url::parse(url)
         .ok()
         .and_then(|u| host_label(&u))
         .unwrap_or_else(|| "the endpoint".to_string())
 }
 
-/// Whether a rustls error (certificate, handshake) is in the chain. `io::Error::source` skips
-/// the error it wraps (hyper-rustls wraps tokio-rustls's io::Error in another), so wrapped
-/// errors are looked at through `get_ref`.
-fn is_tls(e: &reqwest::Error) -> bool {
-    fn wraps_rustls(err: &(dyn StdError + 'static)) -> bool {
-        err.is::<rustls::Error>()
-            || err
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .is_some_and(|inner| wraps_rustls(inner))
-    }
-    let mut source: Option<&(dyn StdError + 'static)> = e.source();
-    while let Some(err) = source {
-        if wraps_rustls(err) {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
-
 /// A reset, a broken pipe, or a connection closed before the response was complete.
-fn is_reset(e: &reqwest::Error) -> bool {
+fn is_reset(e: &hyper::Error) -> bool {
+    // Closed or cancelled: the connection died under the request (the peer reset or closed it
+    // while we were still writing, or before it answered).
+    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        return true;
+    }
     let mut source: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
@@ -429,37 +473,28 @@ fn is_reset(e: &reqwest::Error) -> bool {
                 return true;
             }
         }
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            // Closed or cancelled: the pooled connection died under the request (the peer
-            // reset it while we were still writing).
-            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
-                return true;
-            }
-        }
         source = err.source();
     }
     false
 }
 
-/// The messages below reqwest's own (whose text would include the full URL), deduplicated.
-fn error_chain(e: &reqwest::Error) -> String {
+/// `e`'s message and those of its sources, deduplicated. `io::Error::source` skips the error it
+/// wraps (tokio-rustls's certificate errors), so a wrapped error is read through `get_ref`.
+fn error_chain(e: &(dyn StdError + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut source: Option<&(dyn StdError + 'static)> = e.source();
-    while let Some(err) = source {
+    let mut next: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = next {
         let msg = err.to_string();
-        // hyper-util's "client error (Connect)" wrapper adds nothing the kind does not say.
-        if !msg.starts_with("client error (") && !parts.iter().any(|p| p == &msg) {
+        if !parts.iter().any(|p| p.contains(&msg)) {
             parts.push(msg);
         }
-        source = err.source();
-    }
-    if parts.is_empty() {
-        // reqwest's message without the URL part.
-        let mut s = e.to_string();
-        if let Some(i) = s.find(" for url (") {
-            s.truncate(i);
-        }
-        return s;
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => inner.source(),
+            None => err.source(),
+        };
     }
     parts.join(": ")
 }
@@ -468,7 +503,7 @@ fn error_chain(e: &reqwest::Error) -> String {
 fn header_name(name: &str) -> Option<HeaderName> {
     Some(match name {
         "Content-Type" => CONTENT_TYPE,
-        "User-Agent" => reqwest::header::USER_AGENT,
+        "User-Agent" => hyper::header::USER_AGENT,
         "X-Archie-Event" => HeaderName::from_static("x-archie-event"),
         "X-Archie-Delivery" => HeaderName::from_static("x-archie-delivery"),
         "X-Archie-Signature" => HeaderName::from_static("x-archie-signature"),
@@ -494,27 +529,46 @@ fn header_map(headers: &[(Cow<'static, str>, String)]) -> Result<HeaderMap, BadV
     Ok(map)
 }
 
-/// Reads at most `READ_CAP` bytes, keeping the first `KEEP`.
-async fn read_capped(mut resp: reqwest::Response) -> (String, Option<reqwest::Error>) {
+/// What [`read_capped`] read of a response body.
+struct Read {
+    /// The first [`KEEP`] bytes, as text.
+    kept: String,
+    /// `Some(None)`: the deadline passed; `Some(Some(e))`: reading failed.
+    error: Option<Option<hyper::Error>>,
+    /// Read to its end: the connection can carry another request.
+    complete: bool,
+}
+
+/// Reads at most `READ_CAP` bytes by `deadline`, keeping the first `KEEP`.
+async fn read_capped(mut body: Incoming, deadline: Deadline) -> Read {
     let mut kept: Vec<u8> = Vec::new();
     let mut total = 0usize;
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
+    let (error, complete) = loop {
+        match timeout_at(deadline, body.frame()).await {
+            Err(_) => break (Some(None), false),
+            Ok(None) => break (None, true),
+            Ok(Some(Err(e))) => break (Some(Some(e)), false),
+            Ok(Some(Ok(frame))) => {
+                let Ok(chunk) = frame.into_data() else {
+                    continue; // trailers
+                };
                 if kept.len() < KEEP {
                     let take = (KEEP - kept.len()).min(chunk.len());
                     kept.extend_from_slice(&chunk[..take]);
                 }
                 total += chunk.len();
                 if total >= READ_CAP {
-                    break;
+                    // Not a failure; the rest is left unread and the connection closed.
+                    break (None, body.is_end_stream());
                 }
             }
-            Ok(None) => break,
-            Err(e) => return (lossy_prefix(kept), Some(e)),
         }
+    };
+    Read {
+        kept: lossy_prefix(kept),
+        error,
+        complete,
     }
-    (lossy_prefix(kept), None)
 }
 
 /// UTF-8 text of a body prefix; a character cut by the 1 KiB limit is dropped, not replaced.

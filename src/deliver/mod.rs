@@ -15,6 +15,7 @@
 pub mod attempt;
 pub mod batch;
 pub mod batching;
+pub mod connections;
 mod cursor;
 mod decide;
 pub mod egress;

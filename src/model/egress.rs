@@ -8,9 +8,10 @@
 //!   and benchmarking addresses are refused, also when written as IPv4-mapped, IPv4-compatible
 //!   or NAT64 IPv6 addresses, and every IPv4-mapped, 6to4, Teredo and local-use NAT64 address;
 //! - an IP-literal host is checked before any connection ([`EgressPolicy::check_url`]); a name
-//!   is checked after resolution, by `deliver::egress::PolicyResolver`, which hands the HTTP client only the
-//!   allowed addresses: the client connects to exactly what was checked, so a name that
-//!   re-resolves to a private address (DNS rebinding) is still refused;
+//!   is checked after resolution, by `deliver::egress::PolicyResolver`, which hands the
+//!   connection pool (`deliver::connections`) only the allowed addresses: it connects to exactly
+//!   what was checked, so a name that re-resolves to a private address (DNS rebinding) is still
+//!   refused;
 //! - `allow_private_networks = true` lifts the address checks; `allow_cidrs` lifts them for the
 //!   listed networks only; `allow_http = true` permits plain `http`;
 //! - error messages name the host, the reason and the setting that would allow it, and never
