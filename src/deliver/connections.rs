@@ -237,7 +237,12 @@ impl Connections {
                 .map(|a| SocketAddr::new(a.ip(), ep.port))
                 .collect(),
         };
-        let tcp = connect_first(&addrs).await.map_err(ConnectError::Tcp)?;
+        let tcp = connect_first(&addrs, self.connect_timeout)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => ConnectError::Timeout,
+                _ => ConnectError::Tcp(e),
+            })?;
         // Requests are written whole; Nagle would hold the body's last segment for an ACK.
         tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
         if ep.tls {
@@ -255,13 +260,18 @@ impl Connections {
     }
 }
 
-/// The first address that accepts, in the resolver's order; the last error otherwise.
-async fn connect_first(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+/// The first address that accepts, in the resolver's order; the last error otherwise. Each
+/// address gets an equal share of `budget`, so one that drops packets cannot use up the whole
+/// connect timeout before the next is tried.
+async fn connect_first(addrs: &[SocketAddr], budget: Duration) -> std::io::Result<TcpStream> {
+    let share = budget / (addrs.len().max(1) as u32);
     let mut last = None;
     for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = Some(e),
+            // Not the address in the text: errors are shown to API callers (see `egress`).
+            Err(_) => last = Some(std::io::ErrorKind::TimedOut.into()),
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no address to connect to")))

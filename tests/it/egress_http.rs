@@ -400,6 +400,41 @@ async fn nothing_listening_is_connect() {
 }
 
 #[tokio::test]
+async fn a_receiver_that_never_accepts_is_a_connect_timeout() {
+    // A listener with a backlog of one whose queue is filled and never accepted: Linux drops
+    // further SYNs, so a connect to it waits as it would for a host that drops packets.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        fillers.push(s);
+    }
+    let mut c = config(Duration::from_secs(10));
+    c.connect_timeout = walhook::config::Duration(Duration::from_millis(700));
+    let o = HttpSender::new(&c)
+        .unwrap()
+        .post(&format!("http://{addr}/"), &headers(), body())
+        .await;
+    assert_eq!(o.error_kind, Some(ErrorKind::Timeout), "{o:?}");
+    assert_eq!(
+        o.error.as_deref(),
+        Some(format!("could not connect to {addr} within 0.7s").as_str())
+    );
+    assert!(
+        o.duration >= Duration::from_millis(700) && o.duration < Duration::from_secs(3),
+        "{:?}",
+        o.duration
+    );
+    drop((sock, fillers));
+}
+
+#[tokio::test]
 async fn unresolvable_name_is_dns() {
     // A 64-character label is not a valid DNS name: the system resolver refuses it without
     // sending a query, so this test asks no name server anything (nothing leaves the machine).
