@@ -236,10 +236,12 @@ async fn bench() -> anyhow::Result<()> {
     let e2e_rate = W1_CHANGES as f64 / e2e.as_secs_f64();
     println!(
         "walhook e2e: {:.2} s ({e2e_rate:.0} changes/s); receiver had all at {:.2} s; \
-         {delivered} deliveries, {attempts} attempts, {} requests received",
+         {delivered} deliveries, {attempts} attempts, {} requests received; walhook peak RSS \
+         {:.1} MiB",
         e2e.as_secs_f64(),
         received_all.unwrap_or_default().as_secs_f64(),
-        state.count.load(Ordering::Relaxed)
+        state.count.load(Ordering::Relaxed),
+        hwm as f64 / 1024.0
     );
 
     println!("CPU time during the e2e run (utime+stime, top processes):");

@@ -38,6 +38,10 @@ use super::egress::{EgressError, PolicyResolver};
 /// The request body type of every connection.
 pub type Body = Full<Bytes>;
 
+/// What a connection buffers of a response at most (hyper's default is ~400 KB): walhook reads
+/// 64 KiB of a body at most (`super::http`), and hundreds of connections may be open at once.
+const READ_BUF_MAX: usize = 64 * 1024;
+
 /// How often the idle pool is swept of closed and expired connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -281,7 +285,9 @@ async fn handshake<T>(io: T) -> Result<SendRequest<Body>, ConnectError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (send, conn) = http1::handshake(io)
+    let (send, conn) = http1::Builder::new()
+        .max_buf_size(READ_BUF_MAX)
+        .handshake(io)
         .await
         .map_err(ConnectError::Handshake)?;
     // The connection's I/O runs in its own task until the request side is dropped or the peer
