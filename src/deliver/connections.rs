@@ -119,11 +119,11 @@ impl Endpoint {
 pub struct Conn {
     send: SendRequest<Body>,
     /// Taken from the idle pool rather than opened for this request.
-    pub reused: bool,
+    pub(super) reused: bool,
 }
 
 impl Conn {
-    pub fn send(&mut self) -> &mut SendRequest<Body> {
+    pub(super) fn send(&mut self) -> &mut SendRequest<Body> {
         &mut self.send
     }
 }

@@ -23,9 +23,10 @@
 //! deliveries to one endpoint reuse warm connections, and HTTP/1.1 keeps one slow response from
 //! stalling others on a shared h2 connection. A request that a reused connection could not even
 //! start (the receiver closed it while idle) is sent once more on a new connection; one that was
-//! written is never sent again here (its retry is the delivery's). At most `max_requests_per_host` requests to one receiver are in flight
-//! ([`super::host_limit`]), so a fan-out to thousands of subscriptions of one receiver goes
-//! through a bounded set of connections instead of opening one per request.
+//! written is never sent again here (its retry is the delivery's). At most
+//! `max_requests_per_host` requests to one receiver are in flight ([`super::host_limit`]), so a
+//! fan-out to thousands of subscriptions of one receiver goes through a bounded set of
+//! connections instead of opening one per request.
 
 use crate::model::BadValue;
 use std::borrow::Cow;
@@ -289,14 +290,7 @@ impl HttpSender {
                 let (kind, msg) = self.explain(failure, url);
                 return AttemptOutcome::failed(start, kind, msg);
             }
-            Err(_) => {
-                let msg = format!(
-                    "no complete response from {} within {:.1}s",
-                    host_of(url),
-                    self.timeout.as_secs_f64()
-                );
-                return AttemptOutcome::failed(start, ErrorKind::Timeout, msg);
-            }
+            Err(_) => return AttemptOutcome::failed(start, ErrorKind::Timeout, self.late(url)),
         };
 
         let status = resp.status();
@@ -311,14 +305,7 @@ impl HttpSender {
 
         let (error_kind, error) = if let Some(e) = read.error {
             let (kind, msg) = match e {
-                None => (
-                    ErrorKind::Timeout,
-                    format!(
-                        "no complete response from {} within {:.1}s",
-                        host_of(url),
-                        self.timeout.as_secs_f64()
-                    ),
-                ),
+                None => (ErrorKind::Timeout, self.late(url)),
                 Some(e) => (ErrorKind::Body, self.explain(Failure::Send(e), url).1),
             };
             (
@@ -384,6 +371,15 @@ impl HttpSender {
             },
         };
         Ok((conn, resp))
+    }
+
+    /// The text of an attempt that passed `timeout` (before or after the response head).
+    fn late(&self, url: &str) -> String {
+        format!(
+            "no complete response from {} within {:.1}s",
+            host_of(url),
+            self.timeout.as_secs_f64()
+        )
     }
 
     /// The kind and text of a failure before a response head arrived.
@@ -459,6 +455,7 @@ fn request(
     *req.headers_mut() = map;
     Ok(req)
 }
+
 /// `host[:port]` for messages; parsed again only on the failure path, to keep the
 /// success path free of it.
 pub(super) fn host_of(url: &str) -> String {
