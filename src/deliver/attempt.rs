@@ -191,8 +191,23 @@ pub(super) fn commit_latency(payload: &str) -> Option<Duration> {
     const KEY: &str = "\"timestamp\":\"";
     let start = payload.find(KEY)? + KEY.len();
     let end = start + payload[start..].find('"')?;
-    let ts = chrono::DateTime::parse_from_rfc3339(&payload[start..end]).ok()?;
-    (Utc::now() - ts.with_timezone(&Utc)).to_std().ok()
+    let text = &payload[start..end];
+    // The rows of a source transaction share its commit time: parse each text once.
+    thread_local! {
+        static LAST: std::cell::RefCell<(String, Option<chrono::DateTime<Utc>>)> =
+            const { std::cell::RefCell::new((String::new(), None)) };
+    }
+    let ts = LAST.with_borrow_mut(|(last, parsed)| {
+        if last != text {
+            last.clear();
+            last.push_str(text);
+            *parsed = chrono::DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|t| t.with_timezone(&Utc));
+        }
+        *parsed
+    })?;
+    (Utc::now() - ts).to_std().ok()
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@
 //!   lost and nothing is recorded twice;
 //! - memory is bounded by the rows the pump holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::outbox::queue::{Claimed, NewStatus, Recorded, Run};
 

@@ -13,7 +13,9 @@
 //! - a row is held from admission until its result is recorded (or it is let go), so a claim
 //!   that passes [`Lanes::held_ids`] never returns a row already in the pump's hands.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 
 use crate::outbox::queue::Claimed;
 

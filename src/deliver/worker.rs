@@ -33,7 +33,7 @@
 mod claim;
 
 use super::DeliverError;
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,8 +130,10 @@ impl Engine {
 const PREFETCH: usize = 4;
 
 /// Rows a pump in memory mode holds unsent, at least (else `PREFETCH × max_in_flight`); beyond
-/// it the pump lets them go to the outbox and claims them as they become due.
+/// it they wait in its handoff slot (see `outbox::handoff`).
 const MEMORY_QUEUE_MIN: usize = 4096;
+/// A pump in memory mode takes rows from its slot once it has room for this many.
+const TAKE_MIN: usize = 256;
 
 /// A finished attempt waits at most this long for others to be recorded with it.
 const RECORD_DELAY: Duration = Duration::from_millis(2);
@@ -375,6 +377,7 @@ impl Pump {
                 first_done_at = None;
                 self.start_record();
             }
+            self.take_waiting();
             let wait_until = self.start_sends();
             // Refill before the queue runs dry, so sends never wait for a claim.
             if self.owns
@@ -469,16 +472,23 @@ impl Pump {
         match joined {
             Ok(dones) => {
                 // A key's rows in one batch are consecutive: its lane moves on once, after
-                // the last of them (which has the outcome of the others, or a failure).
-                let last: HashMap<&str, usize> = dones
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| (d.claimed.ordering_key.as_str(), i))
-                    .collect();
+                // the last of them (which has the outcome of the others, or a failure). One
+                // row (no batching) needs no map.
+                let last: HashMap<&str, usize> = if dones.len() > 1 {
+                    dones
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| (d.claimed.ordering_key.as_str(), i))
+                        .collect()
+                } else {
+                    HashMap::default()
+                };
                 let mut failed = 0;
                 for (i, done) in dones.iter().enumerate() {
                     let success = done.outcome.is_success();
-                    if last.get(done.claimed.ordering_key.as_str()) == Some(&i) {
+                    let last_of_key = dones.len() == 1
+                        || last.get(done.claimed.ordering_key.as_str()) == Some(&i);
+                    if last_of_key {
                         self.lanes.finished(&done.claimed, success);
                     }
                     failed += usize::from(!success);

@@ -75,6 +75,9 @@ const GROUP_ROWS: u64 = 50_000;
 /// overhead per row), at most; rows beyond it are not kept and their pumps read them from the
 /// outbox.
 const HANDOFF_BYTES: usize = 16 << 20;
+/// Rows of one subscription after which a group ends at the next source commit while a pump
+/// takes rows from memory: a quarter of a handoff slot, so that a slot holds several groups.
+const HANDOFF_GROUP_ROWS: usize = crate::outbox::handoff::SLOT_ROWS / 4;
 /// What a kept row costs besides its strings (the struct, allocator headers).
 const HANDOFF_ROW_OVERHEAD: usize = 128;
 
@@ -142,6 +145,7 @@ impl OutboxSink {
             hooks: hooks.clone(),
             kept: HashMap::new(),
             kept_bytes: 0,
+            kept_most: 0,
             dropped: HashSet::new(),
             backfill_done: Vec::new(),
             spans: Vec::new(),
@@ -356,6 +360,8 @@ struct Writer {
     /// The open group's rows, per subscription, for the handoff after its commit.
     kept: HashMap<Arc<str>, Vec<Claimed>>,
     kept_bytes: usize,
+    /// The most rows kept for one subscription in the open group.
+    kept_most: usize,
     /// Subscriptions whose rows of the open group were not kept.
     dropped: HashSet<Arc<str>>,
     /// Backfill runners waiting for the open group's commit.
@@ -422,7 +428,10 @@ impl Writer {
                     if !self.out.is_open() {
                         // Nothing stored and nothing open: replaying it would store nothing.
                         self.durable.send_if_modified(|d| bump(d, end_lsn));
-                    } else if self.rx.is_empty() || self.rows_in_group >= GROUP_ROWS {
+                    } else if self.rx.is_empty()
+                        || self.rows_in_group >= GROUP_ROWS
+                        || self.handoff_group_full()
+                    {
                         self.flush().await?;
                     }
                 }
@@ -456,15 +465,31 @@ impl Writer {
             m.add_enqueued(self.rows_in_group);
         }
         if let Some(h) = &self.hooks.handoff {
-            h.publish(std::mem::take(&mut self.kept));
+            // May wait for a pump that keeps up but has no room yet (see outbox::handoff).
+            let waited = h.publish(std::mem::take(&mut self.kept)).await;
+            if let Some(m) = &self.hooks.metrics {
+                m.ingest_paced(waited);
+            }
             h.dirty(self.dropped.iter().map(|s| &**s));
         }
         self.kept_bytes = 0;
+        self.kept_most = 0;
         self.dropped.clear();
         debug!(commit_lsn = %commit_lsn, rows = self.rows_in_group, "stored");
         self.rows_in_group = 0;
         self.log_progress();
         Ok(())
+    }
+
+    /// The group holds as many rows of one subscription as a pump taking rows from memory
+    /// should be handed at once: it ends at this source commit, so that a slot takes it whole.
+    fn handoff_group_full(&self) -> bool {
+        self.kept_most >= HANDOFF_GROUP_ROWS
+            && self
+                .hooks
+                .handoff
+                .as_ref()
+                .is_some_and(|h| h.is_accepting())
     }
 
     /// Keeps a stored row for the handoff, within [`HANDOFF_BYTES`] per group.
@@ -485,7 +510,9 @@ impl Writer {
             return;
         }
         self.kept_bytes += cost;
-        self.kept.entry(r.subscription).or_default().push(Claimed {
+        let kept = self.kept.entry(r.subscription).or_default();
+        self.kept_most = self.kept_most.max(kept.len() + 1);
+        kept.push(Claimed {
             id: written.id,
             event_id: r.event_id,
             event: event.to_string(),

@@ -195,6 +195,7 @@ pub struct Metrics {
     registry: Registry,
     changes_decoded: Counter,
     deliveries_enqueued: Counter,
+    ingest_paced_seconds: Counter<f64, AtomicU64>,
     /// Reads of due deliveries from the outbox by the pumps (rows taken from memory are not).
     outbox_claims: Counter,
     attempts: Family<AttemptLabels, Counter>,
@@ -245,6 +246,12 @@ impl Metrics {
             "deliveries_enqueued",
             "Deliveries written to the outbox",
             deliveries_enqueued.clone(),
+        );
+        let ingest_paced_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "ingest_paced_seconds",
+            "Seconds ingest waited for room in the handoff of a delivery pump that keeps up",
+            ingest_paced_seconds.clone(),
         );
         let outbox_claims = Counter::default();
         registry.register(
@@ -333,6 +340,7 @@ impl Metrics {
             registry,
             changes_decoded,
             deliveries_enqueued,
+            ingest_paced_seconds,
             outbox_claims,
             attempts,
             deliveries,
@@ -361,6 +369,13 @@ impl Metrics {
 
     pub fn add_enqueued(&self, n: u64) {
         self.deliveries_enqueued.inc_by(n);
+    }
+
+    /// Ingest waited this long for a pump to take handed-over rows.
+    pub fn ingest_paced(&self, waited: std::time::Duration) {
+        if !waited.is_zero() {
+            self.ingest_paced_seconds.inc_by(waited.as_secs_f64());
+        }
     }
 
     /// One HTTP attempt ended.

@@ -9,16 +9,20 @@
 //!   so a pump that sees a sequence number other than the next one it expects knows it missed
 //!   something and reads the outbox instead;
 //! - bounded: each subscription's buffer holds at most [`SLOT_ROWS`] rows and [`SLOT_BYTES`]
-//!   bytes of payload; what does not fit is dropped and the slot marked `overflowed`, and the
-//!   pump falls back to reading the outbox. Nothing is lost by dropping: every row handed over
-//!   is already stored;
+//!   bytes of payload. When it is full the writer waits for the pump to take rows, as long as
+//!   the pump frees room at least every [`PROGRESS`] and for at most [`WAIT_MAX`] a publish:
+//!   a pump that keeps up with its receiver paces ingest instead of sending it to read back a
+//!   backlog row by row. Past either bound, what does not fit is dropped and the slot marked
+//!   `overflowed`, and the pump falls back to reading the outbox. Nothing is lost by dropping:
+//!   every row handed over is already stored;
 //! - the database stays the truth: a pump that ignores its slot loses only speed.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+use tokio::time::{timeout_at, Duration, Instant};
 
 use super::queue::Claimed;
 
@@ -26,6 +30,13 @@ use super::queue::Claimed;
 pub const SLOT_ROWS: usize = 8192;
 /// Payload bytes buffered per subscription, at most.
 pub const SLOT_BYTES: usize = 16 << 20;
+/// A writer finding a slot full waits for room only while the pump took rows less than this
+/// long ago, and gives up (dropping what does not fit) as soon as it did not: a pump freeing
+/// room (256 rows at a time, see `deliver::worker`) slower than ~13k rows/s never holds ingest
+/// back, and the outbox absorbs the difference.
+pub const PROGRESS: Duration = Duration::from_millis(20);
+/// The longest one publish waits for room, over all slots.
+pub const WAIT_MAX: Duration = Duration::from_millis(500);
 
 /// What a pump finds in its slot.
 #[derive(Debug, Default)]
@@ -41,6 +52,9 @@ struct Buf {
     rows: VecDeque<Claimed>,
     bytes: usize,
     overflowed: bool,
+    /// When the pump last took rows (or started accepting them): a writer waits for room only
+    /// while this is recent.
+    last_take: Option<Instant>,
 }
 
 /// One subscription's slot, held by its pump.
@@ -61,19 +75,63 @@ pub struct Slot {
     memory_next: AtomicI64,
     /// Notified whenever rows arrive or the slot overflows.
     pub notify: Notify,
+    /// Notified (all waiters) whenever the pump takes rows or stops accepting: a waiting writer
+    /// tries again.
+    room: Notify,
+    /// The registry's count of slots accepting rows, shared by all of them.
+    accepting_slots: Arc<AtomicUsize>,
+}
+
+/// What [`Slot::offer`] did with the rows it was given.
+#[derive(Debug, PartialEq, Eq)]
+enum Offered {
+    /// Kept, or dropped because the pump does not want them (or the slot overflowed already):
+    /// nothing left to hand over.
+    Done,
+    /// The slot is full; the rows left in the queue still wait. The pump last took rows then.
+    Full { last_take: Option<Instant> },
 }
 
 impl Slot {
     /// Everything buffered, and whether anything was dropped since the last take.
     pub fn take(&self) -> Taken {
+        self.take_up_to(usize::MAX)
+    }
+
+    /// The first `max` rows buffered (the rest stay, in order), and whether anything was
+    /// dropped since the last take.
+    pub fn take_up_to(&self, max: usize) -> Taken {
         let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let rows: VecDeque<Claimed> = if max >= b.rows.len() {
+            std::mem::take(&mut b.rows)
+        } else {
+            // Moves the rows taken only, not the ones that stay.
+            b.rows.drain(..max).collect()
+        };
+        b.bytes = b
+            .bytes
+            .saturating_sub(rows.iter().map(|r| r.payload.len()).sum::<usize>());
         let taken = Taken {
-            rows: std::mem::take(&mut b.rows),
+            rows,
             overflowed: b.overflowed,
         };
-        b.bytes = 0;
         b.overflowed = false;
+        if !taken.rows.is_empty() {
+            b.last_take = Some(Instant::now());
+            drop(b);
+            self.room.notify_waiters();
+        }
         taken
+    }
+
+    /// Whether rows wait in the buffer.
+    pub fn has_rows(&self) -> bool {
+        !self
+            .buf
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rows
+            .is_empty()
     }
 
     /// Whether a replay asked for a probe since the last call.
@@ -94,33 +152,83 @@ impl Slot {
 
     /// Keep rows from now on (true) or only wake the pump (false, which empties the buffer).
     pub fn accept(&self, yes: bool) {
-        self.accepting.store(yes, Ordering::Release);
-        if !yes {
-            let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        if self.accepting.swap(yes, Ordering::AcqRel) != yes {
+            if yes {
+                self.accepting_slots.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.accepting_slots.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        if yes {
+            b.last_take = Some(Instant::now());
+        } else {
             b.rows.clear();
             b.bytes = 0;
+            drop(b);
+            self.room.notify_waiters();
         }
     }
 
-    fn push(&self, rows: Vec<Claimed>) {
+    /// Keeps as many of `rows` as fit, in order, and wakes the pump.
+    fn offer(&self, rows: &mut VecDeque<Claimed>) -> Offered {
         if !self.accepting.load(Ordering::Acquire) {
+            rows.clear();
             self.notify.notify_one();
-            return;
+            return Offered::Done;
         }
         let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-        for row in rows {
-            if b.overflowed || b.rows.len() >= SLOT_ROWS || b.bytes + row.payload.len() > SLOT_BYTES
-            {
-                b.overflowed = true;
-                b.rows.clear();
-                b.bytes = 0;
+        if b.overflowed {
+            rows.clear();
+        }
+        while let Some(row) = rows.front() {
+            // An empty buffer takes any row, so one larger than SLOT_BYTES still gets through.
+            let fits = b.rows.is_empty()
+                || (b.rows.len() < SLOT_ROWS && b.bytes + row.payload.len() <= SLOT_BYTES);
+            if !fits {
                 break;
             }
+            let row = rows.pop_front().expect("front exists");
             b.bytes += row.payload.len();
             b.rows.push_back(row);
         }
+        let last_take = b.last_take;
         drop(b);
         self.notify.notify_one();
+        if rows.is_empty() {
+            Offered::Done
+        } else {
+            Offered::Full { last_take }
+        }
+    }
+
+    /// Hands `rows` over, waiting for room while the pump keeps taking rows (it took some
+    /// less than [`PROGRESS`] ago) and until `deadline`; what still does not fit is dropped and
+    /// the slot marked overflowed. A pump that took nothing lately costs the writer no wait.
+    /// Returns whether it waited.
+    async fn push(&self, rows: Vec<Claimed>, deadline: Instant) -> bool {
+        let mut rows = VecDeque::from(rows);
+        let mut waited = false;
+        loop {
+            // Registered before the offer, so a take between the two is not missed.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let last_take = match self.offer(&mut rows) {
+                Offered::Done => return waited,
+                Offered::Full { last_take } => last_take,
+            };
+            let until = last_take.map_or(Instant::now(), |t| deadline.min(t + PROGRESS));
+            if until <= Instant::now() {
+                self.mark_overflowed();
+                return waited;
+            }
+            waited = true;
+            if timeout_at(until, room).await.is_err() {
+                self.mark_overflowed();
+                return waited;
+            }
+        }
     }
 
     /// Rows were replayed: the pump reads the outbox whole (a probe implies it), and an open
@@ -144,6 +252,8 @@ impl Slot {
 #[derive(Debug, Default)]
 pub struct Handoff {
     slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
+    /// Slots whose pump takes rows from memory (see [`Handoff::is_accepting`]).
+    accepting_slots: Arc<AtomicUsize>,
 }
 
 impl Handoff {
@@ -155,13 +265,29 @@ impl Handoff {
     /// takes over the same slot).
     pub fn register(&self, subscription: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.entry(Arc::from(subscription)).or_default().clone()
+        slots
+            .entry(Arc::from(subscription))
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    accepting_slots: self.accepting_slots.clone(),
+                    ..Slot::default()
+                })
+            })
+            .clone()
     }
 
     /// Forgets a stopped subscription's slot.
     pub fn unregister(&self, subscription: &str) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.remove(subscription);
+        if let Some(slot) = slots.remove(subscription) {
+            slot.accept(false);
+        }
+    }
+
+    /// Whether some pump takes rows from memory: the writer then keeps its groups small enough
+    /// for a slot ([`SLOT_ROWS`]), so that they are handed over whole rather than dropped.
+    pub fn is_accepting(&self) -> bool {
+        self.accepting_slots.load(Ordering::Relaxed) > 0
     }
 
     /// Whether any pump of this process listens (the writer keeps rows only then).
@@ -174,16 +300,26 @@ impl Handoff {
     }
 
     /// Hands committed rows over, per subscription in sequence order; rows of a subscription
-    /// without a pump here are dropped (whoever owns it reads the outbox).
-    pub fn publish(&self, rows: HashMap<Arc<str>, Vec<Claimed>>) {
+    /// without a pump here are dropped (whoever owns it reads the outbox). Waits while a full
+    /// slot's pump keeps taking rows, [`WAIT_MAX`] at most in all; returns how long it took
+    /// when it waited (zero otherwise).
+    pub async fn publish(&self, rows: HashMap<Arc<str>, Vec<Claimed>>) -> Duration {
         let slots: Vec<(Arc<Slot>, Vec<Claimed>)> = {
             let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             rows.into_iter()
                 .filter_map(|(sub, rows)| slots.get(&sub).map(|s| (s.clone(), rows)))
                 .collect()
         };
+        let start = Instant::now();
+        let deadline = start + WAIT_MAX;
+        let mut waited = false;
         for (slot, rows) in slots {
-            slot.push(rows);
+            waited |= slot.push(rows, deadline).await;
+        }
+        if waited {
+            start.elapsed()
+        } else {
+            Duration::ZERO
         }
     }
 
@@ -276,19 +412,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rows_reach_only_registered_slots_in_order() {
+    #[tokio::test]
+    async fn rows_reach_only_registered_slots_in_order() {
         let h = Handoff::new();
         let slot = h.register("a");
         let mut rows = HashMap::new();
         rows.insert(Arc::from("a"), vec![row(0, "dropped: not accepting")]);
-        h.publish(rows);
+        h.publish(rows).await;
         assert!(slot.take().rows.is_empty());
         slot.accept(true);
         let mut rows = HashMap::new();
         rows.insert(Arc::from("a"), vec![row(1, "x"), row(2, "y")]);
         rows.insert(Arc::from("b"), vec![row(1, "z")]);
-        h.publish(rows);
+        h.publish(rows).await;
         let t = slot.take();
         assert!(!t.overflowed);
         let seqs: Vec<i64> = t.rows.iter().filter_map(|r| r.sequence).collect();
@@ -296,8 +432,8 @@ mod tests {
         assert!(slot.take().rows.is_empty());
     }
 
-    #[test]
-    fn a_full_slot_drops_everything_and_says_so() {
+    #[tokio::test(start_paused = true)]
+    async fn a_full_slot_drops_everything_and_says_so() {
         let h = Handoff::new();
         let slot = h.register("a");
         slot.accept(true);
@@ -307,14 +443,14 @@ mod tests {
             Arc::from("a"),
             vec![row(1, &big), row(2, &big), row(3, "y")],
         );
-        h.publish(rows);
+        h.publish(rows).await;
         let t = slot.take();
         assert!(t.overflowed);
         assert!(t.rows.is_empty());
         // Once taken, the slot starts afresh.
         let mut rows = HashMap::new();
         rows.insert(Arc::from("a"), vec![row(4, "z")]);
-        h.publish(rows);
+        h.publish(rows).await;
         let t = slot.take();
         assert!(!t.overflowed);
         assert_eq!(t.rows.len(), 1);
@@ -328,5 +464,117 @@ mod tests {
         h.dirty(["a"]);
         assert!(a.take().overflowed);
         assert!(!b.take().overflowed);
+    }
+
+    fn rows(from: i64, to: i64) -> HashMap<Arc<str>, Vec<Claimed>> {
+        HashMap::from([(Arc::from("a"), (from..=to).map(|s| row(s, "p")).collect())])
+    }
+
+    /// A pump taking `chunk` rows every millisecond until it has `want`, noting any overflow.
+    fn pump(
+        slot: Arc<Slot>,
+        chunk: usize,
+        want: usize,
+    ) -> tokio::task::JoinHandle<(Vec<i64>, bool)> {
+        tokio::spawn(async move {
+            let (mut got, mut overflowed) = (Vec::new(), false);
+            while got.len() < want && !overflowed {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let t = slot.take_up_to(chunk);
+                overflowed |= t.overflowed;
+                got.extend(t.rows.iter().filter_map(|r| r.sequence));
+            }
+            (got, overflowed)
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_waits_for_a_pump_that_keeps_taking() {
+        let h = Handoff::new();
+        let slot = h.register("a");
+        slot.accept(true);
+        assert!(h.is_accepting());
+        let n = SLOT_ROWS * 3;
+        let taker = pump(slot.clone(), 256, n);
+        let start = Instant::now();
+        let waited = h.publish(rows(1, n as i64)).await;
+        assert_eq!(waited, start.elapsed(), "what ingest waited is reported");
+        let (got, overflowed) = taker.await.unwrap();
+        assert!(!overflowed, "the pump kept taking: nothing may be dropped");
+        assert_eq!(got, (1..=n as i64).collect::<Vec<_>>());
+        // 2 × SLOT_ROWS rows had to wait for room, 256 a millisecond.
+        assert!(
+            start.elapsed() >= Duration::from_millis(60),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pump_that_took_nothing_lately_costs_the_writer_no_wait() {
+        let h = Handoff::new();
+        let slot = h.register("a");
+        slot.accept(true);
+        tokio::time::sleep(PROGRESS * 2).await;
+        let start = Instant::now();
+        let waited = h.publish(rows(1, SLOT_ROWS as i64 + 1)).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "no wait for an idle pump");
+        assert_eq!(waited, Duration::ZERO);
+        let t = slot.take();
+        assert!(t.overflowed && t.rows.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pump_that_stops_taking_is_given_up_after_progress() {
+        let h = Handoff::new();
+        let slot = h.register("a");
+        slot.accept(true);
+        // Takes once, then never again.
+        let taker = pump(slot.clone(), 256, 256);
+        let start = Instant::now();
+        h.publish(rows(1, SLOT_ROWS as i64 + 300)).await;
+        let waited = start.elapsed();
+        let (got, _) = taker.await.unwrap();
+        assert_eq!(got.len(), 256);
+        assert!(waited >= PROGRESS && waited < PROGRESS * 2, "{waited:?}");
+        assert!(
+            slot.take().overflowed,
+            "what did not fit is left to the outbox"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pump_leaving_memory_releases_a_waiting_writer() {
+        let h = Handoff::new();
+        let slot = h.register("a");
+        slot.accept(true);
+        let leaver = {
+            let slot = slot.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                slot.accept(false);
+            })
+        };
+        let start = Instant::now();
+        h.publish(rows(1, SLOT_ROWS as i64 + 1)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(5));
+        leaver.await.unwrap();
+        assert!(!h.is_accepting());
+        let t = slot.take();
+        assert!(t.rows.is_empty() && !t.overflowed);
+    }
+
+    #[test]
+    fn a_pump_takes_what_it_has_room_for_in_order() {
+        let slot = Slot::default();
+        slot.accept(true);
+        let mut rows: VecDeque<Claimed> = (1..=10).map(|s| row(s, "p")).collect();
+        assert_eq!(slot.offer(&mut rows), Offered::Done);
+        let seqs = |t: Taken| t.rows.iter().filter_map(|r| r.sequence).collect::<Vec<_>>();
+        assert_eq!(seqs(slot.take_up_to(3)), vec![1, 2, 3]);
+        assert_eq!(seqs(slot.take_up_to(0)), Vec::<i64>::new());
+        assert!(slot.has_rows());
+        assert_eq!(seqs(slot.take()), (4..=10).collect::<Vec<_>>());
+        assert!(!slot.has_rows());
     }
 }

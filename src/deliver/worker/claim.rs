@@ -11,14 +11,17 @@
 //! - **tail**: the pump holds every unfinished row up to an id, and the subscription has no
 //!   failed row waiting for a retry; it reads the pending rows after that id in id order (no
 //!   per-row head probe, no list of held ids: the cheap read of a backlog), and its lanes keep
-//!   each key's order. It is entered from memory mode when the memory queue is full, or from
+//!   each key's order. It is entered from memory mode when the handoff slot overflowed, or from
 //!   outbox mode when the pump holds nothing (when outbox mode meets a backlog, claims pause
 //!   until what the pump holds is recorded); the read is refused (back to outbox mode) while
 //!   failed rows wait, and its answer is dropped if the pump went back to the outbox while it
 //!   ran, since rows read in id order could then pass a failed row of their key;
 //! - **memory**: the last read showed that the outbox holds nothing the pump does not hold, so
 //!   what ingest hands over after that read's snapshot is complete, and it is sent without
-//!   being read back. A full memory queue continues in tail mode after the last row taken;
+//!   being read back. The pump holds at most `MEMORY_QUEUE_MIN` unsent rows; the rest wait in
+//!   its handoff slot, whose writer waits for room while the pump keeps taking
+//!   ([`crate::outbox::handoff`]). An overflowed slot continues in tail mode after the last row
+//!   taken;
 //! - the delivered cursor ([`crate::deliver::cursor`]) starts only where a read proved that the
 //!   pump holds every unfinished row (switching to memory mode, a read in id order), and every
 //!   row taken in afterwards is registered with it ([`Pump::admit`]).
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use super::{Claiming, Mode, Pump, MEMORY_QUEUE_MIN};
+use super::{Claiming, Mode, Pump, MEMORY_QUEUE_MIN, TAKE_MIN};
 use crate::deliver::policy::Permit;
 use crate::metrics::BreakerState;
 use crate::outbox::queue::{Answer, Claimed};
@@ -54,16 +57,20 @@ impl Pump {
             self.more_due = true;
             return;
         };
-        let taken = self.slot.take();
+        // The pump holds at most `cap` unsent rows; the rest wait in the slot, whose writer
+        // waits for room while the pump keeps taking. Room is taken in chunks of at least
+        // TAKE_MIN rows, so that writer and pump do not wake each other a row at a time.
+        let room = self.memory_room();
+        let taken = self
+            .slot
+            .take_up_to(if room >= TAKE_MIN { room } else { 0 });
         if !self.owns {
             self.back_to_outbox();
             return;
         }
-        // A slow receiver must not make the pump hold everything ingest hands over: what does
-        // not fit (and what the slot could not keep) is read from the outbox after the last row
-        // taken; ids ascend in commit order, so all of it lies after that row.
-        let cap = self.prefetch().max(MEMORY_QUEUE_MIN);
-        if taken.overflowed || self.lanes.queued_len() + taken.rows.len() > cap {
+        // What the slot could not keep is read from the outbox after the last row taken; ids
+        // ascend in commit order, so all of it lies after that row.
+        if taken.overflowed {
             self.read_in_id_order(last);
             return;
         }
@@ -85,6 +92,23 @@ impl Pump {
             }
         }
         self.mode = Mode::Memory { next, last };
+    }
+
+    /// In memory mode, takes the rows waiting in the slot once there is room for a chunk.
+    pub(super) fn take_waiting(&mut self) {
+        if matches!(self.mode, Mode::Memory { .. })
+            && self.memory_room() >= TAKE_MIN
+            && self.slot.has_rows()
+        {
+            self.handed_over();
+        }
+    }
+
+    /// Unsent rows the pump may still take from memory.
+    pub(super) fn memory_room(&self) -> usize {
+        self.prefetch()
+            .max(MEMORY_QUEUE_MIN)
+            .saturating_sub(self.lanes.queued_len())
     }
 
     /// Takes a row in (lanes and cursor); false when it was already held.
