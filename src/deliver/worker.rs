@@ -471,6 +471,8 @@ impl Pump {
     fn finished(&mut self, joined: Result<Vec<Done>, tokio::task::JoinError>) {
         match joined {
             Ok(dones) => {
+                self.slot
+                    .finished(dones.iter().filter(|d| d.outcome.is_success()).count());
                 // A key's rows in one batch are consecutive: its lane moves on once, after
                 // the last of them (which has the outcome of the others, or a failure). One
                 // row (no batching) needs no map.

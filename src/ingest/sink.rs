@@ -75,8 +75,8 @@ const GROUP_ROWS: u64 = 50_000;
 /// overhead per row), at most; rows beyond it are not kept and their pumps read them from the
 /// outbox.
 const HANDOFF_BYTES: usize = 16 << 20;
-/// Rows of one subscription after which a group ends at the next source commit while a pump
-/// takes rows from memory: a quarter of a handoff slot, so that a slot holds several groups.
+/// Rows of one subscription after which a group ends at the next source commit while pumps
+/// listen: a quarter of a handoff slot, so that a slot holds several groups.
 const HANDOFF_GROUP_ROWS: usize = crate::outbox::handoff::SLOT_ROWS / 4;
 /// What a kept row costs besides its strings (the struct, allocator headers).
 const HANDOFF_ROW_OVERHEAD: usize = 128;
@@ -481,15 +481,11 @@ impl Writer {
         Ok(())
     }
 
-    /// The group holds as many rows of one subscription as a pump taking rows from memory
-    /// should be handed at once: it ends at this source commit, so that a slot takes it whole.
+    /// The group holds as many rows of one subscription as its pump should be handed at once
+    /// (rows are kept only while pumps listen): it ends at this source commit, so that a slot
+    /// takes it whole, and a pump catching up sees ingest wait before it is far behind.
     fn handoff_group_full(&self) -> bool {
         self.kept_most >= HANDOFF_GROUP_ROWS
-            && self
-                .hooks
-                .handoff
-                .as_ref()
-                .is_some_and(|h| h.is_accepting())
     }
 
     /// Keeps a stored row for the handoff, within [`HANDOFF_BYTES`] per group.

@@ -9,16 +9,19 @@
 //!   so a pump that sees a sequence number other than the next one it expects knows it missed
 //!   something and reads the outbox instead;
 //! - bounded: each subscription's buffer holds at most [`SLOT_ROWS`] rows and [`SLOT_BYTES`]
-//!   bytes of payload. When it is full the writer waits for the pump to take rows, as long as
-//!   the pump frees room at least every [`PROGRESS`] and for at most [`WAIT_MAX`] a publish:
-//!   a pump that keeps up with its receiver paces ingest instead of sending it to read back a
-//!   backlog row by row. Past either bound, what does not fit is dropped and the slot marked
-//!   `overflowed`, and the pump falls back to reading the outbox. Nothing is lost by dropping:
-//!   every row handed over is already stored;
+//!   bytes of payload. What does not fit is dropped and the slot marked `overflowed`, and the
+//!   pump falls back to reading the outbox. Nothing is lost by dropping: every row handed over
+//!   is already stored;
+//! - a pump that keeps up paces ingest instead of being sent to read a backlog back row by
+//!   row: the writer waits (at most [`WAIT_MAX`] a publish) for room in a full slot, and for a
+//!   pump reading the outbox less than [`CATCH_UP_ROWS`] behind to come back to memory, only
+//!   while that pump shows progress, taking or delivering rows at a pace of at least
+//!   [`BUSY_CHUNK`] rows a [`PROGRESS`]. A slow, failing, idle or far-behind pump never holds
+//!   ingest;
 //! - the database stays the truth: a pump that ignores its slot loses only speed.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -35,6 +38,14 @@ pub const SLOT_BYTES: usize = 16 << 20;
 /// room (256 rows at a time, see `deliver::worker`) slower than ~13k rows/s never holds ingest
 /// back, and the outbox absorbs the difference.
 pub const PROGRESS: Duration = Duration::from_millis(20);
+/// Deliveries a pump finishes that count as taking rows (see [`Slot::finished`]): the same
+/// pace as taking rows 256 at a time.
+pub const BUSY_CHUNK: usize = 256;
+/// A writer also waits, as above, for a pump that reads the outbox less than this many rows
+/// behind what it is handing over: a pump that fell out of memory mode (a stall longer than
+/// [`PROGRESS`], a start behind ingest) catches up and comes back instead of reading every row
+/// back while ingest runs ahead. A pump further behind (a large replay) never holds ingest.
+pub const CATCH_UP_ROWS: i64 = 4 * SLOT_ROWS as i64;
 /// The longest one publish waits for room, over all slots.
 pub const WAIT_MAX: Duration = Duration::from_millis(500);
 
@@ -52,9 +63,14 @@ struct Buf {
     rows: VecDeque<Claimed>,
     bytes: usize,
     overflowed: bool,
-    /// When the pump last took rows (or started accepting them): a writer waits for room only
-    /// while this is recent.
+    /// When the pump last took rows, from the slot or the outbox (or started accepting them):
+    /// a writer waits for it only while this is recent.
     last_take: Option<Instant>,
+    /// Deliveries finished since `last_take` last moved for them (see [`Slot::finished`]).
+    finished: usize,
+    /// The greatest sequence number the pump took, from the slot or the outbox (see
+    /// [`Slot::progress`]).
+    taken_sequence: i64,
 }
 
 /// One subscription's slot, held by its pump.
@@ -78,8 +94,6 @@ pub struct Slot {
     /// Notified (all waiters) whenever the pump takes rows or stops accepting: a waiting writer
     /// tries again.
     room: Notify,
-    /// The registry's count of slots accepting rows, shared by all of them.
-    accepting_slots: Arc<AtomicUsize>,
 }
 
 /// What [`Slot::offer`] did with the rows it was given.
@@ -90,6 +104,12 @@ enum Offered {
     Done,
     /// The slot is full; the rows left in the queue still wait. The pump last took rows then.
     Full { last_take: Option<Instant> },
+    /// The pump reads the outbox (it is not taking rows from memory); it last took rows then,
+    /// up to this sequence number. The rows still wait.
+    Reading {
+        last_take: Option<Instant>,
+        taken_sequence: i64,
+    },
 }
 
 impl Slot {
@@ -116,12 +136,35 @@ impl Slot {
             overflowed: b.overflowed,
         };
         b.overflowed = false;
-        if !taken.rows.is_empty() {
+        if let Some(last) = taken.rows.back() {
+            b.taken_sequence = b.taken_sequence.max(last.sequence.unwrap_or(0));
             b.last_take = Some(Instant::now());
             drop(b);
             self.room.notify_waiters();
         }
         taken
+    }
+
+    /// The pump took rows from the outbox, up to sequence number `sequence`: a writer waits
+    /// for it while it is catching up (see [`CATCH_UP_ROWS`]).
+    pub fn progress(&self, sequence: i64) {
+        let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        b.taken_sequence = b.taken_sequence.max(sequence);
+        b.last_take = Some(Instant::now());
+        drop(b);
+        self.room.notify_waiters();
+    }
+
+    /// The pump delivered `n` rows. Every [`BUSY_CHUNK`] of them counts as taking rows: a pump
+    /// working through what it holds at that pace is worth waiting for (failures do not count:
+    /// a receiver failing fast is not). Wakes no one.
+    pub fn finished(&self, n: usize) {
+        let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        b.finished += n;
+        if b.finished >= BUSY_CHUNK {
+            b.finished = 0;
+            b.last_take = Some(Instant::now());
+        }
     }
 
     /// Whether rows wait in the buffer.
@@ -152,32 +195,31 @@ impl Slot {
 
     /// Keep rows from now on (true) or only wake the pump (false, which empties the buffer).
     pub fn accept(&self, yes: bool) {
-        if self.accepting.swap(yes, Ordering::AcqRel) != yes {
-            if yes {
-                self.accepting_slots.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.accepting_slots.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        self.accepting.store(yes, Ordering::Release);
         let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         if yes {
             b.last_take = Some(Instant::now());
         } else {
             b.rows.clear();
             b.bytes = 0;
-            drop(b);
-            self.room.notify_waiters();
         }
+        drop(b);
+        // A waiting writer hands its rows over now, or stops waiting.
+        self.room.notify_waiters();
     }
 
     /// Keeps as many of `rows` as fit, in order, and wakes the pump.
     fn offer(&self, rows: &mut VecDeque<Claimed>) -> Offered {
-        if !self.accepting.load(Ordering::Acquire) {
-            rows.clear();
-            self.notify.notify_one();
-            return Offered::Done;
-        }
         let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.accepting.load(Ordering::Acquire) {
+            let reading = Offered::Reading {
+                last_take: b.last_take,
+                taken_sequence: b.taken_sequence,
+            };
+            drop(b);
+            self.notify.notify_one();
+            return reading;
+        }
         if b.overflowed {
             rows.clear();
         }
@@ -214,20 +256,39 @@ impl Slot {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            let last_take = match self.offer(&mut rows) {
+            let (last_take, full) = match self.offer(&mut rows) {
                 Offered::Done => return waited,
-                Offered::Full { last_take } => last_take,
+                Offered::Full { last_take } => (last_take, true),
+                Offered::Reading {
+                    last_take,
+                    taken_sequence,
+                } => {
+                    let last = rows.back().and_then(|r| r.sequence).unwrap_or(i64::MAX);
+                    if last.saturating_sub(taken_sequence) > CATCH_UP_ROWS {
+                        return waited;
+                    }
+                    (last_take, false)
+                }
             };
             let until = last_take.map_or(Instant::now(), |t| deadline.min(t + PROGRESS));
-            if until <= Instant::now() {
-                self.mark_overflowed();
-                return waited;
+            if until > Instant::now() {
+                // Woken by a take, or at the end of PROGRESS: look again (the pump may have
+                // finished deliveries meanwhile, see `Slot::busy`).
+                waited = true;
+                let _ = timeout_at(until, room).await;
+                continue;
             }
-            waited = true;
-            if timeout_at(until, room).await.is_err() {
+            // What is left is stored: the pump reads it from the outbox.
+            if full {
+                let past_deadline = Instant::now() >= deadline;
+                tracing::debug!(
+                    left = rows.len(),
+                    past_deadline,
+                    "handoff slot full and its pump not taking: the rest is left to the outbox"
+                );
                 self.mark_overflowed();
-                return waited;
             }
+            return waited;
         }
     }
 
@@ -252,8 +313,6 @@ impl Slot {
 #[derive(Debug, Default)]
 pub struct Handoff {
     slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
-    /// Slots whose pump takes rows from memory (see [`Handoff::is_accepting`]).
-    accepting_slots: Arc<AtomicUsize>,
 }
 
 impl Handoff {
@@ -265,15 +324,7 @@ impl Handoff {
     /// takes over the same slot).
     pub fn register(&self, subscription: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots
-            .entry(Arc::from(subscription))
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    accepting_slots: self.accepting_slots.clone(),
-                    ..Slot::default()
-                })
-            })
-            .clone()
+        slots.entry(Arc::from(subscription)).or_default().clone()
     }
 
     /// Forgets a stopped subscription's slot.
@@ -282,12 +333,6 @@ impl Handoff {
         if let Some(slot) = slots.remove(subscription) {
             slot.accept(false);
         }
-    }
-
-    /// Whether some pump takes rows from memory: the writer then keeps its groups small enough
-    /// for a slot ([`SLOT_ROWS`]), so that they are handed over whole rather than dropped.
-    pub fn is_accepting(&self) -> bool {
-        self.accepting_slots.load(Ordering::Relaxed) > 0
     }
 
     /// Whether any pump of this process listens (the writer keeps rows only then).
@@ -347,6 +392,12 @@ impl Handoff {
                 slot.mark_replayed();
                 woken += 1;
             } else if next > 0 && last_sequence >= next {
+                tracing::debug!(
+                    subscription = sub,
+                    last_sequence,
+                    next,
+                    "rows stored a poll ago were not handed to the pump"
+                );
                 slot.reread.store(true, Ordering::Release);
                 slot.mark_overflowed();
                 woken += 1;
@@ -493,7 +544,6 @@ mod tests {
         let h = Handoff::new();
         let slot = h.register("a");
         slot.accept(true);
-        assert!(h.is_accepting());
         let n = SLOT_ROWS * 3;
         let taker = pump(slot.clone(), 256, n);
         let start = Instant::now();
@@ -544,7 +594,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pump_leaving_memory_releases_a_waiting_writer() {
+    async fn a_pump_leaving_memory_is_waited_for_only_while_it_progresses() {
         let h = Handoff::new();
         let slot = h.register("a");
         slot.accept(true);
@@ -557,9 +607,10 @@ mod tests {
         };
         let start = Instant::now();
         h.publish(rows(1, SLOT_ROWS as i64 + 1)).await;
-        assert_eq!(start.elapsed(), Duration::from_millis(5));
+        // It reads the outbox now, close behind: the writer waits while it makes progress;
+        // it made none since it started accepting (at 0), so PROGRESS after that.
+        assert_eq!(start.elapsed(), PROGRESS);
         leaver.await.unwrap();
-        assert!(!h.is_accepting());
         let t = slot.take();
         assert!(t.rows.is_empty() && !t.overflowed);
     }
@@ -576,5 +627,77 @@ mod tests {
         assert!(slot.has_rows());
         assert_eq!(seqs(slot.take()), (4..=10).collect::<Vec<_>>());
         assert!(!slot.has_rows());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_waits_for_a_pump_catching_up_from_the_outbox() {
+        let h = Handoff::new();
+        let slot = h.register("a");
+        // Reading the outbox (not accepting), 1,000 rows behind, taking 256 a millisecond.
+        slot.progress(1_000);
+        let catcher = {
+            let slot = slot.clone();
+            tokio::spawn(async move {
+                for top in (1_256..=2_000).step_by(256) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    slot.progress(top);
+                }
+                // Caught up: takes from memory from here on.
+                slot.accept(true);
+            })
+        };
+        let start = Instant::now();
+        let waited = h.publish(rows(1_001, 2_000)).await;
+        catcher.await.unwrap();
+        assert_eq!(
+            waited,
+            Duration::from_millis(3),
+            "ingest waited while it caught up"
+        );
+        let t = slot.take();
+        assert!(!t.overflowed);
+        assert_eq!(t.rows.len(), 1_000, "handed over once it takes from memory");
+        assert_eq!(start.elapsed(), waited);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pump_far_behind_or_idle_never_holds_the_writer() {
+        let h = Handoff::new();
+        let slot = h.register("a");
+        slot.progress(1);
+        let far = CATCH_UP_ROWS + 2;
+        assert_eq!(h.publish(rows(far, far)).await, Duration::ZERO);
+        tokio::time::sleep(PROGRESS).await;
+        assert_eq!(
+            h.publish(rows(2, 3)).await,
+            Duration::ZERO,
+            "took nothing lately"
+        );
+        assert!(!slot.has_rows() && !slot.take().overflowed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finishing_deliveries_keeps_a_writer_waiting() {
+        let h = Handoff::new();
+        let slot = h.register("a");
+        slot.accept(true);
+        h.publish(rows(1, SLOT_ROWS as i64)).await;
+        // Busy sending what it holds for 60 ms (256 deliveries every 10 ms), then takes.
+        let pump = {
+            let slot = slot.clone();
+            tokio::spawn(async move {
+                for _ in 0..6 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    slot.finished(BUSY_CHUNK);
+                }
+                slot.take_up_to(256).rows.len()
+            })
+        };
+        let waited = h
+            .publish(rows(SLOT_ROWS as i64 + 1, SLOT_ROWS as i64 + 1))
+            .await;
+        assert_eq!(pump.await.unwrap(), 256);
+        assert_eq!(waited, Duration::from_millis(60));
+        assert!(!slot.take().overflowed, "nothing was dropped");
     }
 }

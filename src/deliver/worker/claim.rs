@@ -104,6 +104,14 @@ impl Pump {
         }
     }
 
+    /// Tells ingest how far a read of the outbox got, so that it waits for a pump catching up
+    /// (see `outbox::handoff::CATCH_UP_ROWS`).
+    fn note_progress(&self, rows: &[Claimed]) {
+        if let Some(top) = rows.iter().filter_map(|c| c.sequence).max() {
+            self.slot.progress(top);
+        }
+    }
+
     /// Unsent rows the pump may still take from memory.
     pub(super) fn memory_room(&self) -> usize {
         self.prefetch()
@@ -240,6 +248,7 @@ impl Pump {
         let full = answer.rows.len() == claiming.want;
         self.backlog = full && !everything;
         let mut unknown = false;
+        self.note_progress(&answer.rows);
         for c in answer.rows {
             // A key that failed while this ran: its row may be missing from the snapshot's
             // failures, and this one would pass it. The outbox keeps it; a later claim, which
@@ -296,6 +305,7 @@ impl Pump {
             Mode::Tail { after } => after,
             _ => 0,
         };
+        self.note_progress(&answer.rows);
         for c in answer.rows {
             last = last.max(c.id);
             self.admit(c);
