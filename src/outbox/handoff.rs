@@ -73,6 +73,14 @@ struct Buf {
     taken_sequence: i64,
 }
 
+impl Buf {
+    /// The pump took rows up to sequence number `sequence` (from the slot or the outbox).
+    fn took(&mut self, sequence: i64) {
+        self.taken_sequence = self.taken_sequence.max(sequence);
+        self.last_take = Some(Instant::now());
+    }
+}
+
 /// One subscription's slot, held by its pump.
 #[derive(Debug, Default)]
 pub struct Slot {
@@ -137,8 +145,7 @@ impl Slot {
         };
         b.overflowed = false;
         if let Some(last) = taken.rows.back() {
-            b.taken_sequence = b.taken_sequence.max(last.sequence.unwrap_or(0));
-            b.last_take = Some(Instant::now());
+            b.took(last.sequence.unwrap_or(0));
             drop(b);
             self.room.notify_waiters();
         }
@@ -148,10 +155,10 @@ impl Slot {
     /// The pump took rows from the outbox, up to sequence number `sequence`: a writer waits
     /// for it while it is catching up (see [`CATCH_UP_ROWS`]).
     pub fn progress(&self, sequence: i64) {
-        let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-        b.taken_sequence = b.taken_sequence.max(sequence);
-        b.last_take = Some(Instant::now());
-        drop(b);
+        self.buf
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .took(sequence);
         self.room.notify_waiters();
     }
 
