@@ -41,7 +41,10 @@ pub const SLOT_BYTES: usize = 16 << 20;
 /// never holds ingest back, and the outbox absorbs the difference. Averaged over half a second
 /// because a pump's pace is bursty on a loaded machine: the rule before (a take within the
 /// last 20 ms) lapsed a few times a minute under W1 on 2 cores, and each time the pump read
-/// the rest of the backlog back from the outbox (a fifth to a third slower end to end).
+/// the rest of the backlog back from the outbox (a fifth to a third slower end to end). A pump
+/// that just started taking rows from memory (or reading the outbox) must show that pace from
+/// its start, a chunk per [`PACE_STEP`] (see [`Pace::busy_until`]), so a slow receiver's pump
+/// coming back to memory after a rare success holds a writer one step at most, as before.
 pub const PACE_WINDOW: Duration = Duration::from_millis(480);
 /// Chunks of progress within [`PACE_WINDOW`] that make a pump worth waiting for.
 pub const PACE_MARKS: usize = 24;
@@ -71,7 +74,13 @@ struct Pace {
     marks: VecDeque<Instant>,
     /// Rows counted since the last mark.
     rows: usize,
+    /// When measuring started: the pump began taking rows from memory, or made its first mark.
+    since: Option<Instant>,
 }
+
+/// The pace in marks: one per this long on average (20 ms).
+pub const PACE_STEP: Duration =
+    Duration::from_millis(PACE_WINDOW.as_millis() as u64 / PACE_MARKS as u64);
 
 impl Pace {
     fn add(&mut self, rows: usize) {
@@ -80,6 +89,7 @@ impl Pace {
             return;
         }
         let now = Instant::now();
+        self.since.get_or_insert(now);
         let chunks = (self.rows / BUSY_CHUNK).min(PACE_MARKS);
         self.rows %= BUSY_CHUNK;
         for _ in 0..chunks {
@@ -90,16 +100,23 @@ impl Pace {
         }
     }
 
-    /// Counts the pump as keeping pace from now (it starts taking rows).
+    /// Measures afresh from now (the pump starts taking rows from memory): what it did before
+    /// (e.g. a slow receiver's rare successes) does not count.
     fn restart(&mut self) {
+        self.marks.clear();
         self.rows = 0;
-        self.add(PACE_MARKS * BUSY_CHUNK);
+        self.since = Some(Instant::now());
     }
 
-    /// Until when the pump counts as keeping pace, if it made any progress: the oldest of its
-    /// last marks plus the window.
+    /// Until when the pump counts as keeping pace: the oldest of its last [`PACE_MARKS`]
+    /// marks plus the window; a pump measured for less than that must have made a mark per
+    /// [`PACE_STEP`] since it started (so a new one is given one step, and no more, to show it).
     fn busy_until(&self) -> Option<Instant> {
-        self.marks.front().map(|t| *t + PACE_WINDOW)
+        if self.marks.len() >= PACE_MARKS {
+            return self.marks.front().map(|t| *t + PACE_WINDOW);
+        }
+        let steps = u32::try_from(self.marks.len() + 1).unwrap_or(u32::MAX);
+        self.since.map(|t| t + PACE_STEP * steps)
     }
 }
 
