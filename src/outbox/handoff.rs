@@ -40,8 +40,8 @@ pub const SLOT_BYTES: usize = 16 << 20;
 /// delivered), and gives up (dropping what does not fit) as soon as it does not: a slower pump
 /// never holds ingest back, and the outbox absorbs the difference. Averaged over half a second
 /// because a pump's pace is bursty on a loaded machine: the rule before (a take within the
-/// last 20 ms) lapsed a few times a minute under W1 on 2 cores, and each time the pump read
-/// the rest of the backlog back from the outbox (a fifth to a third slower end to end). A pump
+/// last 20 ms) lapsed in most W1 runs on 2 cores, and the pump then read the rest of the
+/// backlog back from the outbox (a tenth to a fifth slower end to end). A pump
 /// that just started taking rows from memory (or reading the outbox) must show that pace from
 /// its start, a chunk per [`PACE_STEP`] (see [`Pace::busy_until`]), so a slow receiver's pump
 /// coming back to memory after a rare success holds a writer one step at most, as before.
@@ -50,6 +50,9 @@ pub const PACE_WINDOW: Duration = Duration::from_millis(480);
 pub const PACE_MARKS: usize = 24;
 /// Rows taken or delivered that make one chunk of progress (see [`Pace`]).
 pub const BUSY_CHUNK: usize = 256;
+/// The pace in marks: one per this long on average (20 ms).
+pub const PACE_STEP: Duration =
+    Duration::from_millis(PACE_WINDOW.as_millis() as u64 / PACE_MARKS as u64);
 /// A writer also waits, as above, for a pump that reads the outbox less than this many rows
 /// behind what it is handing over: a pump that fell out of memory mode (a stall longer than
 /// [`PACE_WINDOW`], a start behind ingest) catches up and comes back instead of reading every row
@@ -77,10 +80,6 @@ struct Pace {
     /// When measuring started: the pump began taking rows from memory, or made its first mark.
     since: Option<Instant>,
 }
-
-/// The pace in marks: one per this long on average (20 ms).
-pub const PACE_STEP: Duration =
-    Duration::from_millis(PACE_WINDOW.as_millis() as u64 / PACE_MARKS as u64);
 
 impl Pace {
     fn add(&mut self, rows: usize) {
