@@ -43,12 +43,12 @@ pub const SLOT_BYTES: usize = 16 << 20;
 /// last 20 ms) lapsed in most W1 runs on 2 cores, and the pump then read the rest of the
 /// backlog back from the outbox (a tenth to a fifth slower end to end). A pump
 /// that just started taking rows from memory (or reading the outbox) must show that pace from
-/// its start, a chunk per [`PACE_STEP`] (see [`Pace::busy_until`]), so a slow receiver's pump
+/// its start, a chunk per [`PACE_STEP`] (see `Pace::busy_until`), so a slow receiver's pump
 /// coming back to memory after a rare success holds a writer one step at most, as before.
 pub const PACE_WINDOW: Duration = Duration::from_millis(480);
 /// Chunks of progress within [`PACE_WINDOW`] that make a pump worth waiting for.
 pub const PACE_MARKS: usize = 24;
-/// Rows taken or delivered that make one chunk of progress (see [`Pace`]).
+/// Rows taken or delivered that make one chunk of progress (see `Pace`).
 pub const BUSY_CHUNK: usize = 256;
 /// The pace in marks: one per this long on average (20 ms).
 pub const PACE_STEP: Duration =
