@@ -103,10 +103,27 @@ fn rows(from: i64, to: i64) -> HashMap<Arc<str>, Vec<Claimed>> {
 
 /// A pump taking `chunk` rows every millisecond until it has `want`, noting any overflow.
 fn pump(slot: Arc<Slot>, chunk: usize, want: usize) -> tokio::task::JoinHandle<(Vec<i64>, bool)> {
+    pump_pausing(slot, chunk, want, usize::MAX, Duration::ZERO)
+}
+
+/// [`pump`], which once it has `pause_at` rows stops taking for `pause`.
+fn pump_pausing(
+    slot: Arc<Slot>,
+    chunk: usize,
+    want: usize,
+    pause_at: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<(Vec<i64>, bool)> {
     tokio::spawn(async move {
-        let (mut got, mut overflowed) = (Vec::new(), false);
+        let (mut got, mut overflowed, mut paused) = (Vec::new(), false, false);
         while got.len() < want && !overflowed {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            let wait = if !paused && got.len() >= pause_at {
+                paused = true;
+                pause
+            } else {
+                Duration::from_millis(1)
+            };
+            tokio::time::sleep(wait).await;
             let t = slot.take_up_to(chunk);
             overflowed |= t.overflowed;
             got.extend(t.rows.iter().filter_map(|r| r.sequence));
@@ -144,25 +161,7 @@ async fn a_pump_keeping_pace_is_waited_for_through_a_short_pause() {
     let n = SLOT_ROWS * 3;
     // 256 rows a millisecond, but descheduled for 150 ms once it has 4,096 rows (longer
     // than the 20 ms a single late take was once forgiven).
-    let taker = {
-        let slot = slot.clone();
-        tokio::spawn(async move {
-            let (mut got, mut overflowed, mut paused) = (Vec::new(), false, false);
-            while got.len() < n && !overflowed {
-                let pause = if !paused && got.len() >= 4096 {
-                    paused = true;
-                    150
-                } else {
-                    1
-                };
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                let t = slot.take_up_to(256);
-                overflowed |= t.overflowed;
-                got.extend(t.rows.iter().filter_map(|r| r.sequence));
-            }
-            (got, overflowed)
-        })
-    };
+    let taker = pump_pausing(slot.clone(), 256, n, 4096, Duration::from_millis(150));
     let waited = h.publish(rows(1, n as i64)).await;
     let (got, overflowed) = taker.await.unwrap();
     assert!(!overflowed, "a pause within the pace window drops nothing");
