@@ -16,14 +16,23 @@
 //!   closed by the receiver is dropped when found, and the whole pool is swept of those every
 //!   `SWEEP_EVERY`.
 //!
+//! A connection's I/O is driven by the task using it (`Io::drive`), not by a task of its own:
+//! the request, its response and the socket's readiness wake that one task, instead of each
+//! exchange passing from the request's task to a connection task and back. An idle connection
+//! is polled by nobody; one the receiver closed meanwhile is found when taken
+//! ([`Connections::get`] asks it to be ready) or at the next sweep, which closes it.
+//!
 //! Why not reqwest here: its layers (a pool shared through a channel to a connection task per
 //! request, a redirect and timeout stack, URL re-parsing) cost ~40% of the CPU of a delivery's
 //! HTTP exchange (benches measured 40 against 25 µs a request, receiver included). hyper's
 //! connection API does the HTTP; this module only keeps connections.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -118,19 +127,64 @@ impl Endpoint {
 /// was read, or dropped (closing it).
 pub struct Conn {
     send: SendRequest<Body>,
+    io: Io,
     /// Taken from the idle pool rather than opened for this request.
     pub(super) reused: bool,
 }
 
 impl Conn {
-    pub(super) fn send(&mut self) -> &mut SendRequest<Body> {
-        &mut self.send
+    /// The request side and the connection's I/O, borrowed apart so that a request's future
+    /// can be [`Io::drive`]n by its connection.
+    pub(super) fn parts(&mut self) -> (&mut SendRequest<Body>, &mut Io) {
+        (&mut self.send, &mut self.io)
+    }
+
+    /// The connection can carry another exchange: its I/O has not ended.
+    fn is_open(&self) -> bool {
+        self.io.0.is_some() && !self.send.is_closed()
+    }
+}
+
+/// hyper's connection state machine (reads, writes, keep-alive), `None` once it ended.
+pub(super) struct Io(Option<Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>>);
+
+impl Io {
+    /// Runs `fut` (a request sent on this connection, or the reading of its response) while
+    /// driving the connection in the same task. An error of the connection reaches `fut`
+    /// (hyper hands it to the exchange in flight), so the connection's own result is dropped.
+    pub(super) async fn drive<F: Future>(&mut self, fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            self.poll(cx);
+            fut.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Advances the connection; it is `None` afterwards if it ended.
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        if let Some(io) = self.0.as_mut() {
+            if io.as_mut().poll(cx).is_ready() {
+                self.0 = None;
+            }
+        }
     }
 }
 
 struct Idle {
-    send: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
+}
+
+impl Idle {
+    /// Still usable: not expired, and (polled without a task to wake) not closed by the peer.
+    fn alive(&mut self, now: Instant, timeout: Duration) -> bool {
+        if now.duration_since(self.since) >= timeout {
+            return false;
+        }
+        self.conn.io.poll(&mut Context::from_waker(Waker::noop()));
+        self.conn.is_open()
+    }
 }
 
 struct Pool {
@@ -171,23 +225,26 @@ impl Connections {
 
     /// An idle connection to `ep`'s origin that is still open, or a new one.
     pub async fn get(&self, ep: &Endpoint) -> Result<Conn, ConnectError> {
-        while let Some(mut send) = self.take_idle(&ep.origin) {
-            // Ready once its connection task has seen the previous exchange end; an error
-            // means the receiver closed it while idle.
-            if send.ready().await.is_ok() {
-                return Ok(Conn { send, reused: true });
+        while let Some(mut conn) = self.take_idle(&ep.origin) {
+            // Ready once the connection has seen the previous exchange end; an error means
+            // the receiver closed it while idle.
+            let (send, io) = conn.parts();
+            if io.drive(send.ready()).await.is_ok() {
+                conn.reused = true;
+                return Ok(conn);
             }
         }
         self.open(ep).await
     }
 
-    fn take_idle(&self, origin: &str) -> Option<SendRequest<Body>> {
+    fn take_idle(&self, origin: &str) -> Option<Conn> {
         let mut pool = self.lock();
         let list = pool.idle.get_mut(origin)?;
         // Newest first: the warmest connection, and the one least likely closed by the peer.
-        while let Some(idle) = list.pop() {
-            if !idle.send.is_closed() && idle.since.elapsed() < self.idle_timeout {
-                return Some(idle.send);
+        let now = Instant::now();
+        while let Some(mut idle) = list.pop() {
+            if idle.alive(now, self.idle_timeout) {
+                return Some(idle.conn);
             }
         }
         pool.idle.remove(origin);
@@ -196,18 +253,14 @@ impl Connections {
 
     /// Opens a new connection, bypassing the idle pool.
     pub async fn open(&self, ep: &Endpoint) -> Result<Conn, ConnectError> {
-        let send = tokio::time::timeout(self.connect_timeout, self.connect(ep))
+        tokio::time::timeout(self.connect_timeout, self.connect(ep))
             .await
-            .map_err(|_| ConnectError::Timeout)??;
-        Ok(Conn {
-            send,
-            reused: false,
-        })
+            .map_err(|_| ConnectError::Timeout)?
     }
 
     /// Returns `conn` to the idle pool (its response must have been read to the end).
     pub fn put(&self, origin: &str, conn: Conn) {
-        if conn.send.is_closed() {
+        if !conn.is_open() {
             return;
         }
         let now = Instant::now();
@@ -216,7 +269,7 @@ impl Connections {
             pool.swept = now;
             let timeout = self.idle_timeout;
             pool.idle.retain(|_, list| {
-                list.retain(|i| !i.send.is_closed() && now.duration_since(i.since) < timeout);
+                list.retain_mut(|i| i.alive(now, timeout));
                 !list.is_empty()
             });
         }
@@ -224,13 +277,10 @@ impl Connections {
             Some(l) => l,
             None => pool.idle.entry(origin.to_string()).or_default(),
         };
-        list.push(Idle {
-            send: conn.send,
-            since: now,
-        });
+        list.push(Idle { conn, since: now });
     }
 
-    async fn connect(&self, ep: &Endpoint) -> Result<SendRequest<Body>, ConnectError> {
+    async fn connect(&self, ep: &Endpoint) -> Result<Conn, ConnectError> {
         let addrs: Vec<SocketAddr> = match ep.ip {
             Some(ip) => vec![SocketAddr::new(ip, ep.port)],
             None => self
@@ -281,7 +331,7 @@ async fn connect_first(addrs: &[SocketAddr], budget: Duration) -> std::io::Resul
     Err(last.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
 }
 
-async fn handshake<T>(io: T) -> Result<SendRequest<Body>, ConnectError>
+async fn handshake<T>(io: T) -> Result<Conn, ConnectError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -290,10 +340,9 @@ where
         .handshake(io)
         .await
         .map_err(ConnectError::Handshake)?;
-    // The connection's I/O runs in its own task until the request side is dropped or the peer
-    // closes; an error there surfaces on the request that was using it.
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(send)
+    Ok(Conn {
+        send,
+        io: Io(Some(Box::pin(conn))),
+        reused: false,
+    })
 }

@@ -284,7 +284,7 @@ impl HttpSender {
             Ok(r) => r,
             Err(e) => return AttemptOutcome::failed(start, ErrorKind::Other, e.0),
         };
-        let (conn, resp) = match timeout_at(deadline, self.exchange(target, request)).await {
+        let (mut conn, resp) = match timeout_at(deadline, self.exchange(target, request)).await {
             Ok(Ok(done)) => done,
             Ok(Err(failure)) => {
                 let (kind, msg) = self.explain(failure, url);
@@ -298,7 +298,11 @@ impl HttpSender {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let read = read_capped(resp.into_body(), deadline).await;
+        let read = conn
+            .parts()
+            .1
+            .drive(read_capped(resp.into_body(), deadline))
+            .await;
         if read.complete {
             self.connections.put(&target.endpoint.origin, conn);
         }
@@ -353,7 +357,8 @@ impl HttpSender {
             .get(&target.endpoint)
             .await
             .map_err(Failure::Connect)?;
-        let resp = match conn.send().try_send_request(request).await {
+        let (send, io) = conn.parts();
+        let resp = match io.drive(send.try_send_request(request)).await {
             Ok(r) => r,
             Err(mut e) => match e.take_message() {
                 Some(request) if conn.reused => {
@@ -362,8 +367,8 @@ impl HttpSender {
                         .open(&target.endpoint)
                         .await
                         .map_err(Failure::Connect)?;
-                    conn.send()
-                        .send_request(request)
+                    let (send, io) = conn.parts();
+                    io.drive(send.send_request(request))
                         .await
                         .map_err(Failure::Send)?
                 }

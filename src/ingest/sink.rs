@@ -506,7 +506,10 @@ impl Writer {
             return;
         }
         self.kept_bytes += cost;
-        let kept = self.kept.entry(r.subscription).or_default();
+        let kept = self
+            .kept
+            .entry(r.subscription)
+            .or_insert_with(|| h.group_vec());
         self.kept_most = self.kept_most.max(kept.len() + 1);
         kept.push(Claimed {
             id: written.id,

@@ -161,9 +161,19 @@ pub fn build_payload(
     changed: &[&str],
 ) -> String {
     let table = json_str(&change.shape.table.display_name());
-    let mut out = String::with_capacity(200 + 2 * record.len());
+    let event_id = change.event_id();
+    // Sized for the whole payload (the field names, a timestamp and each quoted changed
+    // field), so it is written without a reallocation.
+    let size = 160
+        + event_id.len()
+        + ctx.project_id.len()
+        + ctx.environment.len()
+        + table.len()
+        + 2 * record.len()
+        + changed.iter().map(|c| c.len() + 3).sum::<usize>();
+    let mut out = String::with_capacity(size);
     out.push_str("{\"id\":\"");
-    out.push_str(&change.event_id());
+    out.push_str(&event_id);
     out.push_str("\",\"timestamp\":\"");
     out.push_str(&rfc3339_from_pg_micros(change.commit_ts));
     out.push_str("\",\"project_id\":");

@@ -303,3 +303,26 @@ fn resync_markers_go_to_every_active_subscription_with_the_archie_shape() {
     let v: Value = serde_json::from_str(&out[0].body).unwrap();
     assert_eq!(v["event"], "RESYNC");
 }
+
+#[test]
+fn a_payload_is_written_into_one_allocation() {
+    // Sized up front (see `build_payload`): a reallocation would at least double the capacity,
+    // and an estimate far too large wastes memory held by every queued payload.
+    let r = router(vec![route("all", ALL, None, None)]);
+    let rec: Value = serde_json::from_str(
+        r#"{"id": "a1", "total": 1, "status": "a longer status text than most", "note": "x"}"#,
+    )
+    .unwrap();
+    for (kind, changed) in [
+        (EventKind::Insert, vec![]),
+        (EventKind::Update, vec![1, 2, 3]),
+    ] {
+        let body = &run(&r, &change(kind, rec.clone(), changed))[0].body;
+        assert!(
+            body.capacity() >= body.len() && body.capacity() < body.len() + 100,
+            "capacity {} for {} bytes",
+            body.capacity(),
+            body.len()
+        );
+    }
+}
