@@ -15,7 +15,7 @@
 //!
 //! Needs the release binary: run through `bash bench/backfill.sh`.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,7 +77,7 @@ async fn receiver(single: Arc<AtomicU64>, batched: Arc<AtomicU64>) -> anyhow::Re
     Ok(url)
 }
 
-fn spawn_walhook(config: &std::path::Path) -> anyhow::Result<(Child, std::path::PathBuf)> {
+fn spawn_walhook(config: &std::path::Path) -> anyhow::Result<(Spawned, std::path::PathBuf)> {
     let bin = walhook_binary();
     anyhow::ensure!(
         bin.is_file(),
@@ -98,7 +98,7 @@ fn spawn_walhook(config: &std::path::Path) -> anyhow::Result<(Child, std::path::
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
-    Ok((child, log_path))
+    Ok((Spawned::new(child), log_path))
 }
 
 async fn wait_for(
@@ -194,7 +194,7 @@ async fn bench() -> anyhow::Result<()> {
             ),
         ),
     )?;
-    let (mut child, log) = spawn_walhook(cfg.path())?;
+    let (child, log) = spawn_walhook(cfg.path())?;
     let pid = child.id();
     wait_for("walhook streams", Duration::from_secs(60), || {
         Ok(std::fs::read_to_string(&log)?.contains("streaming"))
@@ -212,9 +212,7 @@ async fn bench() -> anyhow::Result<()> {
     };
     let one = run.backfill("orders", &single).await?;
     let many = run.backfill("orders_batched", &batched).await?;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    child.wait()?;
+    stop_walhook(child)?;
     for (name, r) in [("one request per row", &one), ("batched", &many)] {
         println!("CPU time during the backfill, {name} (utime+stime, top processes):");
         for l in &r.cpu {

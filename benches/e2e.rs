@@ -26,7 +26,7 @@
 //! `$TMPDIR/walhook-e2e-<run>.log`).
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,7 +132,7 @@ fn config(
     Ok(file.into_temp_path())
 }
 
-fn spawn_walhook(config: &std::path::Path, label: &str) -> anyhow::Result<Child> {
+fn spawn_walhook(config: &std::path::Path, label: &str) -> anyhow::Result<Spawned> {
     let bin = walhook_binary();
     anyhow::ensure!(
         bin.is_file(),
@@ -140,17 +140,19 @@ fn spawn_walhook(config: &std::path::Path, label: &str) -> anyhow::Result<Child>
         bin.display()
     );
     let log = std::fs::File::create(std::env::temp_dir().join(format!("walhook-e2e-{label}.log")))?;
-    Ok(Command::new(bin)
-        .args(["run", "--config"])
-        .arg(config)
-        .env(
-            "WALHOOK_LOG",
-            std::env::var("E2E_WALHOOK_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?)
+    Ok(Spawned::new(
+        Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env(
+                "WALHOOK_LOG",
+                std::env::var("E2E_WALHOOK_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    ))
 }
 
 async fn bench() -> anyhow::Result<()> {

@@ -26,7 +26,7 @@
 //! log: `$TMPDIR/walhook-sustained.log` (`SUSTAINED_WALHOOK_LOG` sets its `WALHOOK_LOG`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -149,7 +149,7 @@ fn config(
     Ok(file.into_temp_path())
 }
 
-fn spawn_walhook(config: &Path) -> anyhow::Result<Child> {
+fn spawn_walhook(config: &Path) -> anyhow::Result<Spawned> {
     let bin = walhook_binary();
     anyhow::ensure!(
         bin.is_file(),
@@ -157,14 +157,16 @@ fn spawn_walhook(config: &Path) -> anyhow::Result<Child> {
         bin.display()
     );
     let log = std::fs::File::create(std::env::temp_dir().join("walhook-sustained.log"))?;
-    Ok(Command::new(bin)
-        .args(["run", "--config"])
-        .arg(config)
-        .env("WALHOOK_LOG", env_or("SUSTAINED_WALHOOK_LOG", "info"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?)
+    Ok(Spawned::new(
+        Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("WALHOOK_LOG", env_or("SUSTAINED_WALHOOK_LOG", "info"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    ))
 }
 
 fn mib(bytes: i64) -> f64 {

@@ -316,8 +316,34 @@ pub fn cpu_top(
         .collect()
 }
 
+/// A walhook child process, killed and reaped if dropped before [`stop_walhook`]: a bench that
+/// fails midway (a refused request, a timeout) leaves no walhook running beside the next run.
+pub struct Spawned(Option<std::process::Child>);
+
+impl Spawned {
+    pub fn new(child: std::process::Child) -> Spawned {
+        Spawned(Some(child))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// SIGTERM to a walhook child, then waits; returns its VmHWM in KiB (read before the signal).
-pub fn stop_walhook(mut child: std::process::Child) -> anyhow::Result<u64> {
+pub fn stop_walhook(mut spawned: Spawned) -> anyhow::Result<u64> {
+    let Some(mut child) = spawned.0.take() else {
+        return Ok(0);
+    };
     let hwm = proc_kib(child.id(), "VmHWM:").unwrap_or(0);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
