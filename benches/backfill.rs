@@ -15,7 +15,6 @@
 //!
 //! Needs the release binary: run through `bash bench/backfill.sh`.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,30 +74,6 @@ async fn receiver(single: Arc<AtomicU64>, batched: Arc<AtomicU64>) -> anyhow::Re
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)
-}
-
-fn spawn_walhook(config: &std::path::Path) -> anyhow::Result<(Spawned, std::path::PathBuf)> {
-    let bin = walhook_binary();
-    anyhow::ensure!(
-        bin.is_file(),
-        "{} not found; build it with `cargo build --release` (bench/backfill.sh does)",
-        bin.display()
-    );
-    let log_path = std::env::temp_dir().join("walhook-backfill-bench.log");
-    let log = std::fs::File::create(&log_path)?;
-    let child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(config)
-        // `WALHOOK_LOG=info,walhook::ingest::backfill=debug` logs each chunk's timings.
-        .env(
-            "WALHOOK_LOG",
-            std::env::var("WALHOOK_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    Ok((Spawned::new(child), log_path))
 }
 
 async fn wait_for(
@@ -194,7 +169,9 @@ async fn bench() -> anyhow::Result<()> {
             ),
         ),
     )?;
-    let (child, log) = spawn_walhook(cfg.path())?;
+    // `WALHOOK_LOG=info,walhook::ingest::backfill=debug` logs each chunk's timings.
+    let log = std::env::temp_dir().join("walhook-backfill-bench.log");
+    let child = spawn_walhook(cfg.path(), &log, "WALHOOK_LOG", "bench/backfill.sh")?;
     let pid = child.id();
     wait_for("walhook streams", Duration::from_secs(60), || {
         Ok(std::fs::read_to_string(&log)?.contains("streaming"))

@@ -26,7 +26,6 @@
 //! `$TMPDIR/walhook-e2e-<run>.log`).
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,27 +131,10 @@ fn config(
     Ok(file.into_temp_path())
 }
 
-fn spawn_walhook(config: &std::path::Path, label: &str) -> anyhow::Result<Spawned> {
-    let bin = walhook_binary();
-    anyhow::ensure!(
-        bin.is_file(),
-        "{} not found; build it with `cargo build --release` (bench/e2e.sh does)",
-        bin.display()
-    );
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("walhook-e2e-{label}.log")))?;
-    Ok(Spawned::new(
-        Command::new(bin)
-            .args(["run", "--config"])
-            .arg(config)
-            .env(
-                "WALHOOK_LOG",
-                std::env::var("E2E_WALHOOK_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?,
-    ))
+/// walhook on `config`, its log in `$TMPDIR/walhook-e2e-<label>.log`.
+fn spawn_e2e(config: &std::path::Path, label: &str) -> anyhow::Result<Spawned> {
+    let log = std::env::temp_dir().join(format!("walhook-e2e-{label}.log"));
+    spawn_walhook(config, &log, "E2E_WALHOOK_LOG", "bench/e2e.sh")
 }
 
 async fn bench() -> anyhow::Result<()> {
@@ -200,7 +182,7 @@ async fn bench() -> anyhow::Result<()> {
     let cfg = config(&pg, &db, "walhook", &url, "")?;
     let cpu_before = cpu_snapshot();
     let start = Instant::now();
-    let child = spawn_walhook(&cfg, "w1")?;
+    let child = spawn_e2e(&cfg, "w1")?;
     let pid = child.id();
     let mut peak_rss = 0;
     let mut received_all = None;
@@ -357,7 +339,7 @@ async fn latency_phase(
     )?;
     warm_wal(pg, &db2)?;
     let cfg2 = config(pg, &db2, "walhook_lat", url, "")?;
-    let child2 = spawn_walhook(&cfg2, "latency")?;
+    let child2 = spawn_e2e(&cfg2, "latency")?;
     let (client, conn) = tokio_postgres::connect(&pg.url(&db2), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let t = Instant::now();
@@ -468,7 +450,7 @@ async fn w1_batched(pg: &PgServer, state: &Received, url: &str) -> anyhow::Resul
     state.events.store(0, Ordering::Relaxed);
     let cpu_before = cpu_snapshot();
     let start = Instant::now();
-    let child = spawn_walhook(&cfg, "w1-batch")?;
+    let child = spawn_e2e(&cfg, "w1-batch")?;
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let n = state.events.load(Ordering::Relaxed) as i64;

@@ -26,7 +26,6 @@
 //! log: `$TMPDIR/walhook-sustained.log` (`SUSTAINED_WALHOOK_LOG` sets its `WALHOOK_LOG`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -147,26 +146,6 @@ fn config(
         ),
     )?;
     Ok(file.into_temp_path())
-}
-
-fn spawn_walhook(config: &Path) -> anyhow::Result<Spawned> {
-    let bin = walhook_binary();
-    anyhow::ensure!(
-        bin.is_file(),
-        "{} not found; build it with `cargo build --release` (bench/sustained.sh does)",
-        bin.display()
-    );
-    let log = std::fs::File::create(std::env::temp_dir().join("walhook-sustained.log"))?;
-    Ok(Spawned::new(
-        Command::new(bin)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("WALHOOK_LOG", env_or("SUSTAINED_WALHOOK_LOG", "info"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?,
-    ))
 }
 
 fn mib(bytes: i64) -> f64 {
@@ -342,7 +321,12 @@ async fn bench() -> anyhow::Result<()> {
         "{}&application_name={BENCH_APP}",
         pg.url_as("bench", "x", &db)
     );
-    let child = spawn_walhook(&cfg)?;
+    let child = spawn_walhook(
+        &cfg,
+        &std::env::temp_dir().join("walhook-sustained.log"),
+        "SUSTAINED_WALHOOK_LOG",
+        "bench/sustained.sh",
+    )?;
     let pid = child.id();
     // walhook is stopped whether the run succeeds or not.
     let outcome = run(&set, &bench_url, &rx, pid, &log_path).await;

@@ -316,6 +316,37 @@ pub fn cpu_top(
         .collect()
 }
 
+/// Starts `walhook run --config <config>` (the release binary; `script` is the bench script that
+/// builds it, named when it is missing), its log in `log`, its `WALHOOK_LOG` filter taken from
+/// the environment variable `filter_var` (default `info`).
+pub fn spawn_walhook(
+    config: &Path,
+    log: &Path,
+    filter_var: &str,
+    script: &str,
+) -> anyhow::Result<Spawned> {
+    let bin = walhook_binary();
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} not found; build it with `cargo build --release` ({script} does)",
+        bin.display()
+    );
+    let log = std::fs::File::create(log)?;
+    Ok(Spawned::new(
+        std::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env(
+                "WALHOOK_LOG",
+                std::env::var(filter_var).unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    ))
+}
+
 /// A walhook child process, killed and reaped if dropped before [`stop_walhook`]: a bench that
 /// fails midway (a refused request, a timeout) leaves no walhook running beside the next run.
 pub struct Spawned(Option<std::process::Child>);

@@ -177,9 +177,13 @@ struct Idle {
 }
 
 impl Idle {
-    /// Still usable: not expired, and (polled without a task to wake) not closed by the peer.
+    fn expired(&self, now: Instant, timeout: Duration) -> bool {
+        now.duration_since(self.since) >= timeout
+    }
+
+    /// For the sweep: not expired, and (polled without a task to wake) not closed by the peer.
     fn alive(&mut self, now: Instant, timeout: Duration) -> bool {
-        if now.duration_since(self.since) >= timeout {
+        if self.expired(now, timeout) {
             return false;
         }
         self.conn.io.poll(&mut Context::from_waker(Waker::noop()));
@@ -241,9 +245,10 @@ impl Connections {
         let mut pool = self.lock();
         let list = pool.idle.get_mut(origin)?;
         // Newest first: the warmest connection, and the one least likely closed by the peer.
+        // Not polled here, under the lock: `get` drives it to ready, which finds it closed.
         let now = Instant::now();
-        while let Some(mut idle) = list.pop() {
-            if idle.alive(now, self.idle_timeout) {
+        while let Some(idle) = list.pop() {
+            if !idle.expired(now, self.idle_timeout) {
                 return Some(idle.conn);
             }
         }
