@@ -41,7 +41,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::read_event::{as_read, event_id, ReadShape};
+use super::read_event::ReadShape;
 use super::watermarks::{Chunk, Exchange, Outcome};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -584,14 +584,7 @@ fn render_row(
     out: &mut Vec<Routed>,
 ) -> Result<Map<String, Value>, String> {
     let change = read.change(text, now_pg)?;
-    let mut routed = Vec::with_capacity(1);
-    router.route(&change, &mut routed);
-    for mut r in routed {
-        let id = event_id(backfill, &r.key);
-        r.body = as_read(&r.body, &change.event_id(), &id)?;
-        r.event_id = id;
-        out.push(r);
-    }
+    router.route_read(&change, backfill, out);
     Ok(change.record)
 }
 

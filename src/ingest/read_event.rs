@@ -13,14 +13,13 @@
 //!   session settings (time zone, interval style, bytea output), and a column whose type has a
 //!   cast to json that the stream does not reproduce is read as text and rendered by the
 //!   stream's own renderer, not by that cast;
-//! - a row's event id is stable for (backfill, primary key): `evt_bf_<backfill>_<hash of key>`,
-//!   so a chunk read again after a crash sends the same ids;
-//! - the payload is the router's INSERT payload with only `id` and `event` changed.
+//! - the row goes where its INSERT would, and its payload is the router's for that INSERT with
+//!   only `id` and `event` told apart ([`crate::route::Router::route_read`]): its event id is
+//!   stable for (backfill, primary key), so a chunk read again after a crash sends the same ids.
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use crate::model::change::{OmitReason, Omitted};
@@ -124,65 +123,53 @@ impl ReadShape {
     }
 }
 
-/// A backfill row's event id: stable for (backfill, key).
-pub fn event_id(backfill: i64, key: &str) -> String {
-    let h = Sha256::digest(key.as_bytes());
-    format!("evt_bf_{backfill}_{}", hex::encode(&h[..8]))
-}
-
 /// `to_jsonb(row)` text → the record in the table's column order, as the stream renders it.
 fn in_column_order(text: &str, columns: &[String]) -> Result<Map<String, Value>, String> {
-    let mut obj: Map<String, Value> =
-        serde_json::from_str(text).map_err(|e| format!("to_jsonb returned invalid JSON: {e}"))?;
-    let mut record = Map::with_capacity(obj.len());
-    for c in columns {
-        if let Some(v) = obj.shift_remove(c) {
-            record.insert(c.clone(), v);
-        }
-    }
-    // Columns the catalog read did not know (added since): kept, after the others.
-    record.extend(obj);
-    Ok(record)
+    use serde::de::DeserializeSeed;
+    // Parsed into a list, not a map: the record is built once, in order, from owned entries
+    // (a map parsed and then reordered hashed and copied every column name twice).
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut entries = ByPosition(columns)
+        .deserialize(&mut de)
+        .and_then(|e| de.end().map(|()| e))
+        .map_err(|e| format!("to_jsonb returned invalid JSON: {e}"))?;
+    // Columns the catalog read did not know (added since) are kept, after the others.
+    entries.sort_by_key(|(at, _, _)| *at);
+    Ok(entries.into_iter().map(|(_, c, v)| (c, v)).collect())
 }
 
-/// The router's payload for a row turned into its READ event: the event id and the event name.
-pub fn as_read(body: &str, routed_id: &str, id: &str) -> Result<String, String> {
-    let head = format!("{{\"id\":\"{routed_id}\"");
-    let rest = body
-        .strip_prefix(&head)
-        .ok_or_else(|| "unexpected payload layout (id)".to_string())?;
-    // Earlier fields are JSON strings, whose quotes are escaped: the first match is the field.
-    const EVENT: &str = ",\"event\":\"INSERT\",";
-    let at = rest
-        .find(EVENT)
-        .ok_or_else(|| "unexpected payload layout (event)".to_string())?;
-    Ok(format!(
-        "{{\"id\":\"{id}\"{},\"event\":\"READ\",{}",
-        &rest[..at],
-        &rest[at + EVENT.len()..]
-    ))
+/// Reads a JSON object as its entries, each with its column's position in the table (columns
+/// the table's shape does not have: `usize::MAX`).
+struct ByPosition<'a>(&'a [String]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ByPosition<'_> {
+    type Value = Vec<(usize, String, Value)>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ByPosition<'_> {
+    type Value = Vec<(usize, String, Value)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        let mut entries = Vec::with_capacity(self.0.len());
+        while let Some((column, value)) = m.next_entry::<String, Value>()? {
+            let at = self.0.iter().position(|c| *c == column);
+            entries.push((at.unwrap_or(usize::MAX), column, value));
+        }
+        Ok(entries)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn read_payload_keeps_everything_but_id_and_event() {
-        let body = r#"{"id":"evt_1","timestamp":"t","table":"x,\"event\":\"INSERT\",","event":"INSERT","record":{"a":1}}"#;
-        assert_eq!(
-            as_read(body, "evt_1", "evt_bf_1_ab").unwrap(),
-            r#"{"id":"evt_bf_1_ab","timestamp":"t","table":"x,\"event\":\"INSERT\",","event":"READ","record":{"a":1}}"#
-        );
-    }
-
-    #[test]
-    fn event_ids_are_stable_per_key() {
-        assert_eq!(event_id(3, "[1]"), event_id(3, "[1]"));
-        assert_ne!(event_id(3, "[1]"), event_id(3, "[2]"));
-        assert_ne!(event_id(3, "[1]"), event_id(4, "[1]"));
-        assert!(event_id(3, "[1]").starts_with("evt_bf_3_"));
-    }
 
     #[test]
     fn records_follow_the_table_order() {
@@ -195,5 +182,25 @@ mod tests {
             serde_json::to_string(&r).unwrap(),
             r#"{"name":"a","id":1,"created":2}"#
         );
+    }
+
+    #[test]
+    fn columns_added_since_come_last_and_bad_json_is_an_error() {
+        let r = in_column_order(
+            r#"{"a": 1, "new": [1, {"x": 2}], "b": "s"}"#,
+            &["b".into(), "a".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"b":"s","a":1,"new":[1,{"x":2}]}"#
+        );
+        for bad in [r#"[1, 2]"#, r#"{"a": 1} x"#, r#"{"a": "#] {
+            let e = in_column_order(bad, &["a".into()]).unwrap_err();
+            assert!(
+                e.starts_with("to_jsonb returned invalid JSON: "),
+                "{bad}: {e}"
+            );
+        }
     }
 }

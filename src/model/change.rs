@@ -89,6 +89,14 @@ pub fn event_id(commit_lsn: Lsn, ordinal: u32) -> String {
     format!("evt_{:016x}{:08x}", commit_lsn.0, ordinal)
 }
 
+/// A backfilled row's (`READ`) event id: `evt_bf_<backfill>_` + 16 hex digits of the SHA-256 of
+/// its ordering key, so that a chunk read again after a crash sends the same ids.
+pub fn read_event_id(backfill: i64, key: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(key.as_bytes());
+    format!("evt_bf_{backfill}_{}", hex::encode(&h[..8]))
+}
+
 /// Postgres's epoch (2000-01-01) in Unix microseconds.
 pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
@@ -131,6 +139,13 @@ mod tests {
         );
         assert!(event_id(Lsn(5), 10) < event_id(Lsn(6), 0));
         assert!(event_id(Lsn(5), 9) < event_id(Lsn(5), 10));
+    }
+
+    #[test]
+    fn read_event_ids_are_stable_per_backfill_and_key() {
+        assert_eq!(read_event_id(3, "[1]"), "evt_bf_3_080a9ed428559ef6");
+        assert_ne!(read_event_id(3, "[1]"), read_event_id(3, "[2]"));
+        assert_ne!(read_event_id(3, "[1]"), read_event_id(4, "[1]"));
     }
 
     #[test]

@@ -44,7 +44,9 @@ impl From<String> for BadValue {
     }
 }
 
-pub use change::{event_id, rfc3339_from_pg_micros, EventKind, RowChange, TableShape};
+pub use change::{
+    event_id, read_event_id, rfc3339_from_pg_micros, EventKind, RowChange, TableShape,
+};
 pub use filter::{Condition, Filter, Op};
 pub use lsn::Lsn;
 pub use options::{Batch, RateLimit};

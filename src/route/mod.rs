@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::model::{EventKind, RowChange, Subscription, TableName, TableShape};
+use crate::model::{read_event_id, EventKind, RowChange, Subscription, TableName, TableShape};
 
 pub use payload::{build_payload, PayloadContext};
 
@@ -189,10 +189,22 @@ impl Router {
 
     /// Appends one [`Routed`] per matching subscription to `out`.
     pub fn route(&self, change: &RowChange, out: &mut Vec<Routed>) {
+        self.route_named(change, Naming::Stream, out);
+    }
+
+    /// Routes an existing row that backfill `backfill` read, given as an INSERT: it goes where
+    /// that INSERT would, as a `READ` event whose id is stable for (backfill, primary key)
+    /// ([`crate::model::read_event_id`]), so a chunk read again sends the same ids.
+    pub fn route_read(&self, change: &RowChange, backfill: i64, out: &mut Vec<Routed>) {
+        self.route_named(change, Naming::Read { backfill }, out);
+    }
+
+    fn route_named(&self, change: &RowChange, naming: Naming, out: &mut Vec<Routed>) {
         let Some(routes) = self.by_table.get(&change.shape.table) else {
             return;
         };
-        let mut key: Option<String> = None;
+        // The key and the event id, once per change (not per subscription).
+        let mut named: Option<(String, String)> = None;
         let mut full_record: Option<String> = None;
         for Entry { id, sub: r } in routes {
             if !r.active || !r.wants(change.kind) {
@@ -208,27 +220,50 @@ impl Router {
             if change.kind == EventKind::Update && r.select.is_some() && changed.is_empty() {
                 continue;
             }
+            let (key, event_id) = named.get_or_insert_with(|| {
+                let key = row_key(change);
+                let id = match naming {
+                    Naming::Stream => change.event_id(),
+                    Naming::Read { backfill } => read_event_id(backfill, &key),
+                };
+                (key, id)
+            });
+            let head = payload::Head {
+                id: event_id,
+                event: match naming {
+                    Naming::Stream => change.kind.as_str(),
+                    Naming::Read { .. } => "READ",
+                },
+            };
             let body = match &r.select {
                 None => {
                     let rec = full_record
                         .get_or_insert_with(|| payload::record_json(&change.record, None));
-                    build_payload(&self.ctx, change, rec, &changed)
+                    build_payload(&self.ctx, head, change, rec, &changed)
                 }
                 Some(cols) => {
                     let rec = payload::record_json(&change.record, Some(cols));
-                    build_payload(&self.ctx, change, &rec, &changed)
+                    build_payload(&self.ctx, head, change, &rec, &changed)
                 }
             };
-            let body = payload::bounded(&self.ctx, change, body, &changed, r.select.as_deref());
+            let body =
+                payload::bounded(&self.ctx, head, change, body, &changed, r.select.as_deref());
             out.push(Routed {
                 subscription: id.clone(),
-                event_id: change.event_id(),
+                event_id: event_id.clone(),
                 event: change.kind,
-                key: key.get_or_insert_with(|| row_key(change)).clone(),
+                key: key.clone(),
                 body,
             });
         }
     }
+}
+
+/// How routed payloads name their event (see [`Router::route_read`]).
+#[derive(Debug, Clone, Copy)]
+enum Naming {
+    Stream,
+    Read { backfill: i64 },
 }
 
 impl Router {

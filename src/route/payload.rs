@@ -44,10 +44,18 @@ impl PayloadContext {
     }
 }
 
+/// How a payload names its event: `id` and `event` (`INSERT`, …, or `READ` for a backfilled row).
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub id: &'a str,
+    pub event: &'a str,
+}
+
 /// `body` as is when it fits and nothing was left out; otherwise with the `omitted` list of
 /// unpublished columns and/or the explicit oversize form (see the module doc).
 pub fn bounded(
     ctx: &PayloadContext,
+    head: Head<'_>,
     change: &RowChange,
     body: String,
     changed: &[&str],
@@ -117,7 +125,7 @@ pub fn bounded(
         }
         let rec = serde_json::to_string(&record).expect("JSON values always serialize");
         (
-            with_unpublished(build_payload(ctx, change, &rec, changed)),
+            with_unpublished(build_payload(ctx, head, change, &rec, changed)),
             Some(body.len()),
         )
     };
@@ -154,14 +162,17 @@ pub(crate) fn record_json(record: &Map<String, Value>, select: Option<&[String]>
     }
 }
 
+/// The payload of `change` named by `head`, with `record` (already narrowed) as `record` and
+/// `data`.
 pub fn build_payload(
     ctx: &PayloadContext,
+    head: Head<'_>,
     change: &RowChange,
     record: &str,
     changed: &[&str],
 ) -> String {
     let table = json_str(&change.shape.table.display_name());
-    let event_id = change.event_id();
+    let event_id = head.id;
     // Sized for the whole payload (the field names, a timestamp and each quoted changed
     // field), so it is written without a reallocation.
     let size = 160
@@ -173,7 +184,7 @@ pub fn build_payload(
         + changed.iter().map(|c| c.len() + 3).sum::<usize>();
     let mut out = String::with_capacity(size);
     out.push_str("{\"id\":\"");
-    out.push_str(&event_id);
+    out.push_str(event_id);
     out.push_str("\",\"timestamp\":\"");
     out.push_str(&rfc3339_from_pg_micros(change.commit_ts));
     out.push_str("\",\"project_id\":");
@@ -183,7 +194,7 @@ pub fn build_payload(
     out.push_str(",\"table\":");
     out.push_str(&table);
     out.push_str(",\"event\":\"");
-    out.push_str(change.kind.as_str());
+    out.push_str(head.event);
     out.push_str("\",\"record\":");
     out.push_str(record);
     out.push_str(",\"data\":");

@@ -326,3 +326,55 @@ fn a_payload_is_written_into_one_allocation() {
         );
     }
 }
+
+#[test]
+fn a_backfilled_row_is_routed_as_its_insert_named_read() {
+    let r = router(vec![
+        route("all", ALL, None, None),
+        route(
+            "paid",
+            &[EventKind::Insert],
+            Some(json!({"status": "paid"})),
+            Some(&["id", "status"]),
+        ),
+        route("updates", &[EventKind::Update], None, None),
+    ]);
+    let rec: Value =
+        serde_json::from_str(r#"{"id": "a1", "total": 1, "status": "paid", "note": null}"#)
+            .unwrap();
+    let c = change(EventKind::Insert, rec, vec![]);
+    let mut out = Vec::new();
+    r.route_read(&c, 7, &mut out);
+    // The same subscriptions as the INSERT, with filter and select; a READ id stable per key.
+    let id = crate::model::read_event_id(7, r#"["a1"]"#);
+    assert_eq!(id, "evt_bf_7_fa17105616474d39");
+    let head = r#"{"id":"evt_bf_7_fa17105616474d39","timestamp":"2025-12-15T15:00:00.000000Z","project_id":"my-project","environment":"master","table":"orders","event":"READ","#;
+    let bodies: Vec<(&str, &str, &str)> = out
+        .iter()
+        .map(|o| (&*o.subscription, o.event_id.as_str(), o.body.as_str()))
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![
+            (
+                "all",
+                id.as_str(),
+                &*format!(
+                    r#"{head}"record":{{"id":"a1","total":1,"status":"paid","note":null}},"data":{{"id":"a1","total":1,"status":"paid","note":null}},"changed_fields":[]}}"#
+                )
+            ),
+            (
+                "paid",
+                id.as_str(),
+                &*format!(
+                    r#"{head}"record":{{"id":"a1","status":"paid"}},"data":{{"id":"a1","status":"paid"}},"changed_fields":[]}}"#
+                )
+            ),
+        ]
+    );
+    assert_eq!(out[0].key, r#"["a1"]"#);
+    // The stream's INSERT of the same change keeps its own id and event.
+    let streamed = run(&r, &c);
+    assert_eq!(streamed[0].event_id, "evt_000000010000002000000002");
+    assert!(streamed[0].body.contains(r#""event":"INSERT""#));
+}
