@@ -289,7 +289,8 @@ async fn bench() -> anyhow::Result<()> {
         bare.as_secs_f64()
     );
 
-    // 3. Latency at steady rates.
+    // 3. Latency at steady rates, on a server with nothing left of the runs above.
+    drop_database(&pg, &db)?;
     let (lat5, lat20, hwm2) = latency_phase(&pg, &state, &url).await?;
 
     println!("\n| measure | value |");
@@ -474,6 +475,7 @@ async fn w1_batched(pg: &PgServer, state: &Received, url: &str) -> anyhow::Resul
         W1_CHANGES as u64,
     );
     stop_walhook(child)?;
+    drop_database(pg, &db)?;
     Ok(Batched {
         rate: W1_CHANGES as f64 / secs,
         secs,

@@ -73,6 +73,19 @@ pub fn setup_db(pg: &PgServer, slots: &[&str]) -> anyhow::Result<String> {
     Ok(db)
 }
 
+/// Drops a database a run is done with, with its replication slots, so that nothing of it
+/// (autovacuum of its hundreds of thousands of dead rows, its slots holding WAL) runs beside the
+/// runs that follow.
+pub fn drop_database(pg: &PgServer, db: &str) -> anyhow::Result<()> {
+    pg.psql(
+        db,
+        "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots
+         WHERE database = current_database()",
+    )?;
+    pg.psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"))?;
+    Ok(())
+}
+
 /// Runs a SQL script with psql over TCP; every statement is its own transaction.
 pub fn psql_file(pg: &PgServer, db: &str, sql: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

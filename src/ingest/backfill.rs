@@ -579,7 +579,7 @@ fn render_row(
     read: &ReadShape,
     router: &Router,
     backfill: i64,
-    text: &ChunkRow,
+    text: &ChunkRow<'_>,
     now_pg: i64,
     out: &mut Vec<Routed>,
 ) -> Result<Map<String, Value>, String> {

@@ -604,9 +604,9 @@ impl std::fmt::Display for OpenWriter {
 
 /// One row of a chunk: `to_jsonb(row)` text, and the text output of the columns asked for as
 /// text (in the order asked; `None` for NULL).
-pub struct ChunkRow {
-    pub json: String,
-    pub texts: Vec<Option<String>>,
+pub struct ChunkRow<'a> {
+    pub json: &'a str,
+    pub texts: Vec<Option<&'a str>>,
 }
 
 /// What a chunk reads of each row besides its key order: the columns to leave out of
@@ -629,7 +629,7 @@ pub async fn read_chunk(
     columns: &ChunkColumns<'_>,
     after: Option<&Value>,
     limit: i32,
-    mut each: impl FnMut(ChunkRow) -> ControlFlow<()>,
+    mut each: impl FnMut(ChunkRow<'_>) -> ControlFlow<()>,
 ) -> Result<usize, tokio_postgres::Error> {
     let cols: Vec<String> = info
         .key
