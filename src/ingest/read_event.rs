@@ -95,7 +95,7 @@ impl ReadShape {
 
     /// The row as an INSERT of `commit_ts` for the router.
     pub fn change(&self, row: &ChunkRow<'_>, commit_ts: i64) -> Result<RowChange, String> {
-        let mut record = in_column_order(&row.json, &self.shape.columns)?;
+        let mut record = in_column_order(row.json, &self.shape.columns)?;
         for ((column, kind), text) in self.as_text.iter().zip(&row.texts) {
             if let Some(v) = record.get_mut(column) {
                 *v = text
