@@ -49,6 +49,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         18,
         include_str!("../../sql/018_claims_without_key_index.sql"),
     ),
+    (19, include_str!("../../sql/019_full_pages.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -488,7 +488,7 @@ async fn upgrade_keeps_deliveries_and_takeover_follows_sessions_then_leases() {
         walhook::outbox::migrate(&mut client, &schema)
             .await
             .unwrap(),
-        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
     );
     assert_eq!(
         db.sql("SELECT string_agg(event_id || ':' || status || ':' || attempts || ':' || sequence, ',' ORDER BY id) FROM walhook.delivery_states"),

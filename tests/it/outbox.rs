@@ -243,7 +243,7 @@ async fn migrate_command_creates_the_schema_once() {
     let db = TestDb::new();
     let cfg = write_config(&db, "");
     for expected in [
-        "applied migrations: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]",
+        "applied migrations: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]",
         "applied migrations: []",
     ] {
         let out = crate::support::bin::succeeds(&mut crate::support::bin::with_config(
@@ -259,6 +259,11 @@ async fn migrate_command_creates_the_schema_once() {
     assert_eq!(
         db.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'walhook'"),
         "all_attempts,attempts,backfills,checkpoint,delivered_runs,deliveries,delivery_owners,delivery_states,schema_migrations,sequences,slot_fence,slot_recoveries,subscriptions"
+    );
+    // No update of a delivery can be HOT (sql/019): its pages are filled, not kept 30% free.
+    assert_eq!(
+        db.sql("SELECT reloptions::text FROM pg_class WHERE oid = 'walhook.deliveries'::regclass"),
+        "{fillfactor=100}"
     );
 }
 

@@ -1,0 +1,14 @@
+-- walhook outbox, version 19: deliveries fill their pages.
+--
+-- Version 2 left 30% of every page of `deliveries` free (fillfactor 70) so that taking and
+-- renewing a delivery's lease could be a HOT update. Leases are per subscription since version
+-- 3 (`delivery_owners`), a first-attempt success is recorded by the delivered cursor without
+-- touching its row since version 15, and every update left on a delivery changes its status,
+-- which the partial indexes' predicates read: none of them can be HOT. The free space only made
+-- the table 30% larger, and each stored delivery cost that much more of extending it.
+--
+-- In a scratch database, COPYing 500,000 W1 deliveries took 9.0–9.3 s instead of 10.9–12.6 s,
+-- into a heap of 390 MB instead of 558 MB.
+--
+-- Pages written before keep their free space until they are reused; no row is touched.
+ALTER TABLE {schema}.deliveries SET (fillfactor = 100);
