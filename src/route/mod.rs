@@ -17,7 +17,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::model::{read_event_id, EventKind, RowChange, Subscription, TableName, TableShape};
 
-pub use payload::{build_payload, PayloadContext};
+use payload::build_payload;
+pub use payload::PayloadContext;
 
 /// A subscription that names columns its table does not have, or does not stream.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -230,10 +231,7 @@ impl Router {
             });
             let head = payload::Head {
                 id: event_id,
-                event: match naming {
-                    Naming::Stream => change.kind.as_str(),
-                    Naming::Read { .. } => "READ",
-                },
+                event: naming.event(change.kind),
             };
             let body = match &r.select {
                 None => {
@@ -264,6 +262,16 @@ impl Router {
 enum Naming {
     Stream,
     Read { backfill: i64 },
+}
+
+impl Naming {
+    /// The payload's `event`: the change's own kind, or `READ` for a backfilled row.
+    fn event(self, kind: EventKind) -> &'static str {
+        match self {
+            Naming::Stream => kind.as_str(),
+            Naming::Read { .. } => "READ",
+        }
+    }
 }
 
 impl Router {
